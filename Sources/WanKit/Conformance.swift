@@ -1,0 +1,211 @@
+import Foundation
+import WanTensor
+import WanWeights
+import WanModels
+
+/// One golden case (format: ../shared/golden/README.md): a JSON file plus the safetensors holding its tensors.
+public struct GoldenCase {
+    public struct Tolerance { public var relL2: Double; public var maxAbs: Double }
+    public let name: String
+    public let component: String
+    public let model: String?
+    public let config: [String: Any]
+    public let inputs: [String: Any]
+    public let outputNames: [String]
+    private let outputs: [String: Any]
+    private let tolerance: Tolerance
+    private let tolerances: [String: Tolerance]
+    private let tensors: SafetensorsSource
+
+    public init(jsonPath: String) throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: jsonPath))
+        guard let d = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw DiTInputError(description: "\(jsonPath) is not a JSON object")
+        }
+        name = d["name"] as? String ?? URL(fileURLWithPath: jsonPath).deletingPathExtension().lastPathComponent
+        component = d["component"] as? String ?? "?"
+        model = d["model"] as? String
+        config = d["config"] as? [String: Any] ?? [:]
+        inputs = d["inputs"] as? [String: Any] ?? [:]
+        outputs = d["outputs"] as? [String: Any] ?? [:]
+        outputNames = outputs.keys.sorted()
+        func tol(_ v: Any?) -> Tolerance? {
+            guard let t = v as? [String: Any] else { return nil }
+            return Tolerance(relL2: (t["rel_l2"] as? NSNumber)?.doubleValue ?? 0, maxAbs: (t["max_abs"] as? NSNumber)?.doubleValue ?? 0)
+        }
+        tolerance = tol(d["tolerance"]) ?? Tolerance(relL2: 0, maxAbs: 0)
+        var per: [String: Tolerance] = [:]
+        for (k, v) in d["tolerances"] as? [String: Any] ?? [:] { per[k] = tol(v) }
+        tolerances = per
+        tensors = try SafetensorsSource(path: String(jsonPath.dropLast(5)) + ".safetensors")
+    }
+
+    public func hasInput(_ name: String) -> Bool { inputs[name] != nil }
+    public func int(_ name: String) -> Int? { (inputs[name] as? NSNumber)?.intValue }
+    public func double(_ name: String) -> Double? { (inputs[name] as? NSNumber)?.doubleValue }
+
+    private func tensor(_ spec: Any?, _ what: String) throws -> Tensor {
+        guard let s = spec as? [String: Any], let key = s["tensor"] as? String else {
+            throw DiTInputError(description: "case \(name): \(what) is not a tensor")
+        }
+        let t = try tensors.float32(key)
+        if let shape = s["shape"] as? [Int], shape != t.shape { return t.reshaped(shape) }
+        return t
+    }
+    public func input(_ name: String) throws -> Tensor { try tensor(inputs[name], "input \(name)") }
+    public func expected(_ name: String) throws -> Tensor { try tensor(outputs[name], "output \(name)") }
+    public func tolerance(for output: String) -> Tolerance { tolerances[output] ?? tolerance }
+}
+
+/// The result of one case.
+public enum CaseResult: CustomStringConvertible {
+    case pass(String, String)
+    case fail(String, String)
+    case skip(String, String)
+    public var description: String {
+        switch self {
+        case .pass(let n, let d): return "PASS \(n) \(d)"
+        case .fail(let n, let d): return "FAIL \(n) \(d)"
+        case .skip(let n, let r): return "SKIP \(n): \(r)"
+        }
+    }
+    public var isFailure: Bool { if case .fail = self { return true } else { return false } }
+}
+
+/// Runs golden cases against the engine. Components plug in through `run(_:)`'s dispatch; a case whose component
+/// is not implemented is skipped with the reason.
+public final class ConformanceRunner {
+    public let root: String
+    private var dits: [String: WanDiT] = [:]
+
+    public init(goldenDirectory: String) { root = goldenDirectory }
+
+    public var casesDirectory: String { (root as NSString).appendingPathComponent("cases") }
+    public var weightsDirectory: String { (root as NSString).appendingPathComponent("weights") }
+
+    /// Every case JSON in the folder, sorted by name.
+    public func caseNames() throws -> [String] {
+        let files = try FileManager.default.contentsOfDirectory(atPath: casesDirectory)
+        return files.filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.sorted()
+    }
+
+    public func run(filter: String? = nil, report: (CaseResult) -> Void) throws -> (passed: Int, failed: Int, skipped: Int) {
+        var counts = (passed: 0, failed: 0, skipped: 0)
+        for name in try caseNames() where filter.map({ name.contains($0) }) ?? true {
+            let result = run(caseNamed: name)
+            switch result {
+            case .pass: counts.passed += 1
+            case .fail: counts.failed += 1
+            case .skip: counts.skipped += 1
+            }
+            report(result)
+        }
+        return counts
+    }
+
+    public func run(caseNamed name: String) -> CaseResult {
+        let path = (casesDirectory as NSString).appendingPathComponent(name + ".json")
+        do {
+            let c = try GoldenCase(jsonPath: path)
+            switch c.component {
+            case "dit", "weights":
+                return try runDiT(c)
+            default:
+                return .skip(c.name, "component '\(c.component)' is not implemented yet")
+            }
+        } catch {
+            return .fail(name, "error: \(error)")
+        }
+    }
+
+    // MARK: models
+
+    func modelJSON(_ model: String) throws -> [String: Any] {
+        let path = (weightsDirectory as NSString).appendingPathComponent(model + ".json")
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+    }
+
+    /// Layouts the DiT loader understands today.
+    static let supportedDiTLayouts: Set<String> = ["official", "comfy-prefix"]
+
+    func dit(_ model: String) throws -> WanDiT? {
+        if let m = dits[model] { return m }
+        let json = try modelJSON(model)
+        let layout = json["layout"] as? String ?? "official"
+        guard (json["class"] as? String) == "WanModel", Self.supportedDiTLayouts.contains(layout) else { return nil }
+        let files = (json["files"] as? [String]) ?? [model + ".safetensors"]
+        let source = try SafetensorsSource(paths: files.map { (weightsDirectory as NSString).appendingPathComponent($0) })
+        let dit = try WanDiT(weights: source, arguments: json["config"] as? [String: Any])
+        dits[model] = dit
+        return dit
+    }
+
+    // MARK: dit
+
+    func runDiT(_ c: GoldenCase) throws -> CaseResult {
+        guard let model = c.model else { return .skip(c.name, "case names no model") }
+        guard let dit = try dit(model) else {
+            let json = try modelJSON(model)
+            return .skip(c.name, "\(json["class"] ?? "?") with layout '\(json["layout"] ?? "?")' is not implemented yet")
+        }
+        // Inputs as lists: x or x0, x1, …
+        let batched = c.hasInput("x0")
+        let count = batched ? (0..<64).prefix { c.hasInput("x\($0)") }.count : 1
+        func item(_ base: String, _ i: Int) throws -> Tensor? {
+            let key = batched ? base + "\(i)" : base
+            if c.hasInput(key) { return try c.input(key) }
+            return nil
+        }
+        let t = try c.input("t")
+        var clipRows: [Tensor] = []
+        if c.hasInput("clip_fea") {
+            let clip = try c.input("clip_fea")
+            let per = clip.shape[0] / count
+            let rowElems = clip.count / clip.shape[0]
+            for i in 0..<count {
+                let part = Tensor(uninitialized: [per] + Array(clip.shape.dropFirst()))
+                part.data.update(from: clip.data + i * per * rowElems, count: per * rowElems)
+                clipRows.append(part)
+            }
+        }
+        if let seqLen = c.int("seq_len") {
+            // The official call asserts that every video fits in seq_len.
+            for i in 0..<count {
+                let x = try item("x", i)!
+                let tokens = (x.shape[1] / dit.config.patchSize[0]) * (x.shape[2] / dit.config.patchSize[1]) * (x.shape[3] / dit.config.patchSize[2])
+                if tokens > seqLen { return .fail(c.name, "video \(i) has \(tokens) tokens, more than seq_len \(seqLen)") }
+            }
+        }
+        var got: [String: Tensor] = [:]
+        for i in 0..<count {
+            let input = DiTInput(x: try item("x", i)!, t: t.data[t.count == count ? i : 0],
+                                 context: try item("context", i)!, y: try item("y", i),
+                                 clipFeatures: clipRows.isEmpty ? nil : clipRows[i])
+            let wanted = Set(c.outputNames)
+            let out = try dit.forward(input, trace: i == 0 ? { name, tensor in if wanted.contains(name) { got[name] = tensor } } : nil)
+            if batched { got["y\(i)"] = out } else { got["y"] = out; got["out"] = out }
+        }
+        return compare(c, got)
+    }
+
+    func compare(_ c: GoldenCase, _ got: [String: Tensor]) -> CaseResult {
+        var worst: (name: String, cmp: Comparison, ratio: Double)? = nil
+        var failures: [String] = []
+        for name in c.outputNames {
+            guard let g = got[name] else { failures.append("\(name): not produced"); continue }
+            guard let e = try? c.expected(name) else { failures.append("\(name): expected tensor unreadable"); continue }
+            guard g.count == e.count else { failures.append("\(name): shape \(g.shape) vs expected \(e.shape)"); continue }
+            let cmp = Comparison(got: UnsafeBufferPointer(g.buffer), expected: UnsafeBufferPointer(e.buffer))
+            let tol = c.tolerance(for: name)
+            let ratio = max(cmp.relL2 / max(tol.relL2, 1e-30), cmp.maxAbs / max(tol.maxAbs, 1e-30))
+            if !(cmp.relL2 <= tol.relL2 && cmp.maxAbs <= tol.maxAbs) {
+                failures.append("\(name): \(cmp) (tolerance rel_l2=\(tol.relL2) max_abs=\(tol.maxAbs))")
+            }
+            if worst == nil || !(ratio <= worst!.ratio) { worst = (name, cmp, ratio) }
+        }
+        if !failures.isEmpty { return .fail(c.name, failures.joined(separator: "; ")) }
+        guard let w = worst else { return .fail(c.name, "case has no outputs") }
+        return .pass(c.name, "\(w.cmp) (worst: \(w.name))")
+    }
+}

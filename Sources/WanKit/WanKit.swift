@@ -1,0 +1,3 @@
+@_exported import WanTensor
+@_exported import WanWeights
+@_exported import WanModels

@@ -1,0 +1,353 @@
+import Foundation
+import WanTensor
+import WanWeights
+
+/// One video's inputs to the DiT, as one element of the lists the official `WanModel.forward` takes.
+public struct DiTInput {
+    /// Noisy latent [in channels, F, H, W] (16 channels; for i2v/flf2v the 20 channels of `y` are appended).
+    public var x: Tensor
+    /// Timestep (the flow-matching t in [0, 1000]).
+    public var t: Float
+    /// Text embedding [L, text_dim], L <= text_len; zero-padded to text_len inside.
+    public var context: Tensor
+    /// I2V/FLF2V conditioning [20, F, H, W] (mask + VAE latent of the guide video).
+    public var y: Tensor?
+    /// CLIP features [n, 257, 1280]: n = 1 for i2v, 2 (first, last) for flf2v.
+    public var clipFeatures: Tensor?
+
+    public init(x: Tensor, t: Float, context: Tensor, y: Tensor? = nil, clipFeatures: Tensor? = nil) {
+        self.x = x; self.t = t; self.context = context; self.y = y; self.clipFeatures = clipFeatures
+    }
+}
+
+/// Errors of a DiT call with inputs that do not fit the model.
+public struct DiTInputError: Error, CustomStringConvertible {
+    public let description: String
+    public init(description: String) { self.description = description }
+}
+
+/// The Wan2.1 diffusion transformer (official `WanModel`, wan/modules/model.py) for t2v, i2v and flf2v.
+/// Every video of a batch is independent in the official model (padding tokens are masked as keys and dropped),
+/// so each runs on its real tokens only.
+public final class WanDiT: @unchecked Sendable {
+    public let config: WanDiTConfig
+
+    struct SelfAttention {
+        let q, k, v, o: Linear
+        let normQ, normK: Tensor?
+    }
+    struct CrossAttention {
+        let q, k, v, o: Linear
+        let normQ, normK: Tensor?
+        let kImg, vImg: Linear?
+        let normKImg: Tensor?
+    }
+    struct Block {
+        let modulation: Tensor  // [6, dim]
+        let selfAttn: SelfAttention
+        let norm3: LayerNormParams?
+        let crossAttn: CrossAttention
+        let ffnIn, ffnOut: Linear
+    }
+    struct ImageProjection {  // MLPProj
+        let norm0: LayerNormParams
+        let fc1, fc2: Linear
+        let norm4: LayerNormParams
+        let posEmbedding: Tensor?  // [1, 514, 1280] for flf2v
+    }
+
+    let patchEmbedding: Linear  // weight viewed [dim, in*pt*ph*pw]
+    let textEmbedding0, textEmbedding2: Linear
+    let timeEmbedding0, timeEmbedding2: Linear
+    let timeProjection: Linear
+    let blocks: [Block]
+    let headModulation: Tensor  // [2, dim]
+    let head: Linear
+    let imageProjection: ImageProjection?
+    let rope: Rope3D
+
+    /// Binds the model to weights by the official names. Strict: a missing, unexpected or misshapen tensor throws.
+    public init(config c: WanDiTConfig, weights source: WeightSource) throws {
+        guard c.dim % c.numHeads == 0, c.headDim % 2 == 0 else {
+            throw WeightError.badConfig(source: source.label, detail: "dim \(c.dim) is not divisible into \(c.numHeads) heads of even size")
+        }
+        guard c.patchSize.count == 3 else { throw WeightError.badConfig(source: source.label, detail: "patch_size must have 3 entries") }
+        config = c
+        let b = WeightBinder(source)
+        let d = c.dim
+        let patchVolume = c.patchSize.reduce(1, *)
+        let pe = try b.tensor("patch_embedding.weight", [d, c.inDim] + c.patchSize)
+        patchEmbedding = Linear(weight: pe, bias: try b.tensor("patch_embedding.bias", [d]))
+        _ = patchVolume
+        textEmbedding0 = try Linear(b, "text_embedding.0", in: c.textDim, out: d)
+        textEmbedding2 = try Linear(b, "text_embedding.2", in: d, out: d)
+        timeEmbedding0 = try Linear(b, "time_embedding.0", in: c.freqDim, out: d)
+        timeEmbedding2 = try Linear(b, "time_embedding.2", in: d, out: d)
+        timeProjection = try Linear(b, "time_projection.1", in: d, out: 6 * d)
+        var blocks: [Block] = []
+        for i in 0..<c.numLayers {
+            let p = "blocks.\(i)."
+            func norm(_ name: String) throws -> Tensor? { c.qkNorm ? try b.tensor(p + name + ".weight", [d]) : nil }
+            let sa = SelfAttention(q: try Linear(b, p + "self_attn.q", in: d, out: d), k: try Linear(b, p + "self_attn.k", in: d, out: d),
+                                   v: try Linear(b, p + "self_attn.v", in: d, out: d), o: try Linear(b, p + "self_attn.o", in: d, out: d),
+                                   normQ: try norm("self_attn.norm_q"), normK: try norm("self_attn.norm_k"))
+            let img = c.hasImageInput
+            let ca = CrossAttention(q: try Linear(b, p + "cross_attn.q", in: d, out: d), k: try Linear(b, p + "cross_attn.k", in: d, out: d),
+                                    v: try Linear(b, p + "cross_attn.v", in: d, out: d), o: try Linear(b, p + "cross_attn.o", in: d, out: d),
+                                    normQ: try norm("cross_attn.norm_q"), normK: try norm("cross_attn.norm_k"),
+                                    kImg: img ? try Linear(b, p + "cross_attn.k_img", in: d, out: d) : nil,
+                                    vImg: img ? try Linear(b, p + "cross_attn.v_img", in: d, out: d) : nil,
+                                    normKImg: img ? try norm("cross_attn.norm_k_img") : nil)
+            blocks.append(Block(modulation: try b.tensor(p + "modulation", [1, 6, d]), selfAttn: sa,
+                                norm3: c.crossAttnNorm ? try LayerNormParams(b, p + "norm3", dim: d, eps: c.eps) : nil,
+                                crossAttn: ca,
+                                ffnIn: try Linear(b, p + "ffn.0", in: d, out: c.ffnDim), ffnOut: try Linear(b, p + "ffn.2", in: c.ffnDim, out: d)))
+        }
+        self.blocks = blocks
+        headModulation = try b.tensor("head.modulation", [1, 2, d])
+        head = try Linear(b, "head.head", in: d, out: c.outDim * patchVolume)
+        if c.hasImageInput {
+            let clip = WanDiTConfig.clipDim
+            imageProjection = ImageProjection(
+                norm0: try LayerNormParams(b, "img_emb.proj.0", dim: clip, eps: 1e-5),
+                fc1: try Linear(b, "img_emb.proj.1", in: clip, out: clip),
+                fc2: try Linear(b, "img_emb.proj.3", in: clip, out: d),
+                norm4: try LayerNormParams(b, "img_emb.proj.4", dim: d, eps: 1e-5),
+                posEmbedding: c.modelType == "flf2v" ? try b.tensor("img_emb.emb_pos", [1, 514, clip]) : nil)
+        } else {
+            imageProjection = nil
+        }
+        rope = Rope3D(headDim: c.headDim)
+        try b.finish()
+    }
+
+    /// Loads a DiT from a weight source, inferring the configuration from its shapes; `arguments` (the official
+    /// constructor arguments, e.g. from config.json) override what was inferred.
+    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil) throws {
+        var config = try WanDiTConfig(inferringFrom: source)
+        if let arguments { config.apply(officialArguments: arguments) }
+        try self.init(config: config, weights: source)
+    }
+
+    // MARK: forward
+
+    /// Sinusoidal timestep embedding in float64 ([cos | sin]), rounded to float32 (official `sinusoidal_embedding_1d`).
+    public static func timestepSinusoid(_ t: Float, dim: Int) -> [Float] {
+        let half = dim / 2
+        var out = [Float](repeating: 0, count: dim)
+        for i in 0..<half {
+            let angle = Double(t) * Foundation.pow(10000.0, -Double(i) / Double(half))
+            out[i] = Float(Foundation.cos(angle))
+            out[half + i] = Float(Foundation.sin(angle))
+        }
+        return out
+    }
+
+    /// The image context rows (MLPProj of the CLIP features): [n*257, dim].
+    public func imageContext(_ clip: Tensor) throws -> Tensor {
+        guard let proj = imageProjection else { throw DiTInputError(description: "this \(config.modelType) model takes no image features") }
+        let width = WanDiTConfig.clipDim
+        guard clip.count % width == 0, clip.shape.last == width else {
+            throw DiTInputError(description: "CLIP features must be [n, 257, 1280], got \(clip.shape)")
+        }
+        let rows = clip.count / width
+        let x = Tensor(uninitialized: [rows, width])
+        x.data.update(from: clip.data, count: clip.count)
+        if let pos = proj.posEmbedding {
+            guard rows == pos.shape[1] else {
+                throw DiTInputError(description: "FLF2V needs the CLIP features of two images ([2, 257, 1280]), got \(clip.shape)")
+            }
+            for i in 0..<x.count { x.data[i] += pos.data[i] }
+        }
+        let h = Tensor(uninitialized: [rows, width])
+        proj.norm0(x.data, rows: rows, into: h.data)
+        let h1 = proj.fc1(h, epilogue: .geluErf)
+        let h2 = proj.fc2(h1)
+        let out = Tensor(uninitialized: [rows, config.dim])
+        proj.norm4(h2.data, rows: rows, into: out.data)
+        return out
+    }
+
+    /// One video through the model. `trace` receives named intermediates (official module outputs) when given.
+    public func forward(_ input: DiTInput, trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
+        let c = config, d = c.dim
+        // Patch embedding (x and y concatenated on channels).
+        var channels = input.x.shape.first ?? 0
+        guard input.x.rank == 4 else { throw DiTInputError(description: "x must be [C, F, H, W], got \(input.x.shape)") }
+        if let y = input.y {
+            guard y.rank == 4, Array(y.shape[1...]) == Array(input.x.shape[1...]) else {
+                throw DiTInputError(description: "y \(y.shape) must match x \(input.x.shape) in F, H, W")
+            }
+            channels += y.shape[0]
+        }
+        guard channels == c.inDim else {
+            throw DiTInputError(description: "the model takes \(c.inDim) input channels, got \(channels)" + (c.hasImageInput && input.y == nil ? " (this \(c.modelType) model needs y and CLIP features)" : ""))
+        }
+        let (pt, ph, pw) = (c.patchSize[0], c.patchSize[1], c.patchSize[2])
+        let (F, H, W) = (input.x.shape[1], input.x.shape[2], input.x.shape[3])
+        let grid = (f: F / pt, h: H / ph, w: W / pw)
+        let L = grid.f * grid.h * grid.w
+        guard L > 0 else { throw DiTInputError(description: "x \(input.x.shape) is smaller than one patch \(c.patchSize)") }
+        let patchLen = channels * pt * ph * pw
+        let patches = Tensor(uninitialized: [L, patchLen])
+        func source(_ ch: Int) -> (Tensor, Int) {
+            ch < input.x.shape[0] ? (input.x, ch) : (input.y!, ch - input.x.shape[0])
+        }
+        Parallel.forRanges(L, grain: 16) { range in
+            for tok in range {
+                let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
+                let row = patches.data + tok * patchLen
+                var idx = 0
+                for ch in 0..<channels {
+                    let (t, cc) = source(ch)
+                    let base = t.data + cc * F * H * W
+                    for p in 0..<pt { for q in 0..<ph { for r in 0..<pw {
+                        row[idx] = base[((fi * pt + p) * H + hi * ph + q) * W + wi * pw + r]
+                        idx += 1
+                    } } }
+                }
+            }
+        }
+        let x = Tensor(uninitialized: [L, d])
+        GEMM.shared.linear(m: L, k: patchLen, n: d, src: patches.data, weight: patchEmbedding.weight.data,
+                           bias: patchEmbedding.bias!.data, dst: x.data)
+        trace?("patch_tokens", x.reshaped([L, d]))
+
+        // Time embedding.
+        let sinusoid = Tensor(shape: [c.freqDim], values: Self.timestepSinusoid(input.t, dim: c.freqDim))
+        trace?("time_sinusoid", sinusoid)
+        let eHidden = timeEmbedding0(sinusoid)
+        Kernels.silu(eHidden.data, count: d)
+        let e = timeEmbedding2(eHidden).reshaped([d])
+        trace?("e", e)
+        let eSilu = e.reshaped([1, d])
+        Kernels.silu(eSilu.data, count: d)
+        let e0 = timeProjection(eSilu).reshaped([6, d])
+        trace?("e0", e0)
+
+        // Text context, zero-padded to text_len before the embedding.
+        guard input.context.rank == 2, input.context.shape[1] == c.textDim else {
+            throw DiTInputError(description: "context must be [L, \(c.textDim)], got \(input.context.shape)")
+        }
+        guard input.context.shape[0] <= c.textLen else {
+            throw DiTInputError(description: "context has \(input.context.shape[0]) rows, more than text_len \(c.textLen)")
+        }
+        let padded = Tensor(zeros: [c.textLen, c.textDim])
+        padded.data.update(from: input.context.data, count: input.context.count)
+        let ctxHidden = textEmbedding0(padded, epilogue: .geluTanh)
+        let context = textEmbedding2(ctxHidden)
+        trace?("context_embedded", context)
+        var imageTokens: Tensor? = nil
+        if c.hasImageInput {
+            guard let clip = input.clipFeatures else { throw DiTInputError(description: "this \(c.modelType) model needs CLIP features") }
+            let ic = try imageContext(clip)
+            trace?("context_clip", ic)
+            imageTokens = ic
+        }
+
+        // Blocks.
+        let scratch = BlockScratch(tokens: L, dim: d, ffn: c.ffnDim, contextRows: c.textLen, imageRows: imageTokens?.shape[0] ?? 0)
+        for (i, block) in blocks.enumerated() {
+            run(block, index: i, x: x, grid: grid, e0: e0, context: context, imageContext: imageTokens, s: scratch, trace: trace)
+        }
+
+        // Head.
+        let mod = Tensor(uninitialized: [2, d])
+        for j in 0..<(2 * d) { mod.data[j] = headModulation.data[j] + e.data[j % d] }
+        let normed = Tensor(uninitialized: [L, d])
+        Kernels.layerNorm(x.data, rows: L, dim: d, eps: c.eps, scale: mod.data + d, shift: mod.data, out: normed.data)
+        let out = head(normed)
+        trace?("head_out", out)
+
+        // Unpatchify: [L, (p, q, r, c)] -> [c, F', H', W'].
+        let C = c.outDim
+        let video = Tensor(uninitialized: [C, grid.f * pt, grid.h * ph, grid.w * pw])
+        let (Fo, Ho, Wo) = (grid.f * pt, grid.h * ph, grid.w * pw)
+        for tok in 0..<L {
+            let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
+            let row = out.data + tok * out.shape[1]
+            var idx = 0
+            for p in 0..<pt { for q in 0..<ph { for r in 0..<pw { for ch in 0..<C {
+                video.data[((ch * Fo + fi * pt + p) * Ho + hi * ph + q) * Wo + wi * pw + r] = row[idx]
+                idx += 1
+            } } } }
+        }
+        return video
+    }
+
+    /// Buffers reused by every block of one forward pass.
+    final class BlockScratch {
+        let normed, q, k, v, attn, proj: Tensor
+        let ffnHidden: Tensor
+        let ck, cv: Tensor
+        let ik, iv: Tensor?
+        let mod: Tensor
+        init(tokens L: Int, dim d: Int, ffn: Int, contextRows: Int, imageRows: Int) {
+            normed = Tensor(uninitialized: [L, d]); q = Tensor(uninitialized: [L, d]); k = Tensor(uninitialized: [L, d])
+            v = Tensor(uninitialized: [L, d]); attn = Tensor(uninitialized: [L, d]); proj = Tensor(uninitialized: [L, d])
+            ffnHidden = Tensor(uninitialized: [L, ffn])
+            ck = Tensor(uninitialized: [contextRows, d]); cv = Tensor(uninitialized: [contextRows, d])
+            ik = imageRows > 0 ? Tensor(uninitialized: [imageRows, d]) : nil
+            iv = imageRows > 0 ? Tensor(uninitialized: [imageRows, d]) : nil
+            mod = Tensor(uninitialized: [6, d])
+        }
+    }
+
+    private func run(_ block: Block, index: Int, x: Tensor, grid: (f: Int, h: Int, w: Int), e0: Tensor, context: Tensor,
+                     imageContext: Tensor?, s: BlockScratch, trace: ((String, Tensor) -> Void)?) {
+        let c = config, d = c.dim, L = x.shape[0], heads = c.numHeads, hd = c.headDim
+        let scale = 1 / Float(hd).squareRoot()
+        for j in 0..<(6 * d) { s.mod.data[j] = block.modulation.data[j] + e0.data[j] }
+        let m = { (i: Int) in UnsafePointer(s.mod.data + i * d) }
+
+        // Self-attention on LN(x)*(1+m1)+m0.
+        Kernels.layerNorm(x.data, rows: L, dim: d, eps: c.eps, scale: m(1), shift: m(0), out: s.normed.data)
+        let sa = block.selfAttn
+        sa.q(s.normed.data, rows: L, into: s.q.data)
+        sa.k(s.normed.data, rows: L, into: s.k.data)
+        sa.v(s.normed.data, rows: L, into: s.v.data)
+        if let w = sa.normQ { Kernels.rmsNorm(s.q.data, rows: L, dim: d, eps: c.eps, weight: w.data) }
+        if let w = sa.normK { Kernels.rmsNorm(s.k.data, rows: L, dim: d, eps: c.eps, weight: w.data) }
+        rope.apply(s.q.data, ld: d, heads: heads, grid: grid)
+        rope.apply(s.k.data, ld: d, heads: heads, grid: grid)
+        Attention.run(q: s.q.data, ldq: d, queries: L, k: s.k.data, ldk: d, v: s.v.data, ldv: d, keys: L,
+                      heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d)
+        sa.o(s.attn.data, rows: L, into: s.proj.data)
+        if index == 0 { trace?("block0_self_attn", s.proj.reshaped([L, d])) }
+        Kernels.addGated(x.data, s.proj.data, rows: L, dim: d, gate: m(2))
+
+        // Cross-attention on norm3(x), no modulation, no gate.
+        let ca = block.crossAttn
+        if let n3 = block.norm3 { n3(x.data, rows: L, into: s.normed.data) } else { s.normed.data.update(from: x.data, count: L * d) }
+        ca.q(s.normed.data, rows: L, into: s.q.data)
+        if let w = ca.normQ { Kernels.rmsNorm(s.q.data, rows: L, dim: d, eps: c.eps, weight: w.data) }
+        let cr = context.shape[0]
+        ca.k(context.data, rows: cr, into: s.ck.data)
+        ca.v(context.data, rows: cr, into: s.cv.data)
+        if let w = ca.normK { Kernels.rmsNorm(s.ck.data, rows: cr, dim: d, eps: c.eps, weight: w.data) }
+        if let ic = imageContext, let kImg = ca.kImg, let vImg = ca.vImg, let ik = s.ik, let iv = s.iv {
+            let ir = ic.shape[0]
+            kImg(ic.data, rows: ir, into: ik.data)
+            vImg(ic.data, rows: ir, into: iv.data)
+            if let w = ca.normKImg { Kernels.rmsNorm(ik.data, rows: ir, dim: d, eps: c.eps, weight: w.data) }
+            Attention.run(q: s.q.data, ldq: d, queries: L, k: ik.data, ldk: d, v: iv.data, ldv: d, keys: ir,
+                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d)
+            Attention.run(q: s.q.data, ldq: d, queries: L, k: s.ck.data, ldk: d, v: s.cv.data, ldv: d, keys: cr,
+                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, accumulate: true)
+        } else {
+            Attention.run(q: s.q.data, ldq: d, queries: L, k: s.ck.data, ldk: d, v: s.cv.data, ldv: d, keys: cr,
+                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d)
+        }
+        ca.o(s.attn.data, rows: L, into: s.proj.data)
+        if index == 0 { trace?("block0_cross_attn", s.proj.reshaped([L, d])) }
+        Kernels.addGated(x.data, s.proj.data, rows: L, dim: d, gate: nil)
+
+        // FFN on LN(x)*(1+m4)+m3, gated by m5.
+        Kernels.layerNorm(x.data, rows: L, dim: d, eps: c.eps, scale: m(4), shift: m(3), out: s.normed.data)
+        block.ffnIn(s.normed.data, rows: L, into: s.ffnHidden.data, epilogue: .geluTanh)
+        block.ffnOut(s.ffnHidden.data, rows: L, into: s.proj.data)
+        if index == 0 { trace?("block0_ffn", s.proj.reshaped([L, d])) }
+        Kernels.addGated(x.data, s.proj.data, rows: L, dim: d, gate: m(5))
+        trace?("block\(index)_out", x.reshaped([L, d]))
+    }
+}

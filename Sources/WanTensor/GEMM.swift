@@ -1,0 +1,140 @@
+import CDNNL
+import Foundation
+
+/// Errors from the oneDNN runtime (these indicate a broken installation, not bad user input).
+public struct DNNLError: Error, CustomStringConvertible {
+    public let call: String
+    public let status: dnnl_status_t
+    public var description: String { "oneDNN call \(call) failed with status \(status.rawValue); check the libdnnl installation (Debian package libdnnl-dev 2.6.x)" }
+}
+
+@inline(__always) func check(_ status: dnnl_status_t, _ call: @autoclosure () -> String) {
+    if status != dnnl_success {
+        fatalError(DNNLError(call: call(), status: status).description)
+    }
+}
+
+/// Activation fused into a matrix product's epilogue.
+public enum Epilogue: Int, Hashable, Sendable {
+    case none
+    /// GELU, tanh approximation (PyTorch `GELU(approximate='tanh')`).
+    case geluTanh
+    /// GELU, exact erf form (PyTorch `GELU()`).
+    case geluErf
+    case silu
+}
+
+/// Matrix products on oneDNN: `dst[M,N] = src[M,K] · W[N,K]ᵀ (+ bias) (→ epilogue)`, the `nn.Linear` of PyTorch,
+/// with W in its stored [out, in] row-major layout. Primitives are created once per shape and cached.
+public final class GEMM: @unchecked Sendable {
+    public static let shared = GEMM()
+
+    private var engine: dnnl_engine_t?
+    private var stream: dnnl_stream_t?
+    private var cache: [Key: dnnl_primitive_t] = [:]
+    private let lock = NSLock()
+
+    private struct Key: Hashable { let m, k, n: Int; let bias: Bool; let epilogue: Epilogue; let ldb: Int; let ldc: Int }
+
+    private init() {
+        check(dnnl_engine_create(&engine, dnnl_cpu, 0), "dnnl_engine_create")
+        check(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags.rawValue), "dnnl_stream_create")
+    }
+
+    private func primitive(_ key: Key) -> dnnl_primitive_t {
+        lock.lock(); defer { lock.unlock() }
+        if let p = cache[key] { return p }
+        var src = dnnl_memory_desc_t(), wei = dnnl_memory_desc_t(), bias = dnnl_memory_desc_t(), dst = dnnl_memory_desc_t()
+        var dims: dnnl_dims_t = zeroDims(), strides: dnnl_dims_t = zeroDims()
+        setDims(&dims, [key.m, key.k]); setDims(&strides, [key.k, 1])
+        check(dnnl_memory_desc_init_by_strides(&src, 2, &dims.0, dnnl_f32, &strides.0), "memory_desc src")
+        setDims(&dims, [key.k, key.n]); setDims(&strides, [1, key.ldb])
+        check(dnnl_memory_desc_init_by_strides(&wei, 2, &dims.0, dnnl_f32, &strides.0), "memory_desc weights")
+        setDims(&dims, [1, key.n]); setDims(&strides, [key.n, 1])
+        check(dnnl_memory_desc_init_by_strides(&bias, 2, &dims.0, dnnl_f32, &strides.0), "memory_desc bias")
+        setDims(&dims, [key.m, key.n]); setDims(&strides, [key.ldc, 1])
+        check(dnnl_memory_desc_init_by_strides(&dst, 2, &dims.0, dnnl_f32, &strides.0), "memory_desc dst")
+        var desc = dnnl_matmul_desc_t()
+        if key.bias {
+            check(dnnl_matmul_desc_init(&desc, &src, &wei, &bias, &dst), "matmul_desc_init")
+        } else {
+            check(dnnl_matmul_desc_init(&desc, &src, &wei, nil, &dst), "matmul_desc_init")
+        }
+        var attr: dnnl_primitive_attr_t?
+        check(dnnl_primitive_attr_create(&attr), "attr_create")
+        if key.epilogue != .none {
+            var ops: dnnl_post_ops_t?
+            check(dnnl_post_ops_create(&ops), "post_ops_create")
+            let alg: dnnl_alg_kind_t
+            var alpha: Float = 0
+            switch key.epilogue {
+            case .geluTanh: alg = dnnl_eltwise_gelu_tanh
+            case .geluErf: alg = dnnl_eltwise_gelu_erf
+            case .silu: alg = dnnl_eltwise_swish; alpha = 1
+            case .none: alg = dnnl_eltwise_linear
+            }
+            check(dnnl_post_ops_append_eltwise(ops, 1, alg, alpha, 0), "append_eltwise")
+            check(dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops")
+            dnnl_post_ops_destroy(ops)
+        }
+        var pd: dnnl_primitive_desc_t?
+        check(dnnl_primitive_desc_create(&pd, &desc, attr, engine, nil), "matmul primitive_desc_create \(key)")
+        var prim: dnnl_primitive_t?
+        check(dnnl_primitive_create(&prim, pd), "primitive_create")
+        dnnl_primitive_desc_destroy(pd)
+        dnnl_primitive_attr_destroy(attr)
+        cache[key] = prim!
+        return prim!
+    }
+
+    /// `dst[m, 0..<n] = src[m, 0..<k] · weight[n, k]ᵀ + bias[n]`, then the epilogue. `weight` rows are `ldWeight` apart
+    /// (default k); `dst` rows are `ldDst` apart (default n).
+    public func linear(m: Int, k: Int, n: Int, src: UnsafePointer<Float>, weight: UnsafePointer<Float>, ldWeight: Int? = nil,
+                       bias: UnsafePointer<Float>?, dst: UnsafeMutablePointer<Float>, ldDst: Int? = nil, epilogue: Epilogue = .none) {
+        if m == 0 || n == 0 { return }
+        let key = Key(m: m, k: k, n: n, bias: bias != nil, epilogue: epilogue, ldb: ldWeight ?? k, ldc: ldDst ?? n)
+        let prim = primitive(key)
+        var pd: const_dnnl_primitive_desc_t?
+        check(dnnl_primitive_get_primitive_desc(prim, &pd), "get_primitive_desc")
+        func mem(_ what: dnnl_query_t, _ ptr: UnsafeMutableRawPointer) -> dnnl_memory_t {
+            let md = dnnl_primitive_desc_query_md(pd, what, 0)
+            var m: dnnl_memory_t?
+            check(dnnl_memory_create(&m, md, engine, ptr), "memory_create")
+            return m!
+        }
+        let srcMem = mem(dnnl_query_src_md, UnsafeMutableRawPointer(mutating: src))
+        let weiMem = mem(dnnl_query_weights_md, UnsafeMutableRawPointer(mutating: weight))
+        let dstMem = mem(dnnl_query_dst_md, UnsafeMutableRawPointer(dst))
+        var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: srcMem),
+                    dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: weiMem),
+                    dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: dstMem)]
+        var biasMem: dnnl_memory_t?
+        if let bias {
+            let md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1)
+            check(dnnl_memory_create(&biasMem, md, engine, UnsafeMutableRawPointer(mutating: bias)), "memory_create bias")
+            args.append(dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: biasMem))
+        }
+        check(dnnl_primitive_execute(prim, stream, Int32(args.count), &args), "matmul execute")
+        check(dnnl_stream_wait(stream), "stream_wait")
+        dnnl_memory_destroy(srcMem); dnnl_memory_destroy(weiMem); dnnl_memory_destroy(dstMem)
+        if let biasMem { dnnl_memory_destroy(biasMem) }
+    }
+
+    /// Plain row-major SGEMM (`C = alpha·op(A)·op(B) + beta·C`), oneDNN's dnnl_sgemm. Used for attention tiles
+    /// inside worker threads (single-threaded there) and as the reference rate in `wan bench`.
+    public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let status = dnnl_sgemm(transA ? 84 : 78, transB ? 84 : 78, Int64(m), Int64(n), Int64(k), alpha,
+                                a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc))
+        check(status, "dnnl_sgemm")
+    }
+}
+
+@inline(__always) private func zeroDims() -> dnnl_dims_t { (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0) }
+private func setDims(_ d: inout dnnl_dims_t, _ v: [Int]) {
+    withUnsafeMutableBytes(of: &d) { raw in
+        let p = raw.bindMemory(to: Int64.self)
+        for i in 0..<12 { p[i] = i < v.count ? Int64(v[i]) : 0 }
+    }
+}
