@@ -15,6 +15,16 @@ public enum Attention {
                            heads: Int, headDim d: Int, scale: Float,
                            out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool = false) {
         precondition(keys > 0, "attention over zero keys")
+        Profile.measure("attention") {
+            runUnprofiled(q: q, ldq: ldq, queries: queries, k: k, ldk: ldk, v: v, ldv: ldv, keys: keys, heads: heads, headDim: d,
+                          scale: scale, out: out, ldo: ldo, accumulate: accumulate)
+        }
+    }
+
+    static func runUnprofiled(q: UnsafePointer<Float>, ldq: Int, queries: Int,
+                              k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int, keys: Int,
+                              heads: Int, headDim d: Int, scale: Float,
+                              out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool) {
         let tq = queryTile, tk = min(keyTile, keys)
         let qTiles = (queries + tq - 1) / tq
         Parallel.forEach(heads * qTiles) { task in
@@ -40,8 +50,7 @@ public enum Attention {
                     if k0 > 0 {
                         let alpha = Foundation.exp(runMax[r] - newMax)
                         runSum[r] = runSum[r] * alpha + sum
-                        let o = acc + r * d
-                        for j in 0..<d { o[j] *= alpha }
+                        scaleInPlace(acc + r * d, d, by: alpha)
                     } else {
                         runSum[r] = sum
                     }
@@ -63,28 +72,4 @@ public enum Attention {
         }
     }
 
-    @inline(__always) static func rowMax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
-        var m = Vec(repeating: -.infinity)
-        var i = 0
-        while i + vecWidth <= n { m = pointwiseMax(m, load(p + i)); i += vecWidth }
-        var r = m.max()
-        while i < n { r = max(r, p[i]); i += 1 }
-        return r
-    }
-
-    /// p[i] = exp(p[i] - shift); returns the sum.
-    @inline(__always) static func expInPlace(_ p: UnsafeMutablePointer<Float>, _ n: Int, minus shift: Float) -> Float {
-        var acc = Vec(repeating: 0)
-        let sv = Vec(repeating: shift)
-        var i = 0
-        while i + vecWidth <= n {
-            let e = vexp(load(p + i) - sv)
-            store(e, p + i)
-            acc += e
-            i += vecWidth
-        }
-        var s = acc.sum()
-        while i < n { let e = Foundation.exp(p[i] - shift); p[i] = e; s += e; i += 1 }
-        return s
-    }
 }

@@ -34,7 +34,7 @@ public final class GEMM: @unchecked Sendable {
     private var cache: [Key: dnnl_primitive_t] = [:]
     private let lock = NSLock()
 
-    private struct Key: Hashable { let m, k, n: Int; let bias: Bool; let epilogue: Epilogue; let ldb: Int; let ldc: Int }
+    private struct Key: Hashable { let m, k, n: Int; let bias: Bool; let epilogue: Epilogue; let ldb: Int; let ldc: Int; let threads: Int }
 
     private init() {
         check(dnnl_engine_create(&engine, dnnl_cpu, 0), "dnnl_engine_create")
@@ -92,7 +92,24 @@ public final class GEMM: @unchecked Sendable {
     public func linear(m: Int, k: Int, n: Int, src: UnsafePointer<Float>, weight: UnsafePointer<Float>, ldWeight: Int? = nil,
                        bias: UnsafePointer<Float>?, dst: UnsafeMutablePointer<Float>, ldDst: Int? = nil, epilogue: Epilogue = .none) {
         if m == 0 || n == 0 { return }
-        let key = Key(m: m, k: k, n: n, bias: bias != nil, epilogue: epilogue, ldb: ldWeight ?? k, ldc: ldDst ?? n)
+        Profile.measure(epilogue == .none ? "linear" : "linear+act") {
+            // Split the output columns over the workers of the one thread pool; oneDNN runs single-threaded in each.
+            let ldw = ldWeight ?? k, ldd = ldDst ?? n
+            let chunks = (2 * m * n * k >= 1 << 24 && n >= 32 * Parallel.workers) ? Parallel.workers : 1
+            let per = ((n + chunks - 1) / chunks + 15) / 16 * 16
+            Parallel.forEach(chunks) { c in
+                let n0 = c * per
+                let nc = min(per, n - n0)
+                if nc <= 0 { return }
+                linearUnprofiled(m: m, k: k, n: nc, src: src, weight: weight + n0 * ldw, ldWeight: ldw, bias: bias.map { $0 + n0 },
+                                 dst: dst + n0, ldDst: ldd, epilogue: epilogue)
+            }
+        }
+    }
+
+    private func linearUnprofiled(m: Int, k: Int, n: Int, src: UnsafePointer<Float>, weight: UnsafePointer<Float>, ldWeight: Int?,
+                                  bias: UnsafePointer<Float>?, dst: UnsafeMutablePointer<Float>, ldDst: Int?, epilogue: Epilogue) {
+        let key = Key(m: m, k: k, n: n, bias: bias != nil, epilogue: epilogue, ldb: ldWeight ?? k, ldc: ldDst ?? n, threads: Int(omp_get_max_threads()))
         let prim = primitive(key)
         var pd: const_dnnl_primitive_desc_t?
         check(dnnl_primitive_get_primitive_desc(prim, &pd), "get_primitive_desc")

@@ -15,7 +15,10 @@ public enum Parallel {
     public static func forEach(_ count: Int, _ body: (Int) -> Void) {
         if count <= 0 { return }
         if count == 1 || workers == 1 {
+            let previous = omp_get_max_threads()
+            omp_set_num_threads(1)
             for i in 0..<count { body(i) }
+            omp_set_num_threads(previous)
             return
         }
         withoutActuallyEscaping(body) { body in

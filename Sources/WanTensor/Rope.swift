@@ -26,6 +26,10 @@ public struct Rope3D: Sendable {
 
     /// Rotates `x` [grid tokens, heads * headDim] (rows `ld` apart) in place; tokens are ordered (f, h, w).
     public func apply(_ x: UnsafeMutablePointer<Float>, ld: Int, heads: Int, grid: (f: Int, h: Int, w: Int)) {
+        Profile.measure("rope") { applyUnprofiled(x, ld: ld, heads: heads, grid: grid) }
+    }
+
+    func applyUnprofiled(_ x: UnsafeMutablePointer<Float>, ld: Int, heads: Int, grid: (f: Int, h: Int, w: Int)) {
         let (pf, ph, pw) = axisPairs
         let invF = inverseFrequencies(pairs: pf), invH = inverseFrequencies(pairs: ph), invW = inverseFrequencies(pairs: pw)
         let half = headDim / 2

@@ -10,6 +10,9 @@ public struct TensorInfo: Sendable, Equatable {
     public var offset: Int
     public var byteCount: Int
     public var elementCount: Int { shape.reduce(1, *) }
+    public init(name: String, dtype: DType, shape: [Int], offset: Int, byteCount: Int) {
+        self.name = name; self.dtype = dtype; self.shape = shape; self.offset = offset; self.byteCount = byteCount
+    }
 }
 
 /// A safetensors file (https://github.com/huggingface/safetensors format): 8-byte little-endian header length,

@@ -1,2 +1,165 @@
 import ArgumentParser
-struct Bench: ParsableCommand {}
+import Foundation
+import WanKit
+import CDNNL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Speed and memory benchmarks.", subcommands: [BenchDiT.self, BenchAttention.self])
+}
+
+/// Peak resident set size of this process, in bytes.
+func peakRSSBytes() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return usage.ru_maxrss * 1024
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+struct BenchDiT: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dit",
+        abstract: "DiT step time (classifier-free guidance: conditional + unconditional pass) with the real Wan2.1-T2V-1.3B shapes and random weights.")
+
+    @Option(help: "Video size WxH (default: 832x480 with 1 frame and 256x256 with 5 frames).") var size: String?
+    @Option(help: "Frame count (4n+1).") var frames: Int?
+    @Option(help: "Benchmark a real DiT file (safetensors, mapped) instead of random 1.3B weights.") var weights: String?
+    @Option(help: "Model preset for random weights: t2v-1.3B, t2v-14B, i2v-14B, flf2v-14B.") var preset: String = "t2v-1.3B"
+    @Option(help: "Timed steps per shape (after one warm-up pass).") var steps: Int = 1
+    @Flag(help: "One JSON object per line instead of text.") var json = false
+    @Flag(help: "Print where the time goes (per op kind) after each shape.") var profile = false
+    @Option(help: "Override the layer count of the preset (quick experiments).") var layers: Int?
+
+    func run() throws {
+        var shapes: [(w: Int, h: Int, f: Int)] = [(832, 480, 1), (256, 256, 5)]
+        if let size {
+            let parts = size.lowercased().split(separator: "x").compactMap { Int($0) }
+            guard parts.count == 2, parts[0] > 0, parts[1] > 0, parts[0] % 16 == 0, parts[1] % 16 == 0 else {
+                throw ValidationError("--size must be WxH with both multiples of 16, e.g. 832x480")
+            }
+            shapes = [(parts[0], parts[1], frames ?? 1)]
+        } else if let frames {
+            shapes = shapes.map { ($0.w, $0.h, frames) }
+        }
+        for s in shapes where (s.f - 1) % 4 != 0 || s.f < 1 {
+            throw ValidationError("--frames must be 4n+1 (1, 5, 9, …, 81), got \(s.f)")
+        }
+        let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
+        let t0 = now()
+        let dit: WanDiT
+        if let weights {
+            dit = try WanDiT(weights: try SafetensorsSource(path: weights))
+            log("loaded \(weights): \(dit.config) in \(String(format: "%.1f", now() - t0)) s")
+        } else {
+            guard var config = WanDiTConfig.presets[preset] else {
+                throw ValidationError("unknown preset \(preset); one of \(WanDiTConfig.presets.keys.sorted().joined(separator: ", "))")
+            }
+            if let layers { config.numLayers = layers }
+            dit = try WanDiT(config: config, weights: RandomWeights(shapes: config.parameterShapes()))
+            log("random \(preset) weights (\(config.parameterCount / 1_000_000)M parameters) made in \(String(format: "%.1f", now() - t0)) s")
+        }
+        let c = dit.config
+        let sgemmRate = Self.sgemmGFlops(m: 1560, k: c.dim, n: c.ffnDim)
+        for s in shapes {
+            let lat = (f: (s.f - 1) / 4 + 1, h: s.h / 8, w: s.w / 8)
+            let tokens = lat.f / c.patchSize[0] * (lat.h / c.patchSize[1]) * (lat.w / c.patchSize[2])
+            let x = try RandomWeights(shapes: [("x", [16, lat.f, lat.h, lat.w])], seed: 1).float32("x")
+            let rand = RandomWeights(shapes: [("c", [512, c.textDim]), ("u", [512, c.textDim]), ("y", [c.inDim - 16, lat.f, lat.h, lat.w]),
+                                              ("clip", [c.modelType == "flf2v" ? 2 : 1, 257, 1280])], seed: 2)
+            let y = c.hasImageInput ? try rand.float32("y") : nil
+            let clip = c.hasImageInput ? try rand.float32("clip") : nil
+            let cond = DiTInput(x: x, t: 999, context: try rand.float32("c"), y: y, clipFeatures: clip)
+            let uncond = DiTInput(x: x, t: 999, context: try rand.float32("u"), y: y, clipFeatures: clip)
+            _ = try dit.forward(cond)  // warm-up: primitive creation, first touch of mapped weights
+            Profile.enabled = profile
+            Profile.reset()
+            let start = now()
+            for _ in 0..<steps {
+                _ = try dit.forward(cond)
+                _ = try dit.forward(uncond)
+            }
+            let perStep = (now() - start) / Double(steps)
+            let flops = 2 * Self.forwardFlops(c, tokens: tokens)
+            let gflops = flops / perStep / 1e9
+            let rss = peakRSSBytes()
+            if json {
+                let obj: [String: Any] = ["size": "\(s.w)x\(s.h)", "frames": s.f, "tokens": tokens, "seconds_per_step": perStep,
+                                          "gflops": gflops, "sgemm_gflops": sgemmRate, "ratio": gflops / sgemmRate, "peak_rss_bytes": rss]
+                let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print(String(format: "dit %@ %dx%dx%d (%d tokens, cfg): %.2f s/step, %.1f GFLOP/s, sgemm %.1f GFLOP/s, ratio %.2f, peak RSS %.2f GB",
+                             c.modelType, s.w, s.h, s.f, tokens, perStep, gflops, sgemmRate, gflops / sgemmRate, Double(rss) / 1e9))
+            }
+            if profile { for line in Profile.report() { print("  " + line) } }
+            Profile.enabled = false
+            fflush(stdout)
+        }
+    }
+
+    /// Multiply-add FLOPs of one forward pass (GEMMs and attention; elementwise work not counted).
+    static func forwardFlops(_ c: WanDiTConfig, tokens L: Int) -> Double {
+        let d = Double(c.dim), l = Double(L), f = Double(c.ffnDim), text = Double(c.textLen)
+        let img = c.hasImageInput ? Double(c.modelType == "flf2v" ? 514 : 257) : 0
+        var perLayer = 4 * 2 * l * d * d          // self-attention q, k, v, o
+        perLayer += 2 * 2 * l * l * d             // scores and values
+        perLayer += 2 * 2 * l * d * d             // cross q, o
+        perLayer += 2 * 2 * (text + img) * d * d  // cross k, v (and k_img, v_img)
+        perLayer += 2 * 2 * l * (text + img) * d  // cross scores and values
+        perLayer += 2 * 2 * l * d * f             // ffn
+        var total = Double(c.numLayers) * perLayer
+        total += 2 * l * Double(c.inDim * c.patchSize.reduce(1, *)) * d
+        total += 2 * text * (Double(c.textDim) * d + d * d)
+        total += 2 * l * d * Double(c.outDim * c.patchSize.reduce(1, *))
+        if img > 0 { total += 2 * img * (1280 * 1280 + 1280 * d) }
+        return total
+    }
+
+    /// Best rate of a plain oneDNN sgemm (all cores) of the FFN's shape.
+    static func sgemmGFlops(m: Int, k: Int, n: Int) -> Double {
+        let a = Tensor(zeros: [m, k]), b = Tensor(zeros: [n, k]), c = Tensor(zeros: [m, n])
+        for i in 0..<a.count { a.data[i] = Float(i % 7) * 0.1 }
+        for i in 0..<b.count { b.data[i] = Float(i % 5) * 0.1 }
+        var best = 0.0
+        omp_set_num_threads(Int32(Parallel.workers))  // oneDNN's own OpenMP threading, as a plain caller gets it
+        for _ in 0..<4 {
+            let t = now()
+            GEMM.sgemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: a.data, lda: k, b: b.data, ldb: k, beta: 0, c: c.data, ldc: n)
+            best = max(best, 2 * Double(m) * Double(n) * Double(k) / (now() - t) / 1e9)
+        }
+        return best
+    }
+}
+
+struct BenchAttention: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "attention", abstract: "Tiled attention kernel rate (GFLOP/s).")
+    @Option(help: "Query and key count.") var tokens: Int = 1560
+    @Option(help: "Heads.") var heads: Int = 12
+    @Option(help: "Head dim.") var headDim: Int = 128
+    @Option(help: "Query tile.") var queryTile: Int = Attention.queryTile
+    @Option(help: "Key tile.") var keyTile: Int = Attention.keyTile
+
+    func run() throws {
+        Attention.queryTile = queryTile
+        Attention.keyTile = keyTile
+        let d = heads * headDim
+        let r = RandomWeights(shapes: [("q", [tokens, d]), ("k", [tokens, d]), ("v", [tokens, d])], seed: 3)
+        let q = try r.float32("q"), k = try r.float32("k"), v = try r.float32("v")
+        let out = Tensor(zeros: [tokens, d])
+        var best = 0.0
+        for _ in 0..<3 {
+            let t = now()
+            Attention.run(q: q.data, ldq: d, queries: tokens, k: k.data, ldk: d, v: v.data, ldv: d, keys: tokens,
+                          heads: heads, headDim: headDim, scale: 1 / Float(headDim).squareRoot(), out: out.data, ldo: d)
+            best = max(best, 4 * Double(tokens) * Double(tokens) * Double(d) / (now() - t) / 1e9)
+        }
+        print(String(format: "attention %d tokens, %d heads of %d, tiles %dx%d: %.1f GFLOP/s", tokens, heads, headDim, queryTile, keyTile, best))
+    }
+}

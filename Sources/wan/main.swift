@@ -28,4 +28,19 @@ struct Conformance: ParsableCommand {
     }
 }
 
+/// The engine is built for x86-64-v3; say so plainly on an older CPU instead of dying on an illegal instruction.
+func checkCPU() {
+    #if arch(x86_64) && os(Linux)
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let flagsLine = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
+    let flags = Set(flagsLine.split(separator: " ").map(String.init))
+    let missing = ["avx2", "fma", "f16c"].filter { !flags.contains($0) }
+    if !missing.isEmpty {
+        FileHandle.standardError.write("wan: this CPU lacks \(missing.joined(separator: ", ")); WanKit needs an x86-64-v3 CPU (AVX2 and FMA, 2015 or later)\n".data(using: .utf8)!)
+        exit(2)
+    }
+    #endif
+}
+
+checkCPU()
 Wan.main()

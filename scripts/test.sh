@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: installs dependencies, builds in release mode, runs the golden conformance cases
+# (../shared/golden) and the unit tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+swift build -c release --build-tests
+golden="../shared/golden"
+if [ -d "$golden/cases" ]; then
+  .build/release/wan conformance "$golden"
+else
+  echo "test: no golden data at $golden; the golden tests will be skipped" >&2
+fi
+swift test -c release --skip-build --disable-swift-testing
