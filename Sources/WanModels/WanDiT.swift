@@ -129,6 +129,54 @@ public final class WanDiT: @unchecked Sendable {
         try self.init(config: config, weights: source)
     }
 
+    // MARK: context
+
+    /// Everything the model derives from the text (and image) conditioning alone: the embedded text and every
+    /// block's cross-attention keys and values. It does not depend on the latent or the timestep, so a sampling loop
+    /// prepares it once per prompt. The official model zero-pads the text to text_len rows before the embedding, so
+    /// all padded rows embed to the same vector: they are kept once, with weight log(count) on its attention score,
+    /// which is the same softmax as attending to every copy.
+    public func prepare(context: Tensor, clipFeatures: Tensor? = nil) throws -> DiTContext {
+        let c = config, d = c.dim
+        guard context.rank == 2, context.shape[1] == c.textDim else {
+            throw DiTInputError(description: "context must be [L, \(c.textDim)], got \(context.shape)")
+        }
+        let rows = context.shape[0]
+        guard rows <= c.textLen else {
+            throw DiTInputError(description: "context has \(rows) rows, more than text_len \(c.textLen)")
+        }
+        let padCount = c.textLen - rows
+        let unique = rows + (padCount > 0 ? 1 : 0)
+        let padded = Tensor(zeros: [unique, c.textDim])
+        padded.data.update(from: context.data, count: context.count)
+        let embedded = textEmbedding2(textEmbedding0(padded, epilogue: .geluTanh))
+        let keyBias = Tensor(zeros: [unique])
+        if padCount > 0 { keyBias.data[unique - 1] = Foundation.log(Float(padCount)) }
+        var textBlocks: [DiTContext.KeyValue] = []
+        var imageBlocks: [DiTContext.KeyValue]? = nil
+        var imageTokens: Tensor? = nil
+        if c.hasImageInput {
+            guard let clipFeatures else { throw DiTInputError(description: "this \(c.modelType) model needs CLIP features") }
+            imageTokens = try imageContext(clipFeatures)
+            imageBlocks = []
+        } else if clipFeatures != nil {
+            throw DiTInputError(description: "this t2v model takes no CLIP features")
+        }
+        for block in blocks {
+            let ca = block.crossAttn
+            let k = ca.k(embedded), v = ca.v(embedded)
+            if let w = ca.normK { Kernels.rmsNorm(k.data, rows: unique, dim: d, eps: c.eps, weight: w.data) }
+            textBlocks.append(.init(k: k, v: v))
+            if let ic = imageTokens, let kImg = ca.kImg, let vImg = ca.vImg {
+                let ik = kImg(ic), iv = vImg(ic)
+                if let w = ca.normKImg { Kernels.rmsNorm(ik.data, rows: ic.shape[0], dim: d, eps: c.eps, weight: w.data) }
+                imageBlocks!.append(.init(k: ik, v: iv))
+            }
+        }
+        return DiTContext(model: self, textRows: rows, padCount: padCount, embedded: embedded, keyBias: keyBias,
+                          blocks: textBlocks, imageTokens: imageTokens, imageBlocks: imageBlocks)
+    }
+
     // MARK: forward
 
     /// Sinusoidal timestep embedding in float64 ([cos | sin]), rounded to float32 (official `sinusoidal_embedding_1d`).
@@ -170,7 +218,16 @@ public final class WanDiT: @unchecked Sendable {
 
     /// One video through the model. `trace` receives named intermediates (official module outputs) when given.
     public func forward(_ input: DiTInput, trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
+        try forward(x: input.x, y: input.y, t: input.t, context: try prepare(context: input.context, clipFeatures: input.clipFeatures), trace: trace)
+    }
+
+    /// One video through the model with a prepared context (reused across the steps of a sampling loop).
+    public func forward(x inputX: Tensor, y inputY: Tensor? = nil, t: Float, context prepared: DiTContext,
+                        trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
+        guard prepared.model === self else { throw DiTInputError(description: "the context was prepared by another model") }
+        let input = (x: inputX, y: inputY, t: t)
         let c = config, d = c.dim
+        if c.hasImageInput && input.y == nil { throw DiTInputError(description: "this \(c.modelType) model needs y (mask + image latent) besides x") }
         // Patch embedding (x and y concatenated on channels).
         var channels = input.x.shape.first ?? 0
         guard input.x.rank == 4 else { throw DiTInputError(description: "x must be [C, F, H, W], got \(input.x.shape)") }
@@ -225,30 +282,15 @@ public final class WanDiT: @unchecked Sendable {
         let e0 = timeProjection(eSilu).reshaped([6, d])
         trace?("e0", e0)
 
-        // Text context, zero-padded to text_len before the embedding.
-        guard input.context.rank == 2, input.context.shape[1] == c.textDim else {
-            throw DiTInputError(description: "context must be [L, \(c.textDim)], got \(input.context.shape)")
-        }
-        guard input.context.shape[0] <= c.textLen else {
-            throw DiTInputError(description: "context has \(input.context.shape[0]) rows, more than text_len \(c.textLen)")
-        }
-        let padded = Tensor(zeros: [c.textLen, c.textDim])
-        padded.data.update(from: input.context.data, count: input.context.count)
-        let ctxHidden = textEmbedding0(padded, epilogue: .geluTanh)
-        let context = textEmbedding2(ctxHidden)
-        trace?("context_embedded", context)
-        var imageTokens: Tensor? = nil
-        if c.hasImageInput {
-            guard let clip = input.clipFeatures else { throw DiTInputError(description: "this \(c.modelType) model needs CLIP features") }
-            let ic = try imageContext(clip)
-            trace?("context_clip", ic)
-            imageTokens = ic
+        if let trace {
+            trace("context_embedded", prepared.paddedEmbedding())
+            if let ic = prepared.imageTokens { trace("context_clip", ic) }
         }
 
         // Blocks.
-        let scratch = BlockScratch(tokens: L, dim: d, ffn: c.ffnDim, contextRows: c.textLen, imageRows: imageTokens?.shape[0] ?? 0)
+        let scratch = BlockScratch(tokens: L, dim: d, ffn: c.ffnDim)
         for (i, block) in blocks.enumerated() {
-            run(block, index: i, x: x, grid: grid, e0: e0, context: context, imageContext: imageTokens, s: scratch, trace: trace)
+            run(block, index: i, x: x, grid: grid, e0: e0, context: prepared, s: scratch, trace: trace)
         }
 
         // Head.
@@ -279,22 +321,17 @@ public final class WanDiT: @unchecked Sendable {
     final class BlockScratch {
         let normed, q, k, v, attn, proj: Tensor
         let ffnHidden: Tensor
-        let ck, cv: Tensor
-        let ik, iv: Tensor?
         let mod: Tensor
-        init(tokens L: Int, dim d: Int, ffn: Int, contextRows: Int, imageRows: Int) {
+        init(tokens L: Int, dim d: Int, ffn: Int) {
             normed = Tensor(uninitialized: [L, d]); q = Tensor(uninitialized: [L, d]); k = Tensor(uninitialized: [L, d])
             v = Tensor(uninitialized: [L, d]); attn = Tensor(uninitialized: [L, d]); proj = Tensor(uninitialized: [L, d])
             ffnHidden = Tensor(uninitialized: [L, ffn])
-            ck = Tensor(uninitialized: [contextRows, d]); cv = Tensor(uninitialized: [contextRows, d])
-            ik = imageRows > 0 ? Tensor(uninitialized: [imageRows, d]) : nil
-            iv = imageRows > 0 ? Tensor(uninitialized: [imageRows, d]) : nil
             mod = Tensor(uninitialized: [6, d])
         }
     }
 
-    private func run(_ block: Block, index: Int, x: Tensor, grid: (f: Int, h: Int, w: Int), e0: Tensor, context: Tensor,
-                     imageContext: Tensor?, s: BlockScratch, trace: ((String, Tensor) -> Void)?) {
+    private func run(_ block: Block, index: Int, x: Tensor, grid: (f: Int, h: Int, w: Int), e0: Tensor, context: DiTContext,
+                     s: BlockScratch, trace: ((String, Tensor) -> Void)?) {
         let c = config, d = c.dim, L = x.shape[0], heads = c.numHeads, hd = c.headDim
         let scale = 1 / Float(hd).squareRoot()
         for j in 0..<(6 * d) { s.mod.data[j] = block.modulation.data[j] + e0.data[j] }
@@ -321,22 +358,17 @@ public final class WanDiT: @unchecked Sendable {
         if let n3 = block.norm3 { n3(x.data, rows: L, into: s.normed.data) } else { s.normed.data.update(from: x.data, count: L * d) }
         ca.q(s.normed.data, rows: L, into: s.q.data)
         if let w = ca.normQ { Kernels.rmsNorm(s.q.data, rows: L, dim: d, eps: c.eps, weight: w.data) }
-        let cr = context.shape[0]
-        ca.k(context.data, rows: cr, into: s.ck.data)
-        ca.v(context.data, rows: cr, into: s.cv.data)
-        if let w = ca.normK { Kernels.rmsNorm(s.ck.data, rows: cr, dim: d, eps: c.eps, weight: w.data) }
-        if let ic = imageContext, let kImg = ca.kImg, let vImg = ca.vImg, let ik = s.ik, let iv = s.iv {
-            let ir = ic.shape[0]
-            kImg(ic.data, rows: ir, into: ik.data)
-            vImg(ic.data, rows: ir, into: iv.data)
-            if let w = ca.normKImg { Kernels.rmsNorm(ik.data, rows: ir, dim: d, eps: c.eps, weight: w.data) }
-            Attention.run(q: s.q.data, ldq: d, queries: L, k: ik.data, ldk: d, v: iv.data, ldv: d, keys: ir,
+        let text = context.blocks[index]
+        let cr = context.uniqueTextRows
+        if let image = context.imageBlocks?[index] {
+            let ir = image.k.shape[0]
+            Attention.run(q: s.q.data, ldq: d, queries: L, k: image.k.data, ldk: d, v: image.v.data, ldv: d, keys: ir,
                           heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d)
-            Attention.run(q: s.q.data, ldq: d, queries: L, k: s.ck.data, ldk: d, v: s.cv.data, ldv: d, keys: cr,
-                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, accumulate: true)
+            Attention.run(q: s.q.data, ldq: d, queries: L, k: text.k.data, ldk: d, v: text.v.data, ldv: d, keys: cr,
+                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, accumulate: true, keyBias: context.keyBias.data)
         } else {
-            Attention.run(q: s.q.data, ldq: d, queries: L, k: s.ck.data, ldk: d, v: s.cv.data, ldv: d, keys: cr,
-                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d)
+            Attention.run(q: s.q.data, ldq: d, queries: L, k: text.k.data, ldk: d, v: text.v.data, ldv: d, keys: cr,
+                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, keyBias: context.keyBias.data)
         }
         ca.o(s.attn.data, rows: L, into: s.proj.data)
         if index == 0 { trace?("block0_cross_attn", s.proj.reshaped([L, d])) }
@@ -349,5 +381,38 @@ public final class WanDiT: @unchecked Sendable {
         if index == 0 { trace?("block0_ffn", s.proj.reshaped([L, d])) }
         Kernels.addGated(x.data, s.proj.data, rows: L, dim: d, gate: m(5))
         trace?("block\(index)_out", x.reshaped([L, d]))
+    }
+}
+
+/// A prepared conditioning (see `WanDiT.prepare`): reuse it for every step with the same prompt.
+public final class DiTContext: @unchecked Sendable {
+    struct KeyValue { let k: Tensor; let v: Tensor }
+    let model: WanDiT
+    /// Real text rows, and how many zero rows the official model appends to reach text_len.
+    public let textRows: Int
+    public let padCount: Int
+    /// Embedded text: the real rows, then one row standing for every padded row.
+    let embedded: Tensor
+    let keyBias: Tensor
+    let blocks: [KeyValue]
+    /// Image context rows (MLPProj of the CLIP features) for i2v/flf2v.
+    public let imageTokens: Tensor?
+    let imageBlocks: [KeyValue]?
+
+    var uniqueTextRows: Int { embedded.shape[0] }
+
+    init(model: WanDiT, textRows: Int, padCount: Int, embedded: Tensor, keyBias: Tensor, blocks: [KeyValue],
+         imageTokens: Tensor?, imageBlocks: [KeyValue]?) {
+        self.model = model; self.textRows = textRows; self.padCount = padCount; self.embedded = embedded
+        self.keyBias = keyBias; self.blocks = blocks; self.imageTokens = imageTokens; self.imageBlocks = imageBlocks
+    }
+
+    /// The embedded text as the official model holds it: [text_len, dim], padded rows repeated.
+    public func paddedEmbedding() -> Tensor {
+        let d = embedded.shape[1]
+        let out = Tensor(uninitialized: [textRows + padCount, d])
+        out.data.update(from: embedded.data, count: textRows * d)
+        for r in 0..<padCount { (out.data + (textRows + r) * d).update(from: embedded.data + textRows * d, count: d) }
+        return out
     }
 }

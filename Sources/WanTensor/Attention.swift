@@ -10,21 +10,23 @@ public enum Attention {
     /// For each head h: `out[:, h] = softmax(q[:, h] · k[:, h]ᵀ · scale) · v[:, h]` over keys 0..<keys (later keys
     /// are masked out simply by not being passed). Rows of q/k/v/out are `ld*` floats apart; head h occupies
     /// columns h*headDim ..< (h+1)*headDim. With `accumulate`, the result is added to `out` instead of stored.
+    /// `keyBias` (one value per key, may be nil) is added to every score of that key: log(n) there makes one key
+    /// count as n identical keys.
     public static func run(q: UnsafePointer<Float>, ldq: Int, queries: Int,
                            k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int, keys: Int,
                            heads: Int, headDim d: Int, scale: Float,
-                           out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool = false) {
+                           out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool = false, keyBias: UnsafePointer<Float>? = nil) {
         precondition(keys > 0, "attention over zero keys")
         Profile.measure("attention") {
             runUnprofiled(q: q, ldq: ldq, queries: queries, k: k, ldk: ldk, v: v, ldv: ldv, keys: keys, heads: heads, headDim: d,
-                          scale: scale, out: out, ldo: ldo, accumulate: accumulate)
+                          scale: scale, out: out, ldo: ldo, accumulate: accumulate, keyBias: keyBias)
         }
     }
 
     static func runUnprofiled(q: UnsafePointer<Float>, ldq: Int, queries: Int,
                               k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int, keys: Int,
                               heads: Int, headDim d: Int, scale: Float,
-                              out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool) {
+                              out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool, keyBias: UnsafePointer<Float>?) {
         let tq = queryTile, tk = min(keyTile, keys)
         let qTiles = (queries + tq - 1) / tq
         Parallel.forEach(heads * qTiles) { task in
@@ -45,6 +47,7 @@ public enum Attention {
                            a: qh, lda: ldq, b: k + k0 * ldk + h * d, ldb: ldk, beta: 0, c: scores, ldc: tk)
                 for r in 0..<rows {
                     let s = scores + r * tk
+                    if let keyBias { for j in 0..<kn { s[j] += keyBias[k0 + j] } }
                     let newMax = max(runMax[r], rowMax(s, kn))
                     let sum = expInPlace(s, kn, minus: newMax)
                     if k0 > 0 {

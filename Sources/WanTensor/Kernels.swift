@@ -130,6 +130,20 @@ public enum Kernels {
         }
     }
 
+    /// GELU, tanh approximation, in place: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) = x / (1 + exp(-2u)).
+    public static func geluTanh(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        Profile.measure("gelu") {
+            Parallel.forRanges(count, grain: 1 << 14) { range in
+                let p = x + range.lowerBound
+                for i in 0..<range.count {
+                    let v = p[i]
+                    let u = 0.7978845608028654 * (v + 0.044715 * v * v * v)
+                    p[i] = v / (1 + fastExp(-2 * u))
+                }
+            }
+        }
+    }
+
     /// SiLU, in place (small vectors only: the time embedding).
     public static func silu(_ x: UnsafeMutablePointer<Float>, count: Int) {
         for i in 0..<count { x[i] = x[i] / (1 + Foundation.exp(-x[i])) }
