@@ -24,7 +24,9 @@ let package = Package(
         .target(name: "WanTensor", dependencies: ["CDNNL"], swiftSettings: optimize),
         .target(name: "WanWeights", dependencies: ["WanTensor"], swiftSettings: optimize),
         .target(name: "WanModels", dependencies: ["WanTensor", "WanWeights"], swiftSettings: optimize),
-        .target(name: "WanKit", dependencies: ["WanTensor", "WanWeights", "WanModels"], swiftSettings: optimize),
+        .target(name: "WanSampling", dependencies: ["WanTensor"], swiftSettings: optimize),
+        .target(name: "WanText", dependencies: [], swiftSettings: optimize),
+        .target(name: "WanKit", dependencies: ["WanTensor", "WanWeights", "WanModels", "WanSampling", "WanText"], swiftSettings: optimize),
         .executableTarget(name: "wan", dependencies: [
             "WanKit", "CDNNL",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

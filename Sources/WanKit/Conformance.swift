@@ -10,12 +10,15 @@ public struct GoldenCase {
     public let component: String
     public let model: String?
     public let config: [String: Any]
+    /// The case's inputs and outputs as in the JSON (a tensor is {"tensor": key, "shape", "dtype"}; anything else is
+    /// a plain JSON value).
     public let inputs: [String: Any]
+    public let outputs: [String: Any]
     public let outputNames: [String]
-    private let outputs: [String: Any]
     private let tolerance: Tolerance
     private let tolerances: [String: Tolerance]
-    private let tensors: SafetensorsSource
+    /// The case's tensors (cases/<name>.safetensors), by key.
+    public let tensors: SafetensorsSource
 
     public init(jsonPath: String) throws {
         let data = try Data(contentsOf: URL(fileURLWithPath: jsonPath))
@@ -110,6 +113,12 @@ public final class ConformanceRunner {
             switch c.component {
             case "dit", "weights":
                 return try runDiT(c)
+            case "scheduler":
+                return try runScheduler(c)
+            case "rng":
+                return try runRNG(c)
+            case "tokenizer":
+                return try runTokenizer(c)
             default:
                 return .skip(c.name, "component '\(c.component)' is not implemented yet")
             }
@@ -189,7 +198,9 @@ public final class ConformanceRunner {
         return compare(c, got)
     }
 
-    func compare(_ c: GoldenCase, _ got: [String: Tensor]) -> CaseResult {
+    /// Compares every output of the case with `got` at the case's tolerances (integer outputs compare exactly as
+    /// their float32 values, exact below 2^24).
+    public func compare(_ c: GoldenCase, _ got: [String: Tensor]) -> CaseResult {
         var worst: (name: String, cmp: Comparison, ratio: Double)? = nil
         var failures: [String] = []
         for name in c.outputNames {

@@ -1,3 +1,5 @@
 @_exported import WanTensor
 @_exported import WanWeights
 @_exported import WanModels
+@_exported import WanSampling
+@_exported import WanText
