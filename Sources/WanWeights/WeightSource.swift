@@ -11,6 +11,17 @@ public protocol WeightSource: AnyObject, Sendable {
     func info(_ name: String) -> TensorInfo?
     /// The tensor as float32: a view into the mapping when it is stored as aligned float32, else a converted copy.
     func float32(_ name: String) throws -> Tensor
+    /// The tensor as stored (type, logical shape, pointer into the mapping, optional scale), not converted: for
+    /// dequantising weight tiles just before a GEMM. The default converts with `float32` and wraps the result.
+    func stored(_ name: String) throws -> StoredTensor
+}
+
+extension WeightSource {
+    public func stored(_ name: String) throws -> StoredTensor {
+        let t = try float32(name)
+        return StoredTensor(name: name, type: .dtype(.f32), shape: t.shape, data: UnsafeRawPointer(t.data),
+                            byteCount: t.count * 4, scale: nil, owner: t)
+    }
 }
 
 /// One or more safetensors files seen as one state dict (a model split over files, or the official FLF2V pair).
@@ -44,6 +55,18 @@ public final class SafetensorsSource: WeightSource, @unchecked Sendable {
     public var label: String { files.map(\.path).joined(separator: " + ") }
     public var names: [String] { Array(index.keys) }
     public func info(_ name: String) -> TensorInfo? { index[name]?.info }
+
+    /// The file and header entry holding `name`, nil when absent.
+    public func location(_ name: String) -> (file: SafetensorsFile, info: TensorInfo)? { index[name] }
+
+    public func stored(_ name: String) throws -> StoredTensor {
+        guard let (file, info) = index[name] else { throw WeightError.missingKey(source: label, key: name, expectedShape: nil) }
+        guard info.dtype.isFloat || info.dtype == .i8 || info.dtype == .u8 else {
+            throw WeightError.unsupportedDType(source: file.path, key: name, dtype: info.dtype.rawValue)
+        }
+        return StoredTensor(name: name, type: .dtype(info.dtype), shape: info.shape, data: file.pointer(info),
+                            byteCount: info.byteCount, scale: nil, owner: file)
+    }
 
     public func float32(_ name: String) throws -> Tensor {
         guard let (file, info) = index[name] else { throw WeightError.missingKey(source: label, key: name, expectedShape: nil) }
