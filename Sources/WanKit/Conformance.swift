@@ -135,17 +135,21 @@ public final class ConformanceRunner {
         return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
     }
 
-    /// Layouts the DiT loader understands today.
-    static let supportedDiTLayouts: Set<String> = ["official", "comfy-prefix"]
+    /// Layouts the DiT loader understands today (every layout `openDiTWeights` detects).
+    static let supportedDiTLayouts: Set<String> = DiTWeights.layouts
 
     func dit(_ model: String) throws -> WanDiT? {
         if let m = dits[model] { return m }
         let json = try modelJSON(model)
         let layout = json["layout"] as? String ?? "official"
-        guard (json["class"] as? String) == "WanModel", Self.supportedDiTLayouts.contains(layout) else { return nil }
+        let cls = json["class"] as? String
+        guard cls == "WanModel" || cls == "WanTransformer3DModel", Self.supportedDiTLayouts.contains(layout) else { return nil }
         let files = (json["files"] as? [String]) ?? [model + ".safetensors"]
-        let source = try SafetensorsSource(paths: files.map { (weightsDirectory as NSString).appendingPathComponent($0) })
-        let dit = try WanDiT(weights: source, arguments: json["config"] as? [String: Any])
+        let weights = try openDiTWeights(paths: files.map { (weightsDirectory as NSString).appendingPathComponent($0) })
+        // The model JSON's config (official arguments) overrides what the files state, which overrides inference.
+        var arguments = weights.arguments ?? [:]
+        for (k, v) in json["config"] as? [String: Any] ?? [:] { arguments[k] = v }
+        let dit = try WanDiT(weights: weights.source, arguments: arguments)
         dits[model] = dit
         return dit
     }
