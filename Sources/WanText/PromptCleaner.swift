@@ -1,0 +1,383 @@
+import Foundation
+
+/// Wan's prompt cleaning (`wan/modules/tokenizers.py`, `clean='whitespace'`):
+/// `ftfy.fix_text(text)`, `html.unescape` twice, `strip()`, `\s+` → one space, `strip()`.
+///
+/// What of `ftfy.fix_text` (ftfy 6, default `TextFixerConfig`) is reproduced:
+/// - the outer loop: the text is fixed line by line (segments end after each `\n`); HTML unescaping is "auto": it
+///   is switched off for the current and every later line once a line contains `<`;
+/// - per segment, the fixers repeat until nothing changes, in ftfy's order:
+///   - `unescape_html`: `&name;` entities of the HTML5 table (with the semicolon), the all-caps forms ftfy accepts
+///     (`&EACUTE;` → `É`), numeric `&#…;` / `&#x…;` references (Python's `html.unescape` rules);
+///   - `fix_encoding`, restricted to the encodings real prompts show: text that can be encoded as Latin-1 or
+///     "sloppy" Windows-1252 (undefined bytes pass through, U+FFFD ↔ byte 1A) and contains a UTF-8 sequence written
+///     as such characters (the mojibake clue standing in for ftfy's badness regex) is re-decoded as UTF-8 when the
+///     whole segment decodes; otherwise each run of such sequences is decoded on its own (`decode_inconsistent_utf8`);
+///     text of Latin-1 that holds C1 controls is re-read as Windows-1252. Not covered: the other single-byte
+///     encodings ftfy tries (Windows-1250/1251/1253/1254/1257, ISO-8859-2, MacRoman, CP437), `restore_byte_a0`,
+///     `replace_lossy_sequences`, the CESU-8/Java `utf-8-variants` decoder, and ftfy's exact badness scoring;
+///   - `fix_c1_controls` (C1 controls → Windows-1252 characters), `fix_latin_ligatures` (ﬁ → fi, Ǆ → DŽ, …),
+///     `fix_character_width` (full-width/half-width forms and U+3000 → their NFKC forms), `uncurl_quotes`
+///     (U+2018–U+201B, U+02BC → `'`; U+201C–U+201F → `"`), `fix_line_breaks` (CRLF, CR, U+2028, U+2029, U+0085 →
+///     `\n`), `remove_terminal_escapes` (`ESC [ digits/; letter`), `remove_control_chars` (U+0000–U+0008, U+000B,
+///     U+000E–U+001F, U+007F, U+206A–U+206F, U+FEFF, U+FFF9–U+FFFC), then NFC;
+///   - `fix_surrogates` has nothing to do in Swift (strings hold no lone surrogates).
+/// - then Python's `html.unescape` twice (full HTML5 table incl. the legacy names without `;`, longest-prefix
+///   matching, numeric references with Python's replacement of invalid code points), `strip`, `\s+` → ` `, `strip`,
+///   with Python's `str.isspace` set (incl. U+00A0, U+3000, U+2028/2029, U+0085, U+001C–U+001F; not U+200B).
+public enum WanPromptCleaner {
+    /// The cleaned prompt, as Wan feeds it to the tokenizer.
+    public static func clean(_ text: String) -> String {
+        var s = fixText(text)
+        s = htmlUnescape(htmlUnescape(s))
+        return collapseWhitespace(s)
+    }
+
+    /// `str.strip()` then `re.sub(r'\s+', ' ', …)` then `strip()`.
+    public static func collapseWhitespace(_ text: String) -> String {
+        var out = String.UnicodeScalarView()
+        var pendingSpace = false
+        for c in text.unicodeScalars {
+            if isPythonSpace(c) { pendingSpace = !out.isEmpty; continue }
+            if pendingSpace { out.append(" "); pendingSpace = false }
+            out.append(c)
+        }
+        return String(out)
+    }
+
+    /// Python's `str.isspace()`.
+    public static func isPythonSpace(_ c: Unicode.Scalar) -> Bool {
+        switch c.value {
+        case 0x09...0x0D, 0x1C...0x20, 0x85, 0xA0, 0x1680, 0x2000...0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000: return true
+        default: return false
+        }
+    }
+
+    // MARK: ftfy.fix_text
+
+    /// `ftfy.fix_text` with its default configuration, as far as described on the type.
+    public static func fixText(_ text: String) -> String {
+        let scalars = Array(text.unicodeScalars)
+        var out = String.UnicodeScalarView()
+        var unescape = true
+        var pos = 0
+        while pos < scalars.count {
+            var end = pos
+            while end < scalars.count && scalars[end] != "\n" { end += 1 }
+            if end < scalars.count { end += 1 }
+            let segment = Array(scalars[pos..<end])
+            if segment.contains("<") { unescape = false }
+            out.append(contentsOf: fixSegment(segment, unescapeHTML: unescape))
+            pos = end
+        }
+        return String(out)
+    }
+
+    static func fixSegment(_ input: [Unicode.Scalar], unescapeHTML: Bool) -> [Unicode.Scalar] {
+        var text = input
+        for _ in 0..<16 {
+            let orig = text
+            if unescapeHTML { text = ftfyUnescapeHTML(text) }
+            text = fixEncoding(text)
+            text = fixC1Controls(text)
+            text = text.flatMap { ligatures[$0.value].map { Array($0.unicodeScalars) } ?? [$0] }
+            text = text.flatMap { widthMap[$0.value] ?? [$0] }
+            text = text.map { c -> Unicode.Scalar in
+                switch c.value {
+                case 0x2BC, 0x2018...0x201B: return "'"
+                case 0x201C...0x201F: return "\""
+                default: return c
+                }
+            }
+            text = fixLineBreaks(text)
+            text = removeTerminalEscapes(text)
+            text = text.filter { !isControl($0) }
+            text = Array(String(String.UnicodeScalarView(text)).precomposedStringWithCanonicalMapping.unicodeScalars)
+            if text == orig { break }
+        }
+        return text
+    }
+
+    static func isControl(_ c: Unicode.Scalar) -> Bool {
+        switch c.value {
+        case 0x00...0x08, 0x0B, 0x0E...0x1F, 0x7F, 0x206A...0x206F, 0xFEFF, 0xFFF9...0xFFFC: return true
+        default: return false
+        }
+    }
+
+    static func fixLineBreaks(_ t: [Unicode.Scalar]) -> [Unicode.Scalar] {
+        var out: [Unicode.Scalar] = []
+        out.reserveCapacity(t.count)
+        var i = 0
+        while i < t.count {
+            let c = t[i]
+            if c == "\r" {
+                out.append("\n")
+                if i + 1 < t.count && t[i + 1] == "\n" { i += 1 }
+            } else if c.value == 0x2028 || c.value == 0x2029 || c.value == 0x85 {
+                out.append("\n")
+            } else {
+                out.append(c)
+            }
+            i += 1
+        }
+        return out
+    }
+
+    /// `\x1b\[[\d;]*[a-zA-Z]` removed.
+    static func removeTerminalEscapes(_ t: [Unicode.Scalar]) -> [Unicode.Scalar] {
+        guard t.contains("\u{1B}") else { return t }
+        var out: [Unicode.Scalar] = []
+        var i = 0
+        while i < t.count {
+            if t[i] == "\u{1B}" && i + 1 < t.count && t[i + 1] == "[" {
+                var j = i + 2
+                while j < t.count && (("0"..."9").contains(t[j]) || t[j] == ";") { j += 1 }
+                if j < t.count && (("a"..."z").contains(t[j]) || ("A"..."Z").contains(t[j])) { i = j + 1; continue }
+            }
+            out.append(t[i]); i += 1
+        }
+        return out
+    }
+
+    static let ligatures: [UInt32: String] = [
+        0x132: "IJ", 0x133: "ij", 0x149: "\u{2BC}n", 0x1F1: "DZ", 0x1F2: "Dz", 0x1F3: "dz", 0x1C4: "D\u{17D}",
+        0x1C5: "D\u{17E}", 0x1C6: "d\u{17E}", 0x1C7: "LJ", 0x1C8: "Lj", 0x1C9: "lj", 0x1CA: "NJ", 0x1CB: "Nj", 0x1CC: "nj",
+        0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl", 0xFB05: "\u{17F}t", 0xFB06: "st",
+    ]
+
+    static let widthMap: [UInt32: [Unicode.Scalar]] = parseTable(WanTextTables.widthMap) { UInt32($0, radix: 16) }
+
+    private static func parseTable<K: Hashable>(_ table: String, key: (String) -> K?) -> [K: [Unicode.Scalar]] {
+        var d: [K: [Unicode.Scalar]] = [:]
+        for line in table.split(separator: "\n") {
+            let parts = line.split(separator: "\t", omittingEmptySubsequences: false)
+            guard parts.count == 2, let k = key(String(parts[0])) else { continue }
+            d[k] = parts[1].split(separator: ",").compactMap { UInt32($0, radix: 16).flatMap(Unicode.Scalar.init) }
+        }
+        return d
+    }
+
+    // MARK: HTML
+
+    /// HTML5 named references by name (with or without the trailing `;`, as the table lists them).
+    static let htmlEntities: [String: [Unicode.Scalar]] = parseTable(WanTextTables.htmlEntities) { $0 }
+
+    /// Python's `html.unescape`.
+    public static func htmlUnescape(_ text: String) -> String {
+        guard text.unicodeScalars.contains("&") else { return text }
+        return String(String.UnicodeScalarView(htmlUnescape(Array(text.unicodeScalars))))
+    }
+
+    static func isHexDigit(_ c: Unicode.Scalar) -> Bool {
+        ("0"..."9").contains(c) || ("a"..."f").contains(c) || ("A"..."F").contains(c)
+    }
+
+    static func charref(_ num: UInt64?) -> [Unicode.Scalar] {
+        guard let n = num, n <= 0x10FFFF else { return ["\u{FFFD}"] }
+        if n == 0 { return ["\u{FFFD}"] }
+        if n == 0x0D { return ["\r"] }
+        if (0x80...0x9F).contains(n) { return [Unicode.Scalar(cp1252[Int(n - 0x80)])!] }
+        if (0xD800...0xDFFF).contains(n) { return ["\u{FFFD}"] }
+        if (0x1...0x8).contains(n) || (0xE...0x1F).contains(n) || (0x7F...0x9F).contains(n) || (0xFDD0...0xFDEF).contains(n)
+            || n == 0xB || (n & 0xFFFE) == 0xFFFE { return [] }
+        return [Unicode.Scalar(UInt32(n))!]
+    }
+
+    static func parseNumber(_ digits: ArraySlice<Unicode.Scalar>, radix: UInt64) -> UInt64? {
+        var v: UInt64 = 0
+        for d in digits {
+            let x = UInt64(Int(String(d), radix: Int(radix)) ?? 0)
+            let (m, o1) = v.multipliedReportingOverflow(by: radix)
+            let (a, o2) = m.addingReportingOverflow(x)
+            if o1 || o2 || a > 0x10FFFF { return nil }
+            v = a
+        }
+        return v
+    }
+
+    static func htmlUnescape(_ t: [Unicode.Scalar]) -> [Unicode.Scalar] {
+        var out: [Unicode.Scalar] = []
+        out.reserveCapacity(t.count)
+        var i = 0
+        let n = t.count
+        while i < n {
+            guard t[i] == "&", i + 1 < n else { out.append(t[i]); i += 1; continue }
+            if t[i + 1] == "#" {
+                var j = i + 2
+                var hex = false
+                if j < n && (t[j] == "x" || t[j] == "X") { hex = true; j += 1 }
+                let ds = j
+                while j < n && (hex ? isHexDigit(t[j]) : ("0"..."9").contains(t[j])) { j += 1 }
+                if j == ds { out.append(t[i]); i += 1; continue }
+                let value = parseNumber(t[ds..<j], radix: hex ? 16 : 10)
+                if j < n && t[j] == ";" { j += 1 }
+                out.append(contentsOf: charref(value))
+                i = j
+                continue
+            }
+            // [^\t\n\f <&#;]{1,32};?
+            var j = i + 1
+            while j < n && j - (i + 1) < 32 && !["\t", "\n", "\u{0C}", " ", "<", "&", "#", ";"].contains(t[j]) { j += 1 }
+            if j == i + 1 { out.append(t[i]); i += 1; continue }
+            if j < n && t[j] == ";" { j += 1 }
+            let s = String(String.UnicodeScalarView(t[(i + 1)..<j]))
+            if let v = htmlEntities[s] { out.append(contentsOf: v); i = j; continue }
+            let sc = Array(s.unicodeScalars)
+            var done = false
+            var x = sc.count - 1
+            while x > 1 {
+                if let v = htmlEntities[String(String.UnicodeScalarView(sc[0..<x]))] {
+                    out.append(contentsOf: v)
+                    out.append(contentsOf: sc[x...])
+                    done = true
+                    break
+                }
+                x -= 1
+            }
+            if !done { out.append("&"); out.append(contentsOf: sc) }
+            i = j
+        }
+        return out
+    }
+
+    /// ftfy's `unescape_html`: `&#?[0-9A-Za-z]{1,24};` replaced when it is a named reference with `;`, an all-caps
+    /// form of a lower-case one, or a numeric reference that `html.unescape` consumes entirely.
+    static func ftfyUnescapeHTML(_ t: [Unicode.Scalar]) -> [Unicode.Scalar] {
+        guard t.contains("&") else { return t }
+        func alnum(_ c: Unicode.Scalar) -> Bool { ("0"..."9").contains(c) || ("a"..."z").contains(c) || ("A"..."Z").contains(c) }
+        var out: [Unicode.Scalar] = []
+        var i = 0
+        let n = t.count
+        while i < n {
+            if t[i] == "&" {
+                var j = i + 1
+                let numeric = j < n && t[j] == "#"
+                if numeric { j += 1 }
+                let ns = j
+                while j < n && j - ns < 24 && alnum(t[j]) { j += 1 }
+                if j > ns && j < n && t[j] == ";" {
+                    let whole = Array(t[i...j])
+                    let name = String(String.UnicodeScalarView(t[(i + 1)...j]))
+                    if !numeric, let v = htmlEntities[name], name.hasSuffix(";") {
+                        out.append(contentsOf: v); i = j + 1; continue
+                    }
+                    if !numeric, let v = upperEntity(name, whole) { out.append(contentsOf: v); i = j + 1; continue }
+                    if numeric {
+                        let u = htmlUnescape(whole)
+                        if !u.contains(";") { out.append(contentsOf: u); i = j + 1; continue }
+                    }
+                    out.append(contentsOf: whole); i = j + 1; continue
+                }
+            }
+            out.append(t[i]); i += 1
+        }
+        return out
+    }
+
+    private static func upperEntity(_ name: String, _ whole: [Unicode.Scalar]) -> [Unicode.Scalar]? {
+        let lower = name.lowercased()
+        guard lower != name, name == lower.uppercased(), let v = htmlEntities[lower] else { return nil }
+        guard htmlUnescape(whole) == whole else { return nil }
+        return Array(String(String.UnicodeScalarView(v)).uppercased().unicodeScalars)
+    }
+
+    // MARK: encoding repair
+
+    /// Windows-1252 bytes 0x80…0x9F; the undefined ones pass through (ftfy's "sloppy" codec).
+    static let cp1252: [UInt32] = [
+        0x20AC, 0x81, 0x201A, 0x192, 0x201E, 0x2026, 0x2020, 0x2021, 0x2C6, 0x2030, 0x160, 0x2039, 0x152, 0x8D, 0x17D, 0x8F,
+        0x90, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x2DC, 0x2122, 0x161, 0x203A, 0x153, 0x9D, 0x17E, 0x178,
+    ]
+    static let cp1252Reverse: [UInt32: UInt8] = {
+        var d: [UInt32: UInt8] = [:]
+        for (i, c) in cp1252.enumerated() { d[c] = UInt8(0x80 + i) }
+        return d
+    }()
+
+    /// The byte of `c` in sloppy Windows-1252, if any.
+    static func sloppy1252(_ c: Unicode.Scalar) -> UInt8? {
+        let v = c.value
+        if v == 0xFFFD { return 0x1A }
+        if v == 0x1A { return nil }
+        if v < 0x80 || (0xA0...0xFF).contains(v) { return UInt8(v) }
+        return cp1252Reverse[v]
+    }
+
+    /// Length of a valid UTF-8 multi-byte sequence starting at `b[i]`, or 0.
+    static func utf8SequenceLength(_ b: [UInt8?], _ i: Int) -> Int {
+        guard let lead = b[i] else { return 0 }
+        let len: Int
+        switch lead {
+        case 0xC2...0xDF: len = 2
+        case 0xE0...0xEF: len = 3
+        case 0xF0...0xF4: len = 4
+        default: return 0
+        }
+        guard i + len <= b.count else { return 0 }
+        var bytes: [UInt8] = []
+        for k in 0..<len { guard let x = b[i + k] else { return 0 }; bytes.append(x) }
+        for k in 1..<len where !(0x80...0xBF).contains(bytes[k]) { return 0 }
+        return String(validating: bytes, as: UTF8.self) == nil ? 0 : len
+    }
+
+    static func fixEncoding(_ input: [Unicode.Scalar]) -> [Unicode.Scalar] {
+        var text = input
+        for _ in 0..<8 {
+            let next = fixEncodingOneStep(text)
+            if next == text { break }
+            text = next
+        }
+        return text
+    }
+
+    static func fixEncodingOneStep(_ text: [Unicode.Scalar]) -> [Unicode.Scalar] {
+        if text.allSatisfy({ $0.isASCII }) { return text }
+        let bytes = text.map(sloppy1252)
+        // The clue: some characters spell a UTF-8 multi-byte sequence in Windows-1252 / Latin-1.
+        var clue = false
+        for i in 0..<bytes.count where utf8SequenceLength(bytes, i) > 0 { clue = true; break }
+        let latin1 = text.allSatisfy { $0.value <= 0xFF }
+        if clue {
+            if latin1, let s = String(validating: text.map { UInt8($0.value) }, as: UTF8.self) {
+                return Array(s.unicodeScalars)
+            }
+            if bytes.allSatisfy({ $0 != nil }), let s = String(validating: bytes.map { $0! }, as: UTF8.self) {
+                return Array(s.unicodeScalars)
+            }
+            // decode_inconsistent_utf8: runs of such sequences fixed on their own.
+            var out: [Unicode.Scalar] = []
+            var i = 0
+            var changed = false
+            while i < text.count {
+                var j = i
+                var run: [UInt8] = []
+                while j < text.count {
+                    let l = utf8SequenceLength(bytes, j)
+                    if l == 0 { break }
+                    for k in 0..<l { run.append(bytes[j + k]!) }
+                    j += l
+                }
+                if j > i, j - i < text.count, let s = String(validating: run, as: UTF8.self) {
+                    out.append(contentsOf: s.unicodeScalars); changed = true; i = j
+                } else {
+                    out.append(text[i]); i += 1
+                }
+            }
+            if changed { return out }
+        }
+        // Latin-1 text with C1 controls: meant as Windows-1252 (strict: undefined bytes stop it).
+        if latin1 && text.contains(where: { (0x80...0x9F).contains($0.value) }) {
+            let undefined: Set<UInt32> = [0x81, 0x8D, 0x8F, 0x90, 0x9D]
+            if !text.contains(where: { undefined.contains($0.value) }) {
+                return text.map { (0x80...0x9F).contains($0.value) ? Unicode.Scalar(cp1252[Int($0.value - 0x80)])! : $0 }
+            }
+        }
+        return fixC1Controls(text)
+    }
+
+    static func fixC1Controls(_ t: [Unicode.Scalar]) -> [Unicode.Scalar] {
+        guard t.contains(where: { (0x80...0x9F).contains($0.value) }) else { return t }
+        return t.map { (0x80...0x9F).contains($0.value) ? Unicode.Scalar(cp1252[Int($0.value - 0x80)])! : $0 }
+    }
+}
