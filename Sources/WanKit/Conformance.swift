@@ -80,6 +80,7 @@ public enum CaseResult: CustomStringConvertible {
 public final class ConformanceRunner {
     public let root: String
     private var dits: [String: WanDiT] = [:]
+    var vaes: [String: WanVAE] = [:]
 
     public init(goldenDirectory: String) { root = goldenDirectory }
 
@@ -111,8 +112,15 @@ public final class ConformanceRunner {
         do {
             let c = try GoldenCase(jsonPath: path)
             switch c.component {
-            case "dit", "weights":
+            case "dit":
                 return try runDiT(c)
+            case "weights":
+                switch try c.model.map(modelJSON)?["class"] as? String {
+                case "WanVAE_", "AutoencoderKLWan": return try runVAE(c)
+                default: return try runDiT(c)
+                }
+            case "vae":
+                return try runVAE(c)
             case "scheduler":
                 return try runScheduler(c)
             case "rng":

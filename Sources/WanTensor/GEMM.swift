@@ -29,8 +29,8 @@ public enum Epilogue: Int, Hashable, Sendable {
 public final class GEMM: @unchecked Sendable {
     public static let shared = GEMM()
 
-    private var engine: dnnl_engine_t?
-    private var stream: dnnl_stream_t?
+    private(set) var engine: dnnl_engine_t?
+    private(set) var stream: dnnl_stream_t?
     private var cache: [Key: dnnl_primitive_t] = [:]
     private let lock = NSLock()
 
