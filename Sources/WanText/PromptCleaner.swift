@@ -321,9 +321,20 @@ public enum WanPromptCleaner {
         return String(validating: bytes, as: UTF8.self) == nil ? 0 : len
     }
 
+    static let badnessRE = try! NSRegularExpression(pattern: WanTextTables.ftfyBadness)
+    static let utf8DetectorRE = try! NSRegularExpression(pattern: WanTextTables.ftfyUTF8Detector)
+
+    /// ftfy's `is_bad`: the text matches its mojibake detector.
+    static func isBad(_ s: String) -> Bool {
+        badnessRE.firstMatch(in: s, range: NSRange(location: 0, length: (s as NSString).length)) != nil
+    }
+
+    static func string(_ t: [Unicode.Scalar]) -> String { String(String.UnicodeScalarView(t)) }
+
+    /// ftfy's `fix_encoding` (see the type's description for what is covered).
     static func fixEncoding(_ input: [Unicode.Scalar]) -> [Unicode.Scalar] {
         var text = input
-        for _ in 0..<8 {
+        for _ in 0..<16 {
             let next = fixEncodingOneStep(text)
             if next == text { break }
             text = next
@@ -331,40 +342,85 @@ public enum WanPromptCleaner {
         return text
     }
 
+    /// Length of an `ALTERED_UTF8_RE` match at `i` (a UTF-8 sequence whose 0xA0 byte became a space), or 0.
+    static func alteredUTF8Match(_ b: [UInt8], _ i: Int) -> Int {
+        func cont(_ x: UInt8) -> Bool { (0x80...0xBF).contains(x) }
+        func contNo85A0(_ x: UInt8) -> Bool { (0x80...0x84).contains(x) || (0x86...0x9F).contains(x) || (0xA1...0xBF).contains(x) }
+        let n = b.count
+        func at(_ k: Int) -> UInt8? { i + k < n ? b[i + k] : nil }
+        guard let c0 = at(0) else { return 0 }
+        if [0xC2, 0xC3, 0xC5, 0xCE, 0xD0, 0xD9].contains(c0), at(1) == 0x20 { return 2 }
+        if c0 == 0xE2 || c0 == 0xE3, at(1) == 0x20, let c2 = at(2), contNo85A0(c2) { return 3 }
+        if (0xE0...0xE3).contains(c0), let c1 = at(1), contNo85A0(c1), at(2) == 0x20 { return 3 }
+        if c0 == 0xF0, let c1 = at(1), let c2 = at(2), let c3 = at(3) {
+            if c1 == 0x20 && cont(c2) && cont(c3) { return 4 }
+            if cont(c1) && c2 == 0x20 && cont(c3) { return 4 }
+            if cont(c1) && cont(c2) && c3 == 0x20 { return 4 }
+        }
+        return 0
+    }
+
+    /// ftfy's `restore_byte_a0`, applied when `ALTERED_UTF8_RE` matches; nil when it does not.
+    static func restoreByteA0(_ b: [UInt8]) -> [UInt8]? {
+        guard (0..<b.count).contains(where: { alteredUTF8Match(b, $0) > 0 }) else { return nil }
+        // A_GRAVE_WORD_RE: b"\xc3 (?! |quele|quela|quilo|s )" -> b"\xc3\xa0 "
+        var a: [UInt8] = []
+        var i = 0
+        while i < b.count {
+            if b[i] == 0xC3 && i + 1 < b.count && b[i + 1] == 0x20 {
+                let rest = b[(i + 2)...]
+                let blocked = [" ", "quele", "quela", "quilo", "s "].contains { rest.starts(with: Array($0.utf8)) }
+                if !blocked { a += [0xC3, 0xA0, 0x20]; i += 2; continue }
+            }
+            a.append(b[i]); i += 1
+        }
+        var out: [UInt8] = []
+        i = 0
+        while i < a.count {
+            let l = alteredUTF8Match(a, i)
+            if l > 0 {
+                for k in 0..<l { out.append(a[i + k] == 0x20 ? 0xA0 : a[i + k]) }
+                i += l
+            } else {
+                out.append(a[i]); i += 1
+            }
+        }
+        return out
+    }
+
     static func fixEncodingOneStep(_ text: [Unicode.Scalar]) -> [Unicode.Scalar] {
-        if text.allSatisfy({ $0.isASCII }) { return text }
-        let bytes = text.map(sloppy1252)
-        // The clue: some characters spell a UTF-8 multi-byte sequence in Windows-1252 / Latin-1.
-        var clue = false
-        for i in 0..<bytes.count where utf8SequenceLength(bytes, i) > 0 { clue = true; break }
+        if text.isEmpty || text.allSatisfy({ $0.isASCII }) { return text }
+        let str = string(text)
+        if !isBad(str) { return text }
+        // Latin-1, then sloppy Windows-1252: encode, restore 0xA0 bytes, decode as UTF-8.
         let latin1 = text.allSatisfy { $0.value <= 0xFF }
-        if clue {
-            if latin1, let s = String(validating: text.map { UInt8($0.value) }, as: UTF8.self) {
-                return Array(s.unicodeScalars)
-            }
-            if bytes.allSatisfy({ $0 != nil }), let s = String(validating: bytes.map { $0! }, as: UTF8.self) {
-                return Array(s.unicodeScalars)
-            }
-            // decode_inconsistent_utf8: runs of such sequences fixed on their own.
-            var out: [Unicode.Scalar] = []
-            var i = 0
-            var changed = false
-            while i < text.count {
-                var j = i
-                var run: [UInt8] = []
-                while j < text.count {
-                    let l = utf8SequenceLength(bytes, j)
-                    if l == 0 { break }
-                    for k in 0..<l { run.append(bytes[j + k]!) }
-                    j += l
-                }
-                if j > i, j - i < text.count, let s = String(validating: run, as: UTF8.self) {
-                    out.append(contentsOf: s.unicodeScalars); changed = true; i = j
+        var candidates: [[UInt8]] = []
+        if latin1 { candidates.append(text.map { UInt8($0.value) }) }
+        let sloppy = text.map(sloppy1252)
+        if sloppy.allSatisfy({ $0 != nil }) { candidates.append(sloppy.map { $0! }) }
+        for var bytes in candidates {
+            if let r = restoreByteA0(bytes) { bytes = r }
+            if let s = String(validating: bytes, as: UTF8.self) { return Array(s.unicodeScalars) }
+        }
+        // decode_inconsistent_utf8: each detected run fixed on its own.
+        let ns = str as NSString
+        let matches = utf8DetectorRE.matches(in: str, range: NSRange(location: 0, length: ns.length))
+        if !matches.isEmpty {
+            var out = ""
+            var last = 0
+            for m in matches {
+                out += ns.substring(with: NSRange(location: last, length: m.range.location - last))
+                let sub = ns.substring(with: m.range)
+                if m.range.length < ns.length && isBad(sub) {
+                    out += string(fixEncoding(Array(sub.unicodeScalars)))
                 } else {
-                    out.append(text[i]); i += 1
+                    out += sub
                 }
+                last = m.range.location + m.range.length
             }
-            if changed { return out }
+            out += ns.substring(from: last)
+            let fixed = Array(out.unicodeScalars)
+            if fixed != text { return fixed }
         }
         // Latin-1 text with C1 controls: meant as Windows-1252 (strict: undefined bytes stop it).
         if latin1 && text.contains(where: { (0x80...0x9F).contains($0.value) }) {
