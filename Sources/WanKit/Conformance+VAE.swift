@@ -4,17 +4,15 @@ import WanWeights
 import WanModels
 
 extension ConformanceRunner {
-    /// Layouts the VAE loader understands today.
-    static let supportedVAELayouts: Set<String> = ["official"]
-
     func vae(_ model: String) throws -> WanVAE? {
         if let v = vaes[model] { return v }
         let json = try modelJSON(model)
-        let layout = json["layout"] as? String ?? "official"
-        guard Self.supportedVAELayouts.contains(layout) else { return nil }
         let files = (json["files"] as? [String]) ?? [model + ".safetensors"]
-        let source = try SafetensorsSource(paths: files.map { (weightsDirectory as NSString).appendingPathComponent($0) })
-        let vae = try WanVAE(weights: source, arguments: json["config"] as? [String: Any])
+        guard files.count == 1 else { return nil }
+        let weights = try openVAEWeights(path: (weightsDirectory as NSString).appendingPathComponent(files[0]))
+        var arguments = weights.arguments ?? [:]
+        for (k, v) in json["config"] as? [String: Any] ?? [:] { arguments[k] = v }
+        let vae = try WanVAE(weights: weights.source, arguments: arguments)
         vaes[model] = vae
         return vae
     }

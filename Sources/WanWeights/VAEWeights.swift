@@ -1,0 +1,110 @@
+import Foundation
+
+/// A Wan-VAE checkpoint opened whatever its layout, under the official `WanVAE_` names.
+public struct VAEWeights {
+    public let source: WeightSource
+    /// Official constructor arguments (dim, z_dim, dim_mult, …, latent_mean, latent_std) when the files say them.
+    public let arguments: [String: Any]?
+    public let layout: String
+}
+
+/// diffusers' `AutoencoderKLWan` names mapped to the official `WanVAE_` ones.
+public enum DiffusersWanVAE {
+    public static let className = "AutoencoderKLWan"
+
+    public static func detect(_ names: [String]) -> Bool {
+        names.contains { $0.hasPrefix("encoder.conv_in.") || $0.hasPrefix("decoder.conv_in.") || $0.hasPrefix("quant_conv.") }
+    }
+
+    /// The official name of a diffusers VAE name (`numResBlocks` as in the config: each decoder up block holds
+    /// numResBlocks + 1 resnets and then its upsampler).
+    public static func officialName(_ name: String, numResBlocks: Int = 2) -> String {
+        var parts = name.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        func join(_ p: [String]) -> String { p.joined(separator: ".") }
+        let resnetParts: [String: [String]] = ["norm1": ["residual", "0"], "conv1": ["residual", "2"], "norm2": ["residual", "3"],
+                                               "conv2": ["residual", "6"], "conv_shortcut": ["shortcut"]]
+        func resnet(_ prefix: [String], _ rest: ArraySlice<String>) -> String {
+            guard let first = rest.first, let mapped = resnetParts[first] else { return join(prefix + rest) }
+            return join(prefix + mapped + rest.dropFirst())
+        }
+        switch parts.first {
+        case "quant_conv": parts[0] = "conv1"; return join(parts)
+        case "post_quant_conv": parts[0] = "conv2"; return join(parts)
+        case "encoder", "decoder":
+            guard parts.count >= 2 else { return name }
+            let coder = parts[0]
+            switch parts[1] {
+            case "conv_in": return join([coder, "conv1"] + parts[2...])
+            case "conv_out": return join([coder, "head", "2"] + parts[2...])
+            case "norm_out": return join([coder, "head", "0"] + parts[2...])
+            case "mid_block":
+                guard parts.count >= 4, let i = Int(parts[3]) else { return name }
+                if parts[2] == "resnets" { return resnet([coder, "middle", String(i == 0 ? 0 : 2)], parts[4...]) }
+                if parts[2] == "attentions" { return join([coder, "middle", "1"] + parts[4...]) }
+                return name
+            case "down_blocks":
+                guard parts.count >= 3 else { return name }
+                return resnet([coder, "downsamples", parts[2]], parts[3...])
+            case "up_blocks":
+                guard parts.count >= 5, let block = Int(parts[2]), let j = Int(parts[4]) else { return name }
+                let stride = numResBlocks + 2
+                if parts[3] == "resnets" { return resnet([coder, "upsamples", String(block * stride + j)], parts[5...]) }
+                if parts[3] == "upsamplers" { return join([coder, "upsamples", String(block * stride + numResBlocks + 1)] + parts[5...]) }
+                return name
+            default: return name
+            }
+        default: return name
+        }
+    }
+
+    /// Official constructor arguments of a diffusers VAE config.json.
+    public static func officialArguments(_ c: [String: Any]) -> [String: Any] {
+        var a: [String: Any] = [:]
+        let renames = ["base_dim": "dim", "z_dim": "z_dim", "dim_mult": "dim_mult", "num_res_blocks": "num_res_blocks",
+                       "attn_scales": "attn_scales", "temperal_downsample": "temperal_downsample",
+                       "latents_mean": "latent_mean", "latents_std": "latent_std"]
+        for (d, o) in renames { if let v = c[d], !(v is NSNull) { a[o] = v } }
+        return a
+    }
+}
+
+/// Opens a Wan-VAE from a file or folder: the official `Wan2.1_VAE.pth` (torch zip), a safetensors file with the
+/// official (or ComfyUI) names or diffusers names, or a diffusers folder (`vae/` or one with an AutoencoderKLWan
+/// config.json).
+public func openVAEWeights(path: String) throws -> VAEWeights {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw WeightError.fileNotFound(path: path) }
+    if isDir.boolValue {
+        var folder = path
+        let sub = (path as NSString).appendingPathComponent("vae")
+        if FileManager.default.fileExists(atPath: (sub as NSString).appendingPathComponent("config.json")) { folder = sub }
+        let configPath = (folder as NSString).appendingPathComponent("config.json")
+        var arguments: [String: Any]? = nil
+        var numRes = 2
+        if let data = FileManager.default.contents(atPath: configPath),
+           let c = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            arguments = DiffusersWanVAE.officialArguments(c)
+            numRes = (c["num_res_blocks"] as? NSNumber)?.intValue ?? 2
+        }
+        let files = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".safetensors") }.sorted()
+        guard !files.isEmpty else {
+            throw WeightError.badConfig(source: folder, detail: "no .safetensors file in the folder; pass Wan2.1_VAE.pth or a diffusers vae/ folder")
+        }
+        let base = try SafetensorsSource(paths: files.map { (folder as NSString).appendingPathComponent($0) })
+        let source: WeightSource = DiffusersWanVAE.detect(base.names)
+            ? try RenamedSource(wrapping: base) { DiffusersWanVAE.officialName($0, numResBlocks: numRes) } : base
+        return VAEWeights(source: source, arguments: arguments, layout: "diffusers")
+    }
+    if path.hasSuffix(".pth") || path.hasSuffix(".pt") || path.hasSuffix(".ckpt") {
+        return VAEWeights(source: try TorchCheckpoint(path: path), arguments: nil, layout: "official-pth")
+    }
+    let base = try SafetensorsSource(path: path)
+    if DiffusersWanVAE.detect(base.names) {
+        return VAEWeights(source: try RenamedSource(wrapping: base) { DiffusersWanVAE.officialName($0) }, arguments: nil, layout: "diffusers")
+    }
+    // ComfyUI VAE files may carry a "vae." / "first_stage_model." prefix.
+    for prefix in ["first_stage_model.", "vae."] where !base.names.isEmpty && base.names.allSatisfy({ $0.hasPrefix(prefix) }) {
+        return VAEWeights(source: try RenamedSource(wrapping: base) { String($0.dropFirst(prefix.count)) }, arguments: nil, layout: "official")
+    }
+    return VAEWeights(source: base, arguments: nil, layout: "official")
+}
