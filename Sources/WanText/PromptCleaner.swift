@@ -304,23 +304,6 @@ public enum WanPromptCleaner {
         return cp1252Reverse[v]
     }
 
-    /// Length of a valid UTF-8 multi-byte sequence starting at `b[i]`, or 0.
-    static func utf8SequenceLength(_ b: [UInt8?], _ i: Int) -> Int {
-        guard let lead = b[i] else { return 0 }
-        let len: Int
-        switch lead {
-        case 0xC2...0xDF: len = 2
-        case 0xE0...0xEF: len = 3
-        case 0xF0...0xF4: len = 4
-        default: return 0
-        }
-        guard i + len <= b.count else { return 0 }
-        var bytes: [UInt8] = []
-        for k in 0..<len { guard let x = b[i + k] else { return 0 }; bytes.append(x) }
-        for k in 1..<len where !(0x80...0xBF).contains(bytes[k]) { return 0 }
-        return String(validating: bytes, as: UTF8.self) == nil ? 0 : len
-    }
-
     static let badnessRE = try! NSRegularExpression(pattern: WanTextTables.ftfyBadness)
     static let utf8DetectorRE = try! NSRegularExpression(pattern: WanTextTables.ftfyUTF8Detector)
 
