@@ -414,16 +414,18 @@ public enum GGMLDequant {
                 var ql = b, qh = b + 128
                 var sc = UnsafeRawPointer(b + 192).assumingMemoryBound(to: Int8.self)
                 for _ in 0..<2 {
-                    for l in 0..<32 {
-                        let s = l / 16
+                    for s in 0..<2 {
+                      let d1 = d * Float(sc[s]), d2 = d * Float(sc[s + 2]), d3 = d * Float(sc[s + 4]), d4 = d * Float(sc[s + 6])
+                      for l in (16 * s)..<(16 * s + 16) {
                         let q1 = Int((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32
                         let q2 = Int((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32
                         let q3 = Int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32
                         let q4 = Int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32
-                        y[l] = d * Float(sc[s]) * Float(q1)
-                        y[l + 32] = d * Float(sc[s + 2]) * Float(q2)
-                        y[l + 64] = d * Float(sc[s + 4]) * Float(q3)
-                        y[l + 96] = d * Float(sc[s + 6]) * Float(q4)
+                        y[l] = d1 * Float(q1)
+                        y[l + 32] = d2 * Float(q2)
+                        y[l + 64] = d3 * Float(q3)
+                        y[l + 96] = d4 * Float(q4)
+                      }
                     }
                     y += 128; ql += 64; qh += 32; sc += 8
                 }
