@@ -81,6 +81,8 @@ public final class ConformanceRunner {
     public let root: String
     private var dits: [String: WanDiT] = [:]
     var vaes: [String: WanVAE] = [:]
+    var t5Encoders: [String: UMT5Encoder] = [:]
+    var clipEncoders: [String: CLIPVision] = [:]
 
     public init(goldenDirectory: String) { root = goldenDirectory }
 
@@ -117,6 +119,8 @@ public final class ConformanceRunner {
             case "weights":
                 switch try c.model.map(modelJSON)?["class"] as? String {
                 case "WanVAE_", "AutoencoderKLWan": return try runVAE(c)
+                case "T5Encoder", "UMT5EncoderModel": return try runT5(c)
+                case "VisionTransformer", "CLIPVisionModel": return try runCLIP(c)
                 default: return try runDiT(c)
                 }
             case "vae":
@@ -127,6 +131,10 @@ public final class ConformanceRunner {
                 return try runRNG(c)
             case "tokenizer":
                 return try runTokenizer(c)
+            case "t5":
+                return try runT5(c)
+            case "clip":
+                return try runCLIP(c)
             default:
                 return .skip(c.name, "component '\(c.component)' is not implemented yet")
             }

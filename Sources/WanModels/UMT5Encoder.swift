@@ -1,0 +1,558 @@
+import Foundation
+import WanTensor
+import WanWeights
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Constructor arguments of the official `T5Encoder` (wan/modules/t5.py) as `umt5_xxl(encoder_only=True)` builds it,
+/// plus the two constants the official code fixes (T5LayerNorm eps 1e-6, relative max_dist 128).
+public struct UMT5Config: Sendable, Equatable, CustomStringConvertible {
+    public var vocab = 256384
+    public var dim = 4096
+    public var dimAttn = 4096
+    public var dimFfn = 10240
+    public var numHeads = 64
+    public var numLayers = 24
+    public var numBuckets = 32
+    /// One relative-position table for all layers (T5) instead of one per layer (umT5: false).
+    public var sharedPos = false
+    public var maxDistance = 128
+    public var eps: Float = 1e-6
+
+    /// umT5-XXL's encoder, the text encoder of every Wan2.1 model.
+    public static let umt5XXL = UMT5Config()
+    public init() {}
+
+    public var headDim: Int { dimAttn / numHeads }
+
+    public var description: String {
+        "umT5(vocab \(vocab), dim \(dim), dim_attn \(dimAttn), dim_ffn \(dimFfn), \(numHeads) heads, \(numLayers) layers, \(numBuckets) buckets\(sharedPos ? ", shared_pos" : ""))"
+    }
+
+    /// Applies official arguments (`vocab`, `dim`, `dim_attn`, `dim_ffn`, `num_heads`, `num_layers`, `num_buckets`,
+    /// `shared_pos`; also `vocab_size`/`encoder_layers` as umt5_xxl's cfg names them, and `eps`, `max_dist`).
+    public mutating func apply(officialArguments a: [String: Any]) {
+        func int(_ k: String) -> Int? { (a[k] as? NSNumber)?.intValue }
+        if let v = int("vocab") ?? int("vocab_size") { vocab = v }
+        if let v = int("dim") { dim = v }
+        if let v = int("dim_attn") { dimAttn = v }
+        if let v = int("dim_ffn") { dimFfn = v }
+        if let v = int("num_heads") { numHeads = v }
+        if let v = int("num_layers") ?? int("encoder_layers") { numLayers = v }
+        if let v = int("num_buckets") { numBuckets = v }
+        if let v = a["shared_pos"] as? Bool { sharedPos = v }
+        if let v = int("max_dist") { maxDistance = v }
+        if let v = (a["eps"] as? NSNumber)?.floatValue { eps = v }
+    }
+
+    /// The configuration of a checkpoint: umT5-XXL's preset, then what the tensor shapes say, then `arguments`.
+    public static func inferred(from source: WeightSource, arguments: [String: Any] = [:]) -> UMT5Config {
+        var c = UMT5Config.umt5XXL
+        if let s = source.info("token_embedding.weight")?.shape, s.count == 2 { c.vocab = s[0]; c.dim = s[1] }
+        if let s = source.info("blocks.0.attn.q.weight")?.shape, s.count == 2 { c.dimAttn = s[0] }
+        if let s = source.info("blocks.0.ffn.fc1.weight")?.shape, s.count == 2 { c.dimFfn = s[0] }
+        if let s = source.info("pos_embedding.embedding.weight")?.shape, s.count == 2 {
+            c.sharedPos = true; c.numBuckets = s[0]; c.numHeads = s[1]
+        } else if let s = source.info("blocks.0.pos_embedding.embedding.weight")?.shape, s.count == 2 {
+            c.sharedPos = false; c.numBuckets = s[0]; c.numHeads = s[1]
+        }
+        var layers = 0
+        for n in source.names where n.hasPrefix("blocks.") {
+            if let i = Int(n.dropFirst(7).prefix { $0 != "." }) { layers = max(layers, i + 1) }
+        }
+        if layers > 0 { c.numLayers = layers }
+        c.apply(officialArguments: arguments)
+        return c
+    }
+
+    /// Every tensor of the official state dict: (name, shape).
+    public func parameterShapes() -> [(name: String, shape: [Int])] {
+        var list: [(String, [Int])] = [("token_embedding.weight", [vocab, dim])]
+        if sharedPos { list.append(("pos_embedding.embedding.weight", [numBuckets, numHeads])) }
+        for i in 0..<numLayers {
+            let p = "blocks.\(i)."
+            list += [(p + "norm1.weight", [dim]), (p + "attn.q.weight", [dimAttn, dim]), (p + "attn.k.weight", [dimAttn, dim]),
+                     (p + "attn.v.weight", [dimAttn, dim]), (p + "attn.o.weight", [dim, dimAttn]), (p + "norm2.weight", [dim]),
+                     (p + "ffn.gate.0.weight", [dimFfn, dim]), (p + "ffn.fc1.weight", [dimFfn, dim]), (p + "ffn.fc2.weight", [dim, dimFfn])]
+            if !sharedPos { list.append((p + "pos_embedding.embedding.weight", [numBuckets, numHeads])) }
+        }
+        list.append(("norm.weight", [dim]))
+        return list
+    }
+
+    public var parameterCount: Int { parameterShapes().reduce(0) { $0 + $1.shape.reduce(1, *) } }
+}
+
+/// Errors of encoder calls with unusable inputs.
+public struct EncoderInputError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// The official umT5 encoder (`T5Encoder` of wan/modules/t5.py): token embedding, per layer a pre-norm self-attention
+/// with its own relative-position bias (bidirectional buckets, no 1/sqrt(d) scaling, masked keys at the most negative
+/// float) and a gated-GELU FFN `fc2(gelu_tanh(gate(x)) * fc1(x))`, a final T5LayerNorm (RMS, no mean, no bias).
+///
+/// The weights stay as stored (bf16 for the official checkpoint) in the file mapping; each linear layer converts its
+/// weight to float32 a slice of output features at a time, just before the slice's GEMM, into a small per-worker
+/// scratch. So encoding with umT5-XXL (5.7B parameters) needs about the file size, not twice it in float32.
+public final class UMT5Encoder: @unchecked Sendable {
+    public let config: UMT5Config
+    /// After each layer, hand the pages of its weights in the file mapping back to the kernel (they stay in the page
+    /// cache; the next prompt maps them again). Keeps the resident set near one layer instead of the whole file.
+    public var releasesMappedPages = false
+
+    struct Block {
+        let norm1: Tensor, norm2: Tensor
+        let q: StoredMatrix, k: StoredMatrix, v: StoredMatrix, o: StoredMatrix
+        let gate: StoredMatrix, fc1: StoredMatrix, fc2: StoredMatrix
+        let posTable: Tensor?  // [numBuckets, numHeads]
+        var matrices: [StoredMatrix] { [q, k, v, o, gate, fc1, fc2] }
+    }
+
+    let embedding: StoredMatrix
+    let sharedPosTable: Tensor?
+    let blocks: [Block]
+    let finalNorm: Tensor
+
+    /// Binds a checkpoint under the official names (`openT5Weights(path:).source`); the configuration is umT5-XXL's
+    /// preset corrected by the tensor shapes and then by `arguments` (official constructor arguments).
+    public convenience init(weights: WeightSource, arguments: [String: Any] = [:]) throws {
+        try self.init(config: UMT5Config.inferred(from: weights, arguments: arguments), weights: weights)
+    }
+
+    public init(config: UMT5Config, weights: WeightSource) throws {
+        guard config.numHeads > 0, config.dimAttn % config.numHeads == 0, config.numBuckets >= 2 else {
+            throw WeightError.badConfig(source: weights.label, detail: "dim_attn \(config.dimAttn) is not a multiple of num_heads \(config.numHeads) (or num_buckets \(config.numBuckets) < 2)")
+        }
+        self.config = config
+        let b = WeightBinder(weights)
+        let d = config.dim, a = config.dimAttn, f = config.dimFfn
+        embedding = try StoredMatrix(b, "token_embedding.weight", [config.vocab, d])
+        sharedPosTable = config.sharedPos ? try b.tensor("pos_embedding.embedding.weight", [config.numBuckets, config.numHeads]) : nil
+        var blocks: [Block] = []
+        for i in 0..<config.numLayers {
+            let p = "blocks.\(i)."
+            blocks.append(Block(
+                norm1: try b.tensor(p + "norm1.weight", [d]), norm2: try b.tensor(p + "norm2.weight", [d]),
+                q: try StoredMatrix(b, p + "attn.q.weight", [a, d]), k: try StoredMatrix(b, p + "attn.k.weight", [a, d]),
+                v: try StoredMatrix(b, p + "attn.v.weight", [a, d]), o: try StoredMatrix(b, p + "attn.o.weight", [d, a]),
+                gate: try StoredMatrix(b, p + "ffn.gate.0.weight", [f, d]), fc1: try StoredMatrix(b, p + "ffn.fc1.weight", [f, d]),
+                fc2: try StoredMatrix(b, p + "ffn.fc2.weight", [d, f]),
+                posTable: config.sharedPos ? nil : try b.tensor(p + "pos_embedding.embedding.weight", [config.numBuckets, config.numHeads])))
+        }
+        self.blocks = blocks
+        finalNorm = try b.tensor("norm.weight", [d])
+        try b.finish()
+    }
+
+    // MARK: relative positions
+
+    /// The official `T5RelativeEmbedding._relative_position_bucket` for one relative position (key index minus query
+    /// index): bidirectional halves of numBuckets/2, exact below half of that, log-spaced up to maxDistance, in float32
+    /// with truncation toward zero as torch's `.long()`.
+    public static func relativePositionBucket(_ relative: Int, numBuckets: Int, bidirectional: Bool = true, maxDistance: Int = 128) -> Int {
+        var buckets = numBuckets
+        var result = 0
+        var rel = relative
+        if bidirectional {
+            buckets = numBuckets / 2
+            if rel > 0 { result = buckets }
+            rel = abs(rel)
+        } else {
+            rel = -min(rel, 0)
+        }
+        let maxExact = buckets / 2
+        if rel < maxExact { return result + rel }
+        let ratio = Float(rel) / Float(maxExact)
+        let scaled = logf(ratio) / Float(log(Double(maxDistance) / Double(maxExact))) * Float(buckets - maxExact)
+        let large = min(maxExact + Int(scaled), buckets - 1)
+        return result + large
+    }
+
+    // MARK: encoding
+
+    /// One sequence as the layers see it: rows `[0, keys)` are attended to (mask 1), later rows are queries only
+    /// (padding, computed but invisible); `positions` are the original token positions (relative bias).
+    struct Segment {
+        var ids: [Int]
+        var positions: [Int]
+        var keys: Int
+        /// Source row of each segment row in the caller's [B, L] layout.
+        var sourceRows: [Int]
+    }
+
+    /// `T5EncoderModel.__call__`: the hidden states of each sample's real tokens (mask != 0), [count_b, dim] each.
+    /// `ids` and `mask` are [B, L] (token ids as float values, mask 1 / 0).
+    public func encode(ids: Tensor, mask: Tensor? = nil) throws -> [Tensor] {
+        let (b, l) = try Self.batchShape(ids, mask)
+        var segments: [Segment] = []
+        for s in 0..<b {
+            var seg = Segment(ids: [], positions: [], keys: 0, sourceRows: [])
+            for j in 0..<l where mask.map({ $0.data[s * l + j] != 0 }) ?? true {
+                seg.ids.append(Int(ids.data[s * l + j])); seg.positions.append(j); seg.sourceRows.append(s * l + j)
+            }
+            seg.keys = seg.ids.count
+            segments.append(seg)
+        }
+        let out = try run(segments)
+        var result: [Tensor] = []
+        var row = 0
+        for seg in segments {
+            let t = Tensor(uninitialized: [seg.ids.count, config.dim])
+            t.data.update(from: out.data + row * config.dim, count: seg.ids.count * config.dim)
+            row += seg.ids.count
+            result.append(t)
+        }
+        return result
+    }
+
+    /// Hidden states of token lists (each list is one prompt's real tokens, `</s>` included).
+    public func encode(tokens: [[Int]]) throws -> [Tensor] {
+        let segments = tokens.map { Segment(ids: $0, positions: Array(0..<$0.count), keys: $0.count, sourceRows: []) }
+        let out = try run(segments)
+        var result: [Tensor] = []
+        var row = 0
+        for seg in segments {
+            let t = Tensor(uninitialized: [seg.ids.count, config.dim])
+            t.data.update(from: out.data + row * config.dim, count: seg.ids.count * config.dim)
+            row += seg.ids.count
+            result.append(t)
+        }
+        return result
+    }
+
+    /// `T5Encoder.forward(ids, mask)`: [B, L, dim] for every position, padded ones included (their rows attend to the
+    /// real tokens; a sample whose mask is all zero attends uniformly to all its positions, as torch's softmax over
+    /// equal `finfo.min` scores does).
+    public func forward(ids: Tensor, mask: Tensor? = nil) throws -> Tensor {
+        let (b, l) = try Self.batchShape(ids, mask)
+        var segments: [Segment] = []
+        for s in 0..<b {
+            var real: [Int] = [], padded: [Int] = []
+            for j in 0..<l { if mask.map({ $0.data[s * l + j] != 0 }) ?? true { real.append(j) } else { padded.append(j) } }
+            let order = real + padded
+            segments.append(Segment(ids: order.map { Int(ids.data[s * l + $0]) }, positions: order, keys: real.count,
+                                    sourceRows: order.map { s * l + $0 }))
+        }
+        let out = try run(segments)
+        let result = Tensor(uninitialized: [b, l, config.dim])
+        var row = 0
+        for seg in segments {
+            for src in seg.sourceRows {
+                (result.data + src * config.dim).update(from: out.data + row * config.dim, count: config.dim)
+                row += 1
+            }
+        }
+        return result
+    }
+
+    static func batchShape(_ ids: Tensor, _ mask: Tensor?) throws -> (Int, Int) {
+        let shape = ids.shape.count == 1 ? [1, ids.shape[0]] : ids.shape
+        guard shape.count == 2 else { throw EncoderInputError("ids must be [B, L], got \(ids.shape)") }
+        if let mask, mask.count != ids.count { throw EncoderInputError("mask \(mask.shape) does not match ids \(ids.shape)") }
+        return (shape[0], shape[1])
+    }
+
+    /// All segments through the encoder together (one pass over the weights for the whole batch).
+    func run(_ segments: [Segment]) throws -> Tensor {
+        let c = config
+        let d = c.dim, a = c.dimAttn, f = c.dimFfn
+        let rows = segments.reduce(0) { $0 + $1.ids.count }
+        let x = Tensor(uninitialized: [max(rows, 1), d])
+        if rows == 0 { return Tensor(zeros: [0, d]) }
+        // Token embedding (rows of the stored table, converted one by one).
+        var r = 0
+        for seg in segments {
+            for id in seg.ids {
+                guard id >= 0, id < c.vocab else { throw EncoderInputError("token id \(id) outside the vocabulary of \(c.vocab)") }
+                embedding.convertRows(id..<(id + 1), into: x.data + r * d)
+                r += 1
+            }
+        }
+        let h = Tensor(uninitialized: [rows, d])
+        let q = Tensor(uninitialized: [rows, a]), k = Tensor(uninitialized: [rows, a]), v = Tensor(uninitialized: [rows, a])
+        let attn = Tensor(uninitialized: [rows, a])
+        let hidden = Tensor(uninitialized: [rows, f])
+        let delta = Tensor(uninitialized: [rows, d])
+        // Bucket of every relative position that occurs (-(L-1) … L-1).
+        let maxPos = segments.flatMap(\.positions).max() ?? 0
+        let buckets = (-maxPos...maxPos).map {
+            Self.relativePositionBucket($0, numBuckets: c.numBuckets, bidirectional: true, maxDistance: c.maxDistance)
+        }
+        for block in blocks {
+            // Self-attention.
+            h.data.update(from: x.data, count: rows * d)
+            Kernels.rmsNorm(h.data, rows: rows, dim: d, eps: c.eps, weight: block.norm1.data)
+            block.q.linear(h.data, rows: rows, into: q.data)
+            block.k.linear(h.data, rows: rows, into: k.data)
+            block.v.linear(h.data, rows: rows, into: v.data)
+            let table = block.posTable ?? sharedPosTable!
+            var start = 0
+            for seg in segments {
+                Self.attention(q: q.data + start * a, k: k.data + start * a, v: v.data + start * a, out: attn.data + start * a,
+                               rows: seg.ids.count, keys: seg.keys, positions: seg.positions, heads: c.numHeads, headDim: c.headDim,
+                               table: table.data, buckets: buckets, bucketOffset: maxPos)
+                start += seg.ids.count
+            }
+            block.o.linear(attn.data, rows: rows, into: delta.data)
+            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
+            // Gated-GELU FFN.
+            h.data.update(from: x.data, count: rows * d)
+            Kernels.rmsNorm(h.data, rows: rows, dim: d, eps: c.eps, weight: block.norm2.data)
+            StoredMatrix.gatedGELU(gate: block.gate, up: block.fc1, h.data, rows: rows, into: hidden.data)
+            block.fc2.linear(hidden.data, rows: rows, into: delta.data)
+            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
+            if releasesMappedPages { for m in block.matrices { m.releasePages() } }
+        }
+        Kernels.rmsNorm(x.data, rows: rows, dim: d, eps: c.eps, weight: finalNorm.data)
+        return x
+    }
+
+    /// T5 attention of one segment: scores q·kᵀ (no scaling) + bias[bucket(pos_j - pos_i), head] over keys [0, keys),
+    /// softmax, · v. With no key at all every position is a key with equal weight (torch's all-`finfo.min` row).
+    static func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+                          rows: Int, keys keyCount: Int, positions: [Int], heads: Int, headDim hd: Int,
+                          table: UnsafePointer<Float>, buckets: [Int], bucketOffset: Int) {
+        if rows == 0 { return }
+        let ld = heads * hd
+        let uniform = keyCount == 0
+        let keys = uniform ? rows : keyCount
+        let tile = 64
+        let tiles = (rows + tile - 1) / tile
+        positions.withUnsafeBufferPointer { pos in
+        buckets.withUnsafeBufferPointer { bk in
+            Parallel.forEach(heads * tiles) { task in
+                let hIndex = task % heads, q0 = (task / heads) * tile
+                let n = min(tile, rows - q0)
+                let scores = UnsafeMutablePointer<Float>.allocate(capacity: n * keys)
+                defer { scores.deallocate() }
+                if uniform {
+                    scores.update(repeating: 1, count: n * keys)
+                } else {
+                    GEMM.sgemm(transA: false, transB: true, m: n, n: keys, k: hd, alpha: 1, a: q + q0 * ld + hIndex * hd, lda: ld,
+                               b: k + hIndex * hd, ldb: ld, beta: 0, c: scores, ldc: keys)
+                    for i in 0..<n {
+                        let s = scores + i * keys
+                        let pi = pos[q0 + i]
+                        for j in 0..<keys { s[j] += table[bk[pos[j] - pi + bucketOffset] * heads + hIndex] }
+                        var m = -Float.infinity
+                        for j in 0..<keys { m = max(m, s[j]) }
+                        var sum: Float = 0
+                        for j in 0..<keys { let e = fastExp(s[j] - m); s[j] = e; sum += e }
+                        let inv = 1 / sum
+                        for j in 0..<keys { s[j] *= inv }
+                    }
+                }
+                if uniform {
+                    let inv = 1 / Float(keys)
+                    for i in 0..<(n * keys) { scores[i] = inv }
+                }
+                GEMM.sgemm(transA: false, transB: false, m: n, n: hd, k: keys, alpha: 1, a: scores, lda: keys,
+                           b: v + hIndex * hd, ldb: ld, beta: 0, c: out + q0 * ld + hIndex * hd, ldc: ld)
+            }
+        }
+        }
+    }
+}
+
+// MARK: - weights converted just before use
+
+/// A weight matrix [out, in…] kept as stored (bf16, f16, fp8 (scaled), GGUF blocks, f32); float32 only a slice of
+/// output rows at a time, in a per-worker scratch, just before that slice's GEMM. float32 weights stored aligned are
+/// used in place.
+final class StoredMatrix: @unchecked Sendable {
+    let name: String
+    let stored: StoredTensor
+    let rows: Int, cols: Int
+    let direct: UnsafePointer<Float>?
+
+    /// Binds `name` through the binder's rules (present, exact shape; marked as used) without converting it.
+    init(_ binder: WeightBinder, _ name: String, _ shape: [Int]) throws {
+        guard let found = binder.shape(name) else {
+            throw WeightError.missingKey(source: binder.source.label, key: name, expectedShape: shape)
+        }
+        guard found == shape else { throw WeightError.shapeMismatch(source: binder.source.label, key: name, expected: shape, found: found) }
+        binder.ignore(name)
+        let s = try binder.source.stored(name)
+        guard s.elementCount == shape.reduce(1, *) else {
+            throw WeightError.shapeMismatch(source: binder.source.label, key: name, expected: shape, found: s.shape)
+        }
+        self.name = name
+        stored = s
+        rows = shape[0]
+        cols = shape.dropFirst().reduce(1, *)
+        if (s.type == .dtype(.f32) || s.type == .ggml(.f32)) && s.scale == nil && Int(bitPattern: s.data) % 4 == 0 {
+            direct = s.data.assumingMemoryBound(to: Float.self)
+        } else {
+            direct = nil
+        }
+    }
+
+    /// Rows [r] as float32 into `dst`.
+    func convertRows(_ r: Range<Int>, into dst: UnsafeMutablePointer<Float>) {
+        if let direct { dst.update(from: direct + r.lowerBound * cols, count: r.count * cols); return }
+        stored.dequantize(elements: r.lowerBound * cols ..< r.upperBound * cols, into: dst)
+    }
+
+    /// The whole matrix as a float32 tensor (small weights only).
+    func float32() -> Tensor {
+        let t = Tensor(uninitialized: [rows, cols])
+        convertRows(0..<rows, into: t.data)
+        return t
+    }
+
+    /// Output rows per slice: about 2 MB of float32 weights, a multiple of 16.
+    var sliceRows: Int {
+        let r = max(16, (1 << 19) / max(cols, 1) / 16 * 16)
+        return min(r, (rows + 15) / 16 * 16)
+    }
+
+    /// Runs `body(firstRow, rowCount, weights)` for every slice of output rows, in parallel, with the slice's weights
+    /// as float32.
+    func forEachSlice(_ body: (Int, Int, UnsafePointer<Float>) -> Void) {
+        let per = sliceRows
+        let slices = (rows + per - 1) / per
+        Parallel.forEach(slices) { s in
+            let r0 = s * per, n = min(per, rows - r0)
+            if let direct { body(r0, n, direct + r0 * cols); return }
+            let scratch = ScratchPool.shared.take(per * cols)
+            defer { ScratchPool.shared.give(scratch) }
+            stored.dequantize(elements: r0 * cols ..< (r0 + n) * cols, into: scratch.pointer)
+            body(r0, n, scratch.pointer)
+        }
+    }
+
+    /// out[m, rows] = x[m, cols] · Wᵀ (+ bias), then `activation` on each slice (while it is in cache).
+    func linear(_ x: UnsafePointer<Float>, rows m: Int, into out: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil,
+                activation: Activation = .none) {
+        if m == 0 { return }
+        Profile.measure("linear") {
+            if let direct, activation != .quickGELU {
+                let epilogue: Epilogue = activation == .geluErf ? .geluErf : activation == .geluTanh ? .geluTanh : .none
+                GEMM.shared.linear(m: m, k: cols, n: rows, src: x, weight: direct, bias: bias, dst: out, epilogue: epilogue)
+                return
+            }
+            let n = rows
+            forEachSlice { r0, nr, w in
+                GEMM.sgemm(transA: false, transB: true, m: m, n: nr, k: cols, alpha: 1, a: x, lda: cols, b: w, ldb: cols,
+                           beta: 0, c: out + r0, ldc: n)
+                Activation.apply(activation, out + r0, rows: m, cols: nr, ld: n, bias: bias.map { $0 + r0 })
+            }
+        }
+    }
+
+    /// out[m, F] = gelu_tanh(x · gateᵀ) * (x · upᵀ), the T5 gated FFN's first half, slice by slice.
+    static func gatedGELU(gate: StoredMatrix, up: StoredMatrix, _ x: UnsafePointer<Float>, rows m: Int, into out: UnsafeMutablePointer<Float>) {
+        precondition(gate.rows == up.rows && gate.cols == up.cols)
+        if m == 0 { return }
+        let n = gate.rows, k = gate.cols
+        Profile.measure("ffn-gate") {
+            let per = gate.sliceRows
+            let slices = (n + per - 1) / per
+            Parallel.forEach(slices) { s in
+                let r0 = s * per, nr = min(per, n - r0)
+                let scratch = ScratchPool.shared.take(per * k)
+                let tmp = ScratchPool.shared.take(m * nr)
+                defer { ScratchPool.shared.give(scratch); ScratchPool.shared.give(tmp) }
+                let wg: UnsafePointer<Float>
+                if let d = gate.direct { wg = d + r0 * k } else {
+                    gate.stored.dequantize(elements: r0 * k ..< (r0 + nr) * k, into: scratch.pointer); wg = UnsafePointer(scratch.pointer)
+                }
+                GEMM.sgemm(transA: false, transB: true, m: m, n: nr, k: k, alpha: 1, a: x, lda: k, b: wg, ldb: k, beta: 0, c: out + r0, ldc: n)
+                let wu: UnsafePointer<Float>
+                if let d = up.direct { wu = d + r0 * k } else {
+                    up.stored.dequantize(elements: r0 * k ..< (r0 + nr) * k, into: scratch.pointer); wu = UnsafePointer(scratch.pointer)
+                }
+                GEMM.sgemm(transA: false, transB: true, m: m, n: nr, k: k, alpha: 1, a: x, lda: k, b: wu, ldb: k, beta: 0, c: tmp.pointer, ldc: nr)
+                for i in 0..<m {
+                    let o = out + i * n + r0, t = tmp.pointer + i * nr
+                    for j in 0..<nr {
+                        let g = o[j]
+                        let u = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+                        o[j] = g / (1 + fastExp(-2 * u)) * t[j]
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands the pages of this matrix in a read-only file mapping back to the kernel (they are read again from the
+    /// page cache on the next use). Does nothing for weights that are not in a mapping.
+    func releasePages() {
+        guard let owner = stored.owner else { return }
+        let file: MappedFile?
+        if let f = owner as? MappedFile { file = f } else if let s = owner as? SafetensorsFile { file = s.file } else { file = nil }
+        guard let file, file.size > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let lo = Int(bitPattern: stored.data), hi = lo + stored.byteCount
+        let base = Int(bitPattern: file.base)
+        guard lo >= base, hi <= base + file.size else { return }
+        let start = (lo + page - 1) / page * page, end = hi / page * page
+        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, Int32(MADV_DONTNEED)) }
+    }
+}
+
+/// Activations applied after a sliced GEMM (bias first).
+enum Activation: Equatable {
+    case none, geluTanh, geluErf, quickGELU
+
+    static func apply(_ a: Activation, _ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, bias: UnsafePointer<Float>?) {
+        for i in 0..<rows {
+            let o = p + i * ld
+            if let bias { for j in 0..<cols { o[j] += bias[j] } }
+            switch a {
+            case .none: break
+            case .geluTanh:
+                for j in 0..<cols {
+                    let g = o[j]
+                    let u = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+                    o[j] = g / (1 + fastExp(-2 * u))
+                }
+            case .geluErf:
+                for j in 0..<cols { let g = o[j]; o[j] = 0.5 * g * (1 + erff(g * 0.70710678118654752)) }
+            case .quickGELU:
+                for j in 0..<cols { let g = o[j]; o[j] = g / (1 + fastExp(-1.702 * g)) }
+            }
+        }
+    }
+}
+
+/// Reusable float32 scratch buffers for the per-slice weight conversion (one per worker in flight).
+final class ScratchPool: @unchecked Sendable {
+    static let shared = ScratchPool()
+    final class Buffer {
+        let pointer: UnsafeMutablePointer<Float>
+        let capacity: Int
+        init(_ n: Int) {
+            capacity = n
+            pointer = UnsafeMutableRawPointer.allocate(byteCount: max(n, 1) * 4, alignment: 64).bindMemory(to: Float.self, capacity: max(n, 1))
+        }
+        deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+    }
+    private var free: [Buffer] = []
+    private let lock = NSLock()
+
+    func take(_ n: Int) -> Buffer {
+        lock.lock()
+        if let i = free.firstIndex(where: { $0.capacity >= n }) {
+            let b = free.remove(at: i)
+            lock.unlock()
+            return b
+        }
+        lock.unlock()
+        return Buffer(n)
+    }
+
+    func give(_ b: Buffer) {
+        lock.lock()
+        free.append(b)
+        // Keep a few buffers per worker; drop the smallest beyond that.
+        if free.count > 4 * Parallel.workers {
+            free.sort { $0.capacity > $1.capacity }
+            free.removeLast()
+        }
+        lock.unlock()
+    }
+}
