@@ -49,7 +49,7 @@ extension WanDiTConfig {
 /// Random weights in the real shapes of a configuration, made in memory on request (for benchmarks and memory
 /// tests: real Wan weights cannot be downloaded everywhere). Matrices are uniform in ±1/sqrt(fan_in) like
 /// PyTorch's default init; norm weights are 1; everything else small.
-public final class RandomWeights: WeightSource, @unchecked Sendable {
+public final class RandomWeights: SynthesizingWeightSource, @unchecked Sendable {
     private let shapes: [String: [Int]]
     private let seed: UInt64
     public let label: String
@@ -68,12 +68,24 @@ public final class RandomWeights: WeightSource, @unchecked Sendable {
         return TensorInfo(name: name, dtype: .f32, shape: s, offset: 0, byteCount: s.reduce(1, *) * 4)
     }
 
+    /// Random weights for whatever a model asks (no list of names needed): `WeightBinder` synthesises each tensor
+    /// with the shape the model expects.
+    public convenience init(synthesizingWithSeed seed: UInt64, label: String = "random weights") {
+        self.init(shapes: [], seed: seed, label: label)
+    }
+
+    public func synthesize(_ name: String, shape: [Int]) throws -> Tensor { fill(name, shape) }
+
     public func float32(_ name: String) throws -> Tensor {
         guard let shape = shapes[name] else { throw WeightError.missingKey(source: label, key: name, expectedShape: nil) }
+        return fill(name, shape)
+    }
+
+    func fill(_ name: String, _ shape: [Int]) -> Tensor {
         let t = Tensor(uninitialized: shape)
         let isNorm = name.hasSuffix("norm_q.weight") || name.hasSuffix("norm_k.weight") || name.hasSuffix("norm_k_img.weight")
             || (name.contains("norm") && name.hasSuffix(".weight") && shape.count == 1) || name.hasPrefix("img_emb.proj.0.weight")
-            || name.hasPrefix("img_emb.proj.4.weight")
+            || name.hasPrefix("img_emb.proj.4.weight") || name.hasSuffix(".gamma")
         if isNorm {
             t.buffer.update(repeating: 1)
             return t

@@ -43,7 +43,7 @@ public struct VAEInputError: Error, CustomStringConvertible {
 }
 
 /// A channels-last activation: [frames, height, width, channels].
-struct Activation {
+struct ChannelsLastVideo {
     var data: Tensor
     var frames: Int, height: Int, width: Int, channels: Int
     init(frames: Int, height: Int, width: Int, channels: Int) {
@@ -236,9 +236,9 @@ public final class WanVAE: @unchecked Sendable {
     }
 
     /// Runs a 3x3x3 causal conv over `x` with the conv's 2-frame history (zeros before the first chunk).
-    func causal(_ c: CausalConv, _ x: Activation, _ state: StreamState, accumulateInto out: Activation? = nil) -> Activation {
+    func causal(_ c: CausalConv, _ x: ChannelsLastVideo, _ state: StreamState, accumulateInto out: ChannelsLastVideo? = nil) -> ChannelsLastVideo {
         if let lin = c.pointwise {
-            var y = out ?? Activation(frames: x.frames, height: x.height, width: x.width, channels: lin.outFeatures)
+            var y = out ?? ChannelsLastVideo(frames: x.frames, height: x.height, width: x.width, channels: lin.outFeatures)
             if out != nil {
                 let tmp = Tensor(uninitialized: [x.rows, lin.outFeatures])
                 lin(x.data.data, rows: x.rows, into: tmp.data)
@@ -254,14 +254,14 @@ public final class WanVAE: @unchecked Sendable {
     }
 
     /// Prepends the 2-frame history of `id` to x, convolves, and keeps the last 2 frames as the new history.
-    func timeCausal(_ conv: Conv3D, id: Int, _ x: Activation, _ state: StreamState, accumulateInto out: Activation? = nil) -> Activation {
+    func timeCausal(_ conv: Conv3D, id: Int, _ x: ChannelsLastVideo, _ state: StreamState, accumulateInto out: ChannelsLastVideo? = nil) -> ChannelsLastVideo {
         let fs = x.frameSize
         let history = state.history[id] ?? Tensor(zeros: [2, x.height, x.width, x.channels])
         let input = Tensor(uninitialized: [2 + x.frames, x.height, x.width, x.channels])
         input.data.update(from: history.data, count: 2 * fs)
         (input.data + 2 * fs).update(from: x.data.data, count: x.frames * fs)
         let o = conv.outputSize(frames: 2 + x.frames, height: x.height, width: x.width)
-        var y = out ?? Activation(frames: o.t, height: o.h, width: o.w, channels: conv.outChannels)
+        var y = out ?? ChannelsLastVideo(frames: o.t, height: o.h, width: o.w, channels: conv.outChannels)
         conv(input.data, frames: 2 + x.frames, height: x.height, width: x.width, into: y.data.data, accumulate: out != nil)
         y.channels = conv.outChannels
         let newHistory = Tensor(uninitialized: [2, x.height, x.width, x.channels])
@@ -270,18 +270,18 @@ public final class WanVAE: @unchecked Sendable {
         return y
     }
 
-    func normalized(_ x: Activation, _ gamma: Tensor, silu: Bool) -> Activation {
-        var y = Activation(frames: x.frames, height: x.height, width: x.width, channels: x.channels)
+    func normalized(_ x: ChannelsLastVideo, _ gamma: Tensor, silu: Bool) -> ChannelsLastVideo {
+        var y = ChannelsLastVideo(frames: x.frames, height: x.height, width: x.width, channels: x.channels)
         Kernels.channelRMSNorm(x.data.data, rows: x.rows, channels: x.channels, gamma: gamma.data, silu: silu, out: y.data.data)
         y.channels = x.channels
         return y
     }
 
-    func run(_ block: ResBlock, _ x: Activation, _ state: StreamState) -> Activation {
+    func run(_ block: ResBlock, _ x: ChannelsLastVideo, _ state: StreamState) -> ChannelsLastVideo {
         // Shortcut first (the residual's causal convs see the block input), then the residual path added onto it.
-        let h: Activation
+        let h: ChannelsLastVideo
         if let s = block.shortcut { h = causal(s, x, state) } else {
-            var copy = Activation(frames: x.frames, height: x.height, width: x.width, channels: x.channels)
+            var copy = ChannelsLastVideo(frames: x.frames, height: x.height, width: x.width, channels: x.channels)
             copy.data.data.update(from: x.data.data, count: x.data.count)
             copy.channels = x.channels
             h = copy
@@ -290,9 +290,9 @@ public final class WanVAE: @unchecked Sendable {
         return causal(block.conv2, normalized(a, block.gamma2, silu: true), state, accumulateInto: h)
     }
 
-    func run(_ block: AttnBlock, _ x: Activation) -> Activation {
+    func run(_ block: AttnBlock, _ x: ChannelsLastVideo) -> ChannelsLastVideo {
         let c = x.channels, hw = x.height * x.width
-        var y = Activation(frames: x.frames, height: x.height, width: x.width, channels: c)
+        var y = ChannelsLastVideo(frames: x.frames, height: x.height, width: x.width, channels: c)
         let n = normalized(x, block.gamma, silu: false)
         let qkv = Tensor(uninitialized: [hw, 3 * c]), att = Tensor(uninitialized: [hw, c])
         for f in 0..<x.frames {
@@ -306,22 +306,22 @@ public final class WanVAE: @unchecked Sendable {
         return y
     }
 
-    func spatial(_ conv: Conv3D, _ x: Activation) -> Activation {
+    func spatial(_ conv: Conv3D, _ x: ChannelsLastVideo) -> ChannelsLastVideo {
         let o = conv.outputSize(frames: x.frames, height: x.height, width: x.width)
-        var y = Activation(frames: o.t, height: o.h, width: o.w, channels: conv.outChannels)
+        var y = ChannelsLastVideo(frames: o.t, height: o.h, width: o.w, channels: conv.outChannels)
         conv(x.data.data, frames: x.frames, height: x.height, width: x.width, into: y.data.data)
         y.channels = conv.outChannels
         return y
     }
 
-    func upsampled(_ x: Activation) -> Activation {
-        var y = Activation(frames: x.frames, height: 2 * x.height, width: 2 * x.width, channels: x.channels)
+    func upsampled(_ x: ChannelsLastVideo) -> ChannelsLastVideo {
+        var y = ChannelsLastVideo(frames: x.frames, height: 2 * x.height, width: 2 * x.width, channels: x.channels)
         Kernels.upsampleNearest2x(x.data.data, frames: x.frames, height: x.height, width: x.width, channels: x.channels, out: y.data.data)
         y.channels = x.channels
         return y
     }
 
-    func run(_ r: Resample, _ x: Activation, _ state: StreamState) -> Activation {
+    func run(_ r: Resample, _ x: ChannelsLastVideo, _ state: StreamState) -> ChannelsLastVideo {
         switch r {
         case .down2d(let conv):
             return spatial(conv, x)
@@ -340,7 +340,7 @@ public final class WanVAE: @unchecked Sendable {
             input.data.update(from: prev.data, count: fs)
             (input.data + fs).update(from: s.data.data, count: s.frames * fs)
             let o = time.outputSize(frames: 1 + s.frames, height: s.height, width: s.width)
-            var y = Activation(frames: o.t, height: o.h, width: o.w, channels: time.outChannels)
+            var y = ChannelsLastVideo(frames: o.t, height: o.h, width: o.w, channels: time.outChannels)
             time(input.data, frames: 1 + s.frames, height: s.height, width: s.width, into: y.data.data)
             y.channels = time.outChannels
             return y
@@ -351,7 +351,7 @@ public final class WanVAE: @unchecked Sendable {
                 // becomes two frames (channels [0, C) then [C, 2C)).
                 let doubled = timeCausal(time, id: id, x, state)
                 let c = x.channels, hw = x.height * x.width
-                var inter = Activation(frames: 2 * x.frames, height: x.height, width: x.width, channels: c)
+                var inter = ChannelsLastVideo(frames: 2 * x.frames, height: x.height, width: x.width, channels: c)
                 Parallel.forRanges(x.frames * hw, grain: 256) { range in
                     for p in range {
                         let f = p / hw, pos = p % hw
@@ -369,7 +369,7 @@ public final class WanVAE: @unchecked Sendable {
         }
     }
 
-    func run(_ coder: Coder, _ x: Activation, _ state: StreamState) -> Activation {
+    func run(_ coder: Coder, _ x: ChannelsLastVideo, _ state: StreamState) -> ChannelsLastVideo {
         var h = causal(coder.conv1, x, state)
         for layer in coder.layers {
             switch layer {
@@ -403,7 +403,7 @@ public final class WanVAE: @unchecked Sendable {
         var start = 0
         while start < T {
             let count = start == 0 ? 1 : tf
-            var x = Activation(frames: count, height: H, width: W, channels: 3)
+            var x = ChannelsLastVideo(frames: count, height: H, width: W, channels: 3)
             // [3, T, H, W] -> [t, H, W, 3]
             for f in 0..<count { for ch in 0..<3 {
                 let src = video.data + (ch * T + start + f) * H * W
@@ -448,7 +448,7 @@ public final class WanVAE: @unchecked Sendable {
                 let src = latent.data + (ch * F + f) * plane
                 for p in 0..<plane { zin.data[p * z + ch] = src[p] / inv + mean }
             }
-            var x = Activation(frames: 1, height: h, width: w, channels: z)
+            var x = ChannelsLastVideo(frames: 1, height: h, width: w, channels: z)
             postQuantConv(zin.data, rows: plane, into: x.data.data)
             x.channels = z
             let out = run(decoder, x, state)

@@ -42,8 +42,13 @@ public final class Conv3D: @unchecked Sendable {
     }
 
     /// Runs the convolution. With `accumulate`, the result is added to what `out` holds (oneDNN's sum post-op).
+    /// Multiply-add FLOPs performed by all convolutions (for benchmarks).
+    nonisolated(unsafe) public static var flops: Double = 0
+
     public func callAsFunction(_ x: UnsafePointer<Float>, frames: Int, height: Int, width: Int,
                                into out: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
+        let o = outputSize(frames: frames, height: height, width: width)
+        Conv3D.flops += 2 * Double(outChannels * inChannels * kernel.t * kernel.h * kernel.w) * Double(o.t * o.h * o.w)
         Profile.measure("conv") {
             let key = Key(t: frames, h: height, w: width, accumulate: accumulate, threads: Int(omp_get_max_threads()))
             let (prim, weights) = primitive(key)
@@ -112,6 +117,11 @@ public final class Conv3D: @unchecked Sendable {
             check(dnnl_primitive_desc_create(&pd, &desc, attr, engine, nil), "convolution primitive_desc_create")
             var p: dnnl_primitive_t?
             check(dnnl_primitive_create(&p, pd), "primitive_create")
+            if ProcessInfo.processInfo.environment["WANKIT_VERBOSE_PRIMITIVES"] != nil {
+                var impl: UnsafePointer<CChar>?
+                dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl)
+                FileHandle.standardError.write("conv \(inChannels)->\(outChannels) k\(kernel) in \(key.t)x\(key.h)x\(key.w): \(impl.map { String(cString: $0) } ?? "?")\n".data(using: .utf8)!)
+            }
             dnnl_primitive_desc_destroy(pd)
             dnnl_primitive_attr_destroy(attr)
             primitives[key] = p!

@@ -18,7 +18,7 @@ public final class Tensor: @unchecked Sendable {
         self.shape = shape
         self.count = shape.reduce(1, *)
         let bytes = max(self.count, 1) * MemoryLayout<Float>.stride
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        let raw = BufferPool.shared.allocate(bytes)
         raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
         self.data = raw.bindMemory(to: Float.self, capacity: max(self.count, 1))
         self.owned = true
@@ -30,7 +30,7 @@ public final class Tensor: @unchecked Sendable {
         self.shape = shape
         self.count = shape.reduce(1, *)
         let bytes = max(self.count, 1) * MemoryLayout<Float>.stride
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        let raw = BufferPool.shared.allocate(bytes)
         self.data = raw.bindMemory(to: Float.self, capacity: max(self.count, 1))
         self.owned = true
         self.owner = nil
@@ -52,7 +52,7 @@ public final class Tensor: @unchecked Sendable {
     }
 
     deinit {
-        if owned { UnsafeMutableRawPointer(data).deallocate() }
+        if owned { BufferPool.shared.release(UnsafeMutableRawPointer(data), bytes: max(count, 1) * MemoryLayout<Float>.stride) }
     }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }
@@ -90,4 +90,62 @@ public struct Comparison: Sendable, CustomStringConvertible {
         maxAbs = mx
     }
     public var description: String { String(format: "rel_l2=%.3e max_abs=%.3e", relL2, maxAbs) }
+}
+
+/// Recycles large tensor buffers by exact size. Fresh large allocations are new mappings whose pages the kernel
+/// must fault in and zero; models that run the same shapes chunk after chunk (the VAE, the DiT's steps) reuse them
+/// instead. The pool keeps at most `capacity` bytes of free buffers and returns the rest to the system.
+public final class BufferPool: @unchecked Sendable {
+    public static let shared = BufferPool()
+    /// Buffers smaller than this go straight to the allocator.
+    public let minimumBytes = 1 << 20
+    public var capacity = 1 << 30
+    private var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    private var order: [(bytes: Int, pointer: UnsafeMutableRawPointer)] = []
+    private var held = 0
+    private let lock = NSLock()
+
+    func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
+        if bytes >= minimumBytes {
+            lock.lock()
+            if var list = free[bytes], let p = list.popLast() {
+                free[bytes] = list
+                held -= bytes
+                if let i = order.firstIndex(where: { $0.pointer == p }) { order.remove(at: i) }
+                lock.unlock()
+                return p
+            }
+            lock.unlock()
+        }
+        return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+    }
+
+    func release(_ p: UnsafeMutableRawPointer, bytes: Int) {
+        guard bytes >= minimumBytes, bytes <= capacity else { p.deallocate(); return }
+        lock.lock()
+        free[bytes, default: []].append(p)
+        order.append((bytes, p))
+        held += bytes
+        var evicted: [UnsafeMutableRawPointer] = []
+        while held > capacity, !order.isEmpty {
+            let old = order.removeFirst()
+            if var list = free[old.bytes], let i = list.firstIndex(of: old.pointer) {
+                list.remove(at: i)
+                free[old.bytes] = list
+                held -= old.bytes
+                evicted.append(old.pointer)
+            }
+        }
+        lock.unlock()
+        for e in evicted { e.deallocate() }
+    }
+
+    /// Returns every pooled buffer to the system.
+    public func drain() {
+        lock.lock()
+        let all = order.map(\.pointer)
+        free = [:]; order = []; held = 0
+        lock.unlock()
+        for p in all { p.deallocate() }
+    }
 }

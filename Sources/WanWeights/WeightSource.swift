@@ -83,6 +83,12 @@ public final class SafetensorsSource: WeightSource, @unchecked Sendable {
     }
 }
 
+/// A source that makes any tensor a model asks for (random weights for benchmarks): the binder asks it for
+/// names it does not list, with the shape the model expects.
+public protocol SynthesizingWeightSource: WeightSource {
+    func synthesize(_ name: String, shape: [Int]) throws -> Tensor
+}
+
 /// Strict binding of a source to a model: every tensor the model asks for must exist with the expected shape, and
 /// every tensor of the source must be asked for (checked by `finish()`).
 public final class WeightBinder {
@@ -96,7 +102,10 @@ public final class WeightBinder {
 
     /// The tensor `name`, which must have `shape` (element count equal and dims equal).
     public func tensor(_ name: String, _ shape: [Int]) throws -> Tensor {
-        guard let info = source.info(name) else { throw WeightError.missingKey(source: source.label, key: name, expectedShape: shape) }
+        guard let info = source.info(name) else {
+            if let synth = source as? SynthesizingWeightSource { return try synth.synthesize(name, shape: shape) }
+            throw WeightError.missingKey(source: source.label, key: name, expectedShape: shape)
+        }
         guard info.shape == shape else { throw WeightError.shapeMismatch(source: source.label, key: name, expected: shape, found: info.shape) }
         used.insert(name)
         return try source.float32(name)

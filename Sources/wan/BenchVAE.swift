@@ -1,0 +1,75 @@
+import ArgumentParser
+import Foundation
+import WanKit
+
+struct BenchVAE: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vae",
+        abstract: "Wan-VAE decode/encode time and peak RSS with the real Wan2.1 VAE shapes and random weights.")
+
+    @Option(help: "Video size WxH (default: 256x256 with 5 frames, then 832x480 with 1 frame).") var size: String?
+    @Option(help: "Frame count (4n+1).") var frames: Int?
+    @Option(help: "What to run: decode, encode or both.") var op: String = "both"
+    @Option(help: "Benchmark a real VAE file (Wan2.1_VAE.pth, safetensors or diffusers folder) instead of random weights.") var weights: String?
+    @Flag(help: "One JSON object per line instead of text.") var json = false
+    @Flag(help: "Print where the time goes (per op kind).") var profile = false
+
+    func run() throws {
+        var shapes: [(w: Int, h: Int, f: Int)] = [(256, 256, 5), (832, 480, 1)]
+        if let size {
+            let parts = size.lowercased().split(separator: "x").compactMap { Int($0) }
+            guard parts.count == 2, parts[0] > 0, parts[1] > 0, parts[0] % 8 == 0, parts[1] % 8 == 0 else {
+                throw ValidationError("--size must be WxH with both multiples of 8, e.g. 832x480")
+            }
+            shapes = [(parts[0], parts[1], frames ?? 1)]
+        } else if let frames {
+            shapes = shapes.map { ($0.w, $0.h, frames) }
+        }
+        for s in shapes where s.f < 1 || (s.f - 1) % 4 != 0 { throw ValidationError("--frames must be 4n+1, got \(s.f)") }
+        guard ["decode", "encode", "both"].contains(op) else { throw ValidationError("--op must be decode, encode or both") }
+        let vae: WanVAE
+        if let weights {
+            let w = try openVAEWeights(path: weights)
+            vae = try WanVAE(weights: w.source, arguments: w.arguments)
+        } else {
+            vae = try WanVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7))
+        }
+        func report(_ what: String, _ s: (w: Int, h: Int, f: Int), _ seconds: Double) throws {
+            let rss = peakRSSBytes()
+            if json {
+                let obj: [String: Any] = ["op": what, "size": "\(s.w)x\(s.h)", "frames": s.f, "seconds": seconds, "peak_rss_bytes": rss]
+                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                print(String(format: "vae %@ %dx%dx%d: %.2f s (%.2f s/frame), peak RSS %.2f GB", what, s.w, s.h, s.f, seconds, seconds / Double(s.f), Double(rss) / 1e9))
+            }
+            if profile {
+                for line in Profile.report() { print("  " + line) }
+                print(String(format: "  conv work %.1f GFLOP", Conv3D.flops / 1e9))
+            }
+            Conv3D.flops = 0
+            fflush(stdout)
+        }
+        Profile.enabled = profile
+        for s in shapes {
+            if op != "encode" {
+                let latentFrames = (s.f - 1) / 4 + 1
+                let latent = try RandomWeights(shapes: [("z", [16, latentFrames, s.h / 8, s.w / 8])], seed: 3).float32("z")
+                for i in 0..<latent.count { latent.data[i] *= 40 }  // roughly unit-variance latents
+                Profile.reset()
+                let t0 = now()
+                var produced = 0
+                try vae.decode(latent) { chunk, _ in produced += chunk.shape[1] }  // frames are streamed and dropped
+                precondition(produced == s.f)
+                try report("decode", s, now() - t0)
+            }
+            if op != "decode" {
+                let video = try RandomWeights(shapes: [("v", [3, s.f, s.h, s.w])], seed: 4).float32("v")
+                for i in 0..<video.count { video.data[i] = max(-1, min(1, video.data[i] * 100)) }
+                Profile.reset()
+                let t0 = now()
+                _ = try vae.encode(video)
+                try report("encode", s, now() - t0)
+            }
+        }
+    }
+}
