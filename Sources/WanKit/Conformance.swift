@@ -83,6 +83,7 @@ public final class ConformanceRunner {
     var vaes: [String: WanVAE] = [:]
     var t5Encoders: [String: UMT5Encoder] = [:]
     var clipEncoders: [String: CLIPVision] = [:]
+    var vaceDiTs: [String: WanVACEDiT] = [:]
 
     public init(goldenDirectory: String) { root = goldenDirectory }
 
@@ -174,6 +175,7 @@ public final class ConformanceRunner {
 
     func runDiT(_ c: GoldenCase) throws -> CaseResult {
         guard let model = c.model else { return .skip(c.name, "case names no model") }
+        if try modelJSON(model)["class"] as? String == "VaceWanModel" { return try runVACE(c, model: model) }
         guard let dit = try dit(model) else {
             let json = try modelJSON(model)
             return .skip(c.name, "\(json["class"] ?? "?") with layout '\(json["layout"] ?? "?")' is not implemented yet")

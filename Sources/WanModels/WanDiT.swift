@@ -224,6 +224,15 @@ public final class WanDiT: @unchecked Sendable {
     /// One video through the model with a prepared context (reused across the steps of a sampling loop).
     public func forward(x inputX: Tensor, y inputY: Tensor? = nil, t: Float, context prepared: DiTContext,
                         trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
+        try forward(x: inputX, y: inputY, t: t, context: prepared, trace: trace, blockHook: nil)
+    }
+
+    /// Called on the token rows [L, dim] before the first block (stage -1) and after each block i (stage i), with the
+    /// grid, e0 and the block scratch: how variants (VACE) add to the residual stream between blocks.
+    typealias BlockHook = (_ stage: Int, _ x: Tensor, _ grid: (f: Int, h: Int, w: Int), _ e0: Tensor, _ scratch: BlockScratch) throws -> Void
+
+    func forward(x inputX: Tensor, y inputY: Tensor?, t: Float, context prepared: DiTContext,
+                 trace: ((String, Tensor) -> Void)?, blockHook: BlockHook?) throws -> Tensor {
         guard prepared.model === self else { throw DiTInputError(description: "the context was prepared by another model") }
         let input = (x: inputX, y: inputY, t: t)
         let c = config, d = c.dim
@@ -289,8 +298,10 @@ public final class WanDiT: @unchecked Sendable {
 
         // Blocks.
         let scratch = BlockScratch(tokens: L, dim: d, ffn: c.ffnDim)
+        try blockHook?(-1, x, grid, e0, scratch)
         for (i, block) in blocks.enumerated() {
             run(block, index: i, x: x, grid: grid, e0: e0, context: prepared, s: scratch, trace: trace)
+            try blockHook?(i, x, grid, e0, scratch)
         }
 
         // Head.
@@ -330,7 +341,7 @@ public final class WanDiT: @unchecked Sendable {
         }
     }
 
-    private func run(_ block: Block, index: Int, x: Tensor, grid: (f: Int, h: Int, w: Int), e0: Tensor, context: DiTContext,
+    func run(_ block: Block, index: Int, x: Tensor, grid: (f: Int, h: Int, w: Int), e0: Tensor, context: DiTContext,
                      s: BlockScratch, trace: ((String, Tensor) -> Void)?) {
         let c = config, d = c.dim, L = x.shape[0], heads = c.numHeads, hd = c.headDim
         let scale = 1 / Float(hd).squareRoot()
