@@ -256,7 +256,7 @@ public final class CLIPVision: @unchecked Sendable {
         let qkv = Tensor(uninitialized: [rows, 3 * d]), attn = Tensor(uninitialized: [rows, d])
         let hidden = Tensor(uninitialized: [rows, m]), delta = Tensor(uninitialized: [rows, d])
         let patches = Tensor(uninitialized: [g * g, 3 * p * p])
-        let activation: Activation = c.activation == "quick_gelu" ? .quickGELU : .geluErf
+        let activation: SliceActivation = c.activation == "quick_gelu" ? .quickGELU : .geluErf
         let scale = 1 / Float(c.headDim).squareRoot()
         for img in 0..<n {
             // Patch embedding: a stride-p conv = GEMM of the unfolded patches (c, ky, kx order) with [dim, 3*p*p].

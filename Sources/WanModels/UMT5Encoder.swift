@@ -417,8 +417,8 @@ final class StoredMatrix: @unchecked Sendable {
         Parallel.forEach(slices) { s in
             let r0 = s * per, n = min(per, rows - r0)
             if let direct { body(r0, n, direct + r0 * cols); return }
-            let scratch = ScratchPool.shared.take(per * cols)
-            defer { ScratchPool.shared.give(scratch) }
+            let scratch = SliceScratchPool.shared.take(per * cols)
+            defer { SliceScratchPool.shared.give(scratch) }
             stored.dequantize(elements: r0 * cols ..< (r0 + n) * cols, into: scratch.pointer)
             body(r0, n, scratch.pointer)
         }
@@ -426,7 +426,7 @@ final class StoredMatrix: @unchecked Sendable {
 
     /// out[m, rows] = x[m, cols] · Wᵀ (+ bias), then `activation` on each slice (while it is in cache).
     func linear(_ x: UnsafePointer<Float>, rows m: Int, into out: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil,
-                activation: Activation = .none) {
+                activation: SliceActivation = .none) {
         if m == 0 { return }
         Profile.measure("linear") {
             if let direct, activation != .quickGELU {
@@ -438,7 +438,7 @@ final class StoredMatrix: @unchecked Sendable {
             forEachSlice { r0, nr, w in
                 GEMM.sgemm(transA: false, transB: true, m: m, n: nr, k: cols, alpha: 1, a: x, lda: cols, b: w, ldb: cols,
                            beta: 0, c: out + r0, ldc: n)
-                Activation.apply(activation, out + r0, rows: m, cols: nr, ld: n, bias: bias.map { $0 + r0 })
+                SliceActivation.apply(activation, out + r0, rows: m, cols: nr, ld: n, bias: bias.map { $0 + r0 })
             }
         }
     }
@@ -453,9 +453,9 @@ final class StoredMatrix: @unchecked Sendable {
             let slices = (n + per - 1) / per
             Parallel.forEach(slices) { s in
                 let r0 = s * per, nr = min(per, n - r0)
-                let scratch = ScratchPool.shared.take(per * k)
-                let tmp = ScratchPool.shared.take(m * nr)
-                defer { ScratchPool.shared.give(scratch); ScratchPool.shared.give(tmp) }
+                let scratch = SliceScratchPool.shared.take(per * k)
+                let tmp = SliceScratchPool.shared.take(m * nr)
+                defer { SliceScratchPool.shared.give(scratch); SliceScratchPool.shared.give(tmp) }
                 let wg: UnsafePointer<Float>
                 if let d = gate.direct { wg = d + r0 * k } else {
                     gate.stored.dequantize(elements: r0 * k ..< (r0 + nr) * k, into: scratch.pointer); wg = UnsafePointer(scratch.pointer)
@@ -495,10 +495,10 @@ final class StoredMatrix: @unchecked Sendable {
 }
 
 /// Activations applied after a sliced GEMM (bias first).
-enum Activation: Equatable {
+enum SliceActivation: Equatable {
     case none, geluTanh, geluErf, quickGELU
 
-    static func apply(_ a: Activation, _ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, bias: UnsafePointer<Float>?) {
+    static func apply(_ a: SliceActivation, _ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, bias: UnsafePointer<Float>?) {
         for i in 0..<rows {
             let o = p + i * ld
             if let bias { for j in 0..<cols { o[j] += bias[j] } }
@@ -520,8 +520,8 @@ enum Activation: Equatable {
 }
 
 /// Reusable float32 scratch buffers for the per-slice weight conversion (one per worker in flight).
-final class ScratchPool: @unchecked Sendable {
-    static let shared = ScratchPool()
+final class SliceScratchPool: @unchecked Sendable {
+    static let shared = SliceScratchPool()
     final class Buffer {
         let pointer: UnsafeMutablePointer<Float>
         let capacity: Int
