@@ -107,6 +107,49 @@ public final class GEMM: @unchecked Sendable {
         }
     }
 
+    /// Output rows (weight rows) per tile of `linear(m:k:n:src:weightRows:…)`: about 2 MB of float32 weights, a
+    /// multiple of 16 between 64 and 256.
+    public static func tileRows(k: Int) -> Int {
+        min(256, max(64, (1 << 19) / max(k, 1) / 16 * 16))
+    }
+
+    /// `dst[m, 0..<n] = src[m, 0..<k] · W[n, k]ᵀ + bias[n]`, then the epilogue, for weights kept in another form
+    /// (f16, bf16, fp8, ggml blocks): `weightRows(rows, into)` writes rows `rows` of W as float32 (k values each,
+    /// densely) into a scratch tile. The output columns are split over the pool's workers as in the float32
+    /// `linear`; each worker makes one tile of at most `tileRows(k)` weight rows at a time in its own scratch and
+    /// runs the oneDNN product on it while it is in cache, so no float32 copy of W exists beyond the tiles.
+    public func linear(m: Int, k: Int, n: Int, src: UnsafePointer<Float>,
+                       weightRows: (Range<Int>, UnsafeMutablePointer<Float>) -> Void,
+                       bias: UnsafePointer<Float>?, dst: UnsafeMutablePointer<Float>, ldDst: Int? = nil, epilogue: Epilogue = .none) {
+        if m == 0 || n == 0 { return }
+        Profile.measure(epilogue == .none ? "linear" : "linear+act") {
+            let ldd = ldDst ?? n
+            // Converting the weights costs about as much as a product with a few rows, so even small products are
+            // split when the matrix is large.
+            let big = (2 * m * n * k >= 1 << 24 || n * k >= 1 << 18) && n >= 32 * Parallel.workers
+            let chunks = big ? Parallel.workers : 1
+            let per = ((n + chunks - 1) / chunks + 15) / 16 * 16
+            let maxTile = Self.tileRows(k: k)
+            Parallel.forEach(chunks) { c in
+                let n0 = c * per
+                let nc = min(per, n - n0)
+                if nc <= 0 { return }
+                // Equal tiles (multiples of 16) over this chunk: at most two primitive shapes per product.
+                let tiles = (nc + maxTile - 1) / maxTile
+                let tile = min(nc, ((nc + tiles - 1) / tiles + 15) / 16 * 16)
+                let scratch = Tensor(uninitialized: [tile, k])
+                var r0 = n0
+                while r0 < n0 + nc {
+                    let nr = min(tile, n0 + nc - r0)
+                    weightRows(r0 ..< r0 + nr, scratch.data)
+                    linearUnprofiled(m: m, k: k, n: nr, src: src, weight: scratch.data, ldWeight: k, bias: bias.map { $0 + r0 },
+                                     dst: dst + r0, ldDst: ldd, epilogue: epilogue)
+                    r0 += nr
+                }
+            }
+        }
+    }
+
     private func linearUnprofiled(m: Int, k: Int, n: Int, src: UnsafePointer<Float>, weight: UnsafePointer<Float>, ldWeight: Int?,
                                   bias: UnsafePointer<Float>?, dst: UnsafeMutablePointer<Float>, ldDst: Int?, epilogue: Epilogue) {
         let key = Key(m: m, k: k, n: n, bias: bias != nil, epilogue: epilogue, ldb: ldWeight ?? k, ldc: ldDst ?? n, threads: Int(omp_get_max_threads()))

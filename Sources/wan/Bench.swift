@@ -30,7 +30,7 @@ struct BenchDiT: ParsableCommand {
 
     @Option(help: "Video size WxH (default: 832x480 with 1 frame and 256x256 with 5 frames).") var size: String?
     @Option(help: "Frame count (4n+1).") var frames: Int?
-    @Option(help: "Benchmark a real DiT file (safetensors, mapped) instead of random 1.3B weights.") var weights: String?
+    @Option(help: "Benchmark a DiT file or folder (any layout openDiTWeights reads: safetensors f32/f16/bf16/fp8(_scaled), sharded, diffusers, GGUF; weights stay mapped) instead of random weights.") var weights: String?
     @Option(help: "Model preset for random weights: t2v-1.3B, t2v-14B, i2v-14B, flf2v-14B.") var preset: String = "t2v-1.3B"
     @Option(help: "Timed steps per shape (after one warm-up pass).") var steps: Int = 1
     @Flag(help: "One JSON object per line instead of text.") var json = false
@@ -56,8 +56,10 @@ struct BenchDiT: ParsableCommand {
         let t0 = now()
         let dit: WanDiT
         if let weights {
-            dit = try WanDiT(weights: try SafetensorsSource(path: weights))
-            log("loaded \(weights): \(dit.config) in \(String(format: "%.1f", now() - t0)) s")
+            let opened = try openDiTWeights(path: weights)
+            dit = try WanDiT(weights: opened.source, arguments: opened.arguments)
+            log("loaded \(weights) (\(opened.layout)): \(dit.config) in \(String(format: "%.1f", now() - t0)) s, RSS \(String(format: "%.2f", Double(currentRSSBytes()) / 1e9)) GB")
+            for line in try compactGEMMReport(opened.source, config: dit.config, m: 1560) { print(line) }
         } else {
             guard var config = WanDiTConfig.presets[preset] else {
                 throw ValidationError("unknown preset \(preset); one of \(WanDiTConfig.presets.keys.sorted().joined(separator: ", "))")
