@@ -126,6 +126,8 @@ public final class ConformanceRunner {
                 }
             case "vae":
                 return try runVAE(c)
+            case "pipeline":
+                return try runPipeline(c)
             case "scheduler":
                 return try runScheduler(c)
             case "rng":

@@ -1,0 +1,210 @@
+import Foundation
+import WanTensor
+import WanModels
+import WanSampling
+import WanText
+
+/// Settings of one text-to-video (or text-to-image: frames = 1) generation, as `WanT2V.generate` takes them.
+public struct GenerationSettings: Sendable, Equatable {
+    public var width = 832
+    public var height = 480
+    /// 4n + 1 frames (1 = text-to-image).
+    public var frames = 81
+    public var steps = 50
+    public var shift = 5.0
+    public var guideScale: Float = 5.0
+    public var seed: UInt64 = 0
+    public var solver: FlowSolverKind = .unipc
+    /// Empty means the task's default negative prompt (official `sample_neg_prompt`).
+    public var negativePrompt = ""
+
+    public init() {}
+
+    /// The latent shape [16, 1 + (F-1)/4, H/8, W/8].
+    public var latentShape: [Int] { [16, (frames - 1) / 4 + 1, height / 8, width / 8] }
+
+    /// Checks what the models need, with messages that say what to change.
+    public func validate() throws {
+        guard frames >= 1, (frames - 1) % 4 == 0 else {
+            throw GenerationError.invalidSettings("frames must be 4n+1 (1, 5, 9, …, 81), got \(frames)")
+        }
+        guard width > 0, height > 0, width % 16 == 0, height % 16 == 0 else {
+            throw GenerationError.invalidSettings("size \(width)x\(height) must be multiples of 16 (the VAE's 8 times the DiT's 2x2 patches); the official sizes are 832x480, 480x832, 1280x720, 720x1280")
+        }
+        guard steps >= 1, steps <= 1000 else { throw GenerationError.invalidSettings("steps must be 1…1000, got \(steps)") }
+        guard shift > 0, shift.isFinite else { throw GenerationError.invalidSettings("shift must be positive, got \(shift)") }
+        guard guideScale.isFinite else { throw GenerationError.invalidSettings("guide scale must be a finite number") }
+    }
+}
+
+/// Errors of a generation that say what to do.
+public enum GenerationError: Error, CustomStringConvertible, Equatable {
+    case invalidSettings(String)
+    case cancelled
+    case modelMismatch(String)
+
+    public var description: String {
+        switch self {
+        case .invalidSettings(let s): return "invalid settings: \(s)"
+        case .cancelled: return "generation cancelled"
+        case .modelMismatch(let s): return "the models do not fit together: \(s)"
+        }
+    }
+}
+
+/// Where a generation is, for progress displays.
+public struct GenerationProgress: Sendable {
+    public enum Stage: String, Sendable { case encodingText = "text", denoising = "denoise", decoding = "decode" }
+    public var stage: Stage
+    /// 1-based step (denoising) or frame (decoding) and the total.
+    public var step: Int
+    public var total: Int
+    /// Seconds of the last step and the estimated seconds left in this stage.
+    public var secondsPerStep: Double
+    public var secondsLeft: Double
+}
+
+/// The official default negative prompts (wan/configs/shared_config.py).
+public enum NegativePrompts {
+    public static let textToVideo = "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+}
+
+/// umT5 text conditioning as `T5EncoderModel` does it: Wan's prompt cleaning, the tokenizer padded to 512 with the
+/// mask, the encoder, and the hidden states of the real tokens.
+public final class TextConditioner: @unchecked Sendable {
+    public let tokenizer: UMT5Tokenizer
+    public let encoder: UMT5Encoder
+    public let textLength: Int
+
+    public init(tokenizer: UMT5Tokenizer, encoder: UMT5Encoder, textLength: Int = 512) {
+        self.tokenizer = tokenizer; self.encoder = encoder; self.textLength = textLength
+    }
+
+    /// Token ids (</s> included) and the embedding [tokens, dim] of a prompt.
+    public func encode(_ prompt: String) throws -> (ids: [Int], embedding: Tensor) {
+        let cleaned = WanPromptCleaner.clean(prompt)
+        let (ids, mask) = tokenizer.encodePadded(cleaned, length: textLength)
+        let count = mask.reduce(0, +)
+        let real = Array(ids.prefix(count))
+        for id in real where id < 0 || id >= encoder.config.vocab {
+            throw GenerationError.modelMismatch("the tokenizer produced id \(id) but the text encoder has a vocabulary of \(encoder.config.vocab): use the tokenizer that belongs to the encoder")
+        }
+        let embedding = try encoder.encode(tokens: [real])[0]
+        return (real, embedding)
+    }
+}
+
+/// Text-to-video and text-to-image (official `WanT2V.generate`): umT5 conditioning, seed-for-seed PyTorch noise,
+/// the flow-matching sampler around the DiT with classifier-free guidance, then the streamed VAE decode.
+public final class TextToVideo: @unchecked Sendable {
+    public let text: TextConditioner
+    public let dit: WanDiT
+    public let vae: WanVAE
+
+    /// What a caller may observe along the way (for tests and parity checks).
+    public enum Event {
+        case prompts(ids: [Int], negativeIds: [Int], context: Tensor, negativeContext: Tensor)
+        case timesteps([Double])
+        case latentAfterStep(Int, Tensor)
+    }
+
+    public init(text: TextConditioner, dit: WanDiT, vae: WanVAE) throws {
+        guard dit.config.textDim == text.encoder.config.dim else {
+            throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(dit.config.textDim) but the text encoder makes \(text.encoder.config.dim)")
+        }
+        guard dit.config.modelType == "t2v" else {
+            throw GenerationError.modelMismatch("this is a \(dit.config.modelType) DiT; text-to-video needs a t2v model")
+        }
+        guard dit.config.inDim == vae.config.zDim, dit.config.outDim == vae.config.zDim else {
+            throw GenerationError.modelMismatch("the DiT works on \(dit.config.inDim)-channel latents, the VAE on \(vae.config.zDim)")
+        }
+        self.text = text; self.dit = dit; self.vae = vae
+    }
+
+    /// The noise the official code starts from: `torch.randn(latent shape, generator=Generator('cpu').manual_seed(seed))`.
+    public static func initialNoise(shape: [Int], seed: UInt64) -> Tensor {
+        var g = TorchRandom(seed: seed)
+        return g.randnTensor(shape: shape)
+    }
+
+    /// Runs the sampling loop and returns the final latent [16, F', H/8, W/8].
+    public func sample(prompt: String, settings s: GenerationSettings, noise: Tensor? = nil,
+                       progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
+                       observe: ((Event) -> Void)? = nil) throws -> Tensor {
+        try s.validate()
+        progress?(GenerationProgress(stage: .encodingText, step: 0, total: 2, secondsPerStep: 0, secondsLeft: 0))
+        let cond = try text.encode(prompt)
+        let uncond = try text.encode(s.negativePrompt.isEmpty ? NegativePrompts.textToVideo : s.negativePrompt)
+        observe?(.prompts(ids: cond.ids, negativeIds: uncond.ids, context: cond.embedding, negativeContext: uncond.embedding))
+        let condContext = try dit.prepare(context: cond.embedding)
+        let uncondContext = try dit.prepare(context: uncond.embedding)
+
+        let shape = s.latentShape
+        var latents: Tensor
+        if let noise {
+            guard noise.shape == shape else { throw GenerationError.invalidSettings("noise has shape \(noise.shape), the settings need \(shape)") }
+            latents = noise
+        } else {
+            latents = Self.initialNoise(shape: shape, seed: s.seed)
+        }
+        let solver = makeFlowSolver(s.solver, steps: s.steps, shift: s.shift)
+        let timesteps = solver.schedule.timesteps
+        observe?(.timesteps(timesteps))
+        var stepSeconds: [Double] = []
+        for (i, t) in timesteps.enumerated() {
+            if isCancelled?() == true { throw GenerationError.cancelled }
+            let start = DispatchTime.now().uptimeNanoseconds
+            let vCond = try dit.forward(x: latents, t: Float(t), context: condContext)
+            let vUncond = try dit.forward(x: latents, t: Float(t), context: uncondContext)
+            let guided = classifierFreeGuidance(cond: vCond, uncond: vUncond, scale: s.guideScale)
+            latents = solver.step(modelOutput: guided, timestep: t, sample: latents)
+            if i < timesteps.count - 1 { observe?(.latentAfterStep(i, latents)) }
+            stepSeconds.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+            let recent = stepSeconds.suffix(3)
+            let per = recent.reduce(0, +) / Double(recent.count)
+            progress?(GenerationProgress(stage: .denoising, step: i + 1, total: timesteps.count, secondsPerStep: per,
+                                         secondsLeft: per * Double(timesteps.count - i - 1)))
+        }
+        return latents
+    }
+
+    /// Decodes a latent, streaming chunks of frames ([3, n, H, W] in [-1, 1], index of the first frame).
+    public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
+                       onFrames: (Tensor, Int) throws -> Void) throws {
+        let total = latent.shape[1]
+        var done = 0
+        var last = DispatchTime.now().uptimeNanoseconds
+        try vae.decode(latent) { chunk, first in
+            if isCancelled?() == true { throw GenerationError.cancelled }
+            try onFrames(chunk, first)
+            done += 1
+            let now = DispatchTime.now().uptimeNanoseconds
+            let per = Double(now - last) * 1e-9
+            last = now
+            progress?(GenerationProgress(stage: .decoding, step: done, total: total, secondsPerStep: per, secondsLeft: per * Double(total - done)))
+        }
+    }
+
+    /// The whole job: the video [3, F, H, W] in [-1, 1].
+    public func generate(prompt: String, settings: GenerationSettings, progress: ((GenerationProgress) -> Void)? = nil,
+                         isCancelled: (() -> Bool)? = nil) throws -> Tensor {
+        let latent = try sample(prompt: prompt, settings: settings, progress: progress, isCancelled: isCancelled)
+        var chunks: [Tensor] = []
+        try decode(latent, progress: progress, isCancelled: isCancelled) { chunk, _ in chunks.append(chunk) }
+        return concatenateFrames(chunks)
+    }
+}
+
+/// Joins [3, n_i, H, W] chunks along frames.
+public func concatenateFrames(_ chunks: [Tensor]) -> Tensor {
+    let T = chunks.reduce(0) { $0 + $1.shape[1] }
+    let (H, W) = (chunks[0].shape[2], chunks[0].shape[3])
+    let video = Tensor(uninitialized: [3, T, H, W])
+    var t0 = 0
+    for chunk in chunks {
+        let n = chunk.shape[1]
+        for ch in 0..<3 { (video.data + (ch * T + t0) * H * W).update(from: chunk.data + ch * n * H * W, count: n * H * W) }
+        t0 += n
+    }
+    return video
+}
