@@ -7,6 +7,7 @@ extension ConformanceRunner {
     /// Golden cases of component `pipeline`: the whole `WanT2V.generate` with tiny models.
     func runPipeline(_ c: GoldenCase) throws -> CaseResult {
         let task = c.config["task"] as? String ?? "?"
+        if task == "i2v" || task == "flf2v" { return try runImagePipeline(c, task: task) }
         guard task == "t2v" || task == "t2i" else { return .skip(c.name, "pipeline task '\(task)' is not implemented yet") }
         guard let t5Name = c.config["t5"] as? String, let ditName = c.config["dit"] as? String, let vaeName = c.config["vae"] as? String,
               let tokenizerPath = c.config["tokenizer"] as? String else {
@@ -39,7 +40,7 @@ extension ConformanceRunner {
         }
         var got: [String: Tensor] = [:]
         var afterSteps: [Tensor] = []
-        let latent = try pipeline.sample(prompt: prompt, settings: s, noise: noise) { event in
+        let latent = try pipeline.sample(prompt: prompt, settings: s, noise: noise, observe: { event in
             switch event {
             case .prompts(let ids, let negativeIds, let context, let negativeContext):
                 got["token_ids"] = Tensor(shape: [ids.count], values: ids.map(Float.init))
@@ -51,7 +52,7 @@ extension ConformanceRunner {
             case .latentAfterStep(_, let l):
                 afterSteps.append(l.reshaped(l.shape))
             }
-        }
+        })
         if !afterSteps.isEmpty {
             let per = afterSteps[0].count
             let stacked = Tensor(uninitialized: [afterSteps.count] + afterSteps[0].shape)
@@ -60,6 +61,119 @@ extension ConformanceRunner {
         }
         var chunks: [Tensor] = []
         try pipeline.decode(latent) { chunk, _ in chunks.append(chunk) }
+        got["video"] = concatenateFrames(chunks)
+        return compare(c, got)
+    }
+
+    /// Golden cases of `WanI2V.generate` / `WanFLF2V.generate` with tiny models. Inputs: the prompt, the image(s) as
+    /// uint8 [H, W, 3] (`image`; FLF2V `first_frame` / `last_frame`), optionally `clip_features` (used instead of a
+    /// CLIP model; else config `clip` names one) and `noise`. Outputs: every tensor the pipeline observes.
+    func runImagePipeline(_ c: GoldenCase, task: String) throws -> CaseResult {
+        guard let t5Name = c.config["t5"] as? String, let ditName = c.config["dit"] as? String, let vaeName = c.config["vae"] as? String,
+              let tokenizerPath = c.config["tokenizer"] as? String else {
+            return .fail(c.name, "case config must name t5, dit, vae and tokenizer")
+        }
+        guard let dit = try dit(ditName), let vae = try vae(vaeName) else { return .skip(c.name, "a model layout is not implemented") }
+        let tokenizer = try UMT5Tokenizer(file: (root as NSString).appendingPathComponent(tokenizerPath))
+        let text = TextConditioner(tokenizer: tokenizer, encoder: try t5(t5Name))
+        let clipModel = try (c.config["clip"] as? String).map { try clip($0) }
+        let flf = task == "flf2v"
+        var s = flf ? ImageGenerationSettings.firstLastFrame : ImageGenerationSettings()
+        if let v = (c.config["max_area"] as? NSNumber)?.intValue { s.maxArea = v }
+        if let v = (c.config["frame_num"] as? NSNumber)?.intValue { s.frames = v }
+        if let v = (c.config["sampling_steps"] as? NSNumber)?.intValue { s.steps = v }
+        if let v = (c.config["shift"] as? NSNumber)?.doubleValue { s.shift = v }
+        if let v = (c.config["guide_scale"] as? NSNumber)?.floatValue { s.guideScale = v }
+        if let v = (c.config["seed"] as? NSNumber)?.uint64Value { s.seed = v }
+        if let v = c.config["n_prompt"] as? String { s.negativePrompt = v }
+        if let v = c.config["sample_solver"] as? String {
+            guard let kind = FlowSolverKind(rawValue: v) else { return .fail(c.name, "unknown solver \(v)") }
+            s.solver = kind
+        }
+        guard let prompt = c.inputs["prompt"] as? String else { return .fail(c.name, "case has no prompt") }
+        func image(_ names: [String]) throws -> RGBImage? {
+            guard let name = names.first(where: { c.hasInput($0) }) else { return nil }
+            let t = try encoderIntegerInput(c, name)  // uint8 [H, W, 3], read exactly
+            guard t.rank == 3, t.shape[2] == 3 else { throw GenerationError.invalidSettings("input \(name) must be uint8 [H, W, 3], got \(t.shape)") }
+            return try RGBImage(width: t.shape[1], height: t.shape[0], pixels: (0..<t.count).map { UInt8(max(0, min(255, t.data[$0].rounded()))) })
+        }
+        let images: [RGBImage]
+        if flf {
+            guard let first = try image(["first_frame", "image", "first_image"]), let last = try image(["last_frame", "last_image"]) else {
+                return .fail(c.name, "case has no first_frame / last_frame inputs")
+            }
+            images = [first, last]
+        } else {
+            guard let img = try image(["image", "img"]) else { return .fail(c.name, "case has no image input") }
+            images = [img]
+        }
+        let clipFeatures = try ["clip_features", "clip_fea", "clip_context"].first(where: { c.hasInput($0) }).map { try c.input($0) }
+
+        // The pipeline's size must be the case's.
+        let stride = vae.config.spatialFactor
+        let lat = ImageConditioning.latentSize(imageHeight: images[0].height, imageWidth: images[0].width, maxArea: s.maxArea,
+                                               vaeStride: stride, patch: (dit.config.patchSize[1], dit.config.patchSize[2]))
+        if let h = (c.config["lat_h"] as? NSNumber)?.intValue, let w = (c.config["lat_w"] as? NSNumber)?.intValue, (h, w) != lat {
+            return .fail(c.name, "lat_h x lat_w = \(lat.height)x\(lat.width), the case has \(h)x\(w)")
+        }
+        // The noise comes from our own PyTorch-exact generator; a noise input must equal it.
+        let noise = TextToVideo.initialNoise(shape: [vae.config.zDim, (s.frames - 1) / 4 + 1, lat.height, lat.width], seed: s.seed)
+        if c.hasInput("noise") {
+            let given = try c.input("noise")
+            guard given.count == noise.count, (0..<noise.count).allSatisfy({ given.data[$0] == noise.data[$0] }) else {
+                return .fail(c.name, "the seed-\(s.seed) noise differs from the case's noise input")
+            }
+        }
+
+        var got: [String: Tensor] = [:]
+        var afterSteps: [Tensor] = []
+        let observe: (ImagePipelineEvent) -> Void = { event in
+            switch event {
+            case .prompts(let ids, let negativeIds, let context, let negativeContext):
+                got["token_ids"] = Tensor(shape: [ids.count], values: ids.map(Float.init))
+                got["neg_token_ids"] = Tensor(shape: [negativeIds.count], values: negativeIds.map(Float.init))
+                got["context"] = context
+                got["context_null"] = negativeContext
+            case .images(let tensors):
+                got["image_tensor"] = tensors[0]
+                if flf { got["first_frame_tensor"] = tensors[0]; got["last_frame_tensor"] = tensors[1] }
+            case .clipFeatures(let f):
+                got["clip_features"] = f; got["clip_context"] = f
+            case .noise(let n):
+                got["noise"] = n
+            case .conditioning(let vaeInput, let latent, let mask, let y):
+                got["vae_input"] = vaeInput
+                got["y_latent"] = latent
+                got["mask"] = mask; got["msk"] = mask
+                got["y"] = y
+            case .timesteps(let t):
+                got["timesteps"] = Tensor(shape: [t.count], values: t.map(Float.init))
+            case .latentAfterStep(_, let l):
+                afterSteps.append(l.reshaped(l.shape))
+            }
+        }
+        let latent: Tensor
+        let decode: (Tensor, (Tensor, Int) throws -> Void) throws -> Void
+        if flf {
+            let pipeline = try FirstLastFrameToVideo(text: text, dit: dit, vae: vae, clip: clipModel)
+            latent = try pipeline.sample(prompt: prompt, firstFrame: images[0], lastFrame: images[1], settings: s,
+                                         clipFeatures: clipFeatures, noise: noise, observe: observe)
+            decode = { try pipeline.decode($0, onFrames: $1) }
+        } else {
+            let pipeline = try ImageToVideo(text: text, dit: dit, vae: vae, clip: clipModel)
+            latent = try pipeline.sample(prompt: prompt, image: images[0], settings: s, clipFeatures: clipFeatures, noise: noise,
+                                         observe: observe)
+            decode = { try pipeline.decode($0, onFrames: $1) }
+        }
+        if !afterSteps.isEmpty {
+            let per = afterSteps[0].count
+            let stacked = Tensor(uninitialized: [afterSteps.count] + afterSteps[0].shape)
+            for (i, l) in afterSteps.enumerated() { (stacked.data + i * per).update(from: l.data, count: per) }
+            got["latents_before_step"] = stacked
+        }
+        got["latent"] = latent
+        var chunks: [Tensor] = []
+        try decode(latent) { chunk, _ in chunks.append(chunk) }
         got["video"] = concatenateFrames(chunks)
         return compare(c, got)
     }

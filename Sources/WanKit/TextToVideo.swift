@@ -132,57 +132,31 @@ public final class TextToVideo: @unchecked Sendable {
                        progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
                        observe: ((Event) -> Void)? = nil) throws -> Tensor {
         try s.validate()
-        progress?(GenerationProgress(stage: .encodingText, step: 0, total: 2, secondsPerStep: 0, secondsLeft: 0))
-        let cond = try text.encode(prompt)
-        let uncond = try text.encode(s.negativePrompt.isEmpty ? NegativePrompts.textToVideo : s.negativePrompt)
+        let (cond, uncond) = try PipelineCore.encodePrompts(text, prompt: prompt, negativePrompt: s.negativePrompt,
+                                                            defaultNegative: NegativePrompts.textToVideo, progress: progress)
         observe?(.prompts(ids: cond.ids, negativeIds: uncond.ids, context: cond.embedding, negativeContext: uncond.embedding))
         let condContext = try dit.prepare(context: cond.embedding)
         let uncondContext = try dit.prepare(context: uncond.embedding)
 
         let shape = s.latentShape
-        var latents: Tensor
+        let latents: Tensor
         if let noise {
             guard noise.shape == shape else { throw GenerationError.invalidSettings("noise has shape \(noise.shape), the settings need \(shape)") }
             latents = noise
         } else {
             latents = Self.initialNoise(shape: shape, seed: s.seed)
         }
-        let solver = makeFlowSolver(s.solver, steps: s.steps, shift: s.shift)
-        let timesteps = solver.schedule.timesteps
-        observe?(.timesteps(timesteps))
-        var stepSeconds: [Double] = []
-        for (i, t) in timesteps.enumerated() {
-            if isCancelled?() == true { throw GenerationError.cancelled }
-            let start = DispatchTime.now().uptimeNanoseconds
-            let vCond = try dit.forward(x: latents, t: Float(t), context: condContext)
-            let vUncond = try dit.forward(x: latents, t: Float(t), context: uncondContext)
-            let guided = classifierFreeGuidance(cond: vCond, uncond: vUncond, scale: s.guideScale)
-            latents = solver.step(modelOutput: guided, timestep: t, sample: latents)
-            if i < timesteps.count - 1 { observe?(.latentAfterStep(i, latents)) }
-            stepSeconds.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
-            let recent = stepSeconds.suffix(3)
-            let per = recent.reduce(0, +) / Double(recent.count)
-            progress?(GenerationProgress(stage: .denoising, step: i + 1, total: timesteps.count, secondsPerStep: per,
-                                         secondsLeft: per * Double(timesteps.count - i - 1)))
-        }
-        return latents
+        return try PipelineCore.denoise(dit: dit, noise: latents, y: nil, cond: condContext, uncond: uncondContext,
+                                        solver: s.solver, steps: s.steps, shift: s.shift, guideScale: s.guideScale,
+                                        progress: progress, isCancelled: isCancelled,
+                                        onTimesteps: { observe?(.timesteps($0)) },
+                                        afterStep: { observe?(.latentAfterStep($0, $1)) })
     }
 
     /// Decodes a latent, streaming chunks of frames ([3, n, H, W] in [-1, 1], index of the first frame).
     public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
                        onFrames: (Tensor, Int) throws -> Void) throws {
-        let total = latent.shape[1]
-        var done = 0
-        var last = DispatchTime.now().uptimeNanoseconds
-        try vae.decode(latent) { chunk, first in
-            if isCancelled?() == true { throw GenerationError.cancelled }
-            try onFrames(chunk, first)
-            done += 1
-            let now = DispatchTime.now().uptimeNanoseconds
-            let per = Double(now - last) * 1e-9
-            last = now
-            progress?(GenerationProgress(stage: .decoding, step: done, total: total, secondsPerStep: per, secondsLeft: per * Double(total - done)))
-        }
+        try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
     }
 
     /// The whole job: the video [3, F, H, W] in [-1, 1].
@@ -207,4 +181,65 @@ public func concatenateFrames(_ chunks: [Tensor]) -> Tensor {
         t0 += n
     }
     return video
+}
+
+/// The steps every Wan pipeline's `generate()` shares (text2video.py, image2video.py, first_last_frame2video.py):
+/// one implementation serves TextToVideo, ImageToVideo and FirstLastFrameToVideo.
+enum PipelineCore {
+    typealias Encoded = (ids: [Int], embedding: Tensor)
+
+    /// The prompt and the negative prompt (the task's default when empty) through the same text encoder.
+    static func encodePrompts(_ text: TextConditioner, prompt: String, negativePrompt: String, defaultNegative: String,
+                              progress: ((GenerationProgress) -> Void)?) throws -> (cond: Encoded, uncond: Encoded) {
+        progress?(GenerationProgress(stage: .encodingText, step: 0, total: 2, secondsPerStep: 0, secondsLeft: 0))
+        let cond = try text.encode(prompt)
+        let uncond = try text.encode(negativePrompt.isEmpty ? defaultNegative : negativePrompt)
+        return (cond, uncond)
+    }
+
+    /// The sampling loop: per timestep two separate DiT calls (prompt, negative prompt; `y` is fed to both),
+    /// CFG = uncond + guide * (cond - uncond), one solver step. `afterStep(i, latent)` sees the latent entering step
+    /// i + 2 (not called after the last step).
+    static func denoise(dit: WanDiT, noise: Tensor, y: Tensor?, cond: DiTContext, uncond: DiTContext,
+                        solver kind: FlowSolverKind, steps: Int, shift: Double, guideScale: Float,
+                        progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?,
+                        onTimesteps: ([Double]) -> Void, afterStep: (Int, Tensor) -> Void) throws -> Tensor {
+        var latents = noise
+        let solver = makeFlowSolver(kind, steps: steps, shift: shift)
+        let timesteps = solver.schedule.timesteps
+        onTimesteps(timesteps)
+        var stepSeconds: [Double] = []
+        for (i, t) in timesteps.enumerated() {
+            if isCancelled?() == true { throw GenerationError.cancelled }
+            let start = DispatchTime.now().uptimeNanoseconds
+            let vCond = try dit.forward(x: latents, y: y, t: Float(t), context: cond)
+            let vUncond = try dit.forward(x: latents, y: y, t: Float(t), context: uncond)
+            let guided = classifierFreeGuidance(cond: vCond, uncond: vUncond, scale: guideScale)
+            latents = solver.step(modelOutput: guided, timestep: t, sample: latents)
+            if i < timesteps.count - 1 { afterStep(i, latents) }
+            stepSeconds.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+            let recent = stepSeconds.suffix(3)
+            let per = recent.reduce(0, +) / Double(recent.count)
+            progress?(GenerationProgress(stage: .denoising, step: i + 1, total: timesteps.count, secondsPerStep: per,
+                                         secondsLeft: per * Double(timesteps.count - i - 1)))
+        }
+        return latents
+    }
+
+    /// The streamed VAE decode with progress and cancellation.
+    static func decode(vae: WanVAE, _ latent: Tensor, progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?,
+                       onFrames: (Tensor, Int) throws -> Void) throws {
+        let total = latent.shape[1]
+        var done = 0
+        var last = DispatchTime.now().uptimeNanoseconds
+        try vae.decode(latent) { chunk, first in
+            if isCancelled?() == true { throw GenerationError.cancelled }
+            try onFrames(chunk, first)
+            done += 1
+            let now = DispatchTime.now().uptimeNanoseconds
+            let per = Double(now - last) * 1e-9
+            last = now
+            progress?(GenerationProgress(stage: .decoding, step: done, total: total, secondsPerStep: per, secondsLeft: per * Double(total - done)))
+        }
+    }
 }
