@@ -78,7 +78,8 @@ final class ImagePipelineTests: XCTestCase {
     }
 
     func testLatentSizeFollowsMaxAreaAndAspect() {
-        XCTAssertTrue(ImageConditioning.latentSize(imageHeight: 480, imageWidth: 832, maxArea: 480 * 832) == (60, 104))
+        // sqrt(399360 * 480 / 832) = 479.99999999999994 (float64): 59 latent rows, 58 on the patch grid, as numpy gives.
+        XCTAssertTrue(ImageConditioning.latentSize(imageHeight: 480, imageWidth: 832, maxArea: 480 * 832) == (58, 104))
         XCTAssertTrue(ImageConditioning.latentSize(imageHeight: 720, imageWidth: 1280, maxArea: 720 * 1280) == (90, 160))
         XCTAssertTrue(ImageConditioning.latentSize(imageHeight: 1024, imageWidth: 1024, maxArea: 480 * 832) == (78, 78))
         XCTAssertTrue(ImageConditioning.latentSize(imageHeight: 40, imageWidth: 56, maxArea: 32 * 48) == (4, 4))
@@ -119,7 +120,7 @@ final class ImagePipelineTests: XCTestCase {
         var images: [Tensor] = [], mask: Tensor?, y: Tensor?, vaeInput: Tensor?, latentY: Tensor?, noise: Tensor?
         var negativeIds: [Int] = [], clipSeen: Tensor?, steps = 0, timesteps: [Double] = []
         let latent = try pipeline.sample(prompt: "A bird flies from the tree to the roof.", firstFrame: first, lastFrame: last,
-                                         settings: s, clipFeatures: clipFeatures) { event in
+                                         settings: s, clipFeatures: clipFeatures, observe: { event in
             switch event {
             case .images(let t): images = t
             case .conditioning(let vi, let l, let m, let yy): vaeInput = vi; latentY = l; mask = m; y = yy
@@ -129,7 +130,7 @@ final class ImagePipelineTests: XCTestCase {
             case .timesteps(let t): timesteps = t
             case .latentAfterStep: steps += 1
             }
-        }
+        })
         // Shapes: lat 4x4 (as pipeline_i2v_tiny's 56x40 image), T = 2.
         XCTAssertEqual(latent.shape, [16, 2, 4, 4])
         XCTAssertTrue(latent.array.allSatisfy(\.isFinite))
