@@ -371,7 +371,7 @@ public final class HubClient: @unchecked Sendable {
 
     func metadata(repo: String, commit: String, path: String) throws -> FileMetadata {
         let url = try resolveURL(repo: repo, revision: commit, path: path)
-        let r = try fetchSmall(url: url, method: "HEAD", followCrossHost: false)
+        let r = try fetchSmall(url: url, method: "HEAD", followAbsoluteRedirects: false)
         guard (200..<400).contains(r.status) else { throw statusError(r, repo: repo, revision: commit, path: path) }
         guard let rawEtag = r.header("X-Linked-Etag") ?? r.header("ETag") else {
             throw HubError.badResponse(url: url.absoluteString, reason: "no ETag for \(path)")
@@ -429,7 +429,7 @@ public final class HubClient: @unchecked Sendable {
             request.httpMethod = "GET"
             if have > 0 { request.setValue("bytes=\(have)-", forHTTPHeaderField: "Range") }
             let writer = BlobWriter(fd: fd, offset: have, hasher: hasher, path: partial.path, report: report)
-            let r = try perform(request, followCrossHost: true) { response in
+            let r = try perform(request, followAbsoluteRedirects: true) { response in
                 switch response.statusCode {
                 case 206 where have > 0:
                     if let cr = Self.header(response, "Content-Range"), let start = Self.rangeStart(cr), start != have {
@@ -531,10 +531,10 @@ public final class HubClient: @unchecked Sendable {
     }
 
     /// A request whose body is small (JSON, error pages): kept in memory, at most 64 MiB.
-    func fetchSmall(url: URL, method: String, followCrossHost: Bool = true) throws -> SmallResponse {
+    func fetchSmall(url: URL, method: String, followAbsoluteRedirects: Bool = true) throws -> SmallResponse {
         var request = URLRequest(url: url)
         request.httpMethod = method
-        let r = try perform(request, followCrossHost: followCrossHost) { _ in .collect }
+        let r = try perform(request, followAbsoluteRedirects: followAbsoluteRedirects) { _ in .collect }
         if let e = r.transportError {
             throw Self.transportError(e, url: url, file: url.lastPathComponent, bytes: 0, gotResponse: r.status != 0)
         }
@@ -544,15 +544,16 @@ public final class HubClient: @unchecked Sendable {
     enum BodyHandling { case collect, stream(BlobWriter), fail(Error) }
 
     /// Runs one request to completion. Redirects are followed with the same method and headers; the token goes only
-    /// to the endpoint's host; with `followCrossHost == false` a redirect to another host is not followed and its
-    /// 3xx answer (which carries the hub's X-Linked-* headers) is returned.
-    func perform(_ request: URLRequest, followCrossHost: Bool, body: @escaping (HTTPURLResponse) -> BodyHandling) throws -> SmallResponse {
+    /// to the endpoint's host. With `followAbsoluteRedirects == false` only relative redirects (a renamed repository)
+    /// are followed, as huggingface_hub's metadata request does: a redirect to the CDN is returned as it is, since the
+    /// hub's 3xx answer is the one that carries X-Linked-Etag, X-Linked-Size and X-Repo-Commit.
+    func perform(_ request: URLRequest, followAbsoluteRedirects: Bool, body: @escaping (HTTPURLResponse) -> BodyHandling) throws -> SmallResponse {
         var req = request
         req.timeoutInterval = timeout
         req.setValue("identity", forHTTPHeaderField: "Accept-Encoding")
         req.setValue("wankit/1 (swift; hub download)", forHTTPHeaderField: "User-Agent")
         if let token, req.url?.host == endpoint.host { req.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
-        let task = HTTPTask(endpointHost: endpoint.host, token: token, followCrossHost: followCrossHost, body: body)
+        let task = HTTPTask(endpointHost: endpoint.host, token: token, followAbsolute: followAbsoluteRedirects, body: body)
         let config = URLSessionConfiguration.ephemeral
         config.timeoutIntervalForRequest = timeout
         config.timeoutIntervalForResource = 7 * 24 * 3600
@@ -773,7 +774,7 @@ final class BlobWriter: @unchecked Sendable {
 final class HTTPTask: NSObject, URLSessionDataDelegate, @unchecked Sendable {
     let endpointHost: String?
     let token: String?
-    let followCrossHost: Bool
+    let followAbsolute: Bool
     let body: (HTTPURLResponse) -> HubClient.BodyHandling
     let done = DispatchSemaphore(value: 0)
     var response: HTTPURLResponse?
@@ -782,15 +783,18 @@ final class HTTPTask: NSObject, URLSessionDataDelegate, @unchecked Sendable {
     var failure: Error?
     var limitExceeded = false
 
-    init(endpointHost: String?, token: String?, followCrossHost: Bool, body: @escaping (HTTPURLResponse) -> HubClient.BodyHandling) {
-        self.endpointHost = endpointHost; self.token = token; self.followCrossHost = followCrossHost; self.body = body
+    init(endpointHost: String?, token: String?, followAbsolute: Bool, body: @escaping (HTTPURLResponse) -> HubClient.BodyHandling) {
+        self.endpointHost = endpointHost; self.token = token; self.followAbsolute = followAbsolute; self.body = body
     }
 
     func urlSession(_ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse,
                     newRequest request: URLRequest, completionHandler: @escaping (URLRequest?) -> Void) {
         guard let next = request.url, let original = task.originalRequest else { completionHandler(nil); return }
         let sameHost = next.host == endpointHost
-        if !followCrossHost, !sameHost { completionHandler(nil); return }
+        if !followAbsolute, let location = HubClient.header(response, "Location"), URL(string: location)?.scheme != nil {
+            completionHandler(nil)  // a metadata request stops at the hub's answer (which carries X-Linked-*), not the CDN's
+            return
+        }
         var r = URLRequest(url: next)
         r.httpMethod = original.httpMethod
         r.timeoutInterval = original.timeoutInterval
