@@ -160,6 +160,8 @@ public final class HubClient: @unchecked Sendable {
     public var timeout: TimeInterval = 60
     /// Automatic resumes of one file after its connection broke, each only if the previous try made progress.
     public var retries: Int = 3
+    /// Largest byte range asked for in one request; it bounds the memory a transfer can hold (0: one request per file).
+    public var segmentSize: Int64 = 64 << 20
     /// Use the cache only, never the network ($HF_HUB_OFFLINE=1).
     public var offline: Bool
 
@@ -424,20 +426,27 @@ public final class HubClient: @unchecked Sendable {
             report(have, .resuming)
             try Self.hashExisting(partial.path, bytes: have, into: &hasher)
         }
-        if meta.size.map({ $0 > have }) ?? true {
+        let writer = BlobWriter(fd: fd, offset: have, hasher: hasher, path: partial.path, report: report)
+        let connection = HTTPConnection(client: self)
+        defer { connection.close() }
+        // Large files come in segments of `segmentSize` bytes over one connection: URLSession on Linux cannot pause a
+        // transfer, so a bounded request is what bounds the memory held between the network and the disk.
+        while meta.size.map({ $0 > writer.offset }) ?? true {
+            let from = writer.offset
             var request = URLRequest(url: meta.location)
             request.httpMethod = "GET"
-            if have > 0 { request.setValue("bytes=\(have)-", forHTTPHeaderField: "Range") }
-            let writer = BlobWriter(fd: fd, offset: have, hasher: hasher, path: partial.path, report: report)
-            let r = try perform(request, followAbsoluteRedirects: true) { response in
+            var last: Int64? = nil
+            if let size = meta.size, segmentSize > 0, size - from > segmentSize { last = from + segmentSize - 1 }
+            if from > 0 || last != nil { request.setValue("bytes=\(from)-\(last.map(String.init) ?? "")", forHTTPHeaderField: "Range") }
+            let r = try perform(request, on: connection, followAbsoluteRedirects: true) { response in
                 switch response.statusCode {
-                case 206 where have > 0:
-                    if let cr = Self.header(response, "Content-Range"), let start = Self.rangeStart(cr), start != have {
-                        return .fail(HubError.badResponse(url: meta.location.absoluteString, reason: "asked for bytes \(have)- and got '\(cr)'"))
+                case 206:
+                    if let cr = Self.header(response, "Content-Range"), let start = Self.rangeStart(cr), start != from {
+                        return .fail(HubError.badResponse(url: meta.location.absoluteString, reason: "asked for bytes \(from)- and got '\(cr)'"))
                     }
                     return .stream(writer)
                 case 200:
-                    if have > 0 {  // the server ignored the Range: start over
+                    if from > 0 {  // the server ignored the Range: start over
                         if let e = writer.restart() { return .fail(e) }
                     }
                     return .stream(writer)
@@ -449,19 +458,24 @@ public final class HubClient: @unchecked Sendable {
             if let e = r.transportError {
                 throw Self.transportError(e, url: meta.location, file: path, bytes: writer.offset, gotResponse: r.status != 0)
             }
-            if r.status == 416, have > 0 {  // the range starts at or past the end: our partial is not usable, start over
-                guard ftruncate(fd, 0) == 0 else { throw HubError.fileSystem(path: partial.path, reason: String(cString: strerror(errno))) }
-                return try transfer(meta: meta, path: path, partial: partial, report: report)
+            if r.status == 416, from > 0 {  // the range starts at or past the end: our partial is not usable, start over
+                if let e = writer.restart() { throw e }
+                continue
             }
             guard r.status == 200 || r.status == 206 else {
                 throw statusError(r, repo: meta.repo, revision: meta.commit, path: path)
             }
-            if let expected = r.contentLength, expected >= 0, writer.received < expected {
+            let got = writer.offset - (r.status == 200 ? 0 : from)
+            if let expected = r.contentLength, expected >= 0, got < expected {
                 throw HubError.transferInterrupted(file: path, bytesSoFar: writer.offset, reason: "the connection closed early")
             }
-            have = writer.offset
-            hasher = writer.hasher
+            if r.status == 200 || meta.size == nil { break }  // the whole file came in one answer
+            if writer.offset == from {
+                throw HubError.transferInterrupted(file: path, bytesSoFar: from, reason: "the server sent no bytes")
+            }
         }
+        have = writer.offset
+        hasher = writer.hasher
         if let size = meta.size, have != size {
             if have < size { throw HubError.transferInterrupted(file: path, bytesSoFar: have, reason: "the connection closed early") }
             _ = ftruncate(fd, 0)
@@ -543,34 +557,26 @@ public final class HubClient: @unchecked Sendable {
 
     enum BodyHandling { case collect, stream(BlobWriter), fail(Error) }
 
-    /// Runs one request to completion. Redirects are followed with the same method and headers; the token goes only
-    /// to the endpoint's host. With `followAbsoluteRedirects == false` only relative redirects (a renamed repository)
-    /// are followed, as huggingface_hub's metadata request does: a redirect to the CDN is returned as it is, since the
-    /// hub's 3xx answer is the one that carries X-Linked-Etag, X-Linked-Size and X-Repo-Commit.
-    func perform(_ request: URLRequest, followAbsoluteRedirects: Bool, body: @escaping (HTTPURLResponse) -> BodyHandling) throws -> SmallResponse {
+    /// Runs one request to completion on `connection` (a fresh one if nil). Redirects are followed with the same
+    /// method and headers; the token goes only to the endpoint's host. With `followAbsoluteRedirects == false` only
+    /// relative redirects (a renamed repository) are followed, as huggingface_hub's metadata request does: a redirect
+    /// to the CDN is returned as it is, since the hub's 3xx answer is the one that carries X-Linked-Etag,
+    /// X-Linked-Size and X-Repo-Commit.
+    func perform(_ request: URLRequest, on connection: HTTPConnection? = nil, followAbsoluteRedirects: Bool,
+                 body: @escaping (HTTPURLResponse) -> BodyHandling) throws -> SmallResponse {
         var req = request
         req.timeoutInterval = timeout
         req.setValue("identity", forHTTPHeaderField: "Accept-Encoding")
         req.setValue("wankit/1 (swift; hub download)", forHTTPHeaderField: "User-Agent")
         if let token, req.url?.host == endpoint.host { req.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
-        let task = HTTPTask(endpointHost: endpoint.host, token: token, followAbsolute: followAbsoluteRedirects, body: body)
-        let config = URLSessionConfiguration.ephemeral
-        config.timeoutIntervalForRequest = timeout
-        config.timeoutIntervalForResource = 7 * 24 * 3600
-        config.requestCachePolicy = .reloadIgnoringLocalCacheData
-        config.urlCache = nil
-        config.httpMaximumConnectionsPerHost = 1
-        let queue = OperationQueue()
-        queue.maxConcurrentOperationCount = 1
-        let session = URLSession(configuration: config, delegate: task, delegateQueue: queue)
-        session.dataTask(with: req).resume()
-        task.done.wait()
-        session.finishTasksAndInvalidate()
-        return SmallResponse(status: task.response?.statusCode ?? 0,
-                             headers: (task.response?.allHeaderFields as? [String: String]) ?? [:],
-                             body: task.collected, finalURL: task.response?.url ?? req.url!,
-                             contentLength: task.response.flatMap { r in Self.header(r, "Content-Length").flatMap { Int64($0) } },
-                             transportError: task.failure)
+        let conn = connection ?? HTTPConnection(client: self)
+        defer { if connection == nil { conn.close() } }
+        conn.run(req, followAbsolute: followAbsoluteRedirects, body: body)
+        return SmallResponse(status: conn.response?.statusCode ?? 0,
+                             headers: (conn.response?.allHeaderFields as? [String: String]) ?? [:],
+                             body: conn.collected, finalURL: conn.response?.url ?? req.url!,
+                             contentLength: conn.response.flatMap { r in Self.header(r, "Content-Length").flatMap { Int64($0) } },
+                             transportError: conn.failure)
     }
 
     static func header(_ r: HTTPURLResponse, _ name: String) -> String? {
@@ -770,22 +776,45 @@ final class BlobWriter: @unchecked Sendable {
     }
 }
 
-/// The delegate of one request (one URLSession per request, a serial delegate queue).
-final class HTTPTask: NSObject, URLSessionDataDelegate, @unchecked Sendable {
+/// One URLSession (so one connection cache) running requests one after the other; its own delegate, on a serial queue.
+final class HTTPConnection: NSObject, URLSessionDataDelegate, @unchecked Sendable {
     let endpointHost: String?
     let token: String?
-    let followAbsolute: Bool
-    let body: (HTTPURLResponse) -> HubClient.BodyHandling
-    let done = DispatchSemaphore(value: 0)
+    private var session: URLSession!
+    private let done = DispatchSemaphore(value: 0)
+    // The state of the request under way (set before it starts, read after `done`).
+    var followAbsolute = true
+    var body: (HTTPURLResponse) -> HubClient.BodyHandling = { _ in .collect }
     var response: HTTPURLResponse?
     var collected = Data()
     var writer: BlobWriter?
     var failure: Error?
     var limitExceeded = false
 
-    init(endpointHost: String?, token: String?, followAbsolute: Bool, body: @escaping (HTTPURLResponse) -> HubClient.BodyHandling) {
-        self.endpointHost = endpointHost; self.token = token; self.followAbsolute = followAbsolute; self.body = body
+    init(client: HubClient) {
+        endpointHost = client.endpoint.host
+        token = client.token
+        super.init()
+        let config = URLSessionConfiguration.ephemeral
+        config.timeoutIntervalForRequest = client.timeout
+        config.timeoutIntervalForResource = 7 * 24 * 3600
+        config.requestCachePolicy = .reloadIgnoringLocalCacheData
+        config.urlCache = nil
+        config.httpMaximumConnectionsPerHost = 1
+        let queue = OperationQueue()
+        queue.maxConcurrentOperationCount = 1
+        session = URLSession(configuration: config, delegate: self, delegateQueue: queue)
     }
+
+    func run(_ request: URLRequest, followAbsolute: Bool, body: @escaping (HTTPURLResponse) -> HubClient.BodyHandling) {
+        self.followAbsolute = followAbsolute
+        self.body = body
+        response = nil; collected = Data(); writer = nil; failure = nil; limitExceeded = false
+        session.dataTask(with: request).resume()
+        done.wait()
+    }
+
+    func close() { session.finishTasksAndInvalidate() }
 
     func urlSession(_ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse,
                     newRequest request: URLRequest, completionHandler: @escaping (URLRequest?) -> Void) {

@@ -213,22 +213,24 @@ final class FakeHubServer: @unchecked Sendable {
         var content = original
         let (corrupt, cutAt, once, ignoreRange) = lock.withLock { (_corrupt.contains(file), _cutAt[file], _cutOnce, _ignoreRange) }
         if corrupt, !content.isEmpty { content[content.startIndex] ^= 0xFF }
-        var start = 0
+        var start = 0, stop = content.count  // bytes start..<stop
         var status = "200 OK"
         var headers = extra + [("ETag", "\"\(etag)\""), ("Accept-Ranges", "bytes")]
-        if !ignoreRange, let range = r.headers["range"], range.hasPrefix("bytes="), range.hasSuffix("-"),
-           let from = Int(range.dropFirst(6).dropLast()) {
-            if from >= content.count {
+        if !ignoreRange, let range = r.headers["range"], range.hasPrefix("bytes="), let dash = range.firstIndex(of: "-"),
+           let from = Int(range[range.index(range.startIndex, offsetBy: 6)..<dash]) {
+            let to = Int(range[range.index(after: dash)...]).map { min($0 + 1, content.count) } ?? content.count
+            if from >= content.count || to <= from {
                 _ = sendAll(c, head("416 Range Not Satisfiable", [("Content-Range", "bytes */\(content.count)"), ("Content-Length", "0")]))
                 return
             }
             start = from
+            stop = to
             status = "206 Partial Content"
-            headers.append(("Content-Range", "bytes \(from)-\(content.count - 1)/\(content.count)"))
+            headers.append(("Content-Range", "bytes \(from)-\(to - 1)/\(content.count)"))
         }
-        headers.append(("Content-Length", "\(content.count - start)"))
+        headers.append(("Content-Length", "\(stop - start)"))
         guard sendAll(c, head(status, headers)), r.method != "HEAD" else { return }
-        var end = content.count
+        var end = stop
         if let cutAt, cutAt > start, cutAt < end, r.method == "GET" {
             end = cutAt
             if once { lock.withLock { _cutAt[file] = nil } }
@@ -377,6 +379,16 @@ final class HubDownloadTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: partial.path))
         XCTAssertTrue(events.value.contains { $0.stage == .resuming && $0.fileCompleted == Int64(have) })
         XCTAssertEqual(events.value.last?.completed, Int64(weights.count))
+    }
+
+    func testLargeFilesComeInBoundedRanges() throws {
+        let name = "diffusion_pytorch_model.safetensors"
+        let c = client()
+        c.segmentSize = 100_000
+        let snap = try c.download(repo: server.repo, files: [name])
+        XCTAssertEqual(try Data(contentsOf: snap.appendingPathComponent(name)), weights)
+        XCTAssertEqual(resolveRequests().filter { $0.method == "GET" }.map { $0.headers["range"] ?? "none" },
+                       ["bytes=0-99999", "bytes=100000-199999", "bytes=200000-"], "the last one open-ended")
     }
 
     func testBrokenConnectionIsResumedWithinOneCall() throws {
