@@ -1,0 +1,76 @@
+import Foundation
+
+/// A rough peak-memory estimate for a generation, made before anything is loaded, so a job that cannot fit is
+/// refused with advice instead of being killed halfway.
+public struct MemoryEstimate: Sendable {
+    public var weightsBytes: Int
+    public var denoiseBytes: Int
+    public var decodeBytes: Int
+    public var peakBytes: Int { weightsBytes + max(denoiseBytes, decodeBytes) }
+    public var breakdown: String {
+        String(format: "weights %.1f GB + max(denoising %.1f GB, decoding %.1f GB)", Double(weightsBytes) / 1e9, Double(denoiseBytes) / 1e9, Double(decodeBytes) / 1e9)
+    }
+
+    /// Bytes of the weight files under a path (a file, or every weight file in a folder and its subfolders).
+    public static func fileBytes(_ path: String) -> Int {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return 0 }
+        if !isDir.boolValue { return ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? Int) ?? 0 }
+        var total = 0
+        let weightExtensions: Set<String> = ["safetensors", "gguf", "pth", "bin"]
+        if let e = FileManager.default.enumerator(atPath: path) {
+            for case let f as String in e where weightExtensions.contains((f as NSString).pathExtension) {
+                total += fileBytes((path as NSString).appendingPathComponent(f))
+            }
+        }
+        return total
+    }
+
+    public static func textToVideo(files: ModelFiles, settings s: GenerationSettings) throws -> MemoryEstimate {
+        let dit = fileBytes(files.dit ?? "")
+        // The umT5 encoder streams its layers from the mapping (about one layer plus activations resident).
+        let t5 = min(fileBytes(files.t5 ?? ""), 1_500_000_000)
+        let vae = fileBytes(files.vae ?? "")
+        // DiT activations: tokens x (a dozen rows of dim + the FFN hidden row), float32, times 2 for CFG outputs.
+        let tokens = ((s.frames - 1) / 4 + 1) * (s.height / 16) * (s.width / 16)
+        let dim = dit > 10_000_000_000 ? 5120 : 1536, ffn = dit > 10_000_000_000 ? 13824 : 8960
+        let denoise = tokens * (12 * dim + ffn) * 4 + 16 * tokens * 4 * 8
+        // VAE decode: about 24 full-resolution 96-channel float32 frames in flight (a 4-frame chunk, the conv input with
+        // its 2 cached frames, the residual, scratch).
+        let decode = s.height * s.width * 96 * 4 * 24
+        return MemoryEstimate(weightsBytes: dit + t5 + vae, denoiseBytes: denoise, decodeBytes: decode)
+    }
+
+    /// MemAvailable from /proc/meminfo (nil where it cannot be read).
+    public static func availableBytes() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let parts = line.split(separator: " ")
+            if parts.count >= 2, let kb = Int(parts[1]) { return kb * 1024 }
+        }
+        return nil
+    }
+}
+
+/// The Hugging Face hub cache (huggingface_hub's layout: $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub,
+/// `models--org--name/refs/main` naming the snapshot in `snapshots/<commit>/`).
+public enum HubCache {
+    public static var directory: String {
+        let env = ProcessInfo.processInfo.environment
+        if let c = env["HF_HUB_CACHE"], !c.isEmpty { return c }
+        if let h = env["HF_HOME"], !h.isEmpty { return (h as NSString).appendingPathComponent("hub") }
+        return (NSHomeDirectory() as NSString).appendingPathComponent(".cache/huggingface/hub")
+    }
+
+    /// The local snapshot folder of a repo at `revision`, when it has been downloaded.
+    public static func snapshot(repo: String, revision: String = "main", cache: String? = nil) -> String? {
+        let root = ((cache ?? directory) as NSString).appendingPathComponent("models--" + repo.replacingOccurrences(of: "/", with: "--"))
+        var commit = revision
+        if let ref = try? String(contentsOfFile: (root as NSString).appendingPathComponent("refs/\(revision)"), encoding: .utf8) {
+            commit = ref.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let snap = (root as NSString).appendingPathComponent("snapshots/\(commit)")
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: snap, isDirectory: &isDir) && isDir.boolValue ? snap : nil
+    }
+}
