@@ -431,9 +431,11 @@ public final class HubClient: @unchecked Sendable {
         defer { connection.close() }
         // Large files come in segments of `segmentSize` bytes over one connection: URLSession on Linux cannot pause a
         // transfer, so a bounded request is what bounds the memory held between the network and the disk.
+        var location = meta.location
+        var refreshes = 0
         while meta.size.map({ $0 > writer.offset }) ?? true {
             let from = writer.offset
-            var request = URLRequest(url: meta.location)
+            var request = URLRequest(url: location)
             request.httpMethod = "GET"
             var last: Int64? = nil
             if let size = meta.size, segmentSize > 0, size - from > segmentSize { last = from + segmentSize - 1 }
@@ -442,7 +444,7 @@ public final class HubClient: @unchecked Sendable {
                 switch response.statusCode {
                 case 206:
                     if let cr = Self.header(response, "Content-Range"), let start = Self.rangeStart(cr), start != from {
-                        return .fail(HubError.badResponse(url: meta.location.absoluteString, reason: "asked for bytes \(from)- and got '\(cr)'"))
+                        return .fail(HubError.badResponse(url: location.absoluteString, reason: "asked for bytes \(from)- and got '\(cr)'"))
                     }
                     return .stream(writer)
                 case 200:
@@ -456,10 +458,20 @@ public final class HubClient: @unchecked Sendable {
             }
             if let e = writer.error { throw e }
             if let e = r.transportError {
-                throw Self.transportError(e, url: meta.location, file: path, bytes: writer.offset, gotResponse: r.status != 0)
+                throw Self.transportError(e, url: location, file: path, bytes: writer.offset, gotResponse: r.status != 0)
             }
             if r.status == 416, from > 0 {  // the range starts at or past the end: our partial is not usable, start over
                 if let e = writer.restart() { throw e }
+                continue
+            }
+            if [401, 403, 410].contains(r.status), location.host != endpoint.host, refreshes < 3 {
+                // the CDN's signed address has expired (a long download): ask the hub for a fresh one
+                refreshes += 1
+                let fresh = try metadata(repo: meta.repo, commit: meta.commit, path: path)
+                guard fresh.etag == meta.etag else {
+                    throw HubError.badResponse(url: location.absoluteString, reason: "\(path) changed during the download")
+                }
+                location = fresh.location
                 continue
             }
             guard r.status == 200 || r.status == 206 else {

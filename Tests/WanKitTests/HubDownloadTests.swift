@@ -32,6 +32,8 @@ final class FakeHubServer: @unchecked Sendable {
     private var _cutOnce = false
     private var _ghosts: Set<String> = []
     private var _ignoreRange = false
+    private var _cdnHost = "127.0.0.1"
+    private var _expireOnce = false
     private var stopFlag = false
     private let listener: Int32
     private let finished = DispatchSemaphore(value: 0)
@@ -74,6 +76,11 @@ final class FakeHubServer: @unchecked Sendable {
     }
     /// Answer every GET with 200 and the whole file, whatever its Range header.
     func ignoreRange(_ on: Bool) { lock.withLock { _ignoreRange = on } }
+    /// The host name of the CDN addresses that /resolve/ redirects to ("localhost": another host than the hub's
+    /// 127.0.0.1 for the client, the same loopback listener here).
+    func cdnHost(_ host: String) { lock.withLock { _cdnHost = host } }
+    /// Answer the next /cdn/ request 403, as an expired signed address.
+    func expireOnce() { lock.withLock { _expireOnce = true } }
     /// Listed by the API but 404 on /resolve/.
     func ghost(_ path: String) { lock.withLock { _ = _ghosts.insert(path) } }
 
@@ -192,7 +199,7 @@ final class FakeHubServer: @unchecked Sendable {
             let sha = Self.sha256(entry.content)
             if entry.lfs {
                 return simple("302 Found", [
-                    ("Location", "http://127.0.0.1:\(port)/cdn/\(sha)"),
+                    ("Location", "http://\(lock.withLock { _cdnHost }):\(port)/cdn/\(sha)"),
                     ("X-Linked-Etag", "\"\(sha)\""), ("X-Linked-Size", "\(entry.content.count)"),
                     ("X-Repo-Commit", commit), ("ETag", "W/\"redirect-\(entry.content.count)\""),
                 ])
@@ -203,6 +210,9 @@ final class FakeHubServer: @unchecked Sendable {
         // /cdn/{sha256}
         if path.hasPrefix("/cdn/") {
             let sha = String(path.dropFirst(5))
+            if lock.withLock({ () -> Bool in let e = _expireOnce; _expireOnce = false; return e }) {
+                return simple("403 Forbidden", [], body: "Request has expired")
+            }
             guard let entry = lock.withLock({ files.first { Self.sha256($0.content) == sha } }) else { return simple("404 Not Found") }
             return serveContent(c, r, file: entry.path, content: entry.content, etag: "cdn-\(sha.prefix(8))", extra: [])
         }
@@ -261,6 +271,7 @@ final class HubDownloadTests: XCTestCase {
             ("config.json", config, false),
             ("diffusion_pytorch_model.safetensors", weights, true),
             ("google/umt5-xxl/spiece.model", t5, true),
+            ("empty.txt", Data(), false),
         ])
         cache = FileManager.default.temporaryDirectory.appendingPathComponent("wan-hub-\(UUID().uuidString)", isDirectory: true)
     }
@@ -302,6 +313,7 @@ final class HubDownloadTests: XCTestCase {
             ("config.json", config, String(SHA256Hasher.hex(config).prefix(40)), "../../blobs/"),
             ("diffusion_pytorch_model.safetensors", weights, SHA256Hasher.hex(weights), "../../blobs/"),
             ("google/umt5-xxl/spiece.model", t5, SHA256Hasher.hex(t5), "../../../../blobs/"),
+            ("empty.txt", Data(), String(SHA256Hasher.hex(Data()).prefix(40)), "../../blobs/"),
         ]
         for (path, content, etag, prefix) in expect {
             let pointer = snap.appendingPathComponent(path)
@@ -309,7 +321,7 @@ final class HubDownloadTests: XCTestCase {
             XCTAssertEqual(try Data(contentsOf: pointer), content, path)
             XCTAssertEqual(try Data(contentsOf: repoFolder.appendingPathComponent("blobs/\(etag)")), content, path)
         }
-        XCTAssertEqual(blobNames(), expect.map { $0.2 }.sorted(), "three blobs, nothing .incomplete")
+        XCTAssertEqual(blobNames(), expect.map { $0.2 }.sorted(), "four blobs, nothing .incomplete")
 
         // the metadata request stopped at the hub's 302 (HEAD on /resolve/, never on /cdn/), the content came from /cdn/
         let reqs = resolveRequests()
@@ -319,8 +331,8 @@ final class HubDownloadTests: XCTestCase {
 
         let last = try XCTUnwrap(events.value.last)
         XCTAssertEqual(last.stage, .finished)
-        XCTAssertEqual(last.filesDone, 3)
-        XCTAssertEqual(last.filesTotal, 3)
+        XCTAssertEqual(last.filesDone, 4)
+        XCTAssertEqual(last.filesTotal, 4)
         XCTAssertEqual(last.completed, Int64(config.count + weights.count + t5.count))
         XCTAssertEqual(last.total, last.completed)
         let perFile = events.value.filter { $0.stage == .downloading && $0.file == "diffusion_pytorch_model.safetensors" }
@@ -425,6 +437,24 @@ final class HubDownloadTests: XCTestCase {
         XCTAssertEqual(blobNames(), [configEtag, sha].sorted())
     }
 
+    func testTokenStaysOnTheHubAndAnExpiredCDNAddressIsRenewed() throws {
+        let name = "diffusion_pytorch_model.safetensors"
+        server.cdnHost("localhost")
+        server.expireOnce()
+        let c = client()
+        c.token = "hf_secret"
+        c.segmentSize = 100_000
+        let snap = try c.download(repo: server.repo, files: [name])
+        XCTAssertEqual(try Data(contentsOf: snap.appendingPathComponent(name)), weights)
+        let reqs = server.requests
+        XCTAssertTrue(reqs.filter { !$0.path.hasPrefix("/cdn/") }.allSatisfy { $0.headers["authorization"] == "Bearer hf_secret" })
+        XCTAssertTrue(reqs.filter { $0.path.hasPrefix("/cdn/") }.allSatisfy { $0.headers["authorization"] == nil },
+                      "the token is not sent to the CDN")
+        XCTAssertEqual(reqs.filter { $0.method == "HEAD" }.count, 2, "the expired address was asked for again")
+        XCTAssertEqual(reqs.filter { $0.path.hasPrefix("/cdn/") }.map { $0.headers["range"] ?? "none" },
+                       ["bytes=0-99999", "bytes=0-99999", "bytes=100000-199999", "bytes=200000-"])
+    }
+
     func testCorruptedFileIsRejectedAndLeavesNoBlob() throws {
         let name = "diffusion_pytorch_model.safetensors"
         let sha = SHA256Hasher.hex(weights)
@@ -447,7 +477,7 @@ final class HubDownloadTests: XCTestCase {
         let second = try client().download(repo: server.repo) { p in events.mutate { $0.append(p) } }
         XCTAssertEqual(first, second)
         XCTAssertEqual(server.requests.map(\.path), ["/api/models/\(server.repo)/revision/main"], "only the listing")
-        XCTAssertEqual(events.value.filter { $0.stage == .cached }.count, 3)
+        XCTAssertEqual(events.value.filter { $0.stage == .cached }.count, 4)
         XCTAssertFalse(events.value.contains { $0.stage == .downloading })
 
         // a lost snapshot link with its blob still there is relinked without a transfer either (one HEAD)
