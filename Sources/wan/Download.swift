@@ -46,7 +46,8 @@ private final class ProgressPrinter: @unchecked Sendable {
     let lock = NSLock()
     var lastDraw = Date.distantPast
     var lineOpen = false
-    let start = Date()
+    /// The first byte report of this run: the speed counts only what this run transferred.
+    var baseline: (time: Date, bytes: Int64)?
 
     func write(_ s: String) { FileHandle.standardError.write(Data(s.utf8)) }
 
@@ -76,9 +77,11 @@ private final class ProgressPrinter: @unchecked Sendable {
             case .downloading:
                 guard tty else { return }
                 let now = Date()
+                if baseline == nil { baseline = (now, p.completed) }
                 guard now.timeIntervalSince(lastDraw) >= 0.2 else { return }
                 lastDraw = now
-                let rate = Double(p.completed) / max(now.timeIntervalSince(start), 0.001)
+                let base = baseline ?? (now, p.completed)
+                let rate = Double(p.completed - base.bytes) / max(now.timeIntervalSince(base.time), 0.001)
                 let pct = p.total > 0 ? String(format: "%5.1f%%", 100 * Double(p.completed) / Double(p.total)) : "  ?  "
                 let file = p.fileTotal.map { "\(HubProgress.format(bytes: p.fileCompleted)) / \(HubProgress.format(bytes: $0))" }
                     ?? HubProgress.format(bytes: p.fileCompleted)
