@@ -411,7 +411,8 @@ public final class HubClient: @unchecked Sendable {
         }
     }
 
-    /// One GET of the rest of the file into `partial`; on success `partial` is complete and verified.
+    /// Fetches the rest of the file into `partial` (ranged GETs from its current length); on success `partial` is
+    /// complete and verified. A partial longer than the file, or a server that ignores Range, starts it over.
     func transfer(meta: FileMetadata, path: String, partial: URL, report: @escaping (Int64, HubProgress.Stage) -> Void) throws {
         let fd = open(partial.path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         if fd < 0 { throw HubError.fileSystem(path: partial.path, reason: String(cString: strerror(errno))) }
@@ -585,7 +586,8 @@ public final class HubClient: @unchecked Sendable {
         defer { if connection == nil { conn.close() } }
         conn.run(req, followAbsolute: followAbsoluteRedirects, body: body)
         return SmallResponse(status: conn.response?.statusCode ?? 0,
-                             headers: (conn.response?.allHeaderFields as? [String: String]) ?? [:],
+                             headers: Dictionary(conn.response?.allHeaderFields.compactMap { k, v in
+                                 (k as? String).map { ($0, "\(v)") } } ?? [], uniquingKeysWith: { a, _ in a }),
                              body: conn.collected, finalURL: conn.response?.url ?? req.url!,
                              contentLength: conn.response.flatMap { r in Self.header(r, "Content-Length").flatMap { Int64($0) } },
                              transportError: conn.failure)
