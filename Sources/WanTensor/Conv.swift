@@ -70,8 +70,12 @@ public final class Conv3D: @unchecked Sendable {
                 biasMem = mem(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1), UnsafeMutableRawPointer(bias.data))
                 args.append(dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: biasMem))
             }
-            check(dnnl_primitive_execute(prim, stream, Int32(args.count), &args), "convolution execute")
-            check(dnnl_stream_wait(stream), "stream_wait")
+            let scratchpad = Scratchpad(pd, engine: GEMM.shared.engine)
+            if let m = scratchpad.memory { args.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: m)) }
+            withExtendedLifetime(scratchpad) {
+                check(dnnl_primitive_execute(prim, stream, Int32(args.count), &args), "convolution execute")
+                check(dnnl_stream_wait(stream), "stream_wait")
+            }
             dnnl_memory_destroy(srcMem); dnnl_memory_destroy(weiMem); dnnl_memory_destroy(dstMem)
             if let biasMem { dnnl_memory_destroy(biasMem) }
         }
@@ -106,6 +110,9 @@ public final class Conv3D: @unchecked Sendable {
             }
             var attr: dnnl_primitive_attr_t?
             check(dnnl_primitive_attr_create(&attr), "attr_create")
+        // Our own scratchpad per execution: primitives run on whichever pool worker needs them, and the library's
+        // shared scratchpad is only safe for a primitive executed on the thread that created it.
+        check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "set_scratchpad_mode")
             if key.accumulate {
                 var ops: dnnl_post_ops_t?
                 check(dnnl_post_ops_create(&ops), "post_ops_create")
