@@ -51,26 +51,3 @@ public struct MemoryEstimate: Sendable {
         return nil
     }
 }
-
-/// The Hugging Face hub cache (huggingface_hub's layout: $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub,
-/// `models--org--name/refs/main` naming the snapshot in `snapshots/<commit>/`).
-public enum HubCache {
-    public static var directory: String {
-        let env = ProcessInfo.processInfo.environment
-        if let c = env["HF_HUB_CACHE"], !c.isEmpty { return c }
-        if let h = env["HF_HOME"], !h.isEmpty { return (h as NSString).appendingPathComponent("hub") }
-        return (NSHomeDirectory() as NSString).appendingPathComponent(".cache/huggingface/hub")
-    }
-
-    /// The local snapshot folder of a repo at `revision`, when it has been downloaded.
-    public static func snapshot(repo: String, revision: String = "main", cache: String? = nil) -> String? {
-        let root = ((cache ?? directory) as NSString).appendingPathComponent("models--" + repo.replacingOccurrences(of: "/", with: "--"))
-        var commit = revision
-        if let ref = try? String(contentsOfFile: (root as NSString).appendingPathComponent("refs/\(revision)"), encoding: .utf8) {
-            commit = ref.trimmingCharacters(in: .whitespacesAndNewlines)
-        }
-        let snap = (root as NSString).appendingPathComponent("snapshots/\(commit)")
-        var isDir: ObjCBool = false
-        return FileManager.default.fileExists(atPath: snap, isDirectory: &isDir) && isDir.boolValue ? snap : nil
-    }
-}

@@ -41,7 +41,7 @@ struct Download: ParsableCommand {
 }
 
 /// Progress on stderr: one line rewritten in place on a terminal, a line per file otherwise.
-private final class ProgressPrinter: @unchecked Sendable {
+final class ProgressPrinter: @unchecked Sendable {
     let tty = isatty(STDERR_FILENO) != 0
     let lock = NSLock()
     var lastDraw = Date.distantPast

@@ -114,14 +114,26 @@ struct Generate: ParsableCommand {
         print(output)
     }
 
-    /// A folder, or a repo id found in the Hugging Face cache.
+    /// A folder, or a Hugging Face repo id: downloaded into the hub cache on first use (the files a generation
+    /// needs), then taken from the cache.
     func resolveModel(_ model: String) throws -> String {
         var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: model, isDirectory: &isDir), isDir.boolValue { return model }
-        if let cached = HubCache.snapshot(repo: model) { return cached }
-        throw ModelFilesError.notFound(model + (model.contains("/") && !model.hasPrefix("/") && !model.hasPrefix(".")
-            ? " (not in the Hugging Face cache: run `wan download \(model)` first)" : ""))
+        if FileManager.default.fileExists(atPath: model, isDirectory: &isDir) {
+            guard isDir.boolValue else { throw ModelFilesError.notFound(model + " is a file: pass it with --dit, --t5 or --vae, or pass the model folder") }
+            return model
+        }
+        let parts = model.split(separator: "/")
+        guard parts.count == 2, !model.hasPrefix("."), !model.hasPrefix("/") else { throw ModelFilesError.notFound(model) }
+        let client = HubClient()
+        let printer = ProgressPrinter()
+        let snapshot = try client.download(repo: model, files: Self.modelPatterns, progress: printer.show)
+        printer.endLine()
+        return snapshot.path
     }
+
+    /// The files of a Wan-AI or diffusers repo that a generation uses (not the example assets).
+    static let modelPatterns = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.pth", "*.gguf",
+                                "google/*", "tokenizer/*", "*/*.safetensors", "*/*.json", "*/*.model"]
 
     func report(_ p: GenerationProgress) {
         switch p.stage {
