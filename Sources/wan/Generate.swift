@@ -73,6 +73,11 @@ struct Generate: ParsableCommand {
         }
         files = files.overridden(by: ModelFiles(dit: dit, t5: t5, vae: vae, tokenizer: tokenizer))
         try files.requireTextToVideo(folder: folder)
+        for (option, path) in [("dit", files.dit), ("t5", files.t5), ("vae", files.vae), ("tokenizer", files.tokenizer)] {
+            if let path, !FileManager.default.fileExists(atPath: path) {
+                throw ValidationError("--\(option): \(path) does not exist")
+            }
+        }
 
         // Memory pre-flight.
         let estimate = try MemoryEstimate.textToVideo(files: files, settings: settings)

@@ -1,0 +1,122 @@
+import Foundation
+import XCTest
+import WanKit
+
+/// The `wan` command line, run as a user runs it (the built executable, real files, real ffmpeg).
+final class CLITests: XCTestCase {
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static var wan: String { packageRoot + "/.build/release/wan" }
+    static var weights: String { goldenDirectory + "/weights" }
+
+    func run(_ args: [String], interruptAfter: Double? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+        guard FileManager.default.isExecutableFile(atPath: Self.wan) else { throw XCTSkip("build the wan executable first (swift build -c release)") }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.wan)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        if let delay = interruptAfter {
+            Thread.sleep(forTimeInterval: delay)
+            kill(p.processIdentifier, SIGINT)
+        }
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    func tinyModelArgs() throws -> [String] {
+        guard FileManager.default.fileExists(atPath: Self.weights + "/pipe_dit_t2v.safetensors") else { throw XCTSkip("golden data not found") }
+        return ["--dit", Self.weights + "/pipe_dit_t2v.safetensors", "--t5", Self.weights + "/pipe_t5.safetensors",
+                "--vae", Self.weights + "/pipe_vae.safetensors", "--tokenizer", goldenDirectory + "/tokenizer"]
+    }
+
+    func temporaryFolder() throws -> String {
+        let dir = NSTemporaryDirectory() + "wankit-cli-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    func probe(_ path: String) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/ffprobe")
+        p.arguments = ["-v", "error", "-count_frames", "-show_entries", "stream=codec_name,pix_fmt,width,height,nb_read_frames,r_frame_rate",
+                       "-of", "default=noprint_wrappers=1", path]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    func testGenerateWritesAPlayableMP4WithSidecar() throws {
+        let dir = try temporaryFolder()
+        let output = dir + "/cat.mp4"
+        let r = try run(["generate"] + tinyModelArgs() + ["--prompt", "A cat walks on the grass", "--size", "48x32", "--frames", "9",
+                                                          "--steps", "3", "--seed", "42", "--output", output])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("[denoise] 3/3"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("[decode] 3/3"), r.stderr)
+        let info = try probe(output)
+        XCTAssertTrue(info.contains("codec_name=h264"), info)
+        XCTAssertTrue(info.contains("pix_fmt=yuv420p"), info)
+        XCTAssertTrue(info.contains("width=48") && info.contains("height=32"), info)
+        XCTAssertTrue(info.contains("nb_read_frames=9"), info)
+        XCTAssertTrue(info.contains("r_frame_rate=16/1"), info)
+        let sidecar = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: output + ".json"))) as? [String: Any]
+        XCTAssertEqual(sidecar?["seed"] as? Int, 42)
+        XCTAssertEqual(sidecar?["prompt"] as? String, "A cat walks on the grass")
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains("partial") }
+        XCTAssertEqual(leftovers, [])
+    }
+
+    func testSameSeedGivesTheSameVideo() throws {
+        let dir = try temporaryFolder()
+        for name in ["a", "b"] {
+            let r = try run(["generate"] + tinyModelArgs() + ["--prompt", "fireworks", "--size", "48x32", "--frames", "1", "--steps", "2",
+                                                              "--seed", "7", "--output", "\(dir)/\(name).png"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        let a = try Data(contentsOf: URL(fileURLWithPath: dir + "/a.png")), b = try Data(contentsOf: URL(fileURLWithPath: dir + "/b.png"))
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(Array(a.prefix(4)), [0x89, 0x50, 0x4E, 0x47])  // PNG signature
+    }
+
+    func testBadInputsGiveClearErrorsAndNoOutput() throws {
+        let dir = try temporaryFolder()
+        let output = dir + "/x.mp4"
+        var r = try run(["generate"] + tinyModelArgs() + ["--prompt", "x", "--frames", "6", "--size", "48x32", "--output", output])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("4n+1"), r.stderr)
+        r = try run(["generate", "--dit", "/nonexistent/dit.safetensors", "--t5", "/n/t5.pth", "--vae", "/n/vae.pth", "--tokenizer", "/n/tok",
+                     "--prompt", "x", "--size", "48x32", "--frames", "1", "--output", dir + "/x.png"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("/nonexistent/dit.safetensors"), r.stderr)
+        r = try run(["generate"] + tinyModelArgs() + ["--prompt", "x", "--size", "50x32", "--frames", "1", "--output", dir + "/y.png"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("multiples of 16"), r.stderr)
+        r = try run(["generate"] + tinyModelArgs() + ["--prompt", "x", "--output", dir + "/z.avi"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains(".mp4"), r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+    }
+
+    func testInterruptLeavesNoFile() throws {
+        let dir = try temporaryFolder()
+        let r = try run(["generate"] + tinyModelArgs() + ["--prompt", "x", "--size", "256x256", "--frames", "9", "--steps", "1000",
+                                                          "--output", dir + "/long.mp4"], interruptAfter: 2.5)
+        XCTAssertEqual(r.status, 130, r.stderr)
+        XCTAssertTrue(r.stderr.contains("interrupted"), r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+    }
+
+    func testConformanceCommandSummaryLine() throws {
+        guard FileManager.default.fileExists(atPath: goldenDirectory) else { throw XCTSkip("golden data not found") }
+        let r = try run(["conformance", goldenDirectory, "--filter", "dit_t2v_basic"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("PASS dit_t2v_basic rel_l2="), r.stdout)
+        XCTAssertTrue(r.stdout.hasSuffix("1 passed, 0 failed, 0 skipped\n"), r.stdout)
+    }
+}
