@@ -59,6 +59,16 @@ func writeRandomSafetensors(path: String, tensors: [(name: String, shape: [Int],
     return 8 + json.count + offset
 }
 
+/// The umT5 checkpoint tensors in bf16 with init bounds (norm weights 1, embeddings ±1, matrices ±1/sqrt(fan_in)).
+func randomUMT5Tensors(_ shapes: [(name: String, shape: [Int])]) -> [(name: String, shape: [Int], dtype: String, bound: Float)] {
+    shapes.map { s in
+        let norm = s.name.hasSuffix("norm1.weight") || s.name.hasSuffix("norm2.weight") || s.name == "norm.weight"
+        let bound: Float = norm ? -1 : s.name.contains("pos_embedding") ? 0.5 : s.name == "token_embedding.weight" ? 1
+            : 1 / Float(s.shape[1]).squareRoot()
+        return (s.name, s.shape, "BF16", bound)
+    }
+}
+
 /// Free bytes of the file system holding `path`.
 func freeBytes(_ path: String) -> Int {
     var s = statvfs()
@@ -106,13 +116,7 @@ struct BenchT5: ParsableCommand {
                     throw ValidationError(String(format: "%@ has %.1f GB free; the random umT5-XXL checkpoint needs %.1f GB (pass --directory or --weights)", directory, Double(free) / 1e9, Double(bytes) / 1e9))
                 }
                 let t0 = now()
-                let tensors = shapes.map { s -> (name: String, shape: [Int], dtype: String, bound: Float) in
-                    let norm = s.name.hasSuffix("norm1.weight") || s.name.hasSuffix("norm2.weight") || s.name == "norm.weight"
-                    let bound: Float = norm ? -1 : s.name.contains("pos_embedding") ? 0.5 : s.name == "token_embedding.weight" ? 1
-                        : 1 / Float(s.shape[1]).squareRoot()
-                    return (s.name, s.shape, "BF16", bound)
-                }
-                let written = try writeRandomSafetensors(path: file, tensors: tensors, seed: 11)
+                let written = try writeRandomSafetensors(path: file, tensors: randomUMT5Tensors(shapes), seed: 11)
                 log(String(format: "wrote %@ (%.2f GB, %ld parameters) in %.1f s", file, Double(written) / 1e9, config.parameterCount, now() - t0))
             }
             path = file

@@ -1,0 +1,135 @@
+import Foundation
+import XCTest
+import WanKit
+
+/// Writes a stored (uncompressed) zip archive, as torch.save does.
+func writeZip(_ entries: [(name: String, data: [UInt8])], to path: String) throws {
+    var out: [UInt8] = [], central: [UInt8] = []
+    func u16(_ v: Int, _ a: inout [UInt8]) { a += [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF)] }
+    func u32(_ v: Int, _ a: inout [UInt8]) { for i in 0..<4 { a.append(UInt8((v >> (8 * i)) & 0xFF)) } }
+    for e in entries {
+        let offset = out.count, name = Array(e.name.utf8)
+        u32(0x0403_4B50, &out); u16(20, &out); u16(0, &out); u16(0, &out); u16(0, &out); u16(0, &out)
+        u32(0, &out); u32(e.data.count, &out); u32(e.data.count, &out); u16(name.count, &out); u16(0, &out)
+        out += name; out += e.data
+        u32(0x0201_4B50, &central); u16(20, &central); u16(20, &central); u16(0, &central); u16(0, &central); u16(0, &central); u16(0, &central)
+        u32(0, &central); u32(e.data.count, &central); u32(e.data.count, &central); u16(name.count, &central); u16(0, &central); u16(0, &central)
+        u16(0, &central); u16(0, &central); u32(0, &central); u32(offset, &central)
+        central += name
+    }
+    let cdOffset = out.count
+    out += central
+    u32(0x0605_4B50, &out); u16(0, &out); u16(0, &out); u16(entries.count, &out); u16(entries.count, &out)
+    u32(central.count, &out); u32(cdOffset, &out); u16(0, &out)
+    try Data(out).write(to: URL(fileURLWithPath: path))
+}
+
+/// A pickle (protocol 2) of {"w": _rebuild_tensor_v2(storage(FloatStorage, "0", numel), 0, (n,), (1,), False, OrderedDict())}.
+func stateDictPickle(storageElements: Int, shape: Int, global: String = "torch._utils\n_rebuild_tensor_v2\n") -> [UInt8] {
+    var p: [UInt8] = [0x80, 2, 0x7D, 0x28]                                   // PROTO 2, EMPTY_DICT, MARK
+    func unicode(_ s: String) { let b = Array(s.utf8); p += [0x58] + withUnsafeBytes(of: UInt32(b.count).littleEndian, Array.init) + b }
+    unicode("w")
+    p += [0x63] + Array(global.utf8)                                           // GLOBAL
+    p += [0x28, 0x28]                                                          // MARK MARK
+    unicode("storage"); p += [0x63] + Array("torch\nFloatStorage\n".utf8); unicode("0"); unicode("cpu")
+    p += [0x4A] + withUnsafeBytes(of: Int32(storageElements).littleEndian, Array.init)
+    p += [0x74, 0x51]                                                          // TUPLE, BINPERSID
+    p += [0x4B, 0]                                                             // offset 0
+    p += [0x4A] + withUnsafeBytes(of: Int32(shape).littleEndian, Array.init) + [0x85]  // (n,)
+    p += [0x4B, 1, 0x85]                                                       // (1,)
+    p += [0x89]                                                                // False
+    p += [0x63] + Array("collections\nOrderedDict\n".utf8) + [0x29, 0x52]      // OrderedDict()
+    p += [0x74, 0x52]                                                          // TUPLE, REDUCE
+    p += [0x75, 0x2E]                                                          // SETITEMS, STOP
+    return p
+}
+
+final class VAETests: XCTestCase {
+    static let runner = ConformanceRunner(goldenDirectory: goldenDirectory)
+
+    func check(_ name: String) throws {
+        guard FileManager.default.fileExists(atPath: goldenDirectory) else { throw XCTSkip("golden data not found") }
+        let r = Self.runner.run(caseNamed: name)
+        guard case .pass = r else { return XCTFail(r.description) }
+    }
+
+    func testGoldenEncode9() throws { try check("vae_encode_9f") }
+    func testGoldenEncode13() throws { try check("vae_encode_13f") }
+    func testGoldenDecode3() throws { try check("vae_decode_3l") }
+    func testGoldenDecode5() throws { try check("vae_decode_5l") }
+    func testGoldenRoundTrip() throws { try check("vae_roundtrip_1f") }
+    func testGoldenPth() throws { try check("weights_vae_pth") }
+    func testGoldenDiffusers() throws { try check("weights_vae_diffusers") }
+
+    func tinyVAE() throws -> WanVAE {
+        let path = goldenDirectory + "/weights/vae.safetensors"
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("golden data not found") }
+        let w = try openVAEWeights(path: path)
+        return try WanVAE(weights: w.source, arguments: ["dim": 8])
+    }
+
+    func testWrongFrameCountAndSizeSayWhatToDo() throws {
+        let vae = try tinyVAE()
+        XCTAssertThrowsError(try vae.encode(Tensor(zeros: [3, 6, 32, 32]))) { e in
+            XCTAssertTrue("\(e)".contains("1 + 4k"), "\(e)")
+        }
+        XCTAssertThrowsError(try vae.encode(Tensor(zeros: [3, 5, 36, 32]))) { e in
+            XCTAssertTrue("\(e)".contains("multiples of 8"), "\(e)")
+        }
+        XCTAssertThrowsError(try vae.encode(Tensor(zeros: [4, 1, 32, 32])))
+        XCTAssertThrowsError(try vae.decode(Tensor(zeros: [8, 1, 4, 4]))) { e in XCTAssertTrue("\(e)".contains("[16"), "\(e)") }
+    }
+
+    func testStreamedDecodeEqualsWholeDecode() throws {
+        let vae = try tinyVAE()
+        let latent = Tensor(zeros: [16, 3, 4, 4])
+        for i in 0..<latent.count { latent.data[i] = Float((i * 37) % 11) / 5 - 1 }
+        var chunks: [(Tensor, Int)] = []
+        try vae.decode(latent) { chunk, first in chunks.append((chunk, first)) }
+        XCTAssertEqual(chunks.map { $0.0.shape[1] }, [1, 4, 4])
+        XCTAssertEqual(chunks.map(\.1), [0, 1, 5])
+        let whole = try vae.decode(latent)
+        XCTAssertEqual(whole.shape, [3, 9, 32, 32])
+        XCTAssertEqual(concatenateFrames(chunks.map(\.0)).array, whole.array)
+    }
+
+    func testPickleAskingForAnyOtherCallableIsRefused() throws {
+        let path = NSTemporaryDirectory() + "wankit-evil-\(UUID().uuidString).pth"
+        try writeZip([("archive/data.pkl", stateDictPickle(storageElements: 2, shape: 2, global: "os\nsystem\n")),
+                      ("archive/data/0", [UInt8](repeating: 0, count: 8))], to: path)
+        XCTAssertThrowsError(try TorchCheckpoint(path: path)) { e in
+            guard case .forbidden(_, "os.system") = e as? PickleError else { return XCTFail("\(e)") }
+            XCTAssertTrue("\(e)".contains("executes nothing"), "\(e)")
+        }
+    }
+
+    func testValidHandMadeCheckpointLoads() throws {
+        let path = NSTemporaryDirectory() + "wankit-ok-\(UUID().uuidString).pth"
+        let values: [Float] = [1.5, -2]
+        try writeZip([("archive/data.pkl", stateDictPickle(storageElements: 2, shape: 2)),
+                      ("archive/data/0", values.withUnsafeBytes(Array.init))], to: path)
+        let c = try TorchCheckpoint(path: path)
+        XCTAssertEqual(try c.float32("w").array, values)
+    }
+
+    func testStorageSizeMismatch() throws {
+        let path = NSTemporaryDirectory() + "wankit-short-\(UUID().uuidString).pth"
+        try writeZip([("archive/data.pkl", stateDictPickle(storageElements: 10, shape: 10)),
+                      ("archive/data/0", [UInt8](repeating: 0, count: 8))], to: path)
+        XCTAssertThrowsError(try TorchCheckpoint(path: path)) { e in
+            guard case .storageMismatch = e as? PickleError else { return XCTFail("\(e)") }
+        }
+    }
+
+    func testTruncatedArchive() throws {
+        let original = goldenDirectory + "/weights/vae.pth"
+        guard let data = FileManager.default.contents(atPath: original) else { throw XCTSkip("golden data not found") }
+        for cut in [data.count / 2, data.count - 30, 100] {
+            let path = NSTemporaryDirectory() + "wankit-cut-\(cut).pth"
+            try data.prefix(cut).write(to: URL(fileURLWithPath: path))
+            XCTAssertThrowsError(try TorchCheckpoint(path: path)) { e in
+                XCTAssertTrue(e is ArchiveError || e is PickleError || e is WeightError, "untyped error \(e)")
+            }
+        }
+    }
+}
