@@ -470,15 +470,20 @@ public final class WanVAE: @unchecked Sendable {
     public func decode(_ latent: Tensor) throws -> Tensor {
         var chunks: [Tensor] = []
         try decode(latent) { chunk, _ in chunks.append(chunk) }
-        let T = chunks.reduce(0) { $0 + $1.shape[1] }
-        let (H, W) = (chunks[0].shape[2], chunks[0].shape[3])
-        let video = Tensor(uninitialized: [3, T, H, W])
-        var t0 = 0
-        for chunk in chunks {
-            let n = chunk.shape[1]
-            for ch in 0..<3 { (video.data + (ch * T + t0) * H * W).update(from: chunk.data + ch * n * H * W, count: n * H * W) }
-            t0 += n
-        }
-        return video
+        return concatenateFrames(chunks)
     }
+}
+
+/// Joins video chunks [3, n_i, H, W] along frames.
+public func concatenateFrames(_ chunks: [Tensor]) -> Tensor {
+    let T = chunks.reduce(0) { $0 + $1.shape[1] }
+    let (H, W) = (chunks[0].shape[2], chunks[0].shape[3])
+    let video = Tensor(uninitialized: [3, T, H, W])
+    var t0 = 0
+    for chunk in chunks {
+        let n = chunk.shape[1]
+        for ch in 0..<3 { (video.data + (ch * T + t0) * H * W).update(from: chunk.data + ch * n * H * W, count: n * H * W) }
+        t0 += n
+    }
+    return video
 }
