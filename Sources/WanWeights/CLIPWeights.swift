@@ -102,24 +102,10 @@ public func openCLIPWeights(path: String) throws -> CLIPWeights {
         throw LayoutError.notFound(path: path, expected: "a CLIP vision tower: models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth, a .safetensors file or a transformers folder")
     }
     if isDir.boolValue {
-        var folder = path
-        for sub in ["image_encoder", "vision_model"] {
-            let s = (path as NSString).appendingPathComponent(sub)
-            if fm.fileExists(atPath: (s as NSString).appendingPathComponent("config.json")) { folder = s; break }
-        }
-        let configPath = (folder as NSString).appendingPathComponent("config.json")
-        let arguments = fm.fileExists(atPath: configPath) ? HFCLIPVision.officialArguments(try readJSONObject(configPath, what: "config.json")) : nil
-        let entries = ((try? fm.contentsOfDirectory(atPath: folder)) ?? []).sorted()
-        let base: SafetensorsSource
-        if let index = entries.first(where: { $0.hasSuffix(".safetensors.index.json") }) {
-            base = try ShardedSafetensors.open(indexPath: (folder as NSString).appendingPathComponent(index))
-        } else {
-            let files = entries.filter { $0.hasSuffix(".safetensors") }
-            guard !files.isEmpty else {
-                throw LayoutError.unknownLayout(path: folder, detail: "the folder holds no .safetensors file; pass the official CLIP .pth or a transformers CLIPVisionModel folder")
-            }
-            base = try SafetensorsSource(paths: files.map { (folder as NSString).appendingPathComponent($0) })
-        }
+        let c = try ComponentFolder(path, subfolders: ["image_encoder", "vision_model"],
+                                    noWeights: "pass the official CLIP .pth or a transformers CLIPVisionModel folder")
+        let arguments = c.config.map(HFCLIPVision.officialArguments)
+        let base = c.weights
         let w = try CLIPLayouts.classify(base)
         return CLIPWeights(source: w.source, arguments: arguments, layout: w.layout)
     }

@@ -115,3 +115,31 @@ func readJSONObject(_ path: String, what: String) throws -> [String: Any] {
     }
     return dict
 }
+
+/// A transformers / diffusers component folder: the first of `subfolders` that holds a config.json (else the folder
+/// itself), its config.json (nil when absent) and its safetensors weights (sharded with an index, or plain files).
+struct ComponentFolder {
+    let folder: String
+    let config: [String: Any]?
+    let weights: SafetensorsSource
+
+    init(_ path: String, subfolders: [String], noWeights: String) throws {
+        let fm = FileManager.default
+        var folder = path
+        for sub in subfolders {
+            let s = (path as NSString).appendingPathComponent(sub)
+            if fm.fileExists(atPath: (s as NSString).appendingPathComponent("config.json")) { folder = s; break }
+        }
+        self.folder = folder
+        let configPath = (folder as NSString).appendingPathComponent("config.json")
+        config = fm.fileExists(atPath: configPath) ? try readJSONObject(configPath, what: "config.json") : nil
+        let entries = ((try? fm.contentsOfDirectory(atPath: folder)) ?? []).sorted()
+        if let index = entries.first(where: { $0.hasSuffix(".safetensors.index.json") }) {
+            weights = try ShardedSafetensors.open(indexPath: (folder as NSString).appendingPathComponent(index))
+        } else {
+            let files = entries.filter { $0.hasSuffix(".safetensors") }
+            guard !files.isEmpty else { throw LayoutError.unknownLayout(path: folder, detail: "the folder holds no .safetensors file; " + noWeights) }
+            weights = try SafetensorsSource(paths: files.map { (folder as NSString).appendingPathComponent($0) })
+        }
+    }
+}

@@ -88,24 +88,10 @@ public func openT5Weights(path: String) throws -> T5Weights {
         throw LayoutError.notFound(path: path, expected: "a umT5 encoder: models_t5_umt5-xxl-enc-bf16.pth, a .safetensors file or a transformers folder")
     }
     if isDir.boolValue {
-        var folder = path
-        for sub in ["text_encoder", "text_encoder_2"] {
-            let s = (path as NSString).appendingPathComponent(sub)
-            if fm.fileExists(atPath: (s as NSString).appendingPathComponent("config.json")) { folder = s; break }
-        }
-        let configPath = (folder as NSString).appendingPathComponent("config.json")
-        let arguments = fm.fileExists(atPath: configPath) ? HFUMT5.officialArguments(try readJSONObject(configPath, what: "config.json")) : nil
-        let entries = ((try? fm.contentsOfDirectory(atPath: folder)) ?? []).sorted()
-        let base: SafetensorsSource
-        if let index = entries.first(where: { $0.hasSuffix(".safetensors.index.json") }) {
-            base = try ShardedSafetensors.open(indexPath: (folder as NSString).appendingPathComponent(index))
-        } else {
-            let files = entries.filter { $0.hasSuffix(".safetensors") }
-            guard !files.isEmpty else {
-                throw LayoutError.unknownLayout(path: folder, detail: "the folder holds no .safetensors file; pass models_t5_umt5-xxl-enc-bf16.pth or a transformers UMT5EncoderModel folder")
-            }
-            base = try SafetensorsSource(paths: files.map { (folder as NSString).appendingPathComponent($0) })
-        }
+        let c = try ComponentFolder(path, subfolders: ["text_encoder", "text_encoder_2"],
+                                    noWeights: "pass models_t5_umt5-xxl-enc-bf16.pth or a transformers UMT5EncoderModel folder")
+        let arguments = c.config.map(HFUMT5.officialArguments)
+        let base = c.weights
         let w = try T5Layouts.classify(base)
         return T5Weights(source: w.source, arguments: arguments, layout: w.layout)
     }

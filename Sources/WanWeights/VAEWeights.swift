@@ -75,22 +75,10 @@ public func openVAEWeights(path: String) throws -> VAEWeights {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw WeightError.fileNotFound(path: path) }
     if isDir.boolValue {
-        var folder = path
-        let sub = (path as NSString).appendingPathComponent("vae")
-        if FileManager.default.fileExists(atPath: (sub as NSString).appendingPathComponent("config.json")) { folder = sub }
-        let configPath = (folder as NSString).appendingPathComponent("config.json")
-        var arguments: [String: Any]? = nil
-        var numRes = 2
-        if let data = FileManager.default.contents(atPath: configPath),
-           let c = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
-            arguments = DiffusersWanVAE.officialArguments(c)
-            numRes = (c["num_res_blocks"] as? NSNumber)?.intValue ?? 2
-        }
-        let files = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".safetensors") }.sorted()
-        guard !files.isEmpty else {
-            throw WeightError.badConfig(source: folder, detail: "no .safetensors file in the folder; pass Wan2.1_VAE.pth or a diffusers vae/ folder")
-        }
-        let base = try SafetensorsSource(paths: files.map { (folder as NSString).appendingPathComponent($0) })
+        let c = try ComponentFolder(path, subfolders: ["vae"], noWeights: "pass Wan2.1_VAE.pth or a diffusers vae/ folder")
+        let arguments = c.config.map(DiffusersWanVAE.officialArguments)
+        let numRes = (c.config?["num_res_blocks"] as? NSNumber)?.intValue ?? 2
+        let base = c.weights
         let source: WeightSource = DiffusersWanVAE.detect(base.names)
             ? try RenamedSource(wrapping: base) { DiffusersWanVAE.officialName($0, numResBlocks: numRes) } : base
         return VAEWeights(source: source, arguments: arguments, layout: "diffusers")
