@@ -5,10 +5,31 @@ import WanKit
 /// `wan info FILE_OR_FOLDER`: what a DiT checkpoint is, without loading it.
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Describe a Wan2.1 DiT checkpoint: layout, storage types, parameter count, configuration and task.")
-    @Argument(help: "A .safetensors or .gguf file, a sharded or diffusers folder.") var path: String
+        abstract: "Describe a Wan2.1 model folder (its parts, what is missing) or DiT checkpoint: layout, storage types, parameter count, configuration and task.")
+    @Argument(help: "A model folder, a .safetensors or .gguf file, a sharded or diffusers folder.") var path: String
 
     func run() throws {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+            // A model folder: which parts it holds and which are missing.
+            let parts = try ModelFiles.discover(in: path)
+            print("model folder: \(path)")
+            for (name, found, expected) in [("dit", parts.dit, "diffusion_pytorch_model*.safetensors or transformer/"),
+                                            ("t5", parts.t5, "models_t5_umt5-xxl-enc-bf16.pth or text_encoder/"),
+                                            ("vae", parts.vae, "Wan2.1_VAE.pth or vae/"),
+                                            ("tokenizer", parts.tokenizer, "google/umt5-xxl/tokenizer.json or tokenizer/"),
+                                            ("clip", parts.clip, "models_clip_*.pth or image_encoder/ (image tasks only)")] {
+                print("  \(name.padding(toLength: 10, withPad: " ", startingAt: 0)) \(found ?? "MISSING (\(expected))")")
+            }
+            guard let dit = parts.dit else { return }
+            print("")
+            try describeDiT(dit)
+            return
+        }
+        try describeDiT(path)
+    }
+
+    func describeDiT(_ path: String) throws {
         let w = try openDiTWeights(path: path)
         let source = w.source
         print("source:     \(source.label)")
