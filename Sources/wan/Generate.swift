@@ -26,13 +26,16 @@ struct Generate: ParsableCommand {
     @Option(help: "umT5 text encoder weights, overriding the model's.") var t5: String?
     @Option(help: "Wan-VAE weights, overriding the model's.") var vae: String?
     @Option(help: "Tokenizer folder or tokenizer.json, overriding the model's.") var tokenizer: String?
+    @Option(help: "Image-to-video: the first frame (PNG, JPEG, WebP); needs an I2V model.") var image: String?
+    @Option(help: "First-last-frame-to-video: the last frame; needs an FLF2V model and --image.") var lastImage: String?
+    @Option(help: "CLIP image encoder weights, overriding the model's (image tasks).") var clip: String?
     @Option(name: .shortAndLong, help: "The prompt (English or Chinese).") var prompt: String
     @Option(help: "Negative prompt (default: the official one).") var negativePrompt: String = ""
     @Option(help: "Video size WxH.") var size: String = "832x480"
     @Option(help: "Frames, 4n+1 (1 writes an image).") var frames: Int = 81
-    @Option(help: "Sampling steps.") var steps: Int = 50
-    @Option(help: "Flow shift (official: 5.0 for T2V; 3.0 is suggested at 480P for fewer artefacts).") var shift: Double = 5.0
-    @Option(help: "Classifier-free guidance scale.") var guide: Float = 5.0
+    @Option(help: "Sampling steps (default: 50; image-to-video 40).") var steps: Int?
+    @Option(help: "Flow shift (default: 5.0; image-to-video at 480P 3.0; first-last-frame 16).") var shift: Double?
+    @Option(help: "Classifier-free guidance scale (default: 5.0; first-last-frame 5.5).") var guide: Float?
     @Option(help: "Seed (default: random). The same seed gives the same noise as the official code.") var seed: UInt64?
     @Option(help: "Solver: unipc, dpm++ or euler.") var solver: String = "unipc"
     @Option(name: .shortAndLong, help: "Output file: .mp4 for video, .png for one frame.") var output: String
@@ -42,6 +45,7 @@ struct Generate: ParsableCommand {
         let ext = (output as NSString).pathExtension.lowercased()
         guard ext == "mp4" || ext == "png" else { throw ValidationError("--output must end in .mp4 (video) or .png (one frame)") }
         if ext == "png" && frames != 1 { throw ValidationError("a .png output holds one frame: add --frames 1, or write a .mp4") }
+        if lastImage != nil && image == nil { throw ValidationError("--last-image needs --image (the first frame)") }
         guard FlowSolverKind(rawValue: solver) != nil else { throw ValidationError("--solver must be unipc, dpm++ or euler") }
         guard model != nil || (dit != nil && t5 != nil && vae != nil && tokenizer != nil) else {
             throw ValidationError("pass --model (a model folder or repo id), or all of --dit, --t5, --vae and --tokenizer")
@@ -54,7 +58,7 @@ struct Generate: ParsableCommand {
         let parts = size.lowercased().replacingOccurrences(of: "*", with: "x").split(separator: "x").compactMap { Int($0) }
         guard parts.count == 2 else { throw ValidationError("--size must be WxH, e.g. 832x480") }
         settings.width = parts[0]; settings.height = parts[1]
-        settings.frames = frames; settings.steps = steps; settings.shift = shift; settings.guideScale = guide
+        settings.frames = frames; settings.steps = steps ?? 50; settings.shift = shift ?? 5.0; settings.guideScale = guide ?? 5.0
         settings.seed = seed ?? UInt64.random(in: 0...UInt64(Int64.max))
         settings.solver = FlowSolverKind(rawValue: solver)!
         settings.negativePrompt = negativePrompt
@@ -71,9 +75,9 @@ struct Generate: ParsableCommand {
             folder = local
             files = try ModelFiles.discover(in: local)
         }
-        files = files.overridden(by: ModelFiles(dit: dit, t5: t5, vae: vae, tokenizer: tokenizer))
+        files = files.overridden(by: ModelFiles(dit: dit, t5: t5, vae: vae, tokenizer: tokenizer, clip: clip))
         try files.requireTextToVideo(folder: folder)
-        for (option, path) in [("dit", files.dit), ("t5", files.t5), ("vae", files.vae), ("tokenizer", files.tokenizer)] {
+        for (option, path) in [("dit", files.dit), ("t5", files.t5), ("vae", files.vae), ("tokenizer", files.tokenizer), ("clip", files.clip)] {
             if let path, !FileManager.default.fileExists(atPath: path) {
                 throw ValidationError("--\(option): \(path) does not exist")
             }
@@ -90,6 +94,10 @@ struct Generate: ParsableCommand {
         signal(SIGTERM) { _ in interruptRequested = 1 }
         let cancelled = { interruptRequested != 0 }
 
+        if let image {
+            try generateFromImages(first: image, last: lastImage, files: files, settings: settings, cancelled: cancelled, start: start)
+            return
+        }
         log("loading models…")
         let pipeline = try ModelLoader.textToVideo(files, folder: folder)
         log("DiT: \(pipeline.dit.config)")
@@ -139,6 +147,68 @@ struct Generate: ParsableCommand {
     /// The files of a Wan-AI or diffusers repo that a generation uses (not the example assets).
     static let modelPatterns = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.pth", "*.gguf",
                                 "google/*", "tokenizer/*", "*/*.safetensors", "*/*.json", "*/*.model"]
+
+    /// Image-to-video (and first-last-frame-to-video with `last`).
+    func generateFromImages(first: String, last: String?, files: ModelFiles, settings t: GenerationSettings,
+                            cancelled: @escaping () -> Bool, start: Date) throws {
+        let firstImage = try MediaReader.image(first)
+        let lastFrame = try last.map(MediaReader.image)
+        var s = last == nil ? ImageGenerationSettings() : ImageGenerationSettings.firstLastFrame
+        s.maxArea = t.width * t.height
+        s.frames = t.frames
+        s.seed = t.seed
+        s.solver = t.solver
+        s.negativePrompt = t.negativePrompt
+        if let steps { s.steps = steps }
+        if let guide { s.guideScale = guide }
+        s.shift = shift ?? (last != nil ? 16 : (s.maxArea <= 480 * 832 ? 3.0 : 5.0))
+        guard let clipPath = files.clip else {
+            throw ValidationError("image tasks need the CLIP image encoder: pass --clip (models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth or clip_vision_h.safetensors)")
+        }
+        log("loading models…")
+        let text = TextConditioner(tokenizer: try ModelLoader.tokenizer(files.tokenizer!), encoder: try ModelLoader.t5(files.t5!))
+        let ditModel = try ModelLoader.dit(files.dit!)
+        let vaeModel = try ModelLoader.vae(files.vae!)
+        let clipWeights = try openCLIPWeights(path: clipPath)
+        let clipModel = try CLIPVision(weights: clipWeights.source, arguments: clipWeights.arguments ?? [:])
+        log("DiT: \(ditModel.config)")
+        var metadata: [String: Any] = ["prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
+                                       "guide_scale": Double(s.guideScale), "seed": s.seed, "solver": s.solver.rawValue,
+                                       "max_area": s.maxArea, "generator": "WanKit"]
+        if let last { metadata["last_image"] = last }
+        let latent: Tensor
+        let size: (width: Int, height: Int)
+        let decode: (Tensor, (Tensor, Int) throws -> Void) throws -> Void
+        if let lastFrame {
+            let p = try FirstLastFrameToVideo(text: text, dit: ditModel, vae: vaeModel, clip: clipModel)
+            let lat = ImageConditioning.latentSize(imageHeight: firstImage.height, imageWidth: firstImage.width, maxArea: s.maxArea,
+                                                   vaeStride: vaeModel.config.spatialFactor, patch: (ditModel.config.patchSize[1], ditModel.config.patchSize[2]))
+            size = (lat.width * vaeModel.config.spatialFactor, lat.height * vaeModel.config.spatialFactor)
+            latent = try p.sample(prompt: prompt, firstFrame: firstImage, lastFrame: lastFrame, settings: s, progress: report, isCancelled: cancelled)
+            decode = { l, f in try p.decode(l, progress: report, isCancelled: cancelled, onFrames: f) }
+        } else {
+            let p = try ImageToVideo(text: text, dit: ditModel, vae: vaeModel, clip: clipModel)
+            size = p.videoSize(imageWidth: firstImage.width, imageHeight: firstImage.height, maxArea: s.maxArea)
+            latent = try p.sample(prompt: prompt, image: firstImage, settings: s, progress: report, isCancelled: cancelled)
+            decode = { l, f in try p.decode(l, progress: report, isCancelled: cancelled, onFrames: f) }
+        }
+        metadata["size"] = "\(size.width)x\(size.height)"
+        let writer = try VideoWriter(path: output, width: size.width, height: size.height, fps: 16, metadata: metadata)
+        do {
+            try decode(latent) { chunk, _ in try writer.append(chunk) }
+            try writer.finish()
+        } catch {
+            writer.cancel()
+            if case GenerationError.cancelled = error { log("interrupted: no output written"); throw ExitCode(130) }
+            throw error
+        }
+        metadata["seconds"] = Date().timeIntervalSince(start)
+        if let data = try? JSONSerialization.data(withJSONObject: metadata, options: [.prettyPrinted, .sortedKeys]) {
+            try? data.write(to: URL(fileURLWithPath: output + ".json"), options: .atomic)
+        }
+        log(String(format: "wrote %@ (%d frames, %dx%d, seed %llu) in %.1f s", output, writer.framesWritten, size.width, size.height, s.seed, Date().timeIntervalSince(start)))
+        print(output)
+    }
 
     func report(_ p: GenerationProgress) {
         switch p.stage {

@@ -103,6 +103,25 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
     }
 
+    func testImageInputErrors() throws {
+        let dir = try temporaryFolder()
+        let args = ["--dit", Self.weights + "/pipe_dit_i2v.safetensors", "--t5", Self.weights + "/pipe_t5.safetensors",
+                    "--vae", Self.weights + "/pipe_vae.safetensors", "--tokenizer", goldenDirectory + "/tokenizer",
+                    "--prompt", "x", "--size", "48x32", "--frames", "5", "--output", dir + "/i.mp4"]
+        guard FileManager.default.fileExists(atPath: Self.weights + "/pipe_dit_i2v.safetensors") else { throw XCTSkip("golden data not found") }
+        var r = try run(["generate"] + args + ["--image", dir + "/missing.png"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("input file not found"), r.stderr)
+        try Data("not a picture".utf8).write(to: URL(fileURLWithPath: dir + "/bad.png"))
+        r = try run(["generate"] + args + ["--image", dir + "/bad.png"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("cannot read") && r.stderr.contains("bad.png"), r.stderr)
+        r = try run(["generate"] + args + ["--last-image", dir + "/bad.png"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("--last-image needs --image"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/i.mp4"))
+    }
+
     func testInterruptLeavesNoFile() throws {
         let dir = try temporaryFolder()
         let r = try run(["generate"] + tinyModelArgs() + ["--prompt", "x", "--size", "256x256", "--frames", "9", "--steps", "1000",
