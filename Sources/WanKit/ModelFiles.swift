@@ -97,9 +97,13 @@ public enum ModelLoader {
         let w = try openDiTWeights(path: path)
         return try WanDiT(weights: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)))
     }
+    /// The encoder hands each layer's pages of the mapping back after use: it runs once per prompt, and its
+    /// 11 GB (umT5-XXL bf16) must not stay resident next to the DiT.
     public static func t5(_ path: String) throws -> UMT5Encoder {
         let w = try openT5Weights(path: path)
-        return try UMT5Encoder(weights: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:])
+        let encoder = try UMT5Encoder(weights: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:])
+        encoder.releasesMappedPages = true
+        return encoder
     }
     public static func vae(_ path: String) throws -> WanVAE {
         let w = try openVAEWeights(path: path)
