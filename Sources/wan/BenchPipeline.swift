@@ -52,24 +52,31 @@ struct BenchT2V: ParsableCommand {
         let load = now() - t0
         say(String(format: "opened the models in %.1f s", load))
 
-        var stageStart = now()
-        var textSeconds = 0.0, denoiseSeconds = 0.0
-        var stage = GenerationProgress.Stage.encodingText
-        let latent = try pipeline.sample(prompt: "A cat walks on the grass, realistic style.", settings: settings) { p in
-            if p.stage != stage {
-                if stage == .encodingText { textSeconds = now() - stageStart }
-                stage = p.stage
-                stageStart = now()
+        // Stage times from the pipeline's own events: prompts encoded, each step done; RSS now and then.
+        let begin = now()
+        var textSeconds = 0.0, rssAfterText = 0
+        var stepEnds: [Double] = []
+        let latent = try pipeline.sample(prompt: "A cat walks on the grass, realistic style.", settings: settings, progress: { p in
+            if p.stage == .denoising {
+                stepEnds.append(now())
+                say(String(format: "[denoise] %d/%d done at %.1f s, RSS %.2f GB", p.step, p.total, now() - begin, Double(currentRSSBytes()) / 1e9))
             }
-            if p.stage == .denoising { say(String(format: "[denoise] %d/%d %.1f s/step", p.step, p.total, p.secondsPerStep)) }
-        }
-        if textSeconds == 0 { textSeconds = now() - stageStart } else { denoiseSeconds = now() - stageStart }
+        }, observe: { event in
+            if case .prompts = event {
+                textSeconds = now() - begin
+                rssAfterText = currentRSSBytes()
+                say(String(format: "[text] 2 prompts in %.1f s, RSS %.2f GB (peak so far %.2f GB)", textSeconds, Double(rssAfterText) / 1e9, Double(peakRSSBytes()) / 1e9))
+            }
+        })
+        let denoiseSeconds = (stepEnds.last ?? begin) - begin - textSeconds
+        let peakBeforeDecode = peakRSSBytes()
         t0 = now()
         let writer = try output.map { try VideoWriter(path: $0, width: settings.width, height: settings.height) }
         try pipeline.decode(latent) { chunk, _ in try writer?.append(chunk) }
         try writer?.finish()
         let decodeSeconds = now() - t0
         let rss = peakRSSBytes()
+        say(String(format: "peak RSS before decoding %.2f GB, after %.2f GB", Double(peakBeforeDecode) / 1e9, Double(rss) / 1e9))
         if json {
             let obj: [String: Any] = ["size": size, "frames": frames, "steps": steps, "load_seconds": load, "text_seconds": textSeconds,
                                       "denoise_seconds": denoiseSeconds, "decode_seconds": decodeSeconds, "peak_rss_bytes": rss]
