@@ -279,13 +279,9 @@ public final class WanVAE: @unchecked Sendable {
 
     func run(_ block: ResBlock, _ x: ChannelsLastVideo, _ state: StreamState) -> ChannelsLastVideo {
         // Shortcut first (the residual's causal convs see the block input), then the residual path added onto it.
-        let h: ChannelsLastVideo
-        if let s = block.shortcut { h = causal(s, x, state) } else {
-            var copy = ChannelsLastVideo(frames: x.frames, height: x.height, width: x.width, channels: x.channels)
-            copy.data.data.update(from: x.data.data, count: x.data.count)
-            copy.channels = x.channels
-            h = copy
-        }
+        // The block input is an intermediate nobody reads afterwards, so an identity shortcut accumulates into it in
+        // place (one full-resolution buffer less: 613 MB for 4 frames of 832x480x96).
+        let h = block.shortcut.map { causal($0, x, state) } ?? x
         let a = causal(block.conv1, normalized(x, block.gamma1, silu: true), state)
         return causal(block.conv2, normalized(a, block.gamma2, silu: true), state, accumulateInto: h)
     }
