@@ -92,13 +92,7 @@ final class LayoutTests: XCTestCase {
     static let runner = ConformanceRunner(goldenDirectory: goldenDirectory)
 
     func check(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        guard FileManager.default.fileExists(atPath: goldenDirectory) else { throw XCTSkip("golden data not found at \(goldenDirectory)") }
-        let result = Self.runner.run(caseNamed: name)
-        switch result {
-        case .pass: break
-        case .fail: XCTFail(result.description, file: file, line: line)
-        case .skip: XCTFail("case \(name) was skipped: \(result)", file: file, line: line)
-        }
+        try assertGoldenCase(name, runner: Self.runner, file: file, line: line)
     }
 
     func testGoldenFP8Scaled() throws { try check("weights_dit_t2v_fp8_scaled") }

@@ -9,15 +9,7 @@ final class SamplingTests: XCTestCase {
     static let runner = ConformanceRunner(goldenDirectory: goldenDirectory)
 
     func check(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        guard FileManager.default.fileExists(atPath: goldenDirectory) else {
-            throw XCTSkip("golden data not found at \(goldenDirectory)")
-        }
-        let result = Self.runner.run(caseNamed: name)
-        switch result {
-        case .pass: break
-        case .fail: XCTFail(result.description, file: file, line: line)
-        case .skip: XCTFail("case \(name) was skipped: \(result)", file: file, line: line)
-        }
+        try assertGoldenCase(name, runner: Self.runner, file: file, line: line)
     }
 
     // MARK: golden cases

@@ -9,12 +9,7 @@ final class TokenizerTests: XCTestCase {
     static var tokenizerPath: String { (goldenDirectory as NSString).appendingPathComponent("tokenizer") }
 
     func check(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        guard FileManager.default.fileExists(atPath: goldenDirectory) else { throw XCTSkip("golden data not found at \(goldenDirectory)") }
-        let result = Self.runner.run(caseNamed: name)
-        switch result {
-        case .pass: break
-        case .fail, .skip: XCTFail(result.description, file: file, line: line)
-        }
+        try assertGoldenCase(name, runner: Self.runner, file: file, line: line)
     }
 
     func testTokenizerBasic() throws { try check("tokenizer_basic") }
