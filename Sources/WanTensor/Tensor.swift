@@ -99,7 +99,7 @@ public final class BufferPool: @unchecked Sendable {
     public static let shared = BufferPool()
     /// Buffers smaller than this go straight to the allocator.
     public let minimumBytes = 1 << 20
-    public var capacity = 1 << 30
+    public var capacity = 1 << 28
     private var free: [Int: [UnsafeMutableRawPointer]] = [:]
     private var order: [(bytes: Int, pointer: UnsafeMutableRawPointer)] = []
     private var held = 0
