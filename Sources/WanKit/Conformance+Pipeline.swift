@@ -18,16 +18,10 @@ extension ConformanceRunner {
         let pipeline = try TextToVideo(text: TextConditioner(tokenizer: tokenizer, encoder: try t5(t5Name)), dit: dit, vae: vae)
         var s = GenerationSettings()
         if let size = c.config["size"] as? [NSNumber], size.count == 2 { s.width = size[0].intValue; s.height = size[1].intValue }
-        if let v = (c.config["frame_num"] as? NSNumber)?.intValue { s.frames = v }
-        if let v = (c.config["sampling_steps"] as? NSNumber)?.intValue { s.steps = v }
-        if let v = (c.config["shift"] as? NSNumber)?.doubleValue { s.shift = v }
-        if let v = (c.config["guide_scale"] as? NSNumber)?.floatValue { s.guideScale = v }
-        if let v = (c.config["seed"] as? NSNumber)?.uint64Value { s.seed = v }
-        if let v = c.config["n_prompt"] as? String { s.negativePrompt = v }
-        if let v = c.config["sample_solver"] as? String {
-            guard let kind = FlowSolverKind(rawValue: v) else { return .fail(c.name, "unknown solver \(v)") }
-            s.solver = kind
-        }
+        let sampling = try CaseSampling(c)
+        sampling.frames.map { s.frames = $0 }; sampling.steps.map { s.steps = $0 }; sampling.shift.map { s.shift = $0 }
+        sampling.guideScale.map { s.guideScale = $0 }; sampling.seed.map { s.seed = $0 }
+        sampling.negativePrompt.map { s.negativePrompt = $0 }; sampling.solver.map { s.solver = $0 }
         guard let prompt = c.inputs["prompt"] as? String else { return .fail(c.name, "case has no prompt") }
 
         // The noise comes from our own PyTorch-exact generator; the case's noise input must equal it.
@@ -80,16 +74,10 @@ extension ConformanceRunner {
         let flf = task == "flf2v"
         var s = flf ? ImageGenerationSettings.firstLastFrame : ImageGenerationSettings()
         if let v = (c.config["max_area"] as? NSNumber)?.intValue { s.maxArea = v }
-        if let v = (c.config["frame_num"] as? NSNumber)?.intValue { s.frames = v }
-        if let v = (c.config["sampling_steps"] as? NSNumber)?.intValue { s.steps = v }
-        if let v = (c.config["shift"] as? NSNumber)?.doubleValue { s.shift = v }
-        if let v = (c.config["guide_scale"] as? NSNumber)?.floatValue { s.guideScale = v }
-        if let v = (c.config["seed"] as? NSNumber)?.uint64Value { s.seed = v }
-        if let v = c.config["n_prompt"] as? String { s.negativePrompt = v }
-        if let v = c.config["sample_solver"] as? String {
-            guard let kind = FlowSolverKind(rawValue: v) else { return .fail(c.name, "unknown solver \(v)") }
-            s.solver = kind
-        }
+        let sampling = try CaseSampling(c)
+        sampling.frames.map { s.frames = $0 }; sampling.steps.map { s.steps = $0 }; sampling.shift.map { s.shift = $0 }
+        sampling.guideScale.map { s.guideScale = $0 }; sampling.seed.map { s.seed = $0 }
+        sampling.negativePrompt.map { s.negativePrompt = $0 }; sampling.solver.map { s.solver = $0 }
         guard let prompt = c.inputs["prompt"] as? String else { return .fail(c.name, "case has no prompt") }
         func image(_ names: [String]) throws -> RGBImage? {
             guard let name = names.first(where: { c.hasInput($0) }) else { return nil }
@@ -176,5 +164,24 @@ extension ConformanceRunner {
         try decode(latent) { chunk, _ in chunks.append(chunk) }
         got["video"] = concatenateFrames(chunks)
         return compare(c, got)
+    }
+}
+
+/// The generate() arguments a pipeline case's config names (WanT2V and WanI2V take the same ones).
+struct CaseSampling {
+    var frames: Int?, steps: Int?, shift: Double?, guideScale: Float?, seed: UInt64?, negativePrompt: String?
+    var solver: FlowSolverKind?
+
+    init(_ c: GoldenCase) throws {
+        frames = (c.config["frame_num"] as? NSNumber)?.intValue
+        steps = (c.config["sampling_steps"] as? NSNumber)?.intValue
+        shift = (c.config["shift"] as? NSNumber)?.doubleValue
+        guideScale = (c.config["guide_scale"] as? NSNumber)?.floatValue
+        seed = (c.config["seed"] as? NSNumber)?.uint64Value
+        negativePrompt = c.config["n_prompt"] as? String
+        if let v = c.config["sample_solver"] as? String {
+            guard let kind = FlowSolverKind(rawValue: v) else { throw GenerationError.invalidSettings("case \(c.name): unknown solver \(v)") }
+            solver = kind
+        }
     }
 }

@@ -196,6 +196,11 @@ public final class UMT5Encoder: @unchecked Sendable {
             seg.keys = seg.ids.count
             segments.append(seg)
         }
+        return try hiddenStates(of: segments)
+    }
+
+    /// Runs the segments and splits the stacked output into one [tokens, dim] tensor per segment.
+    private func hiddenStates(of segments: [Segment]) throws -> [Tensor] {
         let out = try run(segments)
         var result: [Tensor] = []
         var row = 0
@@ -211,16 +216,7 @@ public final class UMT5Encoder: @unchecked Sendable {
     /// Hidden states of token lists (each list is one prompt's real tokens, `</s>` included).
     public func encode(tokens: [[Int]]) throws -> [Tensor] {
         let segments = tokens.map { Segment(ids: $0, positions: Array(0..<$0.count), keys: $0.count, sourceRows: []) }
-        let out = try run(segments)
-        var result: [Tensor] = []
-        var row = 0
-        for seg in segments {
-            let t = Tensor(uninitialized: [seg.ids.count, config.dim])
-            t.data.update(from: out.data + row * config.dim, count: seg.ids.count * config.dim)
-            row += seg.ids.count
-            result.append(t)
-        }
-        return result
+        return try hiddenStates(of: segments)
     }
 
     /// `T5Encoder.forward(ids, mask)`: [B, L, dim] for every position, padded ones included (their rows attend to the
