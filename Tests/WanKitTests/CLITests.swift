@@ -5,7 +5,12 @@ import WanKit
 /// The `wan` command line, run as a user runs it (the built executable, real files, real ffmpeg).
 final class CLITests: XCTestCase {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    static var wan: String { packageRoot + "/.build/release/wan" }
+    /// The `wan` built beside this test binary (whatever the scratch path), else .build/release/wan.
+    static var wan: String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        let beside = (exe as NSString).deletingLastPathComponent + "/wan"
+        return FileManager.default.isExecutableFile(atPath: beside) ? beside : packageRoot + "/.build/release/wan"
+    }
     static var weights: String { goldenDirectory + "/weights" }
 
     func run(_ args: [String], interruptAfter: Double? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
