@@ -61,24 +61,33 @@ struct ChannelsLastVideo {
 public final class WanVAE: @unchecked Sendable {
     public let config: WanVAEConfig
 
-    /// A causal 3-D conv (kt = 3, spatial padding 1) or a pointwise conv (kt = 1).
+    /// A causal 3-D conv (kt = 3) run one output frame at a time as three per-frame taps, or a pointwise conv.
+    /// Tap k weighs input frame t - 2 + k; taps over the zero frames before the first chunk are skipped (they add
+    /// exactly zero), so no padded or concatenated input is ever built and the 2-frame history is kept by reference.
     final class CausalConv {
-        let conv: Conv3D?
+        let taps: [Conv3D]
         let pointwise: Linear?
         let id: Int
-        init(_ b: WeightBinder, _ name: String, in cin: Int, out cout: Int, kernel: Int, id: Int) throws {
+        let outChannels: Int
+        /// `weight` [Cout, Cin, 3, kh, kw] (padding kh/2, kw/2) or [Cout, Cin, 1, 1, 1] (pointwise).
+        init(weight w: Tensor, bias: Tensor, id: Int) {
             self.id = id
-            if kernel == 1 {
-                let w = try b.tensor(name + ".weight", [cout, cin, 1, 1, 1])
-                pointwise = Linear(weight: Tensor(borrowing: w.data, shape: [cout, cin], owner: w), bias: try b.tensor(name + ".bias", [cout]))
-                conv = nil
-            } else {
-                conv = Conv3D(weight: try b.tensor(name + ".weight", [cout, cin, 3, 3, 3]), bias: try b.tensor(name + ".bias", [cout]),
-                              padLeft: (1, 1), padRight: (1, 1))
-                pointwise = nil
+            let s = w.shape
+            outChannels = s[0]
+            if s[2] == 1 && s[3] == 1 && s[4] == 1 {
+                pointwise = Linear(weight: Tensor(borrowing: w.data, shape: [s[0], s[1]], owner: w), bias: bias)
+                taps = []
+                return
             }
+            precondition(s[2] == 3, "causal conv with temporal kernel \(s[2])")
+            let plane = s[3] * s[4]
+            taps = (0..<3).map { k in
+                let tap = Tensor(uninitialized: [s[0], s[1], 1, s[3], s[4]])
+                for oi in 0..<(s[0] * s[1]) { (tap.data + oi * plane).update(from: w.data + (oi * 3 + k) * plane, count: plane) }
+                return Conv3D(weight: tap, bias: k == 2 ? bias : nil, padLeft: (s[3] / 2, s[4] / 2), padRight: (s[3] / 2, s[4] / 2))
+            }
+            pointwise = nil
         }
-        var outChannels: Int { conv?.outChannels ?? pointwise!.outFeatures }
     }
 
     struct ResBlock {
@@ -90,22 +99,22 @@ public final class WanVAE: @unchecked Sendable {
         let gamma: Tensor
         let qkv, proj: Linear
     }
+    /// The official `Resample` modes, split into their spatial and temporal halves (each a stage of its own).
     enum Resample {
-        case down2d(Conv3D)
-        case down3d(Conv3D, time: Conv3D, id: Int)
-        case up2d(Conv3D)
-        case up3d(Conv3D, time: Conv3D, id: Int)
+        case spatialDown(Conv3D)            // zero pad right/bottom, 3x3 stride 2
+        case spatialUp(Conv3D)              // nearest x2, then 3x3
+        case timeDown(Conv3D, id: Int)      // stride-2 time conv over (last frame of the previous pair, 2 new frames)
+        case timeUp(CausalConv)             // causal time conv C -> 2C: each frame becomes two (from the 2nd chunk on)
     }
-    enum Layer {
+    enum Stage {
+        case conv(CausalConv)
         case res(ResBlock)
         case attn(AttnBlock)
         case resample(Resample)
+        case head(gamma: Tensor, conv: CausalConv)
     }
     struct Coder {
-        let conv1: CausalConv
-        let layers: [Layer]
-        let headGamma: Tensor
-        let head: CausalConv
+        let stages: [Stage]
     }
 
     let encoder: Coder
@@ -119,7 +128,7 @@ public final class WanVAE: @unchecked Sendable {
         var nextID = 0
         func causal(_ name: String, _ cin: Int, _ cout: Int, _ k: Int) throws -> CausalConv {
             defer { nextID += 1 }
-            return try CausalConv(b, name, in: cin, out: cout, kernel: k, id: nextID)
+            return CausalConv(weight: try b.tensor(name + ".weight", [cout, cin, k, k, k]), bias: try b.tensor(name + ".bias", [cout]), id: nextID)
         }
         func gamma(_ name: String, _ ch: Int, images: Bool) throws -> Tensor {
             try b.tensor(name, images ? [ch, 1, 1] : [ch, 1, 1, 1])
@@ -140,14 +149,13 @@ public final class WanVAE: @unchecked Sendable {
             Conv3D(weight: try b.tensor(p + ".weight", [cout, cin, 3, 3]), bias: try b.tensor(p + ".bias", [cout]),
                    stride: down ? (1, 2, 2) : (1, 1, 1), padLeft: down ? (0, 0) : (1, 1), padRight: (1, 1))
         }
-        func timeConv(_ p: String, _ cin: Int, _ cout: Int, stride: Int) throws -> Conv3D {
-            Conv3D(weight: try b.tensor(p + ".weight", [cout, cin, 3, 1, 1]), bias: try b.tensor(p + ".bias", [cout]),
-                   stride: (stride, 1, 1), padLeft: (0, 0), padRight: (0, 0))
+        func timeConv(_ p: String, _ cin: Int, _ cout: Int) throws -> (weight: Tensor, bias: Tensor) {
+            (try b.tensor(p + ".weight", [cout, cin, 3, 1, 1]), try b.tensor(p + ".bias", [cout]))
         }
 
         // Encoder.
         let encDims = ([1] + c.dimMult).map { $0 * c.dim }
-        var layers: [Layer] = []
+        var layers: [Stage] = []
         var index = 0
         var scale = 1.0
         var outDim = encDims[0]
@@ -161,12 +169,12 @@ public final class WanVAE: @unchecked Sendable {
             }
             if i != c.dimMult.count - 1 {
                 let p = "encoder.downsamples.\(index)"
-                let spatial = try conv2d(p + ".resample.1", outDim, outDim, down: true)
+                layers.append(.resample(.spatialDown(try conv2d(p + ".resample.1", outDim, outDim, down: true))))
                 if c.temporalDownsample[i] {
-                    layers.append(.resample(.down3d(spatial, time: try timeConv(p + ".time_conv", outDim, outDim, stride: 2), id: nextID)))
+                    let t = try timeConv(p + ".time_conv", outDim, outDim)
+                    layers.append(.resample(.timeDown(Conv3D(weight: t.weight, bias: t.bias, stride: (2, 1, 1), padLeft: (0, 0), padRight: (0, 0)),
+                                                      id: nextID)))
                     nextID += 1
-                } else {
-                    layers.append(.resample(.down2d(spatial)))
                 }
                 index += 1
                 scale /= 2
@@ -175,9 +183,8 @@ public final class WanVAE: @unchecked Sendable {
         layers.append(.res(try res("encoder.middle.0", outDim, outDim)))
         layers.append(.attn(try attn("encoder.middle.1", outDim)))
         layers.append(.res(try res("encoder.middle.2", outDim, outDim)))
-        encoder = Coder(conv1: try causal("encoder.conv1", 3, encDims[0], 3), layers: layers,
-                        headGamma: try gamma("encoder.head.0.gamma", outDim, images: false),
-                        head: try causal("encoder.head.2", outDim, 2 * c.zDim, 3))
+        encoder = Coder(stages: [.conv(try causal("encoder.conv1", 3, encDims[0], 3))] + layers
+                        + [.head(gamma: try gamma("encoder.head.0.gamma", outDim, images: false), conv: try causal("encoder.head.2", outDim, 2 * c.zDim, 3))])
 
         // Decoder.
         let decDims = ([c.dimMult.last!] + c.dimMult.reversed()).map { $0 * c.dim }
@@ -196,20 +203,18 @@ public final class WanVAE: @unchecked Sendable {
             }
             if i != c.dimMult.count - 1 {
                 let p = "decoder.upsamples.\(index)"
-                let spatial = try conv2d(p + ".resample.1", outDim, outDim / 2, down: false)
                 if temporalUp[i] {
-                    layers.append(.resample(.up3d(spatial, time: try timeConv(p + ".time_conv", outDim, 2 * outDim, stride: 1), id: nextID)))
+                    let t = try timeConv(p + ".time_conv", outDim, 2 * outDim)
+                    layers.append(.resample(.timeUp(CausalConv(weight: t.weight, bias: t.bias, id: nextID))))
                     nextID += 1
-                } else {
-                    layers.append(.resample(.up2d(spatial)))
                 }
+                layers.append(.resample(.spatialUp(try conv2d(p + ".resample.1", outDim, outDim / 2, down: false))))
                 index += 1
                 scale *= 2
             }
         }
-        decoder = Coder(conv1: try causal("decoder.conv1", c.zDim, decDims[0], 3), layers: layers,
-                        headGamma: try gamma("decoder.head.0.gamma", outDim, images: false),
-                        head: try causal("decoder.head.2", outDim, 3, 3))
+        decoder = Coder(stages: [.conv(try causal("decoder.conv1", c.zDim, decDims[0], 3))] + layers
+                        + [.head(gamma: try gamma("decoder.head.0.gamma", outDim, images: false), conv: try causal("decoder.head.2", outDim, 3, 3))])
         let q = try b.tensor("conv1.weight", [2 * c.zDim, 2 * c.zDim, 1, 1, 1])
         quantConv = Linear(weight: Tensor(borrowing: q.data, shape: [2 * c.zDim, 2 * c.zDim], owner: q), bias: try b.tensor("conv1.bias", [2 * c.zDim]))
         let pq = try b.tensor("conv2.weight", [c.zDim, c.zDim, 1, 1, 1])
@@ -228,17 +233,24 @@ public final class WanVAE: @unchecked Sendable {
 
     // MARK: streaming state
 
-    /// Per-call caches: the last input frames of every causal conv, and the state of the temporal resamplers.
+    /// Per-call state: the last input frames of every causal conv, and the state of the temporal resamplers.
+    /// Every stage takes and gives single frames; a conv's history holds its input frames by reference, which is safe
+    /// because a conv's input is never written after the conv has read it (the only in-place write, a residual
+    /// accumulating into its block input, targets a stage output, never a conv input).
     final class StreamState {
-        var history: [Int: Tensor] = [:]   // [2, H, W, C] per causal conv / up3d time conv
-        var previousLast: [Int: Tensor] = [:]  // down3d: last frame of the previous chunk
-        var started: Set<Int> = []
+        var history: [Int: [Tensor]] = [:]     // up to 2 previous input frames per causal conv, oldest first
+        var previousLast: [Int: Tensor] = [:]  // timeDown: last frame of the previous pair
+        var pending: [Int: Tensor] = [:]       // timeDown: first frame of the pair being gathered
+        var started: Set<Int> = []             // timeUp/timeDown: the first chunk has passed
     }
 
-    /// Runs a 3x3x3 causal conv over `x` with the conv's 2-frame history (zeros before the first chunk).
+    /// One output frame of a causal conv (kt = 3: the taps over the kept history; pointwise: a linear map).
+    /// With `accumulateInto`, the result is added to what that frame holds.
     func causal(_ c: CausalConv, _ x: ChannelsLastVideo, _ state: StreamState, accumulateInto out: ChannelsLastVideo? = nil) -> ChannelsLastVideo {
+        precondition(x.frames == 1, "the VAE runs one frame per stage call")
+        var y = out ?? ChannelsLastVideo(frames: 1, height: x.height, width: x.width, channels: c.outChannels)
+        y.channels = c.outChannels
         if let lin = c.pointwise {
-            var y = out ?? ChannelsLastVideo(frames: x.frames, height: x.height, width: x.width, channels: lin.outFeatures)
             if out != nil {
                 let tmp = Tensor(uninitialized: [x.rows, lin.outFeatures])
                 lin(x.data.data, rows: x.rows, into: tmp.data)
@@ -246,27 +258,14 @@ public final class WanVAE: @unchecked Sendable {
             } else {
                 lin(x.data.data, rows: x.rows, into: y.data.data)
             }
-            y.channels = lin.outFeatures
             return y
         }
-        let conv = c.conv!
-        return timeCausal(conv, id: c.id, x, state, accumulateInto: out)
-    }
-
-    /// Prepends the 2-frame history of `id` to x, convolves, and keeps the last 2 frames as the new history.
-    func timeCausal(_ conv: Conv3D, id: Int, _ x: ChannelsLastVideo, _ state: StreamState, accumulateInto out: ChannelsLastVideo? = nil) -> ChannelsLastVideo {
-        let fs = x.frameSize
-        let history = state.history[id] ?? Tensor(zeros: [2, x.height, x.width, x.channels])
-        let input = Tensor(uninitialized: [2 + x.frames, x.height, x.width, x.channels])
-        input.data.update(from: history.data, count: 2 * fs)
-        (input.data + 2 * fs).update(from: x.data.data, count: x.frames * fs)
-        let o = conv.outputSize(frames: 2 + x.frames, height: x.height, width: x.width)
-        var y = out ?? ChannelsLastVideo(frames: o.t, height: o.h, width: o.w, channels: conv.outChannels)
-        conv(input.data, frames: 2 + x.frames, height: x.height, width: x.width, into: y.data.data, accumulate: out != nil)
-        y.channels = conv.outChannels
-        let newHistory = Tensor(uninitialized: [2, x.height, x.width, x.channels])
-        newHistory.data.update(from: input.data + x.frames * fs, count: 2 * fs)
-        state.history[id] = newHistory
+        let history = state.history[c.id] ?? []
+        c.taps[2](x.data.data, frames: 1, height: x.height, width: x.width, into: y.data.data, accumulate: out != nil)
+        for (j, h) in history.enumerated() {
+            c.taps[2 - history.count + j](h.data, frames: 1, height: x.height, width: x.width, into: y.data.data, accumulate: true)
+        }
+        state.history[c.id] = Array((history + [x.data]).suffix(2))
         return y
     }
 
@@ -279,8 +278,8 @@ public final class WanVAE: @unchecked Sendable {
 
     func run(_ block: ResBlock, _ x: ChannelsLastVideo, _ state: StreamState) -> ChannelsLastVideo {
         // Shortcut first (the residual's causal convs see the block input), then the residual path added onto it.
-        // The block input is an intermediate nobody reads afterwards, so an identity shortcut accumulates into it in
-        // place (one full-resolution buffer less: 613 MB for 4 frames of 832x480x96).
+        // The block input is a stage output nobody reads afterwards, so an identity shortcut accumulates into it in
+        // place (one full-resolution frame less).
         let h = block.shortcut.map { causal($0, x, state) } ?? x
         let a = causal(block.conv1, normalized(x, block.gamma1, silu: true), state)
         return causal(block.conv2, normalized(a, block.gamma2, silu: true), state, accumulateInto: h)
@@ -302,79 +301,68 @@ public final class WanVAE: @unchecked Sendable {
         return y
     }
 
-    func spatial(_ conv: Conv3D, _ x: ChannelsLastVideo) -> ChannelsLastVideo {
-        let o = conv.outputSize(frames: x.frames, height: x.height, width: x.width)
+    func spatial(_ conv: Conv3D, _ x: UnsafePointer<Float>, frames: Int, height: Int, width: Int) -> ChannelsLastVideo {
+        let o = conv.outputSize(frames: frames, height: height, width: width)
         var y = ChannelsLastVideo(frames: o.t, height: o.h, width: o.w, channels: conv.outChannels)
-        conv(x.data.data, frames: x.frames, height: x.height, width: x.width, into: y.data.data)
+        conv(x, frames: frames, height: height, width: width, into: y.data.data)
         y.channels = conv.outChannels
         return y
     }
 
-    func upsampled(_ x: ChannelsLastVideo) -> ChannelsLastVideo {
-        var y = ChannelsLastVideo(frames: x.frames, height: 2 * x.height, width: 2 * x.width, channels: x.channels)
-        Kernels.upsampleNearest2x(x.data.data, frames: x.frames, height: x.height, width: x.width, channels: x.channels, out: y.data.data)
-        y.channels = x.channels
-        return y
-    }
-
-    func run(_ r: Resample, _ x: ChannelsLastVideo, _ state: StreamState) -> ChannelsLastVideo {
-        switch r {
-        case .down2d(let conv):
-            return spatial(conv, x)
-        case .up2d(let conv):
-            return spatial(conv, upsampled(x))
-        case .down3d(let conv, let time, let id):
-            let s = spatial(conv, x)
-            let fs = s.frameSize
-            defer {
-                let last = Tensor(uninitialized: [1, s.height, s.width, s.channels])
-                last.data.update(from: s.data.data + (s.frames - 1) * fs, count: fs)
-                state.previousLast[id] = last
-            }
-            guard let prev = state.previousLast[id] else { return s }  // first chunk: no temporal downsampling
-            let input = Tensor(uninitialized: [1 + s.frames, s.height, s.width, s.channels])
-            input.data.update(from: prev.data, count: fs)
-            (input.data + fs).update(from: s.data.data, count: s.frames * fs)
-            let o = time.outputSize(frames: 1 + s.frames, height: s.height, width: s.width)
-            var y = ChannelsLastVideo(frames: o.t, height: o.h, width: o.w, channels: time.outChannels)
-            time(input.data, frames: 1 + s.frames, height: s.height, width: s.width, into: y.data.data)
-            y.channels = time.outChannels
-            return y
-        case .up3d(let conv, let time, let id):
-            var t = x
-            if state.started.contains(id) {
-                // Causal time conv (C -> 2C) over the frames after the first chunk, zeros before them; each input frame
-                // becomes two frames (channels [0, C) then [C, 2C)).
-                let doubled = timeCausal(time, id: id, x, state)
-                let c = x.channels, hw = x.height * x.width
-                var inter = ChannelsLastVideo(frames: 2 * x.frames, height: x.height, width: x.width, channels: c)
-                Parallel.forRanges(x.frames * hw, grain: 256) { range in
-                    for p in range {
-                        let f = p / hw, pos = p % hw
-                        let src = doubled.data.data + (f * hw + pos) * 2 * c
-                        (inter.data.data + ((2 * f) * hw + pos) * c).update(from: src, count: c)
-                        (inter.data.data + ((2 * f + 1) * hw + pos) * c).update(from: src + c, count: c)
-                    }
-                }
-                inter.channels = c
-                t = inter
-            } else {
+    /// Applies one stage to one frame; gives 0 (a temporal downsampler gathering its pair), 1 or 2 frames.
+    func apply(_ stage: Stage, _ x: ChannelsLastVideo, _ state: StreamState) -> [ChannelsLastVideo] {
+        switch stage {
+        case .conv(let c): return [causal(c, x, state)]
+        case .res(let b): return [run(b, x, state)]
+        case .attn(let a): return [run(a, x)]
+        case .head(let gamma, let c): return [causal(c, normalized(x, gamma, silu: true), state)]
+        case .resample(.spatialDown(let conv)):
+            return [spatial(conv, x.data.data, frames: 1, height: x.height, width: x.width)]
+        case .resample(.spatialUp(let conv)):
+            let up = Tensor(uninitialized: [1, 2 * x.height, 2 * x.width, x.channels])
+            Kernels.upsampleNearest2x(x.data.data, frames: 1, height: x.height, width: x.width, channels: x.channels, out: up.data)
+            return [spatial(conv, up.data, frames: 1, height: 2 * x.height, width: 2 * x.width)]
+        case .resample(.timeDown(let conv, let id)):
+            // First chunk: the frame passes (no temporal downsampling). Then frames pair up and the stride-2 conv sees
+            // (last frame of the previous pair, the pair).
+            guard state.started.contains(id) else {
                 state.started.insert(id)
+                // A copy: the frame goes on to stages that may accumulate into it in place.
+                let last = Tensor(uninitialized: x.data.shape)
+                last.data.update(from: x.data.data, count: x.data.count)
+                state.previousLast[id] = last
+                return [x]
             }
-            return spatial(conv, upsampled(t))
+            guard let first = state.pending.removeValue(forKey: id) else { state.pending[id] = x.data; return [] }
+            let fs = x.frameSize
+            let input = Tensor(uninitialized: [3, x.height, x.width, x.channels])
+            input.data.update(from: state.previousLast[id]!.data, count: fs)
+            (input.data + fs).update(from: first.data, count: fs)
+            (input.data + 2 * fs).update(from: x.data.data, count: fs)
+            state.previousLast[id] = x.data
+            return [spatial(conv, input.data, frames: 3, height: x.height, width: x.width)]
+        case .resample(.timeUp(let time)):
+            guard state.started.contains(time.id) else { state.started.insert(time.id); return [x] }
+            // Causal time conv (C -> 2C, zeros before the second chunk); the frame becomes two frames, channels
+            // [0, C) then [C, 2C).
+            let doubled = causal(time, x, state)
+            let c = x.channels, hw = x.height * x.width
+            return (0..<2).map { half in
+                var f = ChannelsLastVideo(frames: 1, height: x.height, width: x.width, channels: c)
+                Parallel.forRanges(hw, grain: 1024) { range in
+                    for p in range { (f.data.data + p * c).update(from: doubled.data.data + p * 2 * c + half * c, count: c) }
+                }
+                f.channels = c
+                return f
+            }
         }
     }
 
-    func run(_ coder: Coder, _ x: ChannelsLastVideo, _ state: StreamState) -> ChannelsLastVideo {
-        var h = causal(coder.conv1, x, state)
-        for layer in coder.layers {
-            switch layer {
-            case .res(let b): h = run(b, h, state)
-            case .attn(let a): h = run(a, h)
-            case .resample(let r): h = run(r, h, state)
-            }
-        }
-        return causal(coder.head, normalized(h, coder.headGamma, silu: true), state)
+    /// Pushes one frame through the stages from `index` on, handing every frame that leaves the last stage to `sink`.
+    func push(_ coder: Coder, from index: Int, _ x: ChannelsLastVideo, _ state: StreamState,
+              _ sink: (ChannelsLastVideo) throws -> Void) rethrows {
+        if index == coder.stages.count { return try sink(x) }
+        for y in apply(coder.stages[index], x, state) { try push(coder, from: index + 1, y, state, sink) }
     }
 
     // MARK: public API
@@ -384,6 +372,16 @@ public final class WanVAE: @unchecked Sendable {
     public func encode(_ video: Tensor) throws -> Tensor {
         guard video.rank == 4, video.shape[0] == 3 else { throw VAEInputError("the video must be [3, frames, height, width], got \(video.shape)") }
         let (T, H, W) = (video.shape[1], video.shape[2], video.shape[3])
+        return try encode(frames: T, height: H, width: W) { index, planar in
+            for ch in 0..<3 { (planar + ch * H * W).update(from: video.data + (ch * T + index) * H * W, count: H * W) }
+        }
+    }
+
+    /// Streaming encode: `readFrame(i, planar)` fills frame i as [3, H, W] in [-1, 1]; frames are read in order, one
+    /// at a time, and only the encoder's causal state and the latent are kept, so memory does not grow with the length
+    /// of the video. Gives the normalised latent [16, 1 + (frames - 1)/4, H/8, W/8].
+    public func encode(frames T: Int, height H: Int, width W: Int,
+                       readFrame: (_ index: Int, _ planar: UnsafeMutablePointer<Float>) throws -> Void) throws -> Tensor {
         let tf = config.temporalFactor, sf = config.spatialFactor
         guard T >= 1, (T - 1) % tf == 0 else {
             throw VAEInputError("the video has \(T) frames; the Wan-VAE needs 1 + \(tf)k frames (1, 5, 9, …, 81): drop or add frames")
@@ -392,34 +390,30 @@ public final class WanVAE: @unchecked Sendable {
             throw VAEInputError("the video is \(W)x\(H); width and height must be multiples of \(sf): crop or resize it")
         }
         let z = config.zDim
-        let latentT = 1 + (T - 1) / tf, h = H / sf, w = W / sf
+        let latentT = 1 + (T - 1) / tf, h = H / sf, w = W / sf, plane = h * w
         let latent = Tensor(uninitialized: [z, latentT, h, w])
         let state = StreamState()
+        let planar = Tensor(uninitialized: [3, H, W])
         var written = 0
-        var start = 0
-        while start < T {
-            let count = start == 0 ? 1 : tf
-            var x = ChannelsLastVideo(frames: count, height: H, width: W, channels: 3)
-            // [3, T, H, W] -> [t, H, W, 3]
-            for f in 0..<count { for ch in 0..<3 {
-                let src = video.data + (ch * T + start + f) * H * W
-                let dst = x.data.data + f * H * W * 3 + ch
+        for index in 0..<T {
+            try readFrame(index, planar.data)
+            let x = ChannelsLastVideo(frames: 1, height: H, width: W, channels: 3)
+            for ch in 0..<3 {
+                let src = planar.data + ch * H * W, dst = x.data.data + ch
                 for p in 0..<(H * W) { dst[p * 3] = src[p] }
-            } }
-            let out = run(encoder, x, state)
-            let moments = Tensor(uninitialized: [out.rows, 2 * z])
-            quantConv(out.data.data, rows: out.rows, into: moments.data)
-            let plane = h * w
-            for f in 0..<out.frames {
+            }
+            try push(encoder, from: 0, x, state) { out in
+                guard written < latentT else { throw VAEInputError("the encoder gave more latent frames than \(latentT)") }
+                let moments = Tensor(uninitialized: [out.rows, 2 * z])
+                quantConv(out.data.data, rows: out.rows, into: moments.data)
                 for p in 0..<plane {
-                    let m = moments.data + (f * plane + p) * 2 * z
+                    let m = moments.data + p * 2 * z
                     for ch in 0..<z {
-                        latent.data[(ch * latentT + written + f) * plane + p] = (m[ch] - config.latentMean[ch]) * (1 / config.latentStd[ch])
+                        latent.data[(ch * latentT + written) * plane + p] = (m[ch] - config.latentMean[ch]) * (1 / config.latentStd[ch])
                     }
                 }
+                written += 1
             }
-            written += out.frames
-            start += count
         }
         precondition(written == latentT, "VAE encode produced \(written) latent frames, expected \(latentT)")
         return latent
@@ -427,13 +421,15 @@ public final class WanVAE: @unchecked Sendable {
 
     /// Decodes a normalised latent [16, F, h, w] into a video [3, 1+4(F-1), 8h, 8w] clamped to [-1, 1], handing the
     /// frames of each latent frame to `onFrames` (video chunk [3, n, H, W], index of its first frame) as soon as they
-    /// are ready, so memory does not grow with the length of the video.
+    /// are ready. The decoder runs one frame at a time through every stage, so memory holds the causal state and a few
+    /// frames, whatever the length of the video.
     public func decode(_ latent: Tensor, onFrames: (Tensor, Int) throws -> Void) throws {
         let z = config.zDim
         guard latent.rank == 4, latent.shape[0] == z else { throw VAEInputError("the latent must be [\(z), frames, height, width], got \(latent.shape)") }
         let (F, h, w) = (latent.shape[1], latent.shape[2], latent.shape[3])
         guard F >= 1, h > 0, w > 0 else { throw VAEInputError("the latent \(latent.shape) is empty") }
-        let plane = h * w
+        let plane = h * w, sf = config.spatialFactor
+        let (H, W) = (h * sf, w * sf)
         let state = StreamState()
         var emitted = 0
         for f in 0..<F {
@@ -447,18 +443,21 @@ public final class WanVAE: @unchecked Sendable {
             var x = ChannelsLastVideo(frames: 1, height: h, width: w, channels: z)
             postQuantConv(zin.data, rows: plane, into: x.data.data)
             x.channels = z
-            let out = run(decoder, x, state)
-            let chunk = Tensor(uninitialized: [3, out.frames, out.height, out.width])
-            let pixels = out.height * out.width
-            for fr in 0..<out.frames {
-                let src = out.data.data + fr * pixels * 3
+            let n = f == 0 ? 1 : config.temporalFactor
+            let chunk = Tensor(uninitialized: [3, n, H, W])
+            var produced = 0
+            try push(decoder, from: 0, x, state) { out in
+                precondition(produced < n && out.height == H && out.width == W, "decoder gave an unexpected frame")
+                let pixels = H * W
                 for ch in 0..<3 {
-                    let dst = chunk.data + (ch * out.frames + fr) * pixels
-                    for p in 0..<pixels { dst[p] = min(max(src[p * 3 + ch], -1), 1) }
+                    let src = out.data.data + ch, dst = chunk.data + (ch * n + produced) * pixels
+                    for p in 0..<pixels { dst[p] = min(max(src[p * 3], -1), 1) }
                 }
+                produced += 1
             }
+            precondition(produced == n, "decoder gave \(produced) frames for latent frame \(f), expected \(n)")
             try onFrames(chunk, emitted)
-            emitted += out.frames
+            emitted += n
         }
     }
 

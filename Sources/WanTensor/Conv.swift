@@ -12,7 +12,9 @@ public final class Conv3D: @unchecked Sendable {
     public let stride: (t: Int, h: Int, w: Int)
     public let padLeft: (h: Int, w: Int)
     public let padRight: (h: Int, w: Int)
-    let weight: Tensor
+    /// The PyTorch-layout weights until the first reorder; afterwards nil (later layouts come from the first one),
+    /// so a convolution holds one copy of its weights.
+    private var weight: Tensor?
     let bias: Tensor?
 
     private struct Key: Hashable { let t, h, w: Int; let accumulate: Bool; let threads: Int }
@@ -49,7 +51,7 @@ public final class Conv3D: @unchecked Sendable {
                                into out: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
         let o = outputSize(frames: frames, height: height, width: width)
         Conv3D.flops += 2 * Double(outChannels * inChannels * kernel.t * kernel.h * kernel.w) * Double(o.t * o.h * o.w)
-        Profile.measure("conv") {
+        Profile.measure(Profile.enabled && ProcessInfo.processInfo.environment["WANKIT_PROFILE_CONV"] != nil ? "conv \(inChannels)>\(outChannels) k\(kernel.t)\(kernel.h) s\(stride.h) \(frames)x\(height)x\(width)" : "conv") {
             let key = Key(t: frames, h: height, w: width, accumulate: accumulate, threads: Int(omp_get_max_threads()))
             let (prim, weights) = primitive(key)
             let engine = GEMM.shared.engine, stream = GEMM.shared.stream
@@ -141,10 +143,18 @@ public final class Conv3D: @unchecked Sendable {
             var md = entry.md
             if dnnl_memory_desc_equal(&md, wanted) != 0 { return (prim, entry.data) }
         }
-        // Reorder the PyTorch-layout weights once into the wanted layout.
+        // Reorder the weights once into the wanted layout: from the PyTorch layout the first time, then from the first
+        // reordered copy (the PyTorch-layout tensor is released after the first reorder).
         var plain = dnnl_memory_desc_t()
-        let dims = Dims([outChannels, inChannels, kernel.t, kernel.h, kernel.w])
-        check(dnnl_memory_desc_init_by_tag(&plain, 5, dims.pointer, dnnl_f32, dnnl_oidhw), "plain weights md")
+        let source: Tensor
+        if let weight {
+            let dims = Dims([outChannels, inChannels, kernel.t, kernel.h, kernel.w])
+            check(dnnl_memory_desc_init_by_tag(&plain, 5, dims.pointer, dnnl_f32, dnnl_oidhw), "plain weights md")
+            source = weight
+        } else {
+            plain = reordered[0].md
+            source = reordered[0].data
+        }
         let bytes = dnnl_memory_desc_get_size(wanted)
         let data = Tensor(zeros: [(bytes + 3) / 4])
         var rpd: dnnl_primitive_desc_t?
@@ -152,7 +162,7 @@ public final class Conv3D: @unchecked Sendable {
         var rp: dnnl_primitive_t?
         check(dnnl_primitive_create(&rp, rpd), "reorder primitive")
         var from: dnnl_memory_t?, to: dnnl_memory_t?
-        check(dnnl_memory_create(&from, &plain, engine, UnsafeMutableRawPointer(weight.data)), "memory_create")
+        check(dnnl_memory_create(&from, &plain, engine, UnsafeMutableRawPointer(source.data)), "memory_create")
         check(dnnl_memory_create(&to, wanted, engine, UnsafeMutableRawPointer(data.data)), "memory_create")
         var args = [dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: from), dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: to)]
         check(dnnl_primitive_execute(rp, GEMM.shared.stream, 2, &args), "reorder execute")
@@ -160,6 +170,7 @@ public final class Conv3D: @unchecked Sendable {
         dnnl_memory_destroy(from); dnnl_memory_destroy(to)
         dnnl_primitive_destroy(rp); dnnl_primitive_desc_destroy(rpd)
         reordered.append((wanted.pointee, data))
+        weight = nil
         return (prim, data)
     }
 }
