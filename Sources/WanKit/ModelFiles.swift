@@ -1,4 +1,5 @@
 import Foundation
+import WanTensor
 import WanWeights
 import WanModels
 import WanText
@@ -111,10 +112,41 @@ public enum ModelLoader {
     }
     public static func tokenizer(_ path: String) throws -> UMT5Tokenizer { try UMT5Tokenizer(file: path) }
 
+    /// A DiT file or folder as the model it holds: a VACE checkpoint (it has `vace_patch_embedding.weight`) or a
+    /// plain t2v / i2v / flf2v one. The weights are opened (mapped) once.
+    public enum DiTModel {
+        case plain(WanDiT)
+        case vace(WanVACEDiT)
+    }
+
+    public static func anyDiT(_ path: String) throws -> DiTModel {
+        let w = try openDiTWeights(path: path)
+        let arguments = merged(w.arguments, sidecarArguments(for: path))
+        if w.source.info("vace_patch_embedding.weight") != nil {
+            return .vace(try WanVACEDiT(weights: w.source, arguments: arguments))
+        }
+        return .plain(try WanDiT(weights: w.source, arguments: arguments))
+    }
+
+    /// The text conditioning (tokenizer + umT5) of located files.
+    public static func text(_ files: ModelFiles, folder: String = "the model folder") throws -> TextConditioner {
+        try files.requireTextToVideo(folder: folder)
+        return TextConditioner(tokenizer: try tokenizer(files.tokenizer!), encoder: try t5(files.t5!))
+    }
+
+    /// Precomputed CLIP image features from a safetensors file: its only tensor, or the one named `clip_features`
+    /// ([images, 257, 1280], what the image pipelines take as `clipFeatures`).
+    public static func clipFeatures(_ path: String) throws -> Tensor {
+        let source = try SafetensorsSource(path: path)
+        let names = source.names.sorted()
+        guard let name = names.count == 1 ? names[0] : names.first(where: { $0 == "clip_features" }) else {
+            throw GenerationError.invalidSettings("\(path) holds \(names.count) tensors (\(names.prefix(5).joined(separator: ", "))); give a file with one tensor, or one named clip_features")
+        }
+        return try source.float32(name)
+    }
+
     /// The text-to-video pipeline from located files.
     public static func textToVideo(_ files: ModelFiles, folder: String = "the model folder") throws -> TextToVideo {
-        try files.requireTextToVideo(folder: folder)
-        return try TextToVideo(text: TextConditioner(tokenizer: try tokenizer(files.tokenizer!), encoder: try t5(files.t5!)),
-                               dit: try dit(files.dit!), vae: try vae(files.vae!))
+        try TextToVideo(text: try text(files, folder: folder), dit: try dit(files.dit!), vae: try vae(files.vae!))
     }
 }

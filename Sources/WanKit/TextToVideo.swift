@@ -54,7 +54,8 @@ public enum GenerationError: Error, CustomStringConvertible, Equatable {
 
 /// Where a generation is, for progress displays.
 public struct GenerationProgress: Sendable {
-    public enum Stage: String, Sendable { case encodingText = "text", denoising = "denoise", decoding = "decode" }
+    /// `encodingVideo`: the VAE encoding of the conditioning video(s) (VACE, video-to-video).
+    public enum Stage: String, Sendable { case encodingText = "text", encodingVideo = "encode", denoising = "denoise", decoding = "decode" }
     public var stage: Stage
     /// 1-based step (denoising) or frame (decoding) and the total.
     public var step: Int
@@ -132,12 +133,6 @@ public final class TextToVideo: @unchecked Sendable {
                        progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
                        observe: ((Event) -> Void)? = nil) throws -> Tensor {
         try s.validate()
-        let (cond, uncond) = try PipelineCore.encodePrompts(text, prompt: prompt, negativePrompt: s.negativePrompt,
-                                                            defaultNegative: NegativePrompts.textToVideo, progress: progress)
-        observe?(.prompts(ids: cond.ids, negativeIds: uncond.ids, context: cond.embedding, negativeContext: uncond.embedding))
-        let condContext = try dit.prepare(context: cond.embedding)
-        let uncondContext = try dit.prepare(context: uncond.embedding)
-
         let shape = s.latentShape
         let latents: Tensor
         if let noise {
@@ -146,8 +141,19 @@ public final class TextToVideo: @unchecked Sendable {
         } else {
             latents = Self.initialNoise(shape: shape, seed: s.seed)
         }
+        return try denoise(prompt: prompt, settings: s, from: latents, startStep: 0, progress: progress, isCancelled: isCancelled, observe: observe)
+    }
+
+    /// The prompts, then the sampling loop from `latents` at step `startStep` (shared with `VideoToVideo`).
+    func denoise(prompt: String, settings s: GenerationSettings, from latents: Tensor, startStep: Int,
+                 progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?, observe: ((Event) -> Void)?) throws -> Tensor {
+        let (cond, uncond) = try PipelineCore.encodePrompts(text, prompt: prompt, negativePrompt: s.negativePrompt,
+                                                            defaultNegative: NegativePrompts.textToVideo, progress: progress)
+        observe?(.prompts(ids: cond.ids, negativeIds: uncond.ids, context: cond.embedding, negativeContext: uncond.embedding))
+        let condContext = try dit.prepare(context: cond.embedding)
+        let uncondContext = try dit.prepare(context: uncond.embedding)
         return try PipelineCore.denoise(dit: dit, noise: latents, y: nil, cond: condContext, uncond: uncondContext,
-                                        solver: s.solver, steps: s.steps, shift: s.shift, guideScale: s.guideScale,
+                                        solver: s.solver, steps: s.steps, shift: s.shift, guideScale: s.guideScale, startStep: startStep,
                                         progress: progress, isCancelled: isCancelled,
                                         onTimesteps: { observe?(.timesteps($0)) },
                                         afterStep: { observe?(.latentAfterStep($0, $1)) })
@@ -184,33 +190,49 @@ enum PipelineCore {
         return (cond, uncond)
     }
 
-    /// The sampling loop: per timestep two separate DiT calls (prompt, negative prompt; `y` is fed to both),
-    /// CFG = uncond + guide * (cond - uncond), one solver step. `afterStep(i, latent)` sees the latent entering step
-    /// i + 2 (not called after the last step).
-    static func denoise(dit: WanDiT, noise: Tensor, y: Tensor?, cond: DiTContext, uncond: DiTContext,
-                        solver kind: FlowSolverKind, steps: Int, shift: Double, guideScale: Float,
+    /// The sampling loop: per timestep two separate model calls (`velocity(x, t, true)` with the prompt,
+    /// `velocity(x, t, false)` with the negative prompt), CFG = uncond + guide * (cond - uncond), one solver step.
+    /// Sampling starts at `startStep` of the schedule (0 for every official pipeline; video-to-video starts later).
+    /// `afterStep(i, latent)` sees the latent entering step i + 2 (not called after the last step).
+    static func denoise(noise: Tensor, solver kind: FlowSolverKind, steps: Int, shift: Double, guideScale: Float, startStep: Int = 0,
                         progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?,
-                        onTimesteps: ([Double]) -> Void, afterStep: (Int, Tensor) -> Void) throws -> Tensor {
+                        onTimesteps: ([Double]) -> Void, afterStep: (Int, Tensor) -> Void,
+                        velocity: (Tensor, Float, Bool) throws -> Tensor) throws -> Tensor {
         var latents = noise
         let solver = makeFlowSolver(kind, steps: steps, shift: shift)
         let timesteps = solver.schedule.timesteps
         onTimesteps(timesteps)
+        solver.begin(at: startStep)
+        let total = timesteps.count - startStep
         var stepSeconds: [Double] = []
-        for (i, t) in timesteps.enumerated() {
+        for i in startStep..<timesteps.count {
+            let t = timesteps[i]
             if isCancelled?() == true { throw GenerationError.cancelled }
             let start = DispatchTime.now().uptimeNanoseconds
-            let vCond = try dit.forward(x: latents, y: y, t: Float(t), context: cond)
-            let vUncond = try dit.forward(x: latents, y: y, t: Float(t), context: uncond)
+            let vCond = try velocity(latents, Float(t), true)
+            let vUncond = try velocity(latents, Float(t), false)
             let guided = classifierFreeGuidance(cond: vCond, uncond: vUncond, scale: guideScale)
             latents = solver.step(modelOutput: guided, timestep: t, sample: latents)
             if i < timesteps.count - 1 { afterStep(i, latents) }
             stepSeconds.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
             let recent = stepSeconds.suffix(3)
             let per = recent.reduce(0, +) / Double(recent.count)
-            progress?(GenerationProgress(stage: .denoising, step: i + 1, total: timesteps.count, secondsPerStep: per,
-                                         secondsLeft: per * Double(timesteps.count - i - 1)))
+            let done = i - startStep + 1
+            progress?(GenerationProgress(stage: .denoising, step: done, total: total, secondsPerStep: per,
+                                         secondsLeft: per * Double(total - done)))
         }
         return latents
+    }
+
+    /// `denoise` around a `WanDiT` (t2v, i2v, flf2v): `y` is fed to both passes.
+    static func denoise(dit: WanDiT, noise: Tensor, y: Tensor?, cond: DiTContext, uncond: DiTContext,
+                        solver kind: FlowSolverKind, steps: Int, shift: Double, guideScale: Float, startStep: Int = 0,
+                        progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?,
+                        onTimesteps: ([Double]) -> Void, afterStep: (Int, Tensor) -> Void) throws -> Tensor {
+        try denoise(noise: noise, solver: kind, steps: steps, shift: shift, guideScale: guideScale, startStep: startStep,
+                    progress: progress, isCancelled: isCancelled, onTimesteps: onTimesteps, afterStep: afterStep) { x, t, conditional in
+            try dit.forward(x: x, y: y, t: t, context: conditional ? cond : uncond)
+        }
     }
 
     /// The streamed VAE decode with progress and cancellation.

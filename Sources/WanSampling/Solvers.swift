@@ -16,6 +16,9 @@ public protocol FlowSolver: AnyObject {
               count: Int, into out: UnsafeMutablePointer<Float>)
     /// Forgets the history so the schedule can be run again.
     func reset()
+    /// Forgets the history and makes the next `step` step `index` of the schedule (diffusers' `set_begin_index`):
+    /// for sampling that starts part-way (video-to-video). A multistep solver starts there at first order.
+    func begin(at index: Int)
 }
 
 extension FlowSolver {
@@ -106,6 +109,11 @@ public final class UniPCSolver: FlowSolver {
 
     public func reset() {
         stepIndex = nil; previousM = []; latestM = []; lastSample = nil; thisOrder = 0; lowerOrderNums = 0
+    }
+
+    public func begin(at index: Int) {
+        precondition(index >= 0 && index < schedule.count, "begin index \(index) outside the schedule of \(schedule.count) steps")
+        reset(); stepIndex = index
     }
 
     public func step(modelOutput v: UnsafePointer<Float>, timestep: Double, sample x: UnsafePointer<Float>,
@@ -207,6 +215,11 @@ public final class DPMSolverPP: FlowSolver {
 
     public func reset() { stepIndex = nil; previousM = []; latestM = []; lowerOrderNums = 0 }
 
+    public func begin(at index: Int) {
+        precondition(index >= 0 && index < schedule.count, "begin index \(index) outside the schedule of \(schedule.count) steps")
+        reset(); stepIndex = index
+    }
+
     public func step(modelOutput v: UnsafePointer<Float>, timestep: Double, sample x: UnsafePointer<Float>,
                      count n: Int, into out: UnsafeMutablePointer<Float>) {
         if stepIndex == nil { stepIndex = initialIndex(for: timestep) }
@@ -253,6 +266,11 @@ public final class FlowEulerSolver: FlowSolver {
     public init(schedule: FlowSchedule) { self.schedule = schedule }
 
     public func reset() { stepIndex = nil }
+
+    public func begin(at index: Int) {
+        precondition(index >= 0 && index < schedule.count, "begin index \(index) outside the schedule of \(schedule.count) steps")
+        reset(); stepIndex = index
+    }
 
     public func step(modelOutput v: UnsafePointer<Float>, timestep: Double, sample x: UnsafePointer<Float>,
                      count n: Int, into out: UnsafeMutablePointer<Float>) {

@@ -29,6 +29,12 @@ struct Generate: ParsableCommand {
     @Option(help: "Image-to-video: the first frame (PNG, JPEG, WebP); needs an I2V model.") var image: String?
     @Option(help: "First-last-frame-to-video: the last frame; needs an FLF2V model and --image.") var lastImage: String?
     @Option(help: "CLIP image encoder weights, overriding the model's (image tasks).") var clip: String?
+    @Option(help: "Image tasks: precomputed CLIP image features [images, 257, 1280] (safetensors) instead of running the CLIP encoder.") var clipFeatures: String?
+    @Option(help: "Source video (MP4, WebM, MOV…): with a VACE model the video to edit, extend or follow; with a T2V model video-to-video (see --strength).") var video: String?
+    @Option(help: "VACE: the mask video (white = generate, black = keep), of the source video's size and length; needs --video.") var mask: String?
+    @Option(name: .customLong("ref"), help: "VACE: a reference image (repeatable); needs a VACE model.") var refs: [String] = []
+    @Option(help: "Video-to-video: how much of the source is replaced, in (0, 1] (1 = text-to-video); needs --video and a T2V model (default 0.6).") var strength: Double?
+    @Option(help: "VACE: the weight of the VACE hints (vace_context_scale, default 1.0); needs a VACE model.") var contextScale: Float?
     @Option(name: .shortAndLong, help: "The prompt (English or Chinese).") var prompt: String
     @Option(help: "Negative prompt (default: the official one).") var negativePrompt: String = ""
     @Option(help: "Video size WxH.") var size: String = "832x480"
@@ -46,6 +52,19 @@ struct Generate: ParsableCommand {
         guard ext == "mp4" || ext == "png" else { throw ValidationError("--output must end in .mp4 (video) or .png (one frame)") }
         if ext == "png" && frames != 1 { throw ValidationError("a .png output holds one frame: add --frames 1, or write a .mp4") }
         if lastImage != nil && image == nil { throw ValidationError("--last-image needs --image (the first frame)") }
+        if mask != nil && video == nil { throw ValidationError("--mask needs --video (the source video the mask applies to)") }
+        if strength != nil && video == nil { throw ValidationError("--strength needs --video (video-to-video restyles a source video)") }
+        if strength != nil && (mask != nil || !refs.isEmpty) {
+            throw ValidationError("--strength is video-to-video (a T2V model); --mask and --ref are VACE (a VACE model): drop one or the other")
+        }
+        if let strength, !(strength > 0 && strength <= 1) { throw ValidationError("--strength must be in (0, 1] (1 = pure noise, as text-to-video), got \(strength)") }
+        if image != nil && (video != nil || mask != nil || !refs.isEmpty) {
+            throw ValidationError("--image is image-to-video (an I2V/FLF2V model); --video, --mask and --ref are VACE or video-to-video: use one kind of input")
+        }
+        if contextScale != nil && (image != nil || strength != nil) {
+            throw ValidationError("--context-scale weighs VACE's hints: it needs a VACE model, not --image or --strength")
+        }
+        if clipFeatures != nil && image == nil { throw ValidationError("--clip-features needs --image (the features are the image's)") }
         guard FlowSolverKind(rawValue: solver) != nil else { throw ValidationError("--solver must be unipc, dpm++ or euler") }
         guard model != nil || (dit != nil && t5 != nil && vae != nil && tokenizer != nil) else {
             throw ValidationError("pass --model (a model folder or repo id), or all of --dit, --t5, --vae and --tokenizer")
@@ -98,19 +117,100 @@ struct Generate: ParsableCommand {
             try generateFromImages(first: image, last: lastImage, files: files, settings: settings, cancelled: cancelled, start: start)
             return
         }
+        // The task follows from the inputs and the DiT: VACE checkpoints are recognised from their weights.
         log("loading models…")
-        let pipeline = try ModelLoader.textToVideo(files, folder: folder)
-        log("DiT: \(pipeline.dit.config)")
-        let metadata: [String: Any] = [
+        let ditModel = try ModelLoader.anyDiT(files.dit!)
+        var metadata: [String: Any] = [
             "prompt": prompt, "negative_prompt": settings.negativePrompt.isEmpty ? "(default)" : settings.negativePrompt,
             "size": "\(settings.width)x\(settings.height)", "frames": settings.frames, "steps": settings.steps, "shift": settings.shift,
             "guide_scale": Double(settings.guideScale), "seed": settings.seed, "solver": settings.solver.rawValue,
             "model": model ?? "", "dit": files.dit ?? "", "t5": files.t5 ?? "", "vae": files.vae ?? "", "generator": "WanKit",
         ]
-        let writer = try VideoWriter(path: output, width: settings.width, height: settings.height, fps: 16, metadata: metadata)
+        switch ditModel {
+        case .vace(let vaceDiT):
+            if strength != nil {
+                throw ValidationError("this is a VACE model: it takes --video as its source video as it is; --strength is video-to-video with a T2V model (drop --strength)")
+            }
+            let inputs = try readVACEInputs(settings: settings)
+            let pipeline = try VACEPipeline(text: try ModelLoader.text(files, folder: folder), dit: vaceDiT, vae: try ModelLoader.vae(files.vae!))
+            log("DiT: \(vaceDiT.config)")
+            let scale = contextScale ?? 1
+            metadata["task"] = "vace"
+            metadata["context_scale"] = Double(scale)
+            if let video { metadata["video"] = video }
+            if let mask { metadata["mask"] = mask }
+            if !refs.isEmpty { metadata["ref"] = refs }
+            try writeOutput(width: settings.width, height: settings.height, seed: settings.seed, metadata: metadata, start: start) { append in
+                let latent = try pipeline.sample(prompt: prompt, inputs: inputs, settings: settings, contextScale: scale, progress: report, isCancelled: cancelled)
+                try pipeline.decode(latent, progress: report, isCancelled: cancelled) { chunk, _ in try append(chunk) }
+            }
+        case .plain(let dit):
+            if mask != nil || !refs.isEmpty {
+                throw ValidationError("--mask and --ref need a VACE model (Wan2.1-VACE-1.3B or -14B); this DiT is a \(dit.config.modelType) model")
+            }
+            if contextScale != nil { throw ValidationError("--context-scale needs a VACE model; this DiT is a \(dit.config.modelType) model") }
+            if video != nil && dit.config.hasImageInput {
+                throw ValidationError("this is an \(dit.config.modelType) model: it takes --image, not --video (video-to-video needs a T2V model, editing a video a VACE model)")
+            }
+            let text = try ModelLoader.text(files, folder: folder)
+            let vaeModel = try ModelLoader.vae(files.vae!)
+            log("DiT: \(dit.config)")
+            if let video {
+                let s = strength ?? 0.6
+                let source = try readVideo(video)
+                let pipeline = try VideoToVideo(text: text, dit: dit, vae: vaeModel)
+                metadata["task"] = "v2v"
+                metadata["video"] = video
+                metadata["strength"] = s
+                try writeOutput(width: settings.width, height: settings.height, seed: settings.seed, metadata: metadata, start: start) { append in
+                    let latent = try pipeline.sample(prompt: prompt, video: source, strength: s, settings: settings, progress: report, isCancelled: cancelled)
+                    try pipeline.decode(latent, progress: report, isCancelled: cancelled) { chunk, _ in try append(chunk) }
+                }
+            } else {
+                let pipeline = try TextToVideo(text: text, dit: dit, vae: vaeModel)
+                try writeOutput(width: settings.width, height: settings.height, seed: settings.seed, metadata: metadata, start: start) { append in
+                    let latent = try pipeline.sample(prompt: prompt, settings: settings, progress: report, isCancelled: cancelled)
+                    try pipeline.decode(latent, progress: report, isCancelled: cancelled) { chunk, _ in try append(chunk) }
+                }
+            }
+        }
+    }
+
+    /// The source video's first `--frames` frames; too short a video is an error naming the --frames that fits.
+    func readVideo(_ path: String) throws -> RGBVideo {
+        let v = try MediaReader.video(path, limit: frames)
+        try checkLength(v, path)
+        return v
+    }
+
+    func checkLength(_ v: RGBVideo, _ path: String) throws {
+        if v.frames.count < frames {
+            let fits = (v.frames.count - 1) / 4 * 4 + 1
+            throw ValidationError("\(path) has \(v.frames.count) frames; --frames \(frames) needs \(frames): pass --frames \(fits) or fewer (4n+1)")
+        }
+    }
+
+    /// VACE's inputs from --video, --mask and --ref.
+    func readVACEInputs(settings: GenerationSettings) throws -> VACEInputs {
+        var inputs = VACEInputs(referenceImages: try refs.map(MediaReader.image))
+        if let video, let mask {
+            let pair = try MediaReader.video(video, mask: mask, limit: frames)
+            try checkLength(pair.video, video)
+            inputs.video = pair.video
+            inputs.mask = pair.mask
+        } else if let video {
+            inputs.video = try readVideo(video)
+        }
+        return inputs
+    }
+
+    /// Writes the output through a `VideoWriter` (temporary file, renamed when complete): `produce` gets the
+    /// function that appends frames. On an error or Ctrl-C the partial file is removed; then the sidecar JSON.
+    func writeOutput(width: Int, height: Int, seed: UInt64, metadata: [String: Any], start: Date,
+                     produce: (_ append: (Tensor) throws -> Void) throws -> Void) throws {
+        let writer = try VideoWriter(path: output, width: width, height: height, fps: 16, metadata: metadata)
         do {
-            let latent = try pipeline.sample(prompt: prompt, settings: settings, progress: report, isCancelled: cancelled)
-            try pipeline.decode(latent, progress: report, isCancelled: cancelled) { chunk, _ in try writer.append(chunk) }
+            try produce { try writer.append($0) }
             try writer.finish()
         } catch {
             writer.cancel()
@@ -123,7 +223,7 @@ struct Generate: ParsableCommand {
         if let data = try? JSONSerialization.data(withJSONObject: sidecar, options: [.prettyPrinted, .sortedKeys]) {
             try? data.write(to: URL(fileURLWithPath: output + ".json"), options: .atomic)
         }
-        log(String(format: "wrote %@ (%d frames, seed %llu) in %.1f s", output, writer.framesWritten, settings.seed, Date().timeIntervalSince(start)))
+        log(String(format: "wrote %@ (%d frames, %dx%d, seed %llu) in %.1f s", output, writer.framesWritten, width, height, seed, Date().timeIntervalSince(start)))
         print(output)
     }
 
@@ -162,20 +262,25 @@ struct Generate: ParsableCommand {
         if let steps { s.steps = steps }
         if let guide { s.guideScale = guide }
         s.shift = shift ?? (last != nil ? 16 : (s.maxArea <= 480 * 832 ? 3.0 : 5.0))
-        guard let clipPath = files.clip else {
-            throw ValidationError("image tasks need the CLIP image encoder: pass --clip (models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth or clip_vision_h.safetensors)")
-        }
         log("loading models…")
-        let text = TextConditioner(tokenizer: try ModelLoader.tokenizer(files.tokenizer!), encoder: try ModelLoader.t5(files.t5!))
+        let features = try clipFeatures.map(ModelLoader.clipFeatures)
+        var clipModel: CLIPVision? = nil
+        if features == nil {
+            guard let clipPath = files.clip else {
+                throw ValidationError("image tasks need the CLIP image encoder: pass --clip (models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth or clip_vision_h.safetensors) or --clip-features")
+            }
+            let clipWeights = try openCLIPWeights(path: clipPath)
+            clipModel = try CLIPVision(weights: clipWeights.source, arguments: clipWeights.arguments ?? [:])
+        }
+        let text = try ModelLoader.text(files)
         let ditModel = try ModelLoader.dit(files.dit!)
         let vaeModel = try ModelLoader.vae(files.vae!)
-        let clipWeights = try openCLIPWeights(path: clipPath)
-        let clipModel = try CLIPVision(weights: clipWeights.source, arguments: clipWeights.arguments ?? [:])
         log("DiT: \(ditModel.config)")
         var metadata: [String: Any] = ["prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
                                        "guide_scale": Double(s.guideScale), "seed": s.seed, "solver": s.solver.rawValue,
-                                       "max_area": s.maxArea, "generator": "WanKit"]
+                                       "max_area": s.maxArea, "generator": "WanKit", "task": last == nil ? "i2v" : "flf2v"]
         if let last { metadata["last_image"] = last }
+        if let clipFeatures { metadata["clip_features"] = clipFeatures }
         let latent: Tensor
         let size: (width: Int, height: Int)
         let decode: (Tensor, (Tensor, Int) throws -> Void) throws -> Void
@@ -184,35 +289,27 @@ struct Generate: ParsableCommand {
             let lat = ImageConditioning.latentSize(imageHeight: firstImage.height, imageWidth: firstImage.width, maxArea: s.maxArea,
                                                    vaeStride: vaeModel.config.spatialFactor, patch: (ditModel.config.patchSize[1], ditModel.config.patchSize[2]))
             size = (lat.width * vaeModel.config.spatialFactor, lat.height * vaeModel.config.spatialFactor)
-            latent = try p.sample(prompt: prompt, firstFrame: firstImage, lastFrame: lastFrame, settings: s, progress: report, isCancelled: cancelled)
+            latent = try p.sample(prompt: prompt, firstFrame: firstImage, lastFrame: lastFrame, settings: s, clipFeatures: features,
+                                  progress: report, isCancelled: cancelled)
             decode = { l, f in try p.decode(l, progress: report, isCancelled: cancelled, onFrames: f) }
         } else {
             let p = try ImageToVideo(text: text, dit: ditModel, vae: vaeModel, clip: clipModel)
             size = p.videoSize(imageWidth: firstImage.width, imageHeight: firstImage.height, maxArea: s.maxArea)
-            latent = try p.sample(prompt: prompt, image: firstImage, settings: s, progress: report, isCancelled: cancelled)
+            latent = try p.sample(prompt: prompt, image: firstImage, settings: s, clipFeatures: features, progress: report, isCancelled: cancelled)
             decode = { l, f in try p.decode(l, progress: report, isCancelled: cancelled, onFrames: f) }
         }
         metadata["size"] = "\(size.width)x\(size.height)"
-        let writer = try VideoWriter(path: output, width: size.width, height: size.height, fps: 16, metadata: metadata)
-        do {
-            try decode(latent) { chunk, _ in try writer.append(chunk) }
-            try writer.finish()
-        } catch {
-            writer.cancel()
-            if case GenerationError.cancelled = error { log("interrupted: no output written"); throw ExitCode(130) }
-            throw error
+        try writeOutput(width: size.width, height: size.height, seed: s.seed, metadata: metadata, start: start) { append in
+            try decode(latent) { chunk, _ in try append(chunk) }
         }
-        metadata["seconds"] = Date().timeIntervalSince(start)
-        if let data = try? JSONSerialization.data(withJSONObject: metadata, options: [.prettyPrinted, .sortedKeys]) {
-            try? data.write(to: URL(fileURLWithPath: output + ".json"), options: .atomic)
-        }
-        log(String(format: "wrote %@ (%d frames, %dx%d, seed %llu) in %.1f s", output, writer.framesWritten, size.width, size.height, s.seed, Date().timeIntervalSince(start)))
-        print(output)
     }
 
     func report(_ p: GenerationProgress) {
         switch p.stage {
         case .encodingText: log("[text] encoding the prompts")
+        case .encodingVideo:
+            if p.step == 0 { log("[encode] encoding the conditioning video with the VAE") }
+            else { log(String(format: "[encode] done in %.1f s", p.secondsPerStep)) }
         case .denoising, .decoding:
             let eta = Int(p.secondsLeft.rounded())
             log(String(format: "[%@] %d/%d  %.1f s/step  ETA %dm%02ds", p.stage.rawValue, p.step, p.total, p.secondsPerStep, eta / 60, eta % 60))
