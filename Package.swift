@@ -26,12 +26,15 @@ let package = Package(
         .target(name: "WanModels", dependencies: ["WanTensor", "WanWeights"], swiftSettings: optimize),
         .target(name: "WanSampling", dependencies: ["WanTensor"], swiftSettings: optimize),
         .target(name: "WanText", dependencies: [], swiftSettings: optimize),
+        // The CUDA backend: driver, NVRTC and cuBLASLt are loaded at run time (dlopen); nothing CUDA is needed to build.
+        .target(name: "WanCUDA", dependencies: [], resources: [.copy("Kernels")], swiftSettings: optimize),
         .target(name: "WanKit", dependencies: ["WanTensor", "WanWeights", "WanModels", "WanSampling", "WanText"], swiftSettings: optimize),
         .executableTarget(name: "wan", dependencies: [
-            "WanKit", "CDNNL",
+            "WanKit", "CDNNL", "WanCUDA",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
         .testTarget(name: "WanKitTests", dependencies: ["WanKit"]),
+        .testTarget(name: "WanCUDATests", dependencies: ["WanCUDA"]),
     ],
     swiftLanguageModes: [.v5]
 )

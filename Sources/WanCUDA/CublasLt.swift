@@ -1,0 +1,103 @@
+import Foundation
+
+// cuBLASLt (libcublasLt.so.13, else .so.12), declared as C function-pointer types: the handle and the matmul entry
+// points the GEMM path will use (bf16 in, f32 accumulate; fp8 e4m3 with scales on Hopper). Types as in cublasLt.h:
+// cublasStatus_t, cublasComputeType_t, cudaDataType_t and the attribute enums are int; handles and descriptors are
+// pointers.
+typealias cublasStatus_t = Int32
+
+typealias cublasLtCreate_t = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> cublasStatus_t
+typealias cublasLtDestroy_t = @convention(c) (OpaquePointer) -> cublasStatus_t
+typealias cublasLtGetVersion_t = @convention(c) () -> Int
+/// (descriptor out, cublasComputeType_t, cudaDataType_t scale type)
+typealias cublasLtMatmulDescCreate_t = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, Int32) -> cublasStatus_t
+typealias cublasLtMatmulDescDestroy_t = @convention(c) (OpaquePointer) -> cublasStatus_t
+/// (descriptor, cublasLtMatmulDescAttributes_t, value, size)
+typealias cublasLtMatmulDescSetAttribute_t = @convention(c) (OpaquePointer, Int32, UnsafeRawPointer, Int) -> cublasStatus_t
+/// (layout out, cudaDataType_t, rows, cols, leading dimension)
+typealias cublasLtMatrixLayoutCreate_t = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, UInt64, UInt64, Int64) -> cublasStatus_t
+typealias cublasLtMatrixLayoutDestroy_t = @convention(c) (OpaquePointer) -> cublasStatus_t
+/// (handle, desc, alpha, A, Adesc, B, Bdesc, beta, C, Cdesc, D, Ddesc, algo (nil: heuristic), workspace, workspace size, stream)
+typealias cublasLtMatmul_t = @convention(c) (
+    OpaquePointer, OpaquePointer, UnsafeRawPointer, UInt64, OpaquePointer, UInt64, OpaquePointer,
+    UnsafeRawPointer, UInt64, OpaquePointer, UInt64, OpaquePointer, UnsafeRawPointer?, UInt64, Int, OpaquePointer?) -> cublasStatus_t
+
+/// The constants of cublasLt.h / library_types.h the GEMM path needs.
+public enum CublasLtConstants {
+    public static let CUDA_R_32F: Int32 = 0
+    public static let CUDA_R_16F: Int32 = 2
+    public static let CUDA_R_16BF: Int32 = 14
+    public static let CUDA_R_8F_E4M3: Int32 = 28
+    public static let CUBLAS_COMPUTE_32F: Int32 = 68
+    public static let CUBLAS_COMPUTE_32F_FAST_TF32: Int32 = 77
+    public static let CUBLASLT_MATMUL_DESC_TRANSA: Int32 = 3
+    public static let CUBLASLT_MATMUL_DESC_TRANSB: Int32 = 4
+    public static let CUBLASLT_MATMUL_DESC_EPILOGUE: Int32 = 7
+    public static let CUBLASLT_MATMUL_DESC_BIAS_POINTER: Int32 = 8
+    public static let CUBLAS_OP_N: Int32 = 0
+    public static let CUBLAS_OP_T: Int32 = 1
+}
+
+/// cuBLASLt, loaded once per process, with one handle. The matmul entry points are resolved up front so a library
+/// that lacks one fails here, by name, rather than at the first product.
+public final class CublasLt {
+    public let path: String
+    /// cublasLtGetVersion: e.g. 130001 for 13.0.1.
+    public let version: Int
+    let library: DynamicLibrary
+    let handle: OpaquePointer
+    private let destroy: cublasLtDestroy_t
+    let matmulDescCreate: cublasLtMatmulDescCreate_t
+    let matmulDescDestroy: cublasLtMatmulDescDestroy_t
+    let matmulDescSetAttribute: cublasLtMatmulDescSetAttribute_t
+    let matrixLayoutCreate: cublasLtMatrixLayoutCreate_t
+    let matrixLayoutDestroy: cublasLtMatrixLayoutDestroy_t
+    let matmul: cublasLtMatmul_t
+
+    /// Opens the library alone (no GPU needed): $WANKIT_CUBLASLT, libcublasLt.so.13, .so.12, then toolkit folders.
+    static func open() -> DynamicLibrary? {
+        let candidates = CUDALibraryPaths.candidates(for: ["libcublasLt.so.13", "libcublasLt.so.12"],
+                                                     override: ProcessInfo.processInfo.environment["WANKIT_CUBLASLT"])
+        return DynamicLibrary.open(candidates).library
+    }
+
+    /// The library's file (where it was found) without creating a handle, or nil when it is absent.
+    public static func locate() -> String? {
+        guard let library = open() else { return nil }
+        return library.loadedDirectory(probeSymbol: "cublasLtCreate").map { "\($0)/\((library.path as NSString).lastPathComponent)" } ?? library.path
+    }
+
+    /// Opens cuBLASLt and creates a handle (this needs a current CUDA context: create a `CUDAContext` first).
+    public init() throws {
+        guard let library = CublasLt.open() else {
+            throw CUDAError.libraryNotFound(library: "libcublasLt.so.13 / libcublasLt.so.12 (cuBLASLt)",
+                                            why: "the CUDA matrix-product library is not installed",
+                                            fix: "install libcublas (apt: libcublas-13-0; pip: nvidia-cublas) or set WANKIT_CUBLASLT to its path, or run on the CPU with --device cpu")
+        }
+        self.library = library
+        func sym<T>(_ name: String, _ type: T.Type) throws -> T {
+            guard let f = library.symbol(name, as: type) else { throw CUDAError.missingSymbol(library: library.path, symbol: name) }
+            return f
+        }
+        let create = try sym("cublasLtCreate", cublasLtCreate_t.self)
+        destroy = try sym("cublasLtDestroy", cublasLtDestroy_t.self)
+        let getVersion = try sym("cublasLtGetVersion", cublasLtGetVersion_t.self)
+        matmulDescCreate = try sym("cublasLtMatmulDescCreate", cublasLtMatmulDescCreate_t.self)
+        matmulDescDestroy = try sym("cublasLtMatmulDescDestroy", cublasLtMatmulDescDestroy_t.self)
+        matmulDescSetAttribute = try sym("cublasLtMatmulDescSetAttribute", cublasLtMatmulDescSetAttribute_t.self)
+        matrixLayoutCreate = try sym("cublasLtMatrixLayoutCreate", cublasLtMatrixLayoutCreate_t.self)
+        matrixLayoutDestroy = try sym("cublasLtMatrixLayoutDestroy", cublasLtMatrixLayoutDestroy_t.self)
+        matmul = try sym("cublasLtMatmul", cublasLtMatmul_t.self)
+        version = getVersion()
+        path = library.loadedDirectory(probeSymbol: "cublasLtCreate").map { "\($0)/\((library.path as NSString).lastPathComponent)" } ?? library.path
+        var handle: OpaquePointer? = nil
+        let status = create(&handle)
+        guard status == 0, let handle else {
+            throw CUDAError.callFailed(call: "cublasLtCreate", code: Int(status),
+                                       message: "cuBLASLt could not start (status \(status)); it needs a CUDA context and a driver as new as the library")
+        }
+        self.handle = handle
+    }
+
+    deinit { _ = destroy(handle) }
+}
