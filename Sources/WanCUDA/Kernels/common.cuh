@@ -1,0 +1,60 @@
+// Shared helpers of WanKit's CUDA kernels.
+//
+// Compiled by NVRTC at run time with no include path: nothing here includes a toolkit header. bfloat16 values are
+// carried as their 16 raw bits (`bf16`), converted by hand; tensor-core instructions are written as inline PTX.
+// Every tensor is row-major and contiguous unless a kernel says otherwise; indices that can exceed 2^31 are `long`.
+#pragma once
+
+typedef unsigned short bf16;  // the upper 16 bits of an IEEE float32
+
+#define FULL_MASK 0xffffffffu
+#define NEG_INF __int_as_float(0xff800000)
+
+// bf16 -> f32 is exact: the bits become the upper half of the float.
+__device__ __forceinline__ float bf16_to_float(bf16 x) { return __uint_as_float(((unsigned)x) << 16); }
+
+// f32 -> bf16 with round-to-nearest-even (as PyTorch's .to(torch.bfloat16)); NaN stays a (quiet) NaN.
+__device__ __forceinline__ bf16 float_to_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16)(u >> 16);
+}
+
+// Two floats as one 32-bit register of two bf16: `lo` in the low half (the lower index in memory and in the
+// tensor-core fragment layouts).
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    return (unsigned)float_to_bf16(lo) | ((unsigned)float_to_bf16(hi) << 16);
+}
+
+// Typed loads/stores that compute in float: one kernel body serves the f32 and the bf16 variants.
+__device__ __forceinline__ float load_float(const float* p, long i) { return p[i]; }
+__device__ __forceinline__ float load_float(const bf16* p, long i) { return bf16_to_float(p[i]); }
+__device__ __forceinline__ void store_float(float* p, long i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_float(bf16* p, long i, float v) { p[i] = float_to_bf16(v); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(FULL_MASK, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, offset));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32); every thread receives the total. `scratch` is 32 floats
+// of shared memory; the leading barrier lets one scratch serve consecutive calls.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+// Grid-stride loop over [0, n).
+#define FOR_EACH_INDEX(i, n) \
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
