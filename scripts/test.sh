@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# NVRTC for the CUDA kernel compile test (no GPU needed); empty where pip cannot get it (the test then skips).
+export WANKIT_NVRTC="$(scripts/install-nvrtc.sh || true)"
 swift build -c release --build-tests
 golden="../shared/golden"
 if [ -d "$golden/cases" ]; then
