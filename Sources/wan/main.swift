@@ -6,7 +6,7 @@ struct Wan: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wan",
         abstract: "WanKit: the Wan2.1 video generation models in Swift.",
-        subcommands: [Generate.self, Conformance.self, Bench.self, Info.self, Download.self])
+        subcommands: [Generate.self, Conformance.self, Bench.self, Info.self, Download.self, Devices.self])
 }
 
 struct Conformance: ParsableCommand {

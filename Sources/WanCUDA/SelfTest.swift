@@ -1,0 +1,250 @@
+import Foundation
+
+/// One kernel run on the GPU against a CPU reference (double precision) on small, awkward shapes: lengths that are
+/// not multiples of the tiles, masked keys, padded tokens.
+public struct SelfTestResult: Codable, CustomStringConvertible {
+    public var kernel: String
+    public var maxAbsError: Double
+    public var relL2: Double
+    public var tolerance: Double
+    public var passed: Bool
+    public var error: String?
+
+    public var description: String {
+        if let error { return "\(kernel): FAIL \(error)" }
+        return String(format: "%@: %@ rel_l2 %.2e (tolerance %.0e), max abs %.2e", kernel, passed ? "PASS" : "FAIL",
+                      relL2, tolerance, maxAbsError)
+    }
+}
+
+/// Runs every kernel of KernelCatalog that has a reference here (used by `wan devices --self-test`).
+final class KernelSelfTest {
+    let context: CUDAContext
+    let compiler: KernelCompiler
+    private var modules: [String: CUDAModule] = [:]
+    private var seed: UInt64 = 0x2545_f491_4f6c_dd1d
+
+    init(context: CUDAContext, compiler: KernelCompiler) {
+        self.context = context
+        self.compiler = compiler
+    }
+
+    func runAll() -> [SelfTestResult] {
+        let cases: [(String, Double, () throws -> (gpu: [Double], reference: [Double]))] = [
+            ("rms_norm_f32", 1e-5, rmsNorm),
+            ("layer_norm_modulate_f32", 1e-5, { try self.layerNormModulate(bf16Out: false) }),
+            ("layer_norm_modulate_bf16", 5e-3, { try self.layerNormModulate(bf16Out: true) }),
+            ("rope_3d_f32", 1e-6, rope),
+            ("gelu_tanh_f32", 1e-6, { try self.unary("gelu_tanh_f32") { 0.5 * $0 * (1 + tanh(0.7978845608028654 * ($0 + 0.044715 * $0 * $0 * $0))) } }),
+            ("silu_f32", 1e-6, { try self.unary("silu_f32") { $0 / (1 + exp(-$0)) } }),
+            ("gated_residual_f32", 1e-6, gatedResidual),
+            ("flash_attention_f32", 1e-5, { try self.attention(kernel: "flash_attention_f32", bf16: false, lq: 70, lk: 100, heads: 3, d: 128, kLens: [100, 37]) }),
+            ("flash_attention_bf16_d128", 1e-2, { try self.attention(kernel: "flash_attention_bf16_d128", bf16: true, lq: 70, lk: 100, heads: 3, d: 128, kLens: [100, 37]) }),
+            ("flash_attention_bf16_d64", 1e-2, { try self.attention(kernel: "flash_attention_bf16_d64", bf16: true, lq: 130, lk: 77, heads: 2, d: 64, kLens: [77, 64]) }),
+        ]
+        return cases.map { name, tolerance, body in
+            do {
+                let (gpu, reference) = try body()
+                var diff = 0.0, norm = 0.0, maxAbs = 0.0
+                for (a, b) in zip(gpu, reference) {
+                    let d = a.isFinite ? abs(a - b) : .infinity
+                    diff += d * d
+                    norm += b * b
+                    maxAbs = max(maxAbs, d)
+                }
+                let rel = gpu.count == reference.count ? (diff / max(norm, 1e-300)).squareRoot() : .infinity
+                return SelfTestResult(kernel: name, maxAbsError: maxAbs, relL2: rel, tolerance: tolerance, passed: rel <= tolerance, error: nil)
+            } catch {
+                return SelfTestResult(kernel: name, maxAbsError: .nan, relL2: .nan, tolerance: tolerance, passed: false, error: "\(error)")
+            }
+        }
+    }
+
+    // MARK: helpers
+
+    private func function(_ name: String) throws -> CUDAFunction {
+        guard let module = KernelCatalog.kernels.first(where: { $0.value.contains(name) })?.key else {
+            throw CUDAError.kernelNotFound(name: name, file: "KernelCatalog")
+        }
+        if modules[module] == nil { modules[module] = try compiler.load(module: module, on: context) }
+        return try modules[module]!.function(name)
+    }
+
+    private func random(_ count: Int, scale: Float = 1) -> [Float] {
+        (0..<count).map { _ in
+            seed = seed &* 6364136223846793005 &+ 1442695040888963407
+            return (Float(seed >> 40) / Float(1 << 24) * 2 - 1) * scale
+        }
+    }
+
+    private func upload<T>(_ values: [T]) throws -> DeviceBuffer {
+        let buffer = try context.allocate(bytes: max(values.count * MemoryLayout<T>.stride, 4))
+        try buffer.upload(values)
+        return buffer
+    }
+
+    private func floats(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
+        try context.synchronize()
+        return try buffer.download(count: count, as: Float.self).map(Double.init)
+    }
+
+    private func bf16s(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
+        try context.synchronize()
+        return try buffer.download(count: count, as: UInt16.self).map { Double(KernelSelfTest.float(bf16: $0)) }
+    }
+
+    static func bf16(_ value: Float) -> UInt16 {
+        var bits = value.bitPattern
+        bits &+= 0x7fff &+ ((bits >> 16) & 1)
+        return UInt16(bits >> 16)
+    }
+
+    static func float(bf16 value: UInt16) -> Float { Float(bitPattern: UInt32(value) << 16) }
+
+    private func blocks(_ n: Int) -> Int { min(max((n + 255) / 256, 1), 65535) }
+
+    // MARK: cases
+
+    private func rmsNorm() throws -> ([Double], [Double]) {
+        let rows = 7, dim = 1536, eps: Float = 1e-6
+        let x = random(rows * dim, scale: 3), weight = random(dim)
+        let dx = try upload(x), dw = try upload(weight), out = try context.allocate(bytes: rows * dim * 4)
+        try function("rms_norm_f32").launch(grid: (rows, 1, 1), block: (256, 1, 1),
+                                            [.buffer(out), .buffer(dx), .buffer(dw), .int32(Int32(rows)), .int32(Int32(dim)), .float(eps)])
+        var reference = [Double]()
+        for r in 0..<rows {
+            let row = x[(r * dim)..<((r + 1) * dim)].map(Double.init)
+            let inv = 1 / (row.reduce(0) { $0 + $1 * $1 } / Double(dim) + Double(eps)).squareRoot()
+            reference += row.enumerated().map { $1 * inv * Double(weight[$0]) }
+        }
+        return (try floats(out, rows * dim), reference)
+    }
+
+    private func layerNormModulate(bf16Out: Bool) throws -> ([Double], [Double]) {
+        let batch = 2, perBatch = 5, dim = 1536, rows = batch * perBatch, eps: Float = 1e-6
+        let x = random(rows * dim, scale: 4).enumerated().map { $1 + Float($0 % 7) }  // a non-zero mean
+        let e = random(batch * 6 * dim, scale: 0.5)
+        let dx = try upload(x), de = try upload(e)
+        let out = try context.allocate(bytes: rows * dim * 4)
+        // shift = e[:, 0], scale = e[:, 1] (norm1's modulation)
+        try function(bf16Out ? "layer_norm_modulate_bf16" : "layer_norm_modulate_f32").launch(
+            grid: (rows, 1, 1), block: (256, 1, 1),
+            [.buffer(out), .buffer(dx), .pointer(0), .pointer(0), .pointer(de.pointer), .pointer(de.pointer + UInt64(dim * 4)),
+             .int32(Int32(6 * dim)), .int32(Int32(rows)), .int32(Int32(perBatch)), .int32(Int32(dim)), .float(eps)])
+        var reference = [Double]()
+        for r in 0..<rows {
+            let row = x[(r * dim)..<((r + 1) * dim)].map(Double.init)
+            let mean = row.reduce(0, +) / Double(dim)
+            let variance = row.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(dim)
+            let inv = 1 / (variance + Double(eps)).squareRoot()
+            let b = r / perBatch
+            for c in 0..<dim {
+                let shift = Double(e[b * 6 * dim + c]), scale = Double(e[b * 6 * dim + dim + c])
+                reference.append((row[c] - mean) * inv * (1 + scale) + shift)
+            }
+        }
+        return (bf16Out ? try bf16s(out, rows * dim) : try floats(out, rows * dim), reference)
+    }
+
+    private func rope() throws -> ([Double], [Double]) {
+        let grids: [Int32] = [2, 3, 4, 1, 2, 3], batch = 2, seqLen = 24, heads = 2, d = 128
+        let x = random(batch * seqLen * heads * d)
+        let dx = try upload(x), dg = try upload(grids)
+        let total = batch * seqLen * heads * d / 2
+        try function("rope_3d_f32").launch(grid: (blocks(total), 1, 1), block: (256, 1, 1),
+                                           [.buffer(dx), .buffer(dg), .int32(Int32(batch)), .int32(Int32(seqLen)),
+                                            .int32(Int32(heads)), .int32(Int32(d)), .float(10000)])
+        // The official split: c = d/2 pairs; frames c - 2(c/3), rows c/3, columns c/3.
+        let c = d / 2, ch = c / 3, cf = c - 2 * ch
+        var reference = x.map(Double.init)
+        for b in 0..<batch {
+            let f = Int(grids[3 * b]), h = Int(grids[3 * b + 1]), w = Int(grids[3 * b + 2])
+            for t in 0..<(f * h * w) {
+                let positions = [t / (h * w), (t / w) % h, t % w]
+                for n in 0..<heads {
+                    for j in 0..<c {
+                        let (axis, k, parts) = j < cf ? (0, j, cf) : j < cf + ch ? (1, j - cf, ch) : (2, j - cf - ch, ch)
+                        let angle = Double(positions[axis]) / pow(10000, Double(2 * k) / Double(2 * parts))
+                        let at = ((b * seqLen + t) * heads + n) * d + 2 * j
+                        let re = Double(x[at]), im = Double(x[at + 1])
+                        reference[at] = re * cos(angle) - im * sin(angle)
+                        reference[at + 1] = re * sin(angle) + im * cos(angle)
+                    }
+                }
+            }
+        }
+        return (try floats(dx, x.count), reference)
+    }
+
+    private func unary(_ kernel: String, _ f: (Double) -> Double) throws -> ([Double], [Double]) {
+        let n = 10007
+        let x = random(n, scale: 6)
+        let dx = try upload(x), out = try context.allocate(bytes: n * 4)
+        try function(kernel).launch(grid: (blocks(n), 1, 1), block: (256, 1, 1), [.buffer(out), .buffer(dx), .int64(Int64(n))])
+        return (try floats(out, n), x.map { f(Double($0)) })
+    }
+
+    private func gatedResidual() throws -> ([Double], [Double]) {
+        let batch = 2, perBatch = 5, dim = 64, rows = batch * perBatch
+        let x = random(rows * dim), y = random(rows * dim), e = random(batch * 6 * dim)
+        let dx = try upload(x), dy = try upload(y), de = try upload(e)
+        // gate = e[:, 2]
+        try function("gated_residual_f32").launch(grid: (blocks(rows * dim), 1, 1), block: (256, 1, 1),
+                                                  [.buffer(dx), .buffer(dy), .pointer(de.pointer + UInt64(2 * dim * 4)), .int32(Int32(6 * dim)),
+                                                   .int64(Int64(rows)), .int32(Int32(perBatch)), .int32(Int32(dim))])
+        let reference = (0..<(rows * dim)).map { i -> Double in
+            let r = i / dim, c = i % dim
+            return Double(x[i]) + Double(y[i]) * Double(e[(r / perBatch) * 6 * dim + 2 * dim + c])
+        }
+        return (try floats(dx, rows * dim), reference)
+    }
+
+    private func attention(kernel: String, bf16: Bool, lq: Int, lk: Int, heads: Int, d: Int, kLens: [Int32]) throws -> ([Double], [Double]) {
+        let batch = kLens.count
+        var q = random(batch * lq * heads * d, scale: 2), k = random(batch * lk * heads * d, scale: 2), v = random(batch * lk * heads * d)
+        if bf16 {  // the reference sees the same rounded inputs
+            q = q.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+            k = k.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+            v = v.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+        }
+        let scale = 1 / Float(d).squareRoot()
+        let dq = try bf16 ? upload(q.map(KernelSelfTest.bf16)) : upload(q)
+        let dk = try bf16 ? upload(k.map(KernelSelfTest.bf16)) : upload(k)
+        let dv = try bf16 ? upload(v.map(KernelSelfTest.bf16)) : upload(v)
+        let dl = try upload(kLens)
+        let out = try context.allocate(bytes: batch * lq * heads * d * (bf16 ? 2 : 4))
+        if bf16 {
+            try function(kernel).launch(grid: ((lq + 63) / 64, heads, batch), block: (128, 1, 1),
+                                        [.buffer(out), .buffer(dq), .buffer(dk), .buffer(dv), .buffer(dl), .int32(Int32(lq)),
+                                         .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
+        } else {
+            try function(kernel).launch(grid: ((lq + 3) / 4, heads, batch), block: (128, 1, 1),
+                                        [.buffer(out), .buffer(dq), .buffer(dk), .buffer(dv), .buffer(dl), .int32(Int32(lq)),
+                                         .int32(Int32(lk)), .int32(Int32(heads)), .int32(Int32(d)), .float(scale)])
+        }
+        var reference = [Double](repeating: 0, count: batch * lq * heads * d)
+        for b in 0..<batch {
+            let keys = Int(kLens[b])
+            for h in 0..<heads {
+                for i in 0..<lq {
+                    let qi = ((b * lq + i) * heads + h) * d
+                    var scores = [Double](repeating: 0, count: keys)
+                    for j in 0..<keys {
+                        let kj = ((b * lk + j) * heads + h) * d
+                        var s = 0.0
+                        for c in 0..<d { s += Double(q[qi + c]) * Double(k[kj + c]) }
+                        scores[j] = s * Double(scale)
+                    }
+                    let top = scores.max() ?? 0
+                    let weights = scores.map { exp($0 - top) }
+                    let total = weights.reduce(0, +)
+                    for j in 0..<keys {
+                        let vj = ((b * lk + j) * heads + h) * d
+                        for c in 0..<d { reference[qi + c] += weights[j] / total * Double(v[vj + c]) }
+                    }
+                }
+            }
+        }
+        return (bf16 ? try bf16s(out, reference.count) : try floats(out, reference.count), reference)
+    }
+}
