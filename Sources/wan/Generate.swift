@@ -34,7 +34,7 @@ struct Generate: ParsableCommand {
     @Option(help: "VACE: the mask video (white = generate, black = keep), of the source video's size and length; needs --video.") var mask: String?
     @Option(name: .customLong("ref"), help: "VACE: a reference image (repeatable); needs a VACE model.") var refs: [String] = []
     @Option(help: "Video-to-video: how much of the source is replaced, in (0, 1] (1 = text-to-video); needs --video and a T2V model (default 0.6).") var strength: Double?
-    @Option(help: "VACE: the weight of the VACE hints (vace_context_scale, default 1.0); needs a VACE model.") var contextScale: Float?
+    @Option(help: "VACE: the weight of the VACE hints (vace_context_scale, default 1.0); needs a VACE model.") var contextScale: Double?
     @Option(name: .shortAndLong, help: "The prompt (English or Chinese).") var prompt: String
     @Option(help: "Negative prompt (default: the official one).") var negativePrompt: String = ""
     @Option(help: "Video size WxH.") var size: String = "832x480"
@@ -113,13 +113,16 @@ struct Generate: ParsableCommand {
         signal(SIGTERM) { _ in interruptRequested = 1 }
         let cancelled = { interruptRequested != 0 }
 
-        if let image {
-            try generateFromImages(first: image, last: lastImage, files: files, settings: settings, cancelled: cancelled, start: start)
-            return
-        }
         // The task follows from the inputs and the DiT: VACE checkpoints are recognised from their weights.
         log("loading models…")
         let ditModel = try ModelLoader.anyDiT(files.dit!)
+        if let image {
+            guard case .plain(let dit) = ditModel else {
+                throw ValidationError("this is a VACE model: condition it with --video, --mask and --ref, not --image (image-to-video needs an I2V model)")
+            }
+            try generateFromImages(first: image, last: lastImage, dit: dit, files: files, settings: settings, cancelled: cancelled, start: start)
+            return
+        }
         var metadata: [String: Any] = [
             "prompt": prompt, "negative_prompt": settings.negativePrompt.isEmpty ? "(default)" : settings.negativePrompt,
             "size": "\(settings.width)x\(settings.height)", "frames": settings.frames, "steps": settings.steps, "shift": settings.shift,
@@ -136,12 +139,12 @@ struct Generate: ParsableCommand {
             log("DiT: \(vaceDiT.config)")
             let scale = contextScale ?? 1
             metadata["task"] = "vace"
-            metadata["context_scale"] = Double(scale)
+            metadata["context_scale"] = scale
             if let video { metadata["video"] = video }
             if let mask { metadata["mask"] = mask }
             if !refs.isEmpty { metadata["ref"] = refs }
             try writeOutput(width: settings.width, height: settings.height, seed: settings.seed, metadata: metadata, start: start) { append in
-                let latent = try pipeline.sample(prompt: prompt, inputs: inputs, settings: settings, contextScale: scale, progress: report, isCancelled: cancelled)
+                let latent = try pipeline.sample(prompt: prompt, inputs: inputs, settings: settings, contextScale: Float(scale), progress: report, isCancelled: cancelled)
                 try pipeline.decode(latent, progress: report, isCancelled: cancelled) { chunk, _ in try append(chunk) }
             }
         case .plain(let dit):
@@ -249,7 +252,7 @@ struct Generate: ParsableCommand {
                                 "google/*", "tokenizer/*", "*/*.safetensors", "*/*.json", "*/*.model"]
 
     /// Image-to-video (and first-last-frame-to-video with `last`).
-    func generateFromImages(first: String, last: String?, files: ModelFiles, settings t: GenerationSettings,
+    func generateFromImages(first: String, last: String?, dit ditModel: WanDiT, files: ModelFiles, settings t: GenerationSettings,
                             cancelled: @escaping () -> Bool, start: Date) throws {
         let firstImage = try MediaReader.image(first)
         let lastFrame = try last.map(MediaReader.image)
@@ -262,7 +265,6 @@ struct Generate: ParsableCommand {
         if let steps { s.steps = steps }
         if let guide { s.guideScale = guide }
         s.shift = shift ?? (last != nil ? 16 : (s.maxArea <= 480 * 832 ? 3.0 : 5.0))
-        log("loading models…")
         let features = try clipFeatures.map(ModelLoader.clipFeatures)
         var clipModel: CLIPVision? = nil
         if features == nil {
@@ -273,7 +275,6 @@ struct Generate: ParsableCommand {
             clipModel = try CLIPVision(weights: clipWeights.source, arguments: clipWeights.arguments ?? [:])
         }
         let text = try ModelLoader.text(files)
-        let ditModel = try ModelLoader.dit(files.dit!)
         let vaeModel = try ModelLoader.vae(files.vae!)
         log("DiT: \(ditModel.config)")
         var metadata: [String: Any] = ["prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
