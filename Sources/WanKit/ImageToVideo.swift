@@ -258,14 +258,7 @@ struct ImageConditionedSampler {
         let F = s.frames
         let T = (F - 1) / 4 + 1
         let z = vae.config.zDim
-        let shape = [z, T, lat.height, lat.width]
-        let latents: Tensor
-        if let noise {
-            guard noise.shape == shape else { throw GenerationError.invalidSettings("noise has shape \(noise.shape), the settings need \(shape)") }
-            latents = noise
-        } else {
-            latents = TextToVideo.initialNoise(shape: shape, seed: s.seed)
-        }
+        let latents = try PipelineCore.startingNoise(noise, shape: [z, T, lat.height, lat.width], seed: s.seed)
         observe?(.noise(latents))
         let mask = ImageConditioning.mask(frames: F, latentHeight: lat.height, latentWidth: lat.width, lastFrame: lastFrame)
 

@@ -133,14 +133,7 @@ public final class TextToVideo: @unchecked Sendable {
                        progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
                        observe: ((Event) -> Void)? = nil) throws -> Tensor {
         try s.validate()
-        let shape = s.latentShape
-        let latents: Tensor
-        if let noise {
-            guard noise.shape == shape else { throw GenerationError.invalidSettings("noise has shape \(noise.shape), the settings need \(shape)") }
-            latents = noise
-        } else {
-            latents = Self.initialNoise(shape: shape, seed: s.seed)
-        }
+        let latents = try PipelineCore.startingNoise(noise, shape: s.latentShape, seed: s.seed)
         return try denoise(prompt: prompt, settings: s, from: latents, startStep: 0, progress: progress, isCancelled: isCancelled, observe: observe)
     }
 
@@ -180,6 +173,13 @@ public final class TextToVideo: @unchecked Sendable {
 /// one implementation serves TextToVideo, ImageToVideo and FirstLastFrameToVideo.
 enum PipelineCore {
     typealias Encoded = (ids: [Int], embedding: Tensor)
+
+    /// The initial latent: the caller's `noise` (checked against `shape`) or the seed's PyTorch-exact noise.
+    static func startingNoise(_ noise: Tensor?, shape: [Int], seed: UInt64, what: String = "the settings") throws -> Tensor {
+        guard let noise else { return TextToVideo.initialNoise(shape: shape, seed: seed) }
+        guard noise.shape == shape else { throw GenerationError.invalidSettings("noise has shape \(noise.shape), \(what) need \(shape)") }
+        return noise
+    }
 
     /// The prompt and the negative prompt (the task's default when empty) through the same text encoder.
     static func encodePrompts(_ text: TextConditioner, prompt: String, negativePrompt: String, defaultNegative: String,

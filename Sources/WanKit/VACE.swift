@@ -271,14 +271,7 @@ public final class VACEPipeline: @unchecked Sendable {
         progress?(GenerationProgress(stage: .encodingVideo, step: 1, total: 1, secondsPerStep: seconds, secondsLeft: 0))
 
         // target_shape = z0's shape with half its channels.
-        let shape = [z0.shape[0] / 2] + Array(z0.shape[1...])
-        let latents: Tensor
-        if let noise {
-            guard noise.shape == shape else { throw GenerationError.invalidSettings("noise has shape \(noise.shape), the inputs need \(shape)") }
-            latents = noise
-        } else {
-            latents = TextToVideo.initialNoise(shape: shape, seed: s.seed)
-        }
+        let latents = try PipelineCore.startingNoise(noise, shape: [z0.shape[0] / 2] + Array(z0.shape[1...]), seed: s.seed, what: "the inputs")
         observe?(.noise(latents))
 
         let condContext = try dit.prepare(context: cond.embedding)

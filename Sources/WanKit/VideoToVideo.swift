@@ -42,13 +42,7 @@ public final class VideoToVideo: @unchecked Sendable {
         try s.validate()
         let k = try Self.startStep(strength: strength, steps: s.steps)
         let shape = s.latentShape
-        var start: Tensor
-        if let noise {
-            guard noise.shape == shape else { throw GenerationError.invalidSettings("noise has shape \(noise.shape), the settings need \(shape)") }
-            start = noise
-        } else {
-            start = TextToVideo.initialNoise(shape: shape, seed: s.seed)
-        }
+        var start = try PipelineCore.startingNoise(noise, shape: shape, seed: s.seed)
         if k > 0 {
             let source = try video.tensor(frames: s.frames, height: s.height, width: s.width)
             progress?(GenerationProgress(stage: .encodingVideo, step: 0, total: 1, secondsPerStep: 0, secondsLeft: 0))

@@ -10,15 +10,23 @@ nonisolated(unsafe) var interruptRequested: sig_atomic_t = 0
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Generate a video (or one image) from a text prompt with a Wan2.1 T2V model.",
+        abstract: "Generate a video (or one image) with a Wan2.1 model: text-, image-, first-last-frame-to-video, VACE, video-to-video.",
         discussion: """
+        The task follows from the inputs and the model (a VACE DiT is recognised from its weights):
+          text-to-video            --prompt                                   T2V model
+          image-to-video           --image first.png                          I2V model (+ --clip or --clip-features)
+          first-last-frame         --image first.png --last-image last.png    FLF2V model
+          VACE                     [--video src.mp4 [--mask mask.mp4]] [--ref ref.png …] [--context-scale 1.0]   VACE model
+          video-to-video           --video src.mp4 [--strength 0.6]           T2V model (WanKit's own, SDEdit-style)
         Examples:
           wan generate --model Wan-AI/Wan2.1-T2V-1.3B --prompt "a cat surfing at sunset" --output cat.mp4
           wan generate --model ./Wan2.1-T2V-1.3B --prompt "一只熊猫" --frames 1 --output panda.png
+          wan generate --model ./Wan2.1-VACE-1.3B --video src.mp4 --mask mask.mp4 --prompt "…" --output edit.mp4
           wan generate --dit wan2.1_t2v_1.3B_fp16.safetensors --t5 umt5_xxl.safetensors --vae wan_2.1_vae.safetensors \\
                        --tokenizer ./umt5-xxl --prompt "…" --output out.mp4
         The official sizes are 832x480 and 480x832 (1.3B; the 14B also 1280x720 and 720x1280). Other sizes that are
-        multiples of 16 run but are outside what the models were trained on.
+        multiples of 16 run but are outside what the models were trained on. Source and mask videos are used at
+        --size and their first --frames frames.
         """)
 
     @Option(help: "Model: a Wan-AI or diffusers folder, or a Hugging Face repo id already downloaded with `wan download`.") var model: String?
