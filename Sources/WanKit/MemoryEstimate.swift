@@ -1,4 +1,5 @@
 import Foundation
+import WanModels
 
 /// A rough peak-memory estimate for a generation, made before anything is loaded, so a job that cannot fit is
 /// refused with advice instead of being killed halfway.
@@ -35,9 +36,8 @@ public struct MemoryEstimate: Sendable {
         let tokens = ((s.frames - 1) / 4 + 1) * (s.height / 16) * (s.width / 16)
         let dim = dit > 10_000_000_000 ? 5120 : 1536, ffn = dit > 10_000_000_000 ? 13824 : 8960
         let denoise = tokens * (12 * dim + ffn) * 4 + 16 * tokens * 4 * 8
-        // VAE decode: about 24 full-resolution 96-channel float32 frames in flight (a 4-frame chunk, the conv input with
-        // its 2 cached frames, the residual, scratch).
-        let decode = s.height * s.width * 96 * 4 * 24
+        // VAE decode: the causal convs' 2-frame histories and a few frames in flight (independent of the frame count).
+        let decode = WanVAEConfig.wan21.decodeStateBytes(width: s.width, height: s.height)
         return MemoryEstimate(weightsBytes: dit + t5 + vae, denoiseBytes: denoise, decodeBytes: decode)
     }
 

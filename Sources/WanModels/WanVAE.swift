@@ -24,6 +24,29 @@ public struct WanVAEConfig: Sendable, Equatable {
     public var spatialFactor: Int { 1 << (dimMult.count - 1) }
     public var temporalFactor: Int { 1 << temporalDownsample.filter { $0 }.count }
 
+    /// Bytes a decode at this size keeps in float32 besides the weights: the 2-frame history of every causal conv
+    /// (the bulk: 3.8 GB at 832x480), and a few frames in flight at the widest stage. It does not grow with the frame
+    /// count: the decoder runs one frame at a time.
+    public func decodeStateBytes(width: Int, height: Int) -> Int {
+        let dims = ([dimMult.last!] + dimMult.reversed()).map { $0 * dim }
+        let timeUp = Array(temporalDownsample.reversed())
+        var pixels = (height / spatialFactor) * (width / spatialFactor)
+        var history = 2 * zDim * pixels + 4 * 2 * dims[0] * pixels  // conv1, middle blocks
+        var widest = dims[0] * pixels
+        for i in 0..<(dims.count - 1) {
+            var inDim = (1...3).contains(i) ? dims[i] / 2 : dims[i]
+            let outDim = dims[i + 1]
+            for _ in 0..<(numResBlocks + 1) { history += 2 * (inDim + outDim) * pixels; inDim = outDim }
+            widest = max(widest, outDim * pixels)
+            if i != dimMult.count - 1 {
+                if timeUp[i] { history += 2 * outDim * pixels; widest = max(widest, 2 * outDim * pixels) }
+                pixels *= 4
+            }
+        }
+        history += 2 * dims.last! * pixels  // head
+        return (history + 4 * widest) * MemoryLayout<Float>.size
+    }
+
     public mutating func apply(officialArguments a: [String: Any]) {
         if let v = (a["dim"] as? NSNumber)?.intValue { dim = v }
         if let v = (a["z_dim"] as? NSNumber)?.intValue { zDim = v }

@@ -51,7 +51,7 @@ public final class Conv3D: @unchecked Sendable {
                                into out: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
         let o = outputSize(frames: frames, height: height, width: width)
         Conv3D.flops += 2 * Double(outChannels * inChannels * kernel.t * kernel.h * kernel.w) * Double(o.t * o.h * o.w)
-        Profile.measure(Profile.enabled && ProcessInfo.processInfo.environment["WANKIT_PROFILE_CONV"] != nil ? "conv \(inChannels)>\(outChannels) k\(kernel.t)\(kernel.h) s\(stride.h) \(frames)x\(height)x\(width)" : "conv") {
+        Profile.measure(Profile.enabled && Profile.byShape ? "conv \(inChannels)>\(outChannels) k\(kernel.t)x\(kernel.h) s\(stride.h) in \(frames)x\(height)x\(width)" : "conv") {
             let key = Key(t: frames, h: height, w: width, accumulate: accumulate, threads: Int(omp_get_max_threads()))
             let (prim, weights) = primitive(key)
             let engine = GEMM.shared.engine, stream = GEMM.shared.stream

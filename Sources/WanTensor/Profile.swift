@@ -4,6 +4,8 @@ import Foundation
 /// `measure` costs one branch.
 public enum Profile {
     nonisolated(unsafe) public static var enabled = false
+    /// Account convolutions per shape (channels, kernel, stride, input size) instead of under one "conv" line.
+    nonisolated(unsafe) public static var byShape = false
     nonisolated(unsafe) private static var totals: [String: (seconds: Double, calls: Int)] = [:]
     private static let lock = NSLock()
 

@@ -13,6 +13,7 @@ struct BenchVAE: ParsableCommand {
     @Option(help: "Benchmark a real VAE file (Wan2.1_VAE.pth, safetensors or diffusers folder) instead of random weights.") var weights: String?
     @Flag(help: "One JSON object per line instead of text.") var json = false
     @Flag(help: "Print where the time goes (per op kind).") var profile = false
+    @Flag(help: "With --profile: convolutions per shape.") var profileShapes = false
 
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(256, 256, 5), (832, 480, 1)]
@@ -37,7 +38,8 @@ struct BenchVAE: ParsableCommand {
         func report(_ what: String, _ s: (w: Int, h: Int, f: Int), _ seconds: Double) throws {
             let rss = peakRSSBytes()
             if json {
-                let obj: [String: Any] = ["op": what, "size": "\(s.w)x\(s.h)", "frames": s.f, "seconds": seconds, "peak_rss_bytes": rss]
+                var obj: [String: Any] = ["op": what, "size": "\(s.w)x\(s.h)", "frames": s.f, "seconds": seconds, "peak_rss_bytes": rss]
+                if what == "decode" { obj["estimated_state_bytes"] = vae.config.decodeStateBytes(width: s.w, height: s.h) }
                 print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
             } else {
                 print(String(format: "vae %@ %dx%dx%d: %.2f s (%.2f s/frame), peak RSS %.2f GB", what, s.w, s.h, s.f, seconds, seconds / Double(s.f), Double(rss) / 1e9))
@@ -50,6 +52,7 @@ struct BenchVAE: ParsableCommand {
             fflush(stdout)
         }
         Profile.enabled = profile
+        Profile.byShape = profileShapes
         for s in shapes {
             if op != "encode" {
                 let latentFrames = (s.f - 1) / 4 + 1
@@ -63,11 +66,16 @@ struct BenchVAE: ParsableCommand {
                 try report("decode", s, now() - t0)
             }
             if op != "decode" {
-                let video = try RandomWeights(shapes: [("v", [3, s.f, s.h, s.w])], seed: 4).float32("v")
-                for i in 0..<video.count { video.data[i] = max(-1, min(1, video.data[i] * 100)) }
+                // Frames are made as the encoder asks for them (streaming encode: the video is never held whole).
                 Profile.reset()
                 let t0 = now()
-                _ = try vae.encode(video)
+                _ = try vae.encode(frames: s.f, height: s.h, width: s.w) { index, planar in
+                    var state = UInt64(index + 1) &* 0x9E37_79B9_7F4A_7C15
+                    for i in 0..<(3 * s.h * s.w) {
+                        state = state &* 6364136223846793005 &+ 1442695040888963407
+                        planar[i] = Float(Int(state >> 40) & 0xFFFF) / 32767.5 - 1
+                    }
+                }
                 try report("encode", s, now() - t0)
             }
         }

@@ -93,6 +93,43 @@ final class VAETests: XCTestCase {
         XCTAssertEqual(concatenateFrames(chunks.map(\.0)).array, whole.array)
     }
 
+    func testStreamingEncodeReadsOneFrameAtATimeInOrderAndEqualsWholeEncode() throws {
+        let vae = try tinyVAE()
+        let (T, H, W) = (9, 24, 16)
+        let video = Tensor(zeros: [3, T, H, W])
+        for i in 0..<video.count { video.data[i] = Float((i * 53) % 17) / 8 - 1 }
+        let whole = try vae.encode(video)
+        XCTAssertEqual(whole.shape, [16, 3, 3, 2])
+        var order: [Int] = []
+        let streamed = try vae.encode(frames: T, height: H, width: W) { index, planar in
+            order.append(index)
+            for ch in 0..<3 { (planar + ch * H * W).update(from: video.data + (ch * T + index) * H * W, count: H * W) }
+        }
+        XCTAssertEqual(order, Array(0..<T))
+        XCTAssertEqual(streamed.array, whole.array)
+        // The first latent frame depends on the first video frame only (causal): changing the last frame leaves it.
+        for i in 0..<(H * W) { for ch in 0..<3 { video.data[(ch * T + T - 1) * H * W + i] = 0.5 } }
+        let changed = try vae.encode(video)
+        let plane = 3 * 2
+        for ch in 0..<16 {
+            XCTAssertEqual(Array(changed.buffer[(ch * 3) * plane ..< (ch * 3 + 1) * plane]), Array(whole.buffer[(ch * 3) * plane ..< (ch * 3 + 1) * plane]))
+        }
+        XCTAssertNotEqual(changed.array, whole.array)
+        // A reader error stops the encode and reaches the caller.
+        struct Stop: Error {}
+        XCTAssertThrowsError(try vae.encode(frames: T, height: H, width: W) { index, _ in if index == 4 { throw Stop() } }) { XCTAssertTrue($0 is Stop) }
+    }
+
+    func testDecodeStateEstimateFollowsTheArchitecture() {
+        // 832x480 with the published VAE: 3.78 GB of causal histories plus four frames of the widest stage.
+        let bytes = WanVAEConfig.wan21.decodeStateBytes(width: 832, height: 480)
+        XCTAssertGreaterThan(bytes, 4_000_000_000)
+        XCTAssertLessThan(bytes, 5_000_000_000)
+        // Histories scale with the pixel count.
+        let quarter = WanVAEConfig.wan21.decodeStateBytes(width: 416, height: 240)
+        XCTAssertEqual(Double(bytes) / Double(quarter), 4, accuracy: 0.01)
+    }
+
     func testPickleAskingForAnyOtherCallableIsRefused() throws {
         let path = NSTemporaryDirectory() + "wankit-evil-\(UUID().uuidString).pth"
         try writeZip([("archive/data.pkl", stateDictPickle(storageElements: 2, shape: 2, global: "os\nsystem\n")),
