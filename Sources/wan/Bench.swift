@@ -7,7 +7,7 @@ import Glibc
 #endif
 
 struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Speed and memory benchmarks.", subcommands: [BenchDiT.self, BenchAttention.self, BenchVAE.self, BenchT2V.self, BenchT5.self, BenchCLIP.self])
+    static let configuration = CommandConfiguration(abstract: "Speed and memory benchmarks.", subcommands: [BenchDiT.self, BenchAttention.self, BenchVAE.self, BenchT2V.self, BenchI2V.self, BenchT5.self, BenchCLIP.self])
 }
 
 /// Peak resident set size of this process, in bytes.

@@ -7,11 +7,16 @@ import Glibc
 
 /// Writes a safetensors file tensor by tensor through one reused buffer (the process never holds the whole file),
 /// values uniform in ±bound from a counter-based generator. Returns the file size.
+/// Bytes per element of the dtypes `writeRandomSafetensors` writes.
+func elementBytes(_ dtype: String) -> Int { dtype == "F32" ? 4 : dtype == "F8_E4M3" ? 1 : 2 }
+
+/// Writes a safetensors file of random values (uniform in ±bound; a negative bound is the constant |bound|) in
+/// F32, F16, BF16 or F8_E4M3 (random e4m3fn bytes, NaN patterns avoided: the bound goes in the `scale_weight`).
 func writeRandomSafetensors(path: String, tensors: [(name: String, shape: [Int], dtype: String, bound: Float)], seed: UInt64) throws -> Int {
     var header: [String: Any] = ["__metadata__": ["format": "pt", "note": "random weights written by wan bench"]]
     var offset = 0
     for t in tensors {
-        let bytes = t.shape.reduce(1, *) * (t.dtype == "F32" ? 4 : 2)
+        let bytes = t.shape.reduce(1, *) * elementBytes(t.dtype)
         header[t.name] = ["dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + bytes]]
         offset += bytes
     }
@@ -41,7 +46,11 @@ func writeRandomSafetensors(path: String, tensors: [(name: String, shape: [Int],
                     z ^= z >> 29
                     let u = Float(UInt32(truncatingIfNeeded: z >> 40)) * (2.0 / 16777216.0) - 1
                     let v = bound < 0 ? -bound : u * bound  // negative bound: the constant |bound| (norm weights)
-                    if wide {
+                    if t.dtype == "F8_E4M3" {
+                        var b = UInt8(truncatingIfNeeded: z >> 32)
+                        if b & 0x7F == 0x7F { b ^= 1 }
+                        buffer.storeBytes(of: b, toByteOffset: i, as: UInt8.self)
+                    } else if wide {
                         buffer.storeBytes(of: v, toByteOffset: 4 * i, as: Float.self)
                     } else if t.dtype == "F16" {
                         buffer.storeBytes(of: Float16(v).bitPattern, toByteOffset: 2 * i, as: UInt16.self)
@@ -52,11 +61,36 @@ func writeRandomSafetensors(path: String, tensors: [(name: String, shape: [Int],
                     }
                 }
             }
-            handle.write(Data(bytesNoCopy: buffer, count: count * (wide ? 4 : 2), deallocator: .none))
+            handle.write(Data(bytesNoCopy: buffer, count: count * elementBytes(t.dtype), deallocator: .none))
             done += count
         }
     }
     return 8 + json.count + offset
+}
+
+/// The CLIP ViT-H/14 vision tower in ComfyUI's clip_vision_h layout (transformers names), f16, with init bounds.
+func randomCLIPTensors() -> [(name: String, shape: [Int], dtype: String, bound: Float)] {
+    let c = CLIPVisionConfig.vitH14
+    let d = c.dim, m = c.mlpDim
+    var tensors: [(name: String, shape: [Int], dtype: String, bound: Float)] = [
+        ("vision_model.embeddings.class_embedding", [d], "F16", 0.03),
+        ("vision_model.embeddings.patch_embedding.weight", [d, 3, c.patchSize, c.patchSize], "F16", 1 / Float(3 * c.patchSize * c.patchSize).squareRoot()),
+        ("vision_model.embeddings.position_embedding.weight", [c.tokens, d], "F16", 0.03),
+        ("vision_model.pre_layrnorm.weight", [d], "F16", -1), ("vision_model.pre_layrnorm.bias", [d], "F16", 0.01),
+        ("vision_model.post_layernorm.weight", [d], "F16", -1), ("vision_model.post_layernorm.bias", [d], "F16", 0.01),
+        ("visual_projection.weight", [c.outDim, d], "F16", 1 / Float(d).squareRoot()),
+    ]
+    for i in 0..<c.numLayers {
+        let p = "vision_model.encoder.layers.\(i)."
+        for n in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            tensors += [(p + "self_attn.\(n).weight", [d, d], "F16", 1 / Float(d).squareRoot()), (p + "self_attn.\(n).bias", [d], "F16", 0.01)]
+        }
+        tensors += [(p + "layer_norm1.weight", [d], "F16", -1), (p + "layer_norm1.bias", [d], "F16", 0.01),
+                    (p + "layer_norm2.weight", [d], "F16", -1), (p + "layer_norm2.bias", [d], "F16", 0.01),
+                    (p + "mlp.fc1.weight", [m, d], "F16", 1 / Float(d).squareRoot()), (p + "mlp.fc1.bias", [m], "F16", 0.01),
+                    (p + "mlp.fc2.weight", [d, m], "F16", 1 / Float(m).squareRoot()), (p + "mlp.fc2.bias", [d], "F16", 0.01)]
+    }
+    return tensors
 }
 
 /// The umT5 checkpoint tensors in bf16 with init bounds (norm weights 1, embeddings ±1, matrices ±1/sqrt(fan_in)).
@@ -176,26 +210,7 @@ struct BenchCLIP: ParsableCommand {
         var path = weights
         var temporary: String? = nil
         if path == nil {
-            let c = CLIPVisionConfig.vitH14
-            let d = c.dim, m = c.mlpDim
-            var tensors: [(name: String, shape: [Int], dtype: String, bound: Float)] = [
-                ("vision_model.embeddings.class_embedding", [d], "F16", 0.03),
-                ("vision_model.embeddings.patch_embedding.weight", [d, 3, c.patchSize, c.patchSize], "F16", 1 / Float(3 * c.patchSize * c.patchSize).squareRoot()),
-                ("vision_model.embeddings.position_embedding.weight", [c.tokens, d], "F16", 0.03),
-                ("vision_model.pre_layrnorm.weight", [d], "F16", -1), ("vision_model.pre_layrnorm.bias", [d], "F16", 0.01),
-                ("vision_model.post_layernorm.weight", [d], "F16", -1), ("vision_model.post_layernorm.bias", [d], "F16", 0.01),
-                ("visual_projection.weight", [c.outDim, d], "F16", 1 / Float(d).squareRoot()),
-            ]
-            for i in 0..<c.numLayers {
-                let p = "vision_model.encoder.layers.\(i)."
-                for n in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                    tensors += [(p + "self_attn.\(n).weight", [d, d], "F16", 1 / Float(d).squareRoot()), (p + "self_attn.\(n).bias", [d], "F16", 0.01)]
-                }
-                tensors += [(p + "layer_norm1.weight", [d], "F16", -1), (p + "layer_norm1.bias", [d], "F16", 0.01),
-                            (p + "layer_norm2.weight", [d], "F16", -1), (p + "layer_norm2.bias", [d], "F16", 0.01),
-                            (p + "mlp.fc1.weight", [m, d], "F16", 1 / Float(d).squareRoot()), (p + "mlp.fc1.bias", [m], "F16", 0.01),
-                            (p + "mlp.fc2.weight", [d, m], "F16", 1 / Float(m).squareRoot()), (p + "mlp.fc2.bias", [d], "F16", 0.01)]
-            }
+            let tensors = randomCLIPTensors()
             let file = (directory as NSString).appendingPathComponent("wan-bench-clip-vision-h-f16.safetensors")
             let bytes = tensors.reduce(0) { $0 + $1.shape.reduce(1, *) * 2 }
             guard freeBytes(directory) > bytes + (1 << 28) else { throw ValidationError("\(directory) lacks room for the \(bytes / 1_000_000) MB random checkpoint") }

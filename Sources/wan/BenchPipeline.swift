@@ -37,11 +37,7 @@ struct BenchT2V: ParsableCommand {
         }
         var t0 = now()
         _ = try writeRandomSafetensors(path: t5Path, tensors: randomUMT5Tensors(t5Config.parameterShapes()), seed: 11)
-        let ditTensors = ditConfig.parameterShapes().map { s -> (name: String, shape: [Int], dtype: String, bound: Float) in
-            let norm = s.name.contains("norm") && s.name.hasSuffix(".weight") && s.shape.count == 1
-            return (s.name, s.shape, "F16", norm ? -1 : s.shape.count >= 2 ? 1 / Float(s.shape.dropFirst().reduce(1, *)).squareRoot() : 0.02)
-        }
-        _ = try writeRandomSafetensors(path: ditPath, tensors: ditTensors, seed: 12)
+        _ = try writeRandomSafetensors(path: ditPath, tensors: randomDiTTensors(ditConfig, format: .f16), seed: 12)
         say(String(format: "wrote random checkpoints (umT5-XXL bf16, DiT 1.3B f16) in %.1f s", now() - t0))
 
         t0 = now()
@@ -84,6 +80,127 @@ struct BenchT2V: ParsableCommand {
         } else {
             print(String(format: "t2v %@ x%d, %d steps: load %.1f s, text %.1f s (2 prompts), denoise %.1f s (%.1f s/step), decode %.1f s, peak RSS %.2f GB",
                          size, frames, steps, load, textSeconds, denoiseSeconds, denoiseSeconds / Double(steps), decodeSeconds, Double(rss) / 1e9))
+        }
+    }
+}
+
+enum RandomDiTFormat: String, ExpressibleByArgument { case f16, fp8_scaled }
+
+/// A DiT checkpoint's tensors with init bounds (norm weights 1, matrices ±1/sqrt(fan_in), vectors ±0.02): all f16, or
+/// ComfyUI's fp8_scaled (every 2-D `.weight` float8_e4m3fn with a float32 0-d `.scale_weight`, the `scaled_fp8`
+/// marker, every other tensor bf16).
+func randomDiTTensors(_ config: WanDiTConfig, format: RandomDiTFormat) -> [(name: String, shape: [Int], dtype: String, bound: Float)] {
+    var out: [(name: String, shape: [Int], dtype: String, bound: Float)] = []
+    for s in config.parameterShapes() {
+        let norm = s.name.contains("norm") && s.name.hasSuffix(".weight") && s.shape.count == 1
+        let bound: Float = norm ? -1 : s.shape.count >= 2 ? 1 / Float(s.shape.dropFirst().reduce(1, *)).squareRoot() : 0.02
+        if format == .fp8_scaled && s.name.hasSuffix(".weight") && s.shape.count == 2 {
+            // Random e4m3 bytes have an RMS near 100: the scale brings the weights back to about ±bound.
+            out.append((s.name, s.shape, "F8_E4M3", 0))
+            out.append((String(s.name.dropLast(".weight".count)) + ".scale_weight", [], "F32", -bound / 100))
+        } else {
+            out.append((s.name, s.shape, format == .f16 ? "F16" : "BF16", bound))
+        }
+    }
+    if format == .fp8_scaled { out.append(("scaled_fp8", [0], "F8_E4M3", 0)) }
+    return out
+}
+
+/// One whole image-to-video run with the real Wan2.1-I2V-14B shapes and random weights: umT5-XXL (bf16), the 14B
+/// i2v DiT (fp8_scaled by default, as most users run it on one machine), CLIP ViT-H/14 (f16), all written to disk
+/// and mapped as users' files are; the Wan-VAE in memory.
+struct BenchI2V: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "i2v",
+        abstract: "A full image-to-video run at the real Wan2.1-I2V-14B shapes with random weights: time per stage and peak RSS.")
+
+    @Option(help: "max_area of the video as WxH (the video takes the image's aspect ratio; 832x480 is 480P).") var size: String = "832x480"
+    @Option(help: "Frames (4n+1).") var frames: Int = 5
+    @Option(help: "Sampling steps.") var steps: Int = 1
+    @Option(help: "DiT file format: fp8_scaled or f16.") var ditFormat: RandomDiTFormat = .fp8_scaled
+    @Option(help: "Folder for the random checkpoints (about 29 GB with fp8_scaled, deleted afterwards).") var directory: String = NSTemporaryDirectory()
+    @Option(help: "Tokenizer folder (default: ../shared/golden/tokenizer).") var tokenizer: String = "../shared/golden/tokenizer"
+    @Flag(help: "One JSON object instead of text.") var json = false
+
+    func run() throws {
+        let parts = size.lowercased().split(separator: "x").compactMap { Int($0) }
+        guard parts.count == 2, parts[0] > 0, parts[1] > 0 else { throw ValidationError("--size must be WxH") }
+        var settings = ImageGenerationSettings()
+        settings.maxArea = parts[0] * parts[1]; settings.frames = frames; settings.steps = steps; settings.seed = 1; settings.shift = 3
+        try settings.validate()
+        let say: (String) -> Void = { if !json { FileHandle.standardError.write(($0 + "\n").data(using: .utf8)!) } }
+
+        let t5Config = UMT5Config.umt5XXL, ditConfig = WanDiTConfig.i2v14B
+        let files = [("umt5-xxl-bf16", randomUMT5Tensors(t5Config.parameterShapes())),
+                     ("dit-i2v-14B-\(ditFormat.rawValue)", randomDiTTensors(ditConfig, format: ditFormat)),
+                     ("clip-vision-h-f16", randomCLIPTensors())]
+        let paths = files.map { (directory as NSString).appendingPathComponent("wan-bench-i2v-\($0.0).safetensors") }
+        defer { for p in paths { try? FileManager.default.removeItem(atPath: p) } }
+        let need = files.reduce(0) { $0 + $1.1.reduce(0) { $0 + $1.shape.reduce(1, *) * elementBytes($1.dtype) } }
+        guard freeBytes(directory) > need + (1 << 30) else {
+            throw ValidationError(String(format: "%@ needs %.1f GB free for the random checkpoints", directory, Double(need) / 1e9))
+        }
+        var t0 = now()
+        for (i, f) in files.enumerated() { _ = try writeRandomSafetensors(path: paths[i], tensors: f.1, seed: UInt64(21 + i)) }
+        say(String(format: "wrote random checkpoints (%.1f GB: umT5-XXL bf16, DiT i2v-14B %@, CLIP ViT-H f16) in %.1f s",
+                   Double(need) / 1e9, ditFormat.rawValue, now() - t0))
+
+        t0 = now()
+        let t5 = try ModelLoader.t5(paths[0])
+        let dit = try ModelLoader.dit(paths[1])
+        let c = try openCLIPWeights(path: paths[2])
+        let clip = try CLIPVision(weights: c.source, arguments: c.arguments ?? [:])
+        let vae = try WanVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7))
+        let pipeline = try ImageToVideo(text: TextConditioner(tokenizer: try ModelLoader.tokenizer(tokenizer), encoder: t5),
+                                        dit: dit, vae: vae, clip: clip)
+        let load = now() - t0
+        say(String(format: "opened the models in %.1f s", load))
+
+        // A smooth synthetic picture at the requested size.
+        let (w, h) = (parts[0], parts[1])
+        var pixels = [UInt8](repeating: 0, count: w * h * 3)
+        for y in 0..<h { for x in 0..<w {
+            pixels[(y * w + x) * 3] = UInt8(255 * x / max(w - 1, 1)); pixels[(y * w + x) * 3 + 1] = UInt8(255 * y / max(h - 1, 1))
+            pixels[(y * w + x) * 3 + 2] = UInt8((x ^ y) & 0xFF)
+        } }
+        let image = try RGBImage(width: w, height: h, pixels: pixels)
+
+        // Stage ends from the pipeline's events: prompts, CLIP features, VAE conditioning, each step.
+        let begin = now()
+        var marks: [(String, Double, Int)] = []
+        func mark(_ stage: String) {
+            marks.append((stage, now(), currentRSSBytes()))
+            say(String(format: "[%@] done at %.1f s, RSS %.2f GB (peak so far %.2f GB)", stage, now() - begin, Double(currentRSSBytes()) / 1e9, Double(peakRSSBytes()) / 1e9))
+        }
+        let latent = try pipeline.sample(prompt: "A cat walks on the grass, realistic style.", image: image, settings: settings, progress: { p in
+            if p.stage == .denoising { mark("step \(p.step)/\(p.total)") }
+        }, observe: { event in
+            switch event {
+            case .prompts: mark("text")
+            case .clipFeatures: mark("clip")
+            case .conditioning: mark("vae-encode")
+            default: break
+            }
+        })
+        let peakBeforeDecode = peakRSSBytes()
+        t0 = now()
+        try pipeline.decode(latent) { _, _ in }
+        mark("decode")
+        let rss = peakRSSBytes()
+        var previous = begin
+        var stages: [String: Double] = [:]
+        for m in marks { stages[m.0] = m.1 - previous; previous = m.1 }
+        let stepSeconds = marks.filter { $0.0.hasPrefix("step") }.map { stages[$0.0]! }
+        if json {
+            let obj: [String: Any] = ["task": "i2v", "model": "i2v-14B", "dit_format": ditFormat.rawValue, "max_area": size, "frames": frames,
+                                      "latent_shape": latent.shape, "steps": steps, "load_seconds": load, "stage_seconds": stages,
+                                      "peak_rss_before_decode_bytes": peakBeforeDecode, "peak_rss_bytes": rss]
+            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+        } else {
+            print(String(format: "i2v-14B (%@) %@ x%d, %d steps: load %.1f s, text %.1f s, clip %.1f s, vae encode %.1f s, %.1f s/step, decode %.1f s; peak RSS %.2f GB before decoding, %.2f GB overall",
+                         ditFormat.rawValue, size, frames, steps, load, stages["text"] ?? 0, stages["clip"] ?? 0, stages["vae-encode"] ?? 0,
+                         stepSeconds.reduce(0, +) / Double(max(stepSeconds.count, 1)), stages["decode"] ?? 0,
+                         Double(peakBeforeDecode) / 1e9, Double(rss) / 1e9))
         }
     }
 }
