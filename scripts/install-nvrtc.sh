@@ -11,7 +11,7 @@ lib="$dir/nvidia/cu13/lib/libnvrtc.so.13"
 if [ ! -f "$lib" ]; then
   echo "install-nvrtc: installing nvidia-cuda-nvrtc==$version (about 90 MB, once) into $dir" >&2
   rm -rf "$dir.tmp"
-  if timeout 900 python3 -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
+  if timeout 300 python3 -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
        --target "$dir.tmp" "nvidia-cuda-nvrtc==$version" >&2 && [ -f "$dir.tmp/nvidia/cu13/lib/libnvrtc.so.13" ]; then
     rm -rf "$dir" && mv "$dir.tmp" "$dir"
     # The wheel's .alt copies (an alternative build) are not used: drop them to halve the cache.
