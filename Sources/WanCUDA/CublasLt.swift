@@ -22,6 +22,16 @@ typealias cublasLtMatmul_t = @convention(c) (
     OpaquePointer, OpaquePointer, UnsafeRawPointer, UInt64, OpaquePointer, UInt64, OpaquePointer,
     UnsafeRawPointer, UInt64, OpaquePointer, UInt64, OpaquePointer, UnsafeRawPointer?, UInt64, Int, OpaquePointer?) -> cublasStatus_t
 
+typealias cublasLtMatmulPreferenceCreate_t = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> cublasStatus_t
+typealias cublasLtMatmulPreferenceDestroy_t = @convention(c) (OpaquePointer) -> cublasStatus_t
+/// (preference, cublasLtMatmulPreferenceAttributes_t, value, size)
+typealias cublasLtMatmulPreferenceSetAttribute_t = @convention(c) (OpaquePointer, Int32, UnsafeRawPointer, Int) -> cublasStatus_t
+/// (handle, desc, Adesc, Bdesc, Cdesc, Ddesc, preference, requested count, results (cublasLtMatmulHeuristicResult_t[]),
+/// returned count)
+typealias cublasLtMatmulAlgoGetHeuristic_t = @convention(c) (
+    OpaquePointer, OpaquePointer, OpaquePointer, OpaquePointer, OpaquePointer, OpaquePointer, OpaquePointer, Int32,
+    UnsafeMutableRawPointer, UnsafeMutablePointer<Int32>) -> cublasStatus_t
+
 /// The constants of cublasLt.h / library_types.h the GEMM path needs.
 public enum CublasLtConstants {
     public static let CUDA_R_32F: Int32 = 0
@@ -34,8 +44,39 @@ public enum CublasLtConstants {
     public static let CUBLASLT_MATMUL_DESC_TRANSB: Int32 = 4
     public static let CUBLASLT_MATMUL_DESC_EPILOGUE: Int32 = 7
     public static let CUBLASLT_MATMUL_DESC_BIAS_POINTER: Int32 = 8
+    /// cudaDataType_t of the bias vector (default: the type of D).
+    public static let CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: Int32 = 26
     public static let CUBLAS_OP_N: Int32 = 0
     public static let CUBLAS_OP_T: Int32 = 1
+    // cublasLtEpilogue_t
+    public static let CUBLASLT_EPILOGUE_DEFAULT: UInt32 = 1
+    public static let CUBLASLT_EPILOGUE_BIAS: UInt32 = 4
+    public static let CUBLASLT_EPILOGUE_GELU: UInt32 = 32
+    /// GELU | BIAS: bias, then GELU (cuBLASLt's GELU is the tanh approximation).
+    public static let CUBLASLT_EPILOGUE_GELU_BIAS: UInt32 = 36
+    // cublasLtMatmulPreferenceAttributes_t
+    public static let CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: Int32 = 1
+    /// sizeof(cublasLtMatmulHeuristicResult_t): cublasLtMatmulAlgo_t (8 x uint64), size_t workspaceSize,
+    /// cublasStatus_t state, float wavesCount, int reserved[4].
+    public static let heuristicResultSize = 96
+    /// Offsets inside cublasLtMatmulHeuristicResult_t.
+    public static let heuristicWorkspaceOffset = 64
+    public static let heuristicStateOffset = 72
+    // cublasStatus_t values named in messages
+    public static func statusName(_ status: Int32) -> String {
+        switch status {
+        case 0: return "CUBLAS_STATUS_SUCCESS"
+        case 1: return "CUBLAS_STATUS_NOT_INITIALIZED"
+        case 3: return "CUBLAS_STATUS_ALLOC_FAILED"
+        case 7: return "CUBLAS_STATUS_INVALID_VALUE"
+        case 8: return "CUBLAS_STATUS_ARCH_MISMATCH"
+        case 11: return "CUBLAS_STATUS_MAPPING_ERROR"
+        case 13: return "CUBLAS_STATUS_EXECUTION_FAILED"
+        case 14: return "CUBLAS_STATUS_INTERNAL_ERROR"
+        case 15: return "CUBLAS_STATUS_NOT_SUPPORTED"
+        default: return "cublasStatus \(status)"
+        }
+    }
 }
 
 /// cuBLASLt, loaded once per process, with one handle. The matmul entry points are resolved up front so a library
@@ -53,6 +94,10 @@ public final class CublasLt {
     let matrixLayoutCreate: cublasLtMatrixLayoutCreate_t
     let matrixLayoutDestroy: cublasLtMatrixLayoutDestroy_t
     let matmul: cublasLtMatmul_t
+    let preferenceCreate: cublasLtMatmulPreferenceCreate_t
+    let preferenceDestroy: cublasLtMatmulPreferenceDestroy_t
+    let preferenceSetAttribute: cublasLtMatmulPreferenceSetAttribute_t
+    let algoGetHeuristic: cublasLtMatmulAlgoGetHeuristic_t
 
     /// Opens the library alone (no GPU needed): $WANKIT_CUBLASLT, libcublasLt.so.13, .so.12, then toolkit folders.
     static func open() -> DynamicLibrary? {
@@ -88,6 +133,10 @@ public final class CublasLt {
         matrixLayoutCreate = try sym("cublasLtMatrixLayoutCreate", cublasLtMatrixLayoutCreate_t.self)
         matrixLayoutDestroy = try sym("cublasLtMatrixLayoutDestroy", cublasLtMatrixLayoutDestroy_t.self)
         matmul = try sym("cublasLtMatmul", cublasLtMatmul_t.self)
+        preferenceCreate = try sym("cublasLtMatmulPreferenceCreate", cublasLtMatmulPreferenceCreate_t.self)
+        preferenceDestroy = try sym("cublasLtMatmulPreferenceDestroy", cublasLtMatmulPreferenceDestroy_t.self)
+        preferenceSetAttribute = try sym("cublasLtMatmulPreferenceSetAttribute", cublasLtMatmulPreferenceSetAttribute_t.self)
+        algoGetHeuristic = try sym("cublasLtMatmulAlgoGetHeuristic", cublasLtMatmulAlgoGetHeuristic_t.self)
         version = getVersion()
         path = library.loadedDirectory(probeSymbol: "cublasLtCreate").map { "\($0)/\((library.path as NSString).lastPathComponent)" } ?? library.path
         var handle: OpaquePointer? = nil

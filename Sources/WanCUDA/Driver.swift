@@ -23,6 +23,7 @@ private typealias cuMemAlloc_t = @convention(c) (UnsafeMutablePointer<CUdevicept
 private typealias cuMemFree_t = @convention(c) (CUdeviceptr) -> CUresult
 private typealias cuMemcpyHtoD_t = @convention(c) (CUdeviceptr, UnsafeRawPointer, Int) -> CUresult
 private typealias cuMemcpyDtoH_t = @convention(c) (UnsafeMutableRawPointer, CUdeviceptr, Int) -> CUresult
+private typealias cuMemcpyDtoD_t = @convention(c) (CUdeviceptr, CUdeviceptr, Int) -> CUresult
 private typealias cuModuleLoadData_t = @convention(c) (UnsafeMutablePointer<CUhandle?>, UnsafeRawPointer) -> CUresult
 private typealias cuModuleUnload_t = @convention(c) (CUhandle) -> CUresult
 private typealias cuModuleGetFunction_t = @convention(c) (UnsafeMutablePointer<CUhandle?>, CUhandle, UnsafePointer<CChar>) -> CUresult
@@ -85,6 +86,7 @@ public final class CUDADriver {
     fileprivate let cuMemFree: cuMemFree_t
     fileprivate let cuMemcpyHtoD: cuMemcpyHtoD_t
     fileprivate let cuMemcpyDtoH: cuMemcpyDtoH_t
+    fileprivate let cuMemcpyDtoD: cuMemcpyDtoD_t
     fileprivate let cuModuleLoadData: cuModuleLoadData_t
     fileprivate let cuModuleUnload: cuModuleUnload_t
     fileprivate let cuModuleGetFunction: cuModuleGetFunction_t
@@ -127,6 +129,7 @@ public final class CUDADriver {
         cuMemFree = try sym("cuMemFree_v2", cuMemFree_t.self)
         cuMemcpyHtoD = try sym("cuMemcpyHtoD_v2", cuMemcpyHtoD_t.self)
         cuMemcpyDtoH = try sym("cuMemcpyDtoH_v2", cuMemcpyDtoH_t.self)
+        cuMemcpyDtoD = try sym("cuMemcpyDtoD_v2", cuMemcpyDtoD_t.self)
         cuModuleLoadData = try sym("cuModuleLoadData", cuModuleLoadData_t.self)
         cuModuleUnload = try sym("cuModuleUnload", cuModuleUnload_t.self)
         cuModuleGetFunction = try sym("cuModuleGetFunction", cuModuleGetFunction_t.self)
@@ -242,6 +245,27 @@ public final class CUDAContext {
         }
         try driver.check(status, "cuMemAlloc_v2(\(bytes) bytes)")
         return DeviceBuffer(context: self, pointer: pointer, bytes: bytes)
+    }
+
+    /// Copies `bytes` from host memory to the device address `destination` (any address inside an allocation).
+    public func copy(toDevice destination: UInt64, from source: UnsafeRawPointer, bytes: Int) throws {
+        guard bytes > 0 else { return }
+        try makeCurrent()
+        try driver.check(driver.cuMemcpyHtoD(destination, source, bytes), "cuMemcpyHtoD_v2(\(bytes) bytes)")
+    }
+
+    /// Copies `bytes` from the device address `source` to host memory (waits for the work queued before it).
+    public func copy(toHost destination: UnsafeMutableRawPointer, from source: UInt64, bytes: Int) throws {
+        guard bytes > 0 else { return }
+        try makeCurrent()
+        try driver.check(driver.cuMemcpyDtoH(destination, source, bytes), "cuMemcpyDtoH_v2(\(bytes) bytes)")
+    }
+
+    /// Copies `bytes` between two device addresses.
+    public func copy(onDevice destination: UInt64, from source: UInt64, bytes: Int) throws {
+        guard bytes > 0 else { return }
+        try makeCurrent()
+        try driver.check(driver.cuMemcpyDtoD(destination, source, bytes), "cuMemcpyDtoD_v2(\(bytes) bytes)")
     }
 
     /// Waits for every launched kernel; errors of earlier asynchronous launches surface here.

@@ -4,7 +4,8 @@ public enum KernelCatalog {
         "norm.cu": ["rms_norm_f32", "rms_norm_bf16", "layer_norm_modulate_f32", "layer_norm_modulate_bf16"],
         "rope.cu": ["rope_3d_f32", "rope_3d_bf16"],
         "elementwise.cu": ["gelu_tanh_f32", "gelu_tanh_bf16", "silu_f32", "silu_bf16", "gated_residual_f32",
-                           "gated_residual_bf16", "modulation_add_f32", "convert_f32_to_bf16", "convert_bf16_to_f32"],
-        "attention.cu": ["flash_attention_f32", "flash_attention_bf16_d64", "flash_attention_bf16_d128"],
+                           "gated_residual_bf16", "modulation_add_f32", "convert_f32_to_bf16", "convert_bf16_to_f32",
+                           "gelu_erf_f32", "gelu_erf_bf16", "add_f32", "add_bf16", "bias_act_f32", "bias_act_bf16"],
+        "attention.cu": ["flash_attention_f32", "flash_attention_bf16_d32", "flash_attention_bf16_d64", "flash_attention_bf16_d128"],
     ]
 }

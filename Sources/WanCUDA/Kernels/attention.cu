@@ -9,6 +9,7 @@
 //
 //   flash_attention_f32       f32 in/out, any D that is a multiple of 32 up to 128. CUDA cores; the precise path
 //                             (--precision f32). Launch: grid (ceil(Lq / 4), H, B), block 128 (one warp per query row).
+//   flash_attention_bf16_d32  (head_dim 32: the small models of the golden cases)
 //   flash_attention_bf16_d64  bf16 in/out, f32 accumulation and softmax, tensor cores (mma.sync m16n8k16, sm_80+).
 //   flash_attention_bf16_d128 Launch: grid (ceil(Lq / 64), H, B), block 128 (each warp owns 16 query rows).
 #include "common.cuh"
@@ -267,6 +268,12 @@ __device__ __forceinline__ void flash_attention_bf16_body(bf16* out, const bf16*
         if (row0 < Lq) *reinterpret_cast<unsigned*>(out0 + c) = pack_bf16x2(o[dt][0] * inv0, o[dt][1] * inv0);
         if (row1 < Lq) *reinterpret_cast<unsigned*>(out1 + c) = pack_bf16x2(o[dt][2] * inv1, o[dt][3] * inv1);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+flash_attention_bf16_d32(bf16* out, const bf16* q, const bf16* k, const bf16* v, const int* k_lens, int Lq, int Lk,
+                         int H, float scale) {
+    flash_attention_bf16_body<32>(out, q, k, v, k_lens, Lq, Lk, H, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(128)

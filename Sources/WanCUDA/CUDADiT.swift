@@ -1,0 +1,570 @@
+import Foundation
+import WanTensor
+import WanWeights
+import WanModels
+
+/// A `Linear` on the device: weight [out, in] in `weightType`, bias [out] in `outputType` (cuBLASLt's bias epilogue
+/// takes the output's type).
+struct DeviceLinear {
+    let weight: DeviceBuffer
+    let bias: DeviceBuffer?
+    let inFeatures: Int
+    let outFeatures: Int
+    let weightType: DeviceDType
+    let outputType: DeviceDType
+}
+
+/// The Wan2.1 DiT (official `WanModel`: t2v, i2v, flf2v) on an NVIDIA GPU, step for step as `WanDiT` runs it on the
+/// CPU. Weights are bound by the official names from any `WeightSource` (strictly, as `WanDiT` binds them) and
+/// uploaded once: matrices in the activation type (bf16, or f32 for `--precision f32`) except those the official
+/// code runs in f32 under autocast (patch embedding, time embedding and projection, head); norms, biases of f32
+/// outputs and modulations in f32. Products go through cuBLASLt (f32 accumulation), everything else through the
+/// kernels of Kernels/*.cu.
+///
+/// Differences from the CPU path that do not change the result: the text is embedded at its full official length
+/// (text_len rows, padded rows included, no per-key bias); patchify/unpatchify and the sinusoid run on the host.
+public final class CUDADiT {
+    public let config: WanDiTConfig
+    public let precision: CUDAPrecision
+    public let context: CUDAContext
+    public let ops: CUDAOps
+    public let gemm: CUDAMatmul
+    public let pool: DeviceMemoryPool
+    /// Device bytes of the uploaded weights.
+    public private(set) var weightBytes = 0
+
+    struct Block {
+        let modulation: DeviceBuffer  // [6, dim] f32
+        let q, k, v, o: DeviceLinear
+        let normQ, normK: DeviceBuffer?
+        let norm3Weight, norm3Bias: DeviceBuffer?
+        let cq, ck, cv, co: DeviceLinear
+        let cNormQ, cNormK: DeviceBuffer?
+        let kImg, vImg: DeviceLinear?
+        let normKImg: DeviceBuffer?
+        let ffnIn, ffnOut: DeviceLinear
+    }
+    struct ImageProjection {
+        let norm0Weight, norm0Bias: DeviceBuffer
+        let fc1, fc2: DeviceLinear
+        let norm4Weight, norm4Bias: DeviceBuffer
+        let posEmbedding: Tensor?  // [1, 514, 1280], added on the host
+    }
+
+    let patchEmbedding: DeviceLinear  // weight viewed [dim, in*pt*ph*pw]
+    let textEmbedding0, textEmbedding2: DeviceLinear
+    let timeEmbedding0, timeEmbedding2, timeProjection: DeviceLinear
+    let blocks: [Block]
+    let headModulation: DeviceBuffer  // [2, dim] f32
+    let head: DeviceLinear
+    let imageProjection: ImageProjection?
+    /// GELU(tanh) inside cuBLASLt's epilogue (bf16) or by the gelu_tanh kernel (f32: exactly the official formula).
+    let fusedGELU: Bool
+
+    private var workspace: (plan: CUDADiTPlan, buffer: DeviceBuffer)?
+
+    /// Binds and uploads the weights. Strict like `WanDiT`: a missing, unexpected or misshapen tensor throws.
+    public init(config c: WanDiTConfig, weights source: WeightSource, precision: CUDAPrecision = .bf16,
+                context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
+        guard c.dim % c.numHeads == 0, c.headDim % 2 == 0 else {
+            throw WeightError.badConfig(source: source.label, detail: "dim \(c.dim) is not divisible into \(c.numHeads) heads of even size")
+        }
+        guard c.patchSize.count == 3 else { throw WeightError.badConfig(source: source.label, detail: "patch_size must have 3 entries") }
+        if precision == .bf16 && !CUDAOps.bf16HeadDims.contains(c.headDim) {
+            throw WeightError.badConfig(source: source.label, detail: "head_dim \(c.headDim): the bf16 attention kernels take \(CUDAOps.bf16HeadDims.sorted()); use --precision f32")
+        }
+        config = c
+        self.precision = precision
+        let context = try context ?? CUDAContext()
+        self.context = context
+        ops = try CUDAOps(context: context, compiler: compiler)
+        gemm = try CUDAMatmul(context: context)
+        pool = DeviceMemoryPool(context: context)
+        fusedGELU = precision == .bf16
+        let ops = self.ops
+        gemm.unfusedEpilogue = { type, y, bias, rows, cols, act in
+            try ops.biasAct(type, y: y, bias: bias, rows: rows, cols: cols, act: act)
+        }
+
+        let act = precision.activation
+        let uploader = WeightUploader(context: context)
+        let b = WeightBinder(source)
+        let d = c.dim
+        func linear(_ prefix: String, in i: Int, out o: Int, weight w: DeviceDType, output: DeviceDType) throws -> DeviceLinear {
+            try uploader.linear(try Linear(b, prefix, in: i, out: o), weightType: w, outputType: output)
+        }
+        func vector(_ name: String, _ shape: [Int]) throws -> DeviceBuffer { try uploader.f32(try b.tensor(name, shape)) }
+
+        let pe = try b.tensor("patch_embedding.weight", [d, c.inDim] + c.patchSize)
+        let peBias = try b.tensor("patch_embedding.bias", [d])
+        patchEmbedding = try uploader.linear(Linear(weight: pe.reshaped([d, pe.count / d]), bias: peBias), weightType: .f32, outputType: .f32)
+        textEmbedding0 = try linear("text_embedding.0", in: c.textDim, out: d, weight: act, output: act)
+        textEmbedding2 = try linear("text_embedding.2", in: d, out: d, weight: act, output: act)
+        timeEmbedding0 = try linear("time_embedding.0", in: c.freqDim, out: d, weight: .f32, output: .f32)
+        timeEmbedding2 = try linear("time_embedding.2", in: d, out: d, weight: .f32, output: .f32)
+        timeProjection = try linear("time_projection.1", in: d, out: 6 * d, weight: .f32, output: .f32)
+        var blocks: [Block] = []
+        for i in 0..<c.numLayers {
+            let p = "blocks.\(i)."
+            func norm(_ name: String) throws -> DeviceBuffer? { c.qkNorm ? try vector(p + name + ".weight", [d]) : nil }
+            func proj(_ name: String, in i: Int = d, out o: Int = d) throws -> DeviceLinear {
+                try linear(p + name, in: i, out: o, weight: act, output: act)
+            }
+            let img = c.hasImageInput
+            blocks.append(Block(
+                modulation: try vector(p + "modulation", [1, 6, d]),
+                q: try proj("self_attn.q"), k: try proj("self_attn.k"), v: try proj("self_attn.v"), o: try proj("self_attn.o"),
+                normQ: try norm("self_attn.norm_q"), normK: try norm("self_attn.norm_k"),
+                norm3Weight: c.crossAttnNorm ? try vector(p + "norm3.weight", [d]) : nil,
+                norm3Bias: c.crossAttnNorm ? try vector(p + "norm3.bias", [d]) : nil,
+                cq: try proj("cross_attn.q"), ck: try proj("cross_attn.k"), cv: try proj("cross_attn.v"), co: try proj("cross_attn.o"),
+                cNormQ: try norm("cross_attn.norm_q"), cNormK: try norm("cross_attn.norm_k"),
+                kImg: img ? try proj("cross_attn.k_img") : nil, vImg: img ? try proj("cross_attn.v_img") : nil,
+                normKImg: img ? try norm("cross_attn.norm_k_img") : nil,
+                ffnIn: try proj("ffn.0", out: c.ffnDim), ffnOut: try proj("ffn.2", in: c.ffnDim)))
+        }
+        self.blocks = blocks
+        headModulation = try vector("head.modulation", [1, 2, d])
+        head = try linear("head.head", in: d, out: c.outDim * c.patchSize.reduce(1, *), weight: .f32, output: .f32)
+        if c.hasImageInput {
+            let clip = WanDiTConfig.clipDim
+            imageProjection = ImageProjection(
+                norm0Weight: try vector("img_emb.proj.0.weight", [clip]), norm0Bias: try vector("img_emb.proj.0.bias", [clip]),
+                fc1: try linear("img_emb.proj.1", in: clip, out: clip, weight: act, output: act),
+                fc2: try linear("img_emb.proj.3", in: clip, out: d, weight: act, output: .f32),
+                norm4Weight: try vector("img_emb.proj.4.weight", [d]), norm4Bias: try vector("img_emb.proj.4.bias", [d]),
+                posEmbedding: c.modelType == "flf2v" ? try b.tensor("img_emb.emb_pos", [1, 514, clip]) : nil)
+        } else {
+            imageProjection = nil
+        }
+        try b.finish()
+        weightBytes = uploader.uploadedBytes
+        try context.synchronize()
+    }
+
+    /// Loads a DiT from a weight source, inferring the configuration from its shapes; `arguments` (the official
+    /// constructor arguments) override what was inferred.
+    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil, precision: CUDAPrecision = .bf16,
+                            context: CUDAContext? = nil) throws {
+        var config = try WanDiTConfig(inferringFrom: source)
+        if let arguments { config.apply(officialArguments: arguments) }
+        try self.init(config: config, weights: source, precision: precision, context: context)
+    }
+
+    var act: DeviceDType { precision.activation }
+
+    func run(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64, epilogue: MatmulEpilogue = .none) throws {
+        try gemm.linear(m: rows, n: l.outFeatures, k: l.inFeatures, x: x, w: l.weight.pointer, bias: l.bias?.pointer ?? 0, y: y,
+                        input: l.weightType, output: l.outputType, epilogue: epilogue)
+    }
+
+    /// A product followed by GELU(tanh): fused in cuBLASLt (bf16) or by the kernel (f32).
+    func runGELU(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64) throws {
+        if fusedGELU {
+            try run(l, rows: rows, x: x, y: y, epilogue: .geluTanh)
+        } else {
+            try run(l, rows: rows, x: x, y: y)
+            try ops.geluTanh(l.outputType, out: y, x: y, count: rows * l.outFeatures)
+        }
+    }
+
+    /// A device tensor as a host f32 tensor (waits for the queued work).
+    func download(_ address: UInt64, _ type: DeviceDType, _ shape: [Int]) throws -> Tensor {
+        let count = shape.reduce(1, *)
+        let out = Tensor(uninitialized: shape)
+        if type == .f32 {
+            try context.copy(toHost: UnsafeMutableRawPointer(out.data), from: address, bytes: count * 4)
+        } else {
+            var bits = [UInt16](repeating: 0, count: count)
+            try bits.withUnsafeMutableBytes { try context.copy(toHost: $0.baseAddress!, from: address, bytes: count * 2) }
+            bits.withUnsafeBufferPointer { BFloat16.unpack($0.baseAddress!, into: out.data, count: count) }
+        }
+        return out
+    }
+
+    /// Uploads host f32 values to `address` as `type`.
+    func upload(_ values: UnsafePointer<Float>, count: Int, to address: UInt64, as type: DeviceDType) throws {
+        if type == .f32 {
+            try context.copy(toDevice: address, from: UnsafeRawPointer(values), bytes: count * 4)
+        } else {
+            var bits = [UInt16](repeating: 0, count: count)
+            bits.withUnsafeMutableBufferPointer { BFloat16.pack(values, into: $0.baseAddress!, count: count) }
+            try bits.withUnsafeBytes { try context.copy(toDevice: address, from: $0.baseAddress!, bytes: count * 2) }
+        }
+    }
+
+    // MARK: context
+
+    /// The text (and image) conditioning on the device: the embedded text at text_len rows and every block's
+    /// cross-attention keys and values. Prepare once per prompt; reuse for every step.
+    public func prepare(context text: Tensor, clipFeatures: Tensor? = nil) throws -> CUDADiTContext {
+        let c = config, d = c.dim, n = c.textLen
+        guard text.rank == 2, text.shape[1] == c.textDim else {
+            throw DiTInputError(description: "context must be [L, \(c.textDim)], got \(text.shape)")
+        }
+        let rows = text.shape[0]
+        guard rows <= n else { throw DiTInputError(description: "context has \(rows) rows, more than text_len \(n)") }
+        if c.hasImageInput && clipFeatures == nil { throw DiTInputError(description: "this \(c.modelType) model needs CLIP features") }
+        if !c.hasImageInput && clipFeatures != nil { throw DiTInputError(description: "this t2v model takes no CLIP features") }
+
+        let prepared = CUDADiTContext(model: self, textRows: rows, padCount: n - rows)
+        // The official zero padding to text_len, then text_embedding (Linear, GELU(tanh), Linear).
+        let padded = Tensor(zeros: [n, c.textDim])
+        padded.data.update(from: text.data, count: text.count)
+        let input = try prepared.hold(pool.acquire(bytes: act.size * n * max(c.textDim, d)))
+        try upload(padded.data, count: padded.count, to: input.pointer, as: act)
+        let hidden = try prepared.hold(pool.acquire(bytes: act.size * n * d))
+        try runGELU(textEmbedding0, rows: n, x: input.pointer, y: hidden.pointer)
+        let embedded = try prepared.hold(pool.acquire(bytes: act.size * n * d))
+        try run(textEmbedding2, rows: n, x: hidden.pointer, y: embedded.pointer)
+        prepared.embedded = embedded
+
+        var imageRows = 0
+        var imageInput: DeviceBuffer? = nil
+        if let clip = clipFeatures {
+            let tokens = try imageContext(clip, into: prepared)
+            imageRows = tokens.rows
+            imageInput = tokens.activation
+        }
+        for block in blocks {
+            let k = try prepared.hold(pool.acquire(bytes: act.size * n * d))
+            let v = try prepared.hold(pool.acquire(bytes: act.size * n * d))
+            try run(block.ck, rows: n, x: embedded.pointer, y: k.pointer)
+            if let w = block.cNormK { try ops.rmsNorm(act, out: k.pointer, x: k.pointer, weight: w.pointer, rows: n, dim: d, eps: c.eps) }
+            try run(block.cv, rows: n, x: embedded.pointer, y: v.pointer)
+            prepared.textKV.append((k, v))
+            if let kImg = block.kImg, let vImg = block.vImg, let image = imageInput {
+                let ik = try prepared.hold(pool.acquire(bytes: act.size * imageRows * d))
+                let iv = try prepared.hold(pool.acquire(bytes: act.size * imageRows * d))
+                try run(kImg, rows: imageRows, x: image.pointer, y: ik.pointer)
+                if let w = block.normKImg { try ops.rmsNorm(act, out: ik.pointer, x: ik.pointer, weight: w.pointer, rows: imageRows, dim: d, eps: c.eps) }
+                try run(vImg, rows: imageRows, x: image.pointer, y: iv.pointer)
+                prepared.imageKV.append((ik, iv))
+            }
+        }
+        // The temporaries go back to the pool (the kept buffers stay with the context).
+        prepared.drop(input)
+        prepared.drop(hidden)
+        if let imageInput, imageInput !== prepared.imageTokens { prepared.drop(imageInput) }
+        prepared.imageRows = imageRows
+        return prepared
+    }
+
+    /// MLPProj of the CLIP features (LayerNorm, Linear, GELU (erf), Linear, LayerNorm): the image tokens [n*257, dim]
+    /// in f32 (kept on the context for tracing) and in the activation type (the input of k_img / v_img).
+    func imageContext(_ clip: Tensor, into prepared: CUDADiTContext) throws -> (rows: Int, activation: DeviceBuffer) {
+        guard let proj = imageProjection else { throw DiTInputError(description: "this \(config.modelType) model takes no image features") }
+        let width = WanDiTConfig.clipDim, d = config.dim
+        guard clip.count % width == 0, clip.shape.last == width else {
+            throw DiTInputError(description: "CLIP features must be [n, 257, 1280], got \(clip.shape)")
+        }
+        let rows = clip.count / width
+        let x = Tensor(uninitialized: [rows, width])
+        x.data.update(from: clip.data, count: clip.count)
+        if let pos = proj.posEmbedding {
+            guard rows == pos.shape[1] else {
+                throw DiTInputError(description: "FLF2V needs the CLIP features of two images ([2, 257, 1280]), got \(clip.shape)")
+            }
+            for i in 0..<x.count { x.data[i] += pos.data[i] }
+        }
+        let input = try prepared.hold(pool.acquire(bytes: 4 * rows * width))
+        try upload(x.data, count: x.count, to: input.pointer, as: .f32)
+        let normed = try prepared.hold(pool.acquire(bytes: act.size * rows * width))
+        try ops.layerNorm(act, out: normed.pointer, x: input.pointer, weight: proj.norm0Weight.pointer, bias: proj.norm0Bias.pointer,
+                          rows: rows, dim: width, eps: 1e-5)
+        let h1 = try prepared.hold(pool.acquire(bytes: act.size * rows * width))
+        try run(proj.fc1, rows: rows, x: normed.pointer, y: h1.pointer)
+        try ops.geluErf(act, out: h1.pointer, x: h1.pointer, count: rows * width)
+        let h2 = try prepared.hold(pool.acquire(bytes: 4 * rows * d))
+        try run(proj.fc2, rows: rows, x: h1.pointer, y: h2.pointer)
+        let tokens = try prepared.hold(pool.acquire(bytes: 4 * rows * d))
+        try ops.layerNorm(.f32, out: tokens.pointer, x: h2.pointer, weight: proj.norm4Weight.pointer, bias: proj.norm4Bias.pointer,
+                          rows: rows, dim: d, eps: 1e-5)
+        prepared.imageTokens = tokens
+        prepared.drop(input); prepared.drop(normed); prepared.drop(h1); prepared.drop(h2)
+        if act == .f32 { return (rows, tokens) }
+        let converted = try prepared.hold(pool.acquire(bytes: 2 * rows * d))
+        try ops.convertToBF16(out: converted.pointer, x: tokens.pointer, count: rows * d)
+        return (rows, converted)
+    }
+
+    // MARK: forward
+
+    /// One video through the model (the conditioning prepared on the way, as `WanDiT.forward(_:trace:)` does).
+    public func forward(_ input: DiTInput, trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
+        try forward(x: input.x, y: input.y, t: input.t, context: try prepare(context: input.context, clipFeatures: input.clipFeatures), trace: trace)
+    }
+
+    /// The workspace for `tokens` tokens (kept between calls; a new token count replaces it).
+    func workspace(tokens: Int, patchLength: Int) throws -> (plan: CUDADiTPlan, base: UInt64) {
+        let plan = CUDADiTPlan(config: config, tokens: tokens, patchLength: patchLength, precision: precision)
+        if let w = workspace, w.plan == plan { return (plan, w.buffer.pointer) }
+        if let old = workspace { pool.release(old.buffer); workspace = nil }
+        let buffer = try pool.acquire(bytes: plan.workspace.totalBytes)
+        workspace = (plan, buffer)
+        return (plan, buffer.pointer)
+    }
+
+    /// Hands the activation workspace back to the pool (the weights stay).
+    public func releaseWorkspace() {
+        if let w = workspace { pool.release(w.buffer); workspace = nil }
+    }
+
+    /// One video through the model with a prepared context: x [C, F, H, W] (and y for i2v/flf2v) -> [out, F, H, W].
+    public func forward(x inputX: Tensor, y inputY: Tensor? = nil, t: Float, context prepared: CUDADiTContext,
+                        trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
+        guard prepared.model === self else { throw DiTInputError(description: "the context was prepared by another model") }
+        let c = config, d = c.dim, act = self.act
+        if c.hasImageInput && inputY == nil { throw DiTInputError(description: "this \(c.modelType) model needs y (mask + image latent) besides x") }
+        guard inputX.rank == 4 else { throw DiTInputError(description: "x must be [C, F, H, W], got \(inputX.shape)") }
+        var channels = inputX.shape[0]
+        if let y = inputY {
+            guard y.rank == 4, Array(y.shape[1...]) == Array(inputX.shape[1...]) else {
+                throw DiTInputError(description: "y \(y.shape) must match x \(inputX.shape) in F, H, W")
+            }
+            channels += y.shape[0]
+        }
+        guard channels == c.inDim else {
+            throw DiTInputError(description: "the model takes \(c.inDim) input channels, got \(channels)")
+        }
+        let (pt, ph, pw) = (c.patchSize[0], c.patchSize[1], c.patchSize[2])
+        let (F, H, W) = (inputX.shape[1], inputX.shape[2], inputX.shape[3])
+        let grid = (f: F / pt, h: H / ph, w: W / pw)
+        let L = grid.f * grid.h * grid.w
+        guard L > 0 else { throw DiTInputError(description: "x \(inputX.shape) is smaller than one patch \(c.patchSize)") }
+        let patchLen = channels * pt * ph * pw
+        let (plan, base) = try workspace(tokens: L, patchLength: patchLen)
+        func at(_ name: String) -> UInt64 { base + UInt64(plan.workspace.offset(name)!) }
+        let x = at("x"), normed = at("normed"), q = at("q"), k = at("k"), v = at("v"), attn = at("attn"), hidden = at("hidden")
+
+        // Patch embedding: the Conv3d with stride = kernel is a product over the flattened patches (host-side gather).
+        let patches = Tensor(uninitialized: [L, patchLen])
+        Parallel.forRanges(L, grain: 16) { range in
+            for tok in range {
+                let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
+                let row = patches.data + tok * patchLen
+                var idx = 0
+                for ch in 0..<channels {
+                    let (src, cc) = ch < inputX.shape[0] ? (inputX, ch) : (inputY!, ch - inputX.shape[0])
+                    let plane = src.data + cc * F * H * W
+                    for p in 0..<pt { for qq in 0..<ph { for r in 0..<pw {
+                        row[idx] = plane[((fi * pt + p) * H + hi * ph + qq) * W + wi * pw + r]
+                        idx += 1
+                    } } }
+                }
+            }
+        }
+        try upload(patches.data, count: patches.count, to: at("patches"), as: .f32)
+        try run(patchEmbedding, rows: L, x: at("patches"), y: x)
+        if let trace { trace("patch_tokens", try download(x, .f32, [L, d])) }
+
+        // Time embedding, in f32 (sinusoid in float64 on the host, as WanDiT).
+        let sinusoid = WanDiT.timestepSinusoid(t, dim: c.freqDim)
+        try sinusoid.withUnsafeBufferPointer { try upload($0.baseAddress!, count: c.freqDim, to: at("sinusoid"), as: .f32) }
+        if let trace { trace("time_sinusoid", Tensor(shape: [c.freqDim], values: sinusoid)) }
+        try run(timeEmbedding0, rows: 1, x: at("sinusoid"), y: at("e_hidden"))
+        try ops.silu(out: at("e_hidden"), x: at("e_hidden"), count: d)
+        try run(timeEmbedding2, rows: 1, x: at("e_hidden"), y: at("e"))
+        if let trace { trace("e", try download(at("e"), .f32, [d])) }
+        try ops.silu(out: at("e_silu"), x: at("e"), count: d)
+        try run(timeProjection, rows: 1, x: at("e_silu"), y: at("e0"))
+        if let trace {
+            trace("e0", try download(at("e0"), .f32, [6, d]))
+            trace("context_embedded", try download(prepared.embedded!.pointer, act, [c.textLen, d]))
+            if let tokens = prepared.imageTokens { trace("context_clip", try download(tokens.pointer, .f32, [prepared.imageRows, d])) }
+        }
+
+        // Blocks.
+        let gridSizes: [Int32] = [Int32(grid.f), Int32(grid.h), Int32(grid.w)]
+        try gridSizes.withUnsafeBytes { try context.copy(toDevice: at("grid"), from: $0.baseAddress!, bytes: 12) }
+        let heads = c.numHeads, hd = c.headDim, scale = 1 / Float(hd).squareRoot(), eps = c.eps
+        let mod = at("mod")
+        func m(_ i: Int) -> UInt64 { mod + UInt64(i * d * 4) }
+        for (index, block) in blocks.enumerated() {
+            try ops.modulationAdd(out: mod, e: at("e0"), modulation: block.modulation.pointer, batch: 1, n: 6 * d)
+
+            // Self-attention on LN(x)*(1+m1)+m0.
+            try ops.layerNorm(act, out: normed, x: x, shift: m(0), scale: m(1), modStride: 6 * d, rows: L, dim: d, eps: eps)
+            try run(block.q, rows: L, x: normed, y: q)
+            try run(block.k, rows: L, x: normed, y: k)
+            try run(block.v, rows: L, x: normed, y: v)
+            if let w = block.normQ { try ops.rmsNorm(act, out: q, x: q, weight: w.pointer, rows: L, dim: d, eps: eps) }
+            if let w = block.normK { try ops.rmsNorm(act, out: k, x: k, weight: w.pointer, rows: L, dim: d, eps: eps) }
+            try ops.rope(act, x: q, grid: at("grid"), batch: 1, seqLen: L, heads: heads, headDim: hd)
+            try ops.rope(act, x: k, grid: at("grid"), batch: 1, seqLen: L, heads: heads, headDim: hd)
+            try ops.attention(act, out: attn, q: q, k: k, v: v, lq: L, lk: L, heads: heads, headDim: hd, scale: scale)
+            let proj = k  // free once the self-attention has run
+            try run(block.o, rows: L, x: attn, y: proj)
+            if index == 0, let trace { trace("block0_self_attn", try download(proj, act, [L, d])) }
+            try ops.gatedResidual(act, x: x, y: proj, gate: m(2), modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
+
+            // Cross-attention on norm3(x), no modulation, no gate.
+            if let w = block.norm3Weight, let bias = block.norm3Bias {
+                try ops.layerNorm(act, out: normed, x: x, weight: w.pointer, bias: bias.pointer, rows: L, dim: d, eps: eps)
+            } else if act == .f32 {
+                try context.copy(onDevice: normed, from: x, bytes: 4 * L * d)
+            } else {
+                try ops.convertToBF16(out: normed, x: x, count: L * d)
+            }
+            try run(block.cq, rows: L, x: normed, y: q)
+            if let w = block.cNormQ { try ops.rmsNorm(act, out: q, x: q, weight: w.pointer, rows: L, dim: d, eps: eps) }
+            let text = prepared.textKV[index]
+            if !prepared.imageKV.isEmpty {
+                // WanI2VCrossAttention: attention to the image tokens and to the text, summed before the projection.
+                let image = prepared.imageKV[index]
+                try ops.attention(act, out: v, q: q, k: image.k.pointer, v: image.v.pointer, lq: L, lk: prepared.imageRows,
+                                  heads: heads, headDim: hd, scale: scale)
+                try ops.attention(act, out: attn, q: q, k: text.k.pointer, v: text.v.pointer, lq: L, lk: c.textLen,
+                                  heads: heads, headDim: hd, scale: scale)
+                try ops.add(act, out: attn, a: attn, b: v, count: L * d)
+            } else {
+                try ops.attention(act, out: attn, q: q, k: text.k.pointer, v: text.v.pointer, lq: L, lk: c.textLen,
+                                  heads: heads, headDim: hd, scale: scale)
+            }
+            try run(block.co, rows: L, x: attn, y: proj)
+            if index == 0, let trace { trace("block0_cross_attn", try download(proj, act, [L, d])) }
+            try ops.gatedResidual(act, x: x, y: proj, gate: 0, modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
+
+            // FFN on LN(x)*(1+m4)+m3, gated by m5, in chunks of rows.
+            try ops.layerNorm(act, out: normed, x: x, shift: m(3), scale: m(4), modStride: 6 * d, rows: L, dim: d, eps: eps)
+            var r0 = 0
+            while r0 < L {
+                let n = min(plan.ffnChunkRows, L - r0)
+                let offset = UInt64(r0 * d * act.size)
+                try runGELU(block.ffnIn, rows: n, x: normed + offset, y: hidden)
+                try run(block.ffnOut, rows: n, x: hidden, y: proj + offset)
+                r0 += n
+            }
+            if index == 0, let trace { trace("block0_ffn", try download(proj, act, [L, d])) }
+            try ops.gatedResidual(act, x: x, y: proj, gate: m(5), modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
+            if let trace { trace("block\(index)_out", try download(x, .f32, [L, d])) }
+        }
+
+        // Head, in f32: LN(x)*(1+(mod1+e))+(mod0+e), then the projection to patches.
+        let headMod = at("head_mod")
+        try ops.modulationAdd(out: headMod, e: headModulation.pointer, modulation: at("e"), batch: 2, n: d)
+        try ops.layerNorm(.f32, out: normed, x: x, shift: headMod, scale: headMod + UInt64(4 * d), modStride: 0, rows: L, dim: d, eps: eps)
+        let outWidth = head.outFeatures
+        try run(head, rows: L, x: normed, y: at("head"))
+        let out = try download(at("head"), .f32, [L, outWidth])
+        trace?("head_out", out)
+
+        // Unpatchify: [L, (p, q, r, c)] -> [c, F', H', W'].
+        let C = c.outDim
+        let (Fo, Ho, Wo) = (grid.f * pt, grid.h * ph, grid.w * pw)
+        let video = Tensor(uninitialized: [C, Fo, Ho, Wo])
+        for tok in 0..<L {
+            let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
+            let row = out.data + tok * outWidth
+            var idx = 0
+            for p in 0..<pt { for qq in 0..<ph { for r in 0..<pw { for ch in 0..<C {
+                video.data[((ch * Fo + fi * pt + p) * Ho + hi * ph + qq) * Wo + wi * pw + r] = row[idx]
+                idx += 1
+            } } } }
+        }
+        return video
+    }
+}
+
+/// A prepared conditioning on the device (see `CUDADiT.prepare`); its buffers go back to the model's pool when it
+/// is released.
+public final class CUDADiTContext {
+    let model: CUDADiT
+    public let textRows: Int
+    public let padCount: Int
+    var embedded: DeviceBuffer?
+    var textKV: [(k: DeviceBuffer, v: DeviceBuffer)] = []
+    var imageKV: [(k: DeviceBuffer, v: DeviceBuffer)] = []
+    var imageTokens: DeviceBuffer?
+    var imageRows = 0
+    private var held: [DeviceBuffer] = []
+
+    init(model: CUDADiT, textRows: Int, padCount: Int) {
+        self.model = model
+        self.textRows = textRows
+        self.padCount = padCount
+    }
+
+    /// Device bytes this context holds.
+    public var deviceBytes: Int { held.reduce(0) { $0 + $1.bytes } }
+
+    func hold(_ buffer: DeviceBuffer) -> DeviceBuffer {
+        held.append(buffer)
+        return buffer
+    }
+
+    func drop(_ buffer: DeviceBuffer) {
+        if let i = held.firstIndex(where: { $0 === buffer }) {
+            held.remove(at: i)
+            model.pool.release(buffer)
+        }
+    }
+
+    deinit {
+        for buffer in held { model.pool.release(buffer) }
+    }
+}
+
+/// Uploads bound weights: matrices in chunks of rows (dequantised from the stored type, packed to bf16 when asked),
+/// vectors as f32.
+final class WeightUploader {
+    let context: CUDAContext
+    private(set) var uploadedBytes = 0
+    /// Elements converted per chunk (16 MB of f32).
+    static let chunkElements = 1 << 22
+
+    init(context: CUDAContext) { self.context = context }
+
+    func f32(_ tensor: Tensor) throws -> DeviceBuffer {
+        let buffer = try context.allocate(bytes: tensor.count * 4)
+        try context.copy(toDevice: buffer.pointer, from: UnsafeRawPointer(tensor.data), bytes: tensor.count * 4)
+        uploadedBytes += buffer.bytes
+        return buffer
+    }
+
+    func linear(_ linear: Linear, weightType: DeviceDType, outputType: DeviceDType) throws -> DeviceLinear {
+        let matrix = linear.matrix
+        let rows = matrix.rows, cols = matrix.cols
+        let weight = try context.allocate(bytes: rows * cols * weightType.size)
+        let chunkRows = max(1, Self.chunkElements / max(cols, 1))
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: min(rows, chunkRows) * cols)
+        defer { scratch.deallocate() }
+        let packed = weightType == .bf16 ? UnsafeMutablePointer<UInt16>.allocate(capacity: min(rows, chunkRows) * cols) : nil
+        defer { packed?.deallocate() }
+        var r0 = 0
+        while r0 < rows {
+            let n = min(chunkRows, rows - r0)
+            let count = n * cols
+            let source: UnsafePointer<Float>
+            if let f = matrix.float32 {
+                source = UnsafePointer(f.data + r0 * cols)
+            } else {
+                matrix.dequantizeRows(r0..<(r0 + n), into: scratch)
+                source = UnsafePointer(scratch)
+            }
+            let destination = weight.pointer + UInt64(r0 * cols * weightType.size)
+            if let packed {
+                BFloat16.pack(source, into: packed, count: count)
+                try context.copy(toDevice: destination, from: UnsafeRawPointer(packed), bytes: count * 2)
+            } else {
+                try context.copy(toDevice: destination, from: UnsafeRawPointer(source), bytes: count * 4)
+            }
+            r0 += n
+        }
+        var bias: DeviceBuffer? = nil
+        if let b = linear.bias {
+            let buffer = try context.allocate(bytes: b.count * outputType.size)
+            if outputType == .f32 {
+                try context.copy(toDevice: buffer.pointer, from: UnsafeRawPointer(b.data), bytes: b.count * 4)
+            } else {
+                var bits = [UInt16](repeating: 0, count: b.count)
+                bits.withUnsafeMutableBufferPointer { BFloat16.pack(b.data, into: $0.baseAddress!, count: b.count) }
+                try bits.withUnsafeBytes { try context.copy(toDevice: buffer.pointer, from: $0.baseAddress!, bytes: b.count * 2) }
+            }
+            uploadedBytes += buffer.bytes
+            bias = buffer
+        }
+        uploadedBytes += weight.bytes
+        return DeviceLinear(weight: weight, bias: bias, inFeatures: cols, outFeatures: rows, weightType: weightType, outputType: outputType)
+    }
+}

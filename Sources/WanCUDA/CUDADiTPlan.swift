@@ -1,0 +1,119 @@
+import Foundation
+import WanTensor
+import WanModels
+
+/// `--precision` of the CUDA backend: bf16 (weights and the activations fed to matrix products and attention in
+/// bf16, accumulation, norms, modulation, the residual stream, the time embedding and the head in f32: as the
+/// official code computes under bf16 autocast) or f32 (everything in f32, TF32 off: the golden tolerances).
+public enum CUDAPrecision: String, Sendable, CaseIterable {
+    case f32, bf16
+    /// The type of activations that feed products and attention.
+    public var activation: DeviceDType { self == .f32 ? .f32 : .bf16 }
+}
+
+/// float32 <-> bfloat16 on the host, as PyTorch's .to(torch.bfloat16) rounds (to nearest, ties to even; NaN stays a
+/// quiet NaN): how weights are packed for upload.
+public enum BFloat16 {
+    @inline(__always) public static func from(_ value: Float) -> UInt16 {
+        let bits = value.bitPattern
+        if bits & 0x7fff_ffff > 0x7f80_0000 { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
+        let rounded = bits &+ 0x7fff &+ ((bits >> 16) & 1)
+        return UInt16(truncatingIfNeeded: rounded >> 16)
+    }
+
+    @inline(__always) public static func float(_ value: UInt16) -> Float { Float(bitPattern: UInt32(value) << 16) }
+
+    /// Packs `count` floats (in parallel for large counts).
+    public static func pack(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>, count: Int) {
+        Parallel.forRanges(count, grain: 1 << 16) { range in
+            for i in range { destination[i] = from(source[i]) }
+        }
+    }
+
+    public static func unpack(_ source: UnsafePointer<UInt16>, into destination: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { destination[i] = float(source[i]) }
+    }
+}
+
+/// The device memory one forward pass of the DiT uses, planned on the host: one allocation holding the residual
+/// stream, the block's activations (reused by every block), the FFN hidden layer for a chunk of rows, the patch and
+/// head buffers and the small time-embedding vectors.
+public struct CUDADiTPlan: Equatable {
+    public let tokens: Int
+    public let dim: Int
+    public let precision: CUDAPrecision
+    /// FFN rows per chunk: all tokens when the hidden layer fits `ffnBudgetBytes`, else a multiple of 256.
+    public let ffnChunkRows: Int
+    public let workspace: WorkspacePlan
+
+    /// Bytes the FFN hidden layer of one chunk may take.
+    public static let ffnBudgetBytes = 512 << 20
+
+    public static func ffnChunkRows(tokens: Int, ffnDim: Int, elementSize: Int, budget: Int = ffnBudgetBytes) -> Int {
+        let perRow = max(1, ffnDim * elementSize)
+        if tokens * perRow <= budget { return max(tokens, 1) }
+        return max(256, budget / perRow / 256 * 256)
+    }
+
+    public init(config c: WanDiTConfig, tokens L: Int, patchLength: Int, precision: CUDAPrecision) {
+        tokens = L
+        dim = c.dim
+        self.precision = precision
+        let t = precision.activation.size, d = c.dim
+        ffnChunkRows = Self.ffnChunkRows(tokens: L, ffnDim: c.ffnDim, elementSize: t)
+        var w = WorkspacePlan()
+        w.add("x", bytes: 4 * L * d)             // the residual stream, f32
+        w.add("normed", bytes: 4 * L * d)        // block inputs (activation type), the head's LayerNorm output (f32)
+        w.add("q", bytes: t * L * d)
+        w.add("k", bytes: t * L * d)             // also the projections' output once the self-attention has run
+        w.add("v", bytes: t * L * d)             // also the image cross-attention's output (i2v/flf2v)
+        w.add("attn", bytes: t * L * d)
+        w.add("hidden", bytes: t * ffnChunkRows * c.ffnDim)
+        w.add("patches", bytes: 4 * L * patchLength)
+        w.add("head", bytes: 4 * L * c.outDim * c.patchSize.reduce(1, *))
+        w.add("sinusoid", bytes: 4 * c.freqDim)
+        w.add("e_hidden", bytes: 4 * d)
+        w.add("e", bytes: 4 * d)
+        w.add("e_silu", bytes: 4 * d)
+        w.add("e0", bytes: 4 * 6 * d)
+        w.add("mod", bytes: 4 * 6 * d)
+        w.add("head_mod", bytes: 4 * 2 * d)
+        w.add("grid", bytes: 4 * 3)
+        workspace = w
+    }
+
+    /// Device bytes of the weights as uploaded (as `CUDADiT` uploads them): products and their biases in the
+    /// activation type except the patch embedding, time embedding, time projection and head (f32, as the official
+    /// code runs them under autocast) and the image projection's last bias (an f32 output); norms and modulations f32.
+    public static func weightBytes(_ c: WanDiTConfig, precision: CUDAPrecision) -> Int {
+        var total = 0
+        let t = precision.activation.size
+        let f32Linears = ["patch_embedding.", "time_embedding.", "time_projection.", "head.head.", "img_emb.proj.3.bias"]
+        for (name, shape) in c.parameterShapes() {
+            let count = shape.reduce(1, *)
+            if name == "img_emb.emb_pos" { continue }  // added on the host
+            let layerNormBias = name.hasSuffix("norm3.bias") || name == "img_emb.proj.0.bias" || name == "img_emb.proj.4.bias"
+            let size: Int
+            if f32Linears.contains(where: { name.hasPrefix($0) }) {
+                size = 4
+            } else if name.hasSuffix(".bias") && !layerNormBias {
+                size = t  // the bias of a product with an activation-type output
+            } else if shape.count >= 2 && !name.hasSuffix("modulation") {
+                size = t
+            } else {
+                size = 4  // norms, LayerNorm biases, modulations
+            }
+            total += count * size
+        }
+        return total
+    }
+
+    /// Device bytes of one prepared conditioning: the embedded text (text_len rows) and every block's text keys and
+    /// values (plus image keys/values and tokens for i2v/flf2v).
+    public static func contextBytes(_ c: WanDiTConfig, precision: CUDAPrecision, imageRows: Int = 0) -> Int {
+        let t = precision.activation.size, d = c.dim
+        var total = t * c.textLen * d * (1 + 2 * c.numLayers)
+        if imageRows > 0 { total += t * imageRows * d * (1 + 2 * c.numLayers) + 4 * imageRows * d }
+        return total
+    }
+}

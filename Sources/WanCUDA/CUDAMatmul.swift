@@ -1,0 +1,171 @@
+import Foundation
+
+/// Element types of device tensors.
+public enum DeviceDType: String, Sendable, Codable, CaseIterable {
+    case f32, bf16
+    public var size: Int { self == .f32 ? 4 : 2 }
+    /// cudaDataType_t
+    var cudaType: Int32 { self == .f32 ? CublasLtConstants.CUDA_R_32F : CublasLtConstants.CUDA_R_16BF }
+}
+
+/// What a matrix product does after the sum.
+public enum MatmulEpilogue: String, Sendable, Hashable {
+    /// y = x · wᵀ (+ bias when one is given)
+    case none
+    /// y = GELU_tanh(x · wᵀ + bias): the FFN's first layer (nn.GELU(approximate='tanh')).
+    case geluTanh
+}
+
+/// The row-major products of the DiT through cuBLASLt: `y[m, n] = x[m, k] · w[n, k]ᵀ + bias[n]`, x and w of one type
+/// (bf16 or f32), y bf16 or f32, always accumulated in f32 (CUBLAS_COMPUTE_32F: no TF32, so the f32 path is the exact
+/// one). cuBLASLt is column-major: the row-major y is the column-major yᵀ [n, m] = w · xᵀ, so A = w (k x n, ld k,
+/// transposed), B = x (k x m, ld k), D = y (n x m, ld n), and the bias (one value per row of D) is the per-column bias
+/// of y. Descriptors, layouts and the heuristic's algorithm are made once per shape and reused. Where the heuristic
+/// offers no algorithm for the fused epilogue (bias, GELU+bias), the product runs plain and `bias_act` finishes it.
+public final class CUDAMatmul {
+    public let context: CUDAContext
+    public let cublas: CublasLt
+    /// The workspace cuBLASLt may use (one buffer, reused by every product: they run in order on one stream).
+    public let workspace: DeviceBuffer
+    private var plans: [PlanKey: Plan] = [:]
+    /// Runs `bias_act_<type>` on (y, bias, rows, cols, act) for a product whose epilogue is not fused.
+    public var unfusedEpilogue: ((DeviceDType, UInt64, UInt64, Int, Int, Int32) throws -> Void)?
+
+    public static let defaultWorkspaceBytes = 32 << 20
+
+    struct PlanKey: Hashable {
+        var m, n, k: Int
+        var input, output: DeviceDType
+        var epilogue: MatmulEpilogue
+        var hasBias: Bool
+    }
+
+    final class Plan {
+        let cublas: CublasLt
+        let desc: OpaquePointer
+        let a, b, d: OpaquePointer
+        /// cublasLtMatmulAlgo_t, as the heuristic returned it.
+        var algo = [UInt8](repeating: 0, count: 64)
+        var workspaceBytes = 0
+        /// The epilogue in the descriptor; `fused` false: DEFAULT, bias (and GELU) applied by a kernel afterwards.
+        var fused = true
+
+        init(cublas: CublasLt, desc: OpaquePointer, a: OpaquePointer, b: OpaquePointer, d: OpaquePointer) {
+            self.cublas = cublas; self.desc = desc; self.a = a; self.b = b; self.d = d
+        }
+
+        deinit {
+            _ = cublas.matmulDescDestroy(desc)
+            _ = cublas.matrixLayoutDestroy(a)
+            _ = cublas.matrixLayoutDestroy(b)
+            _ = cublas.matrixLayoutDestroy(d)
+        }
+    }
+
+    public init(context: CUDAContext, cublas: CublasLt? = nil, workspaceBytes: Int = CUDAMatmul.defaultWorkspaceBytes) throws {
+        self.context = context
+        try context.makeCurrent()
+        self.cublas = try cublas ?? CublasLt()
+        workspace = try context.allocate(bytes: workspaceBytes)
+    }
+
+    /// Number of cached plans (shapes seen).
+    public var planCount: Int { plans.count }
+
+    private func check(_ status: cublasStatus_t, _ call: String) throws {
+        guard status != 0 else { return }
+        throw CUDAError.callFailed(call: call, code: Int(status), message: CublasLtConstants.statusName(status))
+    }
+
+    /// The cuBLASLt epilogue for an epilogue and whether there is a bias.
+    static func epilogueCode(_ epilogue: MatmulEpilogue, hasBias: Bool) -> UInt32 {
+        switch (epilogue, hasBias) {
+        case (.none, false): return CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT
+        case (.none, true): return CublasLtConstants.CUBLASLT_EPILOGUE_BIAS
+        case (.geluTanh, false): return CublasLtConstants.CUBLASLT_EPILOGUE_GELU
+        case (.geluTanh, true): return CublasLtConstants.CUBLASLT_EPILOGUE_GELU_BIAS
+        }
+    }
+
+    private func makePlan(_ key: PlanKey) throws -> Plan {
+        let lt = cublas
+        var desc: OpaquePointer? = nil
+        try check(lt.matmulDescCreate(&desc, CublasLtConstants.CUBLAS_COMPUTE_32F, CublasLtConstants.CUDA_R_32F), "cublasLtMatmulDescCreate")
+        var a: OpaquePointer? = nil, b: OpaquePointer? = nil, d: OpaquePointer? = nil
+        try check(lt.matrixLayoutCreate(&a, key.input.cudaType, UInt64(key.k), UInt64(key.n), Int64(key.k)), "cublasLtMatrixLayoutCreate(A)")
+        try check(lt.matrixLayoutCreate(&b, key.input.cudaType, UInt64(key.k), UInt64(key.m), Int64(key.k)), "cublasLtMatrixLayoutCreate(B)")
+        try check(lt.matrixLayoutCreate(&d, key.output.cudaType, UInt64(key.n), UInt64(key.m), Int64(key.n)), "cublasLtMatrixLayoutCreate(D)")
+        let plan = Plan(cublas: lt, desc: desc!, a: a!, b: b!, d: d!)
+        var transA = CublasLtConstants.CUBLAS_OP_T, transB = CublasLtConstants.CUBLAS_OP_N
+        try check(lt.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_TRANSA, &transA, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
+        try check(lt.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_TRANSB, &transB, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
+
+        var preference: OpaquePointer? = nil
+        try check(lt.preferenceCreate(&preference), "cublasLtMatmulPreferenceCreate")
+        defer { _ = lt.preferenceDestroy(preference!) }
+        var maxWorkspace = UInt64(workspace.bytes)
+        try check(lt.preferenceSetAttribute(preference!, CublasLtConstants.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &maxWorkspace, 8),
+                  "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
+
+        // The fused epilogue first; the plain product if the heuristic has nothing for it.
+        let wanted = Self.epilogueCode(key.epilogue, hasBias: key.hasBias)
+        for epilogue in wanted == CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT ? [wanted] : [wanted, CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT] {
+            var code = epilogue
+            try check(lt.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_EPILOGUE, &code, 4), "cublasLtMatmulDescSetAttribute(EPILOGUE)")
+            var results = [UInt8](repeating: 0, count: CublasLtConstants.heuristicResultSize)
+            var returned: Int32 = 0
+            let status = results.withUnsafeMutableBytes { raw in
+                lt.algoGetHeuristic(lt.handle, plan.desc, plan.a, plan.b, plan.d, plan.d, preference!, 1, raw.baseAddress!, &returned)
+            }
+            let state = results.withUnsafeBytes { $0.load(fromByteOffset: CublasLtConstants.heuristicStateOffset, as: Int32.self) }
+            if status == 0 && returned > 0 && state == 0 {
+                plan.algo = Array(results[0..<64])
+                plan.workspaceBytes = results.withUnsafeBytes { Int($0.load(fromByteOffset: CublasLtConstants.heuristicWorkspaceOffset, as: UInt64.self)) }
+                plan.fused = epilogue == wanted
+                return plan
+            }
+            if epilogue == CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT {
+                throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(key.m)x\(key.n)x\(key.k), \(key.input) -> \(key.output))",
+                                           code: Int(status), message: "no algorithm (\(CublasLtConstants.statusName(status)), \(returned) returned)")
+            }
+        }
+        fatalError("unreachable")
+    }
+
+    /// `y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])`, then the epilogue. `x`, `w`: device addresses of `input` elements;
+    /// `y`: of `output` elements; `bias`: `output` elements (cuBLASLt's bias type is D's), or 0 for none.
+    public func linear(m: Int, n: Int, k: Int, x: UInt64, w: UInt64, bias: UInt64, y: UInt64,
+                       input: DeviceDType, output: DeviceDType, epilogue: MatmulEpilogue = .none) throws {
+        guard m > 0, n > 0 else { return }
+        let key = PlanKey(m: m, n: n, k: k, input: input, output: output, epilogue: epilogue, hasBias: bias != 0)
+        let plan: Plan
+        if let cached = plans[key] { plan = cached } else {
+            try context.makeCurrent()
+            plan = try makePlan(key)
+            plans[key] = plan
+        }
+        try context.makeCurrent()
+        if plan.fused && bias != 0 {
+            var pointer = bias
+            try check(cublas.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pointer, 8),
+                      "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
+        }
+        var alpha: Float = 1, beta: Float = 0
+        let status = plan.algo.withUnsafeBytes { algo in
+            cublas.matmul(cublas.handle, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.d, y, plan.d,
+                          algo.baseAddress, workspace.pointer, workspace.bytes, nil)
+        }
+        try check(status, "cublasLtMatmul(\(m)x\(n)x\(k), \(input) -> \(output))")
+        if !plan.fused && (bias != 0 || epilogue != .none) {
+            guard let finish = unfusedEpilogue else {
+                throw CUDAError.callFailed(call: "cublasLtMatmul", code: -1, message: "no fused epilogue and no bias_act kernel")
+            }
+            try finish(output, y, bias, m, n, epilogue == .geluTanh ? 1 : 0)
+        }
+    }
+
+    /// Whether the plan of a shape (once used) runs its epilogue inside cuBLASLt.
+    public func isFused(m: Int, n: Int, k: Int, input: DeviceDType, output: DeviceDType, epilogue: MatmulEpilogue, hasBias: Bool) -> Bool? {
+        plans[PlanKey(m: m, n: n, k: k, input: input, output: output, epilogue: epilogue, hasBias: hasBias)]?.fused
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+
+/// The kernels of Kernels/*.cu as typed calls on device addresses (launch shapes as each file documents them).
+/// Modules are compiled (or taken from the cubin cache) and loaded on first use.
+public final class CUDAOps {
+    public let context: CUDAContext
+    public let compiler: KernelCompiler
+    private var modules: [String: CUDAModule] = [:]
+    private var functions: [String: CUDAFunction] = [:]
+
+    public init(context: CUDAContext, compiler: KernelCompiler? = nil) throws {
+        self.context = context
+        self.compiler = try compiler ?? KernelCompiler()
+    }
+
+    func function(_ name: String) throws -> CUDAFunction {
+        if let f = functions[name] { return f }
+        guard let module = KernelCatalog.kernels.first(where: { $0.value.contains(name) })?.key else {
+            throw CUDAError.kernelNotFound(name: name, file: "KernelCatalog")
+        }
+        if modules[module] == nil { modules[module] = try compiler.load(module: module, on: context) }
+        let f = try modules[module]!.function(name)
+        functions[name] = f
+        return f
+    }
+
+    /// Loads every module now (so compile time is not counted in the first forward pass).
+    public func loadAll() throws {
+        for (module, _) in KernelCatalog.kernels where modules[module] == nil {
+            modules[module] = try compiler.load(module: module, on: context)
+        }
+    }
+
+    static func blocks(_ n: Int, threads: Int = 256) -> Int { min(max((n + threads - 1) / threads, 1), 65535) }
+
+    private func suffix(_ type: DeviceDType) -> String { type == .f32 ? "f32" : "bf16" }
+
+    // MARK: elementwise
+
+    /// out = x / (1 + exp(-x)), f32.
+    public func silu(out: UInt64, x: UInt64, count: Int) throws {
+        try function("silu_f32").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1), [.pointer(out), .pointer(x), .int64(Int64(count))])
+    }
+
+    public func geluErf(_ type: DeviceDType, out: UInt64, x: UInt64, count: Int) throws {
+        try function("gelu_erf_\(suffix(type))").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
+                                                        [.pointer(out), .pointer(x), .int64(Int64(count))])
+    }
+
+    public func geluTanh(_ type: DeviceDType, out: UInt64, x: UInt64, count: Int) throws {
+        try function("gelu_tanh_\(suffix(type))").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
+                                                         [.pointer(out), .pointer(x), .int64(Int64(count))])
+    }
+
+    public func add(_ type: DeviceDType, out: UInt64, a: UInt64, b: UInt64, count: Int) throws {
+        try function("add_\(suffix(type))").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
+                                                   [.pointer(out), .pointer(a), .pointer(b), .int64(Int64(count))])
+    }
+
+    /// y[r, c] = act(y[r, c] + bias[c]) in place (act 0: none, 1: GELU tanh); bias of y's type, 0 for none.
+    public func biasAct(_ type: DeviceDType, y: UInt64, bias: UInt64, rows: Int, cols: Int, act: Int32) throws {
+        try function("bias_act_\(suffix(type))").launch(grid: (Self.blocks(rows * cols), 1, 1), block: (256, 1, 1),
+                                                        [.pointer(y), .pointer(bias), .int64(Int64(rows)), .int32(Int32(cols)), .int32(act)])
+    }
+
+    /// out[b, i] = e[b, i] + modulation[i] for i < n (n = 6·dim for a block; the head uses it with e and modulation
+    /// swapped: out[j, i] = modulation_head[j, i] + e[i]).
+    public func modulationAdd(out: UInt64, e: UInt64, modulation: UInt64, batch: Int, n: Int) throws {
+        try function("modulation_add_f32").launch(grid: (Self.blocks(batch * n), 1, 1), block: (256, 1, 1),
+                                                  [.pointer(out), .pointer(e), .pointer(modulation), .int32(Int32(batch)), .int32(Int32(n))])
+    }
+
+    /// x (f32) += y · gate[sample] (gate 0: plain residual add).
+    public func gatedResidual(_ yType: DeviceDType, x: UInt64, y: UInt64, gate: UInt64, modStride: Int, rows: Int, rowsPerBatch: Int, dim: Int) throws {
+        try function("gated_residual_\(suffix(yType))").launch(
+            grid: (Self.blocks(rows * dim), 1, 1), block: (256, 1, 1),
+            [.pointer(x), .pointer(y), .pointer(gate), .int32(Int32(modStride)), .int64(Int64(rows)), .int32(Int32(rowsPerBatch)), .int32(Int32(dim))])
+    }
+
+    public func convertToBF16(out: UInt64, x: UInt64, count: Int) throws {
+        try function("convert_f32_to_bf16").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1), [.pointer(out), .pointer(x), .int64(Int64(count))])
+    }
+
+    public func convertToF32(out: UInt64, x: UInt64, count: Int) throws {
+        try function("convert_bf16_to_f32").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1), [.pointer(out), .pointer(x), .int64(Int64(count))])
+    }
+
+    // MARK: norms
+
+    /// RMSNorm over rows of `dim` (in place allowed), weight f32 (0: none).
+    public func rmsNorm(_ type: DeviceDType, out: UInt64, x: UInt64, weight: UInt64, rows: Int, dim: Int, eps: Float) throws {
+        guard rows > 0 else { return }
+        try function("rms_norm_\(suffix(type))").launch(grid: (rows, 1, 1), block: (256, 1, 1),
+                                                        [.pointer(out), .pointer(x), .pointer(weight), .int32(Int32(rows)), .int32(Int32(dim)), .float(eps)])
+    }
+
+    /// LayerNorm of f32 rows into `outType`, optional affine (weight, bias) and modulation (shift, scale; rows of a
+    /// [B, ·, dim] tensor `modStride` apart); 0 switches a part off.
+    public func layerNorm(_ outType: DeviceDType, out: UInt64, x: UInt64, weight: UInt64 = 0, bias: UInt64 = 0, shift: UInt64 = 0, scale: UInt64 = 0,
+                          modStride: Int = 0, rows: Int, rowsPerBatch: Int? = nil, dim: Int, eps: Float) throws {
+        guard rows > 0 else { return }
+        try function("layer_norm_modulate_\(suffix(outType))").launch(
+            grid: (rows, 1, 1), block: (256, 1, 1),
+            [.pointer(out), .pointer(x), .pointer(weight), .pointer(bias), .pointer(shift), .pointer(scale), .int32(Int32(modStride)),
+             .int32(Int32(rows)), .int32(Int32(rowsPerBatch ?? rows)), .int32(Int32(dim)), .float(eps)])
+    }
+
+    // MARK: rope, attention
+
+    /// 3-D RoPE in place on [batch, seqLen, heads, headDim]; grid: device int32 [batch, 3].
+    public func rope(_ type: DeviceDType, x: UInt64, grid: UInt64, batch: Int, seqLen: Int, heads: Int, headDim: Int, theta: Float = 10000) throws {
+        let total = batch * seqLen * heads * headDim / 2
+        try function("rope_3d_\(suffix(type))").launch(grid: (Self.blocks(total), 1, 1), block: (256, 1, 1),
+                                                       [.pointer(x), .pointer(grid), .int32(Int32(batch)), .int32(Int32(seqLen)),
+                                                        .int32(Int32(heads)), .int32(Int32(headDim)), .float(theta)])
+    }
+
+    /// Head dims with a bf16 tensor-core kernel.
+    public static let bf16HeadDims: Set<Int> = [32, 64, 128]
+
+    /// softmax(q kᵀ · scale) v; q [B, Lq, H, D], k/v [B, Lk, H, D], out like q; kLens: device int32 [B] or 0.
+    public func attention(_ type: DeviceDType, out: UInt64, q: UInt64, k: UInt64, v: UInt64, kLens: UInt64 = 0,
+                          batch: Int = 1, lq: Int, lk: Int, heads: Int, headDim: Int, scale: Float) throws {
+        guard lq > 0 else { return }
+        if type == .f32 {
+            guard headDim % 32 == 0 && headDim <= 128 else {
+                throw CUDAError.callFailed(call: "flash_attention_f32", code: -1, message: "head_dim \(headDim) is not a multiple of 32 up to 128")
+            }
+            try function("flash_attention_f32").launch(grid: ((lq + 3) / 4, heads, batch), block: (128, 1, 1),
+                                                       [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens), .int32(Int32(lq)),
+                                                        .int32(Int32(lk)), .int32(Int32(heads)), .int32(Int32(headDim)), .float(scale)])
+        } else {
+            guard Self.bf16HeadDims.contains(headDim) else {
+                throw CUDAError.callFailed(call: "flash_attention_bf16", code: -1, message: "no bf16 attention kernel for head_dim \(headDim) (have \(Self.bf16HeadDims.sorted()))")
+            }
+            try function("flash_attention_bf16_d\(headDim)").launch(grid: ((lq + 63) / 64, heads, batch), block: (128, 1, 1),
+                                                                    [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens),
+                                                                     .int32(Int32(lq)), .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
+        }
+    }
+}
