@@ -32,6 +32,8 @@ public final class CUDAMatmul {
     public var unfusedEpilogue: ((DeviceDType, UInt64, UInt64, Int, Int, Int32) throws -> Void)?
 
     public static let defaultWorkspaceBytes = 32 << 20
+    /// Per-shape wall time when set (each product synchronised before and after: for profiling only).
+    public var timings: CUDATimings?
 
     struct PlanKey: Hashable {
         var m, n, k: Int
@@ -151,6 +153,13 @@ public final class CUDAMatmul {
                       "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
         }
         var alpha: Float = 1, beta: Float = 0
+        var start = 0.0
+        if timings != nil { try context.synchronize(); start = CUDATimings.now() }
+        defer {
+            if let timings, (try? context.synchronize()) != nil {
+                timings.add("gemm \(input)->\(output) \(epilogue == .none ? "" : "gelu ")\(m)x\(n)x\(k)", CUDATimings.now() - start, flops: 2 * Double(m) * Double(n) * Double(k))
+            }
+        }
         let status = plan.algo.withUnsafeBytes { algo in
             cublas.matmul(cublas.handle, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.d, y, plan.d,
                           algo.baseAddress, workspace.pointer, workspace.bytes, nil)
@@ -167,5 +176,37 @@ public final class CUDAMatmul {
     /// Whether the plan of a shape (once used) runs its epilogue inside cuBLASLt.
     public func isFused(m: Int, n: Int, k: Int, input: DeviceDType, output: DeviceDType, epilogue: MatmulEpilogue, hasBias: Bool) -> Bool? {
         plans[PlanKey(m: m, n: n, k: k, input: input, output: output, epilogue: epilogue, hasBias: hasBias)]?.fused
+    }
+}
+
+/// Wall time per kernel or product shape (see `CUDAOps.timings`, `CUDAMatmul.timings`).
+public final class CUDATimings {
+    public struct Entry { public var count = 0; public var seconds = 0.0; public var flops = 0.0 }
+    public private(set) var entries: [String: Entry] = [:]
+    public init() {}
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+
+    func add(_ name: String, _ seconds: Double, flops: Double = 0) {
+        var e = entries[name, default: Entry()]
+        e.count += 1
+        e.seconds += seconds
+        e.flops += flops
+        entries[name] = e
+    }
+
+    public func reset() { entries.removeAll() }
+
+    /// Lines "name: count x, seconds (TFLOP/s)", slowest first.
+    public func report() -> [String] {
+        let total = entries.values.reduce(0) { $0 + $1.seconds }
+        return entries.sorted { $0.value.seconds > $1.value.seconds }.map { name, e in
+            String(format: "%-48@ %5d x %8.4f s (%4.1f%%)", name as NSString, e.count, e.seconds, 100 * e.seconds / max(total, 1e-12))
+                + (e.flops > 0 ? String(format: " %.1f TFLOP/s", e.flops / max(e.seconds, 1e-12) / 1e12) : "")
+        }
     }
 }

@@ -24,6 +24,22 @@ public final class CUDAOps {
         return f
     }
 
+    /// Per-kernel wall time when set (each launch is then synchronised before and after: for profiling only).
+    public var timings: CUDATimings?
+
+    private func go(_ name: String, grid: (Int, Int, Int), block: (Int, Int, Int), flops: Double = 0, _ arguments: [KernelArgument]) throws {
+        let f = try function(name)
+        if let timings {
+            try context.synchronize()
+            let start = CUDATimings.now()
+            try f.launch(grid: grid, block: block, arguments)
+            try context.synchronize()
+            timings.add(name, CUDATimings.now() - start, flops: flops)
+        } else {
+            try f.launch(grid: grid, block: block, arguments)
+        }
+    }
+
     /// Loads every module now (so compile time is not counted in the first forward pass).
     public func loadAll() throws {
         for (module, _) in KernelCatalog.kernels where modules[module] == nil {
@@ -39,50 +55,50 @@ public final class CUDAOps {
 
     /// out = x / (1 + exp(-x)), f32.
     public func silu(out: UInt64, x: UInt64, count: Int) throws {
-        try function("silu_f32").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1), [.pointer(out), .pointer(x), .int64(Int64(count))])
+        try go("silu_f32", grid: (Self.blocks(count), 1, 1), block: (256, 1, 1), [.pointer(out), .pointer(x), .int64(Int64(count))])
     }
 
     public func geluErf(_ type: DeviceDType, out: UInt64, x: UInt64, count: Int) throws {
-        try function("gelu_erf_\(suffix(type))").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
+        try go("gelu_erf_\(suffix(type))", grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
                                                         [.pointer(out), .pointer(x), .int64(Int64(count))])
     }
 
     public func geluTanh(_ type: DeviceDType, out: UInt64, x: UInt64, count: Int) throws {
-        try function("gelu_tanh_\(suffix(type))").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
+        try go("gelu_tanh_\(suffix(type))", grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
                                                          [.pointer(out), .pointer(x), .int64(Int64(count))])
     }
 
     public func add(_ type: DeviceDType, out: UInt64, a: UInt64, b: UInt64, count: Int) throws {
-        try function("add_\(suffix(type))").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
+        try go("add_\(suffix(type))", grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
                                                    [.pointer(out), .pointer(a), .pointer(b), .int64(Int64(count))])
     }
 
     /// y[r, c] = act(y[r, c] + bias[c]) in place (act 0: none, 1: GELU tanh); bias of y's type, 0 for none.
     public func biasAct(_ type: DeviceDType, y: UInt64, bias: UInt64, rows: Int, cols: Int, act: Int32) throws {
-        try function("bias_act_\(suffix(type))").launch(grid: (Self.blocks(rows * cols), 1, 1), block: (256, 1, 1),
+        try go("bias_act_\(suffix(type))", grid: (Self.blocks(rows * cols), 1, 1), block: (256, 1, 1),
                                                         [.pointer(y), .pointer(bias), .int64(Int64(rows)), .int32(Int32(cols)), .int32(act)])
     }
 
     /// out[b, i] = e[b, i] + modulation[i] for i < n (n = 6·dim for a block; the head uses it with e and modulation
     /// swapped: out[j, i] = modulation_head[j, i] + e[i]).
     public func modulationAdd(out: UInt64, e: UInt64, modulation: UInt64, batch: Int, n: Int) throws {
-        try function("modulation_add_f32").launch(grid: (Self.blocks(batch * n), 1, 1), block: (256, 1, 1),
+        try go("modulation_add_f32", grid: (Self.blocks(batch * n), 1, 1), block: (256, 1, 1),
                                                   [.pointer(out), .pointer(e), .pointer(modulation), .int32(Int32(batch)), .int32(Int32(n))])
     }
 
     /// x (f32) += y · gate[sample] (gate 0: plain residual add).
     public func gatedResidual(_ yType: DeviceDType, x: UInt64, y: UInt64, gate: UInt64, modStride: Int, rows: Int, rowsPerBatch: Int, dim: Int) throws {
-        try function("gated_residual_\(suffix(yType))").launch(
+        try go("gated_residual_\(suffix(yType))",
             grid: (Self.blocks(rows * dim), 1, 1), block: (256, 1, 1),
             [.pointer(x), .pointer(y), .pointer(gate), .int32(Int32(modStride)), .int64(Int64(rows)), .int32(Int32(rowsPerBatch)), .int32(Int32(dim))])
     }
 
     public func convertToBF16(out: UInt64, x: UInt64, count: Int) throws {
-        try function("convert_f32_to_bf16").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1), [.pointer(out), .pointer(x), .int64(Int64(count))])
+        try go("convert_f32_to_bf16", grid: (Self.blocks(count), 1, 1), block: (256, 1, 1), [.pointer(out), .pointer(x), .int64(Int64(count))])
     }
 
     public func convertToF32(out: UInt64, x: UInt64, count: Int) throws {
-        try function("convert_bf16_to_f32").launch(grid: (Self.blocks(count), 1, 1), block: (256, 1, 1), [.pointer(out), .pointer(x), .int64(Int64(count))])
+        try go("convert_bf16_to_f32", grid: (Self.blocks(count), 1, 1), block: (256, 1, 1), [.pointer(out), .pointer(x), .int64(Int64(count))])
     }
 
     // MARK: norms
@@ -90,7 +106,7 @@ public final class CUDAOps {
     /// RMSNorm over rows of `dim` (in place allowed), weight f32 (0: none).
     public func rmsNorm(_ type: DeviceDType, out: UInt64, x: UInt64, weight: UInt64, rows: Int, dim: Int, eps: Float) throws {
         guard rows > 0 else { return }
-        try function("rms_norm_\(suffix(type))").launch(grid: (rows, 1, 1), block: (256, 1, 1),
+        try go("rms_norm_\(suffix(type))", grid: (rows, 1, 1), block: (256, 1, 1),
                                                         [.pointer(out), .pointer(x), .pointer(weight), .int32(Int32(rows)), .int32(Int32(dim)), .float(eps)])
     }
 
@@ -99,7 +115,7 @@ public final class CUDAOps {
     public func layerNorm(_ outType: DeviceDType, out: UInt64, x: UInt64, weight: UInt64 = 0, bias: UInt64 = 0, shift: UInt64 = 0, scale: UInt64 = 0,
                           modStride: Int = 0, rows: Int, rowsPerBatch: Int? = nil, dim: Int, eps: Float) throws {
         guard rows > 0 else { return }
-        try function("layer_norm_modulate_\(suffix(outType))").launch(
+        try go("layer_norm_modulate_\(suffix(outType))",
             grid: (rows, 1, 1), block: (256, 1, 1),
             [.pointer(out), .pointer(x), .pointer(weight), .pointer(bias), .pointer(shift), .pointer(scale), .int32(Int32(modStride)),
              .int32(Int32(rows)), .int32(Int32(rowsPerBatch ?? rows)), .int32(Int32(dim)), .float(eps)])
@@ -110,7 +126,7 @@ public final class CUDAOps {
     /// 3-D RoPE in place on [batch, seqLen, heads, headDim]; grid: device int32 [batch, 3].
     public func rope(_ type: DeviceDType, x: UInt64, grid: UInt64, batch: Int, seqLen: Int, heads: Int, headDim: Int, theta: Float = 10000) throws {
         let total = batch * seqLen * heads * headDim / 2
-        try function("rope_3d_\(suffix(type))").launch(grid: (Self.blocks(total), 1, 1), block: (256, 1, 1),
+        try go("rope_3d_\(suffix(type))", grid: (Self.blocks(total), 1, 1), block: (256, 1, 1),
                                                        [.pointer(x), .pointer(grid), .int32(Int32(batch)), .int32(Int32(seqLen)),
                                                         .int32(Int32(heads)), .int32(Int32(headDim)), .float(theta)])
     }
@@ -122,18 +138,19 @@ public final class CUDAOps {
     public func attention(_ type: DeviceDType, out: UInt64, q: UInt64, k: UInt64, v: UInt64, kLens: UInt64 = 0,
                           batch: Int = 1, lq: Int, lk: Int, heads: Int, headDim: Int, scale: Float) throws {
         guard lq > 0 else { return }
+        let flops = 4 * Double(batch) * Double(lq) * Double(lk) * Double(heads * headDim)
         if type == .f32 {
             guard headDim % 32 == 0 && headDim <= 128 else {
                 throw CUDAError.callFailed(call: "flash_attention_f32", code: -1, message: "head_dim \(headDim) is not a multiple of 32 up to 128")
             }
-            try function("flash_attention_f32").launch(grid: ((lq + 3) / 4, heads, batch), block: (128, 1, 1),
+            try go("flash_attention_f32", grid: ((lq + 3) / 4, heads, batch), block: (128, 1, 1), flops: flops,
                                                        [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens), .int32(Int32(lq)),
                                                         .int32(Int32(lk)), .int32(Int32(heads)), .int32(Int32(headDim)), .float(scale)])
         } else {
             guard Self.bf16HeadDims.contains(headDim) else {
                 throw CUDAError.callFailed(call: "flash_attention_bf16", code: -1, message: "no bf16 attention kernel for head_dim \(headDim) (have \(Self.bf16HeadDims.sorted()))")
             }
-            try function("flash_attention_bf16_d\(headDim)").launch(grid: ((lq + 63) / 64, heads, batch), block: (128, 1, 1),
+            try go("flash_attention_bf16_d\(headDim)", grid: ((lq + 63) / 64, heads, batch), block: (128, 1, 1), flops: flops,
                                                                     [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens),
                                                                      .int32(Int32(lq)), .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
         }

@@ -37,6 +37,8 @@ struct BenchDiT: ParsableCommand {
     @Flag(help: "Print where the time goes (per op kind) after each shape.") var profile = false
     @Option(help: "Override the layer count of the preset (quick experiments).") var layers: Int?
     @Option(help: "Prompt length in tokens (1-512; the default is the longest prompt, the slowest case).") var promptTokens: Int = 512
+    @Option(help: "cpu, cuda or auto (cuda: weights uploaded once, peak GPU memory and TFLOP/s reported).") var device: String = "cpu"
+    @Option(help: "With --device cuda: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
 
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(832, 480, 1), (256, 256, 5)]
@@ -51,6 +53,10 @@ struct BenchDiT: ParsableCommand {
         }
         for s in shapes where (s.f - 1) % 4 != 0 || s.f < 1 {
             throw ValidationError("--frames must be 4n+1 (1, 5, 9, …, 81), got \(s.f)")
+        }
+        if let gpu = try CUDABackend.resolve(device, command: "bench dit") {
+            try runCUDA(gpu: gpu, shapes: shapes)
+            return
         }
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
         let t0 = now()
