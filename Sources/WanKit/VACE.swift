@@ -20,30 +20,28 @@ public struct VACEInputs: Sendable {
 }
 
 extension RGBVideo {
-    /// The first `frames` frames as [3, frames, height, width] in [-1, 1] (v / 127.5 - 1). A video of another size
-    /// gets the geometry of the official `VaceVideoProcessor.resize_crop`: scaled by max(width/W, height/H) to
-    /// (round(scale*H), round(scale*W)), then cropped at ((W' - width) // 2, (H' - height) // 2). WanKit's resize is
-    /// bicubic on the normalised frames without antialiasing (the official one resizes the uint8 frames with
-    /// antialiasing, which differs when shrinking); the official code also picks its own size and frame count from
-    /// the video, where WanKit uses the generation's.
+    /// The first `frames` frames as [3, frames, height, width] in [-1, 1], as the official
+    /// `VaceVideoProcessor.resize_crop` makes them: a video of another size is scaled by max(width/W, height/H) to
+    /// (round(scale*H), round(scale*W)) with PyTorch's uint8 antialiased bicubic (`AntialiasedBicubic`, what
+    /// `F.interpolate(uint8, mode='bicubic', antialias=True)` computes on the CPU), centre-cropped at
+    /// ((W' - width) // 2, (H' - height) // 2), then v / 127.5 - 1. Which frames and what size: see
+    /// `PreparedSourceVideo` (the official frame sampling and size rule).
     public func tensor(frames count: Int, height oh: Int, width ow: Int) throws -> Tensor {
         guard frames.count >= count else {
             throw GenerationError.invalidSettings("the video has \(frames.count) frames; \(count) are needed: generate at most \(frames.count) frames (4n+1)")
         }
-        let video = tensor(frames: count)
-        if height == oh && width == ow { return video }
-        let scale = max(Double(ow) / Double(width), Double(oh) / Double(height))
-        let (rh, rw) = (Int((scale * Double(height)).rounded(.toNearestOrEven)), Int((scale * Double(width)).rounded(.toNearestOrEven)))
-        let resized = Tensor(uninitialized: [3 * count, rh, rw])
-        CLIPVision.resizeBicubic(video.data, planes: 3 * count, height: height, width: width, toHeight: rh, width: rw, into: resized.data)
-        let (y1, x1) = (max(0, rh - oh) / 2, max(0, rw - ow) / 2)
-        let out = Tensor(uninitialized: [3, count, oh, ow])
-        for plane in 0..<(3 * count) {
-            for y in 0..<oh {
-                (out.data + (plane * oh + y) * ow).update(from: resized.data + (plane * rh + y1 + y) * rw + x1, count: ow)
-            }
+        if height == oh && width == ow { return tensor(frames: count) }
+        // Frames in parallel (each resize is independent).
+        final class Slots: @unchecked Sendable { var frames: [RGBImage?]; var error: Error?; init(_ n: Int) { frames = .init(repeating: nil, count: n) } }
+        let slots = Slots(count), lock = NSLock(), source = frames
+        DispatchQueue.concurrentPerform(iterations: count) { i in
+            do {
+                let f = try source[i].resizedCropped(height: oh, width: ow)
+                lock.lock(); slots.frames[i] = f; lock.unlock()
+            } catch { lock.lock(); slots.error = error; lock.unlock() }
         }
-        return out
+        if let e = slots.error { throw e }
+        return try RGBVideo(frames: slots.frames.map { $0! }).tensor(frames: count)
     }
 }
 

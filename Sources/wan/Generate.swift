@@ -25,8 +25,11 @@ struct Generate: ParsableCommand {
           wan generate --dit wan2.1_t2v_1.3B_fp16.safetensors --t5 umt5_xxl.safetensors --vae wan_2.1_vae.safetensors \\
                        --tokenizer ./umt5-xxl --prompt "…" --output out.mp4
         The official sizes are 832x480 and 480x832 (1.3B; the 14B also 1280x720 and 720x1280). Other sizes that are
-        multiples of 16 run but are outside what the models were trained on. Source and mask videos are used at
-        --size and their first --frames frames.
+        multiples of 16 run but are outside what the models were trained on. A source video (and its mask) is
+        read as the official VACE code reads it: without --size and --frames, the size follows from the video's
+        aspect at the 832x480 area and the frame count from its length (up to 81 frames at 480P, more for small
+        videos), the whole clip resampled to that many frames; --size WxH and --frames N override either (the
+        frames are resized with antialiased bicubic and centre-cropped). The choice is printed.
         """)
 
     @Option(help: "Model: a Wan-AI or diffusers folder, or a Hugging Face repo id already downloaded with `wan download`.") var model: String?
@@ -45,8 +48,8 @@ struct Generate: ParsableCommand {
     @Option(help: "VACE: the weight of the VACE hints (vace_context_scale, default 1.0); needs a VACE model.") var contextScale: Double?
     @Option(name: .shortAndLong, help: "The prompt (English or Chinese).") var prompt: String
     @Option(help: "Negative prompt (default: the official one).") var negativePrompt: String = ""
-    @Option(help: "Video size WxH.") var size: String = "832x480"
-    @Option(help: "Frames, 4n+1 (1 writes an image).") var frames: Int = 81
+    @Option(help: "Video size WxH (default 832x480; with --video: from the video's aspect at that area).") var size: String?
+    @Option(help: "Frames, 4n+1 (1 writes an image; default 81; with --video: from the video's length).") var frames: Int?
     @Option(help: "Sampling steps (default: 50; image-to-video 40).") var steps: Int?
     @Option(help: "Flow shift (default: 5.0; image-to-video at 480P 3.0; first-last-frame 16).") var shift: Double?
     @Option(help: "Classifier-free guidance scale (default: 5.0; first-last-frame 5.5).") var guide: Float?
@@ -58,7 +61,7 @@ struct Generate: ParsableCommand {
     func validate() throws {
         let ext = (output as NSString).pathExtension.lowercased()
         guard ext == "mp4" || ext == "png" else { throw ValidationError("--output must end in .mp4 (video) or .png (one frame)") }
-        if ext == "png" && frames != 1 { throw ValidationError("a .png output holds one frame: add --frames 1, or write a .mp4") }
+        if ext == "png" && frameCount != 1 { throw ValidationError("a .png output holds one frame: add --frames 1, or write a .mp4") }
         if lastImage != nil && image == nil { throw ValidationError("--last-image needs --image (the first frame)") }
         if mask != nil && video == nil { throw ValidationError("--mask needs --video (the source video the mask applies to)") }
         if strength != nil && video == nil { throw ValidationError("--strength needs --video (video-to-video restyles a source video)") }
@@ -79,13 +82,23 @@ struct Generate: ParsableCommand {
         }
     }
 
+    /// --frames, or 81.
+    var frameCount: Int { frames ?? 81 }
+
+    /// --size as (width, height), nil when not given.
+    func requestedSize() throws -> (width: Int, height: Int)? {
+        guard let size else { return nil }
+        let parts = size.lowercased().replacingOccurrences(of: "*", with: "x").split(separator: "x").compactMap { Int($0) }
+        guard parts.count == 2 else { throw ValidationError("--size must be WxH, e.g. 832x480") }
+        return (parts[0], parts[1])
+    }
+
     func run() throws {
         let start = Date()
         var settings = GenerationSettings()
-        let parts = size.lowercased().replacingOccurrences(of: "*", with: "x").split(separator: "x").compactMap { Int($0) }
-        guard parts.count == 2 else { throw ValidationError("--size must be WxH, e.g. 832x480") }
-        settings.width = parts[0]; settings.height = parts[1]
-        settings.frames = frames; settings.steps = steps ?? 50; settings.shift = shift ?? 5.0; settings.guideScale = guide ?? 5.0
+        let requested = try requestedSize()
+        settings.width = requested?.width ?? 832; settings.height = requested?.height ?? 480
+        settings.frames = frameCount; settings.steps = steps ?? 50; settings.shift = shift ?? 5.0; settings.guideScale = guide ?? 5.0
         settings.seed = seed ?? UInt64.random(in: 0...UInt64(Int64.max))
         settings.solver = FlowSolverKind(rawValue: solver)!
         settings.negativePrompt = negativePrompt
@@ -110,11 +123,32 @@ struct Generate: ParsableCommand {
             }
         }
 
-        // Memory pre-flight.
-        let estimate = try MemoryEstimate.textToVideo(files: files, settings: settings)
-        if !noMemoryCheck, let available = MemoryEstimate.availableBytes(), estimate.peakBytes > available {
-            throw ValidationError(String(format: "this job needs about %.1f GB (%@) but %.1f GB is available: use a smaller --size or fewer --frames, a quantized DiT (fp8 or GGUF), or --no-memory-check to try anyway",
-                                         Double(estimate.peakBytes) / 1e9, estimate.breakdown, Double(available) / 1e9))
+        // The task follows from the inputs and the DiT (a VACE checkpoint is recognised from its weights' names,
+        // read from the header without loading anything).
+        let shape = DiTShape.read(files.dit!)
+        let task: GenerationTask = image != nil ? (lastImage != nil ? .firstLastFrame : .imageToVideo)
+            : (shape?.isVACE == true ? .vace : (video != nil ? .videoToVideo : .textToVideo))
+
+        // A source video: its size and frame count as the official VACE code picks them, unless --size / --frames.
+        var source: SourceVideo? = nil
+        if let video, image == nil {
+            do {
+                let planned = try SourceVideo.plan(video: video, mask: mask, size: requested, frames: frames)
+                settings.width = planned.width; settings.height = planned.height; settings.frames = planned.frames
+                log(planned.summary)
+                source = planned
+            } catch GenerationError.invalidSettings(let message) {
+                throw ValidationError("\(video): \(message)")
+            }
+            do { try settings.validate() } catch { throw ValidationError("\(error)") }
+        }
+
+        // Memory pre-flight, for the task at hand.
+        let estimate = MemoryEstimate.estimate(task, files: files, settings: settings, dit: shape,
+                                               source: source.map { .init(width: $0.timeline.width, height: $0.timeline.height, hasMask: mask != nil) },
+                                               references: refs.count, usesCLIPModel: clipFeatures == nil)
+        if !noMemoryCheck, let available = MemoryEstimate.availableBytes(), let refusal = estimate.refusal(availableBytes: available) {
+            throw ValidationError(refusal)
         }
 
         signal(SIGINT) { _ in interruptRequested = 1 }
@@ -142,7 +176,13 @@ struct Generate: ParsableCommand {
             if strength != nil {
                 throw ValidationError("this is a VACE model: it takes --video as its source video as it is; --strength is video-to-video with a T2V model (drop --strength)")
             }
-            let inputs = try readVACEInputs(settings: settings)
+            var inputs = VACEInputs(referenceImages: try refs.map(MediaReader.image))
+            if let source {
+                let read = try source.read()
+                inputs.video = read.video
+                inputs.mask = read.mask
+                metadata["frame_ids"] = source.plan.frameIDs
+            }
             let pipeline = try VACEPipeline(text: try ModelLoader.text(files, folder: folder), dit: vaceDiT, vae: try ModelLoader.vae(files.vae!))
             log("DiT: \(vaceDiT.config)")
             let scale = contextScale ?? 1
@@ -168,13 +208,14 @@ struct Generate: ParsableCommand {
             log("DiT: \(dit.config)")
             if let video {
                 let s = strength ?? 0.6
-                let source = try readVideo(video)
+                let frames = try source!.read().video
                 let pipeline = try VideoToVideo(text: text, dit: dit, vae: vaeModel)
                 metadata["task"] = "v2v"
                 metadata["video"] = video
                 metadata["strength"] = s
+                metadata["frame_ids"] = source!.plan.frameIDs
                 try writeOutput(width: settings.width, height: settings.height, seed: settings.seed, metadata: metadata, start: start) { append in
-                    let latent = try pipeline.sample(prompt: prompt, video: source, strength: s, settings: settings, progress: report, isCancelled: cancelled)
+                    let latent = try pipeline.sample(prompt: prompt, video: frames, strength: s, settings: settings, progress: report, isCancelled: cancelled)
                     try pipeline.decode(latent, progress: report, isCancelled: cancelled) { chunk, _ in try append(chunk) }
                 }
             } else {
@@ -185,34 +226,6 @@ struct Generate: ParsableCommand {
                 }
             }
         }
-    }
-
-    /// The source video's first `--frames` frames; too short a video is an error naming the --frames that fits.
-    func readVideo(_ path: String) throws -> RGBVideo {
-        let v = try MediaReader.video(path, limit: frames)
-        try checkLength(v, path)
-        return v
-    }
-
-    func checkLength(_ v: RGBVideo, _ path: String) throws {
-        if v.frames.count < frames {
-            let fits = (v.frames.count - 1) / 4 * 4 + 1
-            throw ValidationError("\(path) has \(v.frames.count) frames; --frames \(frames) needs \(frames): pass --frames \(fits) or fewer (4n+1)")
-        }
-    }
-
-    /// VACE's inputs from --video, --mask and --ref.
-    func readVACEInputs(settings: GenerationSettings) throws -> VACEInputs {
-        var inputs = VACEInputs(referenceImages: try refs.map(MediaReader.image))
-        if let video, let mask {
-            let pair = try MediaReader.video(video, mask: mask, limit: frames)
-            try checkLength(pair.video, video)
-            inputs.video = pair.video
-            inputs.mask = pair.mask
-        } else if let video {
-            inputs.video = try readVideo(video)
-        }
-        return inputs
     }
 
     /// Writes the output through a `VideoWriter` (temporary file, renamed when complete): `produce` gets the
