@@ -1,15 +1,87 @@
 import Foundation
 import WanModels
+import WanWeights
+
+/// The tasks `wan generate` runs (each has its own memory estimate).
+public enum GenerationTask: String, Sendable, CaseIterable {
+    case textToVideo = "t2v", imageToVideo = "i2v", firstLastFrame = "flf2v", vace, videoToVideo = "v2v"
+}
+
+/// The DiT dimensions a memory estimate needs, read from the checkpoint's tensor shapes (header only: nothing is
+/// loaded), or guessed from the file size when the file cannot be read that way.
+public struct DiTShape: Sendable, Equatable {
+    public var dim: Int
+    public var ffnDim: Int
+    public var inDim: Int
+    public var numLayers: Int
+    public var patchSize: [Int]
+    /// Vace blocks (0: not a VACE checkpoint) and the channels of vace_context.
+    public var vaceBlocks: Int
+    public var vaceInDim: Int
+    public var isVACE: Bool { vaceBlocks > 0 }
+
+    public init(dim: Int, ffnDim: Int, inDim: Int = 16, numLayers: Int, patchSize: [Int] = [1, 2, 2], vaceBlocks: Int = 0, vaceInDim: Int = 96) {
+        self.dim = dim; self.ffnDim = ffnDim; self.inDim = inDim; self.numLayers = numLayers; self.patchSize = patchSize
+        self.vaceBlocks = vaceBlocks; self.vaceInDim = vaceInDim
+    }
+
+    public init(_ c: WanDiTConfig, vaceBlocks: Int = 0, vaceInDim: Int = 96) {
+        self.init(dim: c.dim, ffnDim: c.ffnDim, inDim: c.inDim, numLayers: c.numLayers, patchSize: c.patchSize,
+                  vaceBlocks: vaceBlocks, vaceInDim: vaceInDim)
+    }
+
+    /// The shape of the DiT at `path` (file or folder), nil when it cannot be read.
+    public static func read(_ path: String) -> DiTShape? {
+        guard let w = try? openDiTWeights(path: path) else { return nil }
+        if w.source.info("vace_patch_embedding.weight") != nil, let v = try? WanVACEConfig(inferringFrom: w.source) {
+            return DiTShape(v.dit, vaceBlocks: v.vaceLayers.count, vaceInDim: v.vaceInDim)
+        }
+        return (try? WanDiTConfig(inferringFrom: w.source)).map { DiTShape($0) }
+    }
+
+    /// 14B above 10 GB of weights, else 1.3B (a fallback: `read` is preferred).
+    public static func guessed(fileBytes: Int) -> DiTShape {
+        DiTShape(fileBytes > 10_000_000_000 ? WanDiTConfig.t2v14B : WanDiTConfig.t2v1_3B)
+    }
+}
 
 /// A rough peak-memory estimate for a generation, made before anything is loaded, so a job that cannot fit is
-/// refused with advice instead of being killed halfway.
+/// refused with advice instead of being killed halfway. Peak = weights + inputs held for the whole run + the largest
+/// of the stages (encoding the conditioning, denoising, decoding).
 public struct MemoryEstimate: Sendable {
+    public var task: GenerationTask
+    /// Mapped / loaded weights: DiT, umT5 (streamed: about 1.5 GB resident), VAE, CLIP (image tasks).
     public var weightsBytes: Int
+    /// Held from the conditioning's encoding to the end: source frames, pixel tensors, conditioning latents.
+    public var inputsBytes: Int
+    /// The VAE encode of the conditioning (encoder state, the tensors it reads).
+    public var encodeBytes: Int
+    /// One DiT forward, the solver's latents and the prepared contexts.
     public var denoiseBytes: Int
+    /// The VAE decoder's state.
     public var decodeBytes: Int
-    public var peakBytes: Int { weightsBytes + max(denoiseBytes, decodeBytes) }
+
+    public init(task: GenerationTask = .textToVideo, weightsBytes: Int, inputsBytes: Int = 0, encodeBytes: Int = 0,
+                denoiseBytes: Int, decodeBytes: Int) {
+        self.task = task; self.weightsBytes = weightsBytes; self.inputsBytes = inputsBytes; self.encodeBytes = encodeBytes
+        self.denoiseBytes = denoiseBytes; self.decodeBytes = decodeBytes
+    }
+
+    public var peakBytes: Int { weightsBytes + inputsBytes + max(encodeBytes, denoiseBytes, decodeBytes) }
+
     public var breakdown: String {
-        String(format: "weights %.1f GB + max(denoising %.1f GB, decoding %.1f GB)", Double(weightsBytes) / 1e9, Double(denoiseBytes) / 1e9, Double(decodeBytes) / 1e9)
+        func gb(_ b: Int) -> String { String(format: "%.1f GB", Double(b) / 1e9) }
+        var s = "weights \(gb(weightsBytes))"
+        if inputsBytes > 0 { s += " + inputs \(gb(inputsBytes))" }
+        s += " + max(" + (encodeBytes > 0 ? "encoding \(gb(encodeBytes)), " : "") + "denoising \(gb(denoiseBytes)), decoding \(gb(decodeBytes)))"
+        return s
+    }
+
+    /// The one-line refusal when the estimate exceeds `availableBytes`: what is needed, what is free, the fixes.
+    public func refusal(availableBytes: Int) -> String? {
+        guard peakBytes > availableBytes else { return nil }
+        return String(format: "this %@ job needs about %.1f GB (%@) but %.1f GB is available: use fewer --frames or a smaller --size, a quantized DiT (fp8 or GGUF), or --no-memory-check to try anyway",
+                      task.rawValue, Double(peakBytes) / 1e9, breakdown, Double(availableBytes) / 1e9)
     }
 
     /// Bytes of the weight files under a path (a file, or every weight file in a folder and its subfolders).
@@ -27,18 +99,97 @@ public struct MemoryEstimate: Sendable {
         return total
     }
 
-    public static func textToVideo(files: ModelFiles, settings s: GenerationSettings) throws -> MemoryEstimate {
-        let dit = fileBytes(files.dit ?? "")
+    /// The source video a VACE or video-to-video run holds as 8-bit frames (the selected frames, at the source's size).
+    public struct Source: Sendable {
+        public var width: Int
+        public var height: Int
+        public var hasMask: Bool
+        public init(width: Int, height: Int, hasMask: Bool = false) { self.width = width; self.height = height; self.hasMask = hasMask }
+    }
+
+    /// Typical prompt rows the prepared contexts keep (real tokens + the padding row) for the prompt and the
+    /// negative prompt (the official negative prompt is about 120 tokens).
+    static let contextRows = 160
+
+    /// The estimate for `task` at the settings' size and frame count. `dit` is the DiT's shape (read from
+    /// `files.dit` when nil); `source` the conditioning video (VACE, v2v); `references` VACE's reference images.
+    public static func estimate(_ task: GenerationTask, files: ModelFiles, settings s: GenerationSettings, dit: DiTShape? = nil,
+                                source: Source? = nil, references: Int = 0, usesCLIPModel: Bool = true) -> MemoryEstimate {
+        let f = MemoryLayout<Float>.size
+        let ditBytes = fileBytes(files.dit ?? "")
+        let shape = dit ?? files.dit.flatMap(DiTShape.read) ?? DiTShape.guessed(fileBytes: ditBytes)
+        let vaeConfig = WanVAEConfig.wan21
         // The umT5 encoder streams its layers from the mapping (about one layer plus activations resident).
-        let t5 = min(fileBytes(files.t5 ?? ""), 1_500_000_000)
-        let vae = fileBytes(files.vae ?? "")
-        // DiT activations: tokens x (a dozen rows of dim + the FFN hidden row), float32, times 2 for CFG outputs.
-        let tokens = ((s.frames - 1) / 4 + 1) * (s.height / 16) * (s.width / 16)
-        let dim = dit > 10_000_000_000 ? 5120 : 1536, ffn = dit > 10_000_000_000 ? 13824 : 8960
-        let denoise = tokens * (12 * dim + ffn) * 4 + 16 * tokens * 4 * 8
-        // VAE decode: the causal convs' 2-frame histories and a few frames in flight (independent of the frame count).
-        let decode = WanVAEConfig.wan21.decodeStateBytes(width: s.width, height: s.height)
-        return MemoryEstimate(weightsBytes: dit + t5 + vae, denoiseBytes: denoise, decodeBytes: decode)
+        var weights = ditBytes + min(fileBytes(files.t5 ?? ""), 1_500_000_000) + fileBytes(files.vae ?? "")
+        let imageTask = task == .imageToVideo || task == .firstLastFrame
+        if imageTask && usesCLIPModel { weights += fileBytes(files.clip ?? "") }
+
+        let (F, H, W) = (s.frames, s.height, s.width)
+        let pixels = F * H * W                       // one channel of the video, all frames
+        let refs = task == .vace ? references : 0
+        let T = (F - 1) / vaeConfig.temporalFactor + 1 + refs
+        let (h, w) = (H / vaeConfig.spatialFactor, W / vaeConfig.spatialFactor)
+        let latent = vaeConfig.zDim * T * h * w * f
+        let (pt, ph, pw) = (shape.patchSize[0], shape.patchSize[1], shape.patchSize[2])
+        let tokens = (T / pt) * (h / ph) * (w / pw)
+        let d = shape.dim
+
+        // One DiT forward (BlockScratch: normed, q, k (= the projections), v, attn as [L, dim], the FFN hidden in
+        // chunks of 4096 rows; x and the patches), its output, and the solver's latents (noise, x, the two CFG
+        // predictions, their mix, the multistep history).
+        var forward = (6 * d + shape.inDim * pt * ph * pw) * tokens + min(tokens, 4096) * shape.ffnDim
+        if task == .vace {
+            // WanVACEDiT: the patch tokens x0 (until vace block 0 has used them), the vace stream c, before_proj's
+            // output and the current hint: hints are made when their block needs them, at most one is held.
+            forward += (4 * d + shape.vaceInDim * pt * ph * pw) * tokens
+        }
+        let imageRows = task == .imageToVideo ? 257 : (task == .firstLastFrame ? 514 : 0)
+        let contextBlocks = shape.numLayers + (task == .vace ? shape.vaceBlocks : 0)
+        // Two prepared contexts (prompt, negative prompt): cross-attention keys and values per block.
+        let contexts = 2 * contextBlocks * 2 * (contextRows + imageRows) * d * f
+        let denoise = forward * f + latent + 8 * latent + contexts
+
+        var inputs = 0, encode = 0
+        let encoderState = vaeConfig.encodeStateBytes(width: W, height: H)
+        let sourceFrames = source.map { F * $0.width * $0.height * 3 * ($0.hasMask ? 2 : 1) } ?? 0
+        switch task {
+        case .textToVideo:
+            break
+        case .imageToVideo, .firstLastFrame:
+            // The VAE input [3, F, H, W] (image(s) + zeros) and y = [mask (4) + latent (16), T, h, w]; the CLIP
+            // tower's activations (257 tokens) are small.
+            inputs = 3 * pixels * f + latent * 20 / 16
+            encode = encoderState + latent
+        case .vace:
+            // prepare_source's video, the mask video, the mask (zeros + ones without a video), the vace context
+            // (96 channels = 6 latents), the source's 8-bit frames; encoding: inactive + reactive, the two latents.
+            inputs = (source == nil ? 4 : 7) * pixels * f + latent * shape.vaceInDim / vaeConfig.zDim + sourceFrames
+            encode = encoderState + 6 * pixels * f + 2 * latent
+        case .videoToVideo:
+            inputs = sourceFrames + latent
+            encode = encoderState + 3 * pixels * f
+        }
+        let decode = vaeConfig.decodeStateBytes(width: W, height: H)
+        return MemoryEstimate(task: task, weightsBytes: weights, inputsBytes: inputs, encodeBytes: encode, denoiseBytes: denoise,
+                              decodeBytes: decode)
+    }
+
+    public static func textToVideo(files: ModelFiles, settings: GenerationSettings, dit: DiTShape? = nil) -> MemoryEstimate {
+        estimate(.textToVideo, files: files, settings: settings, dit: dit)
+    }
+
+    /// Image-to-video (`lastFrame`: first-last-frame): the settings' size is the max_area's bound.
+    public static func imageToVideo(files: ModelFiles, settings: GenerationSettings, lastFrame: Bool = false, dit: DiTShape? = nil,
+                                    usesCLIPModel: Bool = true) -> MemoryEstimate {
+        estimate(lastFrame ? .firstLastFrame : .imageToVideo, files: files, settings: settings, dit: dit, usesCLIPModel: usesCLIPModel)
+    }
+
+    public static func vace(files: ModelFiles, settings: GenerationSettings, source: Source?, references: Int, dit: DiTShape? = nil) -> MemoryEstimate {
+        estimate(.vace, files: files, settings: settings, dit: dit, source: source, references: references)
+    }
+
+    public static func videoToVideo(files: ModelFiles, settings: GenerationSettings, source: Source, dit: DiTShape? = nil) -> MemoryEstimate {
+        estimate(.videoToVideo, files: files, settings: settings, dit: dit, source: source)
     }
 
     /// MemAvailable from /proc/meminfo (nil where it cannot be read).
@@ -49,5 +200,32 @@ public struct MemoryEstimate: Sendable {
             if parts.count >= 2, let kb = Int(parts[1]) { return kb * 1024 }
         }
         return nil
+    }
+}
+
+extension WanVAEConfig {
+    /// Bytes an encode at this size keeps in float32 besides the weights, from the encoder's architecture as
+    /// `WanVAE` streams it (one frame at a time): the 2-frame input history of every causal conv (conv1, two per
+    /// residual block, the head), the frame a temporal downsampler holds for its pair, and a few frames in flight at
+    /// the widest stage (full resolution, `dim` channels). It does not grow with the frame count.
+    public func encodeStateBytes(width: Int, height: Int) -> Int {
+        let dims = ([1] + dimMult).map { $0 * dim }
+        var pixels = height * width
+        var history = 2 * 3 * pixels               // conv1 (RGB in)
+        var widest = dims[0] * pixels
+        var out = dims[0]
+        for i in 0..<(dims.count - 1) {
+            var inDim = dims[i]
+            out = dims[i + 1]
+            for _ in 0..<numResBlocks { history += 2 * (inDim + out) * pixels; inDim = out }
+            widest = max(widest, out * pixels)
+            if i != dimMult.count - 1 {
+                pixels /= 4
+                if temporalDownsample[i] { history += 2 * out * pixels }
+            }
+        }
+        history += 2 * 2 * 2 * out * pixels        // middle: two residual blocks
+        history += 2 * out * pixels                 // head
+        return (history + 4 * widest) * MemoryLayout<Float>.size
     }
 }
