@@ -41,6 +41,14 @@ final class KernelSelfTest {
             ("flash_attention_f32", 1e-5, { try self.attention(kernel: "flash_attention_f32", bf16: false, lq: 70, lk: 100, heads: 3, d: 128, kLens: [100, 37]) }),
             ("flash_attention_bf16_d128", 1e-2, { try self.attention(kernel: "flash_attention_bf16_d128", bf16: true, lq: 70, lk: 100, heads: 3, d: 128, kLens: [100, 37]) }),
             ("flash_attention_bf16_d64", 1e-2, { try self.attention(kernel: "flash_attention_bf16_d64", bf16: true, lq: 130, lk: 77, heads: 2, d: 64, kLens: [77, 64]) }),
+            ("flash_attention_bf16_d32", 1e-2, { try self.attention(kernel: "flash_attention_bf16_d32", bf16: true, lq: 72, lk: 512, heads: 3, d: 32, kLens: [512, 300]) }),
+            ("gelu_erf_f32", 1e-6, { try self.unary("gelu_erf_f32") { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot())) } }),
+            ("bias_act_f32 (GELU)", 1e-6, biasAct),
+            ("cublasLt f32 bias", 1e-6, { try self.matmul(.f32, .none) }),
+            ("cublasLt f32 gelu+bias", 1e-6, { try self.matmul(.f32, .geluTanh) }),
+            ("cublasLt bf16 bias", 1e-2, { try self.matmul(.bf16, .none) }),
+            ("cublasLt bf16 gelu+bias", 1e-2, { try self.matmul(.bf16, .geluTanh) }),
+            ("cublasLt bf16 -> f32 bias", 1e-2, { try self.matmul(.bf16, .none, output: .f32) }),
         ]
         return cases.map { name, tolerance, body in
             do {
@@ -182,6 +190,59 @@ final class KernelSelfTest {
         let dx = try upload(x), out = try context.allocate(bytes: n * 4)
         try function(kernel).launch(grid: (blocks(n), 1, 1), block: (256, 1, 1), [.buffer(out), .buffer(dx), .int64(Int64(n))])
         return (try floats(out, n), x.map { f(Double($0)) })
+    }
+
+    private func biasAct() throws -> ([Double], [Double]) {
+        let rows = 37, cols = 96
+        let y = random(rows * cols, scale: 3), bias = random(cols)
+        let dy = try upload(y), db = try upload(bias)
+        try function("bias_act_f32").launch(grid: (blocks(rows * cols), 1, 1), block: (256, 1, 1),
+                                            [.buffer(dy), .buffer(db), .int64(Int64(rows)), .int32(Int32(cols)), .int32(1)])
+        let reference = (0..<(rows * cols)).map { i -> Double in
+            let s = Double(y[i]) + Double(bias[i % cols])
+            return 0.5 * s * (1 + tanh(0.7978845608028654 * (s + 0.044715 * s * s * s)))
+        }
+        return (try floats(dy, rows * cols), reference)
+    }
+
+    private var gemm: CUDAMatmul?
+
+    /// y = x wᵀ + b (then GELU-tanh) through cuBLASLt at an odd shape, against a double-precision product of the same
+    /// (rounded) inputs.
+    private func matmul(_ input: DeviceDType, _ epilogue: MatmulEpilogue, output: DeviceDType? = nil) throws -> ([Double], [Double]) {
+        if gemm == nil {
+            let g = try CUDAMatmul(context: context)
+            g.unfusedEpilogue = { [unowned self] type, y, bias, rows, cols, act in
+                try self.function("bias_act_\(type == .f32 ? "f32" : "bf16")").launch(
+                    grid: (self.blocks(rows * cols), 1, 1), block: (256, 1, 1),
+                    [.pointer(y), .pointer(bias), .int64(Int64(rows)), .int32(Int32(cols)), .int32(act)])
+            }
+            gemm = g
+        }
+        let output = output ?? input
+        let (m, n, k) = (77, 96, 160)
+        var x = random(m * k), w = random(n * k, scale: 0.1), b = random(n, scale: 0.5)
+        if input == .bf16 {
+            x = x.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+            w = w.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+        }
+        if output == .bf16 { b = b.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) } }
+        let dx = try input == .f32 ? upload(x) : upload(x.map(KernelSelfTest.bf16))
+        let dw = try input == .f32 ? upload(w) : upload(w.map(KernelSelfTest.bf16))
+        let db = try output == .f32 ? upload(b) : upload(b.map(KernelSelfTest.bf16))
+        let dy = try context.allocate(bytes: m * n * output.size)
+        try gemm!.linear(m: m, n: n, k: k, x: dx.pointer, w: dw.pointer, bias: db.pointer, y: dy.pointer,
+                         input: input, output: output, epilogue: epilogue)
+        var reference = [Double](repeating: 0, count: m * n)
+        for i in 0..<m {
+            for j in 0..<n {
+                var s = Double(b[j])
+                for kk in 0..<k { s += Double(x[i * k + kk]) * Double(w[j * k + kk]) }
+                if epilogue == .geluTanh { s = 0.5 * s * (1 + tanh(0.7978845608028654 * (s + 0.044715 * s * s * s))) }
+                reference[i * n + j] = s
+            }
+        }
+        return (output == .f32 ? try floats(dy, m * n) : try bf16s(dy, m * n), reference)
     }
 
     private func gatedResidual() throws -> ([Double], [Double]) {

@@ -67,13 +67,24 @@ extension BenchDiT {
             let flops = 2 * Self.forwardFlops(c, tokens: tokens, contextKeys: c.textLen)
             let tflops = flops / perStep / 1e12
             let peak = total - lowestFree
+            var profileLines: [String] = []
+            if profile {
+                // One more forward with every kernel and product timed alone (synchronised: slower than the step).
+                let timings = CUDATimings()
+                dit.ops.timings = timings
+                dit.gemm.timings = timings
+                defer { dit.ops.timings = nil; dit.gemm.timings = nil }
+                _ = try dit.forward(x: x, y: y, t: 999, context: cond)
+                profileLines = timings.report()
+            }
             if json {
-                let obj: [String: Any] = [
+                var obj: [String: Any] = [
                     "device": "cuda:\(gpu.ordinal)", "gpu": gpu.name, "precision": precision.rawValue, "model": label,
                     "size": "\(s.w)x\(s.h)", "frames": s.f, "tokens": tokens, "seconds_per_step": perStep, "tflops": tflops,
                     "first_forward_seconds": warmSeconds, "prepare_seconds": prepareSeconds, "load_seconds": loadSeconds,
                     "kernel_compile_seconds": compileSeconds, "peak_gpu_bytes": peak, "allocated_peak_bytes": dit.pool.peakAllocatedBytes + dit.weightBytes,
                     "weight_bytes": dit.weightBytes, "total_gpu_bytes": total, "output_finite": finite]
+                if profile { obj["profile"] = profileLines }
                 let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else {
@@ -81,16 +92,7 @@ extension BenchDiT {
                              c.modelType, s.w, s.h, s.f, tokens, gpu.name, precision.rawValue, perStep, tflops, warmSeconds,
                              Double(peak) / 1_073_741_824, Double(dit.pool.peakAllocatedBytes + dit.weightBytes) / 1_073_741_824,
                              finite ? "" : ", OUTPUT NOT FINITE"))
-            }
-            if profile {
-                // One more forward with every kernel and product timed alone (synchronised: slower than the step).
-                let timings = CUDATimings()
-                dit.ops.timings = timings
-                dit.gemm.timings = timings
-                _ = try dit.forward(x: x, y: y, t: 999, context: cond)
-                dit.ops.timings = nil
-                dit.gemm.timings = nil
-                for line in timings.report() { print("  " + line) }
+                for line in profileLines { print("  " + line) }
             }
             fflush(stdout)
             dit.releaseWorkspace()
