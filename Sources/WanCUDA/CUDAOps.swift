@@ -13,7 +13,7 @@ public final class CUDAOps {
         self.compiler = try compiler ?? KernelCompiler()
     }
 
-    func function(_ name: String) throws -> CUDAFunction {
+    public func function(_ name: String) throws -> CUDAFunction {
         if let f = functions[name] { return f }
         guard let module = KernelCatalog.kernels.first(where: { $0.value.contains(name) })?.key else {
             throw CUDAError.kernelNotFound(name: name, file: "KernelCatalog")

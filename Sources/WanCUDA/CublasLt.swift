@@ -85,7 +85,7 @@ public final class CublasLt {
     public let path: String
     /// cublasLtGetVersion: e.g. 130001 for 13.0.1.
     public let version: Int
-    let library: DynamicLibrary
+    let library: DynamicLibrary?
     let handle: OpaquePointer
     private let destroy: cublasLtDestroy_t
     let matmulDescCreate: cublasLtMatmulDescCreate_t
@@ -112,17 +112,27 @@ public final class CublasLt {
         return library.loadedDirectory(probeSymbol: "cublasLtCreate").map { "\($0)/\((library.path as NSString).lastPathComponent)" } ?? library.path
     }
 
-    /// Opens cuBLASLt and creates a handle (this needs a current CUDA context: create a `CUDAContext` first).
-    public init() throws {
+    /// Opens cuBLASLt and creates a handle (this needs a current CUDA context: create a `CUDAContext` first). While
+    /// the CPU emulator is installed, its cuBLASLt stands in.
+    public convenience init() throws {
+        if let resolve = CUDAEmulator.activeCublasResolver() {
+            try self.init(library: nil, path: "CUDAEmulator", resolve: resolve)
+            return
+        }
         guard let library = CublasLt.open() else {
             throw CUDAError.libraryNotFound(library: "libcublasLt.so.13 / libcublasLt.so.12 (cuBLASLt)",
                                             why: "the CUDA matrix-product library is not installed",
                                             fix: "install libcublas (apt: libcublas-13-0; pip: nvidia-cublas) or set WANKIT_CUBLASLT to its path, or run on the CPU with --device cpu")
         }
+        let path = library.loadedDirectory(probeSymbol: "cublasLtCreate").map { "\($0)/\((library.path as NSString).lastPathComponent)" } ?? library.path
+        try self.init(library: library, path: path) { library.symbol($0, as: UnsafeMutableRawPointer.self) }
+    }
+
+    init(library: DynamicLibrary?, path: String, resolve: (String) -> UnsafeMutableRawPointer?) throws {
         self.library = library
         func sym<T>(_ name: String, _ type: T.Type) throws -> T {
-            guard let f = library.symbol(name, as: type) else { throw CUDAError.missingSymbol(library: library.path, symbol: name) }
-            return f
+            guard let f = resolve(name) else { throw CUDAError.missingSymbol(library: path, symbol: name) }
+            return unsafeBitCast(f, to: type)
         }
         let create = try sym("cublasLtCreate", cublasLtCreate_t.self)
         destroy = try sym("cublasLtDestroy", cublasLtDestroy_t.self)
@@ -138,7 +148,7 @@ public final class CublasLt {
         preferenceSetAttribute = try sym("cublasLtMatmulPreferenceSetAttribute", cublasLtMatmulPreferenceSetAttribute_t.self)
         algoGetHeuristic = try sym("cublasLtMatmulAlgoGetHeuristic", cublasLtMatmulAlgoGetHeuristic_t.self)
         version = getVersion()
-        path = library.loadedDirectory(probeSymbol: "cublasLtCreate").map { "\($0)/\((library.path as NSString).lastPathComponent)" } ?? library.path
+        self.path = path
         var handle: OpaquePointer? = nil
         let status = create(&handle)
         guard status == 0, let handle else {

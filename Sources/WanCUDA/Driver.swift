@@ -70,7 +70,8 @@ public final class CUDADriver {
     public static let minimumVersion = CUDAVersion(major: 12, minor: 0)
 
     public let version: CUDAVersion
-    let library: DynamicLibrary
+    /// The opened libcuda.so.1 (nil for the CPU emulator, `CUDAEmulator`).
+    let library: DynamicLibrary?
 
     private let cuDeviceGetCount: cuDeviceGetCount_t
     private let cuDeviceGet: cuDeviceGet_t
@@ -96,10 +97,13 @@ public final class CUDADriver {
 
     private static let shared: Result<CUDADriver, CUDAError> = Result { try CUDADriver() }.mapError { $0 as! CUDAError }
 
-    /// The process's driver (opened and initialised on first use).
-    public static func load() throws -> CUDADriver { try shared.get() }
+    /// The process's driver (opened and initialised on first use), or the CPU emulator while one is installed.
+    public static func load() throws -> CUDADriver {
+        if let emulated = CUDAEmulator.activeDriver() { return emulated }
+        return try shared.get()
+    }
 
-    private init() throws {
+    private convenience init() throws {
         let env = ProcessInfo.processInfo.environment
         let candidates = [env["WANKIT_LIBCUDA"], "libcuda.so.1", "/usr/local/nvidia/lib64/libcuda.so.1",
                           "/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/lib64/libcuda.so.1", "/usr/lib/wsl/lib/libcuda.so.1"]
@@ -108,10 +112,15 @@ public final class CUDADriver {
             throw CUDAError.libraryNotFound(library: "libcuda.so.1", why: "no NVIDIA driver is installed",
                                             fix: "run on the CPU with --device cpu")
         }
+        try self.init(library: library) { library.symbol($0, as: UnsafeMutableRawPointer.self) }
+    }
+
+    /// A driver whose entry points `resolve` gives by name (dlsym on libcuda.so.1, or the emulator's functions).
+    init(library: DynamicLibrary?, resolve: (String) -> UnsafeMutableRawPointer?) throws {
         self.library = library
         func sym<T>(_ name: String, _ type: T.Type) throws -> T {
-            guard let f = library.symbol(name, as: type) else { throw CUDAError.missingSymbol(library: "libcuda.so.1", symbol: name) }
-            return f
+            guard let f = resolve(name) else { throw CUDAError.missingSymbol(library: "libcuda.so.1", symbol: name) }
+            return unsafeBitCast(f, to: type)
         }
         let cuInit = try sym("cuInit", cuInit_t.self)
         let cuDriverGetVersion = try sym("cuDriverGetVersion", cuDriverGetVersion_t.self)

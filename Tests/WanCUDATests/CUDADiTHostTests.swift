@@ -107,6 +107,78 @@ final class CUDADiTHostTests: XCTestCase {
         XCTAssertEqual(DeviceMemoryPool.roundedSize(3 << 21), 3 << 21)
     }
 
+    // MARK: through the CPU emulator of libcuda and cuBLASLt
+
+    /// The host side of CUDADiT (upload, workspace offsets, launch arguments and shapes, cuBLASLt layouts, the order
+    /// of operations) run on `CUDAEmulator` against the CPU WanDiT: f32 exactly as the CPU path, bf16 within 2e-2,
+    /// with cuBLASLt's fused epilogues and with the bias_act fallback.
+    func testCUDADiTOnTheEmulatorMatchesTheCPUDiT() throws {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator still compiles the kernels): \(error)") }
+        CUDAEmulator.install()
+        defer { CUDAEmulator.uninstall(); CUDAEmulator.refuseFusedEpilogues = false }
+        CUDAEmulator.refusals = []
+        guard case .cuda(let gpu, _, _) = try ComputeDevice.cuda.resolve() else { return XCTFail("the emulator is not seen as a GPU") }
+        XCTAssertTrue(gpu.name.contains("emulator"), gpu.name)
+        let context = try CUDAContext(ordinal: 0)
+        let cache = FileManager.default.temporaryDirectory.appendingPathComponent("wankit-emulator-cache-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: cache) }
+        let compiler = try KernelCompiler(cacheDirectory: cache)
+        for type in ["t2v", "flf2v"] {
+            let config = WanDiTConfig(modelType: type, textLen: 16, inDim: type == "t2v" ? 16 : 36, dim: 128, ffnDim: 256, freqDim: 256,
+                                      textDim: 64, numHeads: 2, numLayers: 2)
+            let weights = RandomWeights(shapes: config.parameterShapes(), seed: 7)
+            let cpu = try WanDiT(config: config, weights: weights)
+            let rand = RandomWeights(shapes: [("x", [16, 3, 4, 6]), ("y", [20, 3, 4, 6]), ("c", [5, 64]), ("clip", [2, 257, 1280])], seed: 3)
+            let input = DiTInput(x: try rand.float32("x"), t: 731, context: try rand.float32("c"),
+                                 y: type == "t2v" ? nil : try rand.float32("y"), clipFeatures: type == "t2v" ? nil : try rand.float32("clip"))
+            var expectedTrace: [String: Tensor] = [:]
+            let expected = try cpu.forward(input) { expectedTrace[$0] = $1 }
+            for (precision, tolerance, refuse) in [(CUDAPrecision.f32, 1e-5, false), (.f32, 1e-5, true), (.bf16, 2e-2, false), (.bf16, 2e-2, true)] {
+                CUDAEmulator.refuseFusedEpilogues = refuse
+                let gpu = try CUDADiT(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
+                var trace: [String: Tensor] = [:]
+                let got = try gpu.forward(input) { trace[$0] = $1 }
+                XCTAssertEqual(got.shape, expected.shape)
+                let cmp = Comparison(got: UnsafeBufferPointer(got.buffer), expected: UnsafeBufferPointer(expected.buffer))
+                XCTAssertLessThanOrEqual(cmp.relL2, tolerance, "\(type) \(precision) fused epilogues \(!refuse): \(cmp)")
+                // Every traced intermediate WanDiT gives (context_embedded: the padded official form on both).
+                for (name, e) in expectedTrace {
+                    guard let g = trace[name] else { XCTFail("\(type) \(precision): no trace \(name)"); continue }
+                    XCTAssertEqual(g.count, e.count, name)
+                    guard g.count == e.count else { continue }
+                    let c = Comparison(got: UnsafeBufferPointer(g.buffer), expected: UnsafeBufferPointer(e.buffer))
+                    XCTAssertLessThanOrEqual(c.relL2, tolerance, "\(type) \(precision) \(name): \(c)")
+                }
+                // The conditioning is reusable and a second forward with the same shapes reuses the workspace.
+                let prepared = try gpu.prepare(context: input.context, clipFeatures: input.clipFeatures)
+                let again = try gpu.forward(x: input.x, y: input.y, t: input.t, context: prepared)
+                XCTAssertEqual(Array(again.buffer), Array(got.buffer))
+                if refuse { XCTAssertEqual(gpu.gemm.isFused(m: 16, n: 128, k: 128, input: precision.activation, output: precision.activation, epilogue: .none, hasBias: true), false) }
+            }
+        }
+        XCTAssertEqual(CUDAEmulator.refusals, [], "launches or products the emulator refused")
+    }
+
+    func testEmulatorRefusesLaunchesThatDoNotCoverTheWork() throws {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available: \(error)") }
+        CUDAEmulator.install()
+        defer { CUDAEmulator.uninstall() }
+        CUDAEmulator.refusals = []
+        let context = try CUDAContext(ordinal: 0)
+        let cache = FileManager.default.temporaryDirectory.appendingPathComponent("wankit-emulator-cache2-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: cache) }
+        let ops = try CUDAOps(context: context, compiler: try KernelCompiler(cacheDirectory: cache))
+        let x = try context.allocate(bytes: 4 * 10 * 64)
+        // rms_norm takes one block per row: 10 rows need 10 blocks.
+        XCTAssertNoThrow(try ops.rmsNorm(.f32, out: x.pointer, x: x.pointer, weight: 0, rows: 10, dim: 64, eps: 1e-6) as Void)
+        let norm = try ops.function("rms_norm_f32")
+        XCTAssertThrowsError(try norm.launch(grid: (9, 1, 1), block: (256, 1, 1), [.buffer(x), .buffer(x), .pointer(0), .int32(10), .int32(64), .float(1e-6)]))
+        XCTAssertEqual(CUDAEmulator.refusals.count, 1, "\(CUDAEmulator.refusals)")
+        // A product whose layouts do not fit is refused by the emulated cuBLASLt too.
+        let gemm = try CUDAMatmul(context: context)
+        XCTAssertThrowsError(try gemm.linear(m: 10, n: 64, k: 64, x: x.pointer, w: x.pointer, bias: 0, y: x.pointer, input: .f32, output: .f32))  // w runs past x
+    }
+
     // MARK: on a GPU
 
     /// A CUDA context, or a visible skip naming what is missing.
