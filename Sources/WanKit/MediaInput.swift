@@ -110,8 +110,24 @@ public enum MediaReader {
             throw MediaInputError.unreadable(path: path, detail: detail.isEmpty ? "no picture found" : detail)
         }
         guard dims[0] <= maximumSide, dims[1] <= maximumSide else { throw MediaInputError.tooLarge(path: path, width: dims[0], height: dims[1]) }
+        // ffmpeg turns a video with a quarter-turn display rotation upright: its frames have the other orientation.
+        let quarterTurn = try displayRotation(path, ffprobe: ffprobe).map { abs($0) % 180 == 90 } ?? false
+        let (w, h) = quarterTurn ? (dims[1], dims[0]) : (dims[0], dims[1])
         // nb_read_packets is "N/A" for streams that cannot be counted: then it is 0 frames.
-        return (dims[0], dims[1], countFrames ? (fields.count > 2 ? Int(fields[2]) ?? 0 : 0) : nil)
+        return (w, h, countFrames ? (fields.count > 2 ? Int(fields[2]) ?? 0 : 0) : nil)
+    }
+
+    /// The first video stream's display rotation in degrees (the display matrix, or an old `rotate` tag), nil if none.
+    static func displayRotation(_ path: String, ffprobe: String) throws -> Int? {
+        let r = try run(ffprobe, ["-v", "error", "-select_streams", "v:0", "-show_entries", "stream_side_data=rotation:stream_tags=rotate",
+                                  "-of", "default=noprint_wrappers=1", path])
+        guard r.status == 0 else { return nil }
+        for line in String(decoding: r.stdout, as: UTF8.self).split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1)
+            if parts.count == 2, parts[0].hasSuffix("rotation") || parts[0].hasSuffix("rotate"),
+               let degrees = Double(parts[1].trimmingCharacters(in: .whitespaces)) { return Int(degrees.rounded()) }
+        }
+        return nil
     }
 
     /// The first `frames` frames as RGB (fewer when the file has fewer; none is an error).

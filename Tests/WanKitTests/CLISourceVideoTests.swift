@@ -41,3 +41,29 @@ extension CLITests {
         XCTAssertEqual(sidecar?["frames"] as? Int, 13)
     }
 }
+
+extension CLITests {
+    /// The pre-flight estimates the task at hand and refuses before loading anything, naming the task and the fixes.
+    func testMemoryPreflightRefusesEachTaskWithItsOwnEstimate() throws {
+        try requireTinyModels()
+        let dir = try temporaryFolder()
+        try writeInputs(dir)
+        let big = ["--size", "8192x8192", "--prompt", "x", "--steps", "1", "--output", dir + "/out.mp4"]
+        let vace = ["--dit", Self.weights + "/dit_vace.safetensors"] + textArgs()
+        let i2v = ["--dit", Self.weights + "/pipe_dit_i2v.safetensors"] + textArgs()
+        let cases: [([String], String)] = [
+            (try tinyModelArgs() + ["--frames", "81"], "this t2v job"),
+            (try tinyModelArgs() + ["--video", dir + "/src.mp4", "--frames", "5"], "this v2v job"),
+            (vace + ["--video", dir + "/src.mp4", "--mask", dir + "/mask.mp4", "--frames", "9"], "this vace job"),
+            (i2v + ["--image", dir + "/first.png", "--clip-features", try writeClipFeatures(images: 1), "--frames", "81"], "this i2v job"),
+        ]
+        for (args, task) in cases {
+            let r = try run(["generate"] + args + big)
+            XCTAssertNotEqual(r.status, 0, "\(args)")
+            XCTAssertTrue(r.stderr.contains(task) && r.stderr.contains("GB is available") && r.stderr.contains("fewer --frames or a smaller --size"),
+                          "\(args): \(r.stderr)")
+            XCTAssertFalse(r.stderr.contains("loading models"), r.stderr)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.mp4"))
+    }
+}

@@ -28,6 +28,20 @@ final class SourceVideoTests: XCTestCase {
         }
     }
 
+    func testAQuarterTurnRotatedVideoIsReadUpright() throws {
+        let dir = try temporaryMediaFolder()
+        let path = try write30fps(dir, frames: 6)
+        try ffmpeg(["-i", path, "-c", "copy", "-metadata:s:v:0", "rotate=90", dir + "/rot.mp4"])
+        try ffmpeg(["-i", dir + "/rot.mp4", "-frames:v", "1", dir + "/upright.png"])
+        let t = try MediaReader.timeline(dir + "/rot.mp4")
+        XCTAssertEqual([t.width, t.height], [48, 64])
+        let upright = try MediaReader.image(dir + "/upright.png")
+        XCTAssertEqual([upright.width, upright.height], [48, 64])
+        XCTAssertEqual(try MediaReader.image(dir + "/rot.mp4"), upright)
+        let planned = try SourceVideo.plan(video: dir + "/rot.mp4", size: (48, 64), frames: 5)
+        XCTAssertEqual(try planned.read().video.frames[0], upright)
+    }
+
     func testKeepLastResamplesTheWholeClip() throws {
         let t = VideoTimeline.constantRate(frames: 90, fps: 30, timeBase: 15360, width: 64, height: 48)
         // seq_len 32760 and max_area 832*480 (prepare_source at 832x480):
