@@ -205,7 +205,8 @@ public final class CUDATimings {
     public func report() -> [String] {
         let total = entries.values.reduce(0) { $0 + $1.seconds }
         return entries.sorted { $0.value.seconds > $1.value.seconds }.map { name, e in
-            String(format: "%-48@ %5d x %8.4f s (%4.1f%%)", name as NSString, e.count, e.seconds, 100 * e.seconds / max(total, 1e-12))
+            name.padding(toLength: max(name.count, 44), withPad: " ", startingAt: 0)
+                + String(format: " %5d x %8.4f s (%4.1f%%)", e.count, e.seconds, 100 * e.seconds / max(total, 1e-12))
                 + (e.flops > 0 ? String(format: " %.1f TFLOP/s", e.flops / max(e.seconds, 1e-12) / 1e12) : "")
         }
     }
