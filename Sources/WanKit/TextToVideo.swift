@@ -3,6 +3,7 @@ import WanTensor
 import WanModels
 import WanSampling
 import WanText
+import WanWeights
 
 /// Settings of one text-to-video (or text-to-image: frames = 1) generation, as `WanT2V.generate` takes them.
 public struct GenerationSettings: Sendable, Equatable {
@@ -235,9 +236,12 @@ enum PipelineCore {
         }
     }
 
-    /// The streamed VAE decode with progress and cancellation.
+    /// The streamed VAE decode with progress and cancellation. The weight mappings' resident pages (the DiT's, the
+    /// text encoder's) are handed back first: they are not read while decoding, and the VAE's state needs the room
+    /// (they come back from the page cache if the models run again).
     static func decode(vae: WanVAE, _ latent: Tensor, progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?,
                        onFrames: (Tensor, Int) throws -> Void) throws {
+        MappedFile.releaseAllResidentPages()
         let total = latent.shape[1]
         var done = 0
         var last = DispatchTime.now().uptimeNanoseconds

@@ -49,6 +49,30 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertEqual(source.files[0].metadata["format"], "pt")
     }
 
+    func testReleasingResidentPagesKeepsTheDataAndLeavesRSS() throws {
+        let path = NSTemporaryDirectory() + "wankit-release-\(UUID().uuidString).bin"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let count = 64 << 20  // 64 MiB
+        var bytes = [UInt8](repeating: 0, count: count)
+        for i in stride(from: 0, to: count, by: 4096) { bytes[i] = UInt8(truncatingIfNeeded: i >> 12) }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let file = try MappedFile(path: path)
+        func rssBytes() -> Int {  // resident pages of this process (/proc/self/statm, second field)
+            let text = (try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? ""
+            return (Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE)))
+        }
+        var sum = 0
+        for i in stride(from: 0, to: count, by: 4096) { sum &+= Int(file.base.load(fromByteOffset: i, as: UInt8.self)) }
+        let touched = rssBytes()
+        XCTAssertGreaterThanOrEqual(MappedFile.releaseAllResidentPages(), count)
+        XCTAssertGreaterThan(touched - rssBytes(), count / 2, "the mapping's pages should leave the resident set")
+        // The pages are still readable with the same contents (read again from the page cache).
+        var again = 0
+        for i in stride(from: 0, to: count, by: 4096) { again &+= Int(file.base.load(fromByteOffset: i, as: UInt8.self)) }
+        XCTAssertEqual(again, sum)
+        XCTAssertEqual(file.base.load(fromByteOffset: 5 * 4096, as: UInt8.self), 5)
+    }
+
     func testMissingFile() {
         expectError("/nonexistent/wankit.safetensors") { if case .fileNotFound = $0 { return true }; return false }
     }
