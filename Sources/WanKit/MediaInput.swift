@@ -145,6 +145,16 @@ public enum MediaReader {
     }
 
     static func run(_ tool: String, _ args: [String]) throws -> (status: Int32, stdout: Data, stderr: Data) {
+        let (stdout, finish) = try launch(tool, args)
+        let outData = stdout.readDataToEndOfFile()
+        let (status, stderr) = finish()
+        return (status, outData, stderr)
+    }
+
+    /// Starts a tool with standard input closed and its standard error drained on another thread (so that neither
+    /// pipe can fill and stall it). Gives its standard output to read, and `finish`, which waits for the tool to end
+    /// and gives its exit status and standard error.
+    static func launch(_ tool: String, _ args: [String]) throws -> (stdout: FileHandle, finish: () -> (status: Int32, stderr: Data)) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: tool)
         p.arguments = args
@@ -157,9 +167,10 @@ public enum MediaReader {
         let errBox = Box()
         let done = DispatchSemaphore(value: 0)
         DispatchQueue.global().async { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); done.signal() }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        done.wait()
-        return (p.terminationStatus, outData, errBox.data)
+        return (out.fileHandleForReading, {
+            p.waitUntilExit()
+            done.wait()
+            return (p.terminationStatus, errBox.data)
+        })
     }
 }

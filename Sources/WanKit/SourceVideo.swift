@@ -422,19 +422,7 @@ extension MediaReader {
     /// Runs a tool and hands its standard output to `body` in pieces of exactly `chunk` bytes (a short tail is
     /// dropped); standard error is drained alongside. Gives the exit status.
     static func stream(_ tool: String, _ args: [String], chunk: Int, _ body: ([UInt8]) throws -> Void) throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        final class Box: @unchecked Sendable { var data = Data() }
-        let errBox = Box()
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); done.signal() }
-        let reader = out.fileHandleForReading
+        let (reader, finish) = try launch(tool, args)
         var buffer = [UInt8]()
         buffer.reserveCapacity(chunk)
         var failure: Error? = nil
@@ -449,9 +437,8 @@ extension MediaReader {
                 buffer.removeAll(keepingCapacity: true)
             }
         }
-        p.waitUntilExit()
-        done.wait()
+        let status = finish().status
         if let failure { throw failure }
-        return p.terminationStatus
+        return status
     }
 }
