@@ -255,18 +255,8 @@ public final class CUDADiT {
     func imageContext(_ clip: Tensor, into prepared: CUDADiTContext) throws -> (rows: Int, activation: DeviceBuffer) {
         guard let proj = imageProjection else { throw DiTInputError(description: "this \(config.modelType) model takes no image features") }
         let width = WanDiTConfig.clipDim, d = config.dim
-        guard clip.count % width == 0, clip.shape.last == width else {
-            throw DiTInputError(description: "CLIP features must be [n, 257, 1280], got \(clip.shape)")
-        }
-        let rows = clip.count / width
-        let x = Tensor(uninitialized: [rows, width])
-        x.data.update(from: clip.data, count: clip.count)
-        if let pos = proj.posEmbedding {
-            guard rows == pos.shape[1] else {
-                throw DiTInputError(description: "FLF2V needs the CLIP features of two images ([2, 257, 1280]), got \(clip.shape)")
-            }
-            for i in 0..<x.count { x.data[i] += pos.data[i] }
-        }
+        let x = try WanDiT.clipRows(clip, posEmbedding: proj.posEmbedding)
+        let rows = x.shape[0]
         let input = try prepared.hold(pool.acquire(bytes: 4 * rows * width))
         try upload(x.data, count: x.count, to: input.pointer, as: .f32)
         let normed = try prepared.hold(pool.acquire(bytes: act.size * rows * width))
@@ -338,22 +328,7 @@ public final class CUDADiT {
         let x = at("x"), normed = at("normed"), q = at("q"), k = at("k"), v = at("v"), attn = at("attn"), hidden = at("hidden")
 
         // Patch embedding: the Conv3d with stride = kernel is a product over the flattened patches (host-side gather).
-        let patches = Tensor(uninitialized: [L, patchLen])
-        Parallel.forRanges(L, grain: 16) { range in
-            for tok in range {
-                let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
-                let row = patches.data + tok * patchLen
-                var idx = 0
-                for ch in 0..<channels {
-                    let (src, cc) = ch < inputX.shape[0] ? (inputX, ch) : (inputY!, ch - inputX.shape[0])
-                    let plane = src.data + cc * F * H * W
-                    for p in 0..<pt { for qq in 0..<ph { for r in 0..<pw {
-                        row[idx] = plane[((fi * pt + p) * H + hi * ph + qq) * W + wi * pw + r]
-                        idx += 1
-                    } } }
-                }
-            }
-        }
+        let patches = WanDiT.patchRows(inputX, inputY, patchSize: c.patchSize, grid: grid)
         try upload(patches.data, count: patches.count, to: at("patches"), as: .f32)
         try run(patchEmbedding, rows: L, x: at("patches"), y: x)
         if let trace { trace("patch_tokens", try download(x, .f32, [L, d])) }

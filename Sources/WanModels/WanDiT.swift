@@ -191,9 +191,40 @@ public final class WanDiT: @unchecked Sendable {
         return out
     }
 
-    /// The image context rows (MLPProj of the CLIP features): [n*257, dim].
-    public func imageContext(_ clip: Tensor) throws -> Tensor {
-        guard let proj = imageProjection else { throw DiTInputError(description: "this \(config.modelType) model takes no image features") }
+    /// The patches of the patch embedding (a Conv3d with stride = kernel = `patchSize`, done as a product over
+    /// them): `x` [C, F, H, W], with `y` [C', F, H, W] after it on channels when given, as rows
+    /// [grid.f * grid.h * grid.w, (C + C') * pt * ph * pw], tokens in (f, h, w) order, each row channel by channel
+    /// then (p, q, r) within the patch.
+    public static func patchRows(_ x: Tensor, _ y: Tensor? = nil, patchSize: [Int], grid: (f: Int, h: Int, w: Int)) -> Tensor {
+        let (pt, ph, pw) = (patchSize[0], patchSize[1], patchSize[2])
+        let (F, H, W) = (x.shape[1], x.shape[2], x.shape[3])
+        let channels = x.shape[0] + (y?.shape[0] ?? 0)
+        let L = grid.f * grid.h * grid.w, patchLen = channels * pt * ph * pw
+        let patches = Tensor(uninitialized: [L, patchLen])
+        func source(_ ch: Int) -> (Tensor, Int) {
+            ch < x.shape[0] ? (x, ch) : (y!, ch - x.shape[0])
+        }
+        Parallel.forRanges(L, grain: 16) { range in
+            for tok in range {
+                let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
+                let row = patches.data + tok * patchLen
+                var idx = 0
+                for ch in 0..<channels {
+                    let (t, cc) = source(ch)
+                    let base = t.data + cc * F * H * W
+                    for p in 0..<pt { for q in 0..<ph { for r in 0..<pw {
+                        row[idx] = base[((fi * pt + p) * H + hi * ph + q) * W + wi * pw + r]
+                        idx += 1
+                    } } }
+                }
+            }
+        }
+        return patches
+    }
+
+    /// The input of MLPProj: CLIP features [n, 257, 1280] as a copy [n*257, 1280], with FLF2V's `posEmbedding`
+    /// [1, 514, 1280] added when given (which then needs the features of exactly two images).
+    public static func clipRows(_ clip: Tensor, posEmbedding: Tensor?) throws -> Tensor {
         let width = WanDiTConfig.clipDim
         guard clip.count % width == 0, clip.shape.last == width else {
             throw DiTInputError(description: "CLIP features must be [n, 257, 1280], got \(clip.shape)")
@@ -201,12 +232,21 @@ public final class WanDiT: @unchecked Sendable {
         let rows = clip.count / width
         let x = Tensor(uninitialized: [rows, width])
         x.data.update(from: clip.data, count: clip.count)
-        if let pos = proj.posEmbedding {
+        if let pos = posEmbedding {
             guard rows == pos.shape[1] else {
                 throw DiTInputError(description: "FLF2V needs the CLIP features of two images ([2, 257, 1280]), got \(clip.shape)")
             }
             for i in 0..<x.count { x.data[i] += pos.data[i] }
         }
+        return x
+    }
+
+    /// The image context rows (MLPProj of the CLIP features): [n*257, dim].
+    public func imageContext(_ clip: Tensor) throws -> Tensor {
+        guard let proj = imageProjection else { throw DiTInputError(description: "this \(config.modelType) model takes no image features") }
+        let width = WanDiTConfig.clipDim
+        let x = try Self.clipRows(clip, posEmbedding: proj.posEmbedding)
+        let rows = x.shape[0]
         let h = Tensor(uninitialized: [rows, width])
         proj.norm0(x.data, rows: rows, into: h.data)
         let h1 = proj.fc1(h, epilogue: .geluErf)
@@ -255,25 +295,7 @@ public final class WanDiT: @unchecked Sendable {
         let L = grid.f * grid.h * grid.w
         guard L > 0 else { throw DiTInputError(description: "x \(input.x.shape) is smaller than one patch \(c.patchSize)") }
         let patchLen = channels * pt * ph * pw
-        let patches = Tensor(uninitialized: [L, patchLen])
-        func source(_ ch: Int) -> (Tensor, Int) {
-            ch < input.x.shape[0] ? (input.x, ch) : (input.y!, ch - input.x.shape[0])
-        }
-        Parallel.forRanges(L, grain: 16) { range in
-            for tok in range {
-                let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
-                let row = patches.data + tok * patchLen
-                var idx = 0
-                for ch in 0..<channels {
-                    let (t, cc) = source(ch)
-                    let base = t.data + cc * F * H * W
-                    for p in 0..<pt { for q in 0..<ph { for r in 0..<pw {
-                        row[idx] = base[((fi * pt + p) * H + hi * ph + q) * W + wi * pw + r]
-                        idx += 1
-                    } } }
-                }
-            }
-        }
+        let patches = Self.patchRows(input.x, input.y, patchSize: c.patchSize, grid: grid)
         let x = Tensor(uninitialized: [L, d])
         GEMM.shared.linear(m: L, k: patchLen, n: d, src: patches.data, weight: patchEmbedding.weight.data,
                            bias: patchEmbedding.bias!.data, dst: x.data)

@@ -244,24 +244,8 @@ public final class WanVACEDiT: @unchecked Sendable {
     /// vace_patch_embedding (a Conv3d with stride = kernel = patch size) as tokens [L, dim].
     func patchEmbed(_ v: Tensor, grid: (f: Int, h: Int, w: Int), tokens L: Int) -> Tensor {
         let c = config.dit, d = c.dim
-        let (pt, ph, pw) = (c.patchSize[0], c.patchSize[1], c.patchSize[2])
-        let (C, F, H, W) = (v.shape[0], v.shape[1], v.shape[2], v.shape[3])
-        let patchLen = C * pt * ph * pw
-        let patches = Tensor(uninitialized: [L, patchLen])
-        Parallel.forRanges(L, grain: 16) { range in
-            for tok in range {
-                let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
-                let row = patches.data + tok * patchLen
-                var idx = 0
-                for ch in 0..<C {
-                    let base = v.data + ch * F * H * W
-                    for p in 0..<pt { for q in 0..<ph { for r in 0..<pw {
-                        row[idx] = base[((fi * pt + p) * H + hi * ph + q) * W + wi * pw + r]
-                        idx += 1
-                    } } }
-                }
-            }
-        }
+        let patchLen = v.shape[0] * c.patchSize.reduce(1, *)
+        let patches = WanDiT.patchRows(v, patchSize: c.patchSize, grid: grid)
         let out = Tensor(uninitialized: [L, d])
         GEMM.shared.linear(m: L, k: patchLen, n: d, src: patches.data, weight: vacePatchWeight.data, bias: vacePatchBias.data, dst: out.data)
         return out
