@@ -7,14 +7,8 @@ extension ConformanceRunner {
     /// The VACE DiT of a model JSON (class `VaceWanModel`), nil for a layout the loader does not read.
     func vaceDiT(_ model: String) throws -> WanVACEDiT? {
         if let m = vaceDiTs[model] { return m }
-        let json = try modelJSON(model)
-        let layout = json["layout"] as? String ?? "official"
-        guard json["class"] as? String == "VaceWanModel", Self.supportedDiTLayouts.contains(layout) else { return nil }
-        let files = (json["files"] as? [String]) ?? [model + ".safetensors"]
-        let weights = try openDiTWeights(paths: files.map { (weightsDirectory as NSString).appendingPathComponent($0) })
-        var arguments = weights.arguments ?? [:]
-        for (k, v) in json["config"] as? [String: Any] ?? [:] { arguments[k] = v }
-        let dit = try WanVACEDiT(weights: weights.source, arguments: arguments)
+        guard let weights = try ditWeights(model, classes: ["VaceWanModel"]) else { return nil }
+        let dit = try WanVACEDiT(weights: weights.source, arguments: weights.arguments)
         vaceDiTs[model] = dit
         return dit
     }

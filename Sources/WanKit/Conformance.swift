@@ -181,18 +181,25 @@ public final class ConformanceRunner {
     /// Layouts the DiT loader understands today (every layout `openDiTWeights` detects).
     static let supportedDiTLayouts: Set<String> = DiTWeights.layouts
 
-    func dit(_ model: String) throws -> WanDiT? {
-        if let m = dits[model] { return m }
+    /// The DiT weights of `model` and its official arguments, or nil for a class not in `classes` or a layout the DiT
+    /// loader does not take. The model JSON's config (official arguments) overrides what the files state, which
+    /// overrides inference.
+    func ditWeights(_ model: String, classes: Set<String> = ["WanModel", "WanTransformer3DModel"]) throws
+        -> (source: WeightSource, arguments: [String: Any])? {
         let json = try modelJSON(model)
         let layout = json["layout"] as? String ?? "official"
-        let cls = json["class"] as? String
-        guard cls == "WanModel" || cls == "WanTransformer3DModel", Self.supportedDiTLayouts.contains(layout) else { return nil }
+        guard let cls = json["class"] as? String, classes.contains(cls), Self.supportedDiTLayouts.contains(layout) else { return nil }
         let files = (json["files"] as? [String]) ?? [model + ".safetensors"]
         let weights = try openDiTWeights(paths: files.map { (weightsDirectory as NSString).appendingPathComponent($0) })
-        // The model JSON's config (official arguments) overrides what the files state, which overrides inference.
         var arguments = weights.arguments ?? [:]
         for (k, v) in json["config"] as? [String: Any] ?? [:] { arguments[k] = v }
-        let dit = try WanDiT(weights: weights.source, arguments: arguments)
+        return (weights.source, arguments)
+    }
+
+    func dit(_ model: String) throws -> WanDiT? {
+        if let m = dits[model] { return m }
+        guard let weights = try ditWeights(model) else { return nil }
+        let dit = try WanDiT(weights: weights.source, arguments: weights.arguments)
         dits[model] = dit
         return dit
     }
@@ -200,16 +207,9 @@ public final class ConformanceRunner {
     /// The DiT of `model` made by `ditFactory` (the same configuration and weights as `dit(_:)` binds), cached.
     func factoryDiT(_ model: String, _ factory: (WanDiTConfig, WeightSource) throws -> DiTForwarding) throws -> DiTForwarding? {
         if let m = factoryDiTs[model] { return m }
-        let json = try modelJSON(model)
-        let layout = json["layout"] as? String ?? "official"
-        let cls = json["class"] as? String
-        guard cls == "WanModel" || cls == "WanTransformer3DModel", Self.supportedDiTLayouts.contains(layout) else { return nil }
-        let files = (json["files"] as? [String]) ?? [model + ".safetensors"]
-        let weights = try openDiTWeights(paths: files.map { (weightsDirectory as NSString).appendingPathComponent($0) })
-        var arguments = weights.arguments ?? [:]
-        for (k, v) in json["config"] as? [String: Any] ?? [:] { arguments[k] = v }
+        guard let weights = try ditWeights(model) else { return nil }
         var config = try WanDiTConfig(inferringFrom: weights.source)
-        config.apply(officialArguments: arguments)
+        config.apply(officialArguments: weights.arguments)
         let dit = try factory(config, weights.source)
         factoryDiTs[model] = dit
         return dit
