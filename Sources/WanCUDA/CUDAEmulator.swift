@@ -282,29 +282,10 @@ enum EmulatedKernels {
                 return "grid \(grid) block \(block) does not cover \(lq) queries x \(heads) heads (\(rowsPerBlock) rows per block of 128)"
             }
             if name == "flash_attention_f32" && (d % 32 != 0 || d > 128) { return "head_dim \(d)" }
-            for b in 0..<grid.2 {
-                let keys = lens == 0 ? lk : min(EmulatedTensor(lens, bf16: false).int(b), lk)
-                for h in 0..<heads {
-                    for i in 0..<lq {
-                        let qi = ((b * lq + i) * heads + h) * d
-                        var scores = [Double](repeating: 0, count: keys)
-                        for j in 0..<keys {
-                            let kj = ((b * lk + j) * heads + h) * d
-                            var s = 0.0
-                            for c in 0..<d { s += Double(q[qi + c]) * Double(k[kj + c]) }
-                            scores[j] = s * scale
-                        }
-                        let top = scores.max() ?? 0
-                        let weights = scores.map { exp($0 - top) }
-                        let total = weights.reduce(0, +)
-                        for c in 0..<d {
-                            var o = 0.0
-                            for j in 0..<keys { o += weights[j] * Double(v[((b * lk + j) * heads + h) * d + c]) }
-                            out[qi + c] = keys > 0 ? Float(o / total) : 0
-                        }
-                    }
-                }
-            }
+            KernelSelfTest.referenceAttention(batch: grid.2, lq: lq, lk: lk, heads: heads, d: d, scale: scale,
+                                              keys: { lens == 0 ? lk : min(EmulatedTensor(lens, bf16: false).int($0), lk) },
+                                              q: { Double(q[$0]) }, k: { Double(k[$0]) }, v: { Double(v[$0]) },
+                                              store: { out[$0] = Float($1) })
         default:
             return "no emulation for \(name)"
         }

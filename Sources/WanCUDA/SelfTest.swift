@@ -284,8 +284,19 @@ final class KernelSelfTest {
                                          .int32(Int32(lk)), .int32(Int32(heads)), .int32(Int32(d)), .float(scale)])
         }
         var reference = [Double](repeating: 0, count: batch * lq * heads * d)
+        Self.referenceAttention(batch: batch, lq: lq, lk: lk, heads: heads, d: d, scale: Double(scale), keys: { Int(kLens[$0]) },
+                                q: { Double(q[$0]) }, k: { Double(k[$0]) }, v: { Double(v[$0]) }, store: { reference[$0] = $1 })
+        return (bf16 ? try bf16s(out, reference.count) : try floats(out, reference.count), reference)
+    }
+
+    /// Softmax attention in float64, what the attention kernels are held to (and what the CUDA emulator runs in
+    /// their place): q [batch, lq, heads, d], k and v [batch, lk, heads, d], read by flat index; batch b attends to
+    /// its first `keys(b)` keys. `store` gets each output's flat index in [batch, lq, heads, d] and its value (0
+    /// where a batch has no keys).
+    static func referenceAttention(batch: Int, lq: Int, lk: Int, heads: Int, d: Int, scale: Double, keys: (Int) -> Int,
+                                   q: (Int) -> Double, k: (Int) -> Double, v: (Int) -> Double, store: (Int, Double) -> Void) {
         for b in 0..<batch {
-            let keys = Int(kLens[b])
+            let keys = keys(b)
             for h in 0..<heads {
                 for i in 0..<lq {
                     let qi = ((b * lq + i) * heads + h) * d
@@ -293,19 +304,19 @@ final class KernelSelfTest {
                     for j in 0..<keys {
                         let kj = ((b * lk + j) * heads + h) * d
                         var s = 0.0
-                        for c in 0..<d { s += Double(q[qi + c]) * Double(k[kj + c]) }
-                        scores[j] = s * Double(scale)
+                        for c in 0..<d { s += q(qi + c) * k(kj + c) }
+                        scores[j] = s * scale
                     }
                     let top = scores.max() ?? 0
                     let weights = scores.map { exp($0 - top) }
                     let total = weights.reduce(0, +)
-                    for j in 0..<keys {
-                        let vj = ((b * lk + j) * heads + h) * d
-                        for c in 0..<d { reference[qi + c] += weights[j] / total * Double(v[vj + c]) }
+                    for c in 0..<d {
+                        var o = 0.0
+                        for j in 0..<keys { o += weights[j] * v(((b * lk + j) * heads + h) * d + c) }
+                        store(qi + c, keys > 0 ? o / total : 0)
                     }
                 }
             }
         }
-        return (bf16 ? try bf16s(out, reference.count) : try floats(out, reference.count), reference)
     }
 }
