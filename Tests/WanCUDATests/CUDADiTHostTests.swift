@@ -107,6 +107,22 @@ final class CUDADiTHostTests: XCTestCase {
         XCTAssertEqual(DeviceMemoryPool.roundedSize(3 << 21), 3 << 21)
     }
 
+    /// A two-layer DiT of `type` (t2v, i2v, flf2v) with random weights, its CPU model, and a random input for it:
+    /// x [16, 3, height, width] at t = 731, 5 text rows, and for an image model y and the CLIP features of `images`
+    /// images.
+    func smallDiT(_ type: String, dim: Int, height: Int, width: Int, images: Int) throws
+        -> (config: WanDiTConfig, weights: RandomWeights, cpu: WanDiT, input: DiTInput) {
+        let config = WanDiTConfig(modelType: type, textLen: 16, inDim: type == "t2v" ? 16 : 36, dim: dim, ffnDim: 2 * dim, freqDim: 256,
+                                  textDim: 64, numHeads: 2, numLayers: 2)
+        let weights = RandomWeights(shapes: config.parameterShapes(), seed: 7)
+        let cpu = try WanDiT(config: config, weights: weights)
+        let rand = RandomWeights(shapes: [("x", [16, 3, height, width]), ("y", [20, 3, height, width]), ("c", [5, 64]),
+                                          ("clip", [images, 257, 1280])], seed: 3)
+        let input = DiTInput(x: try rand.float32("x"), t: 731, context: try rand.float32("c"),
+                             y: type == "t2v" ? nil : try rand.float32("y"), clipFeatures: type == "t2v" ? nil : try rand.float32("clip"))
+        return (config, weights, cpu, input)
+    }
+
     // MARK: through the CPU emulator of libcuda and cuBLASLt
 
     /// The host side of CUDADiT (upload, workspace offsets, launch arguments and shapes, cuBLASLt layouts, the order
@@ -124,13 +140,7 @@ final class CUDADiTHostTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: cache) }
         let compiler = try KernelCompiler(cacheDirectory: cache)
         for type in ["t2v", "flf2v"] {
-            let config = WanDiTConfig(modelType: type, textLen: 16, inDim: type == "t2v" ? 16 : 36, dim: 128, ffnDim: 256, freqDim: 256,
-                                      textDim: 64, numHeads: 2, numLayers: 2)
-            let weights = RandomWeights(shapes: config.parameterShapes(), seed: 7)
-            let cpu = try WanDiT(config: config, weights: weights)
-            let rand = RandomWeights(shapes: [("x", [16, 3, 4, 6]), ("y", [20, 3, 4, 6]), ("c", [5, 64]), ("clip", [2, 257, 1280])], seed: 3)
-            let input = DiTInput(x: try rand.float32("x"), t: 731, context: try rand.float32("c"),
-                                 y: type == "t2v" ? nil : try rand.float32("y"), clipFeatures: type == "t2v" ? nil : try rand.float32("clip"))
+            let (config, weights, cpu, input) = try smallDiT(type, dim: 128, height: 4, width: 6, images: 2)
             var expectedTrace: [String: Tensor] = [:]
             let expected = try cpu.forward(input) { expectedTrace[$0] = $1 }
             for (precision, tolerance, refuse) in [(CUDAPrecision.f32, 1e-5, false), (.f32, 1e-5, true), (.bf16, 2e-2, false), (.bf16, 2e-2, true)] {
@@ -194,13 +204,7 @@ final class CUDADiTHostTests: XCTestCase {
     func testCUDADiTMatchesTheCPUDiT() throws {
         let context = try gpuOrSkip()
         for type in ["t2v", "i2v"] {
-            let config = WanDiTConfig(modelType: type, textLen: 16, inDim: type == "t2v" ? 16 : 36, dim: 256, ffnDim: 512, freqDim: 256,
-                                      textDim: 64, numHeads: 2, numLayers: 2)
-            let weights = RandomWeights(shapes: config.parameterShapes(), seed: 7)
-            let cpu = try WanDiT(config: config, weights: weights)
-            let rand = RandomWeights(shapes: [("x", [16, 3, 6, 10]), ("y", [20, 3, 6, 10]), ("c", [5, 64]), ("clip", [1, 257, 1280])], seed: 3)
-            let input = DiTInput(x: try rand.float32("x"), t: 731, context: try rand.float32("c"),
-                                 y: type == "t2v" ? nil : try rand.float32("y"), clipFeatures: type == "t2v" ? nil : try rand.float32("clip"))
+            let (config, weights, cpu, input) = try smallDiT(type, dim: 256, height: 6, width: 10, images: 1)
             let expected = try cpu.forward(input)
             for (precision, tolerance) in [(CUDAPrecision.f32, 1e-4), (.bf16, 2e-2)] {
                 let gpu = try CUDADiT(config: config, weights: weights, precision: precision, context: context)
