@@ -23,26 +23,19 @@ struct BenchT2V: ParsableCommand {
         var settings = GenerationSettings()
         settings.width = parts[0]; settings.height = parts[1]; settings.frames = frames; settings.steps = steps; settings.seed = 1
         try settings.validate()
-        let say: (String) -> Void = { if !json { FileHandle.standardError.write(($0 + "\n").data(using: .utf8)!) } }
+        let say = benchSay(json: json)
 
         // Random checkpoints on disk (mapped as users' files are).
-        let t5Config = UMT5Config.umt5XXL
-        let t5Path = (directory as NSString).appendingPathComponent("wan-bench-t2v-umt5-xxl-bf16.safetensors")
-        let ditConfig = WanDiTConfig.t2v1_3B
-        let ditPath = (directory as NSString).appendingPathComponent("wan-bench-t2v-dit-1.3B-f16.safetensors")
-        defer { try? FileManager.default.removeItem(atPath: t5Path); try? FileManager.default.removeItem(atPath: ditPath) }
-        let need = t5Config.parameterCount * 2 + ditConfig.parameterCount * 2
-        guard freeBytes(directory) > need + (1 << 30) else {
-            throw ValidationError(String(format: "%@ needs %.1f GB free for the random checkpoints", directory, Double(need) / 1e9))
-        }
-        var t0 = now()
-        _ = try writeRandomSafetensors(path: t5Path, tensors: randomUMT5Tensors(t5Config.parameterShapes()), seed: 11)
-        _ = try writeRandomSafetensors(path: ditPath, tensors: randomDiTTensors(ditConfig, format: .f16), seed: 12)
-        say(String(format: "wrote random checkpoints (umT5-XXL bf16, DiT 1.3B f16) in %.1f s", now() - t0))
+        let checkpoints = RandomCheckpoints(task: "t2v", directory: directory, files: [
+            ("umt5-xxl-bf16", randomUMT5Tensors(UMT5Config.umt5XXL.parameterShapes())),
+            ("dit-1.3B-f16", randomDiTTensors(WanDiTConfig.t2v1_3B, format: .f16))])
+        defer { checkpoints.remove() }
+        let written = try checkpoints.write(firstSeed: 11)
+        say(String(format: "wrote random checkpoints (umT5-XXL bf16, DiT 1.3B f16) in %.1f s", written))
 
-        t0 = now()
-        let t5 = try ModelLoader.t5(t5Path)
-        let dit = try ModelLoader.dit(ditPath)
+        var t0 = now()
+        let t5 = try ModelLoader.t5(checkpoints.paths[0])
+        let dit = try ModelLoader.dit(checkpoints.paths[1])
         let vae = try WanVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7))
         let pipeline = try TextToVideo(text: TextConditioner(tokenizer: try ModelLoader.tokenizer(tokenizer), encoder: t5), dit: dit, vae: vae)
         let load = now() - t0
@@ -81,6 +74,43 @@ struct BenchT2V: ParsableCommand {
             print(String(format: "t2v %@ x%d, %d steps: load %.1f s, text %.1f s (2 prompts), denoise %.1f s (%.1f s/step), decode %.1f s, peak RSS %.2f GB",
                          size, frames, steps, load, textSeconds, denoiseSeconds, denoiseSeconds / Double(steps), decodeSeconds, Double(rss) / 1e9))
         }
+    }
+}
+
+/// Progress lines on standard error, none with --json (the JSON object on standard output stays alone).
+func benchSay(json: Bool) -> (String) -> Void {
+    { if !json { FileHandle.standardError.write(($0 + "\n").data(using: .utf8)!) } }
+}
+
+/// A pipeline bench's random checkpoints, wan-bench-<task>-<name>.safetensors in `directory`: written (after
+/// checking the directory has room for them) to be mapped as users' files are, removed afterwards.
+struct RandomCheckpoints {
+    let directory: String
+    let files: [(name: String, tensors: [(name: String, shape: [Int], dtype: String, bound: Float)])]
+    let paths: [String]
+
+    init(task: String, directory: String, files: [(name: String, tensors: [(name: String, shape: [Int], dtype: String, bound: Float)])]) {
+        self.directory = directory
+        self.files = files
+        paths = files.map { (directory as NSString).appendingPathComponent("wan-bench-\(task)-\($0.name).safetensors") }
+    }
+
+    /// What the files take on disk.
+    var bytes: Int { files.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.shape.reduce(1, *) * elementBytes($1.dtype) } } }
+
+    /// Writes the files (file i with seed firstSeed + i); the seconds it took.
+    func write(firstSeed: UInt64) throws -> Double {
+        let need = bytes
+        guard freeBytes(directory) > need + (1 << 30) else {
+            throw ValidationError(String(format: "%@ needs %.1f GB free for the random checkpoints", directory, Double(need) / 1e9))
+        }
+        let t0 = now()
+        for (i, f) in files.enumerated() { _ = try writeRandomSafetensors(path: paths[i], tensors: f.tensors, seed: firstSeed + UInt64(i)) }
+        return now() - t0
+    }
+
+    func remove() {
+        for p in paths { try? FileManager.default.removeItem(atPath: p) }
     }
 }
 
@@ -128,24 +158,19 @@ struct BenchI2V: ParsableCommand {
         var settings = ImageGenerationSettings()
         settings.maxArea = parts[0] * parts[1]; settings.frames = frames; settings.steps = steps; settings.seed = 1; settings.shift = 3
         try settings.validate()
-        let say: (String) -> Void = { if !json { FileHandle.standardError.write(($0 + "\n").data(using: .utf8)!) } }
+        let say = benchSay(json: json)
 
-        let t5Config = UMT5Config.umt5XXL, ditConfig = WanDiTConfig.i2v14B
-        let files = [("umt5-xxl-bf16", randomUMT5Tensors(t5Config.parameterShapes())),
-                     ("dit-i2v-14B-\(ditFormat.rawValue)", randomDiTTensors(ditConfig, format: ditFormat)),
-                     ("clip-vision-h-f16", randomCLIPTensors())]
-        let paths = files.map { (directory as NSString).appendingPathComponent("wan-bench-i2v-\($0.0).safetensors") }
-        defer { for p in paths { try? FileManager.default.removeItem(atPath: p) } }
-        let need = files.reduce(0) { $0 + $1.1.reduce(0) { $0 + $1.shape.reduce(1, *) * elementBytes($1.dtype) } }
-        guard freeBytes(directory) > need + (1 << 30) else {
-            throw ValidationError(String(format: "%@ needs %.1f GB free for the random checkpoints", directory, Double(need) / 1e9))
-        }
-        var t0 = now()
-        for (i, f) in files.enumerated() { _ = try writeRandomSafetensors(path: paths[i], tensors: f.1, seed: UInt64(21 + i)) }
+        let checkpoints = RandomCheckpoints(task: "i2v", directory: directory, files: [
+            ("umt5-xxl-bf16", randomUMT5Tensors(UMT5Config.umt5XXL.parameterShapes())),
+            ("dit-i2v-14B-\(ditFormat.rawValue)", randomDiTTensors(WanDiTConfig.i2v14B, format: ditFormat)),
+            ("clip-vision-h-f16", randomCLIPTensors())])
+        let paths = checkpoints.paths
+        defer { checkpoints.remove() }
+        let written = try checkpoints.write(firstSeed: 21)
         say(String(format: "wrote random checkpoints (%.1f GB: umT5-XXL bf16, DiT i2v-14B %@, CLIP ViT-H f16) in %.1f s",
-                   Double(need) / 1e9, ditFormat.rawValue, now() - t0))
+                   Double(checkpoints.bytes) / 1e9, ditFormat.rawValue, written))
 
-        t0 = now()
+        var t0 = now()
         let t5 = try ModelLoader.t5(paths[0])
         let dit = try ModelLoader.dit(paths[1])
         let c = try openCLIPWeights(path: paths[2])
