@@ -82,15 +82,9 @@ public enum VACEVideoProcessor {
         guard v.frameCount > 0 else { throw GenerationError.invalidSettings("the video has no frames") }
         let areaZ = try latentArea(v, maxArea: maxArea, seqLen: seqLen)
         let available = (v.frameCount - 1) / df + 1
-        var of = min(available, Int(Double(seqLen) / areaZ))
-        if let latentFrames {
-            guard latentFrames <= available else {
-                throw GenerationError.invalidSettings("the video has \(v.frameCount) frames; \((latentFrames - 1) * df + 1) are needed: pass --frames \((available - 1) * df + 1) or fewer (4n+1), or leave --frames out")
-            }
-            of = latentFrames
+        let (frames, oh, ow) = try latentShape(v, areaZ: areaZ, seqLen: seqLen, available: available, latentFrames: latentFrames) {
+            "the video has \(v.frameCount) frames; \(($0 - 1) * df + 1) are needed: pass --frames \((available - 1) * df + 1) or fewer (4n+1), or leave --frames out"
         }
-        let (oh, ow) = try latentSize(v, areaZ: areaZ, seqLen: seqLen, latentFrames: of)
-        let frames = (of - 1) * df + 1
         let duration = (v.starts[v.frameCount - 1] + v.stops[v.frameCount - 1]) / 2
         let ids = linspace(Double(duration), count: frames).map { t in
             (0..<v.frameCount).first { t >= Double(v.starts[$0]) && t <= Double(v.stops[$0]) } ?? 0
@@ -115,15 +109,9 @@ public enum VACEVideoProcessor {
         guard available >= 1 else {
             throw GenerationError.invalidSettings("the video lasts \(duration) s: less than one frame at \(targetFPS) fps")
         }
-        var of = min(available, Int(Double(seqLen) / areaZ))
-        if let latentFrames {
-            guard latentFrames <= available else {
-                throw GenerationError.invalidSettings("the video gives \((available - 1) * df + 1) frames at \(targetFPS) fps; \((latentFrames - 1) * df + 1) are needed")
-            }
-            of = latentFrames
+        let (frames, oh, ow) = try latentShape(v, areaZ: areaZ, seqLen: seqLen, available: available, latentFrames: latentFrames) {
+            "the video gives \((available - 1) * df + 1) frames at \(targetFPS) fps; \(($0 - 1) * df + 1) are needed"
         }
-        let (oh, ow) = try latentSize(v, areaZ: areaZ, seqLen: seqLen, latentFrames: of)
-        let frames = (of - 1) * df + 1
         let ids = linspace(Double(frames) / targetFPS, count: frames).map { t in
             (0..<v.frameCount).first { t >= Double(v.starts[$0]) && t < Double(v.stops[$0]) } ?? 0
         }
@@ -138,6 +126,19 @@ public enum VACEVideoProcessor {
             throw GenerationError.invalidSettings("the video is \(v.width)x\(v.height); sides of at least \(ds) pixels are needed")
         }
         return areaZ
+    }
+
+    /// of = min(available, int(seq_len / area_z)) latent frames, or `latentFrames` when given (refused with
+    /// `tooMany(latentFrames)` beyond `available`); the frame count (of - 1) * 4 + 1 and the latent size for it.
+    static func latentShape(_ v: VideoTimeline, areaZ: Double, seqLen: Int, available: Int, latentFrames: Int?,
+                            tooMany: (Int) -> String) throws -> (frames: Int, oh: Int, ow: Int) {
+        var of = min(available, Int(Double(seqLen) / areaZ))
+        if let latentFrames {
+            guard latentFrames <= available else { throw GenerationError.invalidSettings(tooMany(latentFrames)) }
+            of = latentFrames
+        }
+        let (oh, ow) = try latentSize(v, areaZ: areaZ, seqLen: seqLen, latentFrames: of)
+        return ((of - 1) * temporalDownsample + 1, oh, ow)
     }
 
     static func latentSize(_ v: VideoTimeline, areaZ: Double, seqLen: Int, latentFrames of: Int) throws -> (Int, Int) {
