@@ -134,10 +134,10 @@ public struct MemoryEstimate: Sendable {
         let tokens = (T / pt) * (h / ph) * (w / pw)
         let d = shape.dim
 
-        // One DiT forward (BlockScratch: normed, q, k (= the projections), v, attn as [L, dim], the FFN hidden in
-        // chunks of 4096 rows; x and the patches), its output, and the solver's latents (noise, x, the two CFG
-        // predictions, their mix, the multistep history).
-        var forward = (6 * d + shape.inDim * pt * ph * pw) * tokens + min(tokens, 4096) * shape.ffnDim
+        // One DiT forward (BlockScratch: normed (= the attention output), q, k (= the projections), v as [L, dim],
+        // the FFN hidden in chunks of 4096 rows; x and the patches), its output, and the solver's latents (noise, x,
+        // the two CFG predictions, their mix, the multistep history).
+        var forward = (5 * d + shape.inDim * pt * ph * pw) * tokens + min(tokens, 4096) * shape.ffnDim
         if task == .vace {
             // WanVACEDiT: the patch tokens x0 (until vace block 0 has used them), the vace stream c, before_proj's
             // output and the current hint: hints are made when their block needs them, at most one is held.

@@ -350,11 +350,13 @@ public final class WanDiT: @unchecked Sendable {
         return video
     }
 
-    /// Buffers reused by every block of one forward pass: five [L, dim] rows (the projections' outputs go into `k`,
-    /// free once the self-attention has run) and the FFN hidden layer for one chunk of rows, so a long video's
-    /// activations stay at about five copies of x (3.4 GB for the 14B at 832x480x81 instead of 6.5 GB).
+    /// Buffers reused by every block of one forward pass: four [L, dim] rows and the FFN hidden layer for one chunk
+    /// of rows. The attention output goes into `normed` (free once q, k, v are made) and the projections' outputs
+    /// into `k` (free once the self-attention has run), so a long video's activations stay at about five copies of x
+    /// with x itself (2.7 GB of scratch for the 14B at 832x480x81, where 6 x [L, dim] + [L, ffn] took 6.5 GB).
     final class BlockScratch {
-        let normed, q, k, v, attn: Tensor
+        let normed, q, k, v: Tensor
+        var attn: Tensor { normed }
         var proj: Tensor { k }
         let ffnHidden: Tensor
         let ffnRows: Int
@@ -363,7 +365,7 @@ public final class WanDiT: @unchecked Sendable {
         static let ffnChunkRows = 4096
         init(tokens L: Int, dim d: Int, ffn: Int) {
             normed = Tensor(uninitialized: [L, d]); q = Tensor(uninitialized: [L, d]); k = Tensor(uninitialized: [L, d])
-            v = Tensor(uninitialized: [L, d]); attn = Tensor(uninitialized: [L, d])
+            v = Tensor(uninitialized: [L, d])
             ffnRows = min(L, Self.ffnChunkRows)
             ffnHidden = Tensor(uninitialized: [ffnRows, ffn])
             mod = Tensor(uninitialized: [6, d])
