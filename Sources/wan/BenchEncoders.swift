@@ -204,8 +204,7 @@ struct BenchCLIP: ParsableCommand {
     @Flag(help: "Print where the time goes (per op kind).") var profile = false
 
     func run() throws {
-        let parts = size.lowercased().split(separator: "x").compactMap { Int($0) }
-        guard parts.count == 2, parts[0] > 0, parts[1] > 0 else { throw ValidationError("--size must be WxH, e.g. 832x480") }
+        let (width, height) = try parseSize(size)
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
         var path = weights
         var temporary: String? = nil
@@ -225,7 +224,7 @@ struct BenchCLIP: ParsableCommand {
         let w = try openCLIPWeights(path: path!)
         let encoder = try CLIPVision(weights: w.source, arguments: w.arguments ?? [:])
         log(String(format: "opened %@ (%@): %@ in %.2f s", path!, w.layout, encoder.config.description, now() - t0))
-        let image = Tensor(uninitialized: [3, 1, parts[1], parts[0]])
+        let image = Tensor(uninitialized: [3, 1, height, width])
         for i in 0..<image.count { image.data[i] = Float((i &* 2654435761) % 2001) / 1000 - 1 }
         Profile.enabled = profile
         for n in 0..<images {

@@ -18,10 +18,9 @@ struct BenchT2V: ParsableCommand {
     @Flag(help: "One JSON object instead of text.") var json = false
 
     func run() throws {
-        let parts = size.lowercased().split(separator: "x").compactMap { Int($0) }
-        guard parts.count == 2 else { throw ValidationError("--size must be WxH") }
+        let parsed = try parseSize(size)
         var settings = GenerationSettings()
-        settings.width = parts[0]; settings.height = parts[1]; settings.frames = frames; settings.steps = steps; settings.seed = 1
+        settings.width = parsed.width; settings.height = parsed.height; settings.frames = frames; settings.steps = steps; settings.seed = 1
         try settings.validate()
         let say = benchSay(json: json)
 
@@ -153,10 +152,9 @@ struct BenchI2V: ParsableCommand {
     @Flag(help: "One JSON object instead of text.") var json = false
 
     func run() throws {
-        let parts = size.lowercased().split(separator: "x").compactMap { Int($0) }
-        guard parts.count == 2, parts[0] > 0, parts[1] > 0 else { throw ValidationError("--size must be WxH") }
+        let (w, h) = try parseSize(size)
         var settings = ImageGenerationSettings()
-        settings.maxArea = parts[0] * parts[1]; settings.frames = frames; settings.steps = steps; settings.seed = 1; settings.shift = 3
+        settings.maxArea = w * h; settings.frames = frames; settings.steps = steps; settings.seed = 1; settings.shift = 3
         try settings.validate()
         let say = benchSay(json: json)
 
@@ -182,7 +180,6 @@ struct BenchI2V: ParsableCommand {
         say(String(format: "opened the models in %.1f s", load))
 
         // A smooth synthetic picture at the requested size.
-        let (w, h) = (parts[0], parts[1])
         var pixels = [UInt8](repeating: 0, count: w * h * 3)
         for y in 0..<h { for x in 0..<w {
             pixels[(y * w + x) * 3] = UInt8(255 * x / max(w - 1, 1)); pixels[(y * w + x) * 3 + 1] = UInt8(255 * y / max(h - 1, 1))

@@ -18,11 +18,8 @@ struct BenchVAE: ParsableCommand {
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(256, 256, 5), (832, 480, 1)]
         if let size {
-            let parts = size.lowercased().split(separator: "x").compactMap { Int($0) }
-            guard parts.count == 2, parts[0] > 0, parts[1] > 0, parts[0] % 8 == 0, parts[1] % 8 == 0 else {
-                throw ValidationError("--size must be WxH with both multiples of 8, e.g. 832x480")
-            }
-            shapes = [(parts[0], parts[1], frames ?? 1)]
+            let s = try parseSize(size, multipleOf: 8)
+            shapes = [(s.width, s.height, frames ?? 1)]
         } else if let frames {
             shapes = shapes.map { ($0.w, $0.h, frames) }
         }

@@ -88,9 +88,7 @@ struct Generate: ParsableCommand {
     /// --size as (width, height), nil when not given.
     func requestedSize() throws -> (width: Int, height: Int)? {
         guard let size else { return nil }
-        let parts = size.lowercased().replacingOccurrences(of: "*", with: "x").split(separator: "x").compactMap { Int($0) }
-        guard parts.count == 2 else { throw ValidationError("--size must be WxH, e.g. 832x480") }
-        return (parts[0], parts[1])
+        return try parseSize(size)
     }
 
     func run() throws {
