@@ -242,17 +242,33 @@ enum PipelineCore {
     static func decode(vae: WanVAE, _ latent: Tensor, progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?,
                        onFrames: (Tensor, Int) throws -> Void) throws {
         MappedFile.releaseAllResidentPages()
-        let total = latent.shape[1]
+        var total = latent.shape[1]
         var done = 0
         var last = DispatchTime.now().uptimeNanoseconds
-        try vae.decode(latent) { chunk, first in
+        func step() throws {
             if isCancelled?() == true { throw GenerationError.cancelled }
-            try onFrames(chunk, first)
             done += 1
             let now = DispatchTime.now().uptimeNanoseconds
             let per = Double(now - last) * 1e-9
             last = now
             progress?(GenerationProgress(stage: .decoding, step: done, total: total, secondsPerStep: per, secondsLeft: per * Double(total - done)))
+        }
+        // The exact decode holds the causal state of the whole frame (`decodeStateBytes`); only when that cannot fit
+        // in the memory available now does the decode go tile by tile (not bit-exact, see `decodeTiled`).
+        let (h, w, sf) = (latent.shape[2], latent.shape[3], vae.config.spatialFactor)
+        let need = vae.config.decodeStateBytes(width: w * sf, height: h * sf)
+        if let available = MemoryEstimate.availableBytes(), need > available / 4 * 3 {
+            let tiles = vae.decodeTiles(latentHeight: h, latentWidth: w, stateBudget: available / 2)
+            if tiles.rows * tiles.columns > 1 {
+                total *= tiles.rows * tiles.columns
+                try vae.decodeTiled(latent, tileHeight: tiles.height, tileWidth: tiles.width, afterTileFrame: step, onFrames: onFrames)
+                return
+            }
+        }
+        try vae.decode(latent) { chunk, first in
+            if isCancelled?() == true { throw GenerationError.cancelled }
+            try onFrames(chunk, first)
+            try step()
         }
     }
 }

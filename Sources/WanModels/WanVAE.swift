@@ -484,6 +484,89 @@ public final class WanVAE: @unchecked Sendable {
         }
     }
 
+    /// Tiles (in latent pixels, per axis) for a spatially tiled decode whose per-tile state fits `stateBudget` bytes:
+    /// the fewest tiles of equal size, with `overlap` latent pixels shared by neighbours. One tile = no tiling.
+    public func decodeTiles(latentHeight h: Int, latentWidth w: Int, stateBudget: Int, overlap: Int = 8) -> (rows: Int, columns: Int, height: Int, width: Int) {
+        let sf = config.spatialFactor
+        var (ny, nx) = (1, 1)
+        func size(_ n: Int, _ extent: Int) -> Int { n == 1 ? extent : min(extent, (extent + (n - 1) * overlap + n - 1) / n) }
+        while config.decodeStateBytes(width: size(nx, w) * sf, height: size(ny, h) * sf) > stateBudget {
+            let (th, tw) = (size(ny, h), size(nx, w))
+            if th <= 2 * overlap && tw <= 2 * overlap { break }  // tiles cannot shrink further
+            if th >= tw { ny += 1 } else { nx += 1 }
+        }
+        return (ny, nx, size(ny, h), size(nx, w))
+    }
+
+    /// Spatially tiled decode for sizes whose full decode state would not fit (see `decodeStateBytes`): the latent
+    /// is cut into overlapping tiles (`decodeTiles`), each tile is decoded over all frames with its own causal state,
+    /// and the tiles' pixels are blended with linear ramps across the overlaps. NOT bit-exact to the official decode
+    /// (each tile sees zero padding at its edges instead of its neighbours; the ramps hide the seams): pipelines use
+    /// it only when the memory estimate says the exact decode cannot fit. The frames are handed to `onFrames` per
+    /// latent frame after the last tile, so the output video is held once in float32 ([3, T, H, W]).
+    /// `afterTileFrame` runs after each latent frame of each tile (progress, cancellation: throw to stop).
+    public func decodeTiled(_ latent: Tensor, tileHeight th: Int, tileWidth tw: Int, overlap: Int = 8,
+                            afterTileFrame: () throws -> Void = {}, onFrames: (Tensor, Int) throws -> Void) throws {
+        let z = config.zDim
+        guard latent.rank == 4, latent.shape[0] == z else { throw VAEInputError("the latent must be [\(z), frames, height, width], got \(latent.shape)") }
+        let (F, h, w) = (latent.shape[1], latent.shape[2], latent.shape[3])
+        guard F >= 1, h > 0, w > 0 else { throw VAEInputError("the latent \(latent.shape) is empty") }
+        guard th > overlap, tw > overlap, overlap >= 0 else { throw VAEInputError("tiles of \(th)x\(tw) latent pixels cannot overlap by \(overlap)") }
+        let sf = config.spatialFactor, (H, W) = (h * sf, w * sf), T = 1 + (F - 1) * config.temporalFactor
+        func starts(_ extent: Int, _ tile: Int) -> [Int] {
+            guard tile < extent else { return [0] }
+            var s: [Int] = [], p = 0
+            while p + tile < extent { s.append(p); p += tile - overlap }
+            s.append(extent - tile)
+            return s
+        }
+        // Blend weight of a tile's pixel along one axis: a ramp over the overlap on each side that has a neighbour.
+        func ramp(_ i: Int, _ size: Int, _ lowNeighbour: Bool, _ highNeighbour: Bool) -> Float {
+            let o = Float(overlap * sf)
+            var v: Float = 1
+            if lowNeighbour && o > 0 { v = min(v, (Float(i) + 0.5) / o) }
+            if highNeighbour && o > 0 { v = min(v, (Float(size - i) - 0.5) / o) }
+            return v
+        }
+        let video = Tensor(zeros: [3, T, H, W]), weight = Tensor(zeros: [H, W])
+        let ys = starts(h, th), xs = starts(w, tw)
+        for (yi, y0) in ys.enumerated() {
+            for (xi, x0) in xs.enumerated() {
+                let (lh, lw) = (min(th, h), min(tw, w))
+                let tile = Tensor(uninitialized: [z, F, lh, lw])
+                for c in 0..<z { for f in 0..<F { for r in 0..<lh {
+                    (tile.data + ((c * F + f) * lh + r) * lw).update(from: latent.data + ((c * F + f) * h + y0 + r) * w + x0, count: lw)
+                } } }
+                let (ph, pw) = (lh * sf, lw * sf), (py, px) = (y0 * sf, x0 * sf)
+                let wy = (0..<ph).map { ramp($0, ph, yi > 0, yi < ys.count - 1) }
+                let wx = (0..<pw).map { ramp($0, pw, xi > 0, xi < xs.count - 1) }
+                for r in 0..<ph { for c in 0..<pw { weight.data[(py + r) * W + px + c] += wy[r] * wx[c] } }
+                try decode(tile) { chunk, first in
+                    let n = chunk.shape[1]
+                    for ch in 0..<3 { for f in 0..<n { for r in 0..<ph {
+                        let src = chunk.data + ((ch * n + f) * ph + r) * pw
+                        let dst = video.data + ((ch * T + first + f) * H + py + r) * W + px
+                        let k = wy[r]
+                        for c in 0..<pw { dst[c] += src[c] * (k * wx[c]) }
+                    } } }
+                    try afterTileFrame()
+                }
+            }
+        }
+        for ch in 0..<3 { for f in 0..<T {
+            let plane = video.data + (ch * T + f) * H * W
+            for i in 0..<(H * W) { plane[i] = min(max(plane[i] / weight.data[i], -1), 1) }
+        } }
+        var first = 0
+        for f in 0..<F {
+            let n = f == 0 ? 1 : config.temporalFactor
+            let chunk = Tensor(uninitialized: [3, n, H, W])
+            for ch in 0..<3 { (chunk.data + ch * n * H * W).update(from: video.data + (ch * T + first) * H * W, count: n * H * W) }
+            try onFrames(chunk, first)
+            first += n
+        }
+    }
+
     /// Decodes the whole latent into one video tensor [3, T, H, W].
     public func decode(_ latent: Tensor) throws -> Tensor {
         var chunks: [Tensor] = []

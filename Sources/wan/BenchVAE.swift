@@ -14,6 +14,7 @@ struct BenchVAE: ParsableCommand {
     @Flag(help: "One JSON object per line instead of text.") var json = false
     @Flag(help: "Print where the time goes (per op kind).") var profile = false
     @Flag(help: "With --profile: convolutions per shape.") var profileShapes = false
+    @Option(help: "Decode tile by tile with at most this many GB of causal state per tile (not bit-exact).") var tileBudget: Double?
 
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(256, 256, 5), (832, 480, 1)]
@@ -58,7 +59,13 @@ struct BenchVAE: ParsableCommand {
                 Profile.reset()
                 let t0 = now()
                 var produced = 0
-                try vae.decode(latent) { chunk, _ in produced += chunk.shape[1] }  // frames are streamed and dropped
+                if let tileBudget {
+                    let tiles = vae.decodeTiles(latentHeight: s.h / 8, latentWidth: s.w / 8, stateBudget: Int(tileBudget * 1e9))
+                    if !json { print("tiles: \(tiles.rows) x \(tiles.columns) of \(tiles.width * 8)x\(tiles.height * 8) pixels") }
+                    try vae.decodeTiled(latent, tileHeight: tiles.height, tileWidth: tiles.width) { chunk, _ in produced += chunk.shape[1] }
+                } else {
+                    try vae.decode(latent) { chunk, _ in produced += chunk.shape[1] }  // frames are streamed and dropped
+                }
                 precondition(produced == s.f)
                 try report("decode", s, now() - t0)
             }

@@ -120,6 +120,43 @@ final class VAETests: XCTestCase {
         XCTAssertThrowsError(try vae.encode(frames: T, height: H, width: W) { index, _ in if index == 4 { throw Stop() } }) { XCTAssertTrue($0 is Stop) }
     }
 
+    func testTiledDecodeBlendsTilesAndOneTileIsTheExactDecode() throws {
+        let vae = try tinyVAE()
+        let latent = Tensor(zeros: [16, 2, 12, 10])
+        for i in 0..<latent.count { latent.data[i] = Float((i * 29) % 13) / 6 - 1 }
+        let exact = try vae.decode(latent)
+        func tiled(_ th: Int, _ tw: Int, overlap: Int) throws -> (video: Tensor, chunks: [Int], ticks: Int) {
+            var chunks: [Tensor] = [], firsts: [Int] = [], ticks = 0
+            try vae.decodeTiled(latent, tileHeight: th, tileWidth: tw, overlap: overlap, afterTileFrame: { ticks += 1 }) { c, f in
+                chunks.append(c); firsts.append(f)
+            }
+            return (concatenateFrames(chunks), firsts, ticks)
+        }
+        // A tile as large as the latent is the exact decode, bit for bit.
+        let whole = try tiled(12, 10, overlap: 4)
+        XCTAssertEqual(whole.video.array, exact.array)
+        XCTAssertEqual(whole.chunks, [0, 1])
+        XCTAssertEqual(whole.ticks, 2)
+        // 2 x 2 tiles of 8 x 7 latent pixels overlapping by 4: the same shape, values in [-1, 1], near the exact decode
+        // (tile edges see zero padding instead of their neighbours), and every tile ran every latent frame.
+        let four = try tiled(8, 7, overlap: 4)
+        XCTAssertEqual(four.video.shape, exact.shape)
+        XCTAssertEqual(four.ticks, 2 * 4)
+        XCTAssertTrue(four.video.array.allSatisfy { $0 >= -1 && $0 <= 1 })
+        var diff: Float = 0, norm: Float = 0
+        for i in 0..<exact.count { diff += (four.video.data[i] - exact.data[i]) * (four.video.data[i] - exact.data[i]); norm += exact.data[i] * exact.data[i] }
+        XCTAssertGreaterThan(diff, 0)
+        XCTAssertLessThan((diff / norm).squareRoot(), 0.5)
+        // The tile plan: one tile when the state fits, more (and smaller) tiles for a smaller budget.
+        let all = vae.config.decodeStateBytes(width: 80, height: 96)
+        let one = vae.decodeTiles(latentHeight: 12, latentWidth: 10, stateBudget: all, overlap: 2)
+        XCTAssertEqual(one.rows * one.columns, 1)
+        let split = vae.decodeTiles(latentHeight: 12, latentWidth: 10, stateBudget: all / 2, overlap: 2)
+        XCTAssertGreaterThan(split.rows * split.columns, 1)
+        XCTAssertLessThanOrEqual(vae.config.decodeStateBytes(width: split.width * 8, height: split.height * 8), all / 2)
+        XCTAssertThrowsError(try vae.decodeTiled(latent, tileHeight: 4, tileWidth: 4, overlap: 4) { _, _ in })
+    }
+
     func testDecodeStateEstimateFollowsTheArchitecture() {
         // 832x480 with the published VAE: 3.78 GB of causal histories plus four frames of the widest stage.
         let bytes = WanVAEConfig.wan21.decodeStateBytes(width: 832, height: 480)
