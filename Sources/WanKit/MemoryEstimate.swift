@@ -169,7 +169,14 @@ public struct MemoryEstimate: Sendable {
             inputs = sourceFrames + latent
             encode = encoderState + 3 * pixels * f
         }
-        let decode = vaeConfig.decodeStateBytes(width: W, height: H)
+        // Decoding: the exact decode's causal state, or, where that is larger, the tiled decode the pipelines fall
+        // back to when memory is short (tiles holding a quarter of the state, plus the float32 video it assembles).
+        let exact = vaeConfig.decodeStateBytes(width: W, height: H)
+        let tiles = vaeConfig.decodeTiles(latentHeight: H / vaeConfig.spatialFactor, latentWidth: W / vaeConfig.spatialFactor,
+                                          stateBudget: exact / 4)
+        let tiled = vaeConfig.decodeStateBytes(width: tiles.width * vaeConfig.spatialFactor, height: tiles.height * vaeConfig.spatialFactor)
+            + (3 * pixels + H * W) * f
+        let decode = min(exact, tiled)
         return MemoryEstimate(task: task, weightsBytes: weights, inputsBytes: inputs, encodeBytes: encode, denoiseBytes: denoise,
                               decodeBytes: decode)
     }

@@ -258,7 +258,7 @@ enum PipelineCore {
         let (h, w, sf) = (latent.shape[2], latent.shape[3], vae.config.spatialFactor)
         let need = vae.config.decodeStateBytes(width: w * sf, height: h * sf)
         if let available = MemoryEstimate.availableBytes(), need > available / 4 * 3 {
-            let tiles = vae.decodeTiles(latentHeight: h, latentWidth: w, stateBudget: available / 2)
+            let tiles = vae.config.decodeTiles(latentHeight: h, latentWidth: w, stateBudget: available / 2)
             if tiles.rows * tiles.columns > 1 {
                 total *= tiles.rows * tiles.columns
                 try vae.decodeTiled(latent, tileHeight: tiles.height, tileWidth: tiles.width, afterTileFrame: step, onFrames: onFrames)

@@ -47,6 +47,20 @@ public struct WanVAEConfig: Sendable, Equatable {
         return (history + 4 * widest) * MemoryLayout<Float>.size
     }
 
+    /// Tiles (in latent pixels, per axis) for a spatially tiled decode whose per-tile state fits `stateBudget` bytes:
+    /// the fewest tiles of equal size, with `overlap` latent pixels shared by neighbours. One tile = no tiling.
+    public func decodeTiles(latentHeight h: Int, latentWidth w: Int, stateBudget: Int, overlap: Int = 8) -> (rows: Int, columns: Int, height: Int, width: Int) {
+        let sf = spatialFactor
+        var (ny, nx) = (1, 1)
+        func size(_ n: Int, _ extent: Int) -> Int { n == 1 ? extent : min(extent, (extent + (n - 1) * overlap + n - 1) / n) }
+        while decodeStateBytes(width: size(nx, w) * sf, height: size(ny, h) * sf) > stateBudget {
+            let (th, tw) = (size(ny, h), size(nx, w))
+            if th <= 2 * overlap && tw <= 2 * overlap { break }  // tiles cannot shrink further
+            if th >= tw { ny += 1 } else { nx += 1 }
+        }
+        return (ny, nx, size(ny, h), size(nx, w))
+    }
+
     public mutating func apply(officialArguments a: [String: Any]) {
         if let v = (a["dim"] as? NSNumber)?.intValue { dim = v }
         if let v = (a["z_dim"] as? NSNumber)?.intValue { zDim = v }
@@ -484,22 +498,8 @@ public final class WanVAE: @unchecked Sendable {
         }
     }
 
-    /// Tiles (in latent pixels, per axis) for a spatially tiled decode whose per-tile state fits `stateBudget` bytes:
-    /// the fewest tiles of equal size, with `overlap` latent pixels shared by neighbours. One tile = no tiling.
-    public func decodeTiles(latentHeight h: Int, latentWidth w: Int, stateBudget: Int, overlap: Int = 8) -> (rows: Int, columns: Int, height: Int, width: Int) {
-        let sf = config.spatialFactor
-        var (ny, nx) = (1, 1)
-        func size(_ n: Int, _ extent: Int) -> Int { n == 1 ? extent : min(extent, (extent + (n - 1) * overlap + n - 1) / n) }
-        while config.decodeStateBytes(width: size(nx, w) * sf, height: size(ny, h) * sf) > stateBudget {
-            let (th, tw) = (size(ny, h), size(nx, w))
-            if th <= 2 * overlap && tw <= 2 * overlap { break }  // tiles cannot shrink further
-            if th >= tw { ny += 1 } else { nx += 1 }
-        }
-        return (ny, nx, size(ny, h), size(nx, w))
-    }
-
     /// Spatially tiled decode for sizes whose full decode state would not fit (see `decodeStateBytes`): the latent
-    /// is cut into overlapping tiles (`decodeTiles`), each tile is decoded over all frames with its own causal state,
+    /// is cut into overlapping tiles (`WanVAEConfig.decodeTiles`), each tile is decoded over all frames with its own causal state,
     /// and the tiles' pixels are blended with linear ramps across the overlaps. NOT bit-exact to the official decode
     /// (each tile sees zero padding at its edges instead of its neighbours; the ramps hide the seams): pipelines use
     /// it only when the memory estimate says the exact decode cannot fit. The frames are handed to `onFrames` per

@@ -60,7 +60,7 @@ struct BenchVAE: ParsableCommand {
                 let t0 = now()
                 var produced = 0
                 if let tileBudget {
-                    let tiles = vae.decodeTiles(latentHeight: s.h / 8, latentWidth: s.w / 8, stateBudget: Int(tileBudget * 1e9))
+                    let tiles = vae.config.decodeTiles(latentHeight: s.h / 8, latentWidth: s.w / 8, stateBudget: Int(tileBudget * 1e9))
                     if !json { print("tiles: \(tiles.rows) x \(tiles.columns) of \(tiles.width * 8)x\(tiles.height * 8) pixels") }
                     try vae.decodeTiled(latent, tileHeight: tiles.height, tileWidth: tiles.width) { chunk, _ in produced += chunk.shape[1] }
                 } else {

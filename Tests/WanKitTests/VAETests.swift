@@ -149,9 +149,9 @@ final class VAETests: XCTestCase {
         XCTAssertLessThan((diff / norm).squareRoot(), 0.5)
         // The tile plan: one tile when the state fits, more (and smaller) tiles for a smaller budget.
         let all = vae.config.decodeStateBytes(width: 80, height: 96)
-        let one = vae.decodeTiles(latentHeight: 12, latentWidth: 10, stateBudget: all, overlap: 2)
+        let one = vae.config.decodeTiles(latentHeight: 12, latentWidth: 10, stateBudget: all, overlap: 2)
         XCTAssertEqual(one.rows * one.columns, 1)
-        let split = vae.decodeTiles(latentHeight: 12, latentWidth: 10, stateBudget: all / 2, overlap: 2)
+        let split = vae.config.decodeTiles(latentHeight: 12, latentWidth: 10, stateBudget: all / 2, overlap: 2)
         XCTAssertGreaterThan(split.rows * split.columns, 1)
         XCTAssertLessThanOrEqual(vae.config.decodeStateBytes(width: split.width * 8, height: split.height * 8), all / 2)
         XCTAssertThrowsError(try vae.decodeTiled(latent, tileHeight: 4, tileWidth: 4, overlap: 4) { _, _ in })
