@@ -5,6 +5,16 @@ import WanText
 
 extension ConformanceRunner {
     /// Golden cases of component `pipeline`: the whole `WanT2V.generate` with tiny models.
+    /// The noise comes from our own PyTorch-exact generator; a case's noise input must equal it exactly.
+    func checkNoise(_ c: GoldenCase, _ noise: Tensor, seed: UInt64) throws -> CaseResult? {
+        guard c.hasInput("noise") else { return nil }
+        let given = try c.input("noise")
+        guard given.count == noise.count, (0..<noise.count).allSatisfy({ given.data[$0] == noise.data[$0] }) else {
+            return .fail(c.name, "the seed-\(seed) noise differs from the case's noise input")
+        }
+        return nil
+    }
+
     func runPipeline(_ c: GoldenCase) throws -> CaseResult {
         let task = c.config["task"] as? String ?? "?"
         if task == "i2v" || task == "flf2v" { return try runImagePipeline(c, task: task) }
@@ -24,14 +34,8 @@ extension ConformanceRunner {
         sampling.negativePrompt.map { s.negativePrompt = $0 }; sampling.solver.map { s.solver = $0 }
         guard let prompt = c.inputs["prompt"] as? String else { return .fail(c.name, "case has no prompt") }
 
-        // The noise comes from our own PyTorch-exact generator; the case's noise input must equal it.
         let noise = TextToVideo.initialNoise(shape: s.latentShape, seed: s.seed)
-        if c.hasInput("noise") {
-            let given = try c.input("noise")
-            guard given.count == noise.count, (0..<noise.count).allSatisfy({ given.data[$0] == noise.data[$0] }) else {
-                return .fail(c.name, "the seed-\(s.seed) noise differs from the case's noise input")
-            }
-        }
+        if let failure = try checkNoise(c, noise, seed: s.seed) { return failure }
         var got: [String: Tensor] = [:]
         var afterSteps: [Tensor] = []
         let latent = try pipeline.sample(prompt: prompt, settings: s, noise: noise, observe: { event in
@@ -104,14 +108,8 @@ extension ConformanceRunner {
         if let h = (c.config["lat_h"] as? NSNumber)?.intValue, let w = (c.config["lat_w"] as? NSNumber)?.intValue, (h, w) != lat {
             return .fail(c.name, "lat_h x lat_w = \(lat.height)x\(lat.width), the case has \(h)x\(w)")
         }
-        // The noise comes from our own PyTorch-exact generator; a noise input must equal it.
         let noise = TextToVideo.initialNoise(shape: [vae.config.zDim, (s.frames - 1) / 4 + 1, lat.height, lat.width], seed: s.seed)
-        if c.hasInput("noise") {
-            let given = try c.input("noise")
-            guard given.count == noise.count, (0..<noise.count).allSatisfy({ given.data[$0] == noise.data[$0] }) else {
-                return .fail(c.name, "the seed-\(s.seed) noise differs from the case's noise input")
-            }
-        }
+        if let failure = try checkNoise(c, noise, seed: s.seed) { return failure }
 
         var got: [String: Tensor] = [:]
         var afterSteps: [Tensor] = []
