@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "WanText", dependencies: [], swiftSettings: optimize),
         // The CUDA backend: driver, NVRTC and cuBLASLt are loaded at run time (dlopen); nothing CUDA is needed to build.
         .target(name: "WanCUDA", dependencies: ["WanTensor", "WanWeights", "WanModels"], resources: [.copy("Kernels")], swiftSettings: optimize),
-        .target(name: "WanKit", dependencies: ["WanTensor", "WanWeights", "WanModels", "WanSampling", "WanText"], swiftSettings: optimize),
+        .target(name: "WanKit", dependencies: ["WanTensor", "WanWeights", "WanModels", "WanSampling", "WanText", "WanCUDA"], swiftSettings: optimize),
         .executableTarget(name: "wan", dependencies: [
             "WanKit", "CDNNL", "WanCUDA",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

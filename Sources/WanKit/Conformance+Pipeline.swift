@@ -23,7 +23,7 @@ extension ConformanceRunner {
               let tokenizerPath = c.config["tokenizer"] as? String else {
             return .fail(c.name, "case config must name t5, dit, vae and tokenizer")
         }
-        guard let dit = try dit(ditName), let vae = try vae(vaeName) else { return .skip(c.name, "a model layout is not implemented") }
+        guard let dit = try denoiser(ditName), let vae = try vae(vaeName) else { return .skip(c.name, "a model layout is not implemented") }
         let tokenizer = try UMT5Tokenizer(file: (root as NSString).appendingPathComponent(tokenizerPath))
         let pipeline = try TextToVideo(text: TextConditioner(tokenizer: tokenizer, encoder: try t5(t5Name)), dit: dit, vae: vae)
         var s = GenerationSettings()
@@ -71,7 +71,7 @@ extension ConformanceRunner {
               let tokenizerPath = c.config["tokenizer"] as? String else {
             return .fail(c.name, "case config must name t5, dit, vae and tokenizer")
         }
-        guard let dit = try dit(ditName), let vae = try vae(vaeName) else { return .skip(c.name, "a model layout is not implemented") }
+        guard let dit = try denoiser(ditName), let vae = try vae(vaeName) else { return .skip(c.name, "a model layout is not implemented") }
         let tokenizer = try UMT5Tokenizer(file: (root as NSString).appendingPathComponent(tokenizerPath))
         let text = TextConditioner(tokenizer: tokenizer, encoder: try t5(t5Name))
         let clipModel = try (c.config["clip"] as? String).map { try clip($0) }

@@ -75,15 +75,6 @@ public enum CaseResult: CustomStringConvertible {
     public var isFailure: Bool { if case .fail = self { return true } else { return false } }
 }
 
-/// A DiT forward pass: the CPU `WanDiT`, or another backend's (the CUDA DiT plugs in through
-/// `ConformanceRunner.ditFactory` from the `wan` command, which links both).
-public protocol DiTForwarding: AnyObject {
-    var config: WanDiTConfig { get }
-    func forward(_ input: DiTInput, trace: ((String, Tensor) -> Void)?) throws -> Tensor
-}
-
-extension WanDiT: DiTForwarding {}
-
 /// Runs golden cases against the engine. Components plug in through `run(_:)`'s dispatch; a case whose component
 /// is not implemented is skipped with the reason.
 public final class ConformanceRunner {
@@ -93,11 +84,11 @@ public final class ConformanceRunner {
     var t5Encoders: [String: UMT5Encoder] = [:]
     var clipEncoders: [String: CLIPVision] = [:]
     var vaceDiTs: [String: WanVACEDiT] = [:]
-    private var factoryDiTs: [String: DiTForwarding] = [:]
+    private var factoryDiTs: [String: DiTDenoiser] = [:]
 
     /// Another backend for the DiT cases: made from the configuration and weights the CPU path binds (nil: the CPU
     /// `WanDiT`). With it set, cases of other components are skipped (they run on the CPU only).
-    public var ditFactory: ((WanDiTConfig, WeightSource) throws -> DiTForwarding)?
+    public var ditFactory: ((WanDiTConfig, WeightSource) throws -> DiTDenoiser)?
     /// The backend's name in skip messages ("cuda").
     public var backendName = "cpu"
     /// When set, every output passes at this rel_l2 whatever the case file says, max_abs unchecked (the bf16 GPU
@@ -135,7 +126,8 @@ public final class ConformanceRunner {
             let c = try GoldenCase(jsonPath: path)
             if ditFactory != nil {
                 let modelClass = c.component == "weights" ? try c.model.map(modelJSON)?["class"] as? String : nil
-                let isDiT = c.component == "dit" || ["WanModel", "WanTransformer3DModel"].contains(modelClass ?? "")
+                // Pipelines run their DiT on the backend, the other parts on the CPU.
+                let isDiT = c.component == "dit" || c.component == "pipeline" || ["WanModel", "WanTransformer3DModel"].contains(modelClass ?? "")
                 if !isDiT { return .skip(c.name, "component '\(c.component)' is not on the \(backendName) backend yet (it runs with --device cpu)") }
             }
             switch c.component {
@@ -205,7 +197,7 @@ public final class ConformanceRunner {
     }
 
     /// The DiT of `model` made by `ditFactory` (the same configuration and weights as `dit(_:)` binds), cached.
-    func factoryDiT(_ model: String, _ factory: (WanDiTConfig, WeightSource) throws -> DiTForwarding) throws -> DiTForwarding? {
+    func factoryDiT(_ model: String, _ factory: (WanDiTConfig, WeightSource) throws -> DiTDenoiser) throws -> DiTDenoiser? {
         if let m = factoryDiTs[model] { return m }
         guard let weights = try ditWeights(model) else { return nil }
         var config = try WanDiTConfig(inferringFrom: weights.source)
@@ -213,6 +205,12 @@ public final class ConformanceRunner {
         let dit = try factory(config, weights.source)
         factoryDiTs[model] = dit
         return dit
+    }
+
+    /// The DiT of `model` on the runner's backend (`ditFactory`'s, else the CPU `WanDiT`).
+    func denoiser(_ model: String) throws -> DiTDenoiser? {
+        if let factory = ditFactory { return try factoryDiT(model, factory) }
+        return try dit(model)
     }
 
     // MARK: dit
@@ -223,13 +221,7 @@ public final class ConformanceRunner {
             if ditFactory != nil { return .skip(c.name, "the VACE DiT is not on the \(backendName) backend yet") }
             return try runVACE(c, model: model)
         }
-        let found: DiTForwarding?
-        if let factory = ditFactory {
-            found = try factoryDiT(model, factory)
-        } else {
-            found = try dit(model)
-        }
-        guard let dit = found else {
+        guard let dit = try denoiser(model) else {
             let json = try modelJSON(model)
             return .skip(c.name, "\(json["class"] ?? "?") with layout '\(json["layout"] ?? "?")' is not implemented yet")
         }

@@ -203,14 +203,14 @@ public enum ImageConditioning {
 /// The sampling of WanI2V / WanFLF2V.generate, shared by ImageToVideo and FirstLastFrameToVideo.
 struct ImageConditionedSampler {
     let text: TextConditioner
-    let dit: WanDiT
+    let dit: any DiTDenoiser
     let vae: WanVAE
     let clip: CLIPVision?
     let lastFrame: Bool
     let defaultNegative: String
 
     /// Checks the models fit together for `task` ("i2v" or "flf2v").
-    static func check(text: TextConditioner, dit: WanDiT, vae: WanVAE, clip: CLIPVision?, task: String, name: String) throws {
+    static func check(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE, clip: CLIPVision?, task: String, name: String) throws {
         let c = dit.config
         guard c.modelType == task else {
             throw GenerationError.modelMismatch("this is a \(c.modelType) DiT; \(name) needs a \(task) model (in_dim \(2 * vae.config.zDim + 4), with img_emb\(task == "flf2v" ? " and img_emb.emb_pos" : ""))")
@@ -297,8 +297,8 @@ struct ImageConditionedSampler {
         (y.data + mask.count).update(from: latent.data, count: latent.count)
         observe?(.conditioning(vaeInput: vaeInput, latent: latent, mask: mask, y: y))
 
-        let condContext = try dit.prepare(context: cond.embedding, clipFeatures: features)
-        let uncondContext = try dit.prepare(context: uncond.embedding, clipFeatures: features)
+        let condContext = try dit.prepareConditioning(text: cond.embedding, clipFeatures: features)
+        let uncondContext = try dit.prepareConditioning(text: uncond.embedding, clipFeatures: features)
         return try PipelineCore.denoise(dit: dit, noise: latents, y: y, cond: condContext, uncond: uncondContext,
                                         solver: s.solver, steps: s.steps, shift: s.shift, guideScale: s.guideScale,
                                         progress: progress, isCancelled: isCancelled,
@@ -313,12 +313,12 @@ struct ImageConditionedSampler {
 public final class ImageToVideo: @unchecked Sendable {
     public typealias Event = ImagePipelineEvent
     public let text: TextConditioner
-    public let dit: WanDiT
+    public let dit: any DiTDenoiser
     public let vae: WanVAE
     /// The CLIP vision tower; nil when the caller always passes precomputed CLIP features.
     public let clip: CLIPVision?
 
-    public init(text: TextConditioner, dit: WanDiT, vae: WanVAE, clip: CLIPVision? = nil) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE, clip: CLIPVision? = nil) throws {
         try ImageConditionedSampler.check(text: text, dit: dit, vae: vae, clip: clip, task: "i2v", name: "image-to-video")
         self.text = text; self.dit = dit; self.vae = vae; self.clip = clip
     }
@@ -368,11 +368,11 @@ public final class ImageToVideo: @unchecked Sendable {
 public final class FirstLastFrameToVideo: @unchecked Sendable {
     public typealias Event = ImagePipelineEvent
     public let text: TextConditioner
-    public let dit: WanDiT
+    public let dit: any DiTDenoiser
     public let vae: WanVAE
     public let clip: CLIPVision?
 
-    public init(text: TextConditioner, dit: WanDiT, vae: WanVAE, clip: CLIPVision? = nil) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE, clip: CLIPVision? = nil) throws {
         try ImageConditionedSampler.check(text: text, dit: dit, vae: vae, clip: clip, task: "flf2v", name: "first-last-frame-to-video")
         self.text = text; self.dit = dit; self.vae = vae; self.clip = clip
     }

@@ -113,14 +113,17 @@ public struct MemoryEstimate: Sendable {
 
     /// The estimate for `task` at the settings' size and frame count. `dit` is the DiT's shape (read from
     /// `files.dit` when nil); `source` the conditioning video (VACE, v2v); `references` VACE's reference images.
+    /// `ditOnGPU`: the DiT runs on a GPU (its weights are streamed to the device, its activations and prepared
+    /// contexts live there: the host keeps the latents only; the GPU side is `CUDADiTMemory`).
     public static func estimate(_ task: GenerationTask, files: ModelFiles, settings s: GenerationSettings, dit: DiTShape? = nil,
-                                source: Source? = nil, references: Int = 0, usesCLIPModel: Bool = true) -> MemoryEstimate {
+                                source: Source? = nil, references: Int = 0, usesCLIPModel: Bool = true,
+                                ditOnGPU: Bool = false) -> MemoryEstimate {
         let f = MemoryLayout<Float>.size
         let ditBytes = fileBytes(files.dit ?? "")
         let shape = dit ?? files.dit.flatMap(DiTShape.read) ?? DiTShape.guessed(fileBytes: ditBytes)
         let vaeConfig = WanVAEConfig.wan21
         // The umT5 encoder streams its layers from the mapping (about one layer plus activations resident).
-        var weights = ditBytes + min(fileBytes(files.t5 ?? ""), 1_500_000_000) + fileBytes(files.vae ?? "")
+        var weights = (ditOnGPU ? 0 : ditBytes) + min(fileBytes(files.t5 ?? ""), 1_500_000_000) + fileBytes(files.vae ?? "")
         let imageTask = task == .imageToVideo || task == .firstLastFrame
         if imageTask && usesCLIPModel { weights += fileBytes(files.clip ?? "") }
 
@@ -147,7 +150,7 @@ public struct MemoryEstimate: Sendable {
         let contextBlocks = shape.numLayers + (task == .vace ? shape.vaceBlocks : 0)
         // Two prepared contexts (prompt, negative prompt): cross-attention keys and values per block.
         let contexts = 2 * contextBlocks * 2 * (contextRows + imageRows) * d * f
-        let denoise = forward * f + latent + 8 * latent + contexts
+        let denoise = ditOnGPU ? 9 * latent : forward * f + latent + 8 * latent + contexts
 
         var inputs = 0, encode = 0
         let encoderState = vaeConfig.encodeStateBytes(width: W, height: H)

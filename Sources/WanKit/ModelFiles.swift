@@ -85,7 +85,7 @@ public func sidecarArguments(for path: String) -> [String: Any]? {
     return config
 }
 
-private func merged(_ a: [String: Any]?, _ b: [String: Any]?) -> [String: Any]? {
+func merged(_ a: [String: Any]?, _ b: [String: Any]?) -> [String: Any]? {
     guard a != nil || b != nil else { return nil }
     var out = a ?? [:]
     for (k, v) in b ?? [:] { out[k] = v }
@@ -115,7 +115,8 @@ public enum ModelLoader {
     /// A DiT file or folder as the model it holds: a VACE checkpoint (it has `vace_patch_embedding.weight`) or a
     /// plain t2v / i2v / flf2v one. The weights are opened (mapped) once.
     public enum DiTModel {
-        case plain(WanDiT)
+        /// t2v / i2v / flf2v, on the CPU (`WanDiT`) or a GPU (`CUDADiT`).
+        case plain(any DiTDenoiser)
         case vace(WanVACEDiT)
     }
 
@@ -145,8 +146,12 @@ public enum ModelLoader {
         return try source.float32(name)
     }
 
-    /// The text-to-video pipeline from located files.
-    public static func textToVideo(_ files: ModelFiles, folder: String = "the model folder") throws -> TextToVideo {
-        try TextToVideo(text: try text(files, folder: folder), dit: try dit(files.dit!), vae: try vae(files.vae!))
+    /// The text-to-video pipeline from located files, its DiT on `placement` (see `DiTPlacement.resolve`; on a GPU
+    /// an allocation that cannot fit throws `CUDAError.outOfMemory` naming what is needed and free).
+    public static func textToVideo(_ files: ModelFiles, folder: String = "the model folder", on placement: DiTPlacement = .cpu) throws -> TextToVideo {
+        try files.requireTextToVideo(folder: folder)
+        let model = try anyDiT(files.dit!, on: placement, width: 0, height: 0, frames: 1, checkMemory: false)
+        guard case .plain(let dit) = model else { throw GenerationError.modelMismatch("this is a VACE DiT; text-to-video needs a t2v model (use VACEPipeline)") }
+        return try TextToVideo(text: try text(files, folder: folder), dit: dit, vae: try vae(files.vae!))
     }
 }

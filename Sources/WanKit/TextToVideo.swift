@@ -43,12 +43,15 @@ public enum GenerationError: Error, CustomStringConvertible, Equatable {
     case invalidSettings(String)
     case cancelled
     case modelMismatch(String)
+    /// The part cannot run on the chosen device (yet); the text says which device to use.
+    case unsupportedOnDevice(String)
 
     public var description: String {
         switch self {
         case .invalidSettings(let s): return "invalid settings: \(s)"
         case .cancelled: return "generation cancelled"
         case .modelMismatch(let s): return "the models do not fit together: \(s)"
+        case .unsupportedOnDevice(let s): return s
         }
     }
 }
@@ -100,7 +103,8 @@ public final class TextConditioner: @unchecked Sendable {
 /// the flow-matching sampler around the DiT with classifier-free guidance, then the streamed VAE decode.
 public final class TextToVideo: @unchecked Sendable {
     public let text: TextConditioner
-    public let dit: WanDiT
+    /// The DiT on its backend: `WanDiT` (CPU) or `CUDADiT` (GPU).
+    public let dit: any DiTDenoiser
     public let vae: WanVAE
 
     /// What a caller may observe along the way (for tests and parity checks).
@@ -110,7 +114,7 @@ public final class TextToVideo: @unchecked Sendable {
         case latentAfterStep(Int, Tensor)
     }
 
-    public init(text: TextConditioner, dit: WanDiT, vae: WanVAE) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE) throws {
         guard dit.config.textDim == text.encoder.config.dim else {
             throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(dit.config.textDim) but the text encoder makes \(text.encoder.config.dim)")
         }
@@ -144,8 +148,8 @@ public final class TextToVideo: @unchecked Sendable {
         let (cond, uncond) = try PipelineCore.encodePrompts(text, prompt: prompt, negativePrompt: s.negativePrompt,
                                                             defaultNegative: NegativePrompts.textToVideo, progress: progress)
         observe?(.prompts(ids: cond.ids, negativeIds: uncond.ids, context: cond.embedding, negativeContext: uncond.embedding))
-        let condContext = try dit.prepare(context: cond.embedding)
-        let uncondContext = try dit.prepare(context: uncond.embedding)
+        let condContext = try dit.prepareConditioning(text: cond.embedding, clipFeatures: nil)
+        let uncondContext = try dit.prepareConditioning(text: uncond.embedding, clipFeatures: nil)
         return try PipelineCore.denoise(dit: dit, noise: latents, y: nil, cond: condContext, uncond: uncondContext,
                                         solver: s.solver, steps: s.steps, shift: s.shift, guideScale: s.guideScale, startStep: startStep,
                                         progress: progress, isCancelled: isCancelled,
@@ -225,14 +229,14 @@ enum PipelineCore {
         return latents
     }
 
-    /// `denoise` around a `WanDiT` (t2v, i2v, flf2v): `y` is fed to both passes.
-    static func denoise(dit: WanDiT, noise: Tensor, y: Tensor?, cond: DiTContext, uncond: DiTContext,
+    /// `denoise` around a DiT on any backend (t2v, i2v, flf2v): `y` is fed to both passes.
+    static func denoise(dit: any DiTDenoiser, noise: Tensor, y: Tensor?, cond: DiTConditioning, uncond: DiTConditioning,
                         solver kind: FlowSolverKind, steps: Int, shift: Double, guideScale: Float, startStep: Int = 0,
                         progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?,
                         onTimesteps: ([Double]) -> Void, afterStep: (Int, Tensor) -> Void) throws -> Tensor {
         try denoise(noise: noise, solver: kind, steps: steps, shift: shift, guideScale: guideScale, startStep: startStep,
                     progress: progress, isCancelled: isCancelled, onTimesteps: onTimesteps, afterStep: afterStep) { x, t, conditional in
-            try dit.forward(x: x, y: y, t: t, context: conditional ? cond : uncond)
+            try dit.velocity(x: x, y: y, t: t, conditioning: conditional ? cond : uncond)
         }
     }
 

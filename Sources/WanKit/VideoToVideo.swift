@@ -17,7 +17,7 @@ public final class VideoToVideo: @unchecked Sendable {
     public let textToVideo: TextToVideo
     public var vae: WanVAE { textToVideo.vae }
 
-    public init(text: TextConditioner, dit: WanDiT, vae: WanVAE) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE) throws {
         textToVideo = try TextToVideo(text: text, dit: dit, vae: vae)
     }
 

@@ -3,3 +3,4 @@
 @_exported import WanModels
 @_exported import WanSampling
 @_exported import WanText
+@_exported import WanCUDA

@@ -3,14 +3,6 @@ import Foundation
 import WanKit
 import WanCUDA
 
-/// The CUDA DiT seen by the conformance runner.
-final class CUDADiTForwarding: DiTForwarding {
-    let dit: CUDADiT
-    init(_ dit: CUDADiT) { self.dit = dit }
-    var config: WanDiTConfig { dit.config }
-    func forward(_ input: DiTInput, trace: ((String, Tensor) -> Void)?) throws -> Tensor { try dit.forward(input, trace: trace) }
-}
-
 /// `--device` / `--precision` for the commands that can run the DiT on a GPU.
 enum CUDABackend {
     /// bf16 on the GPU passes the golden cases at this rel_l2 (issue #10).
@@ -40,6 +32,13 @@ enum CUDABackend {
         }
     }
 
+    /// `--device` / `--precision` as where a pipeline's DiT runs (the messages of `resolve`).
+    static func placement(_ device: String, precision text: String, command: String) throws -> DiTPlacement {
+        let precision = try precision(text)
+        guard let gpu = try resolve(device, command: command) else { return .cpu }
+        return DiTPlacement(gpu: try CUDAContext(ordinal: gpu.ordinal), precision: precision)
+    }
+
     /// Points the runner's DiT cases at the GPU for `--device cuda`; returns the line that says so (nil: CPU).
     static func configure(_ runner: ConformanceRunner, device: String, precision text: String) throws -> String? {
         let precision = try precision(text)
@@ -48,7 +47,7 @@ enum CUDABackend {
         let compiler = try KernelCompiler()
         runner.backendName = "cuda"
         runner.ditFactory = { config, weights in
-            CUDADiTForwarding(try CUDADiT(config: config, weights: weights, precision: precision, context: context, compiler: compiler))
+            try CUDADiT(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
         }
         if precision == .bf16 { runner.relL2Override = bf16RelL2 }
         return "device cuda:\(gpu.ordinal) \(gpu.name) (compute capability \(gpu.computeCapability)), precision \(precision.rawValue)"

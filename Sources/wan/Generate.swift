@@ -56,7 +56,9 @@ struct Generate: ParsableCommand {
     @Option(help: "Seed (default: random). The same seed gives the same noise as the official code.") var seed: UInt64?
     @Option(help: "Solver: unipc, dpm++ or euler.") var solver: String = "unipc"
     @Option(name: .shortAndLong, help: "Output file: .mp4 for video, .png for one frame.") var output: String
-    @Flag(help: "Skip the memory check.") var noMemoryCheck = false
+    @Option(help: "auto, cpu or cuda: where the DiT runs (auto: a working NVIDIA GPU, else the CPU, saying why). The text encoder, CLIP and the VAE run on the CPU so far.") var device: String = "auto"
+    @Option(help: "With the DiT on a GPU: bf16 (default, as the official code computes) or f32 (TF32 off).") var precision: String = "bf16"
+    @Flag(help: "Skip the memory checks (host and GPU).") var noMemoryCheck = false
 
     func validate() throws {
         let ext = (output as NSString).pathExtension.lowercased()
@@ -141,10 +143,20 @@ struct Generate: ParsableCommand {
             do { try settings.validate() } catch { throw ValidationError("\(error)") }
         }
 
-        // Memory pre-flight, for the task at hand.
+        // Where the DiT runs. The VACE DiT is CPU-only so far: `auto` runs it there, `cuda` refuses.
+        var placement = try CUDABackend.placement(device, precision: precision, command: "generate")
+        if placement.isGPU && task == .vace {
+            if device.lowercased() == "cuda" {
+                throw ValidationError("the VACE DiT runs on the CPU only so far: use --device cpu (or auto)")
+            }
+            log("note: the VACE DiT runs on the CPU only so far; running it there")
+            placement = .cpu
+        }
+
+        // Memory pre-flight, for the task at hand (the GPU's is made when the DiT is loaded).
         let estimate = MemoryEstimate.estimate(task, files: files, settings: settings, dit: shape,
                                                source: source.map { .init(width: $0.timeline.width, height: $0.timeline.height, hasMask: mask != nil) },
-                                               references: refs.count, usesCLIPModel: clipFeatures == nil)
+                                               references: refs.count, usesCLIPModel: clipFeatures == nil, ditOnGPU: placement.isGPU)
         if !noMemoryCheck, let available = MemoryEstimate.availableBytes(), let refusal = estimate.refusal(availableBytes: available) {
             throw ValidationError(refusal)
         }
@@ -155,7 +167,9 @@ struct Generate: ParsableCommand {
 
         // The task follows from the inputs and the DiT: VACE checkpoints are recognised from their weights.
         log("loading models…")
-        let ditModel = try ModelLoader.anyDiT(files.dit!)
+        let ditModel = try ModelLoader.anyDiT(files.dit!, on: placement, width: settings.width, height: settings.height,
+                                              frames: settings.frames, imageRows: image == nil ? 0 : (lastImage == nil ? 257 : 514),
+                                              checkMemory: !noMemoryCheck)
         if let image {
             guard case .plain(let dit) = ditModel else {
                 throw ValidationError("this is a VACE model: condition it with --video, --mask and --ref, not --image (image-to-video needs an I2V model)")
@@ -203,7 +217,7 @@ struct Generate: ParsableCommand {
             }
             let text = try ModelLoader.text(files, folder: folder)
             let vaeModel = try ModelLoader.vae(files.vae!)
-            log("DiT: \(dit.config)")
+            log("DiT: \(dit.config) on \(dit.backendDescription)")
             if let video {
                 let s = strength ?? 0.6
                 let frames = try source!.read().video
@@ -271,7 +285,7 @@ struct Generate: ParsableCommand {
                                 "google/*", "tokenizer/*", "*/*.safetensors", "*/*.json", "*/*.model"]
 
     /// Image-to-video (and first-last-frame-to-video with `last`).
-    func generateFromImages(first: String, last: String?, dit ditModel: WanDiT, files: ModelFiles, settings t: GenerationSettings,
+    func generateFromImages(first: String, last: String?, dit ditModel: any DiTDenoiser, files: ModelFiles, settings t: GenerationSettings,
                             cancelled: @escaping () -> Bool, start: Date) throws {
         let firstImage = try MediaReader.image(first)
         let lastFrame = try last.map(MediaReader.image)
@@ -295,7 +309,7 @@ struct Generate: ParsableCommand {
         }
         let text = try ModelLoader.text(files)
         let vaeModel = try ModelLoader.vae(files.vae!)
-        log("DiT: \(ditModel.config)")
+        log("DiT: \(ditModel.config) on \(ditModel.backendDescription)")
         var metadata: [String: Any] = ["prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
                                        "guide_scale": Double(s.guideScale), "seed": s.seed, "solver": s.solver.rawValue,
                                        "max_area": s.maxArea, "generator": "WanKit", "task": last == nil ? "i2v" : "flf2v"]

@@ -13,11 +13,16 @@ final class CLITests: XCTestCase {
     }
     static var weights: String { goldenDirectory + "/weights" }
 
-    func run(_ args: [String], interruptAfter: Double? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+    /// Runs `wan` with `args`; `environment` adds variables (WANKIT_CUDA_EMULATOR is removed unless given there).
+    func run(_ args: [String], interruptAfter: Double? = nil, environment extra: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
         guard FileManager.default.isExecutableFile(atPath: Self.wan) else { throw XCTSkip("build the wan executable first (swift build -c release)") }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.wan)
         p.arguments = args
+        var environment = ProcessInfo.processInfo.environment
+        environment["WANKIT_CUDA_EMULATOR"] = nil
+        for (k, v) in extra { environment[k] = v }
+        p.environment = environment
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err

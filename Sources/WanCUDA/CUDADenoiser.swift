@@ -1,0 +1,62 @@
+import Foundation
+import WanTensor
+import WanWeights
+import WanModels
+
+extension CUDADiTContext: DiTConditioning {}
+
+/// The GPU DiT is a `DiTDenoiser`: the pipelines and the conformance runner run it as they run the CPU `WanDiT`.
+extension CUDADiT: DiTDenoiser {
+    public var backendDescription: String { "cuda:\(context.info.ordinal) \(context.info.name) (\(precision.rawValue))" }
+
+    public func prepareConditioning(text: Tensor, clipFeatures: Tensor?) throws -> DiTConditioning {
+        try prepare(context: text, clipFeatures: clipFeatures)
+    }
+
+    public func velocity(x: Tensor, y: Tensor?, t: Float, conditioning: DiTConditioning) throws -> Tensor {
+        guard let prepared = conditioning as? CUDADiTContext else {
+            throw DiTInputError(description: "the conditioning was prepared by another backend's model")
+        }
+        return try forward(x: x, y: y, t: t, context: prepared)
+    }
+}
+
+/// GPU memory of one DiT job, as `CUDADiT` allocates it: the pre-flight that refuses a job before anything is
+/// uploaded.
+public struct CUDADiTMemory: Equatable, CustomStringConvertible {
+    /// The uploaded weights.
+    public var weights: Int
+    /// Two prepared conditionings (prompt and negative prompt: embedded text, every block's keys and values).
+    public var conditioning: Int
+    /// The activation workspace of one forward (`CUDADiTPlan`).
+    public var workspace: Int
+    /// cuBLASLt's workspace, the kernel modules, the CUDA context and the pool's rounding.
+    public var reserve: Int
+
+    /// Bytes set aside beyond the planned buffers.
+    public static let reserveBytes = CUDAMatmul.defaultWorkspaceBytes + (384 << 20)
+
+    public var total: Int { weights + conditioning + workspace + reserve }
+
+    /// `tokens`: the DiT's sequence length (latent frames x latent height x latent width / patch volume);
+    /// `imageRows`: CLIP tokens of image tasks (257 for i2v, 514 for flf2v, else 0). `weightBytes`: the uploaded
+    /// weights when known (by default as `CUDADiTPlan.weightBytes` counts them).
+    public init(config c: WanDiTConfig, precision: CUDAPrecision, tokens: Int, imageRows: Int = 0, weightBytes: Int? = nil) {
+        let patchLength = c.inDim * c.patchSize.reduce(1, *)
+        weights = weightBytes ?? CUDADiTPlan.weightBytes(c, precision: precision)
+        conditioning = 2 * CUDADiTPlan.contextBytes(c, precision: precision, imageRows: imageRows)
+        workspace = CUDADiTPlan(config: c, tokens: tokens, patchLength: patchLength, precision: precision).workspace.totalBytes
+        reserve = Self.reserveBytes
+    }
+
+    public var description: String {
+        func g(_ b: Int) -> String { CUDAError.gib(b) }
+        return "weights \(g(weights)) + conditioning \(g(conditioning)) + activations \(g(workspace)) + libraries \(g(reserve))"
+    }
+
+    /// Throws `CUDAError.outOfMemory` (what is needed, what is free) when the job cannot fit in the GPU's free memory.
+    public func check(on context: CUDAContext) throws {
+        let (free, total) = try context.memoryInfo()
+        if self.total > free { throw CUDAError.outOfMemory(needed: self.total, free: free, total: total) }
+    }
+}

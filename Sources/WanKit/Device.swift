@@ -1,0 +1,62 @@
+import Foundation
+
+/// Where a pipeline's DiT runs: the CPU (`WanDiT`) or an NVIDIA GPU (`CUDADiT`, weights uploaded once). The text
+/// encoder, CLIP and the VAE run on the CPU so far.
+public struct DiTPlacement: CustomStringConvertible {
+    /// The GPU's context; nil on the CPU.
+    public let gpu: CUDAContext?
+    /// The GPU's arithmetic (bf16 as the official code computes under autocast, or f32 with TF32 off).
+    public let precision: CUDAPrecision
+
+    public static let cpu = DiTPlacement(gpu: nil, precision: .f32)
+
+    public init(gpu: CUDAContext?, precision: CUDAPrecision = .bf16) { self.gpu = gpu; self.precision = precision }
+
+    public var isGPU: Bool { gpu != nil }
+
+    public var description: String {
+        guard let gpu else { return "cpu" }
+        return "cuda:\(gpu.info.ordinal) \(gpu.info.name) (compute capability \(gpu.info.computeCapability), \(precision.rawValue))"
+    }
+
+    /// `--device auto|cpu|cuda`: `auto` takes a working GPU and otherwise the CPU, with `note` saying in one line
+    /// why; `cuda` without a usable GPU throws the `CUDAError` that names what is missing and the fix.
+    public static func resolve(_ choice: ComputeDevice, precision: CUDAPrecision = .bf16) throws -> (placement: DiTPlacement, note: String?) {
+        switch try choice.resolve() {
+        case .cpu(let reason):
+            return (.cpu, reason.map { "running on the CPU (no GPU: \($0))" })
+        case .cuda(let gpu, _, _):
+            return (DiTPlacement(gpu: try CUDAContext(ordinal: gpu.ordinal), precision: precision), nil)
+        }
+    }
+
+    /// The DiT's sequence length for a job of `settings` (latent frames x latent pixels / patch volume).
+    public static func tokens(_ c: WanDiTConfig, width: Int, height: Int, frames: Int, vae: WanVAEConfig = .wan21) -> Int {
+        let t = (frames - 1) / vae.temporalFactor + 1
+        let (h, w) = (height / vae.spatialFactor, width / vae.spatialFactor)
+        return (t / c.patchSize[0]) * (h / c.patchSize[1]) * (w / c.patchSize[2])
+    }
+}
+
+extension ModelLoader {
+    /// The DiT on `placement`. On a GPU the job's memory (`CUDADiTMemory`: weights, two conditionings, one forward's
+    /// activations for a video of `width` x `height` x `frames`) is checked against the GPU's free memory before
+    /// anything is uploaded, and the mapping's pages are handed back once the weights are on the device. VACE
+    /// checkpoints run on the CPU only: on a GPU placement they throw (`GenerationError.unsupportedOnDevice`).
+    /// `checkMemory: false` skips the GPU check (an allocation that fails still throws `CUDAError.outOfMemory`).
+    public static func anyDiT(_ path: String, on placement: DiTPlacement, width: Int, height: Int, frames: Int,
+                              imageRows: Int = 0, checkMemory: Bool = true) throws -> DiTModel {
+        guard let gpu = placement.gpu else { return try anyDiT(path) }
+        let w = try openDiTWeights(path: path)
+        if w.source.info("vace_patch_embedding.weight") != nil {
+            throw GenerationError.unsupportedOnDevice("the VACE DiT runs on the CPU only so far: use --device cpu (or auto)")
+        }
+        var config = try WanDiTConfig(inferringFrom: w.source)
+        if let arguments = merged(w.arguments, sidecarArguments(for: path)) { config.apply(officialArguments: arguments) }
+        let tokens = DiTPlacement.tokens(config, width: width, height: height, frames: frames)
+        if checkMemory { try CUDADiTMemory(config: config, precision: placement.precision, tokens: tokens, imageRows: imageRows).check(on: gpu) }
+        let dit = try CUDADiT(config: config, weights: w.source, precision: placement.precision, context: gpu)
+        MappedFile.releaseAllResidentPages()
+        return .plain(dit)
+    }
+}

@@ -1,0 +1,36 @@
+import WanTensor
+
+/// A prepared conditioning (text, and CLIP image tokens for i2v/flf2v) of one `DiTDenoiser`, reused across the steps
+/// of a sampling loop. Only the model that prepared it can use it.
+public protocol DiTConditioning: AnyObject {}
+
+/// What the pipelines and the conformance runner need from a Wan DiT (t2v, i2v, flf2v), whichever backend runs it:
+/// `WanDiT` on the CPU, `CUDADiT` on an NVIDIA GPU. Inputs and outputs are host tensors in the official layouts.
+public protocol DiTDenoiser: AnyObject {
+    var config: WanDiTConfig { get }
+    /// Where the model runs, for logs: "cpu", "cuda:0 NVIDIA H100 (bf16)".
+    var backendDescription: String { get }
+    /// Embeds the text (padded to text_len as the official code does) and, for image models, the CLIP features.
+    func prepareConditioning(text: Tensor, clipFeatures: Tensor?) throws -> DiTConditioning
+    /// One forward pass: x [C, F, H, W] (y beside it for i2v/flf2v) at timestep t -> the velocity [out, F, H, W].
+    func velocity(x: Tensor, y: Tensor?, t: Float, conditioning: DiTConditioning) throws -> Tensor
+    /// One forward pass from a golden-case input; `trace` receives the official modules' intermediates.
+    func forward(_ input: DiTInput, trace: ((String, Tensor) -> Void)?) throws -> Tensor
+}
+
+extension DiTContext: DiTConditioning {}
+
+extension WanDiT: DiTDenoiser {
+    public var backendDescription: String { "cpu" }
+
+    public func prepareConditioning(text: Tensor, clipFeatures: Tensor?) throws -> DiTConditioning {
+        try prepare(context: text, clipFeatures: clipFeatures)
+    }
+
+    public func velocity(x: Tensor, y: Tensor?, t: Float, conditioning: DiTConditioning) throws -> Tensor {
+        guard let prepared = conditioning as? DiTContext else {
+            throw DiTInputError(description: "the conditioning was prepared by another backend's model")
+        }
+        return try forward(x: x, y: y, t: t, context: prepared)
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+import XCTest
+import WanKit
+
+/// `--device auto|cpu|cuda` on `wan generate`, and the DiT on the GPU through the pipelines. Without a GPU the GPU
+/// path runs on `CUDAEmulator` (WANKIT_CUDA_EMULATOR=1: the driver and cuBLASLt emulated on the CPU, the kernels
+/// compiled by NVRTC for real), which checks the host side end to end.
+extension CLITests {
+    static var machineHasGPU: Bool { (try? ComputeDevice.cuda.resolve())?.isCUDA ?? false }
+
+    func imageArgs(_ output: String) throws -> [String] {
+        try tinyModelArgs() + ["--prompt", "a red kite over the sea", "--size", "48x32", "--frames", "1", "--steps", "2",
+                               "--seed", "11", "--output", output]
+    }
+
+    func testAutoSaysInOneLineWhyItRunsOnTheCPU() throws {
+        let dir = try temporaryFolder()
+        let r = try run(["generate"] + imageArgs(dir + "/a.png") + ["--device", "auto"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        if Self.machineHasGPU {
+            XCTAssertTrue(r.stderr.contains(" on cuda:"), r.stderr)
+        } else {
+            let notes = r.stderr.split(separator: "\n").filter { $0.contains("running on the CPU (no GPU: ") }
+            XCTAssertEqual(notes.count, 1, r.stderr)
+            XCTAssertTrue(r.stderr.contains(" on cpu"), r.stderr)
+        }
+        let cpu = try run(["generate"] + imageArgs(dir + "/b.png") + ["--device", "cpu"])
+        XCTAssertEqual(cpu.status, 0, cpu.stderr)
+        XCTAssertFalse(cpu.stderr.contains("no GPU"), cpu.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/a.png")).isEmpty, false)
+    }
+
+    func testCUDAWithoutAGPUIsAOneLineErrorAndNoOutput() throws {
+        if Self.machineHasGPU { throw XCTSkip("this machine has a GPU: --device cuda runs") }
+        let dir = try temporaryFolder()
+        let r = try run(["generate"] + imageArgs(dir + "/a.png") + ["--device", "cuda"])
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("--device cuda cannot run: "), r.stderr)
+        XCTAssertTrue(r.stderr.contains("use --device cpu"), r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+        let bad = try run(["generate"] + imageArgs(dir + "/b.png") + ["--device", "tpu"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--device must be auto, cpu or cuda"), bad.stderr)
+    }
+
+    /// The whole text-to-image job with the DiT on the (emulated) GPU at f32 gives the CPU's picture.
+    func testGenerateWithTheDiTOnTheGPUMatchesTheCPU() throws {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
+        let dir = try temporaryFolder()
+        let gpu = try run(["generate"] + imageArgs(dir + "/gpu.png") + ["--device", "cuda", "--precision", "f32"],
+                          environment: ["WANKIT_CUDA_EMULATOR": "1"])
+        XCTAssertEqual(gpu.status, 0, gpu.stderr)
+        XCTAssertTrue(gpu.stderr.contains("on cuda:0 WanKit CUDA emulator (CPU) (f32)"), gpu.stderr)
+        let cpu = try run(["generate"] + imageArgs(dir + "/cpu.png") + ["--device", "cpu"])
+        XCTAssertEqual(cpu.status, 0, cpu.stderr)
+        let a = try MediaReader.image(dir + "/gpu.png"), b = try MediaReader.image(dir + "/cpu.png")
+        XCTAssertEqual(a.pixels.count, b.pixels.count)
+        // f32 on both sides (rel_l2 ~5e-7 on the latents): the 8-bit pixels differ by at most one level.
+        let worst = zip(a.pixels, b.pixels).map { abs(Int($0) - Int($1)) }.max() ?? 255
+        XCTAssertLessThanOrEqual(worst, 1)
+        // bf16 on the GPU: the same picture within a few levels.
+        let bf16 = try run(["generate"] + imageArgs(dir + "/bf16.png") + ["--device", "cuda"], environment: ["WANKIT_CUDA_EMULATOR": "1"])
+        XCTAssertEqual(bf16.status, 0, bf16.stderr)
+        XCTAssertTrue(bf16.stderr.contains("(bf16)"), bf16.stderr)
+    }
+}
+
+/// The library's device placement.
+final class DevicePlacementTests: XCTestCase {
+    func testTokensOfAJob() {
+        XCTAssertEqual(DiTPlacement.tokens(.t2v1_3B, width: 832, height: 480, frames: 81), 32760)
+        XCTAssertEqual(DiTPlacement.tokens(.t2v14B, width: 1280, height: 720, frames: 81), 75600)
+        XCTAssertEqual(DiTPlacement.tokens(.t2v1_3B, width: 832, height: 480, frames: 1), 1560)
+    }
+
+    func testVACEStaysOnTheCPUAndTheGPUDiTIsADenoiser() throws {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
+        let weights = goldenDirectory + "/weights"
+        guard FileManager.default.fileExists(atPath: weights + "/dit_vace.safetensors") else { throw XCTSkip("golden data not found") }
+        CUDAEmulator.install()
+        defer { CUDAEmulator.uninstall() }
+        let (placement, note) = try DiTPlacement.resolve(.cuda, precision: .f32)
+        XCTAssertNil(note)
+        XCTAssertTrue(placement.isGPU)
+        XCTAssertThrowsError(try ModelLoader.anyDiT(weights + "/dit_vace.safetensors", on: placement, width: 32, height: 32, frames: 5)) { error in
+            XCTAssertEqual(error as? GenerationError, .unsupportedOnDevice("the VACE DiT runs on the CPU only so far: use --device cpu (or auto)"))
+        }
+        guard case .plain(let dit) = try ModelLoader.anyDiT(weights + "/pipe_dit_t2v.safetensors", on: placement, width: 48, height: 32, frames: 5) else {
+            return XCTFail("not a plain DiT")
+        }
+        XCTAssertTrue(dit is CUDADiT)
+        XCTAssertTrue(dit.backendDescription.hasPrefix("cuda:0 "), dit.backendDescription)
+        // A conditioning made by the CPU model is refused by the GPU model.
+        let cpu = try ModelLoader.dit(weights + "/pipe_dit_t2v.safetensors")
+        let text = Tensor(zeros: [3, cpu.config.textDim])
+        let foreign = try cpu.prepareConditioning(text: text, clipFeatures: nil)
+        let x = Tensor(zeros: [cpu.config.inDim, 2, 4, 6])
+        XCTAssertThrowsError(try dit.velocity(x: x, y: nil, t: 500, conditioning: foreign))
+        let own = try dit.prepareConditioning(text: text, clipFeatures: nil)
+        let gpuOut = try dit.velocity(x: x, y: nil, t: 500, conditioning: own)
+        let cpuOut = try cpu.velocity(x: x, y: nil, t: 500, conditioning: foreign)
+        XCTAssertEqual(gpuOut.shape, cpuOut.shape)
+        XCTAssertLessThan(Comparison(got: UnsafeBufferPointer(gpuOut.buffer), expected: UnsafeBufferPointer(cpuOut.buffer)).relL2, 1e-5)
+    }
+}
