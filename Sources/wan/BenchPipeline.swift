@@ -15,6 +15,8 @@ struct BenchT2V: ParsableCommand {
     @Option(help: "Folder for the random checkpoints (about 14 GB, deleted afterwards).") var directory: String = NSTemporaryDirectory()
     @Option(help: "Tokenizer folder (default: ../shared/golden/tokenizer).") var tokenizer: String = "../shared/golden/tokenizer"
     @Option(help: "MP4 to write (default: none).") var output: String?
+    @Option(help: "cpu, cuda or auto: where the DiT runs (the text encoder, CLIP and the VAE run on the CPU).") var device: String = "cpu"
+    @Option(help: "With the DiT on a GPU: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
     @Flag(help: "One JSON object instead of text.") var json = false
 
     func run() throws {
@@ -34,7 +36,8 @@ struct BenchT2V: ParsableCommand {
 
         var t0 = now()
         let t5 = try ModelLoader.t5(checkpoints.paths[0])
-        let dit = try ModelLoader.dit(checkpoints.paths[1])
+        let dit = try benchDiT(checkpoints.paths[1], device: device, precision: precision, command: "bench t2v",
+                               width: settings.width, height: settings.height, frames: frames)
         let vae = try WanVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7))
         let pipeline = try TextToVideo(text: TextConditioner(tokenizer: try ModelLoader.tokenizer(tokenizer), encoder: t5), dit: dit, vae: vae)
         let load = now() - t0
@@ -67,13 +70,31 @@ struct BenchT2V: ParsableCommand {
         say(String(format: "peak RSS before decoding %.2f GB, after %.2f GB", Double(peakBeforeDecode) / 1e9, Double(rss) / 1e9))
         if json {
             let obj: [String: Any] = ["size": size, "frames": frames, "steps": steps, "load_seconds": load, "text_seconds": textSeconds,
-                                      "denoise_seconds": denoiseSeconds, "decode_seconds": decodeSeconds, "peak_rss_bytes": rss]
+                                      "denoise_seconds": denoiseSeconds, "decode_seconds": decodeSeconds, "peak_rss_bytes": rss,
+                                      "dit_device": dit.backendDescription, "peak_gpu_bytes": gpuPeakBytes(dit)]
             print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
         } else {
-            print(String(format: "t2v %@ x%d, %d steps: load %.1f s, text %.1f s (2 prompts), denoise %.1f s (%.1f s/step), decode %.1f s, peak RSS %.2f GB",
-                         size, frames, steps, load, textSeconds, denoiseSeconds, denoiseSeconds / Double(steps), decodeSeconds, Double(rss) / 1e9))
+            print(String(format: "t2v %@ x%d, %d steps, DiT on %@: load %.1f s, text %.1f s (2 prompts), denoise %.1f s (%.1f s/step), decode %.1f s, peak RSS %.2f GB%@",
+                         size, frames, steps, dit.backendDescription, load, textSeconds, denoiseSeconds, denoiseSeconds / Double(steps), decodeSeconds,
+                         Double(rss) / 1e9, gpuPeakBytes(dit) > 0 ? String(format: ", peak GPU %.2f GB", Double(gpuPeakBytes(dit)) / 1e9) : ""))
         }
     }
+}
+
+/// A pipeline bench's DiT on --device (the GPU's memory checked for the job first).
+func benchDiT(_ path: String, device: String, precision: String, command: String, width: Int, height: Int, frames: Int,
+              imageRows: Int = 0) throws -> any DiTDenoiser {
+    let placement = try CUDABackend.placement(device, precision: precision, command: command)
+    guard case .plain(let dit) = try ModelLoader.anyDiT(path, on: placement, width: width, height: height, frames: frames, imageRows: imageRows) else {
+        throw ValidationError("\(path) is a VACE DiT")
+    }
+    return dit
+}
+
+/// Peak device bytes of a GPU DiT (weights + the pool's peak), 0 on the CPU.
+func gpuPeakBytes(_ dit: any DiTDenoiser) -> Int {
+    guard let gpu = dit as? CUDADiT else { return 0 }
+    return gpu.weightBytes + gpu.pool.peakAllocatedBytes
 }
 
 /// Progress lines on standard error, none with --json (the JSON object on standard output stays alone).
@@ -149,6 +170,8 @@ struct BenchI2V: ParsableCommand {
     @Option(help: "DiT file format: fp8_scaled or f16.") var ditFormat: RandomDiTFormat = .fp8_scaled
     @Option(help: "Folder for the random checkpoints (about 29 GB with fp8_scaled, deleted afterwards).") var directory: String = NSTemporaryDirectory()
     @Option(help: "Tokenizer folder (default: ../shared/golden/tokenizer).") var tokenizer: String = "../shared/golden/tokenizer"
+    @Option(help: "cpu, cuda or auto: where the DiT runs (the text encoder, CLIP and the VAE run on the CPU).") var device: String = "cpu"
+    @Option(help: "With the DiT on a GPU: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
     @Flag(help: "One JSON object instead of text.") var json = false
 
     func run() throws {
@@ -170,7 +193,8 @@ struct BenchI2V: ParsableCommand {
 
         var t0 = now()
         let t5 = try ModelLoader.t5(paths[0])
-        let dit = try ModelLoader.dit(paths[1])
+        let dit = try benchDiT(paths[1], device: device, precision: precision, command: "bench i2v",
+                               width: w, height: h, frames: frames, imageRows: 257)
         let c = try openCLIPWeights(path: paths[2])
         let clip = try CLIPVision(weights: c.source, arguments: c.arguments ?? [:])
         let vae = try WanVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7))
@@ -216,11 +240,12 @@ struct BenchI2V: ParsableCommand {
         if json {
             let obj: [String: Any] = ["task": "i2v", "model": "i2v-14B", "dit_format": ditFormat.rawValue, "max_area": size, "frames": frames,
                                       "latent_shape": latent.shape, "steps": steps, "load_seconds": load, "stage_seconds": stages,
-                                      "peak_rss_before_decode_bytes": peakBeforeDecode, "peak_rss_bytes": rss]
+                                      "peak_rss_before_decode_bytes": peakBeforeDecode, "peak_rss_bytes": rss,
+                                      "dit_device": dit.backendDescription, "peak_gpu_bytes": gpuPeakBytes(dit)]
             print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
         } else {
-            print(String(format: "i2v-14B (%@) %@ x%d, %d steps: load %.1f s, text %.1f s, clip %.1f s, vae encode %.1f s, %.1f s/step, decode %.1f s; peak RSS %.2f GB before decoding, %.2f GB overall",
-                         ditFormat.rawValue, size, frames, steps, load, stages["text"] ?? 0, stages["clip"] ?? 0, stages["vae-encode"] ?? 0,
+            print(String(format: "i2v-14B (%@, DiT on %@) %@ x%d, %d steps: load %.1f s, text %.1f s, clip %.1f s, vae encode %.1f s, %.1f s/step, decode %.1f s; peak RSS %.2f GB before decoding, %.2f GB overall",
+                         ditFormat.rawValue, dit.backendDescription, size, frames, steps, load, stages["text"] ?? 0, stages["clip"] ?? 0, stages["vae-encode"] ?? 0,
                          stepSeconds.reduce(0, +) / Double(max(stepSeconds.count, 1)), stages["decode"] ?? 0,
                          Double(peakBeforeDecode) / 1e9, Double(rss) / 1e9))
         }
