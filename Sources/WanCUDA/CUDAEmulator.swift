@@ -286,6 +286,8 @@ enum EmulatedKernels {
                                               keys: { lens == 0 ? lk : min(EmulatedTensor(lens, bf16: false).int($0), lk) },
                                               q: { Double(q[$0]) }, k: { Double(k[$0]) }, v: { Double(v[$0]) },
                                               store: { out[$0] = Float($1) })
+        case _ where name.hasPrefix("vae_"):
+            return EmulatedVAEKernels.run(name, grid: grid, block: block, args: a)
         default:
             return "no emulation for \(name)"
         }

@@ -85,10 +85,15 @@ public final class ConformanceRunner {
     var clipEncoders: [String: CLIPVision] = [:]
     var vaceDiTs: [String: WanVACEDiT] = [:]
     private var factoryDiTs: [String: DiTDenoiser] = [:]
+    var factoryVAEs: [String: VAECoding] = [:]
 
     /// Another backend for the DiT cases: made from the configuration and weights the CPU path binds (nil: the CPU
     /// `WanDiT`). With it set, cases of other components are skipped (they run on the CPU only).
     public var ditFactory: ((WanDiTConfig, WeightSource) throws -> DiTDenoiser)?
+    /// Another backend for the VAE cases (component `vae` and the `weights` cases of VAE models), made from the
+    /// configuration and weights the CPU path binds (nil: the CPU `WanVAE`). Cases no backend factory covers are
+    /// skipped while a factory is set.
+    public var vaeFactory: ((WanVAEConfig, WeightSource) throws -> VAECoding)?
     /// The backend's name in skip messages ("cuda").
     public var backendName = "cpu"
     /// When set, every output passes at this rel_l2 whatever the case file says, max_abs unchecked (the bf16 GPU
@@ -124,11 +129,12 @@ public final class ConformanceRunner {
         let path = (casesDirectory as NSString).appendingPathComponent(name + ".json")
         do {
             let c = try GoldenCase(jsonPath: path)
-            if ditFactory != nil {
+            if ditFactory != nil || vaeFactory != nil {
                 let modelClass = c.component == "weights" ? try c.model.map(modelJSON)?["class"] as? String : nil
                 // Pipelines run their DiT on the backend, the other parts on the CPU.
                 let isDiT = c.component == "dit" || c.component == "pipeline" || ["WanModel", "WanTransformer3DModel"].contains(modelClass ?? "")
-                if !isDiT { return .skip(c.name, "component '\(c.component)' is not on the \(backendName) backend yet (it runs with --device cpu)") }
+                let isVAE = c.component == "vae" || ["WanVAE_", "AutoencoderKLWan"].contains(modelClass ?? "")
+                if !(isDiT && ditFactory != nil) && !(isVAE && vaeFactory != nil) { return .skip(c.name, "component '\(c.component)' is not on the \(backendName) backend yet (it runs with --device cpu)") }
             }
             switch c.component {
             case "dit":

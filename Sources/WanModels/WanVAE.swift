@@ -73,6 +73,167 @@ public struct WanVAEConfig: Sendable, Equatable {
     }
 }
 
+/// One stage of the Wan-VAE's encoder or decoder, named as the official module tree names its weights (see
+/// `WanVAEConfig.encoderLayers`/`decoderLayers`): what `WanVAE` and other backends bind and run, in order.
+public enum WanVAELayer: Equatable, Sendable {
+    /// Causal 3x3x3 conv (`name`.weight [out, in, 3, 3, 3], `name`.bias).
+    case conv(name: String, inChannels: Int, outChannels: Int)
+    /// ResidualBlock: `prefix`.residual.0.gamma (RMS_norm, SiLU), .residual.2 (causal conv), .residual.3.gamma, .residual.6,
+    /// and `prefix`.shortcut (1x1x1 conv) when the channel counts differ.
+    case res(prefix: String, inChannels: Int, outChannels: Int)
+    /// AttentionBlock: `prefix`.norm.gamma, .to_qkv (1x1 conv to 3C), per-frame single-head attention, .proj, residual.
+    case attn(prefix: String, channels: Int)
+    /// Resample 'downsample2d/3d', spatial half: zero pad right/bottom, `prefix`.resample.1 (3x3, stride 2).
+    case spatialDown(prefix: String, channels: Int)
+    /// Resample 'downsample3d', temporal half: `prefix`.time_conv [C, C, 3, 1, 1], stride 2 over (last frame of the
+    /// previous pair, the pair); the first frame passes.
+    case timeDown(prefix: String, channels: Int)
+    /// Resample 'upsample3d', temporal half: `prefix`.time_conv [2C, C, 3, 1, 1] causal, each frame becomes two
+    /// (channels [0, C) then [C, 2C)); the first frame passes.
+    case timeUp(prefix: String, channels: Int)
+    /// Resample 'upsample2d/3d', spatial half: nearest x2, then `prefix`.resample.1 (3x3, padding 1).
+    case spatialUp(prefix: String, inChannels: Int, outChannels: Int)
+    /// Head: `prefix`.0.gamma (RMS_norm, SiLU), `prefix`.2 (causal conv).
+    case head(prefix: String, inChannels: Int, outChannels: Int)
+}
+
+extension WanVAEConfig {
+    /// The configuration of a checkpoint: dim and z_dim from its shapes, then the official constructor arguments
+    /// (`arguments`) over the published defaults.
+    public init(inferringFrom source: WeightSource, arguments: [String: Any]? = nil) {
+        self.init()
+        if let w = source.info("encoder.conv1.weight")?.shape, w.count == 5 { dim = w[0] }
+        if let w = source.info("conv2.weight")?.shape, w.count == 5 { zDim = w[0] }
+        if let arguments { apply(officialArguments: arguments) }
+    }
+
+    // MARK: host-side steps every backend shares
+
+    /// Checks a normalised latent for decoding ([zDim, F, h, w], none empty) and gives (F, h, w).
+    public func decodeShape(_ latent: Tensor) throws -> (frames: Int, height: Int, width: Int) {
+        guard latent.rank == 4, latent.shape[0] == zDim else { throw VAEInputError("the latent must be [\(zDim), frames, height, width], got \(latent.shape)") }
+        let (F, h, w) = (latent.shape[1], latent.shape[2], latent.shape[3])
+        guard F >= 1, h > 0, w > 0 else { throw VAEInputError("the latent \(latent.shape) is empty") }
+        return (F, h, w)
+    }
+
+    /// Checks a video size for encoding (1 + 4k frames, sides multiples of 8) and gives the latent to fill,
+    /// [zDim, 1 + (frames - 1)/4, height/8, width/8].
+    public func encodeLatent(frames T: Int, height H: Int, width W: Int) throws -> Tensor {
+        let tf = temporalFactor, sf = spatialFactor
+        guard T >= 1, (T - 1) % tf == 0 else {
+            throw VAEInputError("the video has \(T) frames; the Wan-VAE needs 1 + \(tf)k frames (1, 5, 9, …, 81): drop or add frames")
+        }
+        guard H % sf == 0, W % sf == 0, H > 0, W > 0 else {
+            throw VAEInputError("the video is \(W)x\(H); width and height must be multiples of \(sf): crop or resize it")
+        }
+        return Tensor(uninitialized: [zDim, 1 + (T - 1) / tf, H / sf, W / sf])
+    }
+
+    /// Latent frame `f` de-normalised (z / (1/std) + mean, as the official wrapper does) into channels-last [h*w, zDim].
+    public func denormalize(_ latent: Tensor, frame f: Int, into out: UnsafeMutablePointer<Float>) {
+        let (F, plane, z) = (latent.shape[1], latent.shape[2] * latent.shape[3], zDim)
+        for ch in 0..<z {
+            let inv = 1 / latentStd[ch], mean = latentMean[ch]
+            let src = latent.data + (ch * F + f) * plane
+            for p in 0..<plane { out[p * z + ch] = src[p] / inv + mean }
+        }
+    }
+
+    /// The encoder's moments (rows of 2 zDim, mu first) normalised, (mu - mean) * (1/std), into latent frame `f`.
+    public func normalize(moments: UnsafePointer<Float>, into latent: Tensor, frame f: Int) {
+        let (F, plane, z) = (latent.shape[1], latent.shape[2] * latent.shape[3], zDim)
+        for p in 0..<plane {
+            let m = moments + p * 2 * z
+            for ch in 0..<z { latent.data[(ch * F + f) * plane + p] = (m[ch] - latentMean[ch]) * (1 / latentStd[ch]) }
+        }
+    }
+
+    /// A planar RGB frame [3, pixels] as channels-last [pixels, 3].
+    public static func channelsLast(planar: UnsafePointer<Float>, pixels: Int, into out: UnsafeMutablePointer<Float>) {
+        for ch in 0..<3 {
+            let src = planar + ch * pixels, dst = out + ch
+            for p in 0..<pixels { dst[p * 3] = src[p] }
+        }
+    }
+
+    /// A decoded channels-last frame [H*W, 3] clamped to [-1, 1] into frame `index` of a video chunk [3, n, H, W].
+    public static func storeClamped(_ pixels: UnsafePointer<Float>, into chunk: Tensor, frame index: Int) {
+        let n = chunk.shape[1], count = chunk.shape[2] * chunk.shape[3]
+        for ch in 0..<3 {
+            let src = pixels + ch, dst = chunk.data + (ch * n + index) * count
+            for p in 0..<count { dst[p] = min(max(src[p * 3], -1), 1) }
+        }
+    }
+
+    /// The official `Encoder3d`'s stages in order (conv1, downsamples, middle, head).
+    public var encoderLayers: [WanVAELayer] {
+        let dims = ([1] + dimMult).map { $0 * dim }
+        var layers: [WanVAELayer] = [.conv(name: "encoder.conv1", inChannels: 3, outChannels: dims[0])]
+        var index = 0, scale = 1.0, outDim = dims[0]
+        for i in 0..<(dims.count - 1) {
+            var inDim = dims[i]
+            outDim = dims[i + 1]
+            for _ in 0..<numResBlocks {
+                layers.append(.res(prefix: "encoder.downsamples.\(index)", inChannels: inDim, outChannels: outDim)); index += 1
+                if attnScales.contains(scale) { layers.append(.attn(prefix: "encoder.downsamples.\(index)", channels: outDim)); index += 1 }
+                inDim = outDim
+            }
+            if i != dimMult.count - 1 {
+                let p = "encoder.downsamples.\(index)"
+                layers.append(.spatialDown(prefix: p, channels: outDim))
+                if temporalDownsample[i] { layers.append(.timeDown(prefix: p, channels: outDim)) }
+                index += 1
+                scale /= 2
+            }
+        }
+        layers += [.res(prefix: "encoder.middle.0", inChannels: outDim, outChannels: outDim), .attn(prefix: "encoder.middle.1", channels: outDim),
+                   .res(prefix: "encoder.middle.2", inChannels: outDim, outChannels: outDim),
+                   .head(prefix: "encoder.head", inChannels: outDim, outChannels: 2 * zDim)]
+        return layers
+    }
+
+    /// The official `Decoder3d`'s stages in order (conv1, middle, upsamples, head).
+    public var decoderLayers: [WanVAELayer] {
+        let dims = ([dimMult.last!] + dimMult.reversed()).map { $0 * dim }
+        let temporalUp = Array(temporalDownsample.reversed())
+        var layers: [WanVAELayer] = [.conv(name: "decoder.conv1", inChannels: zDim, outChannels: dims[0]),
+                                     .res(prefix: "decoder.middle.0", inChannels: dims[0], outChannels: dims[0]),
+                                     .attn(prefix: "decoder.middle.1", channels: dims[0]),
+                                     .res(prefix: "decoder.middle.2", inChannels: dims[0], outChannels: dims[0])]
+        var index = 0, scale = 1.0 / Double(1 << (dimMult.count - 2)), outDim = dims[0]
+        for i in 0..<(dims.count - 1) {
+            var inDim = (i == 1 || i == 2 || i == 3) ? dims[i] / 2 : dims[i]
+            outDim = dims[i + 1]
+            for _ in 0..<(numResBlocks + 1) {
+                layers.append(.res(prefix: "decoder.upsamples.\(index)", inChannels: inDim, outChannels: outDim)); index += 1
+                if attnScales.contains(scale) { layers.append(.attn(prefix: "decoder.upsamples.\(index)", channels: outDim)); index += 1 }
+                inDim = outDim
+            }
+            if i != dimMult.count - 1 {
+                let p = "decoder.upsamples.\(index)"
+                if temporalUp[i] { layers.append(.timeUp(prefix: p, channels: outDim)) }
+                layers.append(.spatialUp(prefix: p, inChannels: outDim, outChannels: outDim / 2))
+                index += 1
+                scale *= 2
+            }
+        }
+        layers.append(.head(prefix: "decoder.head", inChannels: outDim, outChannels: 3))
+        return layers
+    }
+}
+
+/// A Wan-VAE whichever backend runs it (`WanVAE` on the CPU, `CUDAVAE` on a GPU): what the conformance runner needs.
+public protocol VAECoding: AnyObject {
+    var config: WanVAEConfig { get }
+    /// Video [3, 1+4k, H, W] in [-1, 1] -> normalised latent [16, 1+k, H/8, W/8].
+    func encode(_ video: Tensor) throws -> Tensor
+    /// Normalised latent [16, F, h, w] -> video [3, 1+4(F-1), 8h, 8w] clamped to [-1, 1].
+    func decode(_ latent: Tensor) throws -> Tensor
+}
+
+extension WanVAE: VAECoding {}
+
 /// Errors of VAE calls with unusable inputs.
 public struct VAEInputError: Error, CustomStringConvertible {
     public let description: String
@@ -170,18 +331,6 @@ public final class WanVAE: @unchecked Sendable {
         func gamma(_ name: String, _ ch: Int, images: Bool) throws -> Tensor {
             try b.tensor(name, images ? [ch, 1, 1] : [ch, 1, 1, 1])
         }
-        func res(_ p: String, _ cin: Int, _ cout: Int) throws -> ResBlock {
-            ResBlock(gamma1: try gamma(p + ".residual.0.gamma", cin, images: false), gamma2: try gamma(p + ".residual.3.gamma", cout, images: false),
-                     conv1: try causal(p + ".residual.2", cin, cout, 3), conv2: try causal(p + ".residual.6", cout, cout, 3),
-                     shortcut: cin != cout ? try causal(p + ".shortcut", cin, cout, 1) : nil)
-        }
-        func attn(_ p: String, _ ch: Int) throws -> AttnBlock {
-            let qw = try b.tensor(p + ".to_qkv.weight", [3 * ch, ch, 1, 1])
-            let pw = try b.tensor(p + ".proj.weight", [ch, ch, 1, 1])
-            return AttnBlock(gamma: try gamma(p + ".norm.gamma", ch, images: true),
-                             qkv: Linear(weight: Tensor(borrowing: qw.data, shape: [3 * ch, ch], owner: qw), bias: try b.tensor(p + ".to_qkv.bias", [3 * ch])),
-                             proj: Linear(weight: Tensor(borrowing: pw.data, shape: [ch, ch], owner: pw), bias: try b.tensor(p + ".proj.bias", [ch])))
-        }
         func conv2d(_ p: String, _ cin: Int, _ cout: Int, down: Bool) throws -> Conv3D {
             Conv3D(weight: try b.tensor(p + ".weight", [cout, cin, 3, 3]), bias: try b.tensor(p + ".bias", [cout]),
                    stride: down ? (1, 2, 2) : (1, 1, 1), padLeft: down ? (0, 0) : (1, 1), padRight: (1, 1))
@@ -189,69 +338,38 @@ public final class WanVAE: @unchecked Sendable {
         func timeConv(_ p: String, _ cin: Int, _ cout: Int) throws -> (weight: Tensor, bias: Tensor) {
             (try b.tensor(p + ".weight", [cout, cin, 3, 1, 1]), try b.tensor(p + ".bias", [cout]))
         }
-
-        // Encoder.
-        let encDims = ([1] + c.dimMult).map { $0 * c.dim }
-        var layers: [Stage] = []
-        var index = 0
-        var scale = 1.0
-        var outDim = encDims[0]
-        for i in 0..<(encDims.count - 1) {
-            var inDim = encDims[i]
-            outDim = encDims[i + 1]
-            for _ in 0..<c.numResBlocks {
-                layers.append(.res(try res("encoder.downsamples.\(index)", inDim, outDim))); index += 1
-                if c.attnScales.contains(scale) { layers.append(.attn(try attn("encoder.downsamples.\(index)", outDim))); index += 1 }
-                inDim = outDim
-            }
-            if i != c.dimMult.count - 1 {
-                let p = "encoder.downsamples.\(index)"
-                layers.append(.resample(.spatialDown(try conv2d(p + ".resample.1", outDim, outDim, down: true))))
-                if c.temporalDownsample[i] {
-                    let t = try timeConv(p + ".time_conv", outDim, outDim)
-                    layers.append(.resample(.timeDown(Conv3D(weight: t.weight, bias: t.bias, stride: (2, 1, 1), padLeft: (0, 0), padRight: (0, 0)),
-                                                      id: nextID)))
-                    nextID += 1
-                }
-                index += 1
-                scale /= 2
-            }
-        }
-        layers.append(.res(try res("encoder.middle.0", outDim, outDim)))
-        layers.append(.attn(try attn("encoder.middle.1", outDim)))
-        layers.append(.res(try res("encoder.middle.2", outDim, outDim)))
-        encoder = Coder(stages: [.conv(try causal("encoder.conv1", 3, encDims[0], 3))] + layers
-                        + [.head(gamma: try gamma("encoder.head.0.gamma", outDim, images: false), conv: try causal("encoder.head.2", outDim, 2 * c.zDim, 3))])
-
-        // Decoder.
-        let decDims = ([c.dimMult.last!] + c.dimMult.reversed()).map { $0 * c.dim }
-        let temporalUp = Array(c.temporalDownsample.reversed())
-        layers = [.res(try res("decoder.middle.0", decDims[0], decDims[0])), .attn(try attn("decoder.middle.1", decDims[0])),
-                  .res(try res("decoder.middle.2", decDims[0], decDims[0]))]
-        index = 0
-        scale = 1.0 / Double(1 << (c.dimMult.count - 2))
-        for i in 0..<(decDims.count - 1) {
-            var inDim = (i == 1 || i == 2 || i == 3) ? decDims[i] / 2 : decDims[i]
-            outDim = decDims[i + 1]
-            for _ in 0..<(c.numResBlocks + 1) {
-                layers.append(.res(try res("decoder.upsamples.\(index)", inDim, outDim))); index += 1
-                if c.attnScales.contains(scale) { layers.append(.attn(try attn("decoder.upsamples.\(index)", outDim))); index += 1 }
-                inDim = outDim
-            }
-            if i != c.dimMult.count - 1 {
-                let p = "decoder.upsamples.\(index)"
-                if temporalUp[i] {
-                    let t = try timeConv(p + ".time_conv", outDim, 2 * outDim)
-                    layers.append(.resample(.timeUp(CausalConv(weight: t.weight, bias: t.bias, id: nextID))))
-                    nextID += 1
-                }
-                layers.append(.resample(.spatialUp(try conv2d(p + ".resample.1", outDim, outDim / 2, down: false))))
-                index += 1
-                scale *= 2
+        func stage(_ layer: WanVAELayer) throws -> Stage {
+            switch layer {
+            case .conv(let name, let cin, let cout):
+                return .conv(try causal(name, cin, cout, 3))
+            case .res(let p, let cin, let cout):
+                return .res(ResBlock(gamma1: try gamma(p + ".residual.0.gamma", cin, images: false), gamma2: try gamma(p + ".residual.3.gamma", cout, images: false),
+                                     conv1: try causal(p + ".residual.2", cin, cout, 3), conv2: try causal(p + ".residual.6", cout, cout, 3),
+                                     shortcut: cin != cout ? try causal(p + ".shortcut", cin, cout, 1) : nil))
+            case .attn(let p, let ch):
+                let qw = try b.tensor(p + ".to_qkv.weight", [3 * ch, ch, 1, 1])
+                let pw = try b.tensor(p + ".proj.weight", [ch, ch, 1, 1])
+                return .attn(AttnBlock(gamma: try gamma(p + ".norm.gamma", ch, images: true),
+                                       qkv: Linear(weight: Tensor(borrowing: qw.data, shape: [3 * ch, ch], owner: qw), bias: try b.tensor(p + ".to_qkv.bias", [3 * ch])),
+                                       proj: Linear(weight: Tensor(borrowing: pw.data, shape: [ch, ch], owner: pw), bias: try b.tensor(p + ".proj.bias", [ch]))))
+            case .spatialDown(let p, let ch):
+                return .resample(.spatialDown(try conv2d(p + ".resample.1", ch, ch, down: true)))
+            case .timeDown(let p, let ch):
+                let t = try timeConv(p + ".time_conv", ch, ch)
+                defer { nextID += 1 }
+                return .resample(.timeDown(Conv3D(weight: t.weight, bias: t.bias, stride: (2, 1, 1), padLeft: (0, 0), padRight: (0, 0)), id: nextID))
+            case .timeUp(let p, let ch):
+                let t = try timeConv(p + ".time_conv", ch, 2 * ch)
+                defer { nextID += 1 }
+                return .resample(.timeUp(CausalConv(weight: t.weight, bias: t.bias, id: nextID)))
+            case .spatialUp(let p, let cin, let cout):
+                return .resample(.spatialUp(try conv2d(p + ".resample.1", cin, cout, down: false)))
+            case .head(let p, let cin, let cout):
+                return .head(gamma: try gamma(p + ".0.gamma", cin, images: false), conv: try causal(p + ".2", cin, cout, 3))
             }
         }
-        decoder = Coder(stages: [.conv(try causal("decoder.conv1", c.zDim, decDims[0], 3))] + layers
-                        + [.head(gamma: try gamma("decoder.head.0.gamma", outDim, images: false), conv: try causal("decoder.head.2", outDim, 3, 3))])
+        encoder = Coder(stages: try c.encoderLayers.map(stage))
+        decoder = Coder(stages: try c.decoderLayers.map(stage))
         let q = try b.tensor("conv1.weight", [2 * c.zDim, 2 * c.zDim, 1, 1, 1])
         quantConv = Linear(weight: Tensor(borrowing: q.data, shape: [2 * c.zDim, 2 * c.zDim], owner: q), bias: try b.tensor("conv1.bias", [2 * c.zDim]))
         let pq = try b.tensor("conv2.weight", [c.zDim, c.zDim, 1, 1, 1])
@@ -261,11 +379,7 @@ public final class WanVAE: @unchecked Sendable {
 
     /// Loads with the configuration of `arguments` (official constructor arguments) over the published defaults.
     public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil) throws {
-        var c = WanVAEConfig()
-        if let w = source.info("encoder.conv1.weight")?.shape, w.count == 5 { c.dim = w[0] }
-        if let w = source.info("conv2.weight")?.shape, w.count == 5 { c.zDim = w[0] }
-        if let arguments { c.apply(officialArguments: arguments) }
-        try self.init(config: c, weights: source)
+        try self.init(config: WanVAEConfig(inferringFrom: source, arguments: arguments), weights: source)
     }
 
     // MARK: streaming state
@@ -419,36 +533,21 @@ public final class WanVAE: @unchecked Sendable {
     /// of the video. Gives the normalised latent [16, 1 + (frames - 1)/4, H/8, W/8].
     public func encode(frames T: Int, height H: Int, width W: Int,
                        readFrame: (_ index: Int, _ planar: UnsafeMutablePointer<Float>) throws -> Void) throws -> Tensor {
-        let tf = config.temporalFactor, sf = config.spatialFactor
-        guard T >= 1, (T - 1) % tf == 0 else {
-            throw VAEInputError("the video has \(T) frames; the Wan-VAE needs 1 + \(tf)k frames (1, 5, 9, …, 81): drop or add frames")
-        }
-        guard H % sf == 0, W % sf == 0, H > 0, W > 0 else {
-            throw VAEInputError("the video is \(W)x\(H); width and height must be multiples of \(sf): crop or resize it")
-        }
-        let z = config.zDim
-        let latentT = 1 + (T - 1) / tf, h = H / sf, w = W / sf, plane = h * w
-        let latent = Tensor(uninitialized: [z, latentT, h, w])
+        let latent = try config.encodeLatent(frames: T, height: H, width: W)
+        let z = config.zDim, latentT = latent.shape[1], plane = latent.shape[2] * latent.shape[3]
         let state = StreamState()
         let planar = Tensor(uninitialized: [3, H, W])
         var written = 0
         for index in 0..<T {
             try readFrame(index, planar.data)
             let x = ChannelsLastVideo(frames: 1, height: H, width: W, channels: 3)
-            for ch in 0..<3 {
-                let src = planar.data + ch * H * W, dst = x.data.data + ch
-                for p in 0..<(H * W) { dst[p * 3] = src[p] }
-            }
+            WanVAEConfig.channelsLast(planar: planar.data, pixels: H * W, into: x.data.data)
             try push(encoder, from: 0, x, state) { out in
                 guard written < latentT else { throw VAEInputError("the encoder gave more latent frames than \(latentT)") }
                 let moments = Tensor(uninitialized: [out.rows, 2 * z])
                 quantConv(out.data.data, rows: out.rows, into: moments.data)
-                for p in 0..<plane {
-                    let m = moments.data + p * 2 * z
-                    for ch in 0..<z {
-                        latent.data[(ch * latentT + written) * plane + p] = (m[ch] - config.latentMean[ch]) * (1 / config.latentStd[ch])
-                    }
-                }
+                precondition(out.rows == plane)
+                config.normalize(moments: moments.data, into: latent, frame: written)
                 written += 1
             }
         }
@@ -462,9 +561,7 @@ public final class WanVAE: @unchecked Sendable {
     /// frames, whatever the length of the video.
     public func decode(_ latent: Tensor, onFrames: (Tensor, Int) throws -> Void) throws {
         let z = config.zDim
-        guard latent.rank == 4, latent.shape[0] == z else { throw VAEInputError("the latent must be [\(z), frames, height, width], got \(latent.shape)") }
-        let (F, h, w) = (latent.shape[1], latent.shape[2], latent.shape[3])
-        guard F >= 1, h > 0, w > 0 else { throw VAEInputError("the latent \(latent.shape) is empty") }
+        let (F, h, w) = try config.decodeShape(latent)
         let plane = h * w, sf = config.spatialFactor
         let (H, W) = (h * sf, w * sf)
         let state = StreamState()
@@ -472,11 +569,7 @@ public final class WanVAE: @unchecked Sendable {
         for f in 0..<F {
             // De-normalise (z / (1/std) + mean, as the wrapper does) into channels-last, then conv2.
             let zin = Tensor(uninitialized: [plane, z])
-            for ch in 0..<z {
-                let inv = 1 / config.latentStd[ch], mean = config.latentMean[ch]
-                let src = latent.data + (ch * F + f) * plane
-                for p in 0..<plane { zin.data[p * z + ch] = src[p] / inv + mean }
-            }
+            config.denormalize(latent, frame: f, into: zin.data)
             var x = ChannelsLastVideo(frames: 1, height: h, width: w, channels: z)
             postQuantConv(zin.data, rows: plane, into: x.data.data)
             x.channels = z
@@ -485,11 +578,7 @@ public final class WanVAE: @unchecked Sendable {
             var produced = 0
             try push(decoder, from: 0, x, state) { out in
                 precondition(produced < n && out.height == H && out.width == W, "decoder gave an unexpected frame")
-                let pixels = H * W
-                for ch in 0..<3 {
-                    let src = out.data.data + ch, dst = chunk.data + (ch * n + produced) * pixels
-                    for p in 0..<pixels { dst[p] = min(max(src[p * 3], -1), 1) }
-                }
+                WanVAEConfig.storeClamped(out.data.data, into: chunk, frame: produced)
                 produced += 1
             }
             precondition(produced == n, "decoder gave \(produced) frames for latent frame \(f), expected \(n)")
@@ -508,9 +597,7 @@ public final class WanVAE: @unchecked Sendable {
     public func decodeTiled(_ latent: Tensor, tileHeight th: Int, tileWidth tw: Int, overlap: Int = 8,
                             afterTileFrame: () throws -> Void = {}, onFrames: (Tensor, Int) throws -> Void) throws {
         let z = config.zDim
-        guard latent.rank == 4, latent.shape[0] == z else { throw VAEInputError("the latent must be [\(z), frames, height, width], got \(latent.shape)") }
-        let (F, h, w) = (latent.shape[1], latent.shape[2], latent.shape[3])
-        guard F >= 1, h > 0, w > 0 else { throw VAEInputError("the latent \(latent.shape) is empty") }
+        let (F, h, w) = try config.decodeShape(latent)
         guard th > overlap, tw > overlap, overlap >= 0 else { throw VAEInputError("tiles of \(th)x\(tw) latent pixels cannot overlap by \(overlap)") }
         let sf = config.spatialFactor, (H, W) = (h * sf, w * sf), T = 1 + (F - 1) * config.temporalFactor
         func starts(_ extent: Int, _ tile: Int) -> [Int] {

@@ -1,11 +1,12 @@
 import ArgumentParser
 import Foundation
 import WanKit
+import WanCUDA
 
 struct BenchVAE: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vae",
-        abstract: "Wan-VAE decode/encode time and peak RSS with the real Wan2.1 VAE shapes and random weights.")
+        abstract: "Wan-VAE decode/encode time and peak RSS (peak GPU memory with --device cuda) with the real Wan2.1 VAE shapes and random weights.")
 
     @Option(help: "Video size WxH (default: 256x256 with 5 frames, then 832x480 with 1 frame).") var size: String?
     @Option(help: "Frame count (4n+1).") var frames: Int?
@@ -15,6 +16,7 @@ struct BenchVAE: ParsableCommand {
     @Flag(help: "Print where the time goes (per op kind).") var profile = false
     @Flag(help: "With --profile: convolutions per shape.") var profileShapes = false
     @Option(help: "Decode tile by tile with at most this many GB of causal state per tile (not bit-exact).") var tileBudget: Double?
+    @Option(help: "Where to run: cpu, cuda (an NVIDIA GPU, f32) or auto.") var device: String = "cpu"
 
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(256, 256, 5), (832, 480, 1)]
@@ -26,6 +28,7 @@ struct BenchVAE: ParsableCommand {
         }
         for s in shapes where s.f < 1 || (s.f - 1) % 4 != 0 { throw ValidationError("--frames must be 4n+1, got \(s.f)") }
         guard ["decode", "encode", "both"].contains(op) else { throw ValidationError("--op must be decode, encode or both") }
+        if let gpu = try CUDABackend.resolve(device, command: "bench vae") { return try runCUDA(gpu: gpu, shapes: shapes) }
         let vae: WanVAE
         if let weights {
             let w = try openVAEWeights(path: weights)

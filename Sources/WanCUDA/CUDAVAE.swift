@@ -1,0 +1,418 @@
+import Foundation
+import WanTensor
+import WanWeights
+import WanModels
+
+/// The Wan-VAE on an NVIDIA GPU, stage for stage as `WanVAE` runs it on the CPU: one frame at a time through every
+/// stage of the encoder or decoder (`WanVAEConfig.encoderLayers` / `decoderLayers`), the causal state (the last two
+/// input frames of every causal conv, the temporal resamplers' pending and previous frames) kept on the device and held
+/// by reference, so memory holds the state and a few frames whatever the length of the video.
+///
+/// Activations are channels-last f32 frames [H, W, C]. Every convolution is one f32 cuBLASLt product (no TF32) over
+/// the columns `vae_im2col_f32` gathers: all of a causal conv's available frames (its history and the new frame) and
+/// its kh x kw taps at once, K = frames·kh·kw·Cin, with the weights stored [Cout, kt, kh, kw, Cin] so that the taps of
+/// the available frames are a suffix of each weight row (the taps over the zero frames before the first chunk are
+/// skipped, as on the CPU). Zero padding, stride 2 (spatial downsampling) and the nearest-2x upsampling are folded into
+/// the gather; the columns are made in chunks of output rows (`columnBudgetBytes`). A residual add is the product's
+/// beta = 1 onto the shortcut. RMS_norm (+ SiLU) and the attention's softmax are kernels of Kernels/vae.cu; the
+/// attention's QKᵀ and PV are cuBLASLt products. The host does what `WanVAE` does on the host: the latent
+/// (de)normalisation, the planar <-> channels-last layout of the frames and the clamp to [-1, 1].
+public final class CUDAVAE {
+    public let config: WanVAEConfig
+    public let context: CUDAContext
+    public let ops: CUDAOps
+    public let pool: DeviceMemoryPool
+    let gemm: VAEMatmul
+    /// Device bytes of the uploaded weights.
+    public private(set) var weightBytes = 0
+    /// The most bytes of im2col columns gathered at once (larger convs run in chunks of output rows).
+    public var columnBudgetBytes = 512 << 20
+    /// Per-kernel and per-product wall time when set (each launch synchronised: for profiling only).
+    public var timings: CUDATimings? { didSet { gemm.timings = timings } }
+    private var columns: DeviceBuffer?
+    /// Bytes of the im2col column buffer (it only grows, up to `columnBudgetBytes`).
+    public var columnBytes: Int { columns?.bytes ?? 0 }
+
+    /// A conv's weights: [out, kt, kh, kw, in] f32 (the official [out, in, kt, kh, kw] reordered), bias [out].
+    struct Conv {
+        let weight: DeviceBuffer
+        let bias: DeviceBuffer
+        let inChannels, outChannels, kt, kh, kw: Int
+        /// The key of the conv's causal state (history, temporal resampler frames).
+        let id: Int
+        var rowLength: Int { kt * kh * kw * inChannels }
+    }
+
+    enum Stage {
+        case conv(Conv)
+        case res(gamma1: DeviceBuffer, gamma2: DeviceBuffer, conv1: Conv, conv2: Conv, shortcut: Conv?)
+        case attn(gamma: DeviceBuffer, qkv: Conv, proj: Conv)
+        case spatialDown(Conv)
+        case spatialUp(Conv)
+        case timeDown(Conv)
+        case timeUp(Conv)
+        case head(gamma: DeviceBuffer, conv: Conv)
+    }
+
+    let encoder: [Stage]
+    let decoder: [Stage]
+    let quantConv: Conv      // conv1: 2z -> 2z
+    let postQuantConv: Conv  // conv2: z -> z
+
+    /// Binds the weights strictly, as `WanVAE` does (a missing, unexpected or misshapen tensor throws), and uploads
+    /// them once.
+    public init(config c: WanVAEConfig, weights source: WeightSource, context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
+        config = c
+        let context = try context ?? CUDAContext()
+        self.context = context
+        ops = try CUDAOps(context: context, compiler: compiler)
+        pool = DeviceMemoryPool(context: context)
+        gemm = try VAEMatmul(context: context)
+        let ops = self.ops
+        gemm.addBias = { y, bias, rows, cols in try ops.biasAct(.f32, y: y, bias: bias, rows: rows, cols: cols, act: 0) }
+
+        let b = WeightBinder(source)
+        var nextID = 0
+        var uploaded = 0
+        func upload(_ values: UnsafePointer<Float>, count: Int) throws -> DeviceBuffer {
+            let buffer = try context.allocate(bytes: count * 4)
+            try context.copy(toDevice: buffer.pointer, from: UnsafeRawPointer(values), bytes: count * 4)
+            uploaded += buffer.bytes
+            return buffer
+        }
+        /// `name`.weight with the official `shape` [out, in, taps...] (kt, kh, kw: the taps' extent) and `name`.bias.
+        func conv(_ name: String, _ shape: [Int], kt: Int, kh: Int, kw: Int) throws -> Conv {
+            let w = try b.tensor(name + ".weight", shape), bias = try b.tensor(name + ".bias", [shape[0]])
+            let (cout, cin, taps) = (shape[0], shape[1], kt * kh * kw)
+            let reordered = Tensor(uninitialized: [cout, taps, cin])
+            for o in 0..<cout {
+                for i in 0..<cin {
+                    let src = w.data + (o * cin + i) * taps, dst = reordered.data + o * taps * cin + i
+                    for t in 0..<taps { dst[t * cin] = src[t] }
+                }
+            }
+            defer { nextID += 1 }
+            return Conv(weight: try upload(reordered.data, count: reordered.count), bias: try upload(bias.data, count: cout),
+                        inChannels: cin, outChannels: cout, kt: kt, kh: kh, kw: kw, id: nextID)
+        }
+        func causal(_ name: String, _ cin: Int, _ cout: Int) throws -> Conv { try conv(name, [cout, cin, 3, 3, 3], kt: 3, kh: 3, kw: 3) }
+        func gamma(_ name: String, _ ch: Int, images: Bool) throws -> DeviceBuffer {
+            let t = try b.tensor(name, images ? [ch, 1, 1] : [ch, 1, 1, 1])
+            return try upload(t.data, count: ch)
+        }
+        func stage(_ layer: WanVAELayer) throws -> Stage {
+            switch layer {
+            case .conv(let name, let cin, let cout):
+                return .conv(try causal(name, cin, cout))
+            case .res(let p, let cin, let cout):
+                return .res(gamma1: try gamma(p + ".residual.0.gamma", cin, images: false), gamma2: try gamma(p + ".residual.3.gamma", cout, images: false),
+                            conv1: try causal(p + ".residual.2", cin, cout), conv2: try causal(p + ".residual.6", cout, cout),
+                            shortcut: cin != cout ? try conv(p + ".shortcut", [cout, cin, 1, 1, 1], kt: 1, kh: 1, kw: 1) : nil)
+            case .attn(let p, let ch):
+                return .attn(gamma: try gamma(p + ".norm.gamma", ch, images: true),
+                             qkv: try conv(p + ".to_qkv", [3 * ch, ch, 1, 1], kt: 1, kh: 1, kw: 1),
+                             proj: try conv(p + ".proj", [ch, ch, 1, 1], kt: 1, kh: 1, kw: 1))
+            case .spatialDown(let p, let ch):
+                return .spatialDown(try conv(p + ".resample.1", [ch, ch, 3, 3], kt: 1, kh: 3, kw: 3))
+            case .timeDown(let p, let ch):
+                return .timeDown(try conv(p + ".time_conv", [ch, ch, 3, 1, 1], kt: 3, kh: 1, kw: 1))
+            case .timeUp(let p, let ch):
+                return .timeUp(try conv(p + ".time_conv", [2 * ch, ch, 3, 1, 1], kt: 3, kh: 1, kw: 1))
+            case .spatialUp(let p, let cin, let cout):
+                return .spatialUp(try conv(p + ".resample.1", [cout, cin, 3, 3], kt: 1, kh: 3, kw: 3))
+            case .head(let p, let cin, let cout):
+                return .head(gamma: try gamma(p + ".0.gamma", cin, images: false), conv: try causal(p + ".2", cin, cout))
+            }
+        }
+        encoder = try c.encoderLayers.map(stage)
+        decoder = try c.decoderLayers.map(stage)
+        quantConv = try conv("conv1", [2 * c.zDim, 2 * c.zDim, 1, 1, 1], kt: 1, kh: 1, kw: 1)
+        postQuantConv = try conv("conv2", [c.zDim, c.zDim, 1, 1, 1], kt: 1, kh: 1, kw: 1)
+        try b.finish()
+        weightBytes = uploaded
+        try context.synchronize()
+    }
+
+    /// Loads with the configuration of `arguments` (official constructor arguments) over the published defaults and
+    /// what the checkpoint's shapes say, as `WanVAE(weights:arguments:)` does.
+    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil, context: CUDAContext? = nil) throws {
+        try self.init(config: WanVAEConfig(inferringFrom: source, arguments: arguments), weights: source, context: context)
+    }
+
+    // MARK: frames and state
+
+    /// One channels-last frame [H, W, C] f32 from the pool, handed back when the last reference goes (work runs in
+    /// order on one stream, so a buffer handed back while queued kernels still read it is safe to reuse).
+    final class Frame {
+        let buffer: DeviceBuffer
+        let pool: DeviceMemoryPool
+        let height, width, channels: Int
+        init(_ pool: DeviceMemoryPool, _ height: Int, _ width: Int, _ channels: Int) throws {
+            self.pool = pool
+            self.height = height; self.width = width; self.channels = channels
+            buffer = try pool.acquire(bytes: height * width * channels * 4)
+        }
+        var pointer: UInt64 { buffer.pointer }
+        var bytes: Int { height * width * channels * 4 }
+        deinit { pool.release(buffer) }
+    }
+
+    /// Per-call state, as `WanVAE.StreamState`: history by reference is safe because a conv's input is never written
+    /// after the conv has read it (the in-place writes, residual adds onto a block's input, target stage outputs).
+    final class StreamState {
+        var history: [Int: [Frame]] = [:]     // up to 2 previous input frames per causal conv, oldest first
+        var previousLast: [Int: Frame] = [:]  // timeDown: last frame of the previous pair
+        var pending: [Int: Frame] = [:]       // timeDown: first frame of the pair being gathered
+        var started: Set<Int> = []            // timeUp/timeDown: the first chunk has passed
+    }
+
+    func frame(_ height: Int, _ width: Int, _ channels: Int) throws -> Frame { try Frame(pool, height, width, channels) }
+
+    // MARK: kernels
+
+    func launch(_ name: String, grid: Int, _ arguments: [KernelArgument]) throws {
+        let f = try ops.function(name)
+        if let timings {
+            try context.synchronize()
+            let start = CUDATimings.now()
+            try f.launch(grid: (grid, 1, 1), block: (256, 1, 1), arguments)
+            try context.synchronize()
+            timings.add(name, CUDATimings.now() - start)
+        } else {
+            try f.launch(grid: (grid, 1, 1), block: (256, 1, 1), arguments)
+        }
+    }
+
+    static func blocks(_ work: Int, per: Int = 256) -> Int { min(max((work + per - 1) / per, 1), 1 << 20) }
+
+    /// RMS_norm over channels (then SiLU) into a new frame.
+    func norm(_ x: Frame, _ gamma: DeviceBuffer, silu: Bool) throws -> Frame {
+        let y = try frame(x.height, x.width, x.channels)
+        let rows = x.height * x.width
+        try launch("vae_rms_norm_f32", grid: Self.blocks(rows, per: 8),
+                   [.pointer(y.pointer), .pointer(x.pointer), .pointer(gamma.pointer), .int64(Int64(rows)), .int32(Int32(x.channels)), .int32(silu ? 1 : 0)])
+        return y
+    }
+
+    /// The column buffer, grown to at least `bytes`.
+    func columnBuffer(bytes: Int) throws -> DeviceBuffer {
+        if let c = columns, c.bytes >= bytes { return c }
+        columns = nil
+        let c = try context.allocate(bytes: bytes)
+        columns = c
+        return c
+    }
+
+    /// One output frame of conv `c` over `inputs` (oldest first, at most kt frames: the newest meets the last temporal
+    /// tap), written to `outputs` (each takes the output channels [first, first + its channels)) or added to them.
+    /// The output is outHeight x outWidth; input pixel (oy·stride - padTop + ky, ox·stride - padLeft + kx), zero
+    /// outside, of the input as stored or nearest-2x upsampled (`up`).
+    func convolve(_ c: Conv, _ inputs: [Frame], outHeight: Int, outWidth: Int, stride: Int = 1, padTop: Int, padLeft: Int, up: Bool = false,
+                  into outputs: [(frame: Frame, first: Int)], accumulate: Bool = false) throws {
+        let frames = inputs.count
+        precondition((1...c.kt).contains(frames), "conv with \(c.kt) temporal taps given \(frames) frames")
+        let x = inputs[0]
+        precondition(inputs.allSatisfy { $0.channels == c.inChannels && $0.height == x.height && $0.width == x.width }, "conv input mismatch")
+        let k = frames * c.kh * c.kw * c.inChannels
+        let skipped = UInt64((c.kt - frames) * c.kh * c.kw * c.inChannels * 4)
+        let pixels = outHeight * outWidth
+        func product(rows: Int, row0: Int, x: UInt64, ldx: Int) throws {
+            for (out, first) in outputs {
+                precondition(out.height * out.width == pixels && first + out.channels <= c.outChannels, "conv output mismatch")
+                try gemm.run(m: rows, n: out.channels, k: k, x: x, ldx: ldx,
+                             w: c.weight.pointer + skipped + UInt64(first * c.rowLength * 4), ldw: c.rowLength, transposed: true,
+                             y: out.pointer + UInt64(row0 * out.channels * 4), ldy: out.channels,
+                             bias: c.bias.pointer + UInt64(first * 4), accumulate: accumulate)
+            }
+        }
+        if frames == 1 && c.kh == 1 && c.kw == 1 && stride == 1 && !up && padTop == 0 && padLeft == 0 {
+            return try product(rows: pixels, row0: 0, x: x.pointer, ldx: c.inChannels)  // pointwise: the frame is its columns
+        }
+        let chunk = min(pixels, max(1, min(columnBudgetBytes / (4 * k), (Int(Int32.max) - 1) / k)))
+        let buffer = try columnBuffer(bytes: chunk * k * 4)
+        let vector = c.inChannels % 4 == 0 ? 4 : 1
+        var row0 = 0
+        while row0 < pixels {
+            let rows = min(chunk, pixels - row0)
+            try launch("vae_im2col_f32", grid: Self.blocks(rows * k / vector),
+                       [.pointer(buffer.pointer), .pointer(inputs[0].pointer), .pointer(frames > 1 ? inputs[1].pointer : 0),
+                        .pointer(frames > 2 ? inputs[2].pointer : 0), .int32(Int32(frames)), .int32(Int32(x.height)), .int32(Int32(x.width)),
+                        .int32(Int32(c.inChannels)), .int32(up ? 1 : 0), .int32(Int32(outWidth)), .int32(Int32(c.kh)), .int32(Int32(c.kw)),
+                        .int32(Int32(stride)), .int32(Int32(padTop)), .int32(Int32(padLeft)), .int64(Int64(row0)), .int64(Int64(rows))])
+            try product(rows: rows, row0: row0, x: buffer.pointer, ldx: k)
+            row0 += rows
+        }
+    }
+
+    /// One output frame of a causal conv (kt = 3: over its kept history and `x`; kt = 1: pointwise), new or added
+    /// to `out`.
+    func causal(_ c: Conv, _ x: Frame, _ state: StreamState, accumulateInto out: Frame? = nil) throws -> Frame {
+        let y = try out ?? frame(x.height, x.width, c.outChannels)
+        if c.kt == 1 {
+            try convolve(c, [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(y, 0)], accumulate: out != nil)
+            return y
+        }
+        let history = state.history[c.id] ?? []
+        try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: c.kh / 2, padLeft: c.kw / 2, into: [(y, 0)], accumulate: out != nil)
+        state.history[c.id] = Array((history + [x]).suffix(2))
+        return y
+    }
+
+    /// The per-frame single-head attention block, added onto `x` in place (x is a stage output nobody else reads).
+    func attention(gamma: DeviceBuffer, qkv: Conv, proj: Conv, _ x: Frame) throws -> Frame {
+        let c = x.channels, L = x.height * x.width
+        let n = try norm(x, gamma, silu: false)
+        let q = try frame(x.height, x.width, 3 * c)
+        try convolve(qkv, [n], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(q, 0)])
+        let scores = try pool.acquire(bytes: L * L * 4)
+        defer { pool.release(scores) }
+        // S = Q Kᵀ (rows of q: [q | k | v]), softmax(S / sqrt(c)) along rows, then P V.
+        try gemm.run(m: L, n: L, k: c, x: q.pointer, ldx: 3 * c, w: q.pointer + UInt64(c * 4), ldw: 3 * c, transposed: true, y: scores.pointer, ldy: L)
+        try launch("vae_softmax_f32", grid: min(L, 1 << 20), [.pointer(scores.pointer), .int64(Int64(L)), .int32(Int32(L)), .float(1 / Float(c).squareRoot())])
+        let att = try frame(x.height, x.width, c)
+        try gemm.run(m: L, n: c, k: L, x: scores.pointer, ldx: L, w: q.pointer + UInt64(2 * c * 4), ldw: 3 * c, transposed: false, y: att.pointer, ldy: c)
+        try convolve(proj, [att], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(x, 0)], accumulate: true)
+        return x
+    }
+
+    /// Applies one stage to one frame; gives 0 (a temporal downsampler gathering its pair), 1 or 2 frames.
+    func apply(_ stage: Stage, _ x: Frame, _ state: StreamState) throws -> [Frame] {
+        switch stage {
+        case .conv(let c):
+            return [try causal(c, x, state)]
+        case .res(let gamma1, let gamma2, let conv1, let conv2, let shortcut):
+            // Shortcut first; the residual path is added onto it (onto the block input itself for an identity shortcut).
+            let h = try shortcut.map { try causal($0, x, state) } ?? x
+            let a = try causal(conv1, norm(x, gamma1, silu: true), state)
+            return [try causal(conv2, norm(a, gamma2, silu: true), state, accumulateInto: h)]
+        case .attn(let gamma, let qkv, let proj):
+            return [try attention(gamma: gamma, qkv: qkv, proj: proj, x)]
+        case .head(let gamma, let c):
+            return [try causal(c, norm(x, gamma, silu: true), state)]
+        case .spatialDown(let c):
+            // Zero pad right and bottom, 3x3 stride 2.
+            let (oh, ow) = ((x.height + 1 - 3) / 2 + 1, (x.width + 1 - 3) / 2 + 1)
+            let y = try frame(oh, ow, c.outChannels)
+            try convolve(c, [x], outHeight: oh, outWidth: ow, stride: 2, padTop: 0, padLeft: 0, into: [(y, 0)])
+            return [y]
+        case .spatialUp(let c):
+            let y = try frame(2 * x.height, 2 * x.width, c.outChannels)
+            try convolve(c, [x], outHeight: 2 * x.height, outWidth: 2 * x.width, padTop: 1, padLeft: 1, up: true, into: [(y, 0)])
+            return [y]
+        case .timeDown(let c):
+            // First chunk: the frame passes. Then frames pair up and the stride-2 time conv sees (last frame of the
+            // previous pair, the pair).
+            guard state.started.contains(c.id) else {
+                state.started.insert(c.id)
+                let copy = try frame(x.height, x.width, x.channels)  // x goes on to stages that may add into it
+                try context.copy(onDevice: copy.pointer, from: x.pointer, bytes: x.bytes)
+                state.previousLast[c.id] = copy
+                return [x]
+            }
+            guard let first = state.pending.removeValue(forKey: c.id) else { state.pending[c.id] = x; return [] }
+            let y = try frame(x.height, x.width, c.outChannels)
+            try convolve(c, [state.previousLast[c.id]!, first, x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(y, 0)])
+            state.previousLast[c.id] = x
+            return [y]
+        case .timeUp(let c):
+            guard state.started.contains(c.id) else { state.started.insert(c.id); return [x] }
+            // Causal time conv C -> 2C (zeros before the second chunk): the frame becomes two, channels [0, C) then
+            // [C, 2C), each written by its own product.
+            let ch = x.channels
+            let a = try frame(x.height, x.width, ch), b = try frame(x.height, x.width, ch)
+            let history = state.history[c.id] ?? []
+            try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(a, 0), (b, ch)])
+            state.history[c.id] = Array((history + [x]).suffix(2))
+            return [a, b]
+        }
+    }
+
+    /// Pushes one frame through the stages from `index` on, handing every frame that leaves the last stage to `sink`.
+    func push(_ stages: [Stage], from index: Int, _ x: Frame, _ state: StreamState, _ sink: (Frame) throws -> Void) throws {
+        if index == stages.count { return try sink(x) }
+        for y in try apply(stages[index], x, state) { try push(stages, from: index + 1, y, state, sink) }
+    }
+
+    // MARK: public API
+
+    /// Decodes a normalised latent [16, F, h, w] into video chunks [3, n, 8h, 8w] clamped to [-1, 1], handed to
+    /// `onFrames` (chunk, index of its first frame) per latent frame, as `WanVAE.decode(_:onFrames:)` does.
+    public func decode(_ latent: Tensor, onFrames: (Tensor, Int) throws -> Void) throws {
+        let z = config.zDim
+        let (F, h, w) = try config.decodeShape(latent)
+        let sf = config.spatialFactor, (H, W) = (h * sf, w * sf)
+        let state = StreamState()
+        let zin = Tensor(uninitialized: [h * w, z]), pixels = Tensor(uninitialized: [H * W, 3])
+        var emitted = 0
+        for f in 0..<F {
+            config.denormalize(latent, frame: f, into: zin.data)
+            let input = try frame(h, w, z), x = try frame(h, w, z)
+            try context.copy(toDevice: input.pointer, from: UnsafeRawPointer(zin.data), bytes: input.bytes)
+            try convolve(postQuantConv, [input], outHeight: h, outWidth: w, padTop: 0, padLeft: 0, into: [(x, 0)])
+            let n = f == 0 ? 1 : config.temporalFactor
+            let chunk = Tensor(uninitialized: [3, n, H, W])
+            var produced = 0
+            try push(decoder, from: 0, x, state) { out in
+                precondition(produced < n && out.height == H && out.width == W && out.channels == 3, "decoder gave an unexpected frame")
+                try context.copy(toHost: UnsafeMutableRawPointer(pixels.data), from: out.pointer, bytes: out.bytes)
+                WanVAEConfig.storeClamped(pixels.data, into: chunk, frame: produced)
+                produced += 1
+            }
+            precondition(produced == n, "decoder gave \(produced) frames for latent frame \(f), expected \(n)")
+            try onFrames(chunk, emitted)
+            emitted += n
+        }
+    }
+
+    /// Decodes the whole latent into one video tensor [3, T, H, W].
+    public func decode(_ latent: Tensor) throws -> Tensor {
+        var chunks: [Tensor] = []
+        try decode(latent) { chunk, _ in chunks.append(chunk) }
+        return concatenateFrames(chunks)
+    }
+
+    /// Streaming encode, as `WanVAE.encode(frames:height:width:readFrame:)`: `readFrame(i, planar)` fills frame i as
+    /// [3, H, W] in [-1, 1], in order; gives the normalised latent [16, 1 + (frames - 1)/4, H/8, W/8].
+    public func encode(frames T: Int, height H: Int, width W: Int,
+                       readFrame: (_ index: Int, _ planar: UnsafeMutablePointer<Float>) throws -> Void) throws -> Tensor {
+        let latent = try config.encodeLatent(frames: T, height: H, width: W)
+        let z = config.zDim, latentT = latent.shape[1], plane = latent.shape[2] * latent.shape[3]
+        let state = StreamState()
+        let planar = Tensor(uninitialized: [3, H, W]), rgb = Tensor(uninitialized: [H * W, 3]), moments = Tensor(uninitialized: [plane, 2 * z])
+        var written = 0
+        for index in 0..<T {
+            try readFrame(index, planar.data)
+            WanVAEConfig.channelsLast(planar: planar.data, pixels: H * W, into: rgb.data)
+            let x = try frame(H, W, 3)
+            try context.copy(toDevice: x.pointer, from: UnsafeRawPointer(rgb.data), bytes: x.bytes)
+            try push(encoder, from: 0, x, state) { out in
+                guard written < latentT else { throw VAEInputError("the encoder gave more latent frames than \(latentT)") }
+                precondition(out.height * out.width == plane && out.channels == 2 * z, "encoder gave an unexpected frame")
+                let m = try frame(out.height, out.width, 2 * z)
+                try convolve(quantConv, [out], outHeight: out.height, outWidth: out.width, padTop: 0, padLeft: 0, into: [(m, 0)])
+                try context.copy(toHost: UnsafeMutableRawPointer(moments.data), from: m.pointer, bytes: m.bytes)
+                config.normalize(moments: moments.data, into: latent, frame: written)
+                written += 1
+            }
+        }
+        precondition(written == latentT, "VAE encode produced \(written) latent frames, expected \(latentT)")
+        return latent
+    }
+
+    /// Encodes a video [3, 1+4k, H, W] in [-1, 1] into the normalised latent [16, 1+k, H/8, W/8].
+    public func encode(_ video: Tensor) throws -> Tensor {
+        guard video.rank == 4, video.shape[0] == 3 else { throw VAEInputError("the video must be [3, frames, height, width], got \(video.shape)") }
+        let (T, H, W) = (video.shape[1], video.shape[2], video.shape[3])
+        return try encode(frames: T, height: H, width: W) { index, planar in
+            for ch in 0..<3 { (planar + ch * H * W).update(from: video.data + (ch * T + index) * H * W, count: H * W) }
+        }
+    }
+
+    /// Hands the kept frame buffers and the column buffer back to the driver (the weights stay).
+    public func trim() {
+        columns = nil
+        pool.trim()
+    }
+}
+
+extension CUDAVAE: VAECoding {}

@@ -1,0 +1,140 @@
+import Foundation
+import XCTest
+import WanCUDA
+import WanModels
+import WanTensor
+import WanWeights
+
+/// The CUDA Wan-VAE against the CPU `WanVAE`: on the CPU emulator of libcuda and cuBLASLt (host side: weight
+/// reordering, im2col arguments and chunks, cuBLASLt strides and accumulation, the causal state), and on a GPU where
+/// one exists (a visible skip elsewhere).
+final class CUDAVAETests: XCTestCase {
+    /// A tiny VAE with attention at every level's scale 0.5 besides the middle blocks (so the encoder and decoder
+    /// both run attention blocks inside their samplers), random weights.
+    func tinyVAE(dim: Int = 8) throws -> (WanVAEConfig, RandomWeights, WanVAE) {
+        var config = WanVAEConfig()
+        config.dim = dim
+        config.attnScales = [0.5]
+        let weights = RandomWeights(synthesizingWithSeed: 11)
+        return (config, weights, try WanVAE(config: config, weights: weights))
+    }
+
+    func random(_ shape: [Int], seed: UInt64, scale: Float) throws -> Tensor {
+        let t = try RandomWeights(shapes: [("t", shape)], seed: seed).float32("t")
+        // RandomWeights fills 1-D-like tensors in ±1/sqrt(fan_in): rescale to ±scale.
+        var top: Float = 0
+        for i in 0..<t.count { top = max(top, abs(t.data[i])) }
+        for i in 0..<t.count { t.data[i] *= scale / max(top, 1e-12) }
+        return t
+    }
+
+    func emulatorOrSkip() throws -> (CUDAContext, KernelCompiler, String) {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator still compiles the kernels): \(error)") }
+        CUDAEmulator.install()
+        CUDAEmulator.refusals = []
+        let context = try CUDAContext(ordinal: 0)
+        XCTAssertTrue(context.info.name.contains("emulator"), context.info.name)
+        let cache = FileManager.default.temporaryDirectory.appendingPathComponent("wankit-vae-emulator-cache-\(getpid())").path
+        return (context, try KernelCompiler(cacheDirectory: cache), cache)
+    }
+
+    func assertClose(_ got: Tensor, _ expected: Tensor, _ tolerance: Double, _ what: String) {
+        XCTAssertEqual(got.shape, expected.shape, what)
+        guard got.shape == expected.shape else { return }
+        let cmp = Comparison(got: UnsafeBufferPointer(got.buffer), expected: UnsafeBufferPointer(expected.buffer))
+        var norm = 0.0
+        for v in expected.buffer { norm += Double(v) * Double(v) }
+        print("CUDAVAE \(what): \(cmp) (reference rms \(String(format: "%.3f", (norm / Double(expected.count)).squareRoot())))")
+        XCTAssertLessThanOrEqual(cmp.relL2, tolerance, "\(what): \(cmp)")
+    }
+
+    /// Decode and encode on the emulator equal the CPU VAE at f32 (1e-5), with the columns whole and in many small
+    /// chunks, and with cuBLASLt's bias epilogue and with the bias_act fallback.
+    func testCUDAVAEOnTheEmulatorMatchesTheCPUVAE() throws {
+        let (context, compiler, cache) = try emulatorOrSkip()
+        defer { CUDAEmulator.uninstall(); CUDAEmulator.refuseFusedEpilogues = false; try? FileManager.default.removeItem(atPath: cache) }
+        let (config, weights, cpu) = try tinyVAE()
+        let latent = try random([16, 3, 4, 6], seed: 3, scale: 3)
+        let video = try random([3, 9, 32, 48], seed: 4, scale: 1)
+        let expectedVideo = try cpu.decode(latent)
+        let expectedLatent = try cpu.encode(video)
+        for (budget, refuse) in [(512 << 20, false), (6000, true)] {
+            CUDAEmulator.refuseFusedEpilogues = refuse
+            let gpu = try CUDAVAE(config: config, weights: weights, context: context, compiler: compiler)
+            gpu.columnBudgetBytes = budget
+            assertClose(try gpu.decode(latent), expectedVideo, 1e-5, "decode (columns \(budget) B, fused bias \(!refuse))")
+            assertClose(try gpu.encode(video), expectedLatent, 1e-5, "encode (columns \(budget) B, fused bias \(!refuse))")
+        }
+        XCTAssertEqual(CUDAEmulator.refusals, [], "launches or products the emulator refused")
+    }
+
+    /// Streaming: chunks come per latent frame (1, then 4 frames) and equal the whole decode; the device memory in
+    /// use stops growing after the first frames (the state is the causal history, not the video); the streaming
+    /// encode reads frames one at a time with bounded memory too.
+    func testCUDAVAEStreamsWithBoundedState() throws {
+        let (context, compiler, cache) = try emulatorOrSkip()
+        defer { CUDAEmulator.uninstall(); try? FileManager.default.removeItem(atPath: cache) }
+        let (config, weights, _) = try tinyVAE(dim: 4)
+        let gpu = try CUDAVAE(config: config, weights: weights, context: context, compiler: compiler)
+        let latent = try random([16, 7, 2, 3], seed: 5, scale: 3)
+        var chunks: [(Tensor, Int)] = []
+        var inUse: [Int] = []
+        try gpu.decode(latent) { chunk, first in
+            chunks.append((chunk, first))
+            inUse.append(CUDAEmulator.allocatedBytes)
+        }
+        XCTAssertEqual(chunks.map { $0.1 }, [0, 1, 5, 9, 13, 17, 21])
+        XCTAssertEqual(chunks.map { $0.0.shape[1] }, [1, 4, 4, 4, 4, 4, 4])
+        XCTAssertEqual(concatenateFrames(chunks.map { $0.0 }).array, try gpu.decode(latent).array)
+        XCTAssertEqual(Set(inUse[3...]).count, 1, "device memory grows with the frames: \(inUse)")
+
+        var reads: [Int] = []
+        var encodeInUse: [Int] = []
+        let video = try random([3, 17, 16, 24], seed: 6, scale: 1)
+        let (T, H, W) = (17, 16, 24)
+        let streamed = try gpu.encode(frames: T, height: H, width: W) { index, planar in
+            reads.append(index)
+            encodeInUse.append(CUDAEmulator.allocatedBytes)
+            for ch in 0..<3 { (planar + ch * H * W).update(from: video.data + (ch * T + index) * H * W, count: H * W) }
+        }
+        XCTAssertEqual(reads, Array(0..<T))
+        XCTAssertEqual(Set(encodeInUse[9...]).count, 1, "device memory grows with the frames: \(encodeInUse)")
+        XCTAssertEqual(streamed.array, try gpu.encode(video).array)
+        XCTAssertEqual(streamed.shape, [16, 5, 2, 3])
+        XCTAssertEqual(CUDAEmulator.refusals, [])
+    }
+
+    /// Bad inputs are refused with WanVAE's messages; the emulated im2col refuses launches past its 32-bit range.
+    func testCUDAVAERefusesBadInputs() throws {
+        let (context, compiler, cache) = try emulatorOrSkip()
+        defer { CUDAEmulator.uninstall(); try? FileManager.default.removeItem(atPath: cache) }
+        let (config, weights, _) = try tinyVAE(dim: 4)
+        let gpu = try CUDAVAE(config: config, weights: weights, context: context, compiler: compiler)
+        XCTAssertThrowsError(try gpu.encode(Tensor(zeros: [3, 6, 32, 32]))) { XCTAssertTrue("\($0)".contains("1 + 4k"), "\($0)") }
+        XCTAssertThrowsError(try gpu.encode(Tensor(zeros: [3, 5, 36, 32]))) { XCTAssertTrue("\($0)".contains("multiples of 8"), "\($0)") }
+        XCTAssertThrowsError(try gpu.decode(Tensor(zeros: [8, 1, 4, 4]))) { XCTAssertTrue("\($0)".contains("[16"), "\($0)") }
+        let col = try context.allocate(bytes: 64), x = try context.allocate(bytes: 64)
+        XCTAssertThrowsError(try gpu.ops.function("vae_im2col_f32").launch(grid: (1, 1, 1), block: (256, 1, 1), [
+            .buffer(col), .buffer(x), .pointer(0), .pointer(0), .int32(1), .int32(2), .int32(2), .int32(4), .int32(0), .int32(2),
+            .int32(3), .int32(3), .int32(1), .int32(1), .int32(1), .int64(0), .int64(1 << 27)]))
+        XCTAssertEqual(CUDAEmulator.refusals.count, 1, "\(CUDAEmulator.refusals)")
+    }
+
+    // MARK: on a GPU
+
+    func testCUDAVAEMatchesTheCPUVAE() throws {
+        let context: CUDAContext
+        do {
+            guard case .cuda(let gpu, _, _) = try ComputeDevice.cuda.resolve() else { throw XCTSkip("no GPU") }
+            context = try CUDAContext(ordinal: gpu.ordinal)
+        } catch let error as CUDAError {
+            throw XCTSkip("no usable GPU, this GPU check did not run: \(ComputeDevice.shortReason(error))")
+        }
+        let (config, weights, cpu) = try tinyVAE(dim: 32)
+        let gpu = try CUDAVAE(config: config, weights: weights, context: context)
+        let latent = try random([16, 3, 6, 10], seed: 3, scale: 3)
+        let video = try random([3, 9, 48, 80], seed: 4, scale: 1)
+        assertClose(try gpu.decode(latent), try cpu.decode(latent), 1e-4, "GPU decode")
+        assertClose(try gpu.encode(video), try cpu.encode(video), 1e-4, "GPU encode")
+    }
+}
