@@ -4,7 +4,8 @@ import WanWeights
 import WanModels
 
 /// A `Linear` on the device: weight [out, in] in `weightType`, bias [out] in `outputType` (cuBLASLt's bias epilogue
-/// takes the output's type).
+/// takes the output's type). A compact weight (`compact` set: fp8, ggml blocks) holds the stored bytes instead and is
+/// expanded into the model's bf16 scratch matrix (times `scale`) before each product.
 struct DeviceLinear {
     let weight: DeviceBuffer
     let bias: DeviceBuffer?
@@ -12,13 +13,19 @@ struct DeviceLinear {
     let outFeatures: Int
     let weightType: DeviceDType
     let outputType: DeviceDType
+    var compact: CompactWeightFormat? = nil
+    var scale: Float = 1
 }
 
 /// The Wan2.1 DiT (official `WanModel`: t2v, i2v, flf2v) on an NVIDIA GPU, step for step as `WanDiT` runs it on the
 /// CPU. Weights are bound by the official names from any `WeightSource` (strictly, as `WanDiT` binds them) and
 /// uploaded once: matrices in the activation type (bf16, or f32 for `--precision f32`) except those the official
 /// code runs in f32 under autocast (patch embedding, time embedding and projection, head); norms, biases of f32
-/// outputs and modulations in f32. Products go through cuBLASLt (f32 accumulation), everything else through the
+/// outputs and modulations in f32. Under bf16, matrices stored as fp8 (e4m3fn/e5m2, ComfyUI's per-tensor
+/// `scale_weight` kept beside them) or as ggml Q8_0/Q4_0/Q4_K/Q5_K/Q6_K blocks are uploaded as stored and expanded
+/// to bf16 on the GPU just before each product, into one scratch matrix sized for the largest of them
+/// (`CompactWeightFormat`: the same bf16 values as a host dequantisation, so the same output, in about half the
+/// memory for fp8). Products go through cuBLASLt (f32 accumulation), everything else through the
 /// kernels of Kernels/*.cu.
 ///
 /// Differences from the CPU path that do not change the result: the text is embedded at its full official length
@@ -30,8 +37,16 @@ public final class CUDADiT {
     public let ops: CUDAOps
     public let gemm: CUDAMatmul
     public let pool: DeviceMemoryPool
-    /// Device bytes of the uploaded weights.
+    /// Device bytes of the weights: as uploaded (compact matrices in their stored form) plus the bf16 scratch
+    /// they are expanded into (`dequantScratchBytes`); what `CUDADiTPlan.weightBytes(_:precision:weights:)` plans.
     public private(set) var weightBytes = 0
+    /// Device bytes of the bf16 scratch matrix compact weights are expanded into (0 when none is compact).
+    public private(set) var dequantScratchBytes = 0
+    /// The scratch matrix compact weights are expanded into before their product (one per model, reused by every
+    /// product: the work runs in order on one stream).
+    let dequantScratch: DeviceBuffer?
+    /// Matrices kept compact on the device, by format.
+    public private(set) var compactMatrices: [CompactWeightFormat: Int] = [:]
 
     struct Block {
         let modulation: DeviceBuffer  // [6, dim] f32
@@ -138,7 +153,10 @@ public final class CUDADiT {
             imageProjection = nil
         }
         try b.finish()
-        weightBytes = uploader.uploadedBytes
+        dequantScratch = uploader.largestCompactElements > 0 ? try context.allocate(bytes: 2 * uploader.largestCompactElements) : nil
+        dequantScratchBytes = dequantScratch?.bytes ?? 0
+        weightBytes = uploader.uploadedBytes + dequantScratchBytes
+        compactMatrices = uploader.compactMatrices
         try context.synchronize()
     }
 
@@ -154,7 +172,14 @@ public final class CUDADiT {
     var act: DeviceDType { precision.activation }
 
     func run(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64, epilogue: MatmulEpilogue = .none) throws {
-        try gemm.linear(m: rows, n: l.outFeatures, k: l.inFeatures, x: x, w: l.weight.pointer, bias: l.bias?.pointer ?? 0, y: y,
+        var w = l.weight.pointer
+        if let format = l.compact, let scratch = dequantScratch {
+            // Weight-only quantisation: the stored matrix expanded to bf16(float(stored) * scale), the same bits a
+            // host dequantisation uploads, then the product on bf16 as for a bf16 checkpoint.
+            try ops.dequantize(format, out: scratch.pointer, weights: w, scale: l.scale, count: l.inFeatures * l.outFeatures)
+            w = scratch.pointer
+        }
+        try gemm.linear(m: rows, n: l.outFeatures, k: l.inFeatures, x: x, w: w, bias: l.bias?.pointer ?? 0, y: y,
                         input: l.weightType, output: l.outputType, epilogue: epilogue)
     }
 
@@ -480,11 +505,14 @@ public final class CUDADiTContext {
     }
 }
 
-/// Uploads bound weights: matrices in chunks of rows (dequantised from the stored type, packed to bf16 when asked),
-/// vectors as f32.
+/// Uploads bound weights: matrices in chunks of rows (dequantised from the stored type, packed to bf16 when asked)
+/// or, for bf16 products of fp8 / ggml-block matrices, as stored (`CompactWeightFormat`); vectors as f32.
 final class WeightUploader {
     let context: CUDAContext
     private(set) var uploadedBytes = 0
+    /// Elements of the largest matrix kept compact (the bf16 scratch they are expanded into holds that many).
+    private(set) var largestCompactElements = 0
+    private(set) var compactMatrices: [CompactWeightFormat: Int] = [:]
     /// Elements converted per chunk (16 MB of f32).
     static let chunkElements = 1 << 22
 
@@ -500,6 +528,16 @@ final class WeightUploader {
     func linear(_ linear: Linear, weightType: DeviceDType, outputType: DeviceDType) throws -> DeviceLinear {
         let matrix = linear.matrix
         let rows = matrix.rows, cols = matrix.cols
+        let bias = try upload(bias: linear.bias, as: outputType)
+        if let stored = matrix.stored, let format = CompactWeightFormat.of(stored, weightType: weightType) {
+            let weight = try context.allocate(bytes: stored.byteCount)
+            try context.copy(toDevice: weight.pointer, from: stored.data, bytes: stored.byteCount)
+            uploadedBytes += weight.bytes
+            largestCompactElements = max(largestCompactElements, rows * cols)
+            compactMatrices[format, default: 0] += 1
+            return DeviceLinear(weight: weight, bias: bias, inFeatures: cols, outFeatures: rows, weightType: weightType,
+                                outputType: outputType, compact: format, scale: stored.scale ?? 1)
+        }
         let weight = try context.allocate(bytes: rows * cols * weightType.size)
         let chunkRows = max(1, Self.chunkElements / max(cols, 1))
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: min(rows, chunkRows) * cols)
@@ -526,20 +564,22 @@ final class WeightUploader {
             }
             r0 += n
         }
-        var bias: DeviceBuffer? = nil
-        if let b = linear.bias {
-            let buffer = try context.allocate(bytes: b.count * outputType.size)
-            if outputType == .f32 {
-                try context.copy(toDevice: buffer.pointer, from: UnsafeRawPointer(b.data), bytes: b.count * 4)
-            } else {
-                var bits = [UInt16](repeating: 0, count: b.count)
-                bits.withUnsafeMutableBufferPointer { BFloat16.pack(b.data, into: $0.baseAddress!, count: b.count) }
-                try bits.withUnsafeBytes { try context.copy(toDevice: buffer.pointer, from: $0.baseAddress!, bytes: b.count * 2) }
-            }
-            uploadedBytes += buffer.bytes
-            bias = buffer
-        }
         uploadedBytes += weight.bytes
         return DeviceLinear(weight: weight, bias: bias, inFeatures: cols, outFeatures: rows, weightType: weightType, outputType: outputType)
+    }
+
+    /// A bias [out] in the product's output type (cuBLASLt's bias epilogue takes D's type).
+    private func upload(bias b: Tensor?, as outputType: DeviceDType) throws -> DeviceBuffer? {
+        guard let b else { return nil }
+        let buffer = try context.allocate(bytes: b.count * outputType.size)
+        if outputType == .f32 {
+            try context.copy(toDevice: buffer.pointer, from: UnsafeRawPointer(b.data), bytes: b.count * 4)
+        } else {
+            var bits = [UInt16](repeating: 0, count: b.count)
+            bits.withUnsafeMutableBufferPointer { BFloat16.pack(b.data, into: $0.baseAddress!, count: b.count) }
+            try bits.withUnsafeBytes { try context.copy(toDevice: buffer.pointer, from: $0.baseAddress!, bytes: b.count * 2) }
+        }
+        uploadedBytes += buffer.bytes
+        return buffer
     }
 }

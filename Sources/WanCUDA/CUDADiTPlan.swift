@@ -1,6 +1,7 @@
 import Foundation
 import WanTensor
 import WanModels
+import WanWeights
 
 /// `--precision` of the CUDA backend: bf16 (weights and the activations fed to matrix products and attention in
 /// bf16, accumulation, norms, modulation, the residual stream, the time embedding and the head in f32: as the
@@ -85,8 +86,40 @@ public struct CUDADiTPlan: Equatable {
     /// Device bytes of the weights as uploaded (as `CUDADiT` uploads them): products and their biases in the
     /// activation type except the patch embedding, time embedding, time projection and head (f32, as the official
     /// code runs them under autocast) and the image projection's last bias (an f32 output); norms and modulations f32.
+    /// Every matrix counted as dequantised on the host (see `weightBytes(_:precision:weights:)` for checkpoints whose
+    /// matrices stay compact on the GPU).
     public static func weightBytes(_ c: WanDiTConfig, precision: CUDAPrecision) -> Int {
-        var total = 0
+        weightBytes(c, precision: precision, compactBytes: { _ in nil })
+    }
+
+    /// Device bytes of the weights of checkpoint `weights` as `CUDADiT` uploads them: under bf16, matrices stored as
+    /// fp8 or in the ggml blocks of `CompactWeightFormat` count their stored bytes, plus the bf16 scratch matrix
+    /// (the largest of them) they are expanded into before each product; everything else as
+    /// `weightBytes(_:precision:)`. Reads the headers only (nothing is dequantised).
+    public static func weightBytes(_ c: WanDiTConfig, precision: CUDAPrecision, weights source: WeightSource) -> Int {
+        weightBytes(c, precision: precision, compactBytes: { name in
+            // Only fp8 and ggml blocks (reported as u8) can stay compact: other tensors are not opened.
+            guard let info = source.info(name), [.f8e4m3, .f8e5m2, .u8].contains(info.dtype),
+                  let stored = try? source.stored(name), CompactWeightFormat.of(stored, weightType: .bf16) != nil else { return nil }
+            return stored.byteCount
+        })
+    }
+
+    /// Device bytes of the weights when `compactBytes(name)` gives the device bytes of each bf16-product matrix
+    /// (`….weight`) that stays compact on the GPU (nil: dequantised on the host to bf16): those bytes, the other
+    /// tensors as `weightBytes(_:precision:)`, and the bf16 scratch matrix of the largest compact one.
+    public static func weightBytes(_ c: WanDiTConfig, precision: CUDAPrecision, compactBytes: (String) -> Int?) -> Int {
+        let bytes = weightBytesAndScratch(c, precision: precision, compactBytes: compactBytes)
+        return bytes.uploaded + bytes.scratch
+    }
+
+    /// The bf16 scratch matrix compact weights are expanded into (part of `weightBytes(_:precision:compactBytes:)`).
+    public static func dequantScratchBytes(_ c: WanDiTConfig, precision: CUDAPrecision, compactBytes: (String) -> Int?) -> Int {
+        weightBytesAndScratch(c, precision: precision, compactBytes: compactBytes).scratch
+    }
+
+    static func weightBytesAndScratch(_ c: WanDiTConfig, precision: CUDAPrecision, compactBytes: (String) -> Int?) -> (uploaded: Int, scratch: Int) {
+        var total = 0, largestCompact = 0
         let t = precision.activation.size
         let f32Linears = ["patch_embedding.", "time_embedding.", "time_projection.", "head.head.", "img_emb.proj.3.bias"]
         for (name, shape) in c.parameterShapes() {
@@ -99,13 +132,18 @@ public struct CUDADiTPlan: Equatable {
             } else if name.hasSuffix(".bias") && !layerNormBias {
                 size = t  // the bias of a product with an activation-type output
             } else if shape.count >= 2 && !name.hasSuffix("modulation") {
+                if precision == .bf16, let compact = compactBytes(name) {
+                    total += compact
+                    largestCompact = max(largestCompact, count)
+                    continue
+                }
                 size = t
             } else {
                 size = 4  // norms, LayerNorm biases, modulations
             }
             total += count * size
         }
-        return total
+        return (total, 2 * largestCompact)
     }
 
     /// Device bytes of one prepared conditioning: the embedded text (text_len rows) and every block's text keys and

@@ -286,6 +286,19 @@ enum EmulatedKernels {
                                               keys: { lens == 0 ? lk : min(EmulatedTensor(lens, bf16: false).int($0), lk) },
                                               q: { Double(q[$0]) }, k: { Double(k[$0]) }, v: { Double(v[$0]) },
                                               store: { out[$0] = Float($1) })
+        case "dequant_fp8_e4m3_bf16", "dequant_fp8_e5m2_bf16", "dequant_q8_0_bf16", "dequant_q4_0_bf16", "dequant_q4_k_bf16",
+             "dequant_q5_k_bf16", "dequant_q6_k_bf16":
+            // out = bf16(float(stored) * scale), element by element as the host dequantises the stored tensor.
+            guard let format = CompactWeightFormat.allCases.first(where: { $0.kernel == name }) else { return "no format for \(name)" }
+            let out = a.address(0), w = a.address(1), scale = a.float(2), n = a.int64(3)
+            guard n >= 0, let bytes = format.bytes(elements: n) else { return "\(n) values are not whole \(format) blocks" }
+            guard n == 0 || (EmulatedDriver.inside(out, 2 * n) && EmulatedDriver.inside(w, bytes)) else {
+                return "\(n) values (\(bytes) stored bytes) run past an allocation"
+            }
+            if n > 0 {
+                CompactWeightFormat.hostDequantize(format, data: UnsafeRawPointer(bitPattern: UInt(w))!, count: n, scale: scale,
+                                                   into: UnsafeMutablePointer<UInt16>(bitPattern: UInt(out))!)
+            }
         case _ where name.hasPrefix("vae_"):
             return EmulatedVAEKernels.run(name, grid: grid, block: block, args: a)
         default:

@@ -27,7 +27,8 @@ public final class CUDAOps {
     /// Per-kernel wall time when set (each launch is then synchronised before and after: for profiling only).
     public var timings: CUDATimings?
 
-    private func go(_ name: String, grid: (Int, Int, Int), block: (Int, Int, Int), flops: Double = 0, _ arguments: [KernelArgument]) throws {
+    /// Launches kernel `name` (timed when `timings` is set).
+    func go(_ name: String, grid: (Int, Int, Int), block: (Int, Int, Int), flops: Double = 0, _ arguments: [KernelArgument]) throws {
         let f = try function(name)
         if let timings {
             try context.synchronize()

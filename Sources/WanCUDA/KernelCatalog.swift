@@ -6,6 +6,8 @@ public enum KernelCatalog {
         "elementwise.cu": ["gelu_tanh_f32", "gelu_tanh_bf16", "silu_f32", "silu_bf16", "gated_residual_f32",
                            "gated_residual_bf16", "modulation_add_f32", "convert_f32_to_bf16", "convert_bf16_to_f32",
                            "gelu_erf_f32", "gelu_erf_bf16", "add_f32", "add_bf16", "bias_act_f32", "bias_act_bf16"],
+        "dequant.cu": ["dequant_fp8_e4m3_bf16", "dequant_fp8_e5m2_bf16", "dequant_q8_0_bf16", "dequant_q4_0_bf16", "dequant_q4_k_bf16",
+                       "dequant_q5_k_bf16", "dequant_q6_k_bf16"],
         "vae.cu": ["vae_im2col_f32", "vae_rms_norm_f32", "vae_softmax_f32"],
         "attention.cu": ["flash_attention_f32", "flash_attention_bf16_d32", "flash_attention_bf16_d64", "flash_attention_bf16_d128"],
     ]

@@ -49,7 +49,10 @@ final class KernelSelfTest {
             ("cublasLt bf16 bias", 1e-2, { try self.matmul(.bf16, .none) }),
             ("cublasLt bf16 gelu+bias", 1e-2, { try self.matmul(.bf16, .geluTanh) }),
             ("cublasLt bf16 -> f32 bias", 1e-2, { try self.matmul(.bf16, .none, output: .f32) }),
-        ]
+        ] + CompactWeightFormat.allCases.map { format -> (String, Double, () throws -> (gpu: [Double], reference: [Double])) in
+            // Bit for bit: the GPU's bf16 must be the host dequantisation's, rounded to bf16 (tolerance 0).
+            (format.kernel, 0.0, { try self.dequantize(format) })
+        }
         return cases.map { name, tolerance, body in
             do {
                 let (gpu, reference) = try body()
@@ -243,6 +246,50 @@ final class KernelSelfTest {
             }
         }
         return (output == .f32 ? try floats(dy, m * n) : try bf16s(dy, m * n), reference)
+    }
+
+    /// Random stored bytes of `format` (fp8 without NaN/Inf patterns; block scales as finite halves, subnormals
+    /// included) expanded by its dequant kernel, against the host dequantisation (`StoredTensor.dequantize`, then
+    /// bf16 rounding) of the same bytes.
+    private func dequantize(_ format: CompactWeightFormat) throws -> ([Double], [Double]) {
+        let count = format.blockSize == 1 ? 10007 : format.blockSize * (format.blockSize == 32 ? 37 : 7)
+        let scale: Float = format.blockSize == 1 ? 0.0137 : 1
+        var bytes = random(format.bytes(elements: count)!).map { UInt8(truncatingIfNeeded: Int(($0 + 1) * 128)) }
+        func half(_ i: Int) -> (UInt8, UInt8) {
+            let r = random(2)
+            let exponent = UInt16(min(20, Int((r[0] + 1) * 10.5))), mantissa = UInt16(truncatingIfNeeded: Int((r[1] + 1) * 512)) & 0x3ff
+            let bits = (i % 2 == 0 ? 0 : 0x8000) | exponent << 10 | mantissa
+            return (UInt8(bits & 0xff), UInt8(bits >> 8))
+        }
+        let halves: [Int]  // byte offsets of the f16 fields in a block
+        switch format {
+        case .fp8E4M3:
+            for i in bytes.indices where bytes[i] & 0x7f == 0x7f { bytes[i] ^= 1 }
+            halves = []
+        case .fp8E5M2:
+            for i in bytes.indices where bytes[i] & 0x7c == 0x7c { bytes[i] ^= 0x40 }
+            halves = []
+        case .q8_0, .q4_0: halves = [0]
+        case .q4_K, .q5_K: halves = [0, 2]
+        case .q6_K: halves = [208]
+        }
+        for block in 0..<(count / format.blockSize) {
+            for (k, offset) in halves.enumerated() {
+                let (lo, hi) = half(block + k)
+                bytes[block * format.blockBytes + offset] = lo
+                bytes[block * format.blockBytes + offset + 1] = hi
+            }
+        }
+        let stored = try upload(bytes), out = try context.allocate(bytes: 2 * count)
+        try function(format.kernel).launch(grid: (blocks(count), 1, 1), block: (256, 1, 1),
+                                           [.buffer(out), .buffer(stored), .float(scale), .int64(Int64(count))])
+        var reference = [UInt16](repeating: 0, count: count)
+        bytes.withUnsafeBytes { raw in
+            reference.withUnsafeMutableBufferPointer {
+                CompactWeightFormat.hostDequantize(format, data: raw.baseAddress!, count: count, scale: scale, into: $0.baseAddress!)
+            }
+        }
+        return (try bf16s(out, count), reference.map { Double(KernelSelfTest.float(bf16: $0)) })
     }
 
     private func gatedResidual() throws -> ([Double], [Double]) {

@@ -1,0 +1,114 @@
+import Foundation
+import WanWeights
+
+/// A stored matrix format that stays compact on the GPU (uploaded as its raw bytes, 1 byte per element for fp8,
+/// ggml blocks as stored) and is expanded into a bf16 scratch matrix by a kernel of Kernels/dequant.cu just before
+/// each product: weight-only quantisation. The expanded matrix is bf16(float(stored) · scale), the same bits the host
+/// would upload after `StoredTensor.dequantize` and `BFloat16.from`, so the products (and the model's output) are the
+/// same as with the host-dequantised bf16 upload; only the device memory differs (about half for fp8).
+public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringConvertible {
+    case fp8E4M3 = "F8_E4M3", fp8E5M2 = "F8_E5M2", q8_0 = "Q8_0", q4_0 = "Q4_0", q4_K = "Q4_K", q5_K = "Q5_K", q6_K = "Q6_K"
+
+    public var description: String { rawValue }
+
+    /// The format of a stored type, nil when it is not kept compact (f32, f16, bf16 and the other ggml types are
+    /// dequantised on the host and uploaded in the product's type).
+    public init?(_ type: StorageType) {
+        switch type {
+        case .dtype(.f8e4m3): self = .fp8E4M3
+        case .dtype(.f8e5m2): self = .fp8E5M2
+        case .ggml(.q8_0): self = .q8_0
+        case .ggml(.q4_0): self = .q4_0
+        case .ggml(.q4_K): self = .q4_K
+        case .ggml(.q5_K): self = .q5_K
+        case .ggml(.q6_K): self = .q6_K
+        default: return nil
+        }
+    }
+
+    /// The kernel of dequant.cu that expands it into bf16.
+    public var kernel: String {
+        switch self {
+        case .fp8E4M3: return "dequant_fp8_e4m3_bf16"
+        case .fp8E5M2: return "dequant_fp8_e5m2_bf16"
+        case .q8_0: return "dequant_q8_0_bf16"
+        case .q4_0: return "dequant_q4_0_bf16"
+        case .q4_K: return "dequant_q4_k_bf16"
+        case .q5_K: return "dequant_q5_k_bf16"
+        case .q6_K: return "dequant_q6_k_bf16"
+        }
+    }
+
+    /// Elements per block (1 for fp8).
+    public var blockSize: Int {
+        switch self {
+        case .fp8E4M3, .fp8E5M2: return 1
+        case .q8_0: return GGMLType.q8_0.blockSize
+        case .q4_0: return GGMLType.q4_0.blockSize
+        case .q4_K: return GGMLType.q4_K.blockSize
+        case .q5_K: return GGMLType.q5_K.blockSize
+        case .q6_K: return GGMLType.q6_K.blockSize
+        }
+    }
+
+    /// Bytes per block.
+    public var blockBytes: Int {
+        switch self {
+        case .fp8E4M3, .fp8E5M2: return 1
+        case .q8_0: return GGMLType.q8_0.typeSize
+        case .q4_0: return GGMLType.q4_0.typeSize
+        case .q4_K: return GGMLType.q4_K.typeSize
+        case .q5_K: return GGMLType.q5_K.typeSize
+        case .q6_K: return GGMLType.q6_K.typeSize
+        }
+    }
+
+    /// Device bytes of `elements` values (a whole number of blocks), nil when they are not whole blocks.
+    public func bytes(elements: Int) -> Int? {
+        elements % blockSize == 0 ? elements / blockSize * blockBytes : nil
+    }
+
+    /// The format a stored matrix keeps on the GPU when its product runs in `weightType`: bf16 products only (f32
+    /// runs and the products the official code keeps in f32 take host-dequantised f32), whole blocks only, and the
+    /// stored bytes exactly as many as the format needs.
+    public static func of(_ stored: StoredTensor, weightType: DeviceDType) -> CompactWeightFormat? {
+        guard weightType == .bf16, let format = CompactWeightFormat(stored.type),
+              let bytes = format.bytes(elements: stored.elementCount), bytes == stored.byteCount, stored.elementCount > 0 else { return nil }
+        return format
+    }
+
+    /// bf16 bits of the element at `index` of `count` stored values at `data`, as the kernel computes it (the CUDA
+    /// emulator's twin of dequant.cu, and what the host upload would hold): the host dequantisation then
+    /// round-to-nearest-even.
+    static func hostDequantize(_ format: CompactWeightFormat, data: UnsafeRawPointer, count: Int, scale: Float,
+                               into out: UnsafeMutablePointer<UInt16>) {
+        let type: StorageType
+        switch format {
+        case .fp8E4M3: type = .dtype(.f8e4m3)
+        case .fp8E5M2: type = .dtype(.f8e5m2)
+        case .q8_0: type = .ggml(.q8_0)
+        case .q4_0: type = .ggml(.q4_0)
+        case .q4_K: type = .ggml(.q4_K)
+        case .q5_K: type = .ggml(.q5_K)
+        case .q6_K: type = .ggml(.q6_K)
+        }
+        let stored = StoredTensor(name: "dequant", type: type, shape: [count], data: data,
+                                  byteCount: format.bytes(elements: count) ?? 0, scale: scale, owner: nil)
+        let values = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+        defer { values.deallocate() }
+        stored.dequantize(elements: 0..<count, into: values)
+        BFloat16.pack(values, into: out, count: count)
+    }
+}
+
+extension CUDAOps {
+    /// Expands `count` stored values (a whole number of blocks) at `weights` into bf16 at `out`:
+    /// out = bf16(float(stored) · scale).
+    public func dequantize(_ format: CompactWeightFormat, out: UInt64, weights: UInt64, scale: Float, count: Int) throws {
+        guard format.bytes(elements: count) != nil else {
+            throw CUDAError.callFailed(call: format.kernel, code: -1, message: "\(count) values are not whole \(format) blocks of \(format.blockSize)")
+        }
+        try go(format.kernel, grid: (Self.blocks(count), 1, 1), block: (256, 1, 1),
+                   [.pointer(out), .pointer(weights), .float(scale), .int64(Int64(count))])
+    }
+}
