@@ -77,10 +77,10 @@ public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringCon
         return format
     }
 
-    /// bf16 bits of the element at `index` of `count` stored values at `data`, as the kernel computes it (the CUDA
-    /// emulator's twin of dequant.cu, and what the host upload would hold): the host dequantisation then
-    /// round-to-nearest-even.
-    static func hostDequantize(_ format: CompactWeightFormat, data: UnsafeRawPointer, count: Int, scale: Float,
+    /// The bf16 bits of `count` stored values at `data` (a whole number of blocks), as the kernel computes them
+    /// and as the host upload would hold them: `StoredTensor.dequantize` (times `scale`), then round to nearest
+    /// even. The CUDA emulator's twin of dequant.cu and the self-test's reference.
+    public static func hostDequantize(_ format: CompactWeightFormat, data: UnsafeRawPointer, count: Int, scale: Float,
                                into out: UnsafeMutablePointer<UInt16>) {
         let type: StorageType
         switch format {

@@ -247,3 +247,145 @@ final class CUDACompactWeightTests: XCTestCase {
         XCTAssertEqual(CUDAEmulator.refusals, [])
     }
 }
+
+/// Kernels/dequant.cu itself, compiled as C++ for this CPU (a few lines stand in for the CUDA built-ins: one thread
+/// walks every index of the grid-stride loops; __fmul_rn/__fsub_rn are plain IEEE float operations with
+/// contraction off, as on the GPU) and run on random stored bytes against the host dequantisation: the CUDA source's
+/// arithmetic and block layouts checked bit for bit without a GPU. Needs a C++ compiler (a visible skip otherwise).
+final class DequantSourceOnTheCPUTests: XCTestCase {
+    static let shim = """
+        #include <cstring>
+        #define __global__
+        #define __device__
+        #define __forceinline__ inline
+        struct HostDim3 { unsigned x, y, z; };
+        static const HostDim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+        static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+        static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+        static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+        static inline float __fmul_rn(float a, float b) { return a * b; }
+        static inline float __fsub_rn(float a, float b) { return a - b; }
+        static inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
+        static inline void __syncthreads() {}
+        static inline float fmaxf(float a, float b) { return a > b ? a : b; }
+
+        """
+
+    static let driver = """
+        #include <cstdio>
+        #include <cstdlib>
+        #include <cstring>
+        #include <vector>
+        typedef unsigned short bf16;
+        extern "C" {
+        void dequant_fp8_e4m3_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_fp8_e5m2_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q8_0_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q4_0_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q4_k_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q5_k_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q6_k_bf16(bf16*, const unsigned char*, float, long);
+        }
+        // usage: driver KERNEL SCALE COUNT < stored bytes > bf16 values
+        int main(int argc, char** argv) {
+            if (argc != 4) return 2;
+            const char* name = argv[1];
+            float scale = std::strtof(argv[2], nullptr);
+            long count = std::strtol(argv[3], nullptr, 10);
+            std::vector<unsigned char> in;
+            unsigned char buffer[65536];
+            size_t got;
+            while ((got = std::fread(buffer, 1, sizeof buffer, stdin)) > 0) in.insert(in.end(), buffer, buffer + got);
+            std::vector<bf16> out(count);
+            void (*k)(bf16*, const unsigned char*, float, long) = nullptr;
+            if (!std::strcmp(name, "dequant_fp8_e4m3_bf16")) k = dequant_fp8_e4m3_bf16;
+            if (!std::strcmp(name, "dequant_fp8_e5m2_bf16")) k = dequant_fp8_e5m2_bf16;
+            if (!std::strcmp(name, "dequant_q8_0_bf16")) k = dequant_q8_0_bf16;
+            if (!std::strcmp(name, "dequant_q4_0_bf16")) k = dequant_q4_0_bf16;
+            if (!std::strcmp(name, "dequant_q4_k_bf16")) k = dequant_q4_k_bf16;
+            if (!std::strcmp(name, "dequant_q5_k_bf16")) k = dequant_q5_k_bf16;
+            if (!std::strcmp(name, "dequant_q6_k_bf16")) k = dequant_q6_k_bf16;
+            if (!k) return 3;
+            k(out.data(), in.data(), scale, count);
+            std::fwrite(out.data(), 2, count, stdout);
+            return 0;
+        }
+
+        """
+
+    func compiler() -> String? {
+        let paths = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+        for name in ["clang++", "g++", "c++"] {
+            for dir in paths where FileManager.default.isExecutableFile(atPath: dir + "/" + name) { return dir + "/" + name }
+        }
+        return nil
+    }
+
+    /// Runs a program with `input` on stdin; its stdout (and stderr too when `mergeErrors`).
+    func run(_ executable: String, _ arguments: [String], input: Data = Data(), mergeErrors: Bool = false) throws -> (status: Int32, output: Data) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let stdin = Pipe(), stdout = Pipe()
+        process.standardInput = stdin
+        process.standardOutput = stdout
+        process.standardError = mergeErrors ? stdout : FileHandle.nullDevice
+        try process.run()
+        let writer = Thread { stdin.fileHandleForWriting.write(input); try? stdin.fileHandleForWriting.close() }
+        writer.start()
+        let output = stdout.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        while writer.isExecuting { usleep(1000) }
+        return (process.terminationStatus, output)
+    }
+
+    func testDequantSourceMatchesTheHostDequantisationBitForBit() throws {
+        guard let cxx = compiler() else { throw XCTSkip("no C++ compiler (clang++, g++, c++) on PATH: dequant.cu was not run on the CPU") }
+        let sources = try KernelSources.load()
+        let kernel = try XCTUnwrap(sources.modules["dequant.cu"])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wankit-dequant-host-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // The kernel file as NVRTC sees it (common.cuh by name), after the shim.
+        for (name, text) in sources.headers { try text.write(to: dir.appendingPathComponent(name), atomically: true, encoding: .utf8) }
+        try (Self.shim + kernel).write(to: dir.appendingPathComponent("dequant_host.cpp"), atomically: true, encoding: .utf8)
+        try Self.driver.write(to: dir.appendingPathComponent("driver.cpp"), atomically: true, encoding: .utf8)
+        let binary = dir.appendingPathComponent("dequant_host").path
+        let build = try run(cxx, ["-std=c++17", "-O2", "-ffp-contract=off", "-I", dir.path, "-o", binary,
+                                  dir.appendingPathComponent("dequant_host.cpp").path, dir.appendingPathComponent("driver.cpp").path], mergeErrors: true)
+        XCTAssertEqual(build.status, 0, "\(cxx) could not build dequant.cu for the CPU:\n\(String(decoding: build.output, as: UTF8.self))")
+        guard build.status == 0 else { return }
+
+        var rng = CUDACompactWeightTests.Stream(state: 2024)
+        for format in CompactWeightFormat.allCases {
+            for trial in 0..<3 {
+                let count = format.blockSize == 1 ? 4099 : format.blockSize * 29
+                var bytes = (0..<format.bytes(elements: count)!).map { _ in UInt8(truncatingIfNeeded: rng.next() >> 56) }
+                // NaN patterns give some NaN on both sides, not the same bits: left out. Inf stays (e5m2, halves).
+                if format == .fp8E4M3 { for i in bytes.indices where bytes[i] & 0x7f == 0x7f { bytes[i] = 0x7e } }
+                if format == .fp8E5M2 { for i in bytes.indices where bytes[i] & 0x7f > 0x7c { bytes[i] = 0x7c } }
+                let halves: [Int] = format == .q6_K ? [208] : format == .q4_K || format == .q5_K ? [0, 2] : format.blockSize == 32 ? [0] : []
+                for b in 0..<(count / format.blockSize) {
+                    for o in halves {
+                        // Finite halves, small (subnormal) ones in the first trial.
+                        let at = b * format.blockBytes + o + 1
+                        bytes[at] = trial == 0 ? bytes[at] & 0x83 : (bytes[at] & 0x7c == 0x7c ? bytes[at] ^ 0x40 : bytes[at])
+                    }
+                }
+                let scale: Float = format.blockSize == 1 ? [0.0123, 1, 3.5e-3][trial] : 1
+                let result = try run(binary, [format.kernel, "\(scale)", "\(count)"], input: Data(bytes))
+                XCTAssertEqual(result.status, 0, "\(format)")
+                let got = result.output.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+                var expected = [UInt16](repeating: 0, count: count)
+                bytes.withUnsafeBytes { raw in
+                    expected.withUnsafeMutableBufferPointer {
+                        CompactWeightFormat.hostDequantize(format, data: raw.baseAddress!, count: count, scale: scale, into: $0.baseAddress!)
+                    }
+                }
+                XCTAssertEqual(got.count, count, "\(format)")
+                let mismatches = zip(got, expected).enumerated().filter { $0.element.0 != $0.element.1 }
+                XCTAssertTrue(mismatches.isEmpty, "\(format) trial \(trial): \(mismatches.count) of \(count) differ, first \(mismatches.prefix(5).map { "[\($0.offset)] \($0.element.0) != \($0.element.1)" })")
+            }
+        }
+    }
+}
