@@ -1,0 +1,134 @@
+import Foundation
+
+/// The self-test cases of Kernels/vae.cu and of the VAE's cuBLASLt products (strided, accumulating, X·W), each
+/// against a float64 reference of its documented semantics on small, awkward shapes (a partial row range, C = 3,
+/// odd sizes).
+extension KernelSelfTest {
+    typealias VAECase = (String, Double, () throws -> (gpu: [Double], reference: [Double]))
+
+    func vaeSelfTestCases() -> [VAECase] {
+        [
+            ("vae_im2col_f32 (3 frames, 3x3, pad 1, rows 4..<33)", 0, {
+                try self.vaeIm2col(frames: 3, srcH: 5, srcW: 7, channels: 12, up: 0, outH: 5, outW: 7, k: 3, stride: 1, pad: 1, row0: 4, rows: 29) }),
+            ("vae_im2col_f32 (C 3, stride 2, pad right/bottom)", 0, {
+                try self.vaeIm2col(frames: 1, srcH: 6, srcW: 10, channels: 3, up: 0, outH: 3, outW: 5, k: 3, stride: 2, pad: 0, row0: 0, rows: 15) }),
+            ("vae_im2col_f32 (nearest 2x up)", 0, {
+                try self.vaeIm2col(frames: 1, srcH: 3, srcW: 4, channels: 8, up: 1, outH: 6, outW: 8, k: 3, stride: 1, pad: 1, row0: 0, rows: 48) }),
+            ("vae_im2col_f32 (2 frames, 1x1)", 0, {
+                try self.vaeIm2col(frames: 2, srcH: 3, srcW: 5, channels: 20, up: 0, outH: 3, outW: 5, k: 1, stride: 1, pad: 0, row0: 0, rows: 15) }),
+            ("vae_rms_norm_f32", 1e-6, { try self.vaeRMSNorm(silu: false) }),
+            ("vae_rms_norm_f32 (SiLU)", 1e-6, { try self.vaeRMSNorm(silu: true) }),
+            ("vae_softmax_f32", 1e-6, vaeSoftmax),
+            ("cublasLt f32 strided, bias, +=", 1e-6, { try self.vaeProduct(transposed: true) }),
+            ("cublasLt f32 X·W (strided W)", 1e-6, { try self.vaeProduct(transposed: false) }),
+        ]
+    }
+
+    private func vaeFunction(_ name: String, module: String = "vae.cu") throws -> CUDAFunction {
+        try compiler.load(module: module, on: context).function(name)
+    }
+
+    private static func values(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+        var state = seed
+        return (0..<count).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
+        }
+    }
+
+    private func vaeUpload(_ values: [Float]) throws -> DeviceBuffer {
+        let buffer = try context.allocate(bytes: max(values.count * 4, 16))
+        try buffer.upload(values)
+        return buffer
+    }
+
+    private func vaeDownload(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
+        try context.synchronize()
+        return try buffer.download(count: count, as: Float.self).map(Double.init)
+    }
+
+    private func vaeIm2col(frames: Int, srcH: Int, srcW: Int, channels c: Int, up: Int, outH: Int, outW: Int, k: Int, stride: Int, pad: Int,
+                           row0: Int, rows: Int) throws -> ([Double], [Double]) {
+        let inputs = (0..<frames).map { Self.values(srcH * srcW * c, seed: UInt64(17 + $0)) }
+        let buffers = try inputs.map(vaeUpload)
+        let width = frames * k * k * c
+        let col = try context.allocate(bytes: rows * width * 4)
+        let vector = c % 4 == 0 ? 4 : 1
+        try vaeFunction("vae_im2col_f32").launch(grid: ((rows * width / vector + 255) / 256, 1, 1), block: (256, 1, 1), [
+            .buffer(col), .buffer(buffers[0]), .pointer(frames > 1 ? buffers[1].pointer : 0), .pointer(frames > 2 ? buffers[2].pointer : 0),
+            .int32(Int32(frames)), .int32(Int32(srcH)), .int32(Int32(srcW)), .int32(Int32(c)), .int32(Int32(up)), .int32(Int32(outW)),
+            .int32(Int32(k)), .int32(Int32(k)), .int32(Int32(stride)), .int32(Int32(pad)), .int32(Int32(pad)), .int64(Int64(row0)), .int64(Int64(rows))])
+        var reference: [Double] = []
+        for r in 0..<rows {
+            let oy = (row0 + r) / outW, ox = (row0 + r) % outW
+            precondition(oy < outH)
+            for t in 0..<frames { for ky in 0..<k { for kx in 0..<k {
+                let iy = oy * stride - pad + ky, ix = ox * stride - pad + kx
+                let inside = iy >= 0 && iy < srcH << up && ix >= 0 && ix < srcW << up
+                for ch in 0..<c { reference.append(inside ? Double(inputs[t][((iy >> up) * srcW + (ix >> up)) * c + ch]) : 0) }
+            } } }
+        }
+        // The frames passed by address must outlive the (asynchronous) kernel.
+        return try withExtendedLifetime(buffers) { (try vaeDownload(col, rows * width), reference) }
+    }
+
+    private func vaeRMSNorm(silu: Bool) throws -> ([Double], [Double]) {
+        let rows = 37, c = 96
+        let x = Self.values(rows * c, seed: 5, scale: 3), gamma = Self.values(c, seed: 6)
+        let dx = try vaeUpload(x), dg = try vaeUpload(gamma), out = try context.allocate(bytes: rows * c * 4)
+        try vaeFunction("vae_rms_norm_f32").launch(grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1), [
+            .buffer(out), .buffer(dx), .buffer(dg), .int64(Int64(rows)), .int32(Int32(c)), .int32(silu ? 1 : 0)])
+        var reference: [Double] = []
+        for r in 0..<rows {
+            let row = x[(r * c)..<((r + 1) * c)].map(Double.init)
+            let inv = 1 / max(row.reduce(0) { $0 + $1 * $1 }.squareRoot(), 1e-12)
+            for ch in 0..<c {
+                let v = row[ch] * inv * Double(c).squareRoot() * Double(gamma[ch])
+                reference.append(silu ? v / (1 + exp(-v)) : v)
+            }
+        }
+        return (try vaeDownload(out, rows * c), reference)
+    }
+
+    private func vaeSoftmax() throws -> ([Double], [Double]) {
+        let rows = 9, cols = 1000, scale: Float = 0.05
+        let s = Self.values(rows * cols, seed: 7, scale: 30)
+        let ds = try vaeUpload(s)
+        try vaeFunction("vae_softmax_f32").launch(grid: (rows, 1, 1), block: (256, 1, 1), [.buffer(ds), .int64(Int64(rows)), .int32(Int32(cols)), .float(scale)])
+        var reference: [Double] = []
+        for r in 0..<rows {
+            let row = s[(r * cols)..<((r + 1) * cols)].map { Double($0) * Double(scale) }
+            let top = row.max()!
+            let e = row.map { exp($0 - top) }
+            let total = e.reduce(0, +)
+            reference += e.map { $0 / total }
+        }
+        return (try vaeDownload(ds, rows * cols), reference)
+    }
+
+    /// transposed: Y[77, 40] (ld 40) += X[77, 96] (ld 100) · W[40, 96]ᵀ (ld 120) + b. Plain: Y[77, 40] = X[77, 96] ·
+    /// W[96, 40] (ld 120, as V inside the attention's [q | k | v] rows).
+    private func vaeProduct(transposed: Bool) throws -> ([Double], [Double]) {
+        let (m, n, k, ldx, ldw) = (77, 40, 96, 100, 120)
+        let x = Self.values(m * ldx, seed: 8), w = Self.values((transposed ? n : k) * ldw, seed: 9, scale: 0.1)
+        let b = Self.values(n, seed: 10), y0 = Self.values(m * n, seed: 11)
+        let dx = try vaeUpload(x), dw = try vaeUpload(w), db = try vaeUpload(b), dy = try vaeUpload(y0)
+        let gemm = try VAEMatmul(context: context)
+        let biasAct = try vaeFunction("bias_act_f32", module: "elementwise.cu")
+        gemm.addBias = { y, bias, rows, cols in
+            try biasAct.launch(grid: ((rows * cols + 255) / 256, 1, 1), block: (256, 1, 1),
+                               [.pointer(y), .pointer(bias), .int64(Int64(rows)), .int32(Int32(cols)), .int32(0)])
+        }
+        try gemm.run(m: m, n: n, k: k, x: dx.pointer, ldx: ldx, w: dw.pointer, ldw: ldw, transposed: transposed, y: dy.pointer, ldy: n,
+                     bias: transposed ? db.pointer : 0, accumulate: transposed)
+        var reference = [Double](repeating: 0, count: m * n)
+        for i in 0..<m {
+            for j in 0..<n {
+                var s = transposed ? Double(y0[i * n + j]) + Double(b[j]) : 0
+                for p in 0..<k { s += Double(x[i * ldx + p]) * Double(transposed ? w[j * ldw + p] : w[p * ldw + j]) }
+                reference[i * n + j] = s
+            }
+        }
+        return (try vaeDownload(dy, m * n), reference)
+    }
+}
