@@ -198,6 +198,105 @@ final class CUDACompactWeightTests: XCTestCase {
         }
     }
 
+    // MARK: GGUF blocks
+
+    /// The ggml type each matrix of the GGUF test checkpoint is stored in (the others F32); time embedding,
+    /// projection and head are f32 products (dequantised on the host), time_embedding.2 is F16 (never compact).
+    static func ggmlType(_ name: String) -> GGMLType? {
+        let table: [(String, GGMLType)] = [
+            ("text_embedding.0.weight", .q8_0), ("text_embedding.2.weight", .q4_0), ("self_attn.q.weight", .q4_K),
+            ("self_attn.k.weight", .q4_K), ("self_attn.v.weight", .q5_K), ("self_attn.o.weight", .q5_K),
+            ("cross_attn.q.weight", .q6_K), ("cross_attn.k.weight", .q6_K), ("cross_attn.v.weight", .q6_K),
+            ("cross_attn.o.weight", .q6_K), ("k_img.weight", .q8_0), ("v_img.weight", .q8_0), ("ffn.0.weight", .q4_K),
+            ("ffn.2.weight", .q6_K), ("time_embedding.0.weight", .q8_0), ("time_embedding.2.weight", .f16),
+            ("time_projection.1.weight", .q4_0), ("head.head.weight", .q4_0), ("img_emb.proj.1.weight", .q5_K),
+            ("img_emb.proj.3.weight", .q4_0),
+        ]
+        return table.first { name.hasSuffix($0.0) }?.1
+    }
+
+    /// Random blocks of `type` for `count` values of about ±bound (scales as finite halves).
+    static func blocks(_ type: GGMLType, count: Int, bound: Float, rng: inout Stream) -> Data {
+        var out = Data()
+        func half(_ v: Float) -> [UInt8] { let b = Float16(v).bitPattern; return [UInt8(b & 0xff), UInt8(b >> 8)] }
+        func random(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next() >> 56) } }
+        for _ in 0..<(count / type.blockSize) {
+            let jitter = 0.5 + abs(rng.uniform(1))
+            switch type {
+            case .q8_0: out.append(contentsOf: half(bound * jitter / 127) + random(32))
+            case .q4_0: out.append(contentsOf: half(bound * jitter / 8) + random(16))
+            case .q4_K: out.append(contentsOf: half(bound * jitter / (63 * 15)) + half(bound * jitter / 63) + random(12 + 128))
+            case .q5_K: out.append(contentsOf: half(bound * jitter / (63 * 31)) + half(bound * jitter / 63) + random(12 + 32 + 128))
+            case .q6_K: out.append(contentsOf: random(128 + 64 + 16) + half(bound * jitter / (127 * 32)))
+            case .f16: out.append(contentsOf: half(rng.uniform(bound)))
+            default: preconditionFailure("\(type)")
+            }
+        }
+        return out
+    }
+
+    /// Writes a GGUF v3 checkpoint of `config` (alignment 32; dims fastest first) with the types of `ggmlType`.
+    static func writeGGUF(_ config: WanDiTConfig, seed: UInt64) throws -> String {
+        var rng = Stream(state: seed)
+        var tensors: [(name: String, ne: [Int], type: GGMLType, data: Data)] = []
+        for (name, shape) in config.parameterShapes() {
+            let count = shape.reduce(1, *)
+            let bound: Float = shape.count >= 2 ? 1 / Float(shape.dropFirst().reduce(1, *)).squareRoot() : 0.02
+            if shape.count == 2, let type = ggmlType(name) {
+                tensors.append((name, shape.reversed(), type, blocks(type, count: count, bound: bound, rng: &rng)))
+            } else {
+                let norm = name.contains("norm") && name.hasSuffix(".weight") || name == "img_emb.proj.0.weight" || name == "img_emb.proj.4.weight"
+                tensors.append((name, shape.reversed(), .f32, f32((0..<count).map { _ in norm ? 1 : rng.uniform(bound) })))
+            }
+        }
+        var file = Data()
+        func u32(_ v: UInt32) { var x = v.littleEndian; file.append(Data(bytes: &x, count: 4)) }
+        func u64(_ v: UInt64) { var x = v.littleEndian; file.append(Data(bytes: &x, count: 8)) }
+        file.append(contentsOf: Array("GGUF".utf8)); u32(3); u64(UInt64(tensors.count)); u64(0)
+        var offset = 0
+        for t in tensors {
+            u64(UInt64(t.name.utf8.count)); file.append(contentsOf: Array(t.name.utf8))
+            u32(UInt32(t.ne.count)); for d in t.ne { u64(UInt64(d)) }
+            u32(t.type.rawValue); u64(UInt64(offset))
+            offset += (t.data.count + 31) / 32 * 32
+        }
+        for t in [Data()] + tensors.map(\.data) {
+            file.append(t)
+            while file.count % 32 != 0 { file.append(0) }
+        }
+        let path = NSTemporaryDirectory() + "wankit-compact-\(UUID().uuidString).gguf"
+        try file.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    func testGGUFBlockDiTEqualsTheHostDequantisedUploadBitForBit() throws {
+        let (context, compiler, cleanup) = try emulatedGPU()
+        defer { cleanup() }
+        for type in ["t2v", "i2v"] {
+            // dim 256 so that every row holds whole 256-value K-quant super-blocks.
+            let config = WanDiTConfig(modelType: type, textLen: 16, inDim: type == "t2v" ? 16 : 36, dim: 256, ffnDim: 512, freqDim: 256,
+                                      textDim: 64, numHeads: 2, numLayers: 2)
+            let path = try Self.writeGGUF(config, seed: type == "t2v" ? 21 : 22)
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let weights = try openDiTWeights(path: path)
+            XCTAssertEqual(weights.layout, "gguf")
+            let (compact, host) = try compareWithHostDequantised(config, weights.source, context: context, compiler: compiler, label: "\(type) gguf")
+            let image = type == "t2v" ? 0 : 1
+            let layers = config.numLayers
+            XCTAssertEqual(compact.compactMatrices, [.q8_0: 1 + 2 * image * layers, .q4_0: 1 + image, .q4_K: 3 * layers, .q5_K: 2 * layers + image,
+                                                     .q6_K: 5 * layers])
+            // Each compact matrix takes its blocks' bytes instead of 2 per value (Q4: 0.5625 per value, Q8_0 1.0625).
+            var saved = 0
+            for (name, shape) in config.parameterShapes() where shape.count == 2 && !["time_", "head."].contains(where: { name.hasPrefix($0) }) {
+                guard let t = Self.ggmlType(name) else { continue }
+                let n = shape[0] * shape[1]
+                saved += 2 * n - n / t.blockSize * t.typeSize
+            }
+            XCTAssertEqual(host.weightBytes - (compact.weightBytes - compact.dequantScratchBytes), saved)
+        }
+        XCTAssertEqual(CUDAEmulator.refusals, [], "launches or products the emulator refused")
+    }
+
     // MARK: the kernels alone
 
     /// Every dequant kernel on the emulator against the host dequantisation, and the launcher's checks.
