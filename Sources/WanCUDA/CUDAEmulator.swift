@@ -316,6 +316,10 @@ enum EmulatedCublas {
     nonisolated(unsafe) static var descs: [Int: Desc] = [:]
     nonisolated(unsafe) static var layouts: [Int: Layout] = [:]
     nonisolated(unsafe) static var next = 1
+    /// The alignments (bytes) a preference promises for A, B, C, D: cuBLASLt assumes 256 unless told
+    /// (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A..D_BYTES = 5...8); the heuristic writes them into the algorithm it
+    /// returns and cublasLtMatmul refuses pointers that break the promise.
+    nonisolated(unsafe) static var alignments: [Int: [UInt32]] = [:]
 
     static func key(_ p: OpaquePointer) -> Int { Int(bitPattern: UnsafeRawPointer(p)) }
     static func handle() -> OpaquePointer { next += 1; return OpaquePointer(bitPattern: next * 16)! }
@@ -365,13 +369,22 @@ enum EmulatedCublas {
             return 0
         } as @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, UInt64, UInt64, Int64) -> Int32),
         "cublasLtMatrixLayoutDestroy": raw({ (l: OpaquePointer) -> Int32 in EmulatedCublas.layouts[EmulatedCublas.key(l)] = nil; return 0 } as @convention(c) (OpaquePointer) -> Int32),
-        "cublasLtMatmulPreferenceCreate": raw({ (p: UnsafeMutablePointer<OpaquePointer?>) -> Int32 in p.pointee = EmulatedCublas.handle(); return 0 } as @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32),
+        "cublasLtMatmulPreferenceCreate": raw({ (p: UnsafeMutablePointer<OpaquePointer?>) -> Int32 in
+            let h = EmulatedCublas.handle()
+            EmulatedCublas.alignments[EmulatedCublas.key(h)] = [256, 256, 256, 256]
+            p.pointee = h
+            return 0
+        } as @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32),
         "cublasLtMatmulPreferenceDestroy": raw({ (_: OpaquePointer) -> Int32 in 0 } as @convention(c) (OpaquePointer) -> Int32),
-        "cublasLtMatmulPreferenceSetAttribute": raw({ (_: OpaquePointer, attribute: Int32, _: UnsafeRawPointer, size: Int) -> Int32 in
-            attribute == CublasLtConstants.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES && size == 8 ? 0 : 7
+        "cublasLtMatmulPreferenceSetAttribute": raw({ (p: OpaquePointer, attribute: Int32, value: UnsafeRawPointer, size: Int) -> Int32 in
+            if (5...8).contains(attribute) && size == 4 {  // MIN_ALIGNMENT_A/B/C/D_BYTES
+                EmulatedCublas.alignments[EmulatedCublas.key(p), default: [256, 256, 256, 256]][Int(attribute) - 5] = value.load(as: UInt32.self)
+                return 0
+            }
+            return attribute == CublasLtConstants.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES && size == 8 ? 0 : 7
         } as @convention(c) (OpaquePointer, Int32, UnsafeRawPointer, Int) -> Int32),
         "cublasLtMatmulAlgoGetHeuristic": raw({ (_: OpaquePointer, d: OpaquePointer, a: OpaquePointer, b: OpaquePointer, c: OpaquePointer, dd: OpaquePointer,
-                                                 _: OpaquePointer, requested: Int32, results: UnsafeMutableRawPointer, count: UnsafeMutablePointer<Int32>) -> Int32 in
+                                                 preference: OpaquePointer, requested: Int32, results: UnsafeMutableRawPointer, count: UnsafeMutablePointer<Int32>) -> Int32 in
             guard requested >= 1, let desc = EmulatedCublas.descs[EmulatedCublas.key(d)], let la = EmulatedCublas.layouts[EmulatedCublas.key(a)],
                   let lb = EmulatedCublas.layouts[EmulatedCublas.key(b)], let lc = EmulatedCublas.layouts[EmulatedCublas.key(c)],
                   EmulatedCublas.layouts[EmulatedCublas.key(dd)] != nil else { return 7 }
@@ -379,17 +392,28 @@ enum EmulatedCublas {
             if let error = shape.error { CUDAEmulator.refusals.append("cublasLtMatmulAlgoGetHeuristic: \(error)"); return 7 }
             if CUDAEmulator.refuseFusedEpilogues && desc.epilogue != CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT { count.pointee = 0; return 15 }
             results.initializeMemory(as: UInt8.self, repeating: 0, count: CublasLtConstants.heuristicResultSize)
+            for (i, bytes) in (EmulatedCublas.alignments[EmulatedCublas.key(preference)] ?? [256, 256, 256, 256]).enumerated() {
+                results.storeBytes(of: bytes, toByteOffset: 4 * i, as: UInt32.self)  // inside the opaque algorithm
+            }
             count.pointee = 1
             return 0
         } as @convention(c) (OpaquePointer, OpaquePointer, OpaquePointer, OpaquePointer, OpaquePointer, OpaquePointer, OpaquePointer, Int32,
                              UnsafeMutableRawPointer, UnsafeMutablePointer<Int32>) -> Int32),
         "cublasLtMatmul": raw({ (_: OpaquePointer, d: OpaquePointer, alpha: UnsafeRawPointer, a: UInt64, la: OpaquePointer, b: UInt64, lb: OpaquePointer,
-                                 beta: UnsafeRawPointer, c: UInt64, lc: OpaquePointer, dd: UInt64, ld: OpaquePointer, _: UnsafeRawPointer?, _: UInt64, _: Int, _: OpaquePointer?) -> Int32 in
+                                 beta: UnsafeRawPointer, c: UInt64, lc: OpaquePointer, dd: UInt64, ld: OpaquePointer, algo: UnsafeRawPointer?, _: UInt64, _: Int, _: OpaquePointer?) -> Int32 in
             guard let desc = EmulatedCublas.descs[EmulatedCublas.key(d)], let A = EmulatedCublas.layouts[EmulatedCublas.key(la)],
                   let B = EmulatedCublas.layouts[EmulatedCublas.key(lb)], let C = EmulatedCublas.layouts[EmulatedCublas.key(lc)],
                   let D = EmulatedCublas.layouts[EmulatedCublas.key(ld)] else { return 7 }
             let shape = EmulatedCublas.check(desc, A, B, D)
             if let error = shape.error { CUDAEmulator.refusals.append("cublasLtMatmul: \(error)"); return 7 }
+            for (i, (name, address)) in [("A", a), ("B", b), ("C", c), ("D", dd)].enumerated() {
+                let promised = UInt64(max(algo?.load(fromByteOffset: 4 * i, as: UInt32.self) ?? 256, 1))
+                if address % promised != 0 {
+                    CUDAEmulator.refusals.append("cublasLtMatmul: \(name) is not aligned to the \(promised) bytes the heuristic was told")
+                    return 7
+                }
+            }
+            if desc.bias % 16 != 0 { CUDAEmulator.refusals.append("cublasLtMatmul: the bias is not 16-byte aligned"); return 7 }
             let bf = CublasLtConstants.CUDA_R_16BF
             let ta = EmulatedTensor(a, bf16: A.type == bf), tb = EmulatedTensor(b, bf16: B.type == bf)
             let tc = EmulatedTensor(c, bf16: C.type == bf), td = EmulatedTensor(dd, bf16: D.type == bf)

@@ -50,7 +50,8 @@ public final class CUDAVAE {
         case spatialDown(Conv)
         case spatialUp(Conv)
         case timeDown(Conv)
-        case timeUp(Conv)
+        /// The time conv C -> 2C as its two halves: the first frame's channels [0, C), the second's [C, 2C).
+        case timeUp(Conv, Conv)
         case head(gamma: DeviceBuffer, conv: Conv)
     }
 
@@ -80,8 +81,9 @@ public final class CUDAVAE {
             uploaded += buffer.bytes
             return buffer
         }
-        /// `name`.weight with the official `shape` [out, in, taps...] (kt, kh, kw: the taps' extent) and `name`.bias.
-        func conv(_ name: String, _ shape: [Int], kt: Int, kh: Int, kw: Int) throws -> Conv {
+        /// `name`.weight with the official `shape` [out, in, taps...] (kt, kh, kw: the taps' extent) and `name`.bias,
+        /// as `halves` convs of out/halves channels each (every weight and bias buffer starts at its own allocation).
+        func conv(_ name: String, _ shape: [Int], kt: Int, kh: Int, kw: Int, halves: Int) throws -> [Conv] {
             let w = try b.tensor(name + ".weight", shape), bias = try b.tensor(name + ".bias", [shape[0]])
             let (cout, cin, taps) = (shape[0], shape[1], kt * kh * kw)
             let reordered = Tensor(uninitialized: [cout, taps, cin])
@@ -92,9 +94,13 @@ public final class CUDAVAE {
                 }
             }
             defer { nextID += 1 }
-            return Conv(weight: try upload(reordered.data, count: reordered.count), bias: try upload(bias.data, count: cout),
-                        inChannels: cin, outChannels: cout, kt: kt, kh: kh, kw: kw, id: nextID)
+            let part = cout / halves
+            return try (0..<halves).map { h in
+                Conv(weight: try upload(reordered.data + h * part * taps * cin, count: part * taps * cin), bias: try upload(bias.data + h * part, count: part),
+                     inChannels: cin, outChannels: part, kt: kt, kh: kh, kw: kw, id: nextID)
+            }
         }
+        func conv(_ name: String, _ shape: [Int], kt: Int, kh: Int, kw: Int) throws -> Conv { try conv(name, shape, kt: kt, kh: kh, kw: kw, halves: 1)[0] }
         func causal(_ name: String, _ cin: Int, _ cout: Int) throws -> Conv { try conv(name, [cout, cin, 3, 3, 3], kt: 3, kh: 3, kw: 3) }
         func gamma(_ name: String, _ ch: Int, images: Bool) throws -> DeviceBuffer {
             let t = try b.tensor(name, images ? [ch, 1, 1] : [ch, 1, 1, 1])
@@ -117,7 +123,8 @@ public final class CUDAVAE {
             case .timeDown(let p, let ch):
                 return .timeDown(try conv(p + ".time_conv", [ch, ch, 3, 1, 1], kt: 3, kh: 1, kw: 1))
             case .timeUp(let p, let ch):
-                return .timeUp(try conv(p + ".time_conv", [2 * ch, ch, 3, 1, 1], kt: 3, kh: 1, kw: 1))
+                let halves = try conv(p + ".time_conv", [2 * ch, ch, 3, 1, 1], kt: 3, kh: 1, kw: 1, halves: 2)
+                return .timeUp(halves[0], halves[1])
             case .spatialUp(let p, let cin, let cout):
                 return .spatialUp(try conv(p + ".resample.1", [cout, cin, 3, 3], kt: 1, kh: 3, kw: 3))
             case .head(let p, let cin, let cout):
@@ -204,11 +211,12 @@ public final class CUDAVAE {
     }
 
     /// One output frame of conv `c` over `inputs` (oldest first, at most kt frames: the newest meets the last temporal
-    /// tap), written to `outputs` (each takes the output channels [first, first + its channels)) or added to them.
-    /// The output is outHeight x outWidth; input pixel (oy·stride - padTop + ky, ox·stride - padLeft + kx), zero
-    /// outside, of the input as stored or nearest-2x upsampled (`up`).
+    /// tap), written to `out` or added to it; `more` are further convs of the same shape over the same columns (the
+    /// halves of the temporal upsampler) with their outputs. The output is outHeight x outWidth; input pixel
+    /// (oy·stride - padTop + ky, ox·stride - padLeft + kx), zero outside, of the input as stored or nearest-2x
+    /// upsampled (`up`).
     func convolve(_ c: Conv, _ inputs: [Frame], outHeight: Int, outWidth: Int, stride: Int = 1, padTop: Int, padLeft: Int, up: Bool = false,
-                  into outputs: [(frame: Frame, first: Int)], accumulate: Bool = false) throws {
+                  into out: Frame, accumulate: Bool = false, more: [(conv: Conv, out: Frame)] = []) throws {
         let frames = inputs.count
         precondition((1...c.kt).contains(frames), "conv with \(c.kt) temporal taps given \(frames) frames")
         let x = inputs[0]
@@ -217,18 +225,18 @@ public final class CUDAVAE {
         let skipped = UInt64((c.kt - frames) * c.kh * c.kw * c.inChannels * 4)
         let pixels = outHeight * outWidth
         func product(rows: Int, row0: Int, x: UInt64, ldx: Int) throws {
-            for (out, first) in outputs {
-                precondition(out.height * out.width == pixels && first + out.channels <= c.outChannels, "conv output mismatch")
-                try gemm.run(m: rows, n: out.channels, k: k, x: x, ldx: ldx,
-                             w: c.weight.pointer + skipped + UInt64(first * c.rowLength * 4), ldw: c.rowLength, transposed: true,
-                             y: out.pointer + UInt64(row0 * out.channels * 4), ldy: out.channels,
-                             bias: c.bias.pointer + UInt64(first * 4), accumulate: accumulate)
+            for (conv, out) in [(c, out)] + more {
+                precondition(out.height * out.width == pixels && out.channels == conv.outChannels && conv.rowLength == c.rowLength, "conv output mismatch")
+                try gemm.run(m: rows, n: out.channels, k: k, x: x, ldx: ldx, w: conv.weight.pointer + skipped, ldw: conv.rowLength, transposed: true,
+                             y: out.pointer + UInt64(row0 * out.channels * 4), ldy: out.channels, bias: conv.bias.pointer, accumulate: accumulate)
             }
         }
         if frames == 1 && c.kh == 1 && c.kw == 1 && stride == 1 && !up && padTop == 0 && padLeft == 0 {
             return try product(rows: pixels, row0: 0, x: x.pointer, ldx: c.inChannels)  // pointwise: the frame is its columns
         }
-        let chunk = min(pixels, max(1, min(columnBudgetBytes / (4 * k), (Int(Int32.max) - 1) / k)))
+        // Chunks of whole 64-row blocks where possible (output rows then start 256-byte aligned).
+        var chunk = min(pixels, max(1, min(columnBudgetBytes / (4 * k), (Int(Int32.max) - 1) / k)))
+        if chunk < pixels && chunk >= 64 { chunk -= chunk % 64 }
         let buffer = try columnBuffer(bytes: chunk * k * 4)
         let vector = c.inChannels % 4 == 0 ? 4 : 1
         var row0 = 0
@@ -249,11 +257,11 @@ public final class CUDAVAE {
     func causal(_ c: Conv, _ x: Frame, _ state: StreamState, accumulateInto out: Frame? = nil) throws -> Frame {
         let y = try out ?? frame(x.height, x.width, c.outChannels)
         if c.kt == 1 {
-            try convolve(c, [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(y, 0)], accumulate: out != nil)
+            try convolve(c, [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: y, accumulate: out != nil)
             return y
         }
         let history = state.history[c.id] ?? []
-        try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: c.kh / 2, padLeft: c.kw / 2, into: [(y, 0)], accumulate: out != nil)
+        try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: c.kh / 2, padLeft: c.kw / 2, into: y, accumulate: out != nil)
         state.history[c.id] = Array((history + [x]).suffix(2))
         return y
     }
@@ -263,7 +271,7 @@ public final class CUDAVAE {
         let c = x.channels, L = x.height * x.width
         let n = try norm(x, gamma, silu: false)
         let q = try frame(x.height, x.width, 3 * c)
-        try convolve(qkv, [n], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(q, 0)])
+        try convolve(qkv, [n], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: q)
         let scores = try pool.acquire(bytes: L * L * 4)
         defer { pool.release(scores) }
         // S = Q Kᵀ (rows of q: [q | k | v]), softmax(S / sqrt(c)) along rows, then P V.
@@ -271,7 +279,7 @@ public final class CUDAVAE {
         try launch("vae_softmax_f32", grid: min(L, 1 << 20), [.pointer(scores.pointer), .int64(Int64(L)), .int32(Int32(L)), .float(1 / Float(c).squareRoot())])
         let att = try frame(x.height, x.width, c)
         try gemm.run(m: L, n: c, k: L, x: scores.pointer, ldx: L, w: q.pointer + UInt64(2 * c * 4), ldw: 3 * c, transposed: false, y: att.pointer, ldy: c)
-        try convolve(proj, [att], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(x, 0)], accumulate: true)
+        try convolve(proj, [att], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: x, accumulate: true)
         return x
     }
 
@@ -293,11 +301,11 @@ public final class CUDAVAE {
             // Zero pad right and bottom, 3x3 stride 2.
             let (oh, ow) = ((x.height + 1 - 3) / 2 + 1, (x.width + 1 - 3) / 2 + 1)
             let y = try frame(oh, ow, c.outChannels)
-            try convolve(c, [x], outHeight: oh, outWidth: ow, stride: 2, padTop: 0, padLeft: 0, into: [(y, 0)])
+            try convolve(c, [x], outHeight: oh, outWidth: ow, stride: 2, padTop: 0, padLeft: 0, into: y)
             return [y]
         case .spatialUp(let c):
             let y = try frame(2 * x.height, 2 * x.width, c.outChannels)
-            try convolve(c, [x], outHeight: 2 * x.height, outWidth: 2 * x.width, padTop: 1, padLeft: 1, up: true, into: [(y, 0)])
+            try convolve(c, [x], outHeight: 2 * x.height, outWidth: 2 * x.width, padTop: 1, padLeft: 1, up: true, into: y)
             return [y]
         case .timeDown(let c):
             // First chunk: the frame passes. Then frames pair up and the stride-2 time conv sees (last frame of the
@@ -311,17 +319,17 @@ public final class CUDAVAE {
             }
             guard let first = state.pending.removeValue(forKey: c.id) else { state.pending[c.id] = x; return [] }
             let y = try frame(x.height, x.width, c.outChannels)
-            try convolve(c, [state.previousLast[c.id]!, first, x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(y, 0)])
+            try convolve(c, [state.previousLast[c.id]!, first, x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: y)
             state.previousLast[c.id] = x
             return [y]
-        case .timeUp(let c):
+        case .timeUp(let c, let second):
             guard state.started.contains(c.id) else { state.started.insert(c.id); return [x] }
             // Causal time conv C -> 2C (zeros before the second chunk): the frame becomes two, channels [0, C) then
-            // [C, 2C), each written by its own product.
+            // [C, 2C), each written by its own product over the same columns.
             let ch = x.channels
             let a = try frame(x.height, x.width, ch), b = try frame(x.height, x.width, ch)
             let history = state.history[c.id] ?? []
-            try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: [(a, 0), (b, ch)])
+            try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: a, more: [(second, b)])
             state.history[c.id] = Array((history + [x]).suffix(2))
             return [a, b]
         }
@@ -348,7 +356,7 @@ public final class CUDAVAE {
             config.denormalize(latent, frame: f, into: zin.data)
             let input = try frame(h, w, z), x = try frame(h, w, z)
             try context.copy(toDevice: input.pointer, from: UnsafeRawPointer(zin.data), bytes: input.bytes)
-            try convolve(postQuantConv, [input], outHeight: h, outWidth: w, padTop: 0, padLeft: 0, into: [(x, 0)])
+            try convolve(postQuantConv, [input], outHeight: h, outWidth: w, padTop: 0, padLeft: 0, into: x)
             let n = f == 0 ? 1 : config.temporalFactor
             let chunk = Tensor(uninitialized: [3, n, H, W])
             var produced = 0
@@ -389,7 +397,7 @@ public final class CUDAVAE {
                 guard written < latentT else { throw VAEInputError("the encoder gave more latent frames than \(latentT)") }
                 precondition(out.height * out.width == plane && out.channels == 2 * z, "encoder gave an unexpected frame")
                 let m = try frame(out.height, out.width, 2 * z)
-                try convolve(quantConv, [out], outHeight: out.height, outWidth: out.width, padTop: 0, padLeft: 0, into: [(m, 0)])
+                try convolve(quantConv, [out], outHeight: out.height, outWidth: out.width, padTop: 0, padLeft: 0, into: m)
                 try context.copy(toHost: UnsafeMutableRawPointer(moments.data), from: m.pointer, bytes: m.bytes)
                 config.normalize(moments: moments.data, into: latent, frame: written)
                 written += 1

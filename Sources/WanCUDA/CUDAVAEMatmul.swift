@@ -5,10 +5,13 @@ import Foundation
 /// `Y[m, n] (+)= X[m, k] · op(W) + bias[n]`, X rows `ldx` apart, Y rows `ldy` apart, W stored [n, k] (`transposed`:
 /// X·Wᵀ, as a Linear or a conv's weight rows) or [k, n] (X·W), rows `ldw` apart; with `accumulate` the product is
 /// added to what Y holds (beta = 1). Always f32 in, f32 out, f32 accumulation (CUBLAS_COMPUTE_32F: no TF32).
-/// cuBLASLt is column-major: row-major Y is column-major Yᵀ [n, m] = op(W)ᵀ... i.e. D = op(A) · B with A = W
-/// (k x n, ld ldw, transposed; or n x k, ld ldw, plain), B = X (k x m, ld ldx) and D = C = Y (n x m, ld ldy); the bias
-/// (one value per row of D) is Y's per-column bias. Plans are made once per shape and strides. Where the heuristic
-/// has no algorithm with the bias epilogue, the product runs plain and the `bias_act_f32` kernel adds the bias.
+/// cuBLASLt is column-major: row-major Y [m, n] is column-major D [n, m] = op(A) · B with A = W (k x n, ld ldw,
+/// transposed; or n x k, ld ldw, plain), B = X (k x m, ld ldx) and C = D = Y (n x m, ld ldy); the bias (one value per
+/// row of D) is Y's per-column bias. The convolutions pass views inside buffers (a weight row's suffix, a chunk of
+/// output rows, K and V inside the [q | k | v] rows), so the heuristic is told each matrix's real alignment (cuBLASLt
+/// assumes 256 bytes unless told); the bias is always the start of a buffer. Plans are made once per shape, strides
+/// and alignments. Where the heuristic has no algorithm with the bias epilogue, the product runs plain and the
+/// `bias_act_f32` kernel adds the bias.
 final class VAEMatmul {
     let context: CUDAContext
     let cublas: CublasLt
@@ -21,7 +24,12 @@ final class VAEMatmul {
         var m, n, k, ldx, ldw, ldy: Int
         var transposed: Bool
         var hasBias: Bool
+        /// Alignment in bytes (a power of two up to 256) of W, X and Y.
+        var alignW, alignX, alignY: UInt32
     }
+
+    /// The largest power of two up to 256 that divides `address`.
+    static func alignment(_ address: UInt64) -> UInt32 { address == 0 ? 256 : UInt32(min(256, 1 << address.trailingZeroBitCount)) }
 
     final class Plan {
         let cublas: CublasLt
@@ -77,6 +85,11 @@ final class VAEMatmul {
         var maxWorkspace = UInt64(workspace.bytes)
         try check(lt.preferenceSetAttribute(preference!, CublasLtConstants.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &maxWorkspace, 8),
                   "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
+        // cublasLtMatmulPreferenceAttributes_t: MIN_ALIGNMENT_A/B/C/D_BYTES = 5/6/7/8 (uint32), 256 when not set.
+        for (attribute, value) in [(Int32(5), key.alignW), (6, key.alignX), (7, key.alignY), (8, key.alignY)] where value < 256 {
+            var bytes = value
+            try check(lt.preferenceSetAttribute(preference!, attribute, &bytes, 4), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT \(attribute))")
+        }
         let wanted = key.hasBias ? CublasLtConstants.CUBLASLT_EPILOGUE_BIAS : CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT
         for epilogue in wanted == CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT ? [wanted] : [wanted, CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT] {
             var code = epilogue
@@ -104,7 +117,9 @@ final class VAEMatmul {
     func run(m: Int, n: Int, k: Int, x: UInt64, ldx: Int, w: UInt64, ldw: Int, transposed: Bool,
              y: UInt64, ldy: Int, bias: UInt64 = 0, accumulate: Bool = false) throws {
         guard m > 0, n > 0, k > 0 else { return }
-        let key = Key(m: m, n: n, k: k, ldx: ldx, ldw: ldw, ldy: ldy, transposed: transposed, hasBias: bias != 0)
+        precondition(bias % 16 == 0, "the bias must start a buffer")
+        let key = Key(m: m, n: n, k: k, ldx: ldx, ldw: ldw, ldy: ldy, transposed: transposed, hasBias: bias != 0,
+                      alignW: Self.alignment(w), alignX: Self.alignment(x), alignY: Self.alignment(y))
         let plan: Plan
         if let cached = plans[key] { plan = cached } else {
             try context.makeCurrent()

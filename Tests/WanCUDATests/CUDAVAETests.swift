@@ -104,7 +104,8 @@ final class CUDAVAETests: XCTestCase {
         XCTAssertEqual(CUDAEmulator.refusals, [])
     }
 
-    /// Bad inputs are refused with WanVAE's messages; the emulated im2col refuses launches past its 32-bit range.
+    /// Bad inputs are refused with WanVAE's messages; the emulated im2col refuses launches past its 32-bit range and the
+    /// emulated cuBLASLt pointers less aligned than promised.
     func testCUDAVAERefusesBadInputs() throws {
         let (context, compiler, cache) = try emulatorOrSkip()
         defer { CUDAEmulator.uninstall(); try? FileManager.default.removeItem(atPath: cache) }
@@ -118,6 +119,13 @@ final class CUDAVAETests: XCTestCase {
             .buffer(col), .buffer(x), .pointer(0), .pointer(0), .int32(1), .int32(2), .int32(2), .int32(4), .int32(0), .int32(2),
             .int32(3), .int32(3), .int32(1), .int32(1), .int32(1), .int64(0), .int64(1 << 27)]))
         XCTAssertEqual(CUDAEmulator.refusals.count, 1, "\(CUDAEmulator.refusals)")
+        // The emulated cuBLASLt holds pointers to the alignment the heuristic was told (256 bytes unless told less).
+        let gemm = try CUDAMatmul(context: context)
+        let buffer = try context.allocate(bytes: 4 * 1024)
+        XCTAssertThrowsError(try gemm.linear(m: 8, n: 8, k: 8, x: buffer.pointer + 4, w: buffer.pointer + 1024, bias: 0, y: buffer.pointer + 2048,
+                                             input: .f32, output: .f32))
+        XCTAssertEqual(CUDAEmulator.refusals.count, 2, "\(CUDAEmulator.refusals)")
+        XCTAssertTrue(CUDAEmulator.refusals.last?.contains("B is not aligned to the 256 bytes") == true, "\(CUDAEmulator.refusals)")
     }
 
     // MARK: on a GPU
