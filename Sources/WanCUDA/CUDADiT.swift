@@ -153,7 +153,7 @@ public final class CUDADiT {
             imageProjection = nil
         }
         try b.finish()
-        dequantScratch = uploader.largestCompactElements > 0 ? try context.allocate(bytes: 2 * uploader.largestCompactElements) : nil
+        dequantScratch = try uploader.makeScratch()
         dequantScratchBytes = dequantScratch?.bytes ?? 0
         weightBytes = uploader.uploadedBytes + dequantScratchBytes
         compactMatrices = uploader.compactMatrices
@@ -172,15 +172,7 @@ public final class CUDADiT {
     var act: DeviceDType { precision.activation }
 
     func run(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64, epilogue: MatmulEpilogue = .none) throws {
-        var w = l.weight.pointer
-        if let format = l.compact, let scratch = dequantScratch {
-            // Weight-only quantisation: the stored matrix expanded to bf16(float(stored) * scale), the same bits a
-            // host dequantisation uploads, then the product on bf16 as for a bf16 checkpoint.
-            try ops.dequantize(format, out: scratch.pointer, weights: w, scale: l.scale, count: l.inFeatures * l.outFeatures)
-            w = scratch.pointer
-        }
-        try gemm.linear(m: rows, n: l.outFeatures, k: l.inFeatures, x: x, w: w, bias: l.bias?.pointer ?? 0, y: y,
-                        input: l.weightType, output: l.outputType, epilogue: epilogue)
+        try gemm.linear(l, rows: rows, x: x, y: y, epilogue: epilogue, ops: ops, scratch: dequantScratch)
     }
 
     /// A product followed by GELU(tanh): fused in cuBLASLt (bf16) or by the kernel (f32).
@@ -505,6 +497,22 @@ public final class CUDADiTContext {
     }
 }
 
+extension CUDAMatmul {
+    /// The product of an uploaded `Linear`: y = x · wᵀ + bias. A compact weight (weight-only quantisation) is first
+    /// expanded into `scratch` (`WeightUploader.makeScratch`) as bf16(float(stored) * scale), the same bits a host
+    /// dequantisation uploads, then multiplied as a bf16 checkpoint's.
+    func linear(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64, epilogue: MatmulEpilogue = .none, ops: CUDAOps, scratch: DeviceBuffer?) throws {
+        var w = l.weight.pointer
+        if let format = l.compact {
+            guard let scratch else { throw CUDAError.callFailed(call: "linear", code: -1, message: "a compact weight without its scratch matrix") }
+            try ops.dequantize(format, out: scratch.pointer, weights: w, scale: l.scale, count: l.inFeatures * l.outFeatures)
+            w = scratch.pointer
+        }
+        try linear(m: rows, n: l.outFeatures, k: l.inFeatures, x: x, w: w, bias: l.bias?.pointer ?? 0, y: y,
+                   input: l.weightType, output: l.outputType, epilogue: epilogue)
+    }
+}
+
 /// Uploads bound weights: matrices in chunks of rows (dequantised from the stored type, packed to bf16 when asked)
 /// or, for bf16 products of fp8 / ggml-block matrices, as stored (`CompactWeightFormat`); vectors as f32.
 final class WeightUploader {
@@ -517,6 +525,11 @@ final class WeightUploader {
     static let chunkElements = 1 << 22
 
     init(context: CUDAContext) { self.context = context }
+
+    /// The bf16 matrix the compact weights uploaded so far are expanded into before their products (nil: none).
+    func makeScratch() throws -> DeviceBuffer? {
+        largestCompactElements > 0 ? try context.allocate(bytes: 2 * largestCompactElements) : nil
+    }
 
     func f32(_ tensor: Tensor) throws -> DeviceBuffer {
         let buffer = try context.allocate(bytes: tensor.count * 4)

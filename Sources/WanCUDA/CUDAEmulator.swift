@@ -301,6 +301,8 @@ enum EmulatedKernels {
             }
         case _ where name.hasPrefix("vae_"):
             return EmulatedVAEKernels.run(name, grid: grid, block: block, args: a)
+        case _ where name.hasPrefix("t5_"):
+            return EmulatedT5Kernels.run(name, grid: grid, block: block, args: a)
         default:
             return "no emulation for \(name)"
         }

@@ -54,9 +54,40 @@ extension ModelLoader {
         var config = try WanDiTConfig(inferringFrom: w.source)
         if let arguments = merged(w.arguments, sidecarArguments(for: path)) { config.apply(officialArguments: arguments) }
         let tokens = DiTPlacement.tokens(config, width: width, height: height, frames: frames)
-        if checkMemory { try CUDADiTMemory(config: config, precision: placement.precision, tokens: tokens, imageRows: imageRows).check(on: gpu) }
+        if checkMemory { try CUDADiTMemory(config: config, precision: placement.precision, tokens: tokens, imageRows: imageRows,
+                                           weightBytes: CUDADiTPlan.weightBytes(config, precision: placement.precision, weights: w.source)).check(on: gpu) }
         let dit = try CUDADiT(config: config, weights: w.source, precision: placement.precision, context: gpu)
         MappedFile.releaseAllResidentPages()
         return .plain(dit)
+    }
+}
+
+extension ModelLoader {
+    /// The umT5 encoder beside a DiT on `placement`: on the GPU when its weights (and one encode of the official 512
+    /// tokens) fit in the GPU's free memory now (load the DiT first: it has the priority), else on the CPU with
+    /// `note` saying why. On the CPU placement, the CPU encoder.
+    public static func t5(_ path: String, on placement: DiTPlacement) throws -> (encoder: any UMT5TextEncoder, note: String?) {
+        guard let gpu = placement.gpu else { return (try t5(path), nil) }
+        let w = try openT5Weights(path: path)
+        let arguments = merged(w.arguments, sidecarArguments(for: path)) ?? [:]
+        let config = UMT5Config.inferred(from: w.source, arguments: arguments)
+        let need = CUDAUMT5.weightBytes(config, precision: placement.precision)
+            + 2 * CUDAUMT5.activationBytes(config, precision: placement.precision, rows: 512) + CUDADiTMemory.reserveBytes
+        let free = try gpu.memoryInfo().free
+        guard need <= free else {
+            return (try t5(path), String(format: "umT5 runs on the CPU: it needs %.1f GB of GPU memory, %.1f GB is free beside the DiT",
+                                         Double(need) / 1e9, Double(free) / 1e9))
+        }
+        let encoder = try CUDAUMT5(config: config, weights: w.source, precision: placement.precision, context: gpu)
+        MappedFile.releaseAllResidentPages()
+        return (encoder, nil)
+    }
+
+    /// The text conditioning (tokenizer + umT5) of located files, the encoder placed as `t5(_:on:)` places it.
+    public static func text(_ files: ModelFiles, folder: String = "the model folder", on placement: DiTPlacement) throws -> (text: TextConditioner, note: String?) {
+        guard placement.isGPU else { return (try text(files, folder: folder), nil) }
+        try files.requireTextToVideo(folder: folder)
+        let (encoder, note) = try t5(files.t5!, on: placement)
+        return (TextConditioner(tokenizer: try tokenizer(files.tokenizer!), encoder: encoder), note)
     }
 }

@@ -78,10 +78,11 @@ public enum NegativePrompts {
 /// mask, the encoder, and the hidden states of the real tokens.
 public final class TextConditioner: @unchecked Sendable {
     public let tokenizer: UMT5Tokenizer
-    public let encoder: UMT5Encoder
+    /// umT5 on its backend: `UMT5Encoder` (CPU) or `CUDAUMT5` (GPU).
+    public let encoder: any UMT5TextEncoder
     public let textLength: Int
 
-    public init(tokenizer: UMT5Tokenizer, encoder: UMT5Encoder, textLength: Int = 512) {
+    public init(tokenizer: UMT5Tokenizer, encoder: any UMT5TextEncoder, textLength: Int = 512) {
         self.tokenizer = tokenizer; self.encoder = encoder; self.textLength = textLength
     }
 

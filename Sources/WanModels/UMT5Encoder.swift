@@ -97,7 +97,7 @@ public struct EncoderInputError: Error, CustomStringConvertible {
 /// The weights stay as stored (bf16 for the official checkpoint) in the file mapping; each linear layer converts its
 /// weight to float32 a slice of output features at a time, just before the slice's GEMM, into a small per-worker
 /// scratch. So encoding with umT5-XXL (5.7B parameters) needs about the file size, not twice it in float32.
-public final class UMT5Encoder: @unchecked Sendable {
+public final class UMT5Encoder: UMT5TextEncoder, @unchecked Sendable {
     public let config: UMT5Config
     /// After each layer, hand the pages of its weights in the file mapping back to the kernel (they stay in the page
     /// cache; the next prompt maps them again). Keeps the resident set near one layer instead of the whole file.
@@ -173,86 +173,8 @@ public final class UMT5Encoder: @unchecked Sendable {
 
     // MARK: encoding
 
-    /// One sequence as the layers see it: rows `[0, keys)` are attended to (mask 1), later rows are queries only
-    /// (padding, computed but invisible); `positions` are the original token positions (relative bias).
-    struct Segment {
-        var ids: [Int]
-        var positions: [Int]
-        var keys: Int
-        /// Source row of each segment row in the caller's [B, L] layout.
-        var sourceRows: [Int]
-    }
-
-    /// `T5EncoderModel.__call__`: the hidden states of each sample's real tokens (mask != 0), [count_b, dim] each.
-    /// `ids` and `mask` are [B, L] (token ids as float values, mask 1 / 0).
-    public func encode(ids: Tensor, mask: Tensor? = nil) throws -> [Tensor] {
-        let (b, l) = try Self.batchShape(ids, mask)
-        var segments: [Segment] = []
-        for s in 0..<b {
-            var seg = Segment(ids: [], positions: [], keys: 0, sourceRows: [])
-            for j in 0..<l where mask.map({ $0.data[s * l + j] != 0 }) ?? true {
-                seg.ids.append(Int(ids.data[s * l + j])); seg.positions.append(j); seg.sourceRows.append(s * l + j)
-            }
-            seg.keys = seg.ids.count
-            segments.append(seg)
-        }
-        return try hiddenStates(of: segments)
-    }
-
-    /// Runs the segments and splits the stacked output into one [tokens, dim] tensor per segment.
-    private func hiddenStates(of segments: [Segment]) throws -> [Tensor] {
-        let out = try run(segments)
-        var result: [Tensor] = []
-        var row = 0
-        for seg in segments {
-            let t = Tensor(uninitialized: [seg.ids.count, config.dim])
-            t.data.update(from: out.data + row * config.dim, count: seg.ids.count * config.dim)
-            row += seg.ids.count
-            result.append(t)
-        }
-        return result
-    }
-
-    /// Hidden states of token lists (each list is one prompt's real tokens, `</s>` included).
-    public func encode(tokens: [[Int]]) throws -> [Tensor] {
-        let segments = tokens.map { Segment(ids: $0, positions: Array(0..<$0.count), keys: $0.count, sourceRows: []) }
-        return try hiddenStates(of: segments)
-    }
-
-    /// `T5Encoder.forward(ids, mask)`: [B, L, dim] for every position, padded ones included (their rows attend to the
-    /// real tokens; a sample whose mask is all zero attends uniformly to all its positions, as torch's softmax over
-    /// equal `finfo.min` scores does).
-    public func forward(ids: Tensor, mask: Tensor? = nil) throws -> Tensor {
-        let (b, l) = try Self.batchShape(ids, mask)
-        var segments: [Segment] = []
-        for s in 0..<b {
-            var real: [Int] = [], padded: [Int] = []
-            for j in 0..<l { if mask.map({ $0.data[s * l + j] != 0 }) ?? true { real.append(j) } else { padded.append(j) } }
-            let order = real + padded
-            segments.append(Segment(ids: order.map { Int(ids.data[s * l + $0]) }, positions: order, keys: real.count,
-                                    sourceRows: order.map { s * l + $0 }))
-        }
-        let out = try run(segments)
-        let result = Tensor(uninitialized: [b, l, config.dim])
-        var row = 0
-        for seg in segments {
-            for src in seg.sourceRows {
-                (result.data + src * config.dim).update(from: out.data + row * config.dim, count: config.dim)
-                row += 1
-            }
-        }
-        return result
-    }
-
-    static func batchShape(_ ids: Tensor, _ mask: Tensor?) throws -> (Int, Int) {
-        let shape = ids.shape.count == 1 ? [1, ids.shape[0]] : ids.shape
-        guard shape.count == 2 else { throw EncoderInputError("ids must be [B, L], got \(ids.shape)") }
-        if let mask, mask.count != ids.count { throw EncoderInputError("mask \(mask.shape) does not match ids \(ids.shape)") }
-        return (shape[0], shape[1])
-    }
-
     /// All segments through the encoder together (one pass over the weights for the whole batch).
-    func run(_ segments: [Segment]) throws -> Tensor {
+    public func run(_ segments: [UMT5Segment]) throws -> Tensor {
         let c = config
         let d = c.dim, a = c.dimAttn, f = c.dimFfn
         let rows = segments.reduce(0) { $0 + $1.ids.count }
@@ -273,10 +195,7 @@ public final class UMT5Encoder: @unchecked Sendable {
         let hidden = Tensor(uninitialized: [rows, f])
         let delta = Tensor(uninitialized: [rows, d])
         // Bucket of every relative position that occurs (-(L-1) … L-1).
-        let maxPos = segments.flatMap(\.positions).max() ?? 0
-        let buckets = (-maxPos...maxPos).map {
-            Self.relativePositionBucket($0, numBuckets: c.numBuckets, bidirectional: true, maxDistance: c.maxDistance)
-        }
+        let (buckets, maxPos) = relativeBuckets(segments)
         for block in blocks {
             // Self-attention.
             h.data.update(from: x.data, count: rows * d)
@@ -351,6 +270,108 @@ public final class UMT5Encoder: @unchecked Sendable {
         }
         }
     }
+}
+
+/// One sequence as the encoder's layers see it: rows `[0, keys)` are attended to (mask 1), later rows are queries
+/// only (padding, computed but invisible); `positions` are the original token positions (relative bias).
+public struct UMT5Segment: Sendable {
+    public var ids: [Int]
+    public var positions: [Int]
+    public var keys: Int
+    /// Source row of each segment row in the caller's [B, L] layout.
+    public var sourceRows: [Int]
+
+    public init(ids: [Int], positions: [Int], keys: Int, sourceRows: [Int]) {
+        self.ids = ids; self.positions = positions; self.keys = keys; self.sourceRows = sourceRows
+    }
+}
+
+/// The umT5 encoder on any backend (`UMT5Encoder` on the CPU, `CUDAUMT5` on a GPU): a backend runs segments
+/// (`run`: the final hidden states of every segment row, stacked [rows, dim]); the official entry points that turn
+/// ids, masks and token lists into segments and back are shared here.
+public protocol UMT5TextEncoder: AnyObject {
+    var config: UMT5Config { get }
+    func run(_ segments: [UMT5Segment]) throws -> Tensor
+}
+
+extension UMT5TextEncoder {
+    /// `T5EncoderModel.__call__`: the hidden states of each sample's real tokens (mask != 0), [count_b, dim] each.
+    /// `ids` and `mask` are [B, L] (token ids as float values, mask 1 / 0).
+    public func encode(ids: Tensor, mask: Tensor? = nil) throws -> [Tensor] {
+        let (b, l) = try umt5BatchShape(ids, mask)
+        var segments: [UMT5Segment] = []
+        for s in 0..<b {
+            var seg = UMT5Segment(ids: [], positions: [], keys: 0, sourceRows: [])
+            for j in 0..<l where mask.map({ $0.data[s * l + j] != 0 }) ?? true {
+                seg.ids.append(Int(ids.data[s * l + j])); seg.positions.append(j); seg.sourceRows.append(s * l + j)
+            }
+            seg.keys = seg.ids.count
+            segments.append(seg)
+        }
+        return try hiddenStates(of: segments)
+    }
+
+    /// Runs the segments and splits the stacked output into one [tokens, dim] tensor per segment.
+    func hiddenStates(of segments: [UMT5Segment]) throws -> [Tensor] {
+        let out = try run(segments)
+        var result: [Tensor] = []
+        var row = 0
+        for seg in segments {
+            let t = Tensor(uninitialized: [seg.ids.count, config.dim])
+            t.data.update(from: out.data + row * config.dim, count: seg.ids.count * config.dim)
+            row += seg.ids.count
+            result.append(t)
+        }
+        return result
+    }
+
+    /// Hidden states of token lists (each list is one prompt's real tokens, `</s>` included).
+    public func encode(tokens: [[Int]]) throws -> [Tensor] {
+        let segments = tokens.map { UMT5Segment(ids: $0, positions: Array(0..<$0.count), keys: $0.count, sourceRows: []) }
+        return try hiddenStates(of: segments)
+    }
+
+    /// `T5Encoder.forward(ids, mask)`: [B, L, dim] for every position, padded ones included (their rows attend to the
+    /// real tokens; a sample whose mask is all zero attends uniformly to all its positions, as torch's softmax over
+    /// equal `finfo.min` scores does).
+    public func forward(ids: Tensor, mask: Tensor? = nil) throws -> Tensor {
+        let (b, l) = try umt5BatchShape(ids, mask)
+        var segments: [UMT5Segment] = []
+        for s in 0..<b {
+            var real: [Int] = [], padded: [Int] = []
+            for j in 0..<l { if mask.map({ $0.data[s * l + j] != 0 }) ?? true { real.append(j) } else { padded.append(j) } }
+            let order = real + padded
+            segments.append(UMT5Segment(ids: order.map { Int(ids.data[s * l + $0]) }, positions: order, keys: real.count,
+                                        sourceRows: order.map { s * l + $0 }))
+        }
+        let out = try run(segments)
+        let result = Tensor(uninitialized: [b, l, config.dim])
+        var row = 0
+        for seg in segments {
+            for src in seg.sourceRows {
+                (result.data + src * config.dim).update(from: out.data + row * config.dim, count: config.dim)
+                row += 1
+            }
+        }
+        return result
+    }
+
+    /// The relative-position bucket of every relative position that occurs in `segments` (-maxPos … maxPos, index
+    /// relative + maxPos) and maxPos.
+    public func relativeBuckets(_ segments: [UMT5Segment]) -> (buckets: [Int], maxPos: Int) {
+        let maxPos = segments.flatMap(\.positions).max() ?? 0
+        let buckets = (-maxPos...maxPos).map {
+            UMT5Encoder.relativePositionBucket($0, numBuckets: config.numBuckets, bidirectional: true, maxDistance: config.maxDistance)
+        }
+        return (buckets, maxPos)
+    }
+}
+
+func umt5BatchShape(_ ids: Tensor, _ mask: Tensor?) throws -> (Int, Int) {
+    let shape = ids.shape.count == 1 ? [1, ids.shape[0]] : ids.shape
+    guard shape.count == 2 else { throw EncoderInputError("ids must be [B, L], got \(ids.shape)") }
+    if let mask, mask.count != ids.count { throw EncoderInputError("mask \(mask.shape) does not match ids \(ids.shape)") }
+    return (shape[0], shape[1])
 }
 
 // MARK: - weights converted just before use

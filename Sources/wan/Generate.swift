@@ -174,7 +174,8 @@ struct Generate: ParsableCommand {
             guard case .plain(let dit) = ditModel else {
                 throw ValidationError("this is a VACE model: condition it with --video, --mask and --ref, not --image (image-to-video needs an I2V model)")
             }
-            try generateFromImages(first: image, last: lastImage, dit: dit, files: files, settings: settings, cancelled: cancelled, start: start)
+            try generateFromImages(first: image, last: lastImage, dit: dit, files: files, placement: placement, settings: settings,
+                                   cancelled: cancelled, start: start)
             return
         }
         var metadata: [String: Any] = [
@@ -215,7 +216,7 @@ struct Generate: ParsableCommand {
             if video != nil && dit.config.hasImageInput {
                 throw ValidationError("this is an \(dit.config.modelType) model: it takes --image, not --video (video-to-video needs a T2V model, editing a video a VACE model)")
             }
-            let text = try ModelLoader.text(files, folder: folder)
+            let text = try loadText(files, folder: folder, placement: placement)
             let vaeModel = try ModelLoader.vae(files.vae!)
             log("DiT: \(dit.config) on \(dit.backendDescription)")
             if let video {
@@ -285,7 +286,8 @@ struct Generate: ParsableCommand {
                                 "google/*", "tokenizer/*", "*/*.safetensors", "*/*.json", "*/*.model"]
 
     /// Image-to-video (and first-last-frame-to-video with `last`).
-    func generateFromImages(first: String, last: String?, dit ditModel: any DiTDenoiser, files: ModelFiles, settings t: GenerationSettings,
+    func generateFromImages(first: String, last: String?, dit ditModel: any DiTDenoiser, files: ModelFiles, placement: DiTPlacement,
+                            settings t: GenerationSettings,
                             cancelled: @escaping () -> Bool, start: Date) throws {
         let firstImage = try MediaReader.image(first)
         let lastFrame = try last.map(MediaReader.image)
@@ -307,7 +309,7 @@ struct Generate: ParsableCommand {
             let clipWeights = try openCLIPWeights(path: clipPath)
             clipModel = try CLIPVision(weights: clipWeights.source, arguments: clipWeights.arguments ?? [:])
         }
-        let text = try ModelLoader.text(files)
+        let text = try loadText(files, folder: "the model folder", placement: placement)
         let vaeModel = try ModelLoader.vae(files.vae!)
         log("DiT: \(ditModel.config) on \(ditModel.backendDescription)")
         var metadata: [String: Any] = ["prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
@@ -336,6 +338,14 @@ struct Generate: ParsableCommand {
         try writeOutput(width: size.width, height: size.height, seed: s.seed, metadata: metadata, start: start) { append in
             try decode(latent) { chunk, _ in try append(chunk) }
         }
+    }
+
+    /// The tokenizer and umT5, the encoder on the DiT's GPU when it fits there (said in a line when it does not).
+    func loadText(_ files: ModelFiles, folder: String, placement: DiTPlacement) throws -> TextConditioner {
+        let (text, note) = try ModelLoader.text(files, folder: folder, on: placement)
+        if let note { log("note: \(note)") }
+        if placement.isGPU && note == nil { log("umT5 on \(placement)") }
+        return text
     }
 
     func report(_ p: GenerationProgress) {
