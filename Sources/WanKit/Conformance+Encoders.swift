@@ -4,7 +4,8 @@ import WanWeights
 import WanModels
 
 extension ConformanceRunner {
-    func t5(_ model: String) throws -> UMT5Encoder {
+    /// The umT5 encoder of `model` on the runner's backend (`t5Factory`'s, else the CPU `UMT5Encoder`), cached.
+    func t5(_ model: String) throws -> UMT5TextEncoder {
         if let m = t5Encoders[model] { return m }
         let json = try modelJSON(model)
         let files = (json["files"] as? [String]) ?? [model + ".safetensors"]
@@ -13,7 +14,12 @@ extension ConformanceRunner {
         // The model JSON's config (official arguments) overrides what the files state, which overrides inference.
         var arguments = weights.arguments ?? [:]
         for (k, v) in json["config"] as? [String: Any] ?? [:] { arguments[k] = v }
-        let m = try UMT5Encoder(weights: weights.source, arguments: arguments)
+        let m: UMT5TextEncoder
+        if let factory = t5Factory {
+            m = try factory(UMT5Config.inferred(from: weights.source, arguments: arguments), weights.source)
+        } else {
+            m = try UMT5Encoder(weights: weights.source, arguments: arguments)
+        }
         t5Encoders[model] = m
         return m
     }

@@ -81,7 +81,7 @@ public final class ConformanceRunner {
     public let root: String
     private var dits: [String: WanDiT] = [:]
     var vaes: [String: WanVAE] = [:]
-    var t5Encoders: [String: UMT5Encoder] = [:]
+    var t5Encoders: [String: UMT5TextEncoder] = [:]
     var clipEncoders: [String: CLIPVision] = [:]
     var vaceDiTs: [String: WanVACEDiT] = [:]
     private var factoryDiTs: [String: DiTDenoiser] = [:]
@@ -94,6 +94,9 @@ public final class ConformanceRunner {
     /// configuration and weights the CPU path binds (nil: the CPU `WanVAE`). Cases no backend factory covers are
     /// skipped while a factory is set.
     public var vaeFactory: ((WanVAEConfig, WeightSource) throws -> VAECoding)?
+    /// Another backend for the umT5 cases (component `t5`, the `weights` cases of umT5 models, and the text encoder of
+    /// the pipeline cases), made from the configuration and weights the CPU path binds (nil: the CPU `UMT5Encoder`).
+    public var t5Factory: ((UMT5Config, WeightSource) throws -> UMT5TextEncoder)?
     /// The backend's name in skip messages ("cuda").
     public var backendName = "cpu"
     /// When set, every output passes at this rel_l2 whatever the case file says, max_abs unchecked (the bf16 GPU
@@ -129,12 +132,13 @@ public final class ConformanceRunner {
         let path = (casesDirectory as NSString).appendingPathComponent(name + ".json")
         do {
             let c = try GoldenCase(jsonPath: path)
-            if ditFactory != nil || vaeFactory != nil {
+            if ditFactory != nil || vaeFactory != nil || t5Factory != nil {
                 let modelClass = c.component == "weights" ? try c.model.map(modelJSON)?["class"] as? String : nil
                 // Pipelines run their DiT on the backend, the other parts on the CPU.
                 let isDiT = c.component == "dit" || c.component == "pipeline" || ["WanModel", "WanTransformer3DModel"].contains(modelClass ?? "")
                 let isVAE = c.component == "vae" || ["WanVAE_", "AutoencoderKLWan"].contains(modelClass ?? "")
-                if !(isDiT && ditFactory != nil) && !(isVAE && vaeFactory != nil) { return .skip(c.name, "component '\(c.component)' is not on the \(backendName) backend yet (it runs with --device cpu)") }
+                let isT5 = c.component == "t5" || ["T5Encoder", "UMT5EncoderModel"].contains(modelClass ?? "")
+                if !(isDiT && ditFactory != nil) && !(isVAE && vaeFactory != nil) && !(isT5 && t5Factory != nil) { return .skip(c.name, "component '\(c.component)' is not on the \(backendName) backend yet (it runs with --device cpu)") }
             }
             switch c.component {
             case "dit":

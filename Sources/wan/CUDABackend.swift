@@ -39,7 +39,7 @@ enum CUDABackend {
         return DiTPlacement(gpu: try CUDAContext(ordinal: gpu.ordinal), precision: precision)
     }
 
-    /// Points the runner's DiT and VAE cases at the GPU for `--device cuda`; returns the line that says so (nil: CPU).
+    /// Points the runner's DiT, umT5 and VAE cases (and the pipelines' DiT and umT5) at the GPU for `--device cuda`; returns the line that says so (nil: CPU).
     static func configure(_ runner: ConformanceRunner, device: String, precision text: String) throws -> String? {
         let precision = try precision(text)
         guard let gpu = try resolve(device, command: "conformance") else { return nil }
@@ -49,8 +49,11 @@ enum CUDABackend {
         runner.ditFactory = { config, weights in
             try CUDADiT(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
         }
-        // The VAE cases run on the GPU too, in f32 whatever --precision says (it sets the DiT's precision).
-        runner.vaeFactory = { config, weights in try CUDAVAE(config: config, weights: weights, context: context, compiler: compiler) }
+        runner.t5Factory = { config, weights in
+            try CUDAUMT5(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
+        }
+        // The VAE cases run on the GPU too, at the same precision (bf16: the products of its 3x3 and temporal convs).
+        runner.vaeFactory = { config, weights in try CUDAVAE(config: config, weights: weights, precision: precision, context: context, compiler: compiler) }
         if precision == .bf16 { runner.relL2Override = bf16RelL2 }
         return "device cuda:\(gpu.ordinal) \(gpu.name) (compute capability \(gpu.computeCapability)), precision \(precision.rawValue)"
             + (precision == .bf16 ? ", every output passes at rel_l2 \(bf16RelL2)" : ", the case files' tolerances")
