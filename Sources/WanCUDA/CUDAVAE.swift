@@ -17,8 +17,14 @@ import WanModels
 /// beta = 1 onto the shortcut. RMS_norm (+ SiLU) and the attention's softmax are kernels of Kernels/vae.cu; the
 /// attention's QKᵀ and PV are cuBLASLt products. The host does what `WanVAE` does on the host: the latent
 /// (de)normalisation, the planar <-> channels-last layout of the frames and the clamp to [-1, 1].
+///
+/// Precision: `.f32` (the default) is the exact path (f32 products, no TF32: the golden cases' tolerances). `.bf16`
+/// gathers the columns of the convs with taps (3x3 and temporal; Cin and Cout multiples of 8) rounded to bf16 and
+/// multiplies them with bf16 weights on the tensor cores (f32 accumulation, f32 output): half the column traffic and
+/// the bf16 matrix rate; activations, the causal state, the norms, the attention and the pointwise convs stay f32.
 public final class CUDAVAE {
     public let config: WanVAEConfig
+    public let precision: CUDAPrecision
     public let context: CUDAContext
     public let ops: CUDAOps
     public let pool: DeviceMemoryPool
@@ -33,9 +39,11 @@ public final class CUDAVAE {
     /// Bytes of the im2col column buffer (it only grows, up to `columnBudgetBytes`).
     public var columnBytes: Int { columns?.bytes ?? 0 }
 
-    /// A conv's weights: [out, kt, kh, kw, in] f32 (the official [out, in, kt, kh, kw] reordered), bias [out].
+    /// A conv's weights: [out, kt, kh, kw, in] f32 (the official [out, in, kt, kh, kw] reordered) and, for the bf16
+    /// products, the same in bf16; bias [out] f32.
     struct Conv {
         let weight: DeviceBuffer
+        let weightBF16: DeviceBuffer?
         let bias: DeviceBuffer
         let inChannels, outChannels, kt, kh, kw: Int
         /// The key of the conv's causal state (history, temporal resampler frames).
@@ -62,8 +70,10 @@ public final class CUDAVAE {
 
     /// Binds the weights strictly, as `WanVAE` does (a missing, unexpected or misshapen tensor throws), and uploads
     /// them once.
-    public init(config c: WanVAEConfig, weights source: WeightSource, context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
+    public init(config c: WanVAEConfig, weights source: WeightSource, precision: CUDAPrecision = .f32,
+                context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
         config = c
+        self.precision = precision
         let context = try context ?? CUDAContext()
         self.context = context
         ops = try CUDAOps(context: context, compiler: compiler)
@@ -81,6 +91,14 @@ public final class CUDAVAE {
             uploaded += buffer.bytes
             return buffer
         }
+        func uploadBF16(_ values: UnsafePointer<Float>, count: Int) throws -> DeviceBuffer {
+            var bits = [UInt16](repeating: 0, count: count)
+            bits.withUnsafeMutableBufferPointer { BFloat16.pack(values, into: $0.baseAddress!, count: count) }
+            let buffer = try context.allocate(bytes: count * 2)
+            try bits.withUnsafeBytes { try context.copy(toDevice: buffer.pointer, from: $0.baseAddress!, bytes: count * 2) }
+            uploaded += buffer.bytes
+            return buffer
+        }
         /// `name`.weight with the official `shape` [out, in, taps...] (kt, kh, kw: the taps' extent) and `name`.bias,
         /// as `halves` convs of out/halves channels each (every weight and bias buffer starts at its own allocation).
         func conv(_ name: String, _ shape: [Int], kt: Int, kh: Int, kw: Int, halves: Int) throws -> [Conv] {
@@ -95,9 +113,12 @@ public final class CUDAVAE {
             }
             defer { nextID += 1 }
             let part = cout / halves
+            // bf16 products for the convs that gather columns, where the rows stay 16-byte multiples.
+            let bf16 = precision == .bf16 && taps > 1 && cin % 8 == 0 && part % 8 == 0
             return try (0..<halves).map { h in
-                Conv(weight: try upload(reordered.data + h * part * taps * cin, count: part * taps * cin), bias: try upload(bias.data + h * part, count: part),
-                     inChannels: cin, outChannels: part, kt: kt, kh: kh, kw: kw, id: nextID)
+                let w = reordered.data + h * part * taps * cin
+                return Conv(weight: try upload(w, count: part * taps * cin), weightBF16: bf16 ? try uploadBF16(w, count: part * taps * cin) : nil,
+                            bias: try upload(bias.data + h * part, count: part), inChannels: cin, outChannels: part, kt: kt, kh: kh, kw: kw, id: nextID)
             }
         }
         func conv(_ name: String, _ shape: [Int], kt: Int, kh: Int, kw: Int) throws -> Conv { try conv(name, shape, kt: kt, kh: kh, kw: kw, halves: 1)[0] }
@@ -142,8 +163,9 @@ public final class CUDAVAE {
 
     /// Loads with the configuration of `arguments` (official constructor arguments) over the published defaults and
     /// what the checkpoint's shapes say, as `WanVAE(weights:arguments:)` does.
-    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil, context: CUDAContext? = nil) throws {
-        try self.init(config: WanVAEConfig(inferringFrom: source, arguments: arguments), weights: source, context: context)
+    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil, precision: CUDAPrecision = .f32,
+                            context: CUDAContext? = nil) throws {
+        try self.init(config: WanVAEConfig(inferringFrom: source, arguments: arguments), weights: source, precision: precision, context: context)
     }
 
     // MARK: frames and state
@@ -222,27 +244,30 @@ public final class CUDAVAE {
         let x = inputs[0]
         precondition(inputs.allSatisfy { $0.channels == c.inChannels && $0.height == x.height && $0.width == x.width }, "conv input mismatch")
         let k = frames * c.kh * c.kw * c.inChannels
-        let skipped = UInt64((c.kt - frames) * c.kh * c.kw * c.inChannels * 4)
+        let bf16 = c.weightBF16 != nil, type: DeviceDType = bf16 ? .bf16 : .f32
+        let skipped = UInt64((c.kt - frames) * c.kh * c.kw * c.inChannels * type.size)
         let pixels = outHeight * outWidth
         func product(rows: Int, row0: Int, x: UInt64, ldx: Int) throws {
             for (conv, out) in [(c, out)] + more {
-                precondition(out.height * out.width == pixels && out.channels == conv.outChannels && conv.rowLength == c.rowLength, "conv output mismatch")
-                try gemm.run(m: rows, n: out.channels, k: k, x: x, ldx: ldx, w: conv.weight.pointer + skipped, ldw: conv.rowLength, transposed: true,
-                             y: out.pointer + UInt64(row0 * out.channels * 4), ldy: out.channels, bias: conv.bias.pointer, accumulate: accumulate)
+                precondition(out.height * out.width == pixels && out.channels == conv.outChannels && conv.rowLength == c.rowLength
+                             && (conv.weightBF16 != nil) == bf16, "conv output mismatch")
+                try gemm.run(m: rows, n: out.channels, k: k, x: x, ldx: ldx, w: (conv.weightBF16 ?? conv.weight).pointer + skipped, ldw: conv.rowLength,
+                             transposed: true, y: out.pointer + UInt64(row0 * out.channels * 4), ldy: out.channels, bias: conv.bias.pointer,
+                             accumulate: accumulate, input: type)
             }
         }
-        if frames == 1 && c.kh == 1 && c.kw == 1 && stride == 1 && !up && padTop == 0 && padLeft == 0 {
+        if !bf16 && frames == 1 && c.kh == 1 && c.kw == 1 && stride == 1 && !up && padTop == 0 && padLeft == 0 {
             return try product(rows: pixels, row0: 0, x: x.pointer, ldx: c.inChannels)  // pointwise: the frame is its columns
         }
         // Chunks of whole 64-row blocks where possible (output rows then start 256-byte aligned).
-        var chunk = min(pixels, max(1, min(columnBudgetBytes / (4 * k), (Int(Int32.max) - 1) / k)))
+        var chunk = min(pixels, max(1, min(columnBudgetBytes / (type.size * k), (Int(Int32.max) - 1) / k)))
         if chunk < pixels && chunk >= 64 { chunk -= chunk % 64 }
-        let buffer = try columnBuffer(bytes: chunk * k * 4)
+        let buffer = try columnBuffer(bytes: chunk * k * type.size)
         let vector = c.inChannels % 4 == 0 ? 4 : 1
         var row0 = 0
         while row0 < pixels {
             let rows = min(chunk, pixels - row0)
-            try launch("vae_im2col_f32", grid: Self.blocks(rows * k / vector),
+            try launch(bf16 ? "vae_im2col_bf16" : "vae_im2col_f32", grid: Self.blocks(rows * k / vector),
                        [.pointer(buffer.pointer), .pointer(inputs[0].pointer), .pointer(frames > 1 ? inputs[1].pointer : 0),
                         .pointer(frames > 2 ? inputs[2].pointer : 0), .int32(Int32(frames)), .int32(Int32(x.height)), .int32(Int32(x.width)),
                         .int32(Int32(c.inChannels)), .int32(up ? 1 : 0), .int32(Int32(outWidth)), .int32(Int32(c.kh)), .int32(Int32(c.kw)),

@@ -11,7 +11,7 @@ enum EmulatedVAEKernels {
         let threads = block.0 * block.1 * block.2
         guard threads <= 256, block.1 == 1, block.2 == 1 else { return "block \(block): the VAE kernels take at most 256 threads in x" }
         switch name {
-        case "vae_im2col_f32":
+        case "vae_im2col_f32", "vae_im2col_bf16":
             let frames = a.int32(4), srcH = a.int32(5), srcW = a.int32(6), channels = a.int32(7), up = a.int32(8), outW = a.int32(9)
             let kh = a.int32(10), kw = a.int32(11), stride = a.int32(12), padTop = a.int32(13), padLeft = a.int32(14)
             let row0 = a.int64(15), rows = a.int64(16)
@@ -20,15 +20,23 @@ enum EmulatedVAEKernels {
             }
             let width = frames * kh * kw * channels
             guard rows * width < (1 << 31) else { return "\(rows) rows x \(width) columns pass the kernel's 32-bit index" }
+            let bf16 = name == "vae_im2col_bf16", size = bf16 ? 2 : 4
             let frameBytes = srcH * srcW * channels * 4
             let sources = (0..<frames).map { a.address(1 + $0) }
-            guard EmulatedDriver.inside(a.address(0), rows * width * 4), sources.allSatisfy({ EmulatedDriver.inside($0, frameBytes) }) else {
+            guard EmulatedDriver.inside(a.address(0), rows * width * size), sources.allSatisfy({ EmulatedDriver.inside($0, frameBytes) }) else {
                 return "the columns or an input frame run past an allocation"
             }
-            if channels % 4 == 0, !([a.address(0)] + sources).allSatisfy({ $0 % 16 == 0 }) {
-                return "float4 access needs 16-byte aligned columns and frames"
+            if channels % 4 == 0, a.address(0) % UInt64(4 * size) != 0 || !sources.allSatisfy({ $0 % 16 == 0 }) {
+                return "four-channel access needs \(4 * size)-byte aligned columns and 16-byte aligned frames"
             }
-            let col = floats(a.address(0)), input = sources.map(floats)
+            // Gathered in f32, then stored (rounded to nearest even for bf16).
+            let col = bf16 ? UnsafeMutablePointer<Float>.allocate(capacity: rows * width) : floats(a.address(0)), input = sources.map(floats)
+            defer {
+                if bf16 {
+                    BFloat16.pack(col, into: UnsafeMutablePointer<UInt16>(bitPattern: UInt(a.address(0)))!, count: rows * width)
+                    col.deallocate()
+                }
+            }
             let (inH, inW) = (srcH << up, srcW << up)
             for r in 0..<rows {
                 let p = row0 + r, oy = p / outW, ox = p % outW

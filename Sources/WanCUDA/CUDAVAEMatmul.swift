@@ -4,7 +4,8 @@ import Foundation
 /// and the attention need (what `CUDAMatmul.linear` does not offer):
 /// `Y[m, n] (+)= X[m, k] · op(W) + bias[n]`, X rows `ldx` apart, Y rows `ldy` apart, W stored [n, k] (`transposed`:
 /// X·Wᵀ, as a Linear or a conv's weight rows) or [k, n] (X·W), rows `ldw` apart; with `accumulate` the product is
-/// added to what Y holds (beta = 1). Always f32 in, f32 out, f32 accumulation (CUBLAS_COMPUTE_32F: no TF32).
+/// added to what Y holds (beta = 1). X and W f32 or bf16 (`input`), Y and the bias f32, always f32 accumulation
+/// (CUBLAS_COMPUTE_32F: no TF32).
 /// cuBLASLt is column-major: row-major Y [m, n] is column-major D [n, m] = op(A) · B with A = W (k x n, ld ldw,
 /// transposed; or n x k, ld ldw, plain), B = X (k x m, ld ldx) and C = D = Y (n x m, ld ldy); the bias (one value per
 /// row of D) is Y's per-column bias. The convolutions pass views inside buffers (a weight row's suffix, a chunk of
@@ -24,6 +25,7 @@ final class VAEMatmul {
         var m, n, k, ldx, ldw, ldy: Int
         var transposed: Bool
         var hasBias: Bool
+        var input: DeviceDType
         /// Alignment in bytes (a power of two up to 256) of W, X and Y.
         var alignW, alignX, alignY: UInt32
     }
@@ -64,16 +66,16 @@ final class VAEMatmul {
 
     private func makePlan(_ key: Key) throws -> Plan {
         let lt = cublas
-        let f32 = CublasLtConstants.CUDA_R_32F
+        let f32 = CublasLtConstants.CUDA_R_32F, type = key.input.cudaType
         var desc: OpaquePointer? = nil
         try check(lt.matmulDescCreate(&desc, CublasLtConstants.CUBLAS_COMPUTE_32F, f32), "cublasLtMatmulDescCreate")
         var a: OpaquePointer? = nil, b: OpaquePointer? = nil, d: OpaquePointer? = nil
         if key.transposed {
-            try check(lt.matrixLayoutCreate(&a, f32, UInt64(key.k), UInt64(key.n), Int64(key.ldw)), "cublasLtMatrixLayoutCreate(A)")
+            try check(lt.matrixLayoutCreate(&a, type, UInt64(key.k), UInt64(key.n), Int64(key.ldw)), "cublasLtMatrixLayoutCreate(A)")
         } else {
-            try check(lt.matrixLayoutCreate(&a, f32, UInt64(key.n), UInt64(key.k), Int64(key.ldw)), "cublasLtMatrixLayoutCreate(A)")
+            try check(lt.matrixLayoutCreate(&a, type, UInt64(key.n), UInt64(key.k), Int64(key.ldw)), "cublasLtMatrixLayoutCreate(A)")
         }
-        try check(lt.matrixLayoutCreate(&b, f32, UInt64(key.k), UInt64(key.m), Int64(key.ldx)), "cublasLtMatrixLayoutCreate(B)")
+        try check(lt.matrixLayoutCreate(&b, type, UInt64(key.k), UInt64(key.m), Int64(key.ldx)), "cublasLtMatrixLayoutCreate(B)")
         try check(lt.matrixLayoutCreate(&d, f32, UInt64(key.n), UInt64(key.m), Int64(key.ldy)), "cublasLtMatrixLayoutCreate(D)")
         let plan = Plan(cublas: lt, desc: desc!, a: a!, b: b!, d: d!)
         var transA = key.transposed ? CublasLtConstants.CUBLAS_OP_T : CublasLtConstants.CUBLAS_OP_N, transB = CublasLtConstants.CUBLAS_OP_N
@@ -106,19 +108,19 @@ final class VAEMatmul {
                 return plan
             }
             if epilogue == CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT {
-                throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(key.m)x\(key.n)x\(key.k), lds \(key.ldx)/\(key.ldw)/\(key.ldy), f32)",
+                throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(key.m)x\(key.n)x\(key.k), lds \(key.ldx)/\(key.ldw)/\(key.ldy), \(key.input) -> f32)",
                                            code: Int(status), message: "no algorithm (\(CublasLtConstants.statusName(status)), \(returned) returned)")
             }
         }
         fatalError("unreachable")
     }
 
-    /// `Y[m, n] (+)= X[m, k] · op(W) + bias[n]` (see the type); `bias` 0 for none.
+    /// `Y[m, n] (+)= X[m, k] · op(W) + bias[n]` (see the type); `bias` 0 for none; X and W of type `input`.
     func run(m: Int, n: Int, k: Int, x: UInt64, ldx: Int, w: UInt64, ldw: Int, transposed: Bool,
-             y: UInt64, ldy: Int, bias: UInt64 = 0, accumulate: Bool = false) throws {
+             y: UInt64, ldy: Int, bias: UInt64 = 0, accumulate: Bool = false, input: DeviceDType = .f32) throws {
         guard m > 0, n > 0, k > 0 else { return }
         precondition(bias % 16 == 0, "the bias must start a buffer")
-        let key = Key(m: m, n: n, k: k, ldx: ldx, ldw: ldw, ldy: ldy, transposed: transposed, hasBias: bias != 0,
+        let key = Key(m: m, n: n, k: k, ldx: ldx, ldw: ldw, ldy: ldy, transposed: transposed, hasBias: bias != 0, input: input,
                       alignW: Self.alignment(w), alignX: Self.alignment(x), alignY: Self.alignment(y))
         let plan: Plan
         if let cached = plans[key] { plan = cached } else {
@@ -137,14 +139,14 @@ final class VAEMatmul {
         if timings != nil { try context.synchronize(); start = CUDATimings.now() }
         defer {
             if let timings, (try? context.synchronize()) != nil {
-                timings.add("vae gemm f32 \(m)x\(n)x\(k)\(accumulate ? " +=" : "")", CUDATimings.now() - start, flops: 2 * Double(m) * Double(n) * Double(k))
+                timings.add("vae gemm \(input) \(m)x\(n)x\(k)\(accumulate ? " +=" : "")", CUDATimings.now() - start, flops: 2 * Double(m) * Double(n) * Double(k))
             }
         }
         let status = plan.algo.withUnsafeBytes { algo in
             cublas.matmul(cublas.handle, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.d, y, plan.d,
                           algo.baseAddress, workspace.pointer, workspace.bytes, nil)
         }
-        try check(status, "cublasLtMatmul(\(m)x\(n)x\(k), f32)")
+        try check(status, "cublasLtMatmul(\(m)x\(n)x\(k), \(input) -> f32)")
         if !plan.fused && bias != 0 {
             guard let addBias, ldy == n else {
                 throw CUDAError.callFailed(call: "cublasLtMatmul", code: -1, message: "no fused bias epilogue for \(m)x\(n)x\(k) (ldy \(ldy))")

@@ -16,11 +16,16 @@ extension KernelSelfTest {
                 try self.vaeIm2col(frames: 1, srcH: 3, srcW: 4, channels: 8, up: 1, outH: 6, outW: 8, k: 3, stride: 1, pad: 1, row0: 0, rows: 48) }),
             ("vae_im2col_f32 (2 frames, 1x1)", 0, {
                 try self.vaeIm2col(frames: 2, srcH: 3, srcW: 5, channels: 20, up: 0, outH: 3, outW: 5, k: 1, stride: 1, pad: 0, row0: 0, rows: 15) }),
+            ("vae_im2col_bf16 (3 frames, 3x3, pad 1)", 0, {
+                try self.vaeIm2col(frames: 3, srcH: 5, srcW: 7, channels: 16, up: 0, outH: 5, outW: 7, k: 3, stride: 1, pad: 1, row0: 2, rows: 31, bf16: true) }),
+            ("vae_im2col_bf16 (C 3, nearest 2x up)", 0, {
+                try self.vaeIm2col(frames: 1, srcH: 3, srcW: 4, channels: 3, up: 1, outH: 6, outW: 8, k: 3, stride: 1, pad: 1, row0: 0, rows: 48, bf16: true) }),
             ("vae_rms_norm_f32", 1e-6, { try self.vaeRMSNorm(silu: false) }),
             ("vae_rms_norm_f32 (SiLU)", 1e-6, { try self.vaeRMSNorm(silu: true) }),
             ("vae_softmax_f32", 1e-6, vaeSoftmax),
             ("cublasLt f32 strided, bias, +=", 1e-6, { try self.vaeProduct(transposed: true) }),
             ("cublasLt f32 X·W (strided W)", 1e-6, { try self.vaeProduct(transposed: false) }),
+            ("cublasLt bf16 -> f32 strided, bias, +=", 1e-5, { try self.vaeProduct(transposed: true, bf16: true) }),
         ]
     }
 
@@ -48,13 +53,13 @@ extension KernelSelfTest {
     }
 
     private func vaeIm2col(frames: Int, srcH: Int, srcW: Int, channels c: Int, up: Int, outH: Int, outW: Int, k: Int, stride: Int, pad: Int,
-                           row0: Int, rows: Int) throws -> ([Double], [Double]) {
+                           row0: Int, rows: Int, bf16: Bool = false) throws -> ([Double], [Double]) {
         let inputs = (0..<frames).map { Self.values(srcH * srcW * c, seed: UInt64(17 + $0)) }
         let buffers = try inputs.map(vaeUpload)
         let width = frames * k * k * c
-        let col = try context.allocate(bytes: rows * width * 4)
+        let col = try context.allocate(bytes: rows * width * (bf16 ? 2 : 4))
         let vector = c % 4 == 0 ? 4 : 1
-        try vaeFunction("vae_im2col_f32").launch(grid: ((rows * width / vector + 255) / 256, 1, 1), block: (256, 1, 1), [
+        try vaeFunction(bf16 ? "vae_im2col_bf16" : "vae_im2col_f32").launch(grid: ((rows * width / vector + 255) / 256, 1, 1), block: (256, 1, 1), [
             .buffer(col), .buffer(buffers[0]), .pointer(frames > 1 ? buffers[1].pointer : 0), .pointer(frames > 2 ? buffers[2].pointer : 0),
             .int32(Int32(frames)), .int32(Int32(srcH)), .int32(Int32(srcW)), .int32(Int32(c)), .int32(Int32(up)), .int32(Int32(outW)),
             .int32(Int32(k)), .int32(Int32(k)), .int32(Int32(stride)), .int32(Int32(pad)), .int32(Int32(pad)), .int64(Int64(row0)), .int64(Int64(rows))])
@@ -65,11 +70,20 @@ extension KernelSelfTest {
             for t in 0..<frames { for ky in 0..<k { for kx in 0..<k {
                 let iy = oy * stride - pad + ky, ix = ox * stride - pad + kx
                 let inside = iy >= 0 && iy < srcH << up && ix >= 0 && ix < srcW << up
-                for ch in 0..<c { reference.append(inside ? Double(inputs[t][((iy >> up) * srcW + (ix >> up)) * c + ch]) : 0) }
+                for ch in 0..<c {
+                    let v = inside ? inputs[t][((iy >> up) * srcW + (ix >> up)) * c + ch] : 0
+                    reference.append(Double(bf16 ? KernelSelfTest.float(bf16: KernelSelfTest.bf16(v)) : v))
+                }
             } } }
         }
         // The frames passed by address must outlive the (asynchronous) kernel.
-        return try withExtendedLifetime(buffers) { (try vaeDownload(col, rows * width), reference) }
+        let got = bf16 ? try vaeDownloadBF16(col, rows * width) : try vaeDownload(col, rows * width)
+        return withExtendedLifetime(buffers) { (got, reference) }
+    }
+
+    private func vaeDownloadBF16(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
+        try context.synchronize()
+        return try buffer.download(count: count, as: UInt16.self).map { Double(KernelSelfTest.float(bf16: $0)) }
     }
 
     private func vaeRMSNorm(silu: Bool) throws -> ([Double], [Double]) {
@@ -106,13 +120,24 @@ extension KernelSelfTest {
         return (try vaeDownload(ds, rows * cols), reference)
     }
 
-    /// transposed: Y[77, 40] (ld 40) += X[77, 96] (ld 100) · W[40, 96]ᵀ (ld 120) + b. Plain: Y[77, 40] = X[77, 96] ·
-    /// W[96, 40] (ld 120, as V inside the attention's [q | k | v] rows).
-    private func vaeProduct(transposed: Bool) throws -> ([Double], [Double]) {
-        let (m, n, k, ldx, ldw) = (77, 40, 96, 100, 120)
-        let x = Self.values(m * ldx, seed: 8), w = Self.values((transposed ? n : k) * ldw, seed: 9, scale: 0.1)
+    /// transposed: Y[77, 40] (ld 40) += X[77, 96] (ld 104) · W[40, 96]ᵀ (ld 120) + b. Plain: Y[77, 40] = X[77, 96] ·
+    /// W[96, 40] (ld 120, as V inside the attention's [q | k | v] rows). bf16: X and W in bf16 (the reference sees the
+    /// same rounded values), Y and b f32.
+    private func vaeProduct(transposed: Bool, bf16: Bool = false) throws -> ([Double], [Double]) {
+        let (m, n, k, ldx, ldw) = (77, 40, 96, 104, 120)
+        var x = Self.values(m * ldx, seed: 8), w = Self.values((transposed ? n : k) * ldw, seed: 9, scale: 0.1)
         let b = Self.values(n, seed: 10), y0 = Self.values(m * n, seed: 11)
-        let dx = try vaeUpload(x), dw = try vaeUpload(w), db = try vaeUpload(b), dy = try vaeUpload(y0)
+        if bf16 {
+            x = x.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+            w = w.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+        }
+        func put(_ v: [Float]) throws -> DeviceBuffer {
+            guard bf16 else { return try vaeUpload(v) }
+            let buffer = try context.allocate(bytes: v.count * 2)
+            try buffer.upload(v.map(KernelSelfTest.bf16))
+            return buffer
+        }
+        let dx = try put(x), dw = try put(w), db = try vaeUpload(b), dy = try vaeUpload(y0)
         let gemm = try VAEMatmul(context: context)
         let biasAct = try vaeFunction("bias_act_f32", module: "elementwise.cu")
         gemm.addBias = { y, bias, rows, cols in
@@ -120,7 +145,7 @@ extension KernelSelfTest {
                                [.pointer(y), .pointer(bias), .int64(Int64(rows)), .int32(Int32(cols)), .int32(0)])
         }
         try gemm.run(m: m, n: n, k: k, x: dx.pointer, ldx: ldx, w: dw.pointer, ldw: ldw, transposed: transposed, y: dy.pointer, ldy: n,
-                     bias: transposed ? db.pointer : 0, accumulate: transposed)
+                     bias: transposed ? db.pointer : 0, accumulate: transposed, input: bf16 ? .bf16 : .f32)
         var reference = [Double](repeating: 0, count: m * n)
         for i in 0..<m {
             for j in 0..<n {

@@ -16,7 +16,8 @@ struct BenchVAE: ParsableCommand {
     @Flag(help: "Print where the time goes (per op kind).") var profile = false
     @Flag(help: "With --profile: convolutions per shape.") var profileShapes = false
     @Option(help: "Decode tile by tile with at most this many GB of causal state per tile (not bit-exact).") var tileBudget: Double?
-    @Option(help: "Where to run: cpu, cuda (an NVIDIA GPU, f32) or auto.") var device: String = "cpu"
+    @Option(help: "Where to run: cpu, cuda (an NVIDIA GPU) or auto.") var device: String = "cpu"
+    @Option(help: "With --device cuda: f32 (exact, no TF32) or bf16 (the 3x3 and temporal convs' products in bf16, f32 accumulation).") var precision: String = "f32"
 
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(256, 256, 5), (832, 480, 1)]

@@ -4,13 +4,14 @@ import WanKit
 import WanCUDA
 
 extension BenchVAE {
-    /// `wan bench vae --device cuda`: the VAE on the GPU (f32) with weights uploaded once (random weights in the real
+    /// `wan bench vae --device cuda`: the VAE on the GPU (--precision f32 or bf16) with weights uploaded once (random weights in the real
     /// shapes, or --weights). Per shape: a warm-up decode/encode of 9 frames (cuBLASLt plans for every shape, kernels
     /// loaded), then the timed run with the frames streamed back to the host and dropped; seconds, seconds per frame,
     /// peak GPU memory (cuMemGetInfo: total - lowest free seen, so it includes the CUDA context) and what WanKit
     /// allocated (weights + frame pool peak + im2col columns).
     func runCUDA(gpu: GPUInfo, shapes: [(w: Int, h: Int, f: Int)]) throws {
         guard tileBudget == nil else { throw ValidationError("--tile-budget is for --device cpu (the GPU decodes whole frames)") }
+        let precision = try CUDABackend.precision(self.precision)
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
         let context = try CUDAContext(ordinal: gpu.ordinal)
         let total = try context.memoryInfo().total
@@ -20,16 +21,16 @@ extension BenchVAE {
         let vae: CUDAVAE
         if let weights {
             let w = try openVAEWeights(path: weights)
-            vae = try CUDAVAE(weights: w.source, arguments: w.arguments, context: context)
+            vae = try CUDAVAE(weights: w.source, arguments: w.arguments, precision: precision, context: context)
         } else {
-            vae = try CUDAVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7), context: context)
+            vae = try CUDAVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7), precision: precision, context: context)
         }
         let loadSeconds = now() - t0
         let compileStart = now()
         try vae.ops.loadAll()
         let compileSeconds = now() - compileStart
-        log(String(format: "Wan-VAE on %@: weights uploaded (%.0f MiB f32) in %.1f s; kernels ready in %.1f s",
-                   gpu.name, Double(vae.weightBytes) / 1_048_576, loadSeconds, compileSeconds))
+        log(String(format: "Wan-VAE on %@ (%@): weights uploaded (%.0f MiB) in %.1f s; kernels ready in %.1f s",
+                   gpu.name, precision.rawValue, Double(vae.weightBytes) / 1_048_576, loadSeconds, compileSeconds))
         func randomFrame(_ index: Int, _ planar: UnsafeMutablePointer<Float>, _ count: Int) {
             var state = UInt64(index + 1) &* 0x9E37_79B9_7F4A_7C15
             for i in 0..<count {
@@ -81,7 +82,7 @@ extension BenchVAE {
                 }
                 if json {
                     var obj: [String: Any] = [
-                        "op": what, "device": "cuda:\(gpu.ordinal)", "gpu": gpu.name, "precision": "f32", "size": "\(s.w)x\(s.h)", "frames": s.f,
+                        "op": what, "device": "cuda:\(gpu.ordinal)", "gpu": gpu.name, "precision": precision.rawValue, "size": "\(s.w)x\(s.h)", "frames": s.f,
                         "seconds": seconds, "seconds_per_frame": seconds / Double(s.f), "warmup_9_frames_seconds": warmSeconds,
                         "load_seconds": loadSeconds, "kernel_compile_seconds": compileSeconds, "peak_gpu_bytes": peak,
                         "allocated_peak_bytes": allocated, "weight_bytes": vae.weightBytes, "total_gpu_bytes": total, "output_finite": finite]
@@ -89,8 +90,8 @@ extension BenchVAE {
                     if profile { obj["profile"] = profileLines }
                     print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
                 } else {
-                    print(String(format: "vae %@ %dx%dx%d on %@ (f32): %.2f s (%.4f s/frame), 9-frame warm-up %.2f s, peak GPU memory %.2f GiB (WanKit %.2f GiB)%@",
-                                 what, s.w, s.h, s.f, gpu.name, seconds, seconds / Double(s.f), warmSeconds,
+                    print(String(format: "vae %@ %dx%dx%d on %@ (%@): %.2f s (%.4f s/frame), 9-frame warm-up %.2f s, peak GPU memory %.2f GiB (WanKit %.2f GiB)%@",
+                                 what, s.w, s.h, s.f, gpu.name, precision.rawValue, seconds, seconds / Double(s.f), warmSeconds,
                                  Double(peak) / 1_073_741_824, Double(allocated) / 1_073_741_824, finite ? "" : ", OUTPUT NOT FINITE"))
                     for line in profileLines { print("  " + line) }
                 }

@@ -49,7 +49,8 @@ final class CUDAVAETests: XCTestCase {
     }
 
     /// Decode and encode on the emulator equal the CPU VAE at f32 (1e-5), with the columns whole and in many small
-    /// chunks, and with cuBLASLt's bias epilogue and with the bias_act fallback.
+    /// chunks, and with cuBLASLt's bias epilogue and with the bias_act fallback; bf16 (columns and weights of the
+    /// 3x3/temporal convs rounded to bf16) within 2e-2, as the DiT's bf16 path.
     func testCUDAVAEOnTheEmulatorMatchesTheCPUVAE() throws {
         let (context, compiler, cache) = try emulatorOrSkip()
         defer { CUDAEmulator.uninstall(); CUDAEmulator.refuseFusedEpilogues = false; try? FileManager.default.removeItem(atPath: cache) }
@@ -58,12 +59,13 @@ final class CUDAVAETests: XCTestCase {
         let video = try random([3, 9, 32, 48], seed: 4, scale: 1)
         let expectedVideo = try cpu.decode(latent)
         let expectedLatent = try cpu.encode(video)
-        for (budget, refuse) in [(512 << 20, false), (6000, true)] {
+        for (precision, tolerance, budget, refuse) in [(CUDAPrecision.f32, 1e-5, 512 << 20, false), (.f32, 1e-5, 6000, true), (.bf16, 2e-2, 512 << 20, false),
+                                                       (.bf16, 2e-2, 5000, true)] {
             CUDAEmulator.refuseFusedEpilogues = refuse
-            let gpu = try CUDAVAE(config: config, weights: weights, context: context, compiler: compiler)
+            let gpu = try CUDAVAE(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
             gpu.columnBudgetBytes = budget
-            assertClose(try gpu.decode(latent), expectedVideo, 1e-5, "decode (columns \(budget) B, fused bias \(!refuse))")
-            assertClose(try gpu.encode(video), expectedLatent, 1e-5, "encode (columns \(budget) B, fused bias \(!refuse))")
+            assertClose(try gpu.decode(latent), expectedVideo, tolerance, "\(precision) decode (columns \(budget) B, fused bias \(!refuse))")
+            assertClose(try gpu.encode(video), expectedLatent, tolerance, "\(precision) encode (columns \(budget) B, fused bias \(!refuse))")
         }
         XCTAssertEqual(CUDAEmulator.refusals, [], "launches or products the emulator refused")
     }
@@ -139,10 +141,13 @@ final class CUDAVAETests: XCTestCase {
             throw XCTSkip("no usable GPU, this GPU check did not run: \(ComputeDevice.shortReason(error))")
         }
         let (config, weights, cpu) = try tinyVAE(dim: 32)
-        let gpu = try CUDAVAE(config: config, weights: weights, context: context)
         let latent = try random([16, 3, 6, 10], seed: 3, scale: 3)
         let video = try random([3, 9, 48, 80], seed: 4, scale: 1)
-        assertClose(try gpu.decode(latent), try cpu.decode(latent), 1e-4, "GPU decode")
-        assertClose(try gpu.encode(video), try cpu.encode(video), 1e-4, "GPU encode")
+        let expectedVideo = try cpu.decode(latent), expectedLatent = try cpu.encode(video)
+        for (precision, tolerance) in [(CUDAPrecision.f32, 1e-4), (.bf16, 2e-2)] {
+            let gpu = try CUDAVAE(config: config, weights: weights, precision: precision, context: context)
+            assertClose(try gpu.decode(latent), expectedVideo, tolerance, "GPU \(precision) decode")
+            assertClose(try gpu.encode(video), expectedLatent, tolerance, "GPU \(precision) encode")
+        }
     }
 }

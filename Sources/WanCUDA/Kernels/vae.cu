@@ -1,9 +1,10 @@
 // Kernels of the Wan-VAE on the GPU (CUDAVAE). Activations are single frames, channels-last [H, W, C], f32; the
 // convolutions are products (cuBLASLt) over the columns `vae_im2col_f32` gathers.
 //
-//   vae_im2col_f32:   the columns of a conv for a range of output pixels of one frame, over 1-3 input frames
+//   vae_im2col_f32/_bf16: the columns of a conv for a range of output pixels of one frame, over 1-3 input frames
 //                     (a causal conv's history and the new frame, or the three frames of the temporal downsampler),
-//                     with zero padding, stride and an optional nearest-2x upsampling of the input folded in.
+//                     with zero padding, stride and an optional nearest-2x upsampling of the input folded in; in f32
+//                     or rounded to bf16 (the bf16 products).
 //   vae_rms_norm_f32: the official RMS_norm over channels, y = x / max(||x||, 1e-12) * sqrt(C) * gamma, then SiLU
 //                     when `silu` is 1 (the residual blocks and the head); out may equal x.
 //   vae_softmax_f32:  softmax(scale * s) along each row, in place (the per-frame attention's scores).
@@ -14,12 +15,19 @@
 // ix = ox * stride - pad_left + kx, and 0 where (iy, ix) lies outside the input. X_t is frame t of (f0, f1, f2), the
 // oldest first; only the first `frames` pointers are read. With up = 1 the input is the nearest-2x upsampling of the
 // stored src_h x src_w frame (input size 2 src_h x 2 src_w, X(iy, ix) = src(iy / 2, ix / 2)); with up = 0 it is the
-// stored frame. C % 4 == 0 moves four channels per thread (frames and col 16-byte aligned, as device buffers are).
-// The host keeps rows * frames * kh * kw * C below 2^31. Launch: any grid (grid-stride loop), e.g. 256 threads.
-extern "C" __global__ void __launch_bounds__(256)
-vae_im2col_f32(float* col, const float* f0, const float* f1, const float* f2, int frames, int src_h, int src_w,
-               int channels, int up, int out_w, int kh, int kw, int stride, int pad_top, int pad_left, long row0,
-               long rows) {
+// stored frame. C % 4 == 0 moves four channels per thread (frames 16-byte and col 16 (f32) / 8 (bf16) byte aligned,
+// as device buffers are). The frames are f32; `vae_im2col_bf16` writes the columns rounded to bf16 (to nearest even)
+// for the bf16 products. The host keeps rows * frames * kh * kw * C below 2^31. Launch: any grid (grid-stride loop),
+// e.g. 256 threads.
+__device__ __forceinline__ void store4(float* dst, float4 v) { *reinterpret_cast<float4*>(dst) = v; }
+__device__ __forceinline__ void store4(bf16* dst, float4 v) {
+    *reinterpret_cast<uint2*>(dst) = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
+}
+
+template <typename T>
+__device__ __forceinline__ void im2col_body(T* col, const float* f0, const float* f1, const float* f2, int frames,
+                                            int src_h, int src_w, int channels, int up, int out_w, int kh, int kw,
+                                            int stride, int pad_top, int pad_left, long row0, long rows) {
     const unsigned vec = (channels & 3) == 0 ? 4u : 1u;
     const unsigned groups = (unsigned)channels / vec;
     const unsigned window = (unsigned)(kh * kw);
@@ -38,16 +46,29 @@ vae_im2col_f32(float* col, const float* f0, const float* f1, const float* f2, in
         const int ky = (int)(k / (unsigned)kw), kx = (int)(k - (unsigned)ky * (unsigned)kw);
         const int iy = oy * stride - pad_top + ky, ix = ox * stride - pad_left + kx;
         const float* f = t == 0 ? f0 : (t == 1 ? f1 : f2);
-        float* dst = col + (long)r * width + (long)tap * channels + (long)g * vec;
+        T* dst = col + (long)r * width + (long)tap * channels + (long)g * vec;
         const bool inside = iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
         const long src = inside ? ((long)(iy >> up) * src_w + (ix >> up)) * channels + (long)g * vec : 0;
         if (vec == 4u) {
-            const float4 v = inside ? *reinterpret_cast<const float4*>(f + src) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            *reinterpret_cast<float4*>(dst) = v;
+            store4(dst, inside ? *reinterpret_cast<const float4*>(f + src) : make_float4(0.0f, 0.0f, 0.0f, 0.0f));
         } else {
-            dst[0] = inside ? f[src] : 0.0f;
+            store_float(dst, 0, inside ? f[src] : 0.0f);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+vae_im2col_f32(float* col, const float* f0, const float* f1, const float* f2, int frames, int src_h, int src_w,
+               int channels, int up, int out_w, int kh, int kw, int stride, int pad_top, int pad_left, long row0,
+               long rows) {
+    im2col_body(col, f0, f1, f2, frames, src_h, src_w, channels, up, out_w, kh, kw, stride, pad_top, pad_left, row0, rows);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+vae_im2col_bf16(bf16* col, const float* f0, const float* f1, const float* f2, int frames, int src_h, int src_w,
+                int channels, int up, int out_w, int kh, int kw, int stride, int pad_top, int pad_left, long row0,
+                long rows) {
+    im2col_body(col, f0, f1, f2, frames, src_h, src_w, channels, up, out_w, kh, kw, stride, pad_top, pad_left, row0, rows);
 }
 
 // x, out: [rows, channels]; gamma: [channels]. One warp per row (grid-stride over rows): launch 256 threads (8 rows
