@@ -19,6 +19,12 @@ extension CUDADiT: DiTDenoiser {
         }
         return try forward(x: x, y: y, t: t, context: prepared)
     }
+
+    /// The workspace and every free pooled buffer go back to the driver.
+    public func releaseActivations() {
+        releaseWorkspace()
+        pool.trim()
+    }
 }
 
 /// GPU memory of one DiT job, as `CUDADiT` allocates it: the pre-flight that refuses a job before anything is

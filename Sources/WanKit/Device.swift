@@ -91,3 +91,24 @@ extension ModelLoader {
         return (TextConditioner(tokenizer: try tokenizer(files.tokenizer!), encoder: encoder), note)
     }
 }
+
+extension ModelLoader {
+    /// The Wan-VAE beside a DiT on `placement`: on the GPU when its weights and the causal state of a
+    /// `width` x `height` video (encode or decode, whichever is larger) fit in the GPU's free memory now (load it after
+    /// the DiT and umT5; the DiT hands its activations back before the decode), else on the CPU with `note` saying
+    /// why. On the CPU placement, the CPU VAE.
+    public static func vae(_ path: String, on placement: DiTPlacement, width: Int, height: Int) throws -> (vae: any VAECoding, note: String?) {
+        guard let gpu = placement.gpu else { return (try vae(path), nil) }
+        let w = try openVAEWeights(path: path)
+        let config = WanVAEConfig(inferringFrom: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:])
+        let model = try CUDAVAE(config: config, weights: w.source, precision: placement.precision, context: gpu)
+        let state = max(config.decodeStateBytes(width: width, height: height), config.encodeStateBytes(width: width, height: height))
+        let need = state + model.columnBudgetBytes + CUDADiTMemory.reserveBytes
+        let free = try gpu.memoryInfo().free
+        guard need <= free else {
+            return (try vae(path), String(format: "the VAE runs on the CPU: at %dx%d it needs %.1f GB of GPU memory, %.1f GB is free beside the DiT",
+                                          width, height, Double(need + model.weightBytes) / 1e9, Double(free + model.weightBytes) / 1e9))
+        }
+        return (model, nil)
+    }
+}

@@ -204,13 +204,13 @@ public enum ImageConditioning {
 struct ImageConditionedSampler {
     let text: TextConditioner
     let dit: any DiTDenoiser
-    let vae: WanVAE
+    let vae: any VAECoding
     let clip: CLIPVision?
     let lastFrame: Bool
     let defaultNegative: String
 
     /// Checks the models fit together for `task` ("i2v" or "flf2v").
-    static func check(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE, clip: CLIPVision?, task: String, name: String) throws {
+    static func check(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: CLIPVision?, task: String, name: String) throws {
         let c = dit.config
         guard c.modelType == task else {
             throw GenerationError.modelMismatch("this is a \(c.modelType) DiT; \(name) needs a \(task) model (in_dim \(2 * vae.config.zDim + 4), with img_emb\(task == "flf2v" ? " and img_emb.emb_pos" : ""))")
@@ -314,11 +314,12 @@ public final class ImageToVideo: @unchecked Sendable {
     public typealias Event = ImagePipelineEvent
     public let text: TextConditioner
     public let dit: any DiTDenoiser
-    public let vae: WanVAE
+    /// The VAE on its backend: `WanVAE` (CPU) or `CUDAVAE` (GPU).
+    public let vae: any VAECoding
     /// The CLIP vision tower; nil when the caller always passes precomputed CLIP features.
     public let clip: CLIPVision?
 
-    public init(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE, clip: CLIPVision? = nil) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: CLIPVision? = nil) throws {
         try ImageConditionedSampler.check(text: text, dit: dit, vae: vae, clip: clip, task: "i2v", name: "image-to-video")
         self.text = text; self.dit = dit; self.vae = vae; self.clip = clip
     }
@@ -347,6 +348,7 @@ public final class ImageToVideo: @unchecked Sendable {
     /// Decodes a latent, streaming chunks of frames ([3, n, H, W] in [-1, 1], index of the first frame).
     public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
                        onFrames: (Tensor, Int) throws -> Void) throws {
+        dit.releaseActivations()
         try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
     }
 
@@ -369,10 +371,11 @@ public final class FirstLastFrameToVideo: @unchecked Sendable {
     public typealias Event = ImagePipelineEvent
     public let text: TextConditioner
     public let dit: any DiTDenoiser
-    public let vae: WanVAE
+    /// The VAE on its backend: `WanVAE` (CPU) or `CUDAVAE` (GPU).
+    public let vae: any VAECoding
     public let clip: CLIPVision?
 
-    public init(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE, clip: CLIPVision? = nil) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: CLIPVision? = nil) throws {
         try ImageConditionedSampler.check(text: text, dit: dit, vae: vae, clip: clip, task: "flf2v", name: "first-last-frame-to-video")
         self.text = text; self.dit = dit; self.vae = vae; self.clip = clip
     }
@@ -392,6 +395,7 @@ public final class FirstLastFrameToVideo: @unchecked Sendable {
 
     public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
                        onFrames: (Tensor, Int) throws -> Void) throws {
+        dit.releaseActivations()
         try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
     }
 

@@ -106,7 +106,8 @@ public final class TextToVideo: @unchecked Sendable {
     public let text: TextConditioner
     /// The DiT on its backend: `WanDiT` (CPU) or `CUDADiT` (GPU).
     public let dit: any DiTDenoiser
-    public let vae: WanVAE
+    /// The VAE on its backend: `WanVAE` (CPU) or `CUDAVAE` (GPU).
+    public let vae: any VAECoding
 
     /// What a caller may observe along the way (for tests and parity checks).
     public enum Event {
@@ -115,7 +116,7 @@ public final class TextToVideo: @unchecked Sendable {
         case latentAfterStep(Int, Tensor)
     }
 
-    public init(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding) throws {
         guard dit.config.textDim == text.encoder.config.dim else {
             throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(dit.config.textDim) but the text encoder makes \(text.encoder.config.dim)")
         }
@@ -161,6 +162,7 @@ public final class TextToVideo: @unchecked Sendable {
     /// Decodes a latent, streaming chunks of frames ([3, n, H, W] in [-1, 1], index of the first frame).
     public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
                        onFrames: (Tensor, Int) throws -> Void) throws {
+        dit.releaseActivations()
         try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
     }
 
@@ -244,7 +246,7 @@ enum PipelineCore {
     /// The streamed VAE decode with progress and cancellation. The weight mappings' resident pages (the DiT's, the
     /// text encoder's) are handed back first: they are not read while decoding, and the VAE's state needs the room
     /// (they come back from the page cache if the models run again).
-    static func decode(vae: WanVAE, _ latent: Tensor, progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?,
+    static func decode(vae: any VAECoding, _ latent: Tensor, progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?,
                        onFrames: (Tensor, Int) throws -> Void) throws {
         MappedFile.releaseAllResidentPages()
         var total = latent.shape[1]
@@ -259,10 +261,10 @@ enum PipelineCore {
             progress?(GenerationProgress(stage: .decoding, step: done, total: total, secondsPerStep: per, secondsLeft: per * Double(total - done)))
         }
         // The exact decode holds the causal state of the whole frame (`decodeStateBytes`); only when that cannot fit
-        // in the memory available now does the decode go tile by tile (not bit-exact, see `decodeTiled`).
+        // in the memory available now does the CPU decode go tile by tile (not bit-exact, see `decodeTiled`).
         let (h, w, sf) = (latent.shape[2], latent.shape[3], vae.config.spatialFactor)
         let need = vae.config.decodeStateBytes(width: w * sf, height: h * sf)
-        if let available = MemoryEstimate.availableBytes(), need > available / 4 * 3 {
+        if let vae = vae as? WanVAE, let available = MemoryEstimate.availableBytes(), need > available / 4 * 3 {
             let tiles = vae.config.decodeTiles(latentHeight: h, latentWidth: w, stateBudget: available / 2)
             if tiles.rows * tiles.columns > 1 {
                 total *= tiles.rows * tiles.columns

@@ -214,9 +214,10 @@ public final class VACEPipeline: @unchecked Sendable {
     public typealias Event = VACEPipelineEvent
     public let text: TextConditioner
     public let dit: WanVACEDiT
-    public let vae: WanVAE
+    /// The VAE on its backend: `WanVAE` (CPU) or `CUDAVAE` (GPU).
+    public let vae: any VAECoding
 
-    public init(text: TextConditioner, dit: WanVACEDiT, vae: WanVAE) throws {
+    public init(text: TextConditioner, dit: WanVACEDiT, vae: any VAECoding) throws {
         let c = dit.config.dit, z = vae.config.zDim, s = vae.config.spatialFactor
         guard c.textDim == text.encoder.config.dim else {
             throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(c.textDim) but the text encoder makes \(text.encoder.config.dim)")

@@ -15,9 +15,9 @@ import WanSampling
 ///   own sigma table after the shift, then steps k..<steps; a multistep solver starts there at first order.
 public final class VideoToVideo: @unchecked Sendable {
     public let textToVideo: TextToVideo
-    public var vae: WanVAE { textToVideo.vae }
+    public var vae: any VAECoding { textToVideo.vae }
 
-    public init(text: TextConditioner, dit: any DiTDenoiser, vae: WanVAE) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding) throws {
         textToVideo = try TextToVideo(text: text, dit: dit, vae: vae)
     }
 

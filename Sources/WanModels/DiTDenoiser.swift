@@ -16,6 +16,13 @@ public protocol DiTDenoiser: AnyObject {
     func velocity(x: Tensor, y: Tensor?, t: Float, conditioning: DiTConditioning) throws -> Tensor
     /// One forward pass from a golden-case input; `trace` receives the official modules' intermediates.
     func forward(_ input: DiTInput, trace: ((String, Tensor) -> Void)?) throws -> Tensor
+    /// Hands back the memory of the forward's activations (the weights stay): the pipelines call it when sampling is
+    /// done, before the VAE decode needs the room.
+    func releaseActivations()
+}
+
+extension DiTDenoiser {
+    public func releaseActivations() {}
 }
 
 extension DiTContext: DiTConditioning {}

@@ -223,13 +223,20 @@ extension WanVAEConfig {
     }
 }
 
-/// A Wan-VAE whichever backend runs it (`WanVAE` on the CPU, `CUDAVAE` on a GPU): what the conformance runner needs.
+/// A Wan-VAE whichever backend runs it (`WanVAE` on the CPU, `CUDAVAE` on a GPU): what the pipelines and the
+/// conformance runner need.
 public protocol VAECoding: AnyObject {
     var config: WanVAEConfig { get }
     /// Video [3, 1+4k, H, W] in [-1, 1] -> normalised latent [16, 1+k, H/8, W/8].
     func encode(_ video: Tensor) throws -> Tensor
     /// Normalised latent [16, F, h, w] -> video [3, 1+4(F-1), 8h, 8w] clamped to [-1, 1].
     func decode(_ latent: Tensor) throws -> Tensor
+    /// Streaming decode: each latent frame's pixels ([3, n, H, W] in [-1, 1], index of the first frame) as soon as
+    /// they are decoded.
+    func decode(_ latent: Tensor, onFrames: (Tensor, Int) throws -> Void) throws
+    /// Streaming encode: `readFrame(i, planar)` fills frame i as [3, H, W] in [-1, 1], in order.
+    func encode(frames T: Int, height H: Int, width W: Int,
+                readFrame: (_ index: Int, _ planar: UnsafeMutablePointer<Float>) throws -> Void) throws -> Tensor
 }
 
 extension WanVAE: VAECoding {}

@@ -217,7 +217,7 @@ struct Generate: ParsableCommand {
                 throw ValidationError("this is an \(dit.config.modelType) model: it takes --image, not --video (video-to-video needs a T2V model, editing a video a VACE model)")
             }
             let text = try loadText(files, folder: folder, placement: placement)
-            let vaeModel = try ModelLoader.vae(files.vae!)
+            let vaeModel = try loadVAE(files.vae!, placement: placement, width: settings.width, height: settings.height)
             log("DiT: \(dit.config) on \(dit.backendDescription)")
             if let video {
                 let s = strength ?? 0.6
@@ -310,7 +310,7 @@ struct Generate: ParsableCommand {
             clipModel = try CLIPVision(weights: clipWeights.source, arguments: clipWeights.arguments ?? [:])
         }
         let text = try loadText(files, folder: "the model folder", placement: placement)
-        let vaeModel = try ModelLoader.vae(files.vae!)
+        let vaeModel = try loadVAE(files.vae!, placement: placement, width: t.width, height: t.height)
         log("DiT: \(ditModel.config) on \(ditModel.backendDescription)")
         var metadata: [String: Any] = ["prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
                                        "guide_scale": Double(s.guideScale), "seed": s.seed, "solver": s.solver.rawValue,
@@ -348,7 +348,15 @@ struct Generate: ParsableCommand {
         return text
     }
 
-    func report(_ p: GenerationProgress) {
+    /// The VAE, on the DiT's GPU when it fits there (said in a line when it does not).
+    func loadVAE(_ path: String, placement: DiTPlacement, width: Int, height: Int) throws -> any VAECoding {
+        let (vae, note) = try ModelLoader.vae(path, on: placement, width: width, height: height)
+        if let note { log("note: \(note)") }
+        if placement.isGPU && note == nil { log("VAE on \(placement)") }
+        return vae
+    }
+
+        func report(_ p: GenerationProgress) {
         switch p.stage {
         case .encodingText: log("[text] encoding the prompts")
         case .encodingVideo:

@@ -52,6 +52,7 @@ extension CLITests {
         XCTAssertEqual(gpu.status, 0, gpu.stderr)
         XCTAssertTrue(gpu.stderr.contains("on cuda:0 WanKit CUDA emulator (CPU) (f32)"), gpu.stderr)
         XCTAssertTrue(gpu.stderr.contains("umT5 on cuda:0"), gpu.stderr)
+        XCTAssertTrue(gpu.stderr.contains("VAE on cuda:0"), gpu.stderr)
         let cpu = try run(["generate"] + imageArgs(dir + "/cpu.png") + ["--device", "cpu"])
         XCTAssertEqual(cpu.status, 0, cpu.stderr)
         let a = try MediaReader.image(dir + "/gpu.png"), b = try MediaReader.image(dir + "/cpu.png")
