@@ -32,7 +32,19 @@ public final class CUDAVAE {
     /// Device bytes of the uploaded weights.
     public private(set) var weightBytes = 0
     /// The most bytes of im2col columns gathered at once (larger convs run in chunks of output rows).
-    public var columnBudgetBytes = 512 << 20
+    public var columnBudgetBytes = CUDAVAE.defaultColumnBudgetBytes
+    public static let defaultColumnBudgetBytes = 512 << 20
+
+    /// Device bytes a CUDAVAE holds besides the causal state and the frames in flight (`WanVAEConfig.decodeStateBytes`,
+    /// or `encodeStateBytes` for an encode): the weights of both coders (f32; bf16 adds bf16 copies of the 3x3 and
+    /// temporal convs), the column buffer, the largest attention's L x L scores for a latent of `latentPixels` (h·w)
+    /// and cuBLASLt's workspace. An upper bound: the pool rounds buffers up by at most 2 MiB each.
+    public static func fixedDeviceBytes(config: WanVAEConfig, latentPixels: Int, precision: CUDAPrecision,
+                                        columnBudgetBytes: Int = defaultColumnBudgetBytes) -> Int {
+        let weights = config.parameterCount * (precision == .bf16 ? 6 : 4)
+        let attention = latentPixels * (config.attentionPixelFactors.max() ?? 0)
+        return weights + columnBudgetBytes + 4 * attention * attention + CUDAMatmul.defaultWorkspaceBytes
+    }
     /// Per-kernel and per-product wall time when set (each launch synchronised: for profiling only).
     public var timings: CUDATimings? { didSet { gemm.timings = timings } }
     private var columns: DeviceBuffer?

@@ -166,6 +166,41 @@ extension WanVAEConfig {
         }
     }
 
+    /// Parameters of the whole model (encoder, decoder, conv1, conv2): 126.9M for Wan2.1.
+    public var parameterCount: Int {
+        func count(_ layer: WanVAELayer) -> Int {
+            switch layer {
+            case .conv(_, let i, let o): return 27 * i * o + o
+            case .res(_, let i, let o): return i + o + (27 * i * o + o) + (27 * o * o + o) + (i != o ? i * o + o : 0)
+            case .attn(_, let c): return c + 3 * c * c + 3 * c + c * c + c
+            case .spatialDown(_, let c): return 9 * c * c + c
+            case .timeDown(_, let c): return 3 * c * c + c
+            case .timeUp(_, let c): return 6 * c * c + 2 * c
+            case .spatialUp(_, let i, let o): return 9 * i * o + o
+            case .head(_, let i, let o): return i + 27 * i * o + o
+            }
+        }
+        let z = zDim
+        return (encoderLayers + decoderLayers).reduce(0) { $0 + count($1) } + (4 * z * z + 2 * z) + (z * z + z)
+    }
+
+    /// Pixels of the frames each attention block sees, relative to the latent's (1 at latent size): where the
+    /// per-frame attention's L x L scores are largest.
+    public var attentionPixelFactors: [Int] {
+        var factors: [Int] = []
+        var factor = 1 << (2 * (dimMult.count - 1))  // the encoder starts at full resolution
+        for layer in encoderLayers {
+            if case .spatialDown = layer { factor /= 4 }
+            if case .attn = layer { factors.append(factor) }
+        }
+        factor = 1
+        for layer in decoderLayers {
+            if case .spatialUp = layer { factor *= 4 }
+            if case .attn = layer { factors.append(factor) }
+        }
+        return factors
+    }
+
     /// The official `Encoder3d`'s stages in order (conv1, downsamples, middle, head).
     public var encoderLayers: [WanVAELayer] {
         let dims = ([1] + dimMult).map { $0 * dim }

@@ -130,6 +130,29 @@ final class CUDAVAETests: XCTestCase {
         XCTAssertTrue(CUDAEmulator.refusals.last?.contains("B is not aligned to the 256 bytes") == true, "\(CUDAEmulator.refusals)")
     }
 
+    /// The parameter count of the architecture walk equals the golden VAE file's (dim 8), checked at every layer kind;
+    /// the device estimate at 832x480 is the f32 weights (0.5 GB) + columns + the middle attention's 6240² scores.
+    func testParameterCountAndDeviceEstimate() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../shared/golden/weights/vae.safetensors").standardized.path
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("no golden VAE at \(path)") }
+        let file = try SafetensorsFile(path: path)
+        let stored = file.tensors.values.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        var tiny = WanVAEConfig()
+        tiny.dim = 8
+        XCTAssertEqual(tiny.parameterCount, stored)
+        XCTAssertEqual(WanVAEConfig.wan21.parameterCount, 126_892_531)
+        XCTAssertEqual(WanVAEConfig.wan21.attentionPixelFactors, [1, 1])  // the middle blocks only
+        let latent = (480 / 8) * (832 / 8)
+        let f32 = CUDAVAE.fixedDeviceBytes(config: .wan21, latentPixels: latent, precision: .f32)
+        XCTAssertEqual(f32, 126_892_531 * 4 + (512 << 20) + 4 * latent * latent + (32 << 20))
+        XCTAssertGreaterThan(CUDAVAE.fixedDeviceBytes(config: .wan21, latentPixels: latent, precision: .bf16), f32)
+        // Attention at scale 0.5 too: the encoder's two at 1/2 resolution (16x the latent's pixels), the middle
+        // blocks, the decoder's three at 1/4 resolution.
+        var c = WanVAEConfig()
+        c.attnScales = [0.5]
+        XCTAssertEqual(c.attentionPixelFactors, [16, 16, 1, 1, 4, 4, 4])
+    }
+
     // MARK: on a GPU
 
     func testCUDAVAEMatchesTheCPUVAE() throws {
