@@ -79,8 +79,20 @@ public final class CUDADiT {
     private var workspace: (plan: CUDADiTPlan, buffer: DeviceBuffer)?
 
     /// Binds and uploads the weights. Strict like `WanDiT`: a missing, unexpected or misshapen tensor throws.
-    public init(config c: WanDiTConfig, weights source: WeightSource, precision: CUDAPrecision = .bf16,
-                context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
+    public convenience init(config c: WanDiTConfig, weights source: WeightSource, precision: CUDAPrecision = .bf16,
+                            context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
+        try self.init(config: c, weights: source, precision: precision, context: context, compiler: compiler, sharing: nil)
+    }
+
+    /// Tensors a model made with `sharing:` takes from the other model instead of binding them (the text and time
+    /// embeddings and the head, which the vace branch of a VACE checkpoint shares with the main model).
+    static let sharedPrefixes = ["text_embedding.", "time_embedding.", "time_projection.", "head."]
+
+    /// `sharing`: a model on the same context at the same precision whose kernels, cuBLASLt handle, memory pool, text
+    /// and time embeddings and head this one uses (their names in `source` are not bound again: `CUDAVACE`'s vace
+    /// branch, whose view names the main model's tensors there).
+    init(config c: WanDiTConfig, weights source: WeightSource, precision: CUDAPrecision, context: CUDAContext?,
+         compiler: KernelCompiler?, sharing shared: CUDADiT?) throws {
         guard c.dim % c.numHeads == 0, c.headDim % 2 == 0 else {
             throw WeightError.badConfig(source: source.label, detail: "dim \(c.dim) is not divisible into \(c.numHeads) heads of even size")
         }
@@ -88,18 +100,31 @@ public final class CUDADiT {
         if precision == .bf16 && !CUDAOps.bf16HeadDims.contains(c.headDim) {
             throw WeightError.badConfig(source: source.label, detail: "head_dim \(c.headDim): the bf16 attention kernels take \(CUDAOps.bf16HeadDims.sorted()); use --precision f32")
         }
+        if let shared {
+            let s = shared.config
+            guard shared.precision == precision, context == nil || context === shared.context, s.dim == c.dim,
+                  s.textDim == c.textDim, s.freqDim == c.freqDim, s.textLen == c.textLen, s.outDim == c.outDim, s.patchSize == c.patchSize else {
+                throw WeightError.badConfig(source: source.label, detail: "cannot share the embeddings and head of a model of another shape, precision or context")
+            }
+        }
         config = c
         self.precision = precision
-        let context = try context ?? CUDAContext()
+        let context = try context ?? shared?.context ?? CUDAContext()
         self.context = context
-        ops = try CUDAOps(context: context, compiler: compiler)
-        gemm = try CUDAMatmul(context: context)
-        pool = DeviceMemoryPool(context: context)
-        fusedGELU = precision == .bf16
-        let ops = self.ops
-        gemm.unfusedEpilogue = { type, y, bias, rows, cols, act in
-            try ops.biasAct(type, y: y, bias: bias, rows: rows, cols: cols, act: act)
+        if let shared {
+            ops = shared.ops
+            gemm = shared.gemm
+            pool = shared.pool
+        } else {
+            ops = try CUDAOps(context: context, compiler: compiler)
+            gemm = try CUDAMatmul(context: context)
+            pool = DeviceMemoryPool(context: context)
+            let ops = self.ops
+            gemm.unfusedEpilogue = { type, y, bias, rows, cols, act in
+                try ops.biasAct(type, y: y, bias: bias, rows: rows, cols: cols, act: act)
+            }
         }
+        fusedGELU = precision == .bf16
 
         let act = precision.activation
         let uploader = WeightUploader(context: context)
@@ -113,11 +138,18 @@ public final class CUDADiT {
         let pe = try b.tensor("patch_embedding.weight", [d, c.inDim] + c.patchSize)
         let peBias = try b.tensor("patch_embedding.bias", [d])
         patchEmbedding = try uploader.linear(Linear(weight: pe.reshaped([d, pe.count / d]), bias: peBias), weightType: .f32, outputType: .f32)
-        textEmbedding0 = try linear("text_embedding.0", in: c.textDim, out: d, weight: act, output: act)
-        textEmbedding2 = try linear("text_embedding.2", in: d, out: d, weight: act, output: act)
-        timeEmbedding0 = try linear("time_embedding.0", in: c.freqDim, out: d, weight: .f32, output: .f32)
-        timeEmbedding2 = try linear("time_embedding.2", in: d, out: d, weight: .f32, output: .f32)
-        timeProjection = try linear("time_projection.1", in: d, out: 6 * d, weight: .f32, output: .f32)
+        if let shared {
+            textEmbedding0 = shared.textEmbedding0; textEmbedding2 = shared.textEmbedding2
+            timeEmbedding0 = shared.timeEmbedding0; timeEmbedding2 = shared.timeEmbedding2
+            timeProjection = shared.timeProjection
+            for name in source.names where Self.sharedPrefixes.contains(where: { name.hasPrefix($0) }) { b.ignore(name) }
+        } else {
+            textEmbedding0 = try linear("text_embedding.0", in: c.textDim, out: d, weight: act, output: act)
+            textEmbedding2 = try linear("text_embedding.2", in: d, out: d, weight: act, output: act)
+            timeEmbedding0 = try linear("time_embedding.0", in: c.freqDim, out: d, weight: .f32, output: .f32)
+            timeEmbedding2 = try linear("time_embedding.2", in: d, out: d, weight: .f32, output: .f32)
+            timeProjection = try linear("time_projection.1", in: d, out: 6 * d, weight: .f32, output: .f32)
+        }
         var blocks: [Block] = []
         for i in 0..<c.numLayers {
             let p = "blocks.\(i)."
@@ -139,8 +171,13 @@ public final class CUDADiT {
                 ffnIn: try proj("ffn.0", out: c.ffnDim), ffnOut: try proj("ffn.2", in: c.ffnDim)))
         }
         self.blocks = blocks
-        headModulation = try vector("head.modulation", [1, 2, d])
-        head = try linear("head.head", in: d, out: c.outDim * c.patchSize.reduce(1, *), weight: .f32, output: .f32)
+        if let shared {
+            headModulation = shared.headModulation
+            head = shared.head
+        } else {
+            headModulation = try vector("head.modulation", [1, 2, d])
+            head = try linear("head.head", in: d, out: c.outDim * c.patchSize.reduce(1, *), weight: .f32, output: .f32)
+        }
         if c.hasImageInput {
             let clip = WanDiTConfig.clipDim
             imageProjection = ImageProjection(
@@ -153,8 +190,12 @@ public final class CUDADiT {
             imageProjection = nil
         }
         try b.finish()
-        dequantScratch = try uploader.makeScratch()
-        dequantScratchBytes = dequantScratch?.bytes ?? 0
+        if let scratch = shared?.dequantScratch, scratch.bytes >= 2 * uploader.largestCompactElements {
+            dequantScratch = uploader.largestCompactElements > 0 ? scratch : nil  // the shared model's is large enough
+        } else {
+            dequantScratch = try uploader.makeScratch()
+            dequantScratchBytes = dequantScratch?.bytes ?? 0
+        }
         weightBytes = uploader.uploadedBytes + dequantScratchBytes
         compactMatrices = uploader.compactMatrices
         try context.synchronize()
@@ -320,6 +361,26 @@ public final class CUDADiT {
     /// One video through the model with a prepared context: x [C, F, H, W] (and y for i2v/flf2v) -> [out, F, H, W].
     public func forward(x inputX: Tensor, y inputY: Tensor? = nil, t: Float, context prepared: CUDADiTContext,
                         trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
+        try forward(x: inputX, y: inputY, t: t, context: prepared, trace: trace, hook: nil)
+    }
+
+    /// The buffers a block runs on beside the residual stream (the workspace of one forward pass): the activations
+    /// (`normed` [L, dim] f32-sized, `q`, `k`, `v`, `attn` [L, dim] and `hidden` [ffnChunkRows, ffn] in the activation
+    /// type), e0 [6, dim] f32, the block's modulation scratch [6, dim] f32 and the grid (3 x int32).
+    struct BlockBuffers {
+        let tokens: Int
+        let grid: (f: Int, h: Int, w: Int)
+        let normed, q, k, v, attn, hidden: UInt64
+        let ffnChunkRows: Int
+        let e0, mod, gridSizes: UInt64
+    }
+
+    /// Called with the residual stream [L, dim] (f32) after the patch embedding (stage -1) and after each block i
+    /// (stage i), with the buffers the blocks run on: how `CUDAVACE` runs its vace blocks and adds the hints.
+    typealias BlockHook = (_ stage: Int, _ x: UInt64, _ buffers: BlockBuffers) throws -> Void
+
+    func forward(x inputX: Tensor, y inputY: Tensor?, t: Float, context prepared: CUDADiTContext,
+                 trace: ((String, Tensor) -> Void)?, hook: BlockHook?) throws -> Tensor {
         guard prepared.model === self else { throw DiTInputError(description: "the context was prepared by another model") }
         let c = config, d = c.dim, act = self.act
         if c.hasImageInput && inputY == nil { throw DiTInputError(description: "this \(c.modelType) model needs y (mask + image latent) besides x") }
@@ -369,67 +430,16 @@ public final class CUDADiT {
         // Blocks.
         let gridSizes: [Int32] = [Int32(grid.f), Int32(grid.h), Int32(grid.w)]
         try gridSizes.withUnsafeBytes { try context.copy(toDevice: at("grid"), from: $0.baseAddress!, bytes: 12) }
-        let heads = c.numHeads, hd = c.headDim, scale = 1 / Float(hd).squareRoot(), eps = c.eps
-        let mod = at("mod")
-        func m(_ i: Int) -> UInt64 { mod + UInt64(i * d * 4) }
-        for (index, block) in blocks.enumerated() {
-            try ops.modulationAdd(out: mod, e: at("e0"), modulation: block.modulation.pointer, batch: 1, n: 6 * d)
-
-            // Self-attention on LN(x)*(1+m1)+m0.
-            try ops.layerNorm(act, out: normed, x: x, shift: m(0), scale: m(1), modStride: 6 * d, rows: L, dim: d, eps: eps)
-            try run(block.q, rows: L, x: normed, y: q)
-            try run(block.k, rows: L, x: normed, y: k)
-            try run(block.v, rows: L, x: normed, y: v)
-            if let w = block.normQ { try ops.rmsNorm(act, out: q, x: q, weight: w.pointer, rows: L, dim: d, eps: eps) }
-            if let w = block.normK { try ops.rmsNorm(act, out: k, x: k, weight: w.pointer, rows: L, dim: d, eps: eps) }
-            try ops.rope(act, x: q, grid: at("grid"), batch: 1, seqLen: L, heads: heads, headDim: hd)
-            try ops.rope(act, x: k, grid: at("grid"), batch: 1, seqLen: L, heads: heads, headDim: hd)
-            try ops.attention(act, out: attn, q: q, k: k, v: v, lq: L, lk: L, heads: heads, headDim: hd, scale: scale)
-            let proj = k  // free once the self-attention has run
-            try run(block.o, rows: L, x: attn, y: proj)
-            if index == 0, let trace { trace("block0_self_attn", try download(proj, act, [L, d])) }
-            try ops.gatedResidual(act, x: x, y: proj, gate: m(2), modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
-
-            // Cross-attention on norm3(x), no modulation, no gate.
-            if let w = block.norm3Weight, let bias = block.norm3Bias {
-                try ops.layerNorm(act, out: normed, x: x, weight: w.pointer, bias: bias.pointer, rows: L, dim: d, eps: eps)
-            } else if act == .f32 {
-                try context.copy(onDevice: normed, from: x, bytes: 4 * L * d)
-            } else {
-                try ops.convertToBF16(out: normed, x: x, count: L * d)
-            }
-            try run(block.cq, rows: L, x: normed, y: q)
-            if let w = block.cNormQ { try ops.rmsNorm(act, out: q, x: q, weight: w.pointer, rows: L, dim: d, eps: eps) }
+        let eps = c.eps
+        let buffers = BlockBuffers(tokens: L, grid: grid, normed: normed, q: q, k: k, v: v, attn: attn, hidden: hidden,
+                                   ffnChunkRows: plan.ffnChunkRows, e0: at("e0"), mod: at("mod"), gridSizes: at("grid"))
+        try hook?(-1, x, buffers)
+        for index in blocks.indices {
             let text = prepared.textKV[index]
-            if !prepared.imageKV.isEmpty {
-                // WanI2VCrossAttention: attention to the image tokens and to the text, summed before the projection.
-                let image = prepared.imageKV[index]
-                try ops.attention(act, out: v, q: q, k: image.k.pointer, v: image.v.pointer, lq: L, lk: prepared.imageRows,
-                                  heads: heads, headDim: hd, scale: scale)
-                try ops.attention(act, out: attn, q: q, k: text.k.pointer, v: text.v.pointer, lq: L, lk: c.textLen,
-                                  heads: heads, headDim: hd, scale: scale)
-                try ops.add(act, out: attn, a: attn, b: v, count: L * d)
-            } else {
-                try ops.attention(act, out: attn, q: q, k: text.k.pointer, v: text.v.pointer, lq: L, lk: c.textLen,
-                                  heads: heads, headDim: hd, scale: scale)
-            }
-            try run(block.co, rows: L, x: attn, y: proj)
-            if index == 0, let trace { trace("block0_cross_attn", try download(proj, act, [L, d])) }
-            try ops.gatedResidual(act, x: x, y: proj, gate: 0, modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
-
-            // FFN on LN(x)*(1+m4)+m3, gated by m5, in chunks of rows.
-            try ops.layerNorm(act, out: normed, x: x, shift: m(3), scale: m(4), modStride: 6 * d, rows: L, dim: d, eps: eps)
-            var r0 = 0
-            while r0 < L {
-                let n = min(plan.ffnChunkRows, L - r0)
-                let offset = UInt64(r0 * d * act.size)
-                try runGELU(block.ffnIn, rows: n, x: normed + offset, y: hidden)
-                try run(block.ffnOut, rows: n, x: hidden, y: proj + offset)
-                r0 += n
-            }
-            if index == 0, let trace { trace("block0_ffn", try download(proj, act, [L, d])) }
-            try ops.gatedResidual(act, x: x, y: proj, gate: m(5), modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
-            if let trace { trace("block\(index)_out", try download(x, .f32, [L, d])) }
+            let image = prepared.imageKV.isEmpty ? nil
+                : (k: prepared.imageKV[index].k.pointer, v: prepared.imageKV[index].v.pointer, rows: prepared.imageRows)
+            try runBlock(index, x: x, buffers: buffers, text: (text.k.pointer, text.v.pointer), image: image, trace: trace)
+            try hook?(index, x, buffers)
         }
 
         // Head, in f32: LN(x)*(1+(mod1+e))+(mod0+e), then the projection to patches.
@@ -455,6 +465,72 @@ public final class CUDADiT {
             } } } }
         }
         return video
+    }
+
+    /// Block `index` of this model on the residual stream `x` [L, dim] (f32, in place) with the buffers of a
+    /// forward pass (`buffers.mod` and every activation buffer are overwritten) and the block's prepared cross-attention
+    /// keys and values (text: text_len rows; image: i2v/flf2v). Traces block0_* for block 0 and block{index}_out.
+    func runBlock(_ index: Int, x: UInt64, buffers s: BlockBuffers, text: (k: UInt64, v: UInt64),
+                  image: (k: UInt64, v: UInt64, rows: Int)?, trace: ((String, Tensor) -> Void)?) throws {
+        let c = config, d = c.dim, act = self.act, L = s.tokens, block = blocks[index]
+        let heads = c.numHeads, hd = c.headDim, scale = 1 / Float(hd).squareRoot(), eps = c.eps
+        let normed = s.normed, q = s.q, k = s.k, v = s.v, attn = s.attn, hidden = s.hidden, mod = s.mod
+        func m(_ i: Int) -> UInt64 { mod + UInt64(i * d * 4) }
+        try ops.modulationAdd(out: mod, e: s.e0, modulation: block.modulation.pointer, batch: 1, n: 6 * d)
+
+        // Self-attention on LN(x)*(1+m1)+m0.
+        try ops.layerNorm(act, out: normed, x: x, shift: m(0), scale: m(1), modStride: 6 * d, rows: L, dim: d, eps: eps)
+        try run(block.q, rows: L, x: normed, y: q)
+        try run(block.k, rows: L, x: normed, y: k)
+        try run(block.v, rows: L, x: normed, y: v)
+        if let w = block.normQ { try ops.rmsNorm(act, out: q, x: q, weight: w.pointer, rows: L, dim: d, eps: eps) }
+        if let w = block.normK { try ops.rmsNorm(act, out: k, x: k, weight: w.pointer, rows: L, dim: d, eps: eps) }
+        try ops.rope(act, x: q, grid: s.gridSizes, batch: 1, seqLen: L, heads: heads, headDim: hd)
+        try ops.rope(act, x: k, grid: s.gridSizes, batch: 1, seqLen: L, heads: heads, headDim: hd)
+        try ops.attention(act, out: attn, q: q, k: k, v: v, lq: L, lk: L, heads: heads, headDim: hd, scale: scale)
+        let proj = k  // free once the self-attention has run
+        try run(block.o, rows: L, x: attn, y: proj)
+        if index == 0, let trace { trace("block0_self_attn", try download(proj, act, [L, d])) }
+        try ops.gatedResidual(act, x: x, y: proj, gate: m(2), modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
+
+        // Cross-attention on norm3(x), no modulation, no gate.
+        if let w = block.norm3Weight, let bias = block.norm3Bias {
+            try ops.layerNorm(act, out: normed, x: x, weight: w.pointer, bias: bias.pointer, rows: L, dim: d, eps: eps)
+        } else if act == .f32 {
+            try context.copy(onDevice: normed, from: x, bytes: 4 * L * d)
+        } else {
+            try ops.convertToBF16(out: normed, x: x, count: L * d)
+        }
+        try run(block.cq, rows: L, x: normed, y: q)
+        if let w = block.cNormQ { try ops.rmsNorm(act, out: q, x: q, weight: w.pointer, rows: L, dim: d, eps: eps) }
+        if let image {
+            // WanI2VCrossAttention: attention to the image tokens and to the text, summed before the projection.
+            try ops.attention(act, out: v, q: q, k: image.k, v: image.v, lq: L, lk: image.rows,
+                              heads: heads, headDim: hd, scale: scale)
+            try ops.attention(act, out: attn, q: q, k: text.k, v: text.v, lq: L, lk: c.textLen,
+                              heads: heads, headDim: hd, scale: scale)
+            try ops.add(act, out: attn, a: attn, b: v, count: L * d)
+        } else {
+            try ops.attention(act, out: attn, q: q, k: text.k, v: text.v, lq: L, lk: c.textLen,
+                              heads: heads, headDim: hd, scale: scale)
+        }
+        try run(block.co, rows: L, x: attn, y: proj)
+        if index == 0, let trace { trace("block0_cross_attn", try download(proj, act, [L, d])) }
+        try ops.gatedResidual(act, x: x, y: proj, gate: 0, modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
+
+        // FFN on LN(x)*(1+m4)+m3, gated by m5, in chunks of rows.
+        try ops.layerNorm(act, out: normed, x: x, shift: m(3), scale: m(4), modStride: 6 * d, rows: L, dim: d, eps: eps)
+        var r0 = 0
+        while r0 < L {
+            let n = min(s.ffnChunkRows, L - r0)
+            let offset = UInt64(r0 * d * act.size)
+            try runGELU(block.ffnIn, rows: n, x: normed + offset, y: hidden)
+            try run(block.ffnOut, rows: n, x: hidden, y: proj + offset)
+            r0 += n
+        }
+        if index == 0, let trace { trace("block0_ffn", try download(proj, act, [L, d])) }
+        try ops.gatedResidual(act, x: x, y: proj, gate: m(5), modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
+        if let trace { trace("block\(index)_out", try download(x, .f32, [L, d])) }
     }
 }
 

@@ -84,35 +84,10 @@ public final class WanVACEDiT: @unchecked Sendable {
     /// vace branch, with the expected shape.
     public init(config c: WanVACEConfig, weights source: WeightSource) throws {
         let d = c.dit.dim, n = c.vaceLayers.count
-        guard c.vaceLayers.contains(0) else { throw WeightError.badConfig(source: source.label, detail: "vace_layers \(c.vaceLayers) must contain 0") }
-        guard c.vaceLayers.allSatisfy({ (0..<c.dit.numLayers).contains($0) }) else {
-            throw WeightError.badConfig(source: source.label, detail: "vace_layers \(c.vaceLayers) must lie in 0..<\(c.dit.numLayers)")
-        }
-        guard c.dit.patchSize.count == 3 else { throw WeightError.badConfig(source: source.label, detail: "patch_size must have 3 entries") }
-        guard !c.dit.hasImageInput else { throw WeightError.badConfig(source: source.label, detail: "VACE models are text-to-video (model_type 'vace')") }
+        let (mainConfig, vaceConfig) = try Self.branchConfigs(c, label: source.label)
         config = c
-        var mainConfig = c.dit
-        if mainConfig.modelType == "t2v" { mainConfig.modelType = "vace" }
-        var vaceConfig = c.dit
-        vaceConfig.modelType = "t2v"; vaceConfig.numLayers = n; vaceConfig.inDim = c.vaceInDim
-
         // Shared tensors (embeddings, head) are read once and given to both models.
-        let cache = SharedTensors(source)
-        let mainView = RenamedSource(source, label: source.label, cache: cache,
-                                     map: Dictionary(uniqueKeysWithValues: source.names.filter { !$0.hasPrefix("vace_") }.map { ($0, $0) }))
-        var vaceMap: [String: String] = [:]
-        for name in source.names {
-            if let i = Self.vaceBlockIndex(name) {
-                let rest = String(name.dropFirst("vace_blocks.\(i).".count))
-                if rest.hasPrefix("before_proj.") || rest.hasPrefix("after_proj.") { continue }
-                vaceMap["blocks.\(i).\(rest)"] = name
-            } else if name.hasPrefix("vace_patch_embedding.") {
-                vaceMap[String(name.dropFirst("vace_".count))] = name
-            } else if SharedTensors.isShared(name) {
-                vaceMap[name] = name
-            }
-        }
-        let vaceView = RenamedSource(source, label: source.label + " (vace branch)", cache: cache, map: vaceMap)
+        let (mainView, vaceView, vaceMap) = Self.branchWeights(source)
 
         let b = WeightBinder(source)
         let patchVolume = c.dit.patchSize.reduce(1, *)
@@ -142,6 +117,47 @@ public final class WanVACEDiT: @unchecked Sendable {
         try self.init(config: config, weights: source)
     }
 
+    /// The configurations of the two models a VACE DiT runs (after checking `c`): the main model (model_type "vace")
+    /// and the vace branch (a t2v model whose blocks are the vace blocks and whose input is vace_context).
+    public static func branchConfigs(_ c: WanVACEConfig, label: String) throws -> (main: WanDiTConfig, vace: WanDiTConfig) {
+        guard c.vaceLayers.contains(0) else { throw WeightError.badConfig(source: label, detail: "vace_layers \(c.vaceLayers) must contain 0") }
+        guard c.vaceLayers.allSatisfy({ (0..<c.dit.numLayers).contains($0) }) else {
+            throw WeightError.badConfig(source: label, detail: "vace_layers \(c.vaceLayers) must lie in 0..<\(c.dit.numLayers)")
+        }
+        guard c.dit.patchSize.count == 3 else { throw WeightError.badConfig(source: label, detail: "patch_size must have 3 entries") }
+        guard !c.dit.hasImageInput else { throw WeightError.badConfig(source: label, detail: "VACE models are text-to-video (model_type 'vace')") }
+        var mainConfig = c.dit
+        if mainConfig.modelType == "t2v" { mainConfig.modelType = "vace" }
+        var vaceConfig = c.dit
+        vaceConfig.modelType = "t2v"; vaceConfig.numLayers = c.vaceLayers.count; vaceConfig.inDim = c.vaceInDim
+        return (mainConfig, vaceConfig)
+    }
+
+    /// The two views of a VACE checkpoint that bind as `WanDiT`s (both backends bind them): `main`, every key
+    /// outside vace_* under its own name; `vace`, the vace branch (vace_blocks.N.* as blocks.N.* without before_proj
+    /// and after_proj, vace_patch_embedding.* as patch_embedding.*, and the main model's text and time embeddings and
+    /// head, read once for both views); `vaceNames`, the vace view's name -> the file's name (for `renamed`).
+    /// vace_patch_embedding, before_proj and after_proj are bound from `source` itself.
+    public static func branchWeights(_ source: WeightSource) -> (main: WeightSource, vace: WeightSource, vaceNames: [String: String]) {
+        let cache = SharedTensors(source)
+        let mainView = RenamedSource(source, label: source.label, cache: cache,
+                                     map: Dictionary(uniqueKeysWithValues: source.names.filter { !$0.hasPrefix("vace_") }.map { ($0, $0) }))
+        var vaceMap: [String: String] = [:]
+        for name in source.names {
+            if let i = Self.vaceBlockIndex(name) {
+                let rest = String(name.dropFirst("vace_blocks.\(i).".count))
+                if rest.hasPrefix("before_proj.") || rest.hasPrefix("after_proj.") { continue }
+                vaceMap["blocks.\(i).\(rest)"] = name
+            } else if name.hasPrefix("vace_patch_embedding.") {
+                vaceMap[String(name.dropFirst("vace_".count))] = name
+            } else if SharedTensors.isShared(name) {
+                vaceMap[name] = name
+            }
+        }
+        let vaceView = RenamedSource(source, label: source.label + " (vace branch)", cache: cache, map: vaceMap)
+        return (mainView, vaceView, vaceMap)
+    }
+
     /// The main model's tensors of a VACE checkpoint (every key outside vace_*): what a plain `WanDiT` binds.
     public static func mainWeights(_ source: WeightSource) -> WeightSource {
         RenamedSource(source, label: source.label, cache: nil,
@@ -153,8 +169,8 @@ public final class WanVACEDiT: @unchecked Sendable {
         return Int(name.dropFirst("vace_blocks.".count).prefix { $0 != "." })
     }
 
-    /// A binding error of the vace branch, with the file's names.
-    static func renamed(_ e: WeightError, map: [String: String]) -> WeightError {
+    /// A binding error of the vace branch (`branchWeights(_:).vace`), with the file's names.
+    public static func renamed(_ e: WeightError, map: [String: String]) -> WeightError {
         func name(_ k: String) -> String {
             if let m = map[k] { return m }
             if k.hasPrefix("blocks.") || k.hasPrefix("patch_embedding.") { return "vace_" + k }
@@ -249,6 +265,44 @@ public final class WanVACEDiT: @unchecked Sendable {
         let out = Tensor(uninitialized: [L, d])
         GEMM.shared.linear(m: L, k: patchLen, n: d, src: patches.data, weight: vacePatchWeight.data, bias: vacePatchBias.data, dst: out.data)
         return out
+    }
+}
+
+/// What the VACE pipeline and the conformance runner need from a VACE DiT, whichever backend runs it: `WanVACEDiT`
+/// on the CPU, `CUDAVACE` on an NVIDIA GPU (as `DiTDenoiser` is for the other DiTs). Host tensors in the official
+/// layouts.
+public protocol VACEDenoiser: AnyObject {
+    var config: WanVACEConfig { get }
+    /// Where the model runs, for logs: "cpu", "cuda:0 NVIDIA H100 (bf16)".
+    var backendDescription: String { get }
+    /// Embeds the text for the main and the vace blocks (reuse it for every step).
+    func prepareConditioning(text: Tensor) throws -> DiTConditioning
+    /// One forward pass: x [16, F, H, W] with vace_context [vace_in_dim, F, H, W] at timestep t -> the velocity.
+    func velocity(x: Tensor, t: Float, conditioning: DiTConditioning, vaceContext: Tensor, scale: Float) throws -> Tensor
+    /// One forward pass from a golden-case input; `trace` receives the official modules' intermediates (the vace
+    /// branch's prefixed vace_, the hints as vace_hintN).
+    func forward(x: Tensor, t: Float, context: Tensor, vaceContext: Tensor, scale: Float,
+                 trace: ((String, Tensor) -> Void)?) throws -> Tensor
+    /// Hands back the memory of the forward's activations (the weights stay) before the VAE decode needs the room.
+    func releaseActivations()
+}
+
+extension VACEDenoiser {
+    public func releaseActivations() {}
+}
+
+extension VACEContext: DiTConditioning {}
+
+extension WanVACEDiT: VACEDenoiser {
+    public var backendDescription: String { "cpu" }
+
+    public func prepareConditioning(text: Tensor) throws -> DiTConditioning { try prepare(context: text) }
+
+    public func velocity(x: Tensor, t: Float, conditioning: DiTConditioning, vaceContext: Tensor, scale: Float) throws -> Tensor {
+        guard let prepared = conditioning as? VACEContext else {
+            throw DiTInputError(description: "the conditioning was prepared by another backend's model")
+        }
+        return try forward(x: x, t: t, context: prepared, vaceContext: vaceContext, scale: scale)
     }
 }
 
