@@ -53,7 +53,7 @@ final class KernelSelfTest {
             // Bit for bit: the GPU's bf16 must be the host dequantisation's, rounded to bf16 (tolerance 0).
             (format.kernel, 0.0, { try self.dequantize(format) })
         }
-        return (cases + vaeSelfTestCases()).map { name, tolerance, body in
+        return (cases + vaeSelfTestCases() + t5SelfTestCases()).map { name, tolerance, body in
             do {
                 let (gpu, reference) = try body()
                 var diff = 0.0, norm = 0.0, maxAbs = 0.0

@@ -1,0 +1,109 @@
+import Foundation
+import WanModels
+
+/// The self-test cases of Kernels/t5.cu against float64 references of their documented semantics: two segments of
+/// different lengths in one batch (one with padded rows), one segment without keys (uniform attention), relative
+/// positions past max_pos's exact range, head_dim 64 (two key groups per block) and 96 (one, partly idle).
+extension KernelSelfTest {
+    func t5SelfTestCases() -> [(String, Double, () throws -> (gpu: [Double], reference: [Double]))] {
+        [
+            ("t5_attention_f32 (head_dim 64, padded and empty segments)", 1e-5, { try self.t5Attention(bf16: false, headDim: 64) }),
+            ("t5_attention_f32 (head_dim 96)", 1e-5, { try self.t5Attention(bf16: false, headDim: 96) }),
+            ("t5_attention_bf16 (head_dim 64)", 1e-2, { try self.t5Attention(bf16: true, headDim: 64) }),
+            ("t5_gelu_mul_f32", 1e-6, { try self.t5GeluMul() }),
+        ]
+    }
+
+    private static func t5Values(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+        var state = seed
+        return (0..<count).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
+        }
+    }
+
+    private func t5Buffer<T>(_ values: [T]) throws -> DeviceBuffer {
+        let buffer = try context.allocate(bytes: max(values.count * MemoryLayout<T>.stride, 16))
+        try buffer.upload(values)
+        return buffer
+    }
+
+    private func t5Attention(bf16: Bool, headDim hd: Int) throws -> ([Double], [Double]) {
+        let heads = 3, buckets = 32
+        // Segments: 150 rows with 140 keys (10 padded rows), 37 rows with 37 keys, 5 rows with no key.
+        let segments: [(rows: Int, keys: Int)] = [(150, 140), (37, 37), (5, 0)]
+        let rows = segments.reduce(0) { $0 + $1.rows }
+        var segStart: [Int32] = [], segKeys: [Int32] = [], segRows: [Int32] = [], positions: [Int32] = []
+        var first = 0
+        for s in segments {
+            for i in 0..<s.rows {
+                segStart.append(Int32(first)); segKeys.append(Int32(s.keys)); segRows.append(Int32(s.rows))
+                positions.append(Int32(i < s.keys ? i : s.keys + (s.rows - 1 - i)))  // padded rows in another order
+            }
+            first += s.rows
+        }
+        let maxPos = Int(positions.max()!)
+        let bucketOf = (-maxPos...maxPos).map {
+            Int32(UMT5Encoder.relativePositionBucket($0, numBuckets: buckets, bidirectional: true, maxDistance: 128))
+        }
+        let ld = heads * hd
+        var q = Self.t5Values(rows * ld, seed: 3), k = Self.t5Values(rows * ld, seed: 5), v = Self.t5Values(rows * ld, seed: 7)
+        let table = Self.t5Values(buckets * heads, seed: 11, scale: 2)
+        if bf16 {
+            // The reference reads the values the kernel reads.
+            q = q.map { Self.float(bf16: Self.bf16($0)) }; k = k.map { Self.float(bf16: Self.bf16($0)) }; v = v.map { Self.float(bf16: Self.bf16($0)) }
+        }
+        func device(_ x: [Float]) throws -> DeviceBuffer { bf16 ? try t5Buffer(x.map(Self.bf16)) : try t5Buffer(x) }
+        let (qb, kb, vb) = (try device(q), try device(k), try device(v))
+        let out = try context.allocate(bytes: rows * ld * (bf16 ? 2 : 4))
+        let ints = [try t5Buffer(segStart), try t5Buffer(segKeys), try t5Buffer(segRows), try t5Buffer(positions), try t5Buffer(bucketOf)]
+        let tableBuffer = try t5Buffer(table)
+        let f = try compiler.load(module: "t5.cu", on: context).function(bf16 ? "t5_attention_bf16" : "t5_attention_f32")
+        try f.launch(grid: (rows, heads, 1), block: (128, 1, 1),
+                     [.buffer(out), .buffer(qb), .buffer(kb), .buffer(vb), .buffer(ints[0]), .buffer(ints[1]), .buffer(ints[2]),
+                      .buffer(ints[3]), .buffer(ints[4]), .int32(Int32(maxPos)), .buffer(tableBuffer), .int32(Int32(heads)), .int32(Int32(hd))])
+        try context.synchronize()
+        let gpu: [Double] = bf16 ? try out.download(count: rows * ld, as: UInt16.self).map { Double(Self.float(bf16: $0)) }
+                                 : try out.download(count: rows * ld, as: Float.self).map(Double.init)
+        var reference = [Double](repeating: 0, count: rows * ld)
+        for row in 0..<rows {
+            let start = Int(segStart[row]), keys = Int(segKeys[row]), n = keys == 0 ? Int(segRows[row]) : keys
+            for h in 0..<heads {
+                var scores = [Double](repeating: 0, count: n)
+                if keys > 0 {
+                    for j in 0..<n {
+                        var s = 0.0
+                        for d in 0..<hd { s += Double(q[row * ld + h * hd + d]) * Double(k[(start + j) * ld + h * hd + d]) }
+                        let rel = Int(positions[start + j]) - Int(positions[row]) + maxPos
+                        scores[j] = s + Double(table[Int(bucketOf[rel]) * heads + h])
+                    }
+                }
+                let m = scores.max()!
+                let e = scores.map { exp($0 - m) }
+                let sum = e.reduce(0, +)
+                for d in 0..<hd {
+                    var acc = 0.0
+                    for j in 0..<n { acc += e[j] * Double(v[(start + j) * ld + h * hd + d]) }
+                    reference[row * ld + h * hd + d] = acc / sum
+                }
+            }
+        }
+        return (gpu, reference)
+    }
+
+    private func t5GeluMul() throws -> ([Double], [Double]) {
+        let n = 10_007
+        let gate = Self.t5Values(n, seed: 13, scale: 4), up = Self.t5Values(n, seed: 17, scale: 3)
+        let (g, u) = (try t5Buffer(gate), try t5Buffer(up))
+        let out = try context.allocate(bytes: n * 4)
+        let f = try compiler.load(module: "t5.cu", on: context).function("t5_gelu_mul_f32")
+        try f.launch(grid: (min((n + 255) / 256, 65535), 1, 1), block: (256, 1, 1), [.buffer(out), .buffer(g), .buffer(u), .int64(Int64(n))])
+        try context.synchronize()
+        let gpu = try out.download(count: n, as: Float.self).map(Double.init)
+        let reference = (0..<n).map { i -> Double in
+            let x = Double(gate[i])
+            return 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) * Double(up[i])
+        }
+        return (gpu, reference)
+    }
+}
