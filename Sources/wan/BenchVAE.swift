@@ -18,6 +18,7 @@ struct BenchVAE: ParsableCommand {
     @Option(help: "Decode tile by tile with at most this many GB of causal state per tile (not bit-exact).") var tileBudget: Double?
     @Option(help: "Where to run: cpu, cuda (an NVIDIA GPU) or auto.") var device: String = "cpu"
     @Option(help: "With --device cuda: f32 (exact, no TF32) or bf16 (the 3x3 and temporal convs' products in bf16, f32 accumulation).") var precision: String = "f32"
+    @Option(help: "With --device cuda: MiB of im2col columns gathered at once (default 512; small values keep them in L2).") var columnMib: Int?
 
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(256, 256, 5), (832, 480, 1)]
