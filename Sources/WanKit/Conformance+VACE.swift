@@ -4,11 +4,19 @@ import WanWeights
 import WanModels
 
 extension ConformanceRunner {
-    /// The VACE DiT of a model JSON (class `VaceWanModel`), nil for a layout the loader does not read.
-    func vaceDiT(_ model: String) throws -> WanVACEDiT? {
+    /// The VACE DiT of a model JSON (class `VaceWanModel`) on the runner's backend (`vaceFactory`'s, else the CPU
+    /// `WanVACEDiT`), nil for a layout the loader does not read.
+    func vaceDiT(_ model: String) throws -> VACEDenoiser? {
         if let m = vaceDiTs[model] { return m }
         guard let weights = try ditWeights(model, classes: ["VaceWanModel"]) else { return nil }
-        let dit = try WanVACEDiT(weights: weights.source, arguments: weights.arguments)
+        let dit: VACEDenoiser
+        if let factory = vaceFactory {
+            var config = try WanVACEConfig(inferringFrom: weights.source)
+            config.apply(officialArguments: weights.arguments)
+            dit = try factory(config, weights.source)
+        } else {
+            dit = try WanVACEDiT(weights: weights.source, arguments: weights.arguments)
+        }
         vaceDiTs[model] = dit
         return dit
     }

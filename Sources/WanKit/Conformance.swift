@@ -83,7 +83,7 @@ public final class ConformanceRunner {
     var vaes: [String: WanVAE] = [:]
     var t5Encoders: [String: UMT5TextEncoder] = [:]
     var clipEncoders: [String: CLIPVision] = [:]
-    var vaceDiTs: [String: WanVACEDiT] = [:]
+    var vaceDiTs: [String: VACEDenoiser] = [:]
     private var factoryDiTs: [String: DiTDenoiser] = [:]
     var factoryVAEs: [String: VAECoding] = [:]
 
@@ -97,6 +97,9 @@ public final class ConformanceRunner {
     /// Another backend for the umT5 cases (component `t5`, the `weights` cases of umT5 models, and the text encoder of
     /// the pipeline cases), made from the configuration and weights the CPU path binds (nil: the CPU `UMT5Encoder`).
     public var t5Factory: ((UMT5Config, WeightSource) throws -> UMT5TextEncoder)?
+    /// Another backend for the VACE DiT cases (class `VaceWanModel`), made from the configuration and weights the CPU
+    /// path binds (nil: the CPU `WanVACEDiT`; skipped while only `ditFactory` is set).
+    public var vaceFactory: ((WanVACEConfig, WeightSource) throws -> VACEDenoiser)?
     /// The backend's name in skip messages ("cuda").
     public var backendName = "cpu"
     /// When set, every output passes at this rel_l2 whatever the case file says, max_abs unchecked (the bf16 GPU
@@ -228,7 +231,7 @@ public final class ConformanceRunner {
     func runDiT(_ c: GoldenCase) throws -> CaseResult {
         guard let model = c.model else { return .skip(c.name, "case names no model") }
         if try modelJSON(model)["class"] as? String == "VaceWanModel" {
-            if ditFactory != nil { return .skip(c.name, "the VACE DiT is not on the \(backendName) backend yet") }
+            if ditFactory != nil && vaceFactory == nil { return .skip(c.name, "the VACE DiT is not on the \(backendName) backend yet") }
             return try runVACE(c, model: model)
         }
         guard let dit = try denoiser(model) else {

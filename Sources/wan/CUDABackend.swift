@@ -39,7 +39,7 @@ enum CUDABackend {
         return DiTPlacement(gpu: try CUDAContext(ordinal: gpu.ordinal), precision: precision)
     }
 
-    /// Points the runner's DiT, umT5 and VAE cases (and the pipelines' DiT and umT5) at the GPU for `--device cuda`; returns the line that says so (nil: CPU).
+    /// Points the runner's DiT (VACE included), umT5 and VAE cases (and the pipelines' DiT and umT5) at the GPU for `--device cuda`; returns the line that says so (nil: CPU).
     static func configure(_ runner: ConformanceRunner, device: String, precision text: String) throws -> String? {
         let precision = try precision(text)
         guard let gpu = try resolve(device, command: "conformance") else { return nil }
@@ -48,6 +48,9 @@ enum CUDABackend {
         runner.backendName = "cuda"
         runner.ditFactory = { config, weights in
             try CUDADiT(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
+        }
+        runner.vaceFactory = { config, weights in
+            try CUDAVACE(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
         }
         runner.t5Factory = { config, weights in
             try CUDAUMT5(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
