@@ -88,17 +88,23 @@ public final class CUDAVACE {
         try main.gemm.linear(l, rows: rows, x: x, y: y, ops: main.ops, scratch: dequantScratch)
     }
 
-    /// The vace forward's own buffers for `tokens` tokens (kept between calls; a new token count replaces them).
-    func workspace(tokens L: Int) throws -> (plan: WorkspacePlan, base: UInt64) {
-        if let w = workspace, w.tokens == L { return (w.plan, w.buffer.pointer) }
-        releaseWorkspace()
-        let d = config.dit.dim
+    /// The vace forward's own buffers for `tokens` tokens, beside the main model's workspace (`CUDADiTPlan`).
+    static func workspacePlan(_ c: WanVACEConfig, tokens L: Int) -> WorkspacePlan {
+        let d = c.dit.dim
         var plan = WorkspacePlan()
         plan.add("c", bytes: 4 * L * d)        // the vace stream, f32
         plan.add("x0", bytes: 4 * L * d)       // the main patch tokens (before_proj's residual)
         plan.add("hint", bytes: 4 * L * d)     // after_proj(c), f32
-        plan.add("patches", bytes: 4 * L * config.vaceInDim * config.dit.patchSize.reduce(1, *))
+        plan.add("patches", bytes: 4 * L * c.vaceInDim * c.dit.patchSize.reduce(1, *))
         plan.add("scale", bytes: 4 * d)        // vace_context_scale per channel (the gate of the hint's residual add)
+        return plan
+    }
+
+    /// The vace forward's own buffers for `tokens` tokens (kept between calls; a new token count replaces them).
+    func workspace(tokens L: Int) throws -> (plan: WorkspacePlan, base: UInt64) {
+        if let w = workspace, w.tokens == L { return (w.plan, w.buffer.pointer) }
+        releaseWorkspace()
+        let plan = Self.workspacePlan(config, tokens: L)
         let buffer = try main.pool.acquire(bytes: plan.totalBytes)
         workspace = (L, plan, buffer)
         return (plan, buffer.pointer)
@@ -220,5 +226,61 @@ extension CUDAVACE: VACEDenoiser {
             throw DiTInputError(description: "the conditioning was prepared by another backend's model")
         }
         return try forward(x: x, t: t, context: prepared, vaceContext: vaceContext, scale: scale)
+    }
+}
+
+/// GPU memory of one VACE job, as `CUDAVACE` allocates it: `CUDADiTMemory` for both models (the main model's weights,
+/// the vace blocks, vace_patch_embedding and the projections; two conditionings of the main and the vace blocks; the
+/// main forward's workspace and the vace stream's buffers): the pre-flight that refuses a job before anything is
+/// uploaded.
+public struct CUDAVACEMemory: Equatable, CustomStringConvertible {
+    public var weights: Int
+    public var conditioning: Int
+    public var workspace: Int
+    public var reserve: Int
+
+    public var total: Int { weights + conditioning + workspace + reserve }
+
+    /// `tokens`: the DiT's sequence length. `weights`: the checkpoint, whose fp8 / ggml matrices are counted as they
+    /// stay on the GPU under bf16 (nil: every matrix dequantised, as `CUDADiTPlan.weightBytes(_:precision:)`).
+    public init(config c: WanVACEConfig, precision: CUDAPrecision, tokens: Int, weights source: WeightSource? = nil) {
+        let t = precision.activation.size, d = c.dit.dim
+        var (mainConfig, vaceConfig) = (c.dit, c.dit)
+        if mainConfig.modelType == "t2v" { mainConfig.modelType = "vace" }
+        vaceConfig.modelType = "t2v"; vaceConfig.numLayers = c.vaceLayers.count; vaceConfig.inDim = c.vaceInDim
+        var noBlocks = vaceConfig
+        noBlocks.numLayers = 0
+        let views = source.map(WanVACEDiT.branchWeights)
+        func compact(_ view: WeightSource?) -> (String) -> Int? {
+            { name in
+                guard let view, let info = view.info(name), [.f8e4m3, .f8e5m2, .u8].contains(info.dtype),
+                      let stored = try? view.stored(name), CompactWeightFormat.of(stored, weightType: .bf16) != nil else { return nil }
+                return stored.byteCount
+            }
+        }
+        let main = CUDADiTPlan.weightBytesAndScratch(mainConfig, precision: precision, compactBytes: compact(views?.main))
+        // The vace branch uploads its blocks and vace_patch_embedding (f32); its compact matrices are no larger than
+        // the main model's, whose scratch they share.
+        let vaceBlocks = CUDADiTPlan.weightBytesAndScratch(vaceConfig, precision: precision, compactBytes: compact(views?.vace)).uploaded
+            - CUDADiTPlan.weightBytesAndScratch(noBlocks, precision: precision, compactBytes: { _ in nil }).uploaded
+        let patchEmbedding = 4 * d * (c.vaceInDim * c.dit.patchSize.reduce(1, *) + 1)
+        let projections = (c.vaceLayers.filter { $0 == 0 }.count + c.vaceLayers.count) * (t * d * d + 4 * d)
+        weights = main.uploaded + main.scratch + vaceBlocks + patchEmbedding + projections
+        conditioning = 2 * (CUDADiTPlan.contextBytes(mainConfig, precision: precision) + CUDADiTPlan.contextBytes(vaceConfig, precision: precision))
+        let patchLength = c.dit.inDim * c.dit.patchSize.reduce(1, *)
+        workspace = CUDADiTPlan(config: mainConfig, tokens: tokens, patchLength: patchLength, precision: precision).workspace.totalBytes
+            + CUDAVACE.workspacePlan(c, tokens: tokens).totalBytes
+        reserve = CUDADiTMemory.reserveBytes
+    }
+
+    public var description: String {
+        func g(_ b: Int) -> String { CUDAError.gib(b) }
+        return "weights \(g(weights)) + conditioning \(g(conditioning)) + activations \(g(workspace)) + libraries \(g(reserve))"
+    }
+
+    /// Throws `CUDAError.outOfMemory` (what is needed, what is free) when the job cannot fit in the GPU's free memory.
+    public func check(on context: CUDAContext) throws {
+        let (free, total) = try context.memoryInfo()
+        if self.total > free { throw CUDAError.outOfMemory(needed: self.total, free: free, total: total) }
     }
 }

@@ -42,14 +42,15 @@ extension ModelLoader {
     /// The DiT on `placement`. On a GPU the job's memory (`CUDADiTMemory`: weights, two conditionings, one forward's
     /// activations for a video of `width` x `height` x `frames`) is checked against the GPU's free memory before
     /// anything is uploaded, and the mapping's pages are handed back once the weights are on the device. VACE
-    /// checkpoints run on the CPU only: on a GPU placement they throw (`GenerationError.unsupportedOnDevice`).
+    /// checkpoints on a GPU load with `vaceDiT(_:on:width:height:frames:references:checkMemory:)` (`DiTModel.vace`
+    /// holds the CPU model): here they throw (`GenerationError.unsupportedOnDevice`).
     /// `checkMemory: false` skips the GPU check (an allocation that fails still throws `CUDAError.outOfMemory`).
     public static func anyDiT(_ path: String, on placement: DiTPlacement, width: Int, height: Int, frames: Int,
                               imageRows: Int = 0, checkMemory: Bool = true) throws -> DiTModel {
         guard let gpu = placement.gpu else { return try anyDiT(path) }
         let w = try openDiTWeights(path: path)
         if w.source.info("vace_patch_embedding.weight") != nil {
-            throw GenerationError.unsupportedOnDevice("the VACE DiT runs on the CPU only so far: use --device cpu (or auto)")
+            throw GenerationError.unsupportedOnDevice("a VACE DiT on the GPU loads with ModelLoader.vaceDiT(_:on:…), not anyDiT")
         }
         var config = try WanDiTConfig(inferringFrom: w.source)
         if let arguments = merged(w.arguments, sidecarArguments(for: path)) { config.apply(officialArguments: arguments) }
@@ -59,6 +60,31 @@ extension ModelLoader {
         let dit = try CUDADiT(config: config, weights: w.source, precision: placement.precision, context: gpu)
         MappedFile.releaseAllResidentPages()
         return .plain(dit)
+    }
+}
+
+extension ModelLoader {
+    /// The VACE DiT on `placement`: the CPU `WanVACEDiT`, or `CUDAVACE` on a GPU, whose job memory
+    /// (`CUDAVACEMemory`: both models' weights, two conditionings, one forward's activations for a video of `width` x
+    /// `height` x `frames` plus `references` reference frames) is checked against the GPU's free memory before
+    /// anything is uploaded; the mapping's pages are handed back once the weights are on the device.
+    public static func vaceDiT(_ path: String, on placement: DiTPlacement, width: Int, height: Int, frames: Int,
+                               references: Int = 0, checkMemory: Bool = true) throws -> any VACEDenoiser {
+        let w = try openDiTWeights(path: path)
+        guard w.source.info("vace_patch_embedding.weight") != nil else {
+            throw GenerationError.modelMismatch("\(path) is not a VACE DiT (no vace_patch_embedding)")
+        }
+        let arguments = merged(w.arguments, sidecarArguments(for: path))
+        guard let gpu = placement.gpu else { return try WanVACEDiT(weights: w.source, arguments: arguments) }
+        var config = try WanVACEConfig(inferringFrom: w.source)
+        if let arguments { config.apply(officialArguments: arguments) }
+        let p = config.dit.patchSize
+        let tokens = DiTPlacement.tokens(config.dit, width: width, height: height, frames: frames)
+            + references * (height / WanVAEConfig.wan21.spatialFactor / p[1]) * (width / WanVAEConfig.wan21.spatialFactor / p[2]) / p[0]
+        if checkMemory { try CUDAVACEMemory(config: config, precision: placement.precision, tokens: tokens, weights: w.source).check(on: gpu) }
+        let dit = try CUDAVACE(config: config, weights: w.source, precision: placement.precision, context: gpu)
+        MappedFile.releaseAllResidentPages()
+        return dit
     }
 }
 

@@ -213,11 +213,12 @@ public enum VACEPipelineEvent {
 public final class VACEPipeline: @unchecked Sendable {
     public typealias Event = VACEPipelineEvent
     public let text: TextConditioner
-    public let dit: WanVACEDiT
+    /// The VACE DiT on its backend: `WanVACEDiT` (CPU) or `CUDAVACE` (GPU).
+    public let dit: any VACEDenoiser
     /// The VAE on its backend: `WanVAE` (CPU) or `CUDAVAE` (GPU).
     public let vae: any VAECoding
 
-    public init(text: TextConditioner, dit: WanVACEDiT, vae: any VAECoding) throws {
+    public init(text: TextConditioner, dit: any VACEDenoiser, vae: any VAECoding) throws {
         let c = dit.config.dit, z = vae.config.zDim, s = vae.config.spatialFactor
         guard c.textDim == text.encoder.config.dim else {
             throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(c.textDim) but the text encoder makes \(text.encoder.config.dim)")
@@ -273,13 +274,13 @@ public final class VACEPipeline: @unchecked Sendable {
         let latents = try PipelineCore.startingNoise(noise, shape: [z0.shape[0] / 2] + Array(z0.shape[1...]), seed: s.seed, what: "the inputs")
         observe?(.noise(latents))
 
-        let condContext = try dit.prepare(context: cond.embedding)
-        let uncondContext = try dit.prepare(context: uncond.embedding)
+        let condContext = try dit.prepareConditioning(text: cond.embedding)
+        let uncondContext = try dit.prepareConditioning(text: uncond.embedding)
         let x0 = try PipelineCore.denoise(noise: latents, solver: s.solver, steps: s.steps, shift: s.shift, guideScale: s.guideScale,
                                           progress: progress, isCancelled: isCancelled,
                                           onTimesteps: { observe?(.timesteps($0)) },
                                           afterStep: { observe?(.latentAfterStep($0, $1)) }) { x, t, conditional in
-            try dit.forward(x: x, t: t, context: conditional ? condContext : uncondContext, vaceContext: z, scale: contextScale)
+            try dit.velocity(x: x, t: t, conditioning: conditional ? condContext : uncondContext, vaceContext: z, scale: contextScale)
         }
         // decode_latent: z[:, len(refs):].
         let refs = source.references.count
@@ -294,6 +295,7 @@ public final class VACEPipeline: @unchecked Sendable {
     /// Decodes a latent, streaming chunks of frames ([3, n, H, W] in [-1, 1], index of the first frame).
     public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
                        onFrames: (Tensor, Int) throws -> Void) throws {
+        dit.releaseActivations()
         try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
     }
 

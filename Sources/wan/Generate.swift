@@ -143,15 +143,8 @@ struct Generate: ParsableCommand {
             do { try settings.validate() } catch { throw ValidationError("\(error)") }
         }
 
-        // Where the DiT runs. The VACE DiT is CPU-only so far: `auto` runs it there, `cuda` refuses.
-        var placement = try CUDABackend.placement(device, precision: precision, command: "generate")
-        if placement.isGPU && task == .vace {
-            if device.lowercased() == "cuda" {
-                throw ValidationError("the VACE DiT runs on the CPU only so far: use --device cpu (or auto)")
-            }
-            log("note: the VACE DiT runs on the CPU only so far; running it there")
-            placement = .cpu
-        }
+        // Where the DiT runs (the VACE DiT too: `CUDAVACE`).
+        let placement = try CUDABackend.placement(device, precision: precision, command: "generate")
 
         // Memory pre-flight, for the task at hand (the GPU's is made when the DiT is loaded).
         let estimate = MemoryEstimate.estimate(task, files: files, settings: settings, dit: shape,
@@ -167,9 +160,12 @@ struct Generate: ParsableCommand {
 
         // The task follows from the inputs and the DiT: VACE checkpoints are recognised from their weights.
         log("loading models…")
-        let ditModel = try ModelLoader.anyDiT(files.dit!, on: placement, width: settings.width, height: settings.height,
-                                              frames: settings.frames, imageRows: image == nil ? 0 : (lastImage == nil ? 257 : 514),
-                                              checkMemory: !noMemoryCheck)
+        let ditModel: PlacedDiT = task == .vace && placement.isGPU
+            ? .vace(try ModelLoader.vaceDiT(files.dit!, on: placement, width: settings.width, height: settings.height, frames: settings.frames,
+                                            references: refs.count, checkMemory: !noMemoryCheck))
+            : PlacedDiT(try ModelLoader.anyDiT(files.dit!, on: placement, width: settings.width, height: settings.height,
+                                               frames: settings.frames, imageRows: image == nil ? 0 : (lastImage == nil ? 257 : 514),
+                                               checkMemory: !noMemoryCheck))
         if let image {
             guard case .plain(let dit) = ditModel else {
                 throw ValidationError("this is a VACE model: condition it with --video, --mask and --ref, not --image (image-to-video needs an I2V model)")
@@ -196,8 +192,10 @@ struct Generate: ParsableCommand {
                 inputs.mask = read.mask
                 metadata["frame_ids"] = source.plan.frameIDs
             }
-            let pipeline = try VACEPipeline(text: try ModelLoader.text(files, folder: folder), dit: vaceDiT, vae: try ModelLoader.vae(files.vae!))
-            log("DiT: \(vaceDiT.config)")
+            let text = try loadText(files, folder: folder, placement: placement)
+            let vaeModel = try loadVAE(files.vae!, placement: placement, width: settings.width, height: settings.height)
+            let pipeline = try VACEPipeline(text: text, dit: vaceDiT, vae: vaeModel)
+            log("DiT: \(vaceDiT.config) on \(vaceDiT.backendDescription)")
             let scale = contextScale ?? 1
             metadata["task"] = "vace"
             metadata["context_scale"] = scale
@@ -370,3 +368,17 @@ struct Generate: ParsableCommand {
 }
 
 func log(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
+
+/// The loaded DiT: a plain one (t2v, i2v, flf2v) or a VACE one, on its backend (`ModelLoader.DiTModel` holds the CPU
+/// VACE model; the GPU one comes from `ModelLoader.vaceDiT(_:on:…)`).
+private enum PlacedDiT {
+    case plain(any DiTDenoiser)
+    case vace(any VACEDenoiser)
+
+    init(_ model: ModelLoader.DiTModel) {
+        switch model {
+        case .plain(let dit): self = .plain(dit)
+        case .vace(let dit): self = .vace(dit)
+        }
+    }
+}

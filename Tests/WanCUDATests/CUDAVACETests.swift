@@ -32,6 +32,12 @@ final class CUDAVACETests: XCTestCase {
         XCTAssertNotNil(expectedTrace["vace_block0_self_attn"])
         for (precision, tolerance) in [(CUDAPrecision.f32, f32Tolerance), (.bf16, 2e-2)] {
             let gpu = try CUDAVACE(config: cpu.config, weights: weights, precision: precision, context: context, compiler: compiler)
+            // The pre-flight counts the weights as uploaded (both models, the shared tensors once, the projections).
+            let p = cpu.config.dit.patchSize
+            let tokens = (x.shape[1] / p[0]) * (x.shape[2] / p[1]) * (x.shape[3] / p[2])
+            let memory = CUDAVACEMemory(config: cpu.config, precision: precision, tokens: tokens, weights: weights)
+            XCTAssertEqual(memory.weights, gpu.weightBytes, "\(label) \(precision)")
+            XCTAssertGreaterThan(memory.workspace, 0)
             var trace: [String: Tensor] = [:]
             let got = try gpu.forward(x: x, t: t, context: text, vaceContext: vaceContext, scale: scale) { trace[$0] = $1 }
             XCTAssertEqual(got.shape, expected.shape)

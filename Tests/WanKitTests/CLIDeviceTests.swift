@@ -65,6 +65,26 @@ extension CLITests {
         XCTAssertEqual(bf16.status, 0, bf16.stderr)
         XCTAssertTrue(bf16.stderr.contains("(bf16)"), bf16.stderr)
     }
+
+    /// A VACE job (a reference image) with the DiT, umT5 and the VAE on the (emulated) GPU at f32 gives the CPU's
+    /// picture.
+    func testVACEOnTheGPUMatchesTheCPU() throws {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
+        try requireTinyModels()
+        let dir = try temporaryFolder()
+        try writeInputs(dir)
+        let args = ["generate", "--dit", Self.weights + "/dit_vace.safetensors"] + textArgs() +
+            ["--ref", dir + "/first.png", "--prompt", "a cat", "--size", "48x32", "--frames", "1", "--steps", "2", "--seed", "2"]
+        let gpu = try run(args + ["--output", dir + "/gpu.png", "--device", "cuda", "--precision", "f32"], environment: ["WANKIT_CUDA_EMULATOR": "1"])
+        XCTAssertEqual(gpu.status, 0, gpu.stderr)
+        XCTAssertTrue(gpu.stderr.contains("on cuda:0 WanKit CUDA emulator (CPU) (f32)"), gpu.stderr)
+        let cpu = try run(args + ["--output", dir + "/cpu.png", "--device", "cpu"])
+        XCTAssertEqual(cpu.status, 0, cpu.stderr)
+        let a = try MediaReader.image(dir + "/gpu.png"), b = try MediaReader.image(dir + "/cpu.png")
+        XCTAssertEqual(a.pixels.count, b.pixels.count)
+        let worst = zip(a.pixels, b.pixels).map { abs(Int($0) - Int($1)) }.max() ?? 255
+        XCTAssertLessThanOrEqual(worst, 1)
+    }
 }
 
 /// The library's device placement.
@@ -75,7 +95,7 @@ final class DevicePlacementTests: XCTestCase {
         XCTAssertEqual(DiTPlacement.tokens(.t2v1_3B, width: 832, height: 480, frames: 1), 1560)
     }
 
-    func testVACEStaysOnTheCPUAndTheGPUDiTIsADenoiser() throws {
+    func testVACEAndThePlainDiTAreDenoisersOnTheGPU() throws {
         do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
         let weights = goldenDirectory + "/weights"
         guard FileManager.default.fileExists(atPath: weights + "/dit_vace.safetensors") else { throw XCTSkip("golden data not found") }
@@ -84,9 +104,27 @@ final class DevicePlacementTests: XCTestCase {
         let (placement, note) = try DiTPlacement.resolve(.cuda, precision: .f32)
         XCTAssertNil(note)
         XCTAssertTrue(placement.isGPU)
-        XCTAssertThrowsError(try ModelLoader.anyDiT(weights + "/dit_vace.safetensors", on: placement, width: 32, height: 32, frames: 5)) { error in
-            XCTAssertEqual(error as? GenerationError, .unsupportedOnDevice("the VACE DiT runs on the CPU only so far: use --device cpu (or auto)"))
+        // A VACE checkpoint on the GPU is a CUDAVACE (ModelLoader.vaceDiT; anyDiT's DiTModel holds the CPU model).
+        let vacePath = weights + "/dit_vace.safetensors"
+        XCTAssertThrowsError(try ModelLoader.anyDiT(vacePath, on: placement, width: 32, height: 32, frames: 5)) { error in
+            XCTAssertEqual(error as? GenerationError, .unsupportedOnDevice("a VACE DiT on the GPU loads with ModelLoader.vaceDiT(_:on:…), not anyDiT"))
         }
+        let vace = try ModelLoader.vaceDiT(vacePath, on: placement, width: 32, height: 32, frames: 5, references: 1)
+        XCTAssertTrue(vace is CUDAVACE)
+        XCTAssertTrue(vace.backendDescription.hasPrefix("cuda:0 "), vace.backendDescription)
+        let vaceCPU = try ModelLoader.vaceDiT(vacePath, on: .cpu, width: 32, height: 32, frames: 5)
+        XCTAssertTrue(vaceCPU is WanVACEDiT)
+        XCTAssertThrowsError(try ModelLoader.vaceDiT(weights + "/pipe_dit_t2v.safetensors", on: placement, width: 32, height: 32, frames: 5))
+        let vaceText = Tensor(zeros: [3, vace.config.dit.textDim])
+        let vx = Tensor(zeros: [vace.config.dit.inDim, 2, 4, 6])
+        let vc = Tensor(shape: [vace.config.vaceInDim, 2, 4, 6], values: (0..<(vace.config.vaceInDim * 48)).map { Float($0 % 7) * 0.1 })
+        let cpuConditioning = try vaceCPU.prepareConditioning(text: vaceText)
+        XCTAssertThrowsError(try vace.velocity(x: vx, t: 500, conditioning: cpuConditioning, vaceContext: vc, scale: 1))
+        let vaceGPUOut = try vace.velocity(x: vx, t: 500, conditioning: try vace.prepareConditioning(text: vaceText), vaceContext: vc, scale: 1)
+        let vaceCPUOut = try vaceCPU.velocity(x: vx, t: 500, conditioning: cpuConditioning, vaceContext: vc, scale: 1)
+        XCTAssertEqual(vaceGPUOut.shape, vaceCPUOut.shape)
+        XCTAssertLessThan(Comparison(got: UnsafeBufferPointer(vaceGPUOut.buffer), expected: UnsafeBufferPointer(vaceCPUOut.buffer)).relL2, 1e-5)
+        vace.releaseActivations()
         guard case .plain(let dit) = try ModelLoader.anyDiT(weights + "/pipe_dit_t2v.safetensors", on: placement, width: 48, height: 32, frames: 5) else {
             return XCTFail("not a plain DiT")
         }
