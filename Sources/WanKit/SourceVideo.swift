@@ -300,6 +300,10 @@ public struct SourceVideo: Sendable {
     public var path: String
     public var maskPath: String?
     public var timeline: VideoTimeline
+    /// The mask video's size (it is read at its own size and resized like the source).
+    public var maskSize: (width: Int, height: Int)?
+    /// Frames the plan draws from: the shorter of the video and the mask (official `load_video_batch`).
+    public var usableFrames: Int
     public var plan: VACEVideoPlan
     /// The generation's size and frame count (the plan's, or the caller's overrides).
     public var width: Int
@@ -316,36 +320,40 @@ public struct SourceVideo: Sendable {
     /// Plans `video` (and `mask`): `size` (width, height) replaces the picked size (the frames are resized and
     /// cropped to it; its area also sets the budget), `frames` (4n+1) the picked count (the whole clip is then sampled
     /// at that many frames, keep_last; a video with fewer frames is an error naming the count that fits). Without
-    /// them the official rule decides both from the video and `area`. A mask must have the source's size and frame
-    /// count (the official code would resize it and use the shorter length).
+    /// them the official rule decides both from the video and `area`. A mask is read as the official
+    /// `load_video_batch` reads a pair: the frames are drawn from the shorter of the two (on the source's timeline),
+    /// the same frame ids are taken from both, and each is resized and cropped to the size from its own size.
     public static func plan(video path: String, mask maskPath: String? = nil, size: (width: Int, height: Int)? = nil,
                             frames: Int? = nil, area: Int = defaultArea) throws -> SourceVideo {
         let timeline = try MediaReader.timeline(path)
+        var usable = timeline
+        var maskSize: (width: Int, height: Int)? = nil
         if let maskPath {
             let m = try MediaReader.timeline(maskPath)
-            guard m.width == timeline.width, m.height == timeline.height else {
-                throw MediaInputError.mismatch(path: maskPath, detail: "it is \(m.width)x\(m.height), the source \(path) is \(timeline.width)x\(timeline.height); make the mask at the source's size")
-            }
-            guard m.frameCount == timeline.frameCount else {
-                throw MediaInputError.mismatch(path: maskPath, detail: "it has \(m.frameCount) frames, the source \(path) has \(timeline.frameCount); give the mask as many frames")
-            }
+            maskSize = (m.width, m.height)
+            let length = min(m.frameCount, timeline.frameCount)
+            usable = VideoTimeline(width: timeline.width, height: timeline.height, fps: timeline.fps,
+                                   starts: Array(timeline.starts.prefix(length)), stops: Array(timeline.stops.prefix(length)))
         }
         let area = size.map { $0.width * $0.height } ?? area
         let df = VACEVideoProcessor.temporalDownsample
         if let frames, frames < 1 || (frames - 1) % df != 0 {
             throw GenerationError.invalidSettings("frames must be 4n+1 (1, 5, …, 81), got \(frames)")
         }
-        let plan = try VACEVideoProcessor.keepLastPlan(timeline, maxArea: area, sequenceLength: VACEVideoProcessor.sequenceLength(area: area),
+        let plan = try VACEVideoProcessor.keepLastPlan(usable, maxArea: area, sequenceLength: VACEVideoProcessor.sequenceLength(area: area),
                                                        latentFrames: frames.map { ($0 - 1) / df + 1 })
-        return SourceVideo(path: path, maskPath: maskPath, timeline: timeline, plan: plan,
+        return SourceVideo(path: path, maskPath: maskPath, timeline: timeline, maskSize: maskSize, usableFrames: usable.frameCount, plan: plan,
                            width: size?.width ?? plan.width, height: size?.height ?? plan.height,
                            sizeFromVideo: size == nil, framesFromVideo: frames == nil, area: area)
     }
 
-    /// Decodes the planned frames of the video (and the mask), at the source's size.
+    /// Decodes the planned frames of the video (and the mask), each at its own size.
     public func read() throws -> (video: RGBVideo, mask: RGBVideo?) {
         let video = try MediaReader.video(path, frameIDs: plan.frameIDs, width: timeline.width, height: timeline.height)
-        let mask = try maskPath.map { try MediaReader.video($0, frameIDs: plan.frameIDs, width: timeline.width, height: timeline.height) }
+        let mask = try maskPath.map { p -> RGBVideo in
+            let size = maskSize ?? (timeline.width, timeline.height)
+            return try MediaReader.video(p, frameIDs: plan.frameIDs, width: size.width, height: size.height)
+        }
         return (video, mask)
     }
 
@@ -355,7 +363,11 @@ public struct SourceVideo: Sendable {
         let shown = ids.count <= 8 ? ids.map(String.init).joined(separator: ", ")
             : (ids.prefix(4).map(String.init) + ["…"] + ids.suffix(3).map(String.init)).joined(separator: ", ")
         let fps = timeline.fps.isFinite && timeline.fps > 0 ? String(format: " at %.4g fps", timeline.fps) : ""
-        return "source video: \(timeline.frameCount) frames of \(timeline.width)x\(timeline.height)\(fps) → \(frames) frames "
+        var maskNote = ""
+        if let maskSize, maskSize != (timeline.width, timeline.height) || usableFrames < timeline.frameCount {
+            maskNote = " (mask \(maskSize.width)x\(maskSize.height)" + (usableFrames < timeline.frameCount ? ", \(usableFrames) frames: the shorter length is used" : "") + ")"
+        }
+        return "source video: \(timeline.frameCount) frames of \(timeline.width)x\(timeline.height)\(fps)\(maskNote) → \(frames) frames "
             + "(\(framesFromVideo ? "from the video's length" : "--frames"); frame ids \(shown)) at \(width)x\(height) "
             + "(\(sizeFromVideo ? "from the video's aspect within an area of \(area) pixels" : "--size"))"
     }

@@ -9,7 +9,8 @@ import WanSampling
 public struct VACEInputs: Sendable {
     /// The source video (extension, control videos, inpainting / outpainting source).
     public var video: RGBVideo?
-    /// The mask video (white = generate, black = keep); only with `video`, of its size and frame count.
+    /// The mask video (white = generate, black = keep); only with `video`, with at least its frame count (a mask of
+    /// another size is resized and cropped like the video).
     public var mask: RGBVideo?
     /// Reference images, each encoded as one latent frame in front of the video's.
     public var referenceImages: [RGBImage]

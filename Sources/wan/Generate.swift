@@ -42,7 +42,7 @@ struct Generate: ParsableCommand {
     @Option(help: "CLIP image encoder weights, overriding the model's (image tasks).") var clip: String?
     @Option(help: "Image tasks: precomputed CLIP image features [images, 257, 1280] (safetensors) instead of running the CLIP encoder.") var clipFeatures: String?
     @Option(help: "Source video (MP4, WebM, MOV…): with a VACE model the video to edit, extend or follow; with a T2V model video-to-video (see --strength).") var video: String?
-    @Option(help: "VACE: the mask video (white = generate, black = keep), of the source video's size and length; needs --video.") var mask: String?
+    @Option(help: "VACE: the mask video (white = generate, black = keep); needs --video. Another size is resized like the source; a shorter mask limits the frames to its length (as the official code).") var mask: String?
     @Option(name: .customLong("ref"), help: "VACE: a reference image (repeatable); needs a VACE model.") var refs: [String] = []
     @Option(help: "Video-to-video: how much of the source is replaced, in (0, 1] (1 = text-to-video); needs --video and a T2V model (default 0.6).") var strength: Double?
     @Option(help: "VACE: the weight of the VACE hints (vace_context_scale, default 1.0); needs a VACE model.") var contextScale: Double?

@@ -22,7 +22,30 @@ extension CLITests {
         XCTAssertEqual(sidecar?["frame_ids"] as? [Int], Array(0...8))
     }
 
-    func testVideoToVideoResamplesA30FPSVideo() throws {
+    /// A mask of another size is resized like the source, and a shorter mask limits the frames to its length (the
+    /// official load_video_batch: length = min of both, each video resized from its own size).
+    func testVACEMaskOfAnotherSizeAndLength() throws {
+        try requireTinyModels()
+        let dir = try temporaryFolder()
+        try writeInputs(dir)
+        try ffmpeg(["-f", "lavfi", "-i", "color=c=white:size=24x24:rate=16", "-frames:v", "5", dir + "/short.mp4"])
+        var output = dir + "/vace-small-mask.mp4"
+        var r = try run(["generate", "--dit", Self.weights + "/dit_vace.safetensors"] + textArgs() +
+                        ["--video", dir + "/src.mp4", "--mask", dir + "/small.mp4", "--prompt", "a cat", "--steps", "1", "--seed", "2",
+                         "--output", output])
+        try assertPlayable(output, frames: 9, width: 32, height: 32, r)
+        XCTAssertTrue(r.stderr.contains("source video: 9 frames of 32x32 at 16 fps (mask 24x24) → 9 frames"), r.stderr)
+        output = dir + "/vace-short-mask.mp4"
+        r = try run(["generate", "--dit", Self.weights + "/dit_vace.safetensors"] + textArgs() +
+                    ["--video", dir + "/src.mp4", "--mask", dir + "/short.mp4", "--prompt", "a cat", "--steps", "1", "--seed", "2",
+                     "--output", output])
+        try assertPlayable(output, frames: 5, width: 32, height: 32, r)
+        XCTAssertTrue(r.stderr.contains("(mask 24x24, 5 frames: the shorter length is used) → 5 frames"), r.stderr)
+        let sidecar = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: output + ".json"))) as? [String: Any]
+        XCTAssertEqual(sidecar?["frame_ids"] as? [Int], Array(0...4))
+    }
+
+        func testVideoToVideoResamplesA30FPSVideo() throws {
         try requireTinyModels()
         let dir = try temporaryFolder()
         // 14 frames of 64x48 at 30 fps: (14 - 1) // 4 + 1 = 4 latent frames → 13 frames; area_z = 12 → oh = 3, ow = 4: 64x48.

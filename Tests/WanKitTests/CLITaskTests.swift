@@ -131,7 +131,6 @@ extension CLITests {
             (i2v + ["--video", dir + "/src.mp4"], "it takes --image, not --video"),
             (vace + ["--image", dir + "/first.png"], "not --image"),
             (vace + ["--video", dir + "/src.mp4", "--strength", "0.5"], "drop --strength"),
-            (vace + ["--video", dir + "/src.mp4", "--mask", dir + "/small.mp4"], "make the mask at the source's size"),
             (t2v + ["--video", dir + "/src.mp4", "--frames", "13"], "pass --frames 9 or fewer"),
             (t2v + ["--video", dir + "/missing.mp4"], "input file not found"),
         ]

@@ -168,7 +168,14 @@ final class SourceVideoTests: XCTestCase {
         XCTAssertThrowsError(try SourceVideo.plan(video: path, frames: 93)) { XCTAssertTrue("\($0)".contains("pass --frames 89 or fewer"), "\($0)") }
         XCTAssertThrowsError(try SourceVideo.plan(video: path, frames: 6)) { XCTAssertTrue("\($0)".contains("4n+1"), "\($0)") }
         let short = try write30fps(dir, frames: 20, name: "short.mp4")
-        XCTAssertThrowsError(try SourceVideo.plan(video: path, mask: short)) { XCTAssertTrue("\($0)".contains("as many frames"), "\($0)") }
+        // A shorter mask: the frames are drawn from its length (official load_video_batch: min of both lengths), on
+        // the source's timeline (the first 20 frames of a constant-rate 30 fps video: as a 20-frame video's).
+        let withShort = try SourceVideo.plan(video: path, mask: short)
+        XCTAssertEqual(withShort.usableFrames, 20)
+        XCTAssertEqual(withShort.plan.frameIDs, try SourceVideo.plan(video: short).plan.frameIDs)
+        let shortPair = try withShort.read()
+        XCTAssertEqual(shortPair.mask?.frames.count, shortPair.video.frames.count)
+        XCTAssertTrue(withShort.summary.contains("20 frames: the shorter length is used"), withShort.summary)
         XCTAssertThrowsError(try SourceVideo.plan(video: dir + "/missing.mp4")) { XCTAssertEqual($0 as? MediaInputError, .notFound(dir + "/missing.mp4")) }
     }
 }
