@@ -63,13 +63,8 @@ public struct ImageGenerationSettings: Sendable, Equatable {
 
     /// Checks what the models need, with messages that say what to change (`minimumFrames` is 5 for FLF2V).
     public func validate(minimumFrames: Int = 1) throws {
-        guard frames >= minimumFrames, (frames - 1) % 4 == 0 else {
-            throw GenerationError.invalidSettings("frames must be 4n+1 (\(minimumFrames == 1 ? "1, " : "")5, 9, …, 81), got \(frames)")
-        }
+        try GenerationSettings.validateSampling(frames: frames, minimumFrames: minimumFrames, steps: steps, shift: shift, guideScale: guideScale)
         guard maxArea > 0 else { throw GenerationError.invalidSettings("max_area must be positive, got \(maxArea)") }
-        guard steps >= 1, steps <= 1000 else { throw GenerationError.invalidSettings("steps must be 1…1000, got \(steps)") }
-        guard shift > 0, shift.isFinite else { throw GenerationError.invalidSettings("shift must be positive, got \(shift)") }
-        guard guideScale.isFinite else { throw GenerationError.invalidSettings("guide scale must be a finite number") }
     }
 }
 

@@ -26,11 +26,16 @@ public struct GenerationSettings: Sendable, Equatable {
 
     /// Checks what the models need, with messages that say what to change.
     public func validate() throws {
-        guard frames >= 1, (frames - 1) % 4 == 0 else {
-            throw GenerationError.invalidSettings("frames must be 4n+1 (1, 5, 9, …, 81), got \(frames)")
-        }
+        try GenerationSettings.validateSampling(frames: frames, minimumFrames: 1, steps: steps, shift: shift, guideScale: guideScale)
         guard width > 0, height > 0, width % 16 == 0, height % 16 == 0 else {
             throw GenerationError.invalidSettings("size \(width)x\(height) must be multiples of 16 (the VAE's 8 times the DiT's 2x2 patches); the official sizes are 832x480, 480x832, 1280x720, 720x1280")
+        }
+    }
+
+    /// The checks every task's settings share: frames 4n+1 from `minimumFrames`, steps, shift, guide scale.
+    static func validateSampling(frames: Int, minimumFrames: Int, steps: Int, shift: Double, guideScale: Float) throws {
+        guard frames >= minimumFrames, (frames - 1) % 4 == 0 else {
+            throw GenerationError.invalidSettings("frames must be 4n+1 (\(minimumFrames == 1 ? "1, " : "")5, 9, …, 81), got \(frames)")
         }
         guard steps >= 1, steps <= 1000 else { throw GenerationError.invalidSettings("steps must be 1…1000, got \(steps)") }
         guard shift > 0, shift.isFinite else { throw GenerationError.invalidSettings("shift must be positive, got \(shift)") }
