@@ -45,6 +45,10 @@ public final class CUDAVAE {
         let attention = latentPixels * (config.attentionPixelFactors.max() ?? 0)
         return weights + columnBudgetBytes + 4 * attention * attention + CUDAMatmul.defaultWorkspaceBytes
     }
+    /// With bf16: the convs whose input channels are multiples of 32 run as one implicit-GEMM kernel on the tensor
+    /// cores (`vae_conv_bf16`: the columns are never written) instead of `vae_im2col_bf16` + cuBLASLt. Off by default
+    /// until it has been measured and self-tested on a GPU (`wan bench vae --conv implicit`).
+    public var implicitConvolution = false
     /// Per-kernel and per-product wall time when set (each launch synchronised: for profiling only).
     public var timings: CUDATimings? { didSet { gemm.timings = timings } }
     private var columns: DeviceBuffer?
@@ -211,16 +215,19 @@ public final class CUDAVAE {
 
     // MARK: kernels
 
-    func launch(_ name: String, grid: Int, _ arguments: [KernelArgument]) throws {
+    func launch(_ name: String, grid: Int, _ arguments: [KernelArgument]) throws { try launch(name, grid: (grid, 1, 1), arguments) }
+
+    /// Launches `name` with blocks of 256 threads (timed alone when `timings` is set).
+    func launch(_ name: String, grid: (Int, Int, Int), flops: Double = 0, _ arguments: [KernelArgument]) throws {
         let f = try ops.function(name)
         if let timings {
             try context.synchronize()
             let start = CUDATimings.now()
-            try f.launch(grid: (grid, 1, 1), block: (256, 1, 1), arguments)
+            try f.launch(grid: grid, block: (256, 1, 1), arguments)
             try context.synchronize()
-            timings.add(name, CUDATimings.now() - start)
+            timings.add(name, CUDATimings.now() - start, flops: flops)
         } else {
-            try f.launch(grid: (grid, 1, 1), block: (256, 1, 1), arguments)
+            try f.launch(grid: grid, block: (256, 1, 1), arguments)
         }
     }
 
@@ -267,6 +274,18 @@ public final class CUDAVAE {
                              transposed: true, y: out.pointer + UInt64(row0 * out.channels * 4), ldy: out.channels, bias: conv.bias.pointer,
                              accumulate: accumulate, input: type)
             }
+        }
+        if bf16 && implicitConvolution && c.inChannels % 32 == 0 {
+            for (conv, out) in [(c, out)] + more {
+                precondition(out.height * out.width == pixels && out.channels == conv.outChannels && conv.rowLength == c.rowLength, "conv output mismatch")
+                try launch("vae_conv_bf16", grid: ((pixels + 127) / 128, (conv.outChannels + 63) / 64, 1), flops: 2 * Double(pixels * conv.outChannels * k), [
+                    .pointer(out.pointer), .pointer(inputs[0].pointer), .pointer(frames > 1 ? inputs[1].pointer : 0), .pointer(frames > 2 ? inputs[2].pointer : 0),
+                    .pointer(conv.weightBF16!.pointer + skipped), .pointer(conv.bias.pointer), .int32(Int32(frames)), .int32(Int32(x.height)),
+                    .int32(Int32(x.width)), .int32(Int32(c.inChannels)), .int32(up ? 1 : 0), .int32(Int32(outHeight)), .int32(Int32(outWidth)),
+                    .int32(Int32(c.kh)), .int32(Int32(c.kw)), .int32(Int32(stride)), .int32(Int32(padTop)), .int32(Int32(padLeft)),
+                    .int32(Int32(conv.outChannels)), .int32(Int32(conv.rowLength)), .int32(accumulate ? 1 : 0)])
+            }
+            return
         }
         if !bf16 && frames == 1 && c.kh == 1 && c.kw == 1 && stride == 1 && !up && padTop == 0 && padLeft == 0 {
             return try product(rows: pixels, row0: 0, x: x.pointer, ldx: c.inChannels)  // pointwise: the frame is its columns

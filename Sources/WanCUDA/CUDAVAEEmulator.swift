@@ -55,6 +55,50 @@ enum EmulatedVAEKernels {
                     }
                 }
             }
+        case "vae_conv_bf16":
+            let frames = a.int32(6), srcH = a.int32(7), srcW = a.int32(8), channels = a.int32(9), up = a.int32(10)
+            let outH = a.int32(11), outW = a.int32(12), kh = a.int32(13), kw = a.int32(14), stride = a.int32(15)
+            let padTop = a.int32(16), padLeft = a.int32(17), outChannels = a.int32(18), ldw = a.int32(19), accumulate = a.int32(20)
+            let pixels = outH * outW, width = frames * kh * kw * channels
+            guard (1...3).contains(frames), (0...1).contains(up), channels > 0, channels % 32 == 0, ldw % 8 == 0, ldw >= width,
+                  kh > 0, kw > 0, stride > 0, outChannels > 0 else {
+                return "frames \(frames), up \(up), channels \(channels) (multiple of 32), ldw \(ldw) (multiple of 8, >= \(width))"
+            }
+            guard threads == 256, grid.0 * 128 >= pixels, grid.1 * 64 >= outChannels else {
+                return "grid \(grid) block \(block) does not cover \(pixels) pixels x \(outChannels) channels (128 x 64 per block of 256)"
+            }
+            let sources = (0..<frames).map { a.address(1 + $0) }
+            guard EmulatedDriver.inside(a.address(0), pixels * outChannels * 4), sources.allSatisfy({ EmulatedDriver.inside($0, srcH * srcW * channels * 4) }),
+                  EmulatedDriver.inside(a.address(4), ((outChannels - 1) * ldw + width) * 2), EmulatedDriver.inside(a.address(5), outChannels * 4) else {
+                return "the output, an input frame, the weights or the bias run past an allocation"
+            }
+            guard (sources + [a.address(4)]).allSatisfy({ $0 % 16 == 0 }) else { return "frames and weights must be 16-byte aligned" }
+            let y = floats(a.address(0)), input = sources.map(floats), bias = floats(a.address(5))
+            let w = UnsafeMutablePointer<UInt16>(bitPattern: UInt(a.address(4)))!
+            let (inH, inW) = (srcH << up, srcW << up)
+            var column = [Double](repeating: 0, count: width)
+            for p in 0..<pixels {
+                let oy = p / outW, ox = p % outW
+                var at = 0
+                for t in 0..<frames { for ky in 0..<kh { for kx in 0..<kw {
+                    let iy = oy * stride - padTop + ky, ix = ox * stride - padLeft + kx
+                    let inside = iy >= 0 && iy < inH && ix >= 0 && ix < inW
+                    for c in 0..<channels {
+                        column[at] = inside ? Double(BFloat16.float(BFloat16.from(input[t][((iy >> up) * srcW + (ix >> up)) * channels + c]))) : 0
+                        at += 1
+                    }
+                } } }
+                for o in 0..<outChannels {
+                    var s = 0.0
+                    for k in 0..<width { s += column[k] * Double(BFloat16.float(w[o * ldw + k])) }
+                    // In float64 and rounded once, in the emulated cuBLASLt's order (product, + y, + bias): the
+                    // implicit conv then equals im2col + the emulated product bit for bit.
+                    var v = s
+                    if accumulate == 1 { v += Double(y[p * outChannels + o]) }
+                    v += Double(bias[o])
+                    y[p * outChannels + o] = Float(v)
+                }
+            }
         case "vae_rms_norm_f32":
             let rows = a.int64(3), channels = a.int32(4), silu = a.int32(5)
             guard threads % 32 == 0 else { return "one warp per row: block \(block) is not whole warps" }

@@ -20,6 +20,18 @@ extension KernelSelfTest {
                 try self.vaeIm2col(frames: 3, srcH: 5, srcW: 7, channels: 16, up: 0, outH: 5, outW: 7, k: 3, stride: 1, pad: 1, row0: 2, rows: 31, bf16: true) }),
             ("vae_im2col_bf16 (C 3, nearest 2x up)", 0, {
                 try self.vaeIm2col(frames: 1, srcH: 3, srcW: 4, channels: 3, up: 1, outH: 6, outW: 8, k: 3, stride: 1, pad: 1, row0: 0, rows: 48, bf16: true) }),
+            ("vae_conv_bf16 (3 frames, 3x3, pad 1, +=, 135 pixels x 40 channels)", 1e-5, {
+                try self.vaeConv(frames: 3, srcH: 9, srcW: 15, channels: 32, up: 0, outH: 9, outW: 15, k: 3, stride: 1, pad: 1, outChannels: 40,
+                                 skippedTaps: 0, accumulate: true) }),
+            ("vae_conv_bf16 (C 64, stride 2, 72 channels)", 1e-5, {
+                try self.vaeConv(frames: 1, srcH: 10, srcW: 12, channels: 64, up: 0, outH: 5, outW: 6, k: 3, stride: 2, pad: 0, outChannels: 72,
+                                 skippedTaps: 0, accumulate: false) }),
+            ("vae_conv_bf16 (nearest 2x up, 16 channels)", 1e-5, {
+                try self.vaeConv(frames: 1, srcH: 4, srcW: 6, channels: 32, up: 1, outH: 8, outW: 12, k: 3, stride: 1, pad: 1, outChannels: 16,
+                                 skippedTaps: 0, accumulate: false) }),
+            ("vae_conv_bf16 (2 of 3 frames, 1x1: a weight row's suffix)", 1e-5, {
+                try self.vaeConv(frames: 2, srcH: 7, srcW: 20, channels: 96, up: 0, outH: 7, outW: 20, k: 1, stride: 1, pad: 0, outChannels: 96,
+                                 skippedTaps: 1, accumulate: false) }),
             ("vae_rms_norm_f32", 1e-6, { try self.vaeRMSNorm(silu: false) }),
             ("vae_rms_norm_f32 (SiLU)", 1e-6, { try self.vaeRMSNorm(silu: true) }),
             ("vae_softmax_f32", 1e-6, vaeSoftmax),
@@ -84,6 +96,44 @@ extension KernelSelfTest {
     private func vaeDownloadBF16(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
         try context.synchronize()
         return try buffer.download(count: count, as: UInt16.self).map { Double(KernelSelfTest.float(bf16: $0)) }
+    }
+
+    /// vae_conv_bf16 against a float64 sum over the same bf16-rounded inputs and weights; the weights are rows of
+    /// (skippedTaps + frames) taps of which the kernel gets the suffix.
+    private func vaeConv(frames: Int, srcH: Int, srcW: Int, channels c: Int, up: Int, outH: Int, outW: Int, k: Int, stride: Int, pad: Int,
+                         outChannels: Int, skippedTaps: Int, accumulate: Bool) throws -> ([Double], [Double]) {
+        let round = { (v: Float) in KernelSelfTest.float(bf16: KernelSelfTest.bf16(v)) }
+        let inputs = (0..<frames).map { Self.values(srcH * srcW * c, seed: UInt64(31 + $0)) }
+        let buffers = try inputs.map(vaeUpload)
+        let width = frames * k * k * c, ldw = (skippedTaps * k * k * c) + width
+        let w = Self.values(outChannels * ldw, seed: 40, scale: 0.05).map(round)
+        let bias = Self.values(outChannels, seed: 41), y0 = Self.values(outH * outW * outChannels, seed: 42)
+        let dw = try context.allocate(bytes: w.count * 2)
+        try dw.upload(w.map(KernelSelfTest.bf16))
+        let db = try vaeUpload(bias), dy = try vaeUpload(y0)
+        let skipped = UInt64((ldw - width) * 2)
+        try vaeFunction("vae_conv_bf16").launch(grid: ((outH * outW + 127) / 128, (outChannels + 63) / 64, 1), block: (256, 1, 1), [
+            .buffer(dy), .buffer(buffers[0]), .pointer(frames > 1 ? buffers[1].pointer : 0), .pointer(frames > 2 ? buffers[2].pointer : 0),
+            .pointer(dw.pointer + skipped), .buffer(db), .int32(Int32(frames)), .int32(Int32(srcH)), .int32(Int32(srcW)), .int32(Int32(c)),
+            .int32(Int32(up)), .int32(Int32(outH)), .int32(Int32(outW)), .int32(Int32(k)), .int32(Int32(k)), .int32(Int32(stride)),
+            .int32(Int32(pad)), .int32(Int32(pad)), .int32(Int32(outChannels)), .int32(Int32(ldw)), .int32(accumulate ? 1 : 0)])
+        var reference: [Double] = []
+        for p in 0..<(outH * outW) {
+            let oy = p / outW, ox = p % outW
+            var column: [Double] = []
+            for t in 0..<frames { for ky in 0..<k { for kx in 0..<k {
+                let iy = oy * stride - pad + ky, ix = ox * stride - pad + kx
+                let inside = iy >= 0 && iy < srcH << up && ix >= 0 && ix < srcW << up
+                for ch in 0..<c { column.append(inside ? Double(round(inputs[t][((iy >> up) * srcW + (ix >> up)) * c + ch])) : 0) }
+            } } }
+            for o in 0..<outChannels {
+                var s = Double(bias[o]) + (accumulate ? Double(y0[p * outChannels + o]) : 0)
+                for kk in 0..<width { s += column[kk] * Double(w[o * ldw + (ldw - width) + kk]) }
+                reference.append(s)
+            }
+        }
+        let got = try vaeDownload(dy, outH * outW * outChannels)
+        return withExtendedLifetime((buffers, dw)) { (got, reference) }
     }
 
     private func vaeRMSNorm(silu: Bool) throws -> ([Double], [Double]) {

@@ -19,6 +19,7 @@ struct BenchVAE: ParsableCommand {
     @Option(help: "Where to run: cpu, cuda (an NVIDIA GPU) or auto.") var device: String = "cpu"
     @Option(help: "With --device cuda: f32 (exact, no TF32) or bf16 (the 3x3 and temporal convs' products in bf16, f32 accumulation).") var precision: String = "f32"
     @Option(help: "With --device cuda: MiB of im2col columns gathered at once (default 512; small values keep them in L2).") var columnMib: Int?
+    @Option(help: "With --device cuda --precision bf16: im2col (columns + cuBLASLt, the default) or implicit (vae_conv_bf16: no columns).") var conv: String = "im2col"
 
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(256, 256, 5), (832, 480, 1)]

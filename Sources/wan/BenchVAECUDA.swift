@@ -25,6 +25,8 @@ extension BenchVAE {
         } else {
             vae = try CUDAVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7), precision: precision, context: context)
         }
+        guard ["im2col", "implicit"].contains(conv) else { throw ValidationError("--conv must be im2col or implicit") }
+        vae.implicitConvolution = conv == "implicit"
         if let columnMib {
             guard columnMib > 0 else { throw ValidationError("--column-mib must be positive") }
             vae.columnBudgetBytes = columnMib << 20
@@ -87,7 +89,7 @@ extension BenchVAE {
                 if json {
                     var obj: [String: Any] = [
                         "op": what, "device": "cuda:\(gpu.ordinal)", "gpu": gpu.name, "precision": precision.rawValue, "size": "\(s.w)x\(s.h)", "frames": s.f,
-                        "seconds": seconds, "seconds_per_frame": seconds / Double(s.f), "column_budget_bytes": vae.columnBudgetBytes, "warmup_9_frames_seconds": warmSeconds,
+                        "seconds": seconds, "seconds_per_frame": seconds / Double(s.f), "column_budget_bytes": vae.columnBudgetBytes, "conv": conv, "warmup_9_frames_seconds": warmSeconds,
                         "load_seconds": loadSeconds, "kernel_compile_seconds": compileSeconds, "peak_gpu_bytes": peak,
                         "allocated_peak_bytes": allocated, "weight_bytes": vae.weightBytes, "total_gpu_bytes": total, "output_finite": finite]
                     if what == "decode" { obj["estimated_state_bytes"] = vae.config.decodeStateBytes(width: s.w, height: s.h) }

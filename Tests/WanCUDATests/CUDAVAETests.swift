@@ -70,6 +70,29 @@ final class CUDAVAETests: XCTestCase {
         XCTAssertEqual(CUDAEmulator.refusals, [], "launches or products the emulator refused")
     }
 
+    /// The implicit-GEMM conv kernel (bf16, channels multiples of 32) in place of im2col + cuBLASLt gives the same
+    /// VAE (the same bf16 roundings, another summation order) on a VAE whose stages have 32, 64 and 128 channels.
+    func testImplicitConvolutionEqualsTheColumnsPath() throws {
+        let (context, compiler, cache) = try emulatorOrSkip()
+        defer { CUDAEmulator.uninstall(); try? FileManager.default.removeItem(atPath: cache) }
+        var config = WanVAEConfig()
+        config.dim = 32
+        config.dimMult = [1, 2, 4]
+        config.temporalDownsample = [true, true]
+        let weights = RandomWeights(synthesizingWithSeed: 12)
+        let cpu = try WanVAE(config: config, weights: weights)
+        let columns = try CUDAVAE(config: config, weights: weights, precision: .bf16, context: context, compiler: compiler)
+        let implicit = try CUDAVAE(config: config, weights: weights, precision: .bf16, context: context, compiler: compiler)
+        implicit.implicitConvolution = true
+        let latent = try random([16, 3, 2, 3], seed: 7, scale: 3)
+        let video = try random([3, 9, 8, 12], seed: 8, scale: 1)
+        let viaColumns = try columns.decode(latent), viaColumnsLatent = try columns.encode(video)
+        assertClose(try implicit.decode(latent), viaColumns, 1e-5, "implicit vs columns decode (bf16)")
+        assertClose(try implicit.encode(video), viaColumnsLatent, 1e-5, "implicit vs columns encode (bf16)")
+        assertClose(try implicit.decode(latent), try cpu.decode(latent), 2e-2, "implicit bf16 decode vs CPU")
+        XCTAssertEqual(CUDAEmulator.refusals, [])
+    }
+
     /// Streaming: chunks come per latent frame (1, then 4 frames) and equal the whole decode; the device memory in
     /// use stops growing after the first frames (the state is the causal history, not the video); the streaming
     /// encode reads frames one at a time with bounded memory too.
@@ -167,10 +190,11 @@ final class CUDAVAETests: XCTestCase {
         let latent = try random([16, 3, 6, 10], seed: 3, scale: 3)
         let video = try random([3, 9, 48, 80], seed: 4, scale: 1)
         let expectedVideo = try cpu.decode(latent), expectedLatent = try cpu.encode(video)
-        for (precision, tolerance) in [(CUDAPrecision.f32, 1e-4), (.bf16, 2e-2)] {
+        for (precision, implicit, tolerance) in [(CUDAPrecision.f32, false, 1e-4), (.bf16, false, 2e-2), (.bf16, true, 2e-2)] {
             let gpu = try CUDAVAE(config: config, weights: weights, precision: precision, context: context)
-            assertClose(try gpu.decode(latent), expectedVideo, tolerance, "GPU \(precision) decode")
-            assertClose(try gpu.encode(video), expectedLatent, tolerance, "GPU \(precision) encode")
+            gpu.implicitConvolution = implicit
+            assertClose(try gpu.decode(latent), expectedVideo, tolerance, "GPU \(precision)\(implicit ? " implicit" : "") decode")
+            assertClose(try gpu.encode(video), expectedLatent, tolerance, "GPU \(precision)\(implicit ? " implicit" : "") encode")
         }
     }
 }

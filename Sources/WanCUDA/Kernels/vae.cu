@@ -8,6 +8,8 @@
 //   vae_rms_norm_f32: the official RMS_norm over channels, y = x / max(||x||, 1e-12) * sqrt(C) * gamma, then SiLU
 //                     when `silu` is 1 (the residual blocks and the head); out may equal x.
 //   vae_softmax_f32:  softmax(scale * s) along each row, in place (the per-frame attention's scores).
+//   vae_conv_bf16:    a whole conv as an implicit GEMM on the tensor cores (the bf16 columns never written), an
+//                     alternative to vae_im2col_bf16 + cuBLASLt for channel counts that are multiples of 32.
 #include "common.cuh"
 
 // col [rows, frames * kh * kw * C]: col[r, ((t * kh + ky) * kw + kx) * C + c] = X_t[iy, ix, c] for output pixel
@@ -124,5 +126,134 @@ vae_softmax_f32(float* s, long rows, int cols, float scale) {
         }
         const float inv = 1.0f / block_sum(sum, scratch);
         for (int c = threadIdx.x; c < cols; c += blockDim.x) r[c] *= inv;
+    }
+}
+
+// Implicit-GEMM convolution on the tensor cores (bf16 x bf16 -> f32, mma.sync m16n8k16, sm_80+): the product of
+// vae_im2col_bf16's columns and a conv's bf16 weights without writing the columns to memory:
+//   y[p, o] = bias[o] + sum over (t, ky, kx, c) of bf16(X_t[iy, ix, c]) * w[o * ldw + ((t * kh + ky) * kw + kx) * C + c]
+//             (+ y[p, o] when accumulate = 1)
+// with p, (iy, ix), X_t and `up` as in vae_im2col_f32; w holds out_channels rows, `ldw` apart, whose first
+// frames * kh * kw * C entries are the taps of the frames given (a suffix of the conv's [Cout, kt, kh, kw, Cin] rows);
+// y: [out_h * out_w, out_channels] f32. Requires channels % 32 == 0 and ldw % 8 == 0, frames and w 16-byte aligned.
+// Tile: 128 pixels x 64 output channels per block of 256 threads (8 warps as 4 x 2, each 32 pixels x 32 channels =
+// 2 x 4 mma tiles), K in steps of 32 channels of one tap staged through shared memory (fragment layouts as in
+// attention.cu). Launch: grid (ceil(out_h * out_w / 128), ceil(out_channels / 64)), block 256.
+#define CV_BM 128
+#define CV_BN 64
+#define CV_BK 32
+#define CV_STRIDE (CV_BK + 8)  // bf16 per shared row: the padding spreads a fragment's 8 rows over all 32 banks
+
+__device__ __forceinline__ void vae_mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                             unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned lds_bf16x2(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
+
+extern "C" __global__ void __launch_bounds__(256)
+vae_conv_bf16(float* y, const float* f0, const float* f1, const float* f2, const bf16* w, const float* bias, int frames,
+              int src_h, int src_w, int channels, int up, int out_h, int out_w, int kh, int kw, int stride, int pad_top,
+              int pad_left, int out_channels, int ldw, int accumulate) {
+    __shared__ __align__(16) bf16 a_tile[CV_BM * CV_STRIDE];
+    __shared__ __align__(16) bf16 b_tile[CV_BN * CV_STRIDE];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int wm = warp >> 1, wn = warp & 1;  // this warp's 32-pixel row block and 32-channel column block
+    const long pixels = (long)out_h * out_w;
+    const long p0 = (long)blockIdx.x * CV_BM;
+    const int o0 = blockIdx.y * CV_BN;
+    const int in_h = src_h << up, in_w = src_w << up;
+
+    // Staging: each thread brings 16 channels of one pixel (A) and 8 k of one output channel's weights (B).
+    const int a_row = tid >> 1, a_col = (tid & 1) * 16;
+    const long ap = p0 + a_row;
+    const bool a_pixel = ap < pixels;
+    const int aoy = a_pixel ? (int)(ap / out_w) : 0;
+    const int aox = a_pixel ? (int)(ap - (long)aoy * out_w) : 0;
+    const int b_row = tid >> 2, b_col = (tid & 3) * 8;
+    const bool b_channel = o0 + b_row < out_channels;
+    const bf16* w_row = w + (long)(b_channel ? o0 + b_row : 0) * ldw + b_col;
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+
+    const int window = kh * kw;
+    for (int tap = 0; tap < frames * window; ++tap) {
+        const int t = tap / window, k = tap - t * window;
+        const int ky = k / kw, kx = k - ky * kw;
+        const float* f = t == 0 ? f0 : (t == 1 ? f1 : f2);
+        const int iy = aoy * stride - pad_top + ky, ix = aox * stride - pad_left + kx;
+        const bool inside = a_pixel && iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
+        const float* a_src = f + (inside ? ((long)(iy >> up) * src_w + (ix >> up)) * channels + a_col : 0);
+        const bf16* b_src = w_row + (long)tap * channels;
+        for (int c0 = 0; c0 < channels; c0 += CV_BK) {
+            uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = make_uint4(0u, 0u, 0u, 0u);
+            if (inside) {
+                const float4* s = reinterpret_cast<const float4*>(a_src + c0);
+                const float4 v0 = s[0], v1 = s[1], v2 = s[2], v3 = s[3];
+                lo = make_uint4(pack_bf16x2(v0.x, v0.y), pack_bf16x2(v0.z, v0.w), pack_bf16x2(v1.x, v1.y), pack_bf16x2(v1.z, v1.w));
+                hi = make_uint4(pack_bf16x2(v2.x, v2.y), pack_bf16x2(v2.z, v2.w), pack_bf16x2(v3.x, v3.y), pack_bf16x2(v3.z, v3.w));
+            }
+            uint4* a_dst = reinterpret_cast<uint4*>(&a_tile[a_row * CV_STRIDE + a_col]);
+            a_dst[0] = lo;
+            a_dst[1] = hi;
+            *reinterpret_cast<uint4*>(&b_tile[b_row * CV_STRIDE + b_col]) =
+                b_channel ? *reinterpret_cast<const uint4*>(b_src + c0) : make_uint4(0u, 0u, 0u, 0u);
+            __syncthreads();
+#pragma unroll
+            for (int ks = 0; ks < CV_BK; ks += 16) {
+                unsigned a[2][4];
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    const bf16* r = &a_tile[(wm * 32 + mi * 16 + g) * CV_STRIDE + ks + 2 * t4];
+                    a[mi][0] = lds_bf16x2(r);                      // A[g][2t..]
+                    a[mi][1] = lds_bf16x2(r + 8 * CV_STRIDE);      // A[g + 8][2t..]
+                    a[mi][2] = lds_bf16x2(r + 8);                  // A[g][2t + 8..]
+                    a[mi][3] = lds_bf16x2(r + 8 * CV_STRIDE + 8);  // A[g + 8][2t + 8..]
+                }
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni) {
+                    // B[k][n] = w[n][k]: column g of this 8-channel tile, k = 2t.. and 2t + 8..
+                    const bf16* r = &b_tile[(wn * 32 + ni * 8 + g) * CV_STRIDE + ks + 2 * t4];
+                    const unsigned b0 = lds_bf16x2(r), b1 = lds_bf16x2(r + 8);
+#pragma unroll
+                    for (int mi = 0; mi < 2; ++mi) vae_mma_bf16(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b0, b1);
+                }
+            }
+            __syncthreads();
+        }
+    }
+
+    // C fragments: acc[.][.][0..1] = C[g][2t..2t+1], acc[.][.][2..3] = C[g + 8][2t..2t+1].
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const long p = p0 + wm * 32 + mi * 16 + g + half * 8;
+            if (p >= pixels) continue;
+            float* yr = y + p * out_channels;
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int o = o0 + wn * 32 + ni * 8 + 2 * t4 + j;
+                    if (o < out_channels) {
+                        float v = acc[mi][ni][half * 2 + j] + bias[o];
+                        if (accumulate) v += yr[o];
+                        yr[o] = v;
+                    }
+                }
+            }
+        }
     }
 }
