@@ -10,6 +10,7 @@ extension KernelSelfTest {
             ("t5_attention_f32 (head_dim 64, padded and empty segments)", 1e-5, { try self.t5Attention(bf16: false, headDim: 64) }),
             ("t5_attention_f32 (head_dim 96)", 1e-5, { try self.t5Attention(bf16: false, headDim: 96) }),
             ("t5_attention_bf16 (head_dim 64)", 1e-2, { try self.t5Attention(bf16: true, headDim: 64) }),
+            ("t5_attention_f32 (CLIP: head_dim 80, scale, no bias)", 1e-5, { try self.t5Attention(bf16: false, headDim: 80, bias: false) }),
             ("t5_gelu_mul_f32", 1e-6, { try self.t5GeluMul() }),
         ]
     }
@@ -28,7 +29,8 @@ extension KernelSelfTest {
         return buffer
     }
 
-    private func t5Attention(bf16: Bool, headDim hd: Int) throws -> ([Double], [Double]) {
+    private func t5Attention(bf16: Bool, headDim hd: Int, bias: Bool = true) throws -> ([Double], [Double]) {
+        let scale: Float = bias ? 1 : 1 / Float(hd).squareRoot()
         let heads = 3, buckets = 32
         // Segments: 150 rows with 140 keys (10 padded rows), 37 rows with 37 keys, 5 rows with no key.
         let segments: [(rows: Int, keys: Int)] = [(150, 140), (37, 37), (5, 0)]
@@ -61,7 +63,8 @@ extension KernelSelfTest {
         let f = try compiler.load(module: "t5.cu", on: context).function(bf16 ? "t5_attention_bf16" : "t5_attention_f32")
         try f.launch(grid: (rows, heads, 1), block: (128, 1, 1),
                      [.buffer(out), .buffer(qb), .buffer(kb), .buffer(vb), .buffer(ints[0]), .buffer(ints[1]), .buffer(ints[2]),
-                      .buffer(ints[3]), .buffer(ints[4]), .int32(Int32(maxPos)), .buffer(tableBuffer), .int32(Int32(heads)), .int32(Int32(hd))])
+                      .buffer(ints[3]), .buffer(ints[4]), .int32(Int32(maxPos)), bias ? .buffer(tableBuffer) : .pointer(0), .int32(Int32(heads)),
+                      .int32(Int32(hd)), .float(scale)])
         try context.synchronize()
         let gpu: [Double] = bf16 ? try out.download(count: rows * ld, as: UInt16.self).map { Double(Self.float(bf16: $0)) }
                                  : try out.download(count: rows * ld, as: Float.self).map(Double.init)
@@ -75,7 +78,7 @@ extension KernelSelfTest {
                         var s = 0.0
                         for d in 0..<hd { s += Double(q[row * ld + h * hd + d]) * Double(k[(start + j) * ld + h * hd + d]) }
                         let rel = Int(positions[start + j]) - Int(positions[row]) + maxPos
-                        scores[j] = s + Double(table[Int(bucketOf[rel]) * heads + h])
+                        scores[j] = s * Double(scale) + (bias ? Double(table[Int(bucketOf[rel]) * heads + h]) : 0)
                     }
                 }
                 let m = scores.max()!

@@ -168,14 +168,16 @@ public final class CUDAUMT5: UMT5TextEncoder {
 
 extension CUDAOps {
     /// T5 self-attention (t5.cu): grid (rows, heads), 128 threads; the per-row segment arrays and buckets are device
-    /// int32 arrays, `table` the layer's [buckets, heads] f32 bias.
+    /// int32 arrays, `table` the layer's [buckets, heads] f32 bias (0: none, with positions and buckets unused);
+    /// scores are scale * q·k (T5: 1).
     public func t5Attention(_ type: DeviceDType, out: UInt64, q: UInt64, k: UInt64, v: UInt64, segStart: UInt64, segKeys: UInt64,
                             segRows: UInt64, positions: UInt64, bucketOf: UInt64, maxPos: Int, table: UInt64,
-                            rows: Int, heads: Int, headDim: Int) throws {
+                            rows: Int, heads: Int, headDim: Int, scale: Float = 1) throws {
         guard rows > 0 else { return }
         try go("t5_attention_\(type == .f32 ? "f32" : "bf16")", grid: (rows, heads, 1), block: (128, 1, 1),
                [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(segStart), .pointer(segKeys), .pointer(segRows),
-                .pointer(positions), .pointer(bucketOf), .int32(Int32(maxPos)), .pointer(table), .int32(Int32(heads)), .int32(Int32(headDim))])
+                .pointer(positions), .pointer(bucketOf), .int32(Int32(maxPos)), .pointer(table), .int32(Int32(heads)), .int32(Int32(headDim)),
+                .float(scale)])
     }
 
     /// out = gelu_tanh(gate) * up (out may alias either).

@@ -1,9 +1,9 @@
 // Kernels of the umT5 text encoder (official wan/modules/t5.py) that the DiT's files do not cover.
 //
 //   t5_attention: T5 self-attention of one query row and one head per thread block (launch: grid = (rows, heads),
-//                 block = 128 threads). Scores q . k (no 1/sqrt(d) scaling in T5) plus the relative-position bias
-//                 table[bucket(pos_key - pos_query), head] over the keys [0, keys) of the row's segment, softmax,
-//                 times v. Rows are the stacked segments of a batch: row r belongs to the segment starting at row
+//                 block = 128 threads). Scores scale * q . k (T5: scale 1, no 1/sqrt(d)) plus the relative-position
+//                 bias table[bucket(pos_key - pos_query), head] (none when table is null: CLIP's attention) over the
+//                 keys [0, keys) of the row's segment, softmax, times v. Rows are the stacked segments of a batch: row r belongs to the segment starting at row
 //                 seg_start[r] with seg_keys[r] keys (its real tokens) and seg_rows[r] rows (real + padded); a
 //                 segment with no key attends uniformly to all its rows (torch's softmax over equal finfo.min scores).
 //                 bucket_of[relative + max_pos] is the bucket of a relative position; table is [buckets, heads] f32.
@@ -19,7 +19,7 @@ template <typename T>
 __device__ __forceinline__ void t5_attention_body(T* out, const T* q, const T* k, const T* v, const int* seg_start,
                                                   const int* seg_keys, const int* seg_rows, const int* positions,
                                                   const int* bucket_of, int max_pos, const float* table, int heads,
-                                                  int head_dim) {
+                                                  int head_dim, float scale) {
     __shared__ float scores[T5_MAX_KEYS];
     __shared__ float partial[T5_THREADS];
     __shared__ float scratch[32];
@@ -29,7 +29,7 @@ __device__ __forceinline__ void t5_attention_body(T* out, const T* q, const T* k
     const int n = uniform ? seg_rows[row] : keys;
     const long ld = (long)heads * head_dim;
     const T* qr = q + (long)row * ld + (long)h * head_dim;
-    const int pos_q = positions[row];
+    const int pos_q = table ? positions[row] : 0;  // positions and bucket_of are unused without a table
 
     // Scores and their maximum.
     float local_max = NEG_INF;
@@ -38,7 +38,8 @@ __device__ __forceinline__ void t5_attention_body(T* out, const T* q, const T* k
         if (!uniform) {
             const T* kr = k + (long)(start + j) * ld + (long)h * head_dim;
             for (int d = 0; d < head_dim; ++d) s += load_float(qr, d) * load_float(kr, d);
-            s += table[bucket_of[positions[start + j] - pos_q + max_pos] * heads + h];
+            s *= scale;
+            if (table) s += table[bucket_of[positions[start + j] - pos_q + max_pos] * heads + h];
         }
         scores[j] = s;
         local_max = fmaxf(local_max, s);
@@ -87,15 +88,15 @@ __device__ __forceinline__ void t5_attention_body(T* out, const T* q, const T* k
 extern "C" __global__ void __launch_bounds__(T5_THREADS)
 t5_attention_f32(float* out, const float* q, const float* k, const float* v, const int* seg_start, const int* seg_keys,
                  const int* seg_rows, const int* positions, const int* bucket_of, int max_pos, const float* table,
-                 int heads, int head_dim) {
-    t5_attention_body(out, q, k, v, seg_start, seg_keys, seg_rows, positions, bucket_of, max_pos, table, heads, head_dim);
+                 int heads, int head_dim, float scale) {
+    t5_attention_body(out, q, k, v, seg_start, seg_keys, seg_rows, positions, bucket_of, max_pos, table, heads, head_dim, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(T5_THREADS)
 t5_attention_bf16(bf16* out, const bf16* q, const bf16* k, const bf16* v, const int* seg_start, const int* seg_keys,
                   const int* seg_rows, const int* positions, const int* bucket_of, int max_pos, const float* table,
-                  int heads, int head_dim) {
-    t5_attention_body(out, q, k, v, seg_start, seg_keys, seg_rows, positions, bucket_of, max_pos, table, heads, head_dim);
+                  int heads, int head_dim, float scale) {
+    t5_attention_body(out, q, k, v, seg_start, seg_keys, seg_rows, positions, bucket_of, max_pos, table, heads, head_dim, scale);
 }
 
 __device__ __forceinline__ float t5_gelu_tanh(float x) {
