@@ -24,7 +24,8 @@ extension ConformanceRunner {
         return m
     }
 
-    func clip(_ model: String) throws -> CLIPVision {
+    /// The CLIP tower of `model` on the runner's backend (`clipFactory`'s, else the CPU `CLIPVision`), cached.
+    func clip(_ model: String) throws -> CLIPImageEncoder {
         if let m = clipEncoders[model] { return m }
         let json = try modelJSON(model)
         let files = (json["files"] as? [String]) ?? [model + ".safetensors"]
@@ -32,7 +33,12 @@ extension ConformanceRunner {
         let weights = try openCLIPWeights(path: (weightsDirectory as NSString).appendingPathComponent(files[0]))
         var arguments = weights.arguments ?? [:]
         for (k, v) in json["config"] as? [String: Any] ?? [:] { arguments[k] = v }
-        let m = try CLIPVision(weights: weights.source, arguments: arguments)
+        let m: CLIPImageEncoder
+        if let factory = clipFactory {
+            m = try factory(CLIPVisionConfig.inferred(from: weights.source, arguments: arguments), weights.source)
+        } else {
+            m = try CLIPVision(weights: weights.source, arguments: arguments)
+        }
         clipEncoders[model] = m
         return m
     }

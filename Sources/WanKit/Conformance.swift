@@ -82,7 +82,7 @@ public final class ConformanceRunner {
     private var dits: [String: WanDiT] = [:]
     var vaes: [String: WanVAE] = [:]
     var t5Encoders: [String: UMT5TextEncoder] = [:]
-    var clipEncoders: [String: CLIPVision] = [:]
+    var clipEncoders: [String: CLIPImageEncoder] = [:]
     var vaceDiTs: [String: VACEDenoiser] = [:]
     private var factoryDiTs: [String: DiTDenoiser] = [:]
     var factoryVAEs: [String: VAECoding] = [:]
@@ -97,6 +97,9 @@ public final class ConformanceRunner {
     /// Another backend for the umT5 cases (component `t5`, the `weights` cases of umT5 models, and the text encoder of
     /// the pipeline cases), made from the configuration and weights the CPU path binds (nil: the CPU `UMT5Encoder`).
     public var t5Factory: ((UMT5Config, WeightSource) throws -> UMT5TextEncoder)?
+    /// Another backend for the CLIP cases (component `clip`, the `weights` cases of CLIP towers, the image pipelines'
+    /// tower), made from the configuration and weights the CPU path binds (nil: the CPU `CLIPVision`).
+    public var clipFactory: ((CLIPVisionConfig, WeightSource) throws -> CLIPImageEncoder)?
     /// Another backend for the VACE DiT cases (class `VaceWanModel`), made from the configuration and weights the CPU
     /// path binds (nil: the CPU `WanVACEDiT`; skipped while only `ditFactory` is set).
     public var vaceFactory: ((WanVACEConfig, WeightSource) throws -> VACEDenoiser)?
@@ -135,13 +138,15 @@ public final class ConformanceRunner {
         let path = (casesDirectory as NSString).appendingPathComponent(name + ".json")
         do {
             let c = try GoldenCase(jsonPath: path)
-            if ditFactory != nil || vaeFactory != nil || t5Factory != nil {
+            if ditFactory != nil || vaeFactory != nil || t5Factory != nil || clipFactory != nil {
                 let modelClass = c.component == "weights" ? try c.model.map(modelJSON)?["class"] as? String : nil
                 // Pipelines run their DiT on the backend, the other parts on the CPU.
                 let isDiT = c.component == "dit" || c.component == "pipeline" || ["WanModel", "WanTransformer3DModel"].contains(modelClass ?? "")
                 let isVAE = c.component == "vae" || ["WanVAE_", "AutoencoderKLWan"].contains(modelClass ?? "")
                 let isT5 = c.component == "t5" || ["T5Encoder", "UMT5EncoderModel"].contains(modelClass ?? "")
-                if !(isDiT && ditFactory != nil) && !(isVAE && vaeFactory != nil) && !(isT5 && t5Factory != nil) { return .skip(c.name, "component '\(c.component)' is not on the \(backendName) backend yet (it runs with --device cpu)") }
+                let isCLIP = c.component == "clip" || ["VisionTransformer", "CLIPVisionModel"].contains(modelClass ?? "")
+                if !(isDiT && ditFactory != nil) && !(isVAE && vaeFactory != nil) && !(isT5 && t5Factory != nil)
+                    && !(isCLIP && clipFactory != nil) { return .skip(c.name, "component '\(c.component)' is not on the \(backendName) backend yet (it runs with --device cpu)") }
             }
             switch c.component {
             case "dit":

@@ -138,3 +138,28 @@ extension ModelLoader {
         return (model, nil)
     }
 }
+
+extension ModelLoader {
+    /// The CLIP image tower (`openCLIPWeights`: .pth, safetensors or a transformers folder), on the CPU.
+    public static func clip(_ path: String) throws -> CLIPVision {
+        let w = try openCLIPWeights(path: path)
+        return try CLIPVision(weights: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:])
+    }
+
+    /// The CLIP image tower beside a DiT on `placement`: on the GPU when its weights (and a batch of two images)
+    /// fit in the GPU's free memory now, else on the CPU with `note` saying why.
+    public static func clip(_ path: String, on placement: DiTPlacement) throws -> (encoder: any CLIPImageEncoder, note: String?) {
+        guard let gpu = placement.gpu else { return (try clip(path), nil) }
+        let w = try openCLIPWeights(path: path)
+        let config = CLIPVisionConfig.inferred(from: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:])
+        let rows = 2 * config.tokens, t = placement.precision.activation.size
+        let weights = (config.numLayers - 1) * (4 * config.dim * config.dim + 2 * config.dim * config.mlpDim) * t
+        let need = weights + rows * (4 * config.dim + t * (6 * config.dim + config.mlpDim)) + CUDADiTMemory.reserveBytes
+        let free = try gpu.memoryInfo().free
+        guard need <= free else {
+            return (try clip(path), String(format: "CLIP runs on the CPU: it needs %.1f GB of GPU memory, %.1f GB is free beside the DiT",
+                                          Double(need) / 1e9, Double(free) / 1e9))
+        }
+        return (try CUDACLIP(config: config, weights: w.source, precision: placement.precision, context: gpu), nil)
+    }
+}

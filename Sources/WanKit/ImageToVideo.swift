@@ -200,12 +200,12 @@ struct ImageConditionedSampler {
     let text: TextConditioner
     let dit: any DiTDenoiser
     let vae: any VAECoding
-    let clip: CLIPVision?
+    let clip: (any CLIPImageEncoder)?
     let lastFrame: Bool
     let defaultNegative: String
 
     /// Checks the models fit together for `task` ("i2v" or "flf2v").
-    static func check(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: CLIPVision?, task: String, name: String) throws {
+    static func check(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: (any CLIPImageEncoder)?, task: String, name: String) throws {
         let c = dit.config
         guard c.modelType == task else {
             throw GenerationError.modelMismatch("this is a \(c.modelType) DiT; \(name) needs a \(task) model (in_dim \(2 * vae.config.zDim + 4), with img_emb\(task == "flf2v" ? " and img_emb.emb_pos" : ""))")
@@ -312,9 +312,10 @@ public final class ImageToVideo: @unchecked Sendable {
     /// The VAE on its backend: `WanVAE` (CPU) or `CUDAVAE` (GPU).
     public let vae: any VAECoding
     /// The CLIP vision tower; nil when the caller always passes precomputed CLIP features.
-    public let clip: CLIPVision?
+    /// The CLIP image tower on its backend: `CLIPVision` (CPU) or `CUDACLIP` (GPU).
+    public let clip: (any CLIPImageEncoder)?
 
-    public init(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: CLIPVision? = nil) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: (any CLIPImageEncoder)? = nil) throws {
         try ImageConditionedSampler.check(text: text, dit: dit, vae: vae, clip: clip, task: "i2v", name: "image-to-video")
         self.text = text; self.dit = dit; self.vae = vae; self.clip = clip
     }
@@ -368,9 +369,10 @@ public final class FirstLastFrameToVideo: @unchecked Sendable {
     public let dit: any DiTDenoiser
     /// The VAE on its backend: `WanVAE` (CPU) or `CUDAVAE` (GPU).
     public let vae: any VAECoding
-    public let clip: CLIPVision?
+    /// The CLIP image tower on its backend: `CLIPVision` (CPU) or `CUDACLIP` (GPU).
+    public let clip: (any CLIPImageEncoder)?
 
-    public init(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: CLIPVision? = nil) throws {
+    public init(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: (any CLIPImageEncoder)? = nil) throws {
         try ImageConditionedSampler.check(text: text, dit: dit, vae: vae, clip: clip, task: "flf2v", name: "first-last-frame-to-video")
         self.text = text; self.dit = dit; self.vae = vae; self.clip = clip
     }

@@ -72,7 +72,7 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
 /// the official `VisionTransformer` (patch conv without bias, class token, position embedding, pre-norm, pre-LN
 /// blocks with fused-qkv attention and an exact-GELU MLP) run through all blocks but the last (`use_31_block=True`),
 /// no post-norm. Weights stay as stored and are converted a slice at a time just before use.
-public final class CLIPVision: @unchecked Sendable {
+public final class CLIPVision: CLIPImageEncoder, @unchecked Sendable {
     public let config: CLIPVisionConfig
 
     struct Block {
@@ -113,18 +113,9 @@ public final class CLIPVision: @unchecked Sendable {
         pos = try b.tensor("pos_embedding", b.shape("pos_embedding")?.count == 2 ? [config.tokens, d] : [1, config.tokens, d])
         preNorm = try LayerNormParams(b, "pre_norm", dim: d, eps: eps)
         var blocks: [Block] = []
-        for i in 0..<config.numLayers {
+        // The last block is checked, not loaded (checkUnusedTensors): use_31_block never runs it.
+        for i in 0..<(config.numLayers - 1) {
             let n = "transformer.\(i)."
-            let shapes: [(String, [Int])] = [
-                ("norm1.weight", [d]), ("norm1.bias", [d]), ("norm2.weight", [d]), ("norm2.bias", [d]),
-                ("attn.to_qkv.weight", [3 * d, d]), ("attn.to_qkv.bias", [3 * d]), ("attn.proj.weight", [d, d]), ("attn.proj.bias", [d]),
-                ("mlp.0.weight", [m, d]), ("mlp.0.bias", [m]), ("mlp.2.weight", [d, m]), ("mlp.2.bias", [d]),
-            ]
-            if i == config.numLayers - 1 {
-                // The last block is part of the checkpoint but use_31_block never runs it: checked, not loaded.
-                for (s, shape) in shapes { try Self.check(b, n + s, shape) }
-                continue
-            }
             blocks.append(Block(
                 norm1: try LayerNormParams(b, n + "norm1", dim: d, eps: eps), norm2: try LayerNormParams(b, n + "norm2", dim: d, eps: eps),
                 qkv: try StoredMatrix(b, n + "attn.to_qkv.weight", [3 * d, d]), qkvBias: try b.tensor(n + "attn.to_qkv.bias", [3 * d]),
@@ -133,15 +124,28 @@ public final class CLIPVision: @unchecked Sendable {
                 fc2: try StoredMatrix(b, n + "mlp.2.weight", [d, m]), fc2Bias: try b.tensor(n + "mlp.2.bias", [d])))
         }
         self.blocks = blocks
-        // Unused by Wan's features but part of the official tower (post_norm is always built; head for pool 'token');
-        // transformers' CLIPVisionModel has no head, CLIPVisionModelWithProjection stores it transposed.
-        if b.has("post_norm.weight") { try Self.check(b, "post_norm.weight", [d]) }
-        if b.has("post_norm.bias") { try Self.check(b, "post_norm.bias", [d]) }
+        try Self.checkUnusedTensors(b, config: config)
+        try b.finish()
+    }
+
+    /// The tensors of the official tower that Wan's features never use, checked (shape) and marked as read: the last
+    /// block (use_31_block never runs it), post_norm (always built) and head (pool 'token'; transformers'
+    /// CLIPVisionModel has none, CLIPVisionModelWithProjection stores it transposed).
+    public static func checkUnusedTensors(_ b: WeightBinder, config: CLIPVisionConfig) throws {
+        let d = config.dim, m = config.mlpDim
+        let n = "transformer.\(config.numLayers - 1)."
+        let shapes: [(String, [Int])] = [
+            ("norm1.weight", [d]), ("norm1.bias", [d]), ("norm2.weight", [d]), ("norm2.bias", [d]),
+            ("attn.to_qkv.weight", [3 * d, d]), ("attn.to_qkv.bias", [3 * d]), ("attn.proj.weight", [d, d]), ("attn.proj.bias", [d]),
+            ("mlp.0.weight", [m, d]), ("mlp.0.bias", [m]), ("mlp.2.weight", [d, m]), ("mlp.2.bias", [d]),
+        ]
+        for (s, shape) in shapes { try check(b, n + s, shape) }
+        if b.has("post_norm.weight") { try check(b, "post_norm.weight", [d]) }
+        if b.has("post_norm.bias") { try check(b, "post_norm.bias", [d]) }
         if let s = b.shape("head") {
-            guard s.count == 2, s.contains(d) else { throw WeightError.shapeMismatch(source: weights.label, key: "head", expected: [d, config.outDim], found: s) }
+            guard s.count == 2, s.contains(d) else { throw WeightError.shapeMismatch(source: b.source.label, key: "head", expected: [d, config.outDim], found: s) }
             b.ignore("head")
         }
-        try b.finish()
     }
 
     static func check(_ b: WeightBinder, _ name: String, _ shape: [Int]) throws {
@@ -195,6 +199,81 @@ public final class CLIPVision: @unchecked Sendable {
         }
     }
 
+    /// `VisionTransformer.forward(pixels, use_31_block=True)` on normalised pixels [N, 3, S, S]: [N, tokens, dim].
+    public func forward(pixels: Tensor) throws -> Tensor {
+        let c = config
+        let d = c.dim, L = c.tokens, m = c.mlpDim
+        // Every image's tokens go through each linear layer together (one pass over the weights per batch).
+        let x = try Self.embed(pixels: pixels, config: c, patchWeight: patchWeight, patchBias: patchBias, cls: cls, pos: pos)
+        let n = pixels.shape[0], rows = n * L
+        let h = Tensor(uninitialized: [rows, d])
+        let qkv = Tensor(uninitialized: [rows, 3 * d]), attn = Tensor(uninitialized: [rows, d])
+        let hidden = Tensor(uninitialized: [rows, m]), delta = Tensor(uninitialized: [rows, d])
+        let activation: SliceActivation = c.activation == "quick_gelu" ? .quickGELU : .geluErf
+        let scale = 1 / Float(c.headDim).squareRoot()
+        preNorm(x.data, rows: rows, into: h.data)
+        x.data.update(from: h.data, count: rows * d)
+        for block in blocks {
+            block.norm1(x.data, rows: rows, into: h.data)
+            block.qkv.linear(h.data, rows: rows, into: qkv.data, bias: block.qkvBias.data)
+            for img in 0..<n {
+                let q = qkv.data + img * L * 3 * d
+                Attention.run(q: q, ldq: 3 * d, queries: L, k: q + d, ldk: 3 * d, v: q + 2 * d, ldv: 3 * d,
+                              keys: L, heads: c.numHeads, headDim: c.headDim, scale: scale, out: attn.data + img * L * d, ldo: d)
+            }
+            block.proj.linear(attn.data, rows: rows, into: delta.data, bias: block.projBias.data)
+            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
+            block.norm2(x.data, rows: rows, into: h.data)
+            block.fc1.linear(h.data, rows: rows, into: hidden.data, bias: block.fc1Bias.data, activation: activation)
+            block.fc2.linear(hidden.data, rows: rows, into: delta.data, bias: block.fc2Bias.data)
+            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
+        }
+        return Tensor(borrowing: x.data, shape: [n, L, d], owner: x)
+    }
+
+    /// The token rows [N * tokens, dim] before pre_norm: the patch embedding (a stride-p conv = GEMM of the unfolded
+    /// patches, (c, ky, kx) order, with [dim, 3*p*p]), the class token first, plus the position embedding, of
+    /// normalised pixels [N, 3, S, S].
+    public static func embed(pixels: Tensor, config c: CLIPVisionConfig, patchWeight: Tensor, patchBias: Tensor?, cls: Tensor,
+                             pos: Tensor) throws -> Tensor {
+        let s = c.imageSize, p = c.patchSize, g = c.grid, d = c.dim, L = c.tokens
+        guard pixels.rank == 4, pixels.shape[1] == 3, pixels.shape[2] == s, pixels.shape[3] == s else {
+            throw EncoderInputError("pixels must be [N, 3, \(s), \(s)], got \(pixels.shape)")
+        }
+        let n = pixels.shape[0]
+        let x = Tensor(uninitialized: [n * L, d])
+        let patches = Tensor(uninitialized: [g * g, 3 * p * p])
+        for img in 0..<n {
+            let px = pixels.data + img * 3 * s * s
+            for py in 0..<g {
+                for pxi in 0..<g {
+                    let row = patches.data + (py * g + pxi) * 3 * p * p
+                    for ch in 0..<3 {
+                        for ky in 0..<p {
+                            (row + (ch * p + ky) * p).update(from: px + (ch * s + py * p + ky) * s + pxi * p, count: p)
+                        }
+                    }
+                }
+            }
+            let xi = x.data + img * L * d
+            GEMM.shared.linear(m: g * g, k: 3 * p * p, n: d, src: patches.data, weight: patchWeight.data,
+                               bias: patchBias.map { UnsafePointer($0.data) }, dst: xi + d)
+            xi.update(from: cls.data, count: d)
+            for i in 0..<(L * d) { xi[i] += pos.data[i] }
+        }
+        return x
+    }
+}
+
+/// The CLIP image tower whichever backend runs it (`CLIPVision` on the CPU, `CUDACLIP` on a GPU): a backend runs
+/// `forward(pixels:)`; the official preprocessing and `visual` are shared here.
+public protocol CLIPImageEncoder: AnyObject {
+    var config: CLIPVisionConfig { get }
+    /// `VisionTransformer.forward(pixels, use_31_block=True)` on normalised pixels [N, 3, S, S]: [N, tokens, dim].
+    func forward(pixels: Tensor) throws -> Tensor
+}
+
+extension CLIPImageEncoder {
     /// `CLIPModel.visual`'s preprocessing of one video/image [3, F, H, W] in [-1, 1]: [F, 3, S, S] normalised pixels.
     public func preprocess(_ image: Tensor) throws -> Tensor {
         guard image.rank == 4 || image.rank == 3, image.shape[0] == 3 else {
@@ -212,7 +291,7 @@ public final class CLIPVision: @unchecked Sendable {
             }
         }
         let out = Tensor(uninitialized: [frames, 3, s, s])
-        Self.resizeBicubic(planes.data, planes: frames * 3, height: h, width: w, toHeight: s, width: s, into: out.data)
+        CLIPVision.resizeBicubic(planes.data, planes: frames * 3, height: h, width: w, toHeight: s, width: s, into: out.data)
         for f in 0..<frames {
             for c in 0..<3 {
                 let p = out.data + (f * 3 + c) * s * s
@@ -242,58 +321,4 @@ public final class CLIPVision: @unchecked Sendable {
         return try forward(pixels: all)
     }
 
-    /// `VisionTransformer.forward(pixels, use_31_block=True)` on normalised pixels [N, 3, S, S]: [N, tokens, dim].
-    public func forward(pixels: Tensor) throws -> Tensor {
-        let c = config
-        let s = c.imageSize, p = c.patchSize, g = c.grid, d = c.dim, L = c.tokens, m = c.mlpDim
-        guard pixels.rank == 4, pixels.shape[1] == 3, pixels.shape[2] == s, pixels.shape[3] == s else {
-            throw EncoderInputError("pixels must be [N, 3, \(s), \(s)], got \(pixels.shape)")
-        }
-        let n = pixels.shape[0]
-        // Every image's tokens go through each linear layer together (one pass over the weights per batch).
-        let rows = n * L
-        let x = Tensor(uninitialized: [rows, d]), h = Tensor(uninitialized: [rows, d])
-        let qkv = Tensor(uninitialized: [rows, 3 * d]), attn = Tensor(uninitialized: [rows, d])
-        let hidden = Tensor(uninitialized: [rows, m]), delta = Tensor(uninitialized: [rows, d])
-        let patches = Tensor(uninitialized: [g * g, 3 * p * p])
-        let activation: SliceActivation = c.activation == "quick_gelu" ? .quickGELU : .geluErf
-        let scale = 1 / Float(c.headDim).squareRoot()
-        for img in 0..<n {
-            // Patch embedding: a stride-p conv = GEMM of the unfolded patches (c, ky, kx order) with [dim, 3*p*p].
-            let px = pixels.data + img * 3 * s * s
-            for py in 0..<g {
-                for pxi in 0..<g {
-                    let row = patches.data + (py * g + pxi) * 3 * p * p
-                    for ch in 0..<3 {
-                        for ky in 0..<p {
-                            (row + (ch * p + ky) * p).update(from: px + (ch * s + py * p + ky) * s + pxi * p, count: p)
-                        }
-                    }
-                }
-            }
-            let xi = x.data + img * L * d
-            GEMM.shared.linear(m: g * g, k: 3 * p * p, n: d, src: patches.data, weight: patchWeight.data,
-                               bias: patchBias.map { UnsafePointer($0.data) }, dst: xi + d)
-            xi.update(from: cls.data, count: d)
-            for i in 0..<(L * d) { xi[i] += pos.data[i] }
-        }
-        preNorm(x.data, rows: rows, into: h.data)
-        x.data.update(from: h.data, count: rows * d)
-        for block in blocks {
-            block.norm1(x.data, rows: rows, into: h.data)
-            block.qkv.linear(h.data, rows: rows, into: qkv.data, bias: block.qkvBias.data)
-            for img in 0..<n {
-                let q = qkv.data + img * L * 3 * d
-                Attention.run(q: q, ldq: 3 * d, queries: L, k: q + d, ldk: 3 * d, v: q + 2 * d, ldv: 3 * d,
-                              keys: L, heads: c.numHeads, headDim: c.headDim, scale: scale, out: attn.data + img * L * d, ldo: d)
-            }
-            block.proj.linear(attn.data, rows: rows, into: delta.data, bias: block.projBias.data)
-            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
-            block.norm2(x.data, rows: rows, into: h.data)
-            block.fc1.linear(h.data, rows: rows, into: hidden.data, bias: block.fc1Bias.data, activation: activation)
-            block.fc2.linear(hidden.data, rows: rows, into: delta.data, bias: block.fc2Bias.data)
-            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
-        }
-        return Tensor(borrowing: x.data, shape: [n, L, d], owner: x)
-    }
 }

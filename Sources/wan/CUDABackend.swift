@@ -55,6 +55,9 @@ enum CUDABackend {
         runner.t5Factory = { config, weights in
             try CUDAUMT5(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
         }
+        runner.clipFactory = { config, weights in
+            try CUDACLIP(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
+        }
         // The VAE cases run on the GPU too, at the same precision (bf16: the products of its 3x3 and temporal convs).
         runner.vaeFactory = { config, weights in try CUDAVAE(config: config, weights: weights, precision: precision, context: context, compiler: compiler) }
         if precision == .bf16 { runner.relL2Override = bf16RelL2 }

@@ -299,13 +299,15 @@ struct Generate: ParsableCommand {
         if let guide { s.guideScale = guide }
         s.shift = shift ?? (last != nil ? 16 : (s.maxArea <= 480 * 832 ? 3.0 : 5.0))
         let features = try clipFeatures.map(ModelLoader.clipFeatures)
-        var clipModel: CLIPVision? = nil
+        var clipModel: (any CLIPImageEncoder)? = nil
         if features == nil {
             guard let clipPath = files.clip else {
                 throw ValidationError("image tasks need the CLIP image encoder: pass --clip (models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth or clip_vision_h.safetensors) or --clip-features")
             }
-            let clipWeights = try openCLIPWeights(path: clipPath)
-            clipModel = try CLIPVision(weights: clipWeights.source, arguments: clipWeights.arguments ?? [:])
+            let (model, note) = try ModelLoader.clip(clipPath, on: placement)
+            if let note { log("note: \(note)") }
+            if placement.isGPU && note == nil { log("CLIP on \(placement)") }
+            clipModel = model
         }
         let text = try loadText(files, folder: "the model folder", placement: placement)
         let vaeModel = try loadVAE(files.vae!, placement: placement, width: t.width, height: t.height)
