@@ -137,8 +137,8 @@ vae_softmax_f32(float* s, long rows, int cols, float scale) {
 // frames * kh * kw * C entries are the taps of the frames given (a suffix of the conv's [Cout, kt, kh, kw, Cin] rows);
 // y: [out_h * out_w, out_channels] f32. Requires channels % 32 == 0 and ldw % 8 == 0, frames and w 16-byte aligned.
 // Tile: 128 pixels x 64 output channels per block of 256 threads (8 warps as 4 x 2, each 32 pixels x 32 channels =
-// 2 x 4 mma tiles), K in steps of 32 channels of one tap staged through shared memory (fragment layouts as in
-// attention.cu). Launch: grid (ceil(out_h * out_w / 128), ceil(out_channels / 64)), block 256.
+// 2 x 4 mma tiles), K in steps of 32 channels of one tap staged through shared memory, the next step's loads in
+// flight during this step's products (fragment layouts as in attention.cu). Launch: grid (ceil(out_h * out_w / 128), ceil(out_channels / 64)), block 256.
 #define CV_BM 128
 #define CV_BN 64
 #define CV_BK 32
@@ -146,11 +146,17 @@ vae_softmax_f32(float* s, long rows, int cols, float scale) {
 
 __device__ __forceinline__ void vae_mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
                                              unsigned b1) {
+#ifdef __CUDA_ARCH__
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    // This file compiled as C++ for the CPU (Tests/WanCUDATests: every thread of a block simulated): the warp's mma
+    // done from the fragments all 32 lanes hand over, as the PTX ISA lays them out.
+    vae_mma_bf16_host(d, a0, a1, a2, a3, b0, b1);
+#endif
 }
 
 __device__ __forceinline__ unsigned lds_bf16x2(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
@@ -187,51 +193,60 @@ vae_conv_bf16(float* y, const float* f0, const float* f1, const float* f2, const
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
 
-    const int window = kh * kw;
-    for (int tap = 0; tap < frames * window; ++tap) {
+    // K steps: (tap, 32-channel chunk) pairs. The next step's global loads are issued before this step's products
+    // (kept in registers, stored to shared memory after the barrier), so their latency overlaps the mma work.
+    const int window = kh * kw, chunks = channels / CV_BK, steps = frames * window * chunks;
+    // The loads land in registers as they are (f32 pixels, bf16 weights); rounding the pixels to bf16 waits for the
+    // next store, so nothing between the loads and the products depends on them.
+    float4 va[4];
+    uint4 bv;
+    auto fetch = [&](int step) {
+        const int tap = step / chunks, c0 = (step - tap * chunks) * CV_BK;
         const int t = tap / window, k = tap - t * window;
         const int ky = k / kw, kx = k - ky * kw;
         const float* f = t == 0 ? f0 : (t == 1 ? f1 : f2);
         const int iy = aoy * stride - pad_top + ky, ix = aox * stride - pad_left + kx;
-        const bool inside = a_pixel && iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
-        const float* a_src = f + (inside ? ((long)(iy >> up) * src_w + (ix >> up)) * channels + a_col : 0);
-        const bf16* b_src = w_row + (long)tap * channels;
-        for (int c0 = 0; c0 < channels; c0 += CV_BK) {
-            uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = make_uint4(0u, 0u, 0u, 0u);
-            if (inside) {
-                const float4* s = reinterpret_cast<const float4*>(a_src + c0);
-                const float4 v0 = s[0], v1 = s[1], v2 = s[2], v3 = s[3];
-                lo = make_uint4(pack_bf16x2(v0.x, v0.y), pack_bf16x2(v0.z, v0.w), pack_bf16x2(v1.x, v1.y), pack_bf16x2(v1.z, v1.w));
-                hi = make_uint4(pack_bf16x2(v2.x, v2.y), pack_bf16x2(v2.z, v2.w), pack_bf16x2(v3.x, v3.y), pack_bf16x2(v3.z, v3.w));
-            }
-            uint4* a_dst = reinterpret_cast<uint4*>(&a_tile[a_row * CV_STRIDE + a_col]);
-            a_dst[0] = lo;
-            a_dst[1] = hi;
-            *reinterpret_cast<uint4*>(&b_tile[b_row * CV_STRIDE + b_col]) =
-                b_channel ? *reinterpret_cast<const uint4*>(b_src + c0) : make_uint4(0u, 0u, 0u, 0u);
-            __syncthreads();
+        if (a_pixel && iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
+            const float4* s = reinterpret_cast<const float4*>(f + ((long)(iy >> up) * src_w + (ix >> up)) * channels + a_col + c0);
 #pragma unroll
-            for (int ks = 0; ks < CV_BK; ks += 16) {
-                unsigned a[2][4];
+            for (int j = 0; j < 4; ++j) va[j] = s[j];
+        } else {
 #pragma unroll
-                for (int mi = 0; mi < 2; ++mi) {
-                    const bf16* r = &a_tile[(wm * 32 + mi * 16 + g) * CV_STRIDE + ks + 2 * t4];
-                    a[mi][0] = lds_bf16x2(r);                      // A[g][2t..]
-                    a[mi][1] = lds_bf16x2(r + 8 * CV_STRIDE);      // A[g + 8][2t..]
-                    a[mi][2] = lds_bf16x2(r + 8);                  // A[g][2t + 8..]
-                    a[mi][3] = lds_bf16x2(r + 8 * CV_STRIDE + 8);  // A[g + 8][2t + 8..]
-                }
-#pragma unroll
-                for (int ni = 0; ni < 4; ++ni) {
-                    // B[k][n] = w[n][k]: column g of this 8-channel tile, k = 2t.. and 2t + 8..
-                    const bf16* r = &b_tile[(wn * 32 + ni * 8 + g) * CV_STRIDE + ks + 2 * t4];
-                    const unsigned b0 = lds_bf16x2(r), b1 = lds_bf16x2(r + 8);
-#pragma unroll
-                    for (int mi = 0; mi < 2; ++mi) vae_mma_bf16(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b0, b1);
-                }
-            }
-            __syncthreads();
+            for (int j = 0; j < 4; ++j) va[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
+        bv = b_channel ? *reinterpret_cast<const uint4*>(w_row + (long)tap * channels + c0) : make_uint4(0u, 0u, 0u, 0u);
+    };
+    fetch(0);
+    for (int step = 0; step < steps; ++step) {
+        uint4* a_dst = reinterpret_cast<uint4*>(&a_tile[a_row * CV_STRIDE + a_col]);
+        a_dst[0] = make_uint4(pack_bf16x2(va[0].x, va[0].y), pack_bf16x2(va[0].z, va[0].w), pack_bf16x2(va[1].x, va[1].y),
+                              pack_bf16x2(va[1].z, va[1].w));
+        a_dst[1] = make_uint4(pack_bf16x2(va[2].x, va[2].y), pack_bf16x2(va[2].z, va[2].w), pack_bf16x2(va[3].x, va[3].y),
+                              pack_bf16x2(va[3].z, va[3].w));
+        *reinterpret_cast<uint4*>(&b_tile[b_row * CV_STRIDE + b_col]) = bv;
+        __syncthreads();
+        if (step + 1 < steps) fetch(step + 1);
+#pragma unroll
+        for (int ks = 0; ks < CV_BK; ks += 16) {
+            unsigned a[2][4];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                const bf16* r = &a_tile[(wm * 32 + mi * 16 + g) * CV_STRIDE + ks + 2 * t4];
+                a[mi][0] = lds_bf16x2(r);                      // A[g][2t..]
+                a[mi][1] = lds_bf16x2(r + 8 * CV_STRIDE);      // A[g + 8][2t..]
+                a[mi][2] = lds_bf16x2(r + 8);                  // A[g][2t + 8..]
+                a[mi][3] = lds_bf16x2(r + 8 * CV_STRIDE + 8);  // A[g + 8][2t + 8..]
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                // B[k][n] = w[n][k]: column g of this 8-channel tile, k = 2t.. and 2t + 8..
+                const bf16* r = &b_tile[(wn * 32 + ni * 8 + g) * CV_STRIDE + ks + 2 * t4];
+                const unsigned b0 = lds_bf16x2(r), b1 = lds_bf16x2(r + 8);
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) vae_mma_bf16(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b0, b1);
+            }
+        }
+        __syncthreads();
     }
 
     // C fragments: acc[.][.][0..1] = C[g][2t..2t+1], acc[.][.][2..3] = C[g + 8][2t..2t+1].
