@@ -2,17 +2,19 @@ import Foundation
 import XCTest
 import WanCUDA
 
-/// `vae_conv_bf16` (Kernels/vae.cu) itself, compiled as C++ for this CPU and run with one thread per CUDA thread of a
+/// The kernels of Kernels/vae.cu themselves, compiled as C++ for this CPU and run with one thread per CUDA thread of a
 /// block (blocks one after another): `__syncthreads` is a barrier of the block's 256 threads, `__shared__` arrays are
-/// shared by them, and the warp's `mma.sync.m16n8k16` is an exchange of the 32 lanes' fragments laid out as the PTX
-/// ISA documents them (the layout attention.cu uses). Against a float64 product of the same bf16-rounded inputs and
-/// weights on awkward shapes (partial tiles, +=, stride 2, 2x up, a weight-row suffix), this checks the kernel's
-/// staging, indexing, software pipelining, barriers and epilogue without a GPU (the fragment layout itself is taken
-/// from the ISA). Needs a C++20 compiler (a visible skip otherwise).
-final class VAEConvSourceOnTheCPUTests: XCTestCase {
+/// shared by them, `__shfl_xor_sync` and the warp's `mma.sync.m16n8k16` are exchanges among the 32 lanes (the mma's
+/// fragments laid out as the PTX ISA documents them, the layout attention.cu uses). Against float64 references on
+/// awkward shapes: `vae_conv_bf16` (partial tiles, +=, stride 2, 2x up, a weight-row suffix; same bf16-rounded inputs
+/// and weights: 1e-5), `vae_im2col_f32`/`_bf16` (exact, 3 blocks for a longer grid-stride loop), `vae_rms_norm_f32`
+/// and `vae_softmax_f32` (1e-6). This checks the CUDA source's indexing, staging, software pipelining, barriers,
+/// reductions and epilogues without a GPU (the mma fragment layout itself is taken from the ISA). Needs a C++20
+/// compiler (a visible skip otherwise).
+final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
     static let shim = """
         // CUDA built-ins for running Kernels/vae.cu on the CPU: one std::thread per CUDA thread of a block, blocks one after
-        // another; __syncthreads is a barrier of the block, mma.sync a warp-collective exchange of fragments.
+        // another; __syncthreads is a barrier of the block, __shfl_xor_sync and mma.sync warp-collective exchanges.
         #include <barrier>
         #include <cmath>
         #include <cstring>
@@ -35,15 +37,15 @@ final class VAEConvSourceOnTheCPUTests: XCTestCase {
         static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
         static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
         static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-        static inline float __shfl_xor_sync(unsigned, float v, int) { return v; }  // not used by the simulated kernels
+        float __shfl_xor_sync(unsigned mask, float v, int offset);
         void __syncthreads();
         void vae_mma_bf16_host(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1);
 
         """
 
     static let driver = """
-        // Runs vae_conv_bf16 (Kernels/vae.cu compiled for the CPU) on small awkward shapes against a float64 reference of
-        // the same bf16-rounded inputs and weights; prints one line per case, "max_rel <value>" last.
+        // Runs the kernels of Kernels/vae.cu compiled for the CPU on small awkward shapes against float64 references (the
+        // conv: of the same bf16-rounded inputs and weights; im2col: exact); prints one line per case, "max_rel <value>" last.
         #include "shim.h"
         #include "common.cuh"
         #include <cstdio>
@@ -56,7 +58,30 @@ final class VAEConvSourceOnTheCPUTests: XCTestCase {
         static std::unique_ptr<std::barrier<>> block_barrier;
         static std::unique_ptr<std::barrier<>> warp_barriers[8];
         static unsigned exchange[8][32][6];
+        static float shuffled[8][32];
         void __syncthreads() { block_barrier->arrive_and_wait(); }
+        float __shfl_xor_sync(unsigned, float v, int offset) {
+            const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+            shuffled[warp][lane] = v;
+            warp_barriers[warp]->arrive_and_wait();
+            const float r = shuffled[warp][lane ^ offset];
+            warp_barriers[warp]->arrive_and_wait();
+            return r;
+        }
+
+        // Runs `body` as every thread of a grid of blocks of 256 threads, one block after another.
+        template <typename Body> static void launch(unsigned gx, unsigned gy, Body body) {
+            blockDim = {256, 1, 1};
+            gridDim = {gx, gy, 1};
+            for (unsigned by = 0; by < gy; ++by) for (unsigned bx = 0; bx < gx; ++bx) {
+                blockIdx = {bx, by, 0};
+                block_barrier = std::make_unique<std::barrier<>>(256);
+                for (auto& b : warp_barriers) b = std::make_unique<std::barrier<>>(32);
+                std::vector<std::thread> threads;
+                for (unsigned tid = 0; tid < 256; ++tid) threads.emplace_back([&, tid] { threadIdx = {tid, 0, 0}; body(); });
+                for (auto& th : threads) th.join();
+            }
+        }
         static float bf(unsigned bits16) { return __uint_as_float(bits16 << 16); }
         void vae_mma_bf16_host(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
             const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -88,6 +113,10 @@ final class VAEConvSourceOnTheCPUTests: XCTestCase {
         }
         extern "C" void vae_conv_bf16(float*, const float*, const float*, const float*, const bf16*, const float*, int, int, int, int,
                                       int, int, int, int, int, int, int, int, int, int, int);
+        extern "C" void vae_im2col_f32(float*, const float*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, long, long);
+        extern "C" void vae_im2col_bf16(bf16*, const float*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, long, long);
+        extern "C" void vae_rms_norm_f32(float*, const float*, const float*, long, int, int);
+        extern "C" void vae_softmax_f32(float*, long, int, float);
 
 
         static unsigned long long seed = 88172645463325252ull;
@@ -112,20 +141,10 @@ final class VAEConvSourceOnTheCPUTests: XCTestCase {
             std::vector<uint4> wbuf((w.size() * 2 + 15) / 16);
             std::memcpy(wbuf.data(), w.data(), w.size() * 2);
             const bf16* wp = (const bf16*)wbuf.data() + (ldw - width);
-            blockDim = {256, 1, 1};
-            gridDim = {(unsigned)((out_h * out_w + 127) / 128), (unsigned)((cout + 63) / 64), 1};
-            for (unsigned by = 0; by < gridDim.y; ++by) for (unsigned bx = 0; bx < gridDim.x; ++bx) {
-                blockIdx = {bx, by, 0};
-                block_barrier = std::make_unique<std::barrier<>>(256);
-                for (auto& b : warp_barriers) b = std::make_unique<std::barrier<>>(32);
-                std::vector<std::thread> threads;
-                for (unsigned tid = 0; tid < 256; ++tid) threads.emplace_back([&, tid] {
-                    threadIdx = {tid, 0, 0};
-                    vae_conv_bf16(y.data(), fp[0], fp[1], fp[2], wp, bias.data(), frames, src_h, src_w, c, up, out_h, out_w, k, k, stride, pad, pad,
-                                  cout, ldw, accumulate);
-                });
-                for (auto& th : threads) th.join();
-            }
+            launch((out_h * out_w + 127) / 128, (cout + 63) / 64, [&] {
+                vae_conv_bf16(y.data(), fp[0], fp[1], fp[2], wp, bias.data(), frames, src_h, src_w, c, up, out_h, out_w, k, k, stride, pad, pad,
+                              cout, ldw, accumulate);
+            });
             double diff = 0, norm = 0;
             for (int p = 0; p < out_h * out_w; ++p) {
                 const int oy = p / out_w, ox = p % out_w;
@@ -150,12 +169,107 @@ final class VAEConvSourceOnTheCPUTests: XCTestCase {
             return rel;
         }
 
+        static double report(const char* what, const std::vector<double>& got, const std::vector<double>& want) {
+            double diff = 0, norm = 0;
+            for (size_t i = 0; i < got.size(); ++i) { diff += (got[i] - want[i]) * (got[i] - want[i]); norm += want[i] * want[i]; }
+            const double rel = got.size() == want.size() ? std::sqrt(diff / (norm > 0 ? norm : 1)) : INFINITY;
+            std::printf("%s: rel_l2 %.3e\\n", what, rel);
+            return rel;
+        }
+
+        // im2col over `frames` frames for output rows [row0, row0 + rows) with 3 blocks (the grid-stride loop does the rest).
+        static double im2col_case(bool to_bf16, int frames, int src_h, int src_w, int c, int up, int out_w, int k, int stride, int pad, long row0, long rows) {
+            std::vector<float4> buf[3];
+            std::vector<float> in[3];
+            const float* fp[3] = {nullptr, nullptr, nullptr};
+            for (int t = 0; t < frames; ++t) {
+                in[t].resize(src_h * src_w * c);
+                for (auto& v : in[t]) v = rnd();
+                buf[t].resize((in[t].size() + 3) / 4);
+                std::memcpy(buf[t].data(), in[t].data(), in[t].size() * 4);
+                fp[t] = (const float*)buf[t].data();
+            }
+            const long width = (long)frames * k * k * c;
+            std::vector<float4> col((rows * width + 3) / 4 + 1);
+            launch(3, 1, [&] {
+                if (to_bf16) vae_im2col_bf16((bf16*)col.data(), fp[0], fp[1], fp[2], frames, src_h, src_w, c, up, out_w, k, k, stride, pad, pad, row0, rows);
+                else vae_im2col_f32((float*)col.data(), fp[0], fp[1], fp[2], frames, src_h, src_w, c, up, out_w, k, k, stride, pad, pad, row0, rows);
+            });
+            std::vector<double> got, want;
+            for (long r = 0; r < rows; ++r) {
+                const long p = row0 + r;
+                const int oy = p / out_w, ox = p % out_w;
+                for (int t = 0; t < frames; ++t) for (int ky = 0; ky < k; ++ky) for (int kx = 0; kx < k; ++kx) {
+                    const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+                    const bool inside = iy >= 0 && iy < (src_h << up) && ix >= 0 && ix < (src_w << up);
+                    for (int ch = 0; ch < c; ++ch) {
+                        const float v = inside ? in[t][((iy >> up) * src_w + (ix >> up)) * c + ch] : 0.0f;
+                        want.push_back(to_bf16 ? rounded(v) : v);
+                    }
+                }
+            }
+            for (long i = 0; i < rows * width; ++i) got.push_back(to_bf16 ? bf(((const bf16*)col.data())[i]) : ((const float*)col.data())[i]);
+            char what[160];
+            std::snprintf(what, sizeof what, "vae_im2col_%s frames %d %dx%d C %d up %d k %d stride %d rows %ld+%ld", to_bf16 ? "bf16" : "f32", frames,
+                          src_h, src_w, c, up, k, stride, row0, rows);
+            // Exact: any difference is a failure.
+            return report(what, got, want) == 0 ? 0 : 1;
+        }
+
+        static double rms_case(int rows, int c, int silu) {
+            std::vector<float> x(rows * c), gamma(c), out(rows * c);
+            for (auto& v : x) v = rnd() * 3;
+            for (auto& v : gamma) v = rnd();
+            launch(2, 1, [&] { vae_rms_norm_f32(out.data(), x.data(), gamma.data(), rows, c, silu); });
+            std::vector<double> got(out.begin(), out.end()), want;
+            for (int r = 0; r < rows; ++r) {
+                double ss = 0;
+                for (int j = 0; j < c; ++j) ss += (double)x[r * c + j] * x[r * c + j];
+                const double inv = 1 / std::fmax(std::sqrt(ss), 1e-12);
+                for (int j = 0; j < c; ++j) {
+                    double v = x[r * c + j] * inv * std::sqrt((double)c) * gamma[j];
+                    want.push_back(silu ? v / (1 + std::exp(-v)) : v);
+                }
+            }
+            char what[80];
+            std::snprintf(what, sizeof what, "vae_rms_norm_f32 %d rows x %d (silu %d)", rows, c, silu);
+            return report(what, got, want) <= 1e-6 ? 0 : 1;
+        }
+
+        static double softmax_case(int rows, int cols, float scale) {
+            std::vector<float> s(rows * cols);
+            for (auto& v : s) v = rnd() * 30;
+            std::vector<float> orig = s;
+            launch(2, 1, [&] { vae_softmax_f32(s.data(), rows, cols, scale); });
+            std::vector<double> got(s.begin(), s.end()), want;
+            for (int r = 0; r < rows; ++r) {
+                double top = -INFINITY, total = 0;
+                for (int j = 0; j < cols; ++j) top = std::fmax(top, (double)orig[r * cols + j] * scale);
+                for (int j = 0; j < cols; ++j) total += std::exp((double)orig[r * cols + j] * scale - top);
+                for (int j = 0; j < cols; ++j) want.push_back(std::exp((double)orig[r * cols + j] * scale - top) / total);
+            }
+            char what[80];
+            std::snprintf(what, sizeof what, "vae_softmax_f32 %d rows x %d", rows, cols);
+            return report(what, got, want) <= 1e-6 ? 0 : 1;
+        }
+
         int main() {
             double worst = 0;
             worst = std::fmax(worst, run_case(3, 9, 15, 32, 0, 9, 15, 3, 1, 1, 40, 0, 1));
             worst = std::fmax(worst, run_case(1, 10, 12, 64, 0, 5, 6, 3, 2, 0, 72, 0, 0));
             worst = std::fmax(worst, run_case(1, 4, 6, 32, 1, 8, 12, 3, 1, 1, 16, 0, 0));
             worst = std::fmax(worst, run_case(2, 7, 20, 96, 0, 7, 20, 1, 1, 0, 96, 1, 0));
+            // The other kernels: pass/fail folded into worst (1 = failed).
+            worst = std::fmax(worst, im2col_case(false, 3, 5, 7, 12, 0, 7, 3, 1, 1, 4, 29));
+            worst = std::fmax(worst, im2col_case(true, 3, 5, 7, 16, 0, 7, 3, 1, 1, 2, 31));
+            worst = std::fmax(worst, im2col_case(false, 1, 6, 10, 3, 0, 5, 3, 2, 0, 0, 15));
+            worst = std::fmax(worst, im2col_case(true, 1, 3, 4, 3, 1, 8, 3, 1, 1, 0, 48));
+            worst = std::fmax(worst, im2col_case(false, 2, 3, 5, 20, 0, 5, 1, 1, 0, 0, 15));
+            worst = std::fmax(worst, rms_case(37, 96, 0));
+            worst = std::fmax(worst, rms_case(21, 384, 1));
+            worst = std::fmax(worst, rms_case(9, 3, 1));
+            worst = std::fmax(worst, softmax_case(9, 1000, 0.05f));
+            worst = std::fmax(worst, softmax_case(5, 37, 1.0f));
             std::printf("max_rel %.3e\\n", worst);
             return 0;
         }
@@ -184,8 +298,8 @@ final class VAEConvSourceOnTheCPUTests: XCTestCase {
         return (process.terminationStatus, String(decoding: output, as: UTF8.self))
     }
 
-    func testImplicitConvKernelSourceMatchesAFloat64Product() throws {
-        guard let cxx = compiler() else { throw XCTSkip("no C++ compiler (g++, clang++, c++) on PATH: vae_conv_bf16 was not run on the CPU") }
+    func testVAEKernelSourcesMatchFloat64References() throws {
+        guard let cxx = compiler() else { throw XCTSkip("no C++ compiler (g++, clang++, c++) on PATH: vae.cu was not run on the CPU") }
         let sources = try KernelSources.load()
         let kernel = try XCTUnwrap(sources.modules["vae.cu"])
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wankit-vaeconv-host-\(getpid())")
@@ -199,7 +313,7 @@ final class VAEConvSourceOnTheCPUTests: XCTestCase {
         let build = try run(cxx, ["-std=c++20", "-O2", "-ffp-contract=off", "-pthread", "-Wno-unknown-pragmas", "-I", dir.path, "-o", binary,
                                   dir.appendingPathComponent("vae_host.cpp").path, dir.appendingPathComponent("driver.cpp").path])
         guard build.status == 0 else {
-            if build.output.contains("barrier") { throw XCTSkip("\(cxx) has no C++20 std::barrier: vae_conv_bf16 was not run on the CPU") }
+            if build.output.contains("barrier") { throw XCTSkip("\(cxx) has no C++20 std::barrier: vae.cu was not run on the CPU") }
             return XCTFail("\(cxx) could not build vae.cu for the CPU:\n\(build.output)")
         }
         let result = try run(binary, [])
