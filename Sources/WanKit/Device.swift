@@ -41,16 +41,17 @@ public struct DiTPlacement: CustomStringConvertible {
 extension ModelLoader {
     /// The DiT on `placement`. On a GPU the job's memory (`CUDADiTMemory`: weights, two conditionings, one forward's
     /// activations for a video of `width` x `height` x `frames`) is checked against the GPU's free memory before
-    /// anything is uploaded, and the mapping's pages are handed back once the weights are on the device. VACE
-    /// checkpoints on a GPU load with `vaceDiT(_:on:width:height:frames:references:checkMemory:)` (`DiTModel.vace`
-    /// holds the CPU model): here they throw (`GenerationError.unsupportedOnDevice`).
-    /// `checkMemory: false` skips the GPU check (an allocation that fails still throws `CUDAError.outOfMemory`).
+    /// anything is uploaded, and the mapping's pages are handed back once the weights are on the device. A VACE
+    /// checkpoint loads as `vaceDiT(_:on:width:height:frames:references:checkMemory:)` loads it (`references`: VACE's
+    /// reference images). `checkMemory: false` skips the GPU check (an allocation that fails still throws
+    /// `CUDAError.outOfMemory`).
     public static func anyDiT(_ path: String, on placement: DiTPlacement, width: Int, height: Int, frames: Int,
-                              imageRows: Int = 0, checkMemory: Bool = true) throws -> DiTModel {
+                              imageRows: Int = 0, references: Int = 0, checkMemory: Bool = true) throws -> DiTModel {
         guard let gpu = placement.gpu else { return try anyDiT(path) }
         let w = try openDiTWeights(path: path)
         if w.source.info("vace_patch_embedding.weight") != nil {
-            throw GenerationError.unsupportedOnDevice("a VACE DiT on the GPU loads with ModelLoader.vaceDiT(_:on:…), not anyDiT")
+            return .vace(try vaceDiT(path, on: placement, width: width, height: height, frames: frames, references: references,
+                                     checkMemory: checkMemory))
         }
         var config = try WanDiTConfig(inferringFrom: w.source)
         if let arguments = merged(w.arguments, sidecarArguments(for: path)) { config.apply(officialArguments: arguments) }

@@ -117,7 +117,8 @@ public enum ModelLoader {
     public enum DiTModel {
         /// t2v / i2v / flf2v, on the CPU (`WanDiT`) or a GPU (`CUDADiT`).
         case plain(any DiTDenoiser)
-        case vace(WanVACEDiT)
+        /// A VACE checkpoint, on the CPU (`WanVACEDiT`) or a GPU (`CUDAVACE`).
+        case vace(any VACEDenoiser)
     }
 
     public static func anyDiT(_ path: String) throws -> DiTModel {

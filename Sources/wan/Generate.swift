@@ -56,7 +56,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Seed (default: random). The same seed gives the same noise as the official code.") var seed: UInt64?
     @Option(help: "Solver: unipc, dpm++ or euler.") var solver: String = "unipc"
     @Option(name: .shortAndLong, help: "Output file: .mp4 for video, .png for one frame.") var output: String
-    @Option(help: "auto, cpu or cuda: where the DiT runs (auto: a working NVIDIA GPU, else the CPU, saying why). The text encoder, CLIP and the VAE run on the CPU so far.") var device: String = "auto"
+    @Option(help: "auto, cpu or cuda: where the models run (auto: a working NVIDIA GPU, else the CPU, saying why). On a GPU the DiT goes first; umT5, CLIP and the VAE join it when they fit, else they run on the CPU (said in a line).") var device: String = "auto"
     @Option(help: "With the DiT on a GPU: bf16 (default, as the official code computes) or f32 (TF32 off).") var precision: String = "bf16"
     @Flag(help: "Skip the memory checks (host and GPU).") var noMemoryCheck = false
 
@@ -160,12 +160,9 @@ struct Generate: ParsableCommand {
 
         // The task follows from the inputs and the DiT: VACE checkpoints are recognised from their weights.
         log("loading models…")
-        let ditModel: PlacedDiT = task == .vace && placement.isGPU
-            ? .vace(try ModelLoader.vaceDiT(files.dit!, on: placement, width: settings.width, height: settings.height, frames: settings.frames,
-                                            references: refs.count, checkMemory: !noMemoryCheck))
-            : PlacedDiT(try ModelLoader.anyDiT(files.dit!, on: placement, width: settings.width, height: settings.height,
-                                               frames: settings.frames, imageRows: image == nil ? 0 : (lastImage == nil ? 257 : 514),
-                                               checkMemory: !noMemoryCheck))
+        let ditModel = try ModelLoader.anyDiT(files.dit!, on: placement, width: settings.width, height: settings.height,
+                                              frames: settings.frames, imageRows: image == nil ? 0 : (lastImage == nil ? 257 : 514),
+                                              references: refs.count, checkMemory: !noMemoryCheck)
         if let image {
             guard case .plain(let dit) = ditModel else {
                 throw ValidationError("this is a VACE model: condition it with --video, --mask and --ref, not --image (image-to-video needs an I2V model)")
@@ -370,17 +367,3 @@ struct Generate: ParsableCommand {
 }
 
 func log(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
-
-/// The loaded DiT: a plain one (t2v, i2v, flf2v) or a VACE one, on its backend (`ModelLoader.DiTModel` holds the CPU
-/// VACE model; the GPU one comes from `ModelLoader.vaceDiT(_:on:…)`).
-private enum PlacedDiT {
-    case plain(any DiTDenoiser)
-    case vace(any VACEDenoiser)
-
-    init(_ model: ModelLoader.DiTModel) {
-        switch model {
-        case .plain(let dit): self = .plain(dit)
-        case .vace(let dit): self = .vace(dit)
-        }
-    }
-}
