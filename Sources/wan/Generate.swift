@@ -5,8 +5,15 @@ import WanKit
 import Glibc
 #endif
 
-/// Set by SIGINT/SIGTERM; the pipeline checks it between steps and frames.
-nonisolated(unsafe) var interruptRequested: sig_atomic_t = 0
+/// Set by SIGINT/SIGTERM; the pipeline checks it between steps and frames. A raw pointer, not a Swift global var:
+/// the handler's store is then no Swift access, so it can never meet a read of the flag on the same thread in
+/// the dynamic exclusivity check (which aborts the process). Touched before the handlers are installed, so its lazy
+/// initialisation never runs inside a handler.
+let interruptFlag: UnsafeMutablePointer<sig_atomic_t> = {
+    let p = UnsafeMutablePointer<sig_atomic_t>.allocate(capacity: 1)
+    p.initialize(to: 0)
+    return p
+}()
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -154,9 +161,10 @@ struct Generate: ParsableCommand {
             throw ValidationError(refusal)
         }
 
-        signal(SIGINT) { _ in interruptRequested = 1 }
-        signal(SIGTERM) { _ in interruptRequested = 1 }
-        let cancelled = { interruptRequested != 0 }
+        let flag = interruptFlag
+        signal(SIGINT) { _ in interruptFlag.pointee = 1 }
+        signal(SIGTERM) { _ in interruptFlag.pointee = 1 }
+        let cancelled = { flag.pointee != 0 }
 
         // The task follows from the inputs and the DiT: VACE checkpoints are recognised from their weights.
         log("loading models…")
