@@ -27,9 +27,35 @@ extension CUDADiT: DiTDenoiser {
     }
 }
 
-/// GPU memory of one DiT job, as `CUDADiT` allocates it: the pre-flight that refuses a job before anything is
-/// uploaded.
-public struct CUDADiTMemory: Equatable, CustomStringConvertible {
+/// GPU memory of one job, by part: the pre-flight that refuses a job before anything is uploaded.
+public protocol GPUJobMemory: CustomStringConvertible {
+    /// The uploaded weights.
+    var weights: Int { get }
+    /// Two prepared conditionings (prompt and negative prompt).
+    var conditioning: Int { get }
+    /// The activation workspace of one forward.
+    var workspace: Int { get }
+    /// cuBLASLt's workspace, the kernel modules, the CUDA context and the pool's rounding.
+    var reserve: Int { get }
+}
+
+extension GPUJobMemory {
+    public var total: Int { weights + conditioning + workspace + reserve }
+
+    public var description: String {
+        func g(_ b: Int) -> String { CUDAError.gib(b) }
+        return "weights \(g(weights)) + conditioning \(g(conditioning)) + activations \(g(workspace)) + libraries \(g(reserve))"
+    }
+
+    /// Throws `CUDAError.outOfMemory` (what is needed, what is free) when the job cannot fit in the GPU's free memory.
+    public func check(on context: CUDAContext) throws {
+        let (free, total) = try context.memoryInfo()
+        if self.total > free { throw CUDAError.outOfMemory(needed: self.total, free: free, total: total) }
+    }
+}
+
+/// GPU memory of one DiT job, as `CUDADiT` allocates it.
+public struct CUDADiTMemory: GPUJobMemory, Equatable {
     /// The uploaded weights.
     public var weights: Int
     /// Two prepared conditionings (prompt and negative prompt: embedded text, every block's keys and values).
@@ -42,8 +68,6 @@ public struct CUDADiTMemory: Equatable, CustomStringConvertible {
     /// Bytes set aside beyond the planned buffers.
     public static let reserveBytes = CUDAMatmul.defaultWorkspaceBytes + (384 << 20)
 
-    public var total: Int { weights + conditioning + workspace + reserve }
-
     /// `tokens`: the DiT's sequence length (latent frames x latent height x latent width / patch volume);
     /// `imageRows`: CLIP tokens of image tasks (257 for i2v, 514 for flf2v, else 0). `weightBytes`: the uploaded
     /// weights when known (by default as `CUDADiTPlan.weightBytes` counts them).
@@ -55,14 +79,4 @@ public struct CUDADiTMemory: Equatable, CustomStringConvertible {
         reserve = Self.reserveBytes
     }
 
-    public var description: String {
-        func g(_ b: Int) -> String { CUDAError.gib(b) }
-        return "weights \(g(weights)) + conditioning \(g(conditioning)) + activations \(g(workspace)) + libraries \(g(reserve))"
-    }
-
-    /// Throws `CUDAError.outOfMemory` (what is needed, what is free) when the job cannot fit in the GPU's free memory.
-    public func check(on context: CUDAContext) throws {
-        let (free, total) = try context.memoryInfo()
-        if self.total > free { throw CUDAError.outOfMemory(needed: self.total, free: free, total: total) }
-    }
 }

@@ -233,13 +233,11 @@ extension CUDAVACE: VACEDenoiser {
 /// the vace blocks, vace_patch_embedding and the projections; two conditionings of the main and the vace blocks; the
 /// main forward's workspace and the vace stream's buffers): the pre-flight that refuses a job before anything is
 /// uploaded.
-public struct CUDAVACEMemory: Equatable, CustomStringConvertible {
+public struct CUDAVACEMemory: GPUJobMemory, Equatable {
     public var weights: Int
     public var conditioning: Int
     public var workspace: Int
     public var reserve: Int
-
-    public var total: Int { weights + conditioning + workspace + reserve }
 
     /// `tokens`: the DiT's sequence length. `weights`: the checkpoint, whose fp8 / ggml matrices are counted as they
     /// stay on the GPU under bf16 (nil: every matrix dequantised, as `CUDADiTPlan.weightBytes(_:precision:)`).
@@ -273,14 +271,4 @@ public struct CUDAVACEMemory: Equatable, CustomStringConvertible {
         reserve = CUDADiTMemory.reserveBytes
     }
 
-    public var description: String {
-        func g(_ b: Int) -> String { CUDAError.gib(b) }
-        return "weights \(g(weights)) + conditioning \(g(conditioning)) + activations \(g(workspace)) + libraries \(g(reserve))"
-    }
-
-    /// Throws `CUDAError.outOfMemory` (what is needed, what is free) when the job cannot fit in the GPU's free memory.
-    public func check(on context: CUDAContext) throws {
-        let (free, total) = try context.memoryInfo()
-        if self.total > free { throw CUDAError.outOfMemory(needed: self.total, free: free, total: total) }
-    }
 }
