@@ -59,5 +59,8 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable {
         }
     }
 
+    /// An allocation or a job that does not fit in the GPU's memory.
+    public var isOutOfMemory: Bool { if case .outOfMemory = self { return true } else { return false } }
+
     static func gib(_ bytes: Int) -> String { String(format: "%.2f GiB", Double(bytes) / 1_073_741_824) }
 }

@@ -39,7 +39,7 @@ public enum ComputeDevice: String, CaseIterable, Sendable {
         }
     }
 
-    /// Checks the driver, the GPUs and NVRTC (the kernels cannot be built without it), in that order.
+    /// Checks the driver, the GPUs, NVRTC (the kernels cannot be built without it) and cuBLASLt, in that order.
     static func firstUsableGPU() throws -> Resolved {
         let driver = try CUDADriver.load()
         let gpus = try driver.devices()
@@ -49,6 +49,7 @@ public enum ComputeDevice: String, CaseIterable, Sendable {
         }
         let nvrtc = try NVRTC.load()
         try checkDriver(driver.version, against: nvrtc)
+        guard CublasLt.isAvailable else { throw CublasLt.notFound }
         return .cuda(gpu: gpu, driver: driver.version, nvrtc: nvrtc.version)
     }
 

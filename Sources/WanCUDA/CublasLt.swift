@@ -106,6 +106,13 @@ public final class CublasLt {
         return DynamicLibrary.open(candidates).library
     }
 
+    static let notFound = CUDAError.libraryNotFound(
+        library: "libcublasLt.so.13 / libcublasLt.so.12 (cuBLASLt)", why: "the CUDA matrix-product library is not installed",
+        fix: "install libcublas (apt: libcublas-13-0; pip: nvidia-cublas) or set WANKIT_CUBLASLT to its path, or run on the CPU with --device cpu")
+
+    /// Whether cuBLASLt can be opened (the emulator's stands in while it is installed).
+    static var isAvailable: Bool { CUDAEmulator.activeCublasResolver() != nil || open() != nil }
+
     /// The library's file (where it was found) without creating a handle, or nil when it is absent.
     public static func locate() -> String? {
         guard let library = open() else { return nil }
@@ -119,11 +126,7 @@ public final class CublasLt {
             try self.init(library: nil, path: "CUDAEmulator", resolve: resolve)
             return
         }
-        guard let library = CublasLt.open() else {
-            throw CUDAError.libraryNotFound(library: "libcublasLt.so.13 / libcublasLt.so.12 (cuBLASLt)",
-                                            why: "the CUDA matrix-product library is not installed",
-                                            fix: "install libcublas (apt: libcublas-13-0; pip: nvidia-cublas) or set WANKIT_CUBLASLT to its path, or run on the CPU with --device cpu")
-        }
+        guard let library = CublasLt.open() else { throw CublasLt.notFound }
         let path = library.loadedDirectory(probeSymbol: "cublasLtCreate").map { "\($0)/\((library.path as NSString).lastPathComponent)" } ?? library.path
         try self.init(library: library, path: path) { library.symbol($0, as: UnsafeMutableRawPointer.self) }
     }

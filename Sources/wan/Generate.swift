@@ -151,15 +151,18 @@ struct Generate: ParsableCommand {
         }
 
         // Where the DiT runs (the VACE DiT too: `CUDAVACE`).
-        let placement = try CUDABackend.placement(device, precision: precision, command: "generate")
+        var placement = try CUDABackend.placement(device, precision: precision, command: "generate")
 
         // Memory pre-flight, for the task at hand (the GPU's is made when the DiT is loaded).
-        let estimate = MemoryEstimate.estimate(task, files: files, settings: settings, dit: shape,
-                                               source: source.map { .init(width: $0.timeline.width, height: $0.timeline.height, hasMask: mask != nil) },
-                                               references: refs.count, usesCLIPModel: clipFeatures == nil, ditOnGPU: placement.isGPU)
-        if !noMemoryCheck, let available = MemoryEstimate.availableBytes(), let refusal = estimate.refusal(availableBytes: available) {
-            throw ValidationError(refusal)
+        func checkHostMemory(_ placement: DiTPlacement) throws {
+            let estimate = MemoryEstimate.estimate(task, files: files, settings: settings, dit: shape,
+                                                   source: source.map { .init(width: $0.timeline.width, height: $0.timeline.height, hasMask: mask != nil) },
+                                                   references: refs.count, usesCLIPModel: clipFeatures == nil, ditOnGPU: placement.isGPU)
+            if !noMemoryCheck, let available = MemoryEstimate.availableBytes(), let refusal = estimate.refusal(availableBytes: available) {
+                throw ValidationError(refusal)
+            }
         }
+        try checkHostMemory(placement)
 
         let flag = interruptFlag
         signal(SIGINT) { _ in interruptFlag.pointee = 1 }
@@ -168,9 +171,24 @@ struct Generate: ParsableCommand {
 
         // The task follows from the inputs and the DiT: VACE checkpoints are recognised from their weights.
         log("loading models…")
-        let ditModel = try ModelLoader.anyDiT(files.dit!, on: placement, width: settings.width, height: settings.height,
-                                              frames: settings.frames, imageRows: image == nil ? 0 : (lastImage == nil ? 257 : 514),
-                                              references: refs.count, checkMemory: !noMemoryCheck)
+        func loadDiT(_ placement: DiTPlacement) throws -> ModelLoader.DiTModel {
+            try ModelLoader.anyDiT(files.dit!, on: placement, width: settings.width, height: settings.height, frames: settings.frames,
+                                   imageRows: image == nil ? 0 : (lastImage == nil ? 257 : 514), references: refs.count,
+                                   checkMemory: !noMemoryCheck)
+        }
+        let ditModel: ModelLoader.DiTModel
+        do {
+            ditModel = try loadDiT(placement)
+        } catch where placement.isGPU && device.lowercased() == "auto" && !((error as? CUDAError)?.isOutOfMemory ?? false) {
+            // `auto` found a GPU but could not use it for this model (a library, a kernel, a head size the kernels do
+            // not take): the CPU, said in one line (a file the CPU cannot read either fails there with its error). A
+            // job too large for the GPU stays an error (on the CPU it would take days; --device cpu says so).
+            let reason = (error as? CUDAError).map(ComputeDevice.shortReason) ?? "\(error)"
+            log("note: running on the CPU: the GPU could not take the DiT (\(reason))")
+            placement = .cpu
+            try checkHostMemory(placement)
+            ditModel = try loadDiT(placement)
+        }
         if let image {
             guard case .plain(let dit) = ditModel else {
                 throw ValidationError("this is a VACE model: condition it with --video, --mask and --ref, not --image (image-to-video needs an I2V model)")

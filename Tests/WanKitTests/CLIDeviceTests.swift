@@ -144,3 +144,30 @@ final class DevicePlacementTests: XCTestCase {
         XCTAssertLessThan(Comparison(got: UnsafeBufferPointer(gpuOut.buffer), expected: UnsafeBufferPointer(cpuOut.buffer)).relL2, 1e-5)
     }
 }
+
+extension CLITests {
+    /// `auto` with a GPU that cannot take the model (here: head_dim 16, which the bf16 attention kernels do not take)
+    /// runs on the CPU and says why in one line; `cuda` refuses with the reason and writes nothing.
+    func testAutoFallsBackToTheCPUWhenTheGPUCannotTakeTheDiT() throws {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
+        let dir = try temporaryFolder()
+        let dit = dir + "/dit16.safetensors"
+        try FileManager.default.copyItem(atPath: Self.weights + "/pipe_dit_t2v.safetensors", toPath: dit)
+        var sidecar = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Self.weights + "/pipe_dit_t2v.json"))) as! [String: Any]
+        var config = sidecar["config"] as! [String: Any]
+        config["num_heads"] = 4  // dim 64: head_dim 16
+        sidecar["config"] = config
+        try JSONSerialization.data(withJSONObject: sidecar).write(to: URL(fileURLWithPath: dir + "/dit16.json"))
+        var args = try tinyModelArgs()
+        args[1] = dit
+        let common = args + ["--prompt", "a kite", "--size", "48x32", "--frames", "1", "--steps", "1", "--seed", "3"]
+        let auto = try run(["generate"] + common + ["--output", dir + "/auto.png", "--device", "auto"], environment: ["WANKIT_CUDA_EMULATOR": "1"])
+        XCTAssertEqual(auto.status, 0, auto.stderr)
+        XCTAssertTrue(auto.stderr.contains("note: running on the CPU: the GPU could not take the DiT (") && auto.stderr.contains("head_dim 16"), auto.stderr)
+        XCTAssertTrue(auto.stderr.contains(" on cpu"), auto.stderr)
+        let cuda = try run(["generate"] + common + ["--output", dir + "/cuda.png", "--device", "cuda"], environment: ["WANKIT_CUDA_EMULATOR": "1"])
+        XCTAssertNotEqual(cuda.status, 0)
+        XCTAssertTrue(cuda.stderr.contains("head_dim 16"), cuda.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/cuda.png"))
+    }
+}
