@@ -22,6 +22,8 @@ public enum MatmulEpilogue: String, Sendable, Hashable {
 /// transposed), B = x (k x m, ld k), D = y (n x m, ld n), and the bias (one value per row of D) is the per-column bias
 /// of y. Descriptors, layouts and the heuristic's algorithm are made once per shape and reused. Where the heuristic
 /// offers no algorithm for the fused epilogue (bias, GELU+bias), the product runs plain and `bias_act` finishes it.
+/// The plans also take row strides, a W stored [k, n], accumulation into y and the alignments the heuristic is told
+/// (`PlanKey`, `product`): the VAE's strided products (`VAEMatmul`) run through them.
 public final class CUDAMatmul {
     public let context: CUDAContext
     public let cublas: CublasLt
@@ -35,11 +37,27 @@ public final class CUDAMatmul {
     /// Per-shape wall time when set (each product synchronised before and after: for profiling only).
     public var timings: CUDATimings?
 
+    /// One product in row-major terms: `Y[m, n] = X[m, k] · op(W)`, X rows `ldx` apart, Y rows `ldy` apart, W stored
+    /// [n, k] (`transposed`: X·Wᵀ) or [k, n] (X·W), rows `ldw` apart. In cuBLASLt's column-major terms A = W (k x n,
+    /// transposed; or n x k, plain), B = X (k x m), C = D = Y (n x m).
     struct PlanKey: Hashable {
         var m, n, k: Int
+        var ldx, ldw, ldy: Int
+        var transposed: Bool
         var input, output: DeviceDType
         var epilogue: MatmulEpilogue
         var hasBias: Bool
+        /// Alignment in bytes (a power of two up to 256) the heuristic is told of W, X and Y; 256, what cuBLASLt
+        /// assumes, is not set in the preference.
+        var alignW: UInt32 = 256, alignX: UInt32 = 256, alignY: UInt32 = 256
+
+        /// The DiT's dense `y = x · wᵀ`: rows k, k and n apart, every matrix 256-byte aligned.
+        static func dense(m: Int, n: Int, k: Int, input: DeviceDType, output: DeviceDType, epilogue: MatmulEpilogue, hasBias: Bool) -> PlanKey {
+            PlanKey(m: m, n: n, k: k, ldx: k, ldw: k, ldy: n, transposed: true, input: input, output: output, epilogue: epilogue, hasBias: hasBias)
+        }
+
+        /// Whether the strides are not the dense ones (then the messages name them).
+        var strided: Bool { ldx != k || ldw != (transposed ? k : n) || ldy != n }
     }
 
     final class Plan {
@@ -94,11 +112,12 @@ public final class CUDAMatmul {
         var desc: OpaquePointer? = nil
         try check(lt.matmulDescCreate(&desc, CublasLtConstants.CUBLAS_COMPUTE_32F, CublasLtConstants.CUDA_R_32F), "cublasLtMatmulDescCreate")
         var a: OpaquePointer? = nil, b: OpaquePointer? = nil, d: OpaquePointer? = nil
-        try check(lt.matrixLayoutCreate(&a, key.input.cudaType, UInt64(key.k), UInt64(key.n), Int64(key.k)), "cublasLtMatrixLayoutCreate(A)")
-        try check(lt.matrixLayoutCreate(&b, key.input.cudaType, UInt64(key.k), UInt64(key.m), Int64(key.k)), "cublasLtMatrixLayoutCreate(B)")
-        try check(lt.matrixLayoutCreate(&d, key.output.cudaType, UInt64(key.n), UInt64(key.m), Int64(key.n)), "cublasLtMatrixLayoutCreate(D)")
+        let (aRows, aCols) = key.transposed ? (key.k, key.n) : (key.n, key.k)
+        try check(lt.matrixLayoutCreate(&a, key.input.cudaType, UInt64(aRows), UInt64(aCols), Int64(key.ldw)), "cublasLtMatrixLayoutCreate(A)")
+        try check(lt.matrixLayoutCreate(&b, key.input.cudaType, UInt64(key.k), UInt64(key.m), Int64(key.ldx)), "cublasLtMatrixLayoutCreate(B)")
+        try check(lt.matrixLayoutCreate(&d, key.output.cudaType, UInt64(key.n), UInt64(key.m), Int64(key.ldy)), "cublasLtMatrixLayoutCreate(D)")
         let plan = Plan(cublas: lt, desc: desc!, a: a!, b: b!, d: d!)
-        var transA = CublasLtConstants.CUBLAS_OP_T, transB = CublasLtConstants.CUBLAS_OP_N
+        var transA = key.transposed ? CublasLtConstants.CUBLAS_OP_T : CublasLtConstants.CUBLAS_OP_N, transB = CublasLtConstants.CUBLAS_OP_N
         try check(lt.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_TRANSA, &transA, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
         try check(lt.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_TRANSB, &transB, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
 
@@ -108,6 +127,11 @@ public final class CUDAMatmul {
         var maxWorkspace = UInt64(workspace.bytes)
         try check(lt.preferenceSetAttribute(preference!, CublasLtConstants.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &maxWorkspace, 8),
                   "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
+        // cublasLtMatmulPreferenceAttributes_t: MIN_ALIGNMENT_A/B/C/D_BYTES = 5/6/7/8 (uint32), 256 when not set.
+        for (attribute, value) in [(Int32(5), key.alignW), (6, key.alignX), (7, key.alignY), (8, key.alignY)] where value < 256 {
+            var bytes = value
+            try check(lt.preferenceSetAttribute(preference!, attribute, &bytes, 4), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT \(attribute))")
+        }
 
         // The fused epilogue first; the plain product if the heuristic has nothing for it.
         let wanted = Self.epilogueCode(key.epilogue, hasBias: key.hasBias)
@@ -127,19 +151,18 @@ public final class CUDAMatmul {
                 return plan
             }
             if epilogue == CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT {
-                throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(key.m)x\(key.n)x\(key.k), \(key.input) -> \(key.output))",
+                let lds = key.strided ? ", lds \(key.ldx)/\(key.ldw)/\(key.ldy)" : ""
+                throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(key.m)x\(key.n)x\(key.k)\(lds), \(key.input) -> \(key.output))",
                                            code: Int(status), message: "no algorithm (\(CublasLtConstants.statusName(status)), \(returned) returned)")
             }
         }
         fatalError("unreachable")
     }
 
-    /// `y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])`, then the epilogue. `x`, `w`: device addresses of `input` elements;
-    /// `y`: of `output` elements; `bias`: `output` elements (cuBLASLt's bias type is D's), or 0 for none.
-    public func linear(m: Int, n: Int, k: Int, x: UInt64, w: UInt64, bias: UInt64, y: UInt64,
-                       input: DeviceDType, output: DeviceDType, epilogue: MatmulEpilogue = .none) throws {
-        guard m > 0, n > 0 else { return }
-        let key = PlanKey(m: m, n: n, k: k, input: input, output: output, epilogue: epilogue, hasBias: bias != 0)
+    /// Runs `Y (+)= X · op(W) (+ bias)` with the plan of `key` (made on first use, then cached): alpha 1, `beta` 0 or 1
+    /// (C = D = Y), the bias pointer set where the plan's epilogue is fused. `timing` names the product in `timings`.
+    /// Returns whether the epilogue ran inside cuBLASLt (false: the caller finishes the bias and the activation).
+    func product(_ key: PlanKey, x: UInt64, w: UInt64, y: UInt64, bias: UInt64, beta: Float, timing: @autoclosure () -> String) throws -> Bool {
         let plan: Plan
         if let cached = plans[key] { plan = cached } else {
             try context.makeCurrent()
@@ -152,20 +175,31 @@ public final class CUDAMatmul {
             try check(cublas.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pointer, 8),
                       "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
         }
-        var alpha: Float = 1, beta: Float = 0
+        var alpha: Float = 1, beta = beta
         var start = 0.0
         if timings != nil { try context.synchronize(); start = CUDATimings.now() }
         defer {
             if let timings, (try? context.synchronize()) != nil {
-                timings.add("gemm \(input)->\(output) \(epilogue == .none ? "" : "gelu ")\(m)x\(n)x\(k)", CUDATimings.now() - start, flops: 2 * Double(m) * Double(n) * Double(k))
+                timings.add(timing(), CUDATimings.now() - start, flops: 2 * Double(key.m) * Double(key.n) * Double(key.k))
             }
         }
         let status = plan.algo.withUnsafeBytes { algo in
             cublas.matmul(cublas.handle, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.d, y, plan.d,
                           algo.baseAddress, workspace.pointer, workspace.bytes, nil)
         }
-        try check(status, "cublasLtMatmul(\(m)x\(n)x\(k), \(input) -> \(output))")
-        if !plan.fused && (bias != 0 || epilogue != .none) {
+        try check(status, "cublasLtMatmul(\(key.m)x\(key.n)x\(key.k), \(key.input) -> \(key.output))")
+        return plan.fused
+    }
+
+    /// `y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])`, then the epilogue. `x`, `w`: device addresses of `input` elements;
+    /// `y`: of `output` elements; `bias`: `output` elements (cuBLASLt's bias type is D's), or 0 for none.
+    public func linear(m: Int, n: Int, k: Int, x: UInt64, w: UInt64, bias: UInt64, y: UInt64,
+                       input: DeviceDType, output: DeviceDType, epilogue: MatmulEpilogue = .none) throws {
+        guard m > 0, n > 0 else { return }
+        let key = PlanKey.dense(m: m, n: n, k: k, input: input, output: output, epilogue: epilogue, hasBias: bias != 0)
+        let fused = try product(key, x: x, w: w, y: y, bias: bias, beta: 0,
+                                timing: "gemm \(input)->\(output) \(epilogue == .none ? "" : "gelu ")\(m)x\(n)x\(k)")
+        if !fused && (bias != 0 || epilogue != .none) {
             guard let finish = unfusedEpilogue else {
                 throw CUDAError.callFailed(call: "cublasLtMatmul", code: -1, message: "no fused epilogue and no bias_act kernel")
             }
@@ -175,7 +209,7 @@ public final class CUDAMatmul {
 
     /// Whether the plan of a shape (once used) runs its epilogue inside cuBLASLt.
     public func isFused(m: Int, n: Int, k: Int, input: DeviceDType, output: DeviceDType, epilogue: MatmulEpilogue, hasBias: Bool) -> Bool? {
-        plans[PlanKey(m: m, n: n, k: k, input: input, output: output, epilogue: epilogue, hasBias: hasBias)]?.fused
+        plans[PlanKey.dense(m: m, n: n, k: k, input: input, output: output, epilogue: epilogue, hasBias: hasBias)]?.fused
     }
 }
 
