@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import WanKit
+import WanCUDA
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -69,8 +70,7 @@ func writeRandomSafetensors(path: String, tensors: [(name: String, shape: [Int],
 }
 
 /// The CLIP ViT-H/14 vision tower in ComfyUI's clip_vision_h layout (transformers names), f16, with init bounds.
-func randomCLIPTensors() -> [(name: String, shape: [Int], dtype: String, bound: Float)] {
-    let c = CLIPVisionConfig.vitH14
+func randomCLIPTensors(_ c: CLIPVisionConfig = .vitH14) -> [(name: String, shape: [Int], dtype: String, bound: Float)] {
     let d = c.dim, m = c.mlpDim
     var tensors: [(name: String, shape: [Int], dtype: String, bound: Float)] = [
         ("vision_model.embeddings.class_embedding", [d], "F16", 0.03),
@@ -120,7 +120,7 @@ func currentRSSBytes() -> Int {
 struct BenchT5: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "t5",
-        abstract: "umT5-XXL encoder: seconds per prompt and peak RSS, with a real-size bf16 checkpoint of random weights written to disk (mapped, as a real one is).")
+        abstract: "umT5-XXL encoder: seconds per prompt and peak RSS (peak GPU memory with --device cuda), with a real-size bf16 checkpoint of random weights written to disk (mapped, as a real one is).")
 
     @Option(help: "Benchmark a real umT5 checkpoint (models_t5_umt5-xxl-enc-bf16.pth, safetensors or transformers folder) instead of writing random weights.") var weights: String?
     @Option(help: "Prompt length in tokens (1-512).") var tokens: Int = 512
@@ -131,16 +131,32 @@ struct BenchT5: ParsableCommand {
     @Flag(help: "Keep the temporary checkpoint (and reuse it when it exists).") var keepFile = false
     @Flag(help: "One JSON object per line instead of text.") var json = false
     @Flag(help: "Print where the time goes (per op kind).") var profile = false
+    @Option(help: "cpu, cuda or auto (cuda: CUDAUMT5, weights uploaded once; seconds per prompt after a warm-up encode, peak GPU memory).") var device: String = "cpu"
+    @Option(help: "With --device cuda: bf16 (default, as the official encoder computes) or f32.") var precision: String = "bf16"
+    @Flag(help: ArgumentHelp("Tiny random shapes (dim 128, vocab 1000, 2 layers unless --layers) that check the bench end to end; not a benchmark.", visibility: .hidden)) var tiny = false
+
+    /// The random checkpoint's configuration: umT5-XXL (or the tiny test shapes), --layers applied.
+    var randomConfig: UMT5Config {
+        var config = UMT5Config.umt5XXL
+        if tiny {
+            config.vocab = 1000; config.dim = 128; config.dimAttn = 128; config.dimFfn = 320; config.numHeads = 2; config.numLayers = 2
+        }
+        if let layers { config.numLayers = layers }
+        return config
+    }
 
     func run() throws {
         guard (1...512).contains(tokens) else { throw ValidationError("--tokens must be 1...512") }
+        if let layers, layers < 1 { throw ValidationError("--layers must be at least 1") }
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
+        // The device first (its one-line refusal before any checkpoint is written).
+        let precision = try CUDABackend.precision(self.precision)
+        let gpu = try CUDABackend.resolve(device, command: "bench t5")
         var path = weights
         var temporary: String? = nil
         if path == nil {
-            var config = UMT5Config.umt5XXL
-            if let layers { config.numLayers = layers }
-            let file = (directory as NSString).appendingPathComponent("wan-bench-umt5-xxl-\(config.numLayers)l-bf16.safetensors")
+            let config = randomConfig
+            let file = (directory as NSString).appendingPathComponent("wan-bench-umt5-xxl-\(tiny ? "tiny-" : "")\(config.numLayers)l-bf16.safetensors")
             let shapes = config.parameterShapes()
             let bytes = shapes.reduce(0) { $0 + $1.shape.reduce(1, *) * 2 }
             let exists = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int).flatMap { $0 } ?? 0 > bytes
@@ -157,6 +173,7 @@ struct BenchT5: ParsableCommand {
             if !keepFile { temporary = file }
         }
         defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
+        if let gpu { return try runCUDA(gpu: gpu, precision: precision, path: path!) }
         let t0 = now()
         let w = try openT5Weights(path: path!)
         let encoder = try UMT5Encoder(weights: w.source, arguments: w.arguments ?? [:])
@@ -194,7 +211,7 @@ struct BenchT5: ParsableCommand {
 struct BenchCLIP: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clip",
-        abstract: "CLIP ViT-H/14 image encoder (Wan I2V): seconds per image and peak RSS, with a real-size f16 checkpoint of random weights in ComfyUI's clip_vision_h layout written to disk.")
+        abstract: "CLIP ViT-H/14 image encoder (Wan I2V): seconds per image and peak RSS (peak GPU memory with --device cuda), with a real-size f16 checkpoint of random weights in ComfyUI's clip_vision_h layout written to disk.")
 
     @Option(help: "Benchmark a real CLIP checkpoint (official .pth, clip_vision_h.safetensors or transformers folder).") var weights: String?
     @Option(help: "Input image size WxH (resized to 224x224 by the model).") var size: String = "832x480"
@@ -202,15 +219,32 @@ struct BenchCLIP: ParsableCommand {
     @Option(help: "Folder for the temporary random checkpoint.") var directory: String = NSTemporaryDirectory()
     @Flag(help: "One JSON object per line instead of text.") var json = false
     @Flag(help: "Print where the time goes (per op kind).") var profile = false
+    @Option(help: "Override the layer count of ViT-H/14 (quick experiments; the file shrinks too).") var layers: Int?
+    @Option(help: "cpu, cuda or auto (cuda: CUDACLIP, weights uploaded once; seconds per image after a warm-up encode, peak GPU memory).") var device: String = "cpu"
+    @Option(help: "With --device cuda: bf16 (default) or f32.") var precision: String = "bf16"
+    @Flag(help: ArgumentHelp("Tiny random shapes (dim 128, 2 layers unless --layers) that check the bench end to end; not a benchmark.", visibility: .hidden)) var tiny = false
+
+    /// The random checkpoint's configuration: ViT-H/14 (or the tiny test shapes), --layers applied.
+    var randomConfig: CLIPVisionConfig {
+        var config = CLIPVisionConfig.vitH14
+        if tiny { config.dim = 128; config.numHeads = 2; config.outDim = 128; config.numLayers = 2 }
+        if let layers { config.numLayers = layers }
+        return config
+    }
 
     func run() throws {
         let (width, height) = try parseSize(size)
+        if let layers, layers < 1 { throw ValidationError("--layers must be at least 1") }
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
+        let precision = try CUDABackend.precision(self.precision)
+        let gpu = try CUDABackend.resolve(device, command: "bench clip")
         var path = weights
         var temporary: String? = nil
         if path == nil {
-            let tensors = randomCLIPTensors()
-            let file = (directory as NSString).appendingPathComponent("wan-bench-clip-vision-h-f16.safetensors")
+            let config = randomConfig
+            let tensors = randomCLIPTensors(config)
+            let shape = config == .vitH14 ? "" : "-\(config.dim)d-\(config.numLayers)l"
+            let file = (directory as NSString).appendingPathComponent("wan-bench-clip-vision-h\(shape)-f16.safetensors")
             let bytes = tensors.reduce(0) { $0 + $1.shape.reduce(1, *) * 2 }
             guard freeBytes(directory) > bytes + (1 << 28) else { throw ValidationError("\(directory) lacks room for the \(bytes / 1_000_000) MB random checkpoint") }
             let t0 = now()
@@ -220,6 +254,7 @@ struct BenchCLIP: ParsableCommand {
             temporary = file
         }
         defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
+        if let gpu { return try runCUDA(gpu: gpu, precision: precision, path: path!, width: width, height: height) }
         let t0 = now()
         let w = try openCLIPWeights(path: path!)
         let encoder = try CLIPVision(weights: w.source, arguments: w.arguments ?? [:])
