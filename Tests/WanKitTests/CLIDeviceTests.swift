@@ -171,3 +171,27 @@ extension CLITests {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/cuda.png"))
     }
 }
+
+extension CLITests {
+    /// Image-to-video and video-to-video with their models on the (emulated) GPU: the VAE encodes the conditioning
+    /// there too; playable MP4s of the expected size and length. (FLF2V on the GPU: the dit_flf2v case.)
+    func testImageToVideoAndVideoToVideoOnTheGPU() throws {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
+        try requireTinyModels()
+        let dir = try temporaryFolder()
+        try writeInputs(dir)
+        let gpu = ["--device", "cuda", "--precision", "f32"], emulator = ["WANKIT_CUDA_EMULATOR": "1"]
+        let features = try writeClipFeatures(images: 1)
+        var output = dir + "/i2v.mp4"
+        var r = try run(["generate", "--dit", Self.weights + "/pipe_dit_i2v.safetensors"] + textArgs() + gpu +
+                        ["--image", dir + "/first.png", "--clip-features", features, "--prompt", "a cat", "--size", "48x32", "--frames", "5",
+                         "--steps", "2", "--seed", "3", "--output", output], environment: emulator)
+        try assertPlayable(output, frames: 5, width: 32, height: 32, r)
+        XCTAssertTrue(r.stderr.contains("on cuda:0") && r.stderr.contains("VAE on cuda:0"), r.stderr)
+        output = dir + "/v2v.mp4"
+        r = try run(["generate"] + tinyModelArgs() + gpu + ["--video", dir + "/src.mp4", "--strength", "0.5", "--prompt", "a cat",
+                                                            "--steps", "2", "--seed", "3", "--output", output], environment: emulator)
+        try assertPlayable(output, frames: 9, width: 32, height: 32, r)
+        XCTAssertTrue(r.stderr.contains("VAE on cuda:0"), r.stderr)
+    }
+}
