@@ -90,9 +90,10 @@ extension ModelLoader {
 }
 
 extension ModelLoader {
-    /// The umT5 encoder beside a DiT on `placement`: on the GPU when its weights (and one encode of the official 512
-    /// tokens) fit in the GPU's free memory now (load the DiT first: it has the priority), else on the CPU with
-    /// `note` saying why. On the CPU placement, the CPU encoder.
+    /// The umT5 encoder for a job on `placement`: on the GPU when its weights (and one encode of the official 512
+    /// tokens) fit in the GPU's free memory now, else on the CPU with `note` saying why. On the CPU placement, the CPU
+    /// encoder. (`wan generate` loads it before the DiT, encodes both prompts with `TextConditioner.prepare(_:
+    /// releasingEncoder:)` and releases it, so umT5 and the DiT never share the GPU.)
     public static func t5(_ path: String, on placement: DiTPlacement) throws -> (encoder: any UMT5TextEncoder, note: String?) {
         guard let gpu = placement.gpu else { return (try t5(path), nil) }
         let w = try openT5Weights(path: path)
@@ -102,7 +103,7 @@ extension ModelLoader {
             + 2 * CUDAUMT5.activationBytes(config, precision: placement.precision, rows: 512) + CUDADiTMemory.reserveBytes
         let free = try gpu.memoryInfo().free
         guard need <= free else {
-            return (try t5(path), String(format: "umT5 runs on the CPU: it needs %.1f GB of GPU memory, %.1f GB is free beside the DiT",
+            return (try t5(path), String(format: "umT5 runs on the CPU: it needs %.1f GB of GPU memory, %.1f GB is free",
                                          Double(need) / 1e9, Double(free) / 1e9))
         }
         let encoder = try CUDAUMT5(config: config, weights: w.source, precision: placement.precision, context: gpu)

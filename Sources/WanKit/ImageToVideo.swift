@@ -210,8 +210,8 @@ struct ImageConditionedSampler {
         guard c.modelType == task else {
             throw GenerationError.modelMismatch("this is a \(c.modelType) DiT; \(name) needs a \(task) model (in_dim \(2 * vae.config.zDim + 4), with img_emb\(task == "flf2v" ? " and img_emb.emb_pos" : ""))")
         }
-        guard c.textDim == text.encoder.config.dim else {
-            throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(c.textDim) but the text encoder makes \(text.encoder.config.dim)")
+        guard c.textDim == text.encoderConfig.dim else {
+            throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(c.textDim) but the text encoder makes \(text.encoderConfig.dim)")
         }
         let z = vae.config.zDim
         guard c.inDim == 2 * z + 4, c.outDim == z else {

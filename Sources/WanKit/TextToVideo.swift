@@ -83,16 +83,36 @@ public enum NegativePrompts {
 /// mask, the encoder, and the hidden states of the real tokens.
 public final class TextConditioner: @unchecked Sendable {
     public let tokenizer: UMT5Tokenizer
-    /// umT5 on its backend: `UMT5Encoder` (CPU) or `CUDAUMT5` (GPU).
-    public let encoder: any UMT5TextEncoder
+    /// umT5 on its backend: `UMT5Encoder` (CPU) or `CUDAUMT5` (GPU); nil once released (`prepare(_:releasingEncoder:)`),
+    /// when only the prepared prompts can be encoded.
+    public private(set) var encoder: (any UMT5TextEncoder)?
+    /// The encoder's configuration (kept when the encoder is released).
+    public let encoderConfig: UMT5Config
     public let textLength: Int
+    private var prepared: [String: (ids: [Int], embedding: Tensor)] = [:]
 
     public init(tokenizer: UMT5Tokenizer, encoder: any UMT5TextEncoder, textLength: Int = 512) {
-        self.tokenizer = tokenizer; self.encoder = encoder; self.textLength = textLength
+        self.tokenizer = tokenizer; self.encoder = encoder; self.encoderConfig = encoder.config; self.textLength = textLength
+    }
+
+    /// Encodes `prompts` now and keeps their embeddings (`encode` then returns them); with `releasingEncoder`, the
+    /// encoder is dropped afterwards, with its memory (the GPU's, for `CUDAUMT5`): the CLI encodes its two prompts
+    /// this way before the DiT is loaded, so umT5 and the DiT never hold the GPU at the same time.
+    public func prepare(_ prompts: [String], releasingEncoder: Bool = false) throws {
+        for prompt in prompts where prepared[prompt] == nil { prepared[prompt] = try encodeNow(prompt) }
+        if releasingEncoder { encoder = nil }
     }
 
     /// Token ids (</s> included) and the embedding [tokens, dim] of a prompt.
     public func encode(_ prompt: String) throws -> (ids: [Int], embedding: Tensor) {
+        if let done = prepared[prompt] { return done }
+        return try encodeNow(prompt)
+    }
+
+    private func encodeNow(_ prompt: String) throws -> (ids: [Int], embedding: Tensor) {
+        guard let encoder else {
+            throw GenerationError.invalidSettings("the text encoder was released after preparing other prompts; prepare this prompt too, or keep the encoder")
+        }
         let cleaned = WanPromptCleaner.clean(prompt)
         let (ids, mask) = tokenizer.encodePadded(cleaned, length: textLength)
         let count = mask.reduce(0, +)
@@ -122,8 +142,8 @@ public final class TextToVideo: @unchecked Sendable {
     }
 
     public init(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding) throws {
-        guard dit.config.textDim == text.encoder.config.dim else {
-            throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(dit.config.textDim) but the text encoder makes \(text.encoder.config.dim)")
+        guard dit.config.textDim == text.encoderConfig.dim else {
+            throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(dit.config.textDim) but the text encoder makes \(text.encoderConfig.dim)")
         }
         guard dit.config.modelType == "t2v" else {
             throw GenerationError.modelMismatch("this is a \(dit.config.modelType) DiT; text-to-video needs a t2v model")

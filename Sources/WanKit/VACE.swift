@@ -221,8 +221,8 @@ public final class VACEPipeline: @unchecked Sendable {
 
     public init(text: TextConditioner, dit: any VACEDenoiser, vae: any VAECoding) throws {
         let c = dit.config.dit, z = vae.config.zDim, s = vae.config.spatialFactor
-        guard c.textDim == text.encoder.config.dim else {
-            throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(c.textDim) but the text encoder makes \(text.encoder.config.dim)")
+        guard c.textDim == text.encoderConfig.dim else {
+            throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(c.textDim) but the text encoder makes \(text.encoderConfig.dim)")
         }
         guard c.inDim == z, c.outDim == z else {
             throw GenerationError.modelMismatch("the DiT works on \(c.inDim)-channel latents, the VAE on \(z)")

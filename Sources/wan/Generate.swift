@@ -169,6 +169,22 @@ struct Generate: ParsableCommand {
         signal(SIGTERM) { _ in interruptFlag.pointee = 1 }
         let cancelled = { flag.pointee != 0 }
 
+        // On a GPU the two prompts are encoded first and umT5 is released before the DiT is loaded: the two never hold
+        // the GPU together (umT5-XXL alone is 8.6 GiB in bf16).
+        var preparedText: TextConditioner? = nil
+        if placement.isGPU {
+            log("loading the text encoder…")
+            let text = try loadText(files, folder: folder, placement: placement)
+            let defaultNegative = task == .imageToVideo ? NegativePrompts.imageToVideo
+                : (task == .firstLastFrame ? NegativePrompts.firstLastFrameToVideo : NegativePrompts.textToVideo)
+            log("[text] encoding the prompts before loading the DiT (umT5 is released afterwards)")
+            try text.prepare([prompt, settings.negativePrompt.isEmpty ? defaultNegative : settings.negativePrompt], releasingEncoder: true)
+            preparedText = text
+        }
+        func textConditioner() throws -> TextConditioner {
+            try preparedText ?? loadText(files, folder: folder, placement: placement)
+        }
+
         // The task follows from the inputs and the DiT: VACE checkpoints are recognised from their weights.
         log("loading models…")
         func loadDiT(_ placement: DiTPlacement) throws -> ModelLoader.DiTModel {
@@ -193,8 +209,8 @@ struct Generate: ParsableCommand {
             guard case .plain(let dit) = ditModel else {
                 throw ValidationError("this is a VACE model: condition it with --video, --mask and --ref, not --image (image-to-video needs an I2V model)")
             }
-            try generateFromImages(first: image, last: lastImage, dit: dit, files: files, placement: placement, settings: settings,
-                                   cancelled: cancelled, start: start)
+            try generateFromImages(first: image, last: lastImage, dit: dit, files: files, text: try textConditioner(), placement: placement,
+                                   settings: settings, cancelled: cancelled, start: start)
             return
         }
         var metadata: [String: Any] = [
@@ -215,7 +231,7 @@ struct Generate: ParsableCommand {
                 inputs.mask = read.mask
                 metadata["frame_ids"] = source.plan.frameIDs
             }
-            let text = try loadText(files, folder: folder, placement: placement)
+            let text = try textConditioner()
             let vaeModel = try loadVAE(files.vae!, placement: placement, width: settings.width, height: settings.height)
             let pipeline = try VACEPipeline(text: text, dit: vaceDiT, vae: vaeModel)
             log("DiT: \(vaceDiT.config) on \(vaceDiT.backendDescription)")
@@ -237,7 +253,7 @@ struct Generate: ParsableCommand {
             if video != nil && dit.config.hasImageInput {
                 throw ValidationError("this is an \(dit.config.modelType) model: it takes --image, not --video (video-to-video needs a T2V model, editing a video a VACE model)")
             }
-            let text = try loadText(files, folder: folder, placement: placement)
+            let text = try textConditioner()
             let vaeModel = try loadVAE(files.vae!, placement: placement, width: settings.width, height: settings.height)
             log("DiT: \(dit.config) on \(dit.backendDescription)")
             if let video {
@@ -307,7 +323,8 @@ struct Generate: ParsableCommand {
                                 "google/*", "tokenizer/*", "*/*.safetensors", "*/*.json", "*/*.model"]
 
     /// Image-to-video (and first-last-frame-to-video with `last`).
-    func generateFromImages(first: String, last: String?, dit ditModel: any DiTDenoiser, files: ModelFiles, placement: DiTPlacement,
+    func generateFromImages(first: String, last: String?, dit ditModel: any DiTDenoiser, files: ModelFiles, text: TextConditioner,
+                            placement: DiTPlacement,
                             settings t: GenerationSettings,
                             cancelled: @escaping () -> Bool, start: Date) throws {
         let firstImage = try MediaReader.image(first)
@@ -332,7 +349,6 @@ struct Generate: ParsableCommand {
             if placement.isGPU && note == nil { log("CLIP on \(placement)") }
             clipModel = model
         }
-        let text = try loadText(files, folder: "the model folder", placement: placement)
         let vaeModel = try loadVAE(files.vae!, placement: placement, width: t.width, height: t.height)
         log("DiT: \(ditModel.config) on \(ditModel.backendDescription)")
         var metadata: [String: Any] = ["prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
@@ -363,7 +379,7 @@ struct Generate: ParsableCommand {
         }
     }
 
-    /// The tokenizer and umT5, the encoder on the DiT's GPU when it fits there (said in a line when it does not).
+    /// The tokenizer and umT5, the encoder on the GPU when it fits there (said in a line when it does not).
     func loadText(_ files: ModelFiles, folder: String, placement: DiTPlacement) throws -> TextConditioner {
         let (text, note) = try ModelLoader.text(files, folder: folder, on: placement)
         if let note { log("note: \(note)") }

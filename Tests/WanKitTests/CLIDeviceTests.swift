@@ -195,3 +195,22 @@ extension CLITests {
         XCTAssertTrue(r.stderr.contains("VAE on cuda:0"), r.stderr)
     }
 }
+
+/// Prompts prepared before the encoder is released (how `wan generate` frees umT5 before loading the DiT).
+final class TextConditionerPrepareTests: XCTestCase {
+    func testPreparedPromptsOutliveTheReleasedEncoder() throws {
+        let weights = goldenDirectory + "/weights"
+        guard FileManager.default.fileExists(atPath: weights + "/pipe_t5.safetensors") else { throw XCTSkip("golden data not found") }
+        let text = TextConditioner(tokenizer: try ModelLoader.tokenizer(goldenDirectory + "/tokenizer"),
+                                   encoder: try ModelLoader.t5(weights + "/pipe_t5.safetensors"))
+        let direct = try text.encode("a red kite over the sea")
+        try text.prepare(["a red kite over the sea", "rain"], releasingEncoder: true)
+        XCTAssertNil(text.encoder)
+        XCTAssertEqual(text.encoderConfig.dim, 32)
+        let again = try text.encode("a red kite over the sea")
+        XCTAssertEqual(again.ids, direct.ids)
+        XCTAssertEqual(Array(again.embedding.buffer), Array(direct.embedding.buffer))
+        XCTAssertEqual(try text.encode("rain").embedding.shape[1], 32)
+        XCTAssertThrowsError(try text.encode("a prompt never prepared")) { XCTAssertTrue("\($0)".contains("released"), "\($0)") }
+    }
+}
