@@ -15,20 +15,6 @@ extension KernelSelfTest {
         ]
     }
 
-    private static func t5Values(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
-        var state = seed
-        return (0..<count).map { _ in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
-        }
-    }
-
-    private func t5Buffer<T>(_ values: [T]) throws -> DeviceBuffer {
-        let buffer = try context.allocate(bytes: max(values.count * MemoryLayout<T>.stride, 16))
-        try buffer.upload(values)
-        return buffer
-    }
-
     private func t5Attention(bf16: Bool, headDim hd: Int, bias: Bool = true) throws -> ([Double], [Double]) {
         let scale: Float = bias ? 1 : 1 / Float(hd).squareRoot()
         let heads = 3, buckets = 32
@@ -49,25 +35,24 @@ extension KernelSelfTest {
             Int32(UMT5Encoder.relativePositionBucket($0, numBuckets: buckets, bidirectional: true, maxDistance: 128))
         }
         let ld = heads * hd
-        var q = Self.t5Values(rows * ld, seed: 3), k = Self.t5Values(rows * ld, seed: 5), v = Self.t5Values(rows * ld, seed: 7)
-        let table = Self.t5Values(buckets * heads, seed: 11, scale: 2)
+        var q = Self.values(rows * ld, seed: 3), k = Self.values(rows * ld, seed: 5), v = Self.values(rows * ld, seed: 7)
+        let table = Self.values(buckets * heads, seed: 11, scale: 2)
         if bf16 {
             // The reference reads the values the kernel reads.
             q = q.map { Self.float(bf16: Self.bf16($0)) }; k = k.map { Self.float(bf16: Self.bf16($0)) }; v = v.map { Self.float(bf16: Self.bf16($0)) }
         }
-        func device(_ x: [Float]) throws -> DeviceBuffer { bf16 ? try t5Buffer(x.map(Self.bf16)) : try t5Buffer(x) }
+        func device(_ x: [Float]) throws -> DeviceBuffer { bf16 ? try upload(x.map(Self.bf16)) : try upload(x) }
         let (qb, kb, vb) = (try device(q), try device(k), try device(v))
         let out = try context.allocate(bytes: rows * ld * (bf16 ? 2 : 4))
-        let ints = [try t5Buffer(segStart), try t5Buffer(segKeys), try t5Buffer(segRows), try t5Buffer(positions), try t5Buffer(bucketOf)]
-        let tableBuffer = try t5Buffer(table)
+        let ints = [try upload(segStart), try upload(segKeys), try upload(segRows), try upload(positions), try upload(bucketOf)]
+        let tableBuffer = try upload(table)
         let f = try compiler.load(module: "t5.cu", on: context).function(bf16 ? "t5_attention_bf16" : "t5_attention_f32")
         try f.launch(grid: (rows, heads, 1), block: (128, 1, 1),
                      [.buffer(out), .buffer(qb), .buffer(kb), .buffer(vb), .buffer(ints[0]), .buffer(ints[1]), .buffer(ints[2]),
                       .buffer(ints[3]), .buffer(ints[4]), .int32(Int32(maxPos)), bias ? .buffer(tableBuffer) : .pointer(0), .int32(Int32(heads)),
                       .int32(Int32(hd)), .float(scale)])
         try context.synchronize()
-        let gpu: [Double] = bf16 ? try out.download(count: rows * ld, as: UInt16.self).map { Double(Self.float(bf16: $0)) }
-                                 : try out.download(count: rows * ld, as: Float.self).map(Double.init)
+        let gpu = bf16 ? try bf16s(out, rows * ld) : try floats(out, rows * ld)
         var reference = [Double](repeating: 0, count: rows * ld)
         for row in 0..<rows {
             let start = Int(segStart[row]), keys = Int(segKeys[row]), n = keys == 0 ? Int(segRows[row]) : keys
@@ -96,13 +81,12 @@ extension KernelSelfTest {
 
     private func t5GeluMul() throws -> ([Double], [Double]) {
         let n = 10_007
-        let gate = Self.t5Values(n, seed: 13, scale: 4), up = Self.t5Values(n, seed: 17, scale: 3)
-        let (g, u) = (try t5Buffer(gate), try t5Buffer(up))
+        let gate = Self.values(n, seed: 13, scale: 4), up = Self.values(n, seed: 17, scale: 3)
+        let (g, u) = (try upload(gate), try upload(up))
         let out = try context.allocate(bytes: n * 4)
         let f = try compiler.load(module: "t5.cu", on: context).function("t5_gelu_mul_f32")
         try f.launch(grid: (min((n + 255) / 256, 65535), 1, 1), block: (256, 1, 1), [.buffer(out), .buffer(g), .buffer(u), .int64(Int64(n))])
-        try context.synchronize()
-        let gpu = try out.download(count: n, as: Float.self).map(Double.init)
+        let gpu = try floats(out, n)
         let reference = (0..<n).map { i -> Double in
             let x = Double(gate[i])
             return 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) * Double(up[i])

@@ -45,29 +45,10 @@ extension KernelSelfTest {
         try compiler.load(module: module, on: context).function(name)
     }
 
-    private static func values(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
-        var state = seed
-        return (0..<count).map { _ in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
-        }
-    }
-
-    private func vaeUpload(_ values: [Float]) throws -> DeviceBuffer {
-        let buffer = try context.allocate(bytes: max(values.count * 4, 16))
-        try buffer.upload(values)
-        return buffer
-    }
-
-    private func vaeDownload(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
-        try context.synchronize()
-        return try buffer.download(count: count, as: Float.self).map(Double.init)
-    }
-
     private func vaeIm2col(frames: Int, srcH: Int, srcW: Int, channels c: Int, up: Int, outH: Int, outW: Int, k: Int, stride: Int, pad: Int,
                            row0: Int, rows: Int, bf16: Bool = false) throws -> ([Double], [Double]) {
         let inputs = (0..<frames).map { Self.values(srcH * srcW * c, seed: UInt64(17 + $0)) }
-        let buffers = try inputs.map(vaeUpload)
+        let buffers = try inputs.map(upload)
         let width = frames * k * k * c
         let col = try context.allocate(bytes: rows * width * (bf16 ? 2 : 4))
         let vector = c % 4 == 0 ? 4 : 1
@@ -89,13 +70,8 @@ extension KernelSelfTest {
             } } }
         }
         // The frames passed by address must outlive the (asynchronous) kernel.
-        let got = bf16 ? try vaeDownloadBF16(col, rows * width) : try vaeDownload(col, rows * width)
+        let got = bf16 ? try bf16s(col, rows * width) : try floats(col, rows * width)
         return withExtendedLifetime(buffers) { (got, reference) }
-    }
-
-    private func vaeDownloadBF16(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
-        try context.synchronize()
-        return try buffer.download(count: count, as: UInt16.self).map { Double(KernelSelfTest.float(bf16: $0)) }
     }
 
     /// vae_conv_bf16 against a float64 sum over the same bf16-rounded inputs and weights; the weights are rows of
@@ -104,13 +80,13 @@ extension KernelSelfTest {
                          outChannels: Int, skippedTaps: Int, accumulate: Bool) throws -> ([Double], [Double]) {
         let round = { (v: Float) in KernelSelfTest.float(bf16: KernelSelfTest.bf16(v)) }
         let inputs = (0..<frames).map { Self.values(srcH * srcW * c, seed: UInt64(31 + $0)) }
-        let buffers = try inputs.map(vaeUpload)
+        let buffers = try inputs.map(upload)
         let width = frames * k * k * c, ldw = (skippedTaps * k * k * c) + width
         let w = Self.values(outChannels * ldw, seed: 40, scale: 0.05).map(round)
         let bias = Self.values(outChannels, seed: 41), y0 = Self.values(outH * outW * outChannels, seed: 42)
         let dw = try context.allocate(bytes: w.count * 2)
         try dw.upload(w.map(KernelSelfTest.bf16))
-        let db = try vaeUpload(bias), dy = try vaeUpload(y0)
+        let db = try upload(bias), dy = try upload(y0)
         let skipped = UInt64((ldw - width) * 2)
         try vaeFunction("vae_conv_bf16").launch(grid: ((outH * outW + 127) / 128, (outChannels + 63) / 64, 1), block: (256, 1, 1), [
             .buffer(dy), .buffer(buffers[0]), .pointer(frames > 1 ? buffers[1].pointer : 0), .pointer(frames > 2 ? buffers[2].pointer : 0),
@@ -132,14 +108,14 @@ extension KernelSelfTest {
                 reference.append(s)
             }
         }
-        let got = try vaeDownload(dy, outH * outW * outChannels)
+        let got = try floats(dy, outH * outW * outChannels)
         return withExtendedLifetime((buffers, dw)) { (got, reference) }
     }
 
     private func vaeRMSNorm(silu: Bool) throws -> ([Double], [Double]) {
         let rows = 37, c = 96
         let x = Self.values(rows * c, seed: 5, scale: 3), gamma = Self.values(c, seed: 6)
-        let dx = try vaeUpload(x), dg = try vaeUpload(gamma), out = try context.allocate(bytes: rows * c * 4)
+        let dx = try upload(x), dg = try upload(gamma), out = try context.allocate(bytes: rows * c * 4)
         try vaeFunction("vae_rms_norm_f32").launch(grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1), [
             .buffer(out), .buffer(dx), .buffer(dg), .int64(Int64(rows)), .int32(Int32(c)), .int32(silu ? 1 : 0)])
         var reference: [Double] = []
@@ -151,13 +127,13 @@ extension KernelSelfTest {
                 reference.append(silu ? v / (1 + exp(-v)) : v)
             }
         }
-        return (try vaeDownload(out, rows * c), reference)
+        return (try floats(out, rows * c), reference)
     }
 
     private func vaeSoftmax() throws -> ([Double], [Double]) {
         let rows = 9, cols = 1000, scale: Float = 0.05
         let s = Self.values(rows * cols, seed: 7, scale: 30)
-        let ds = try vaeUpload(s)
+        let ds = try upload(s)
         try vaeFunction("vae_softmax_f32").launch(grid: (rows, 1, 1), block: (256, 1, 1), [.buffer(ds), .int64(Int64(rows)), .int32(Int32(cols)), .float(scale)])
         var reference: [Double] = []
         for r in 0..<rows {
@@ -167,7 +143,7 @@ extension KernelSelfTest {
             let total = e.reduce(0, +)
             reference += e.map { $0 / total }
         }
-        return (try vaeDownload(ds, rows * cols), reference)
+        return (try floats(ds, rows * cols), reference)
     }
 
     /// transposed: Y[77, 40] (ld 40) += X[77, 96] (ld 104) · W[40, 96]ᵀ (ld 120) + b. Plain: Y[77, 40] = X[77, 96] ·
@@ -182,12 +158,12 @@ extension KernelSelfTest {
             w = w.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
         }
         func put(_ v: [Float]) throws -> DeviceBuffer {
-            guard bf16 else { return try vaeUpload(v) }
+            guard bf16 else { return try upload(v) }
             let buffer = try context.allocate(bytes: v.count * 2)
             try buffer.upload(v.map(KernelSelfTest.bf16))
             return buffer
         }
-        let dx = try put(x), dw = try put(w), db = try vaeUpload(b), dy = try vaeUpload(y0)
+        let dx = try put(x), dw = try put(w), db = try upload(b), dy = try upload(y0)
         let gemm = try VAEMatmul(context: context)
         let biasAct = try vaeFunction("bias_act_f32", module: "elementwise.cu")
         gemm.addBias = { y, bias, rows, cols in
@@ -204,6 +180,6 @@ extension KernelSelfTest {
                 reference[i * n + j] = s
             }
         }
-        return (try vaeDownload(dy, m * n), reference)
+        return (try floats(dy, m * n), reference)
     }
 }

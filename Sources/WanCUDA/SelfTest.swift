@@ -88,18 +88,30 @@ final class KernelSelfTest {
         }
     }
 
-    private func upload<T>(_ values: [T]) throws -> DeviceBuffer {
-        let buffer = try context.allocate(bytes: max(values.count * MemoryLayout<T>.stride, 4))
+    /// `count` values uniform in ±scale from `seed` (the same stream for the same seed).
+    static func values(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+        var state = seed
+        return (0..<count).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
+        }
+    }
+
+    /// A device copy of `values` (at least 16 bytes: float4 loads stay inside it).
+    func upload<T>(_ values: [T]) throws -> DeviceBuffer {
+        let buffer = try context.allocate(bytes: max(values.count * MemoryLayout<T>.stride, 16))
         try buffer.upload(values)
         return buffer
     }
 
-    private func floats(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
+    /// A device f32 buffer as doubles (waits for the queued work).
+    func floats(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
         try context.synchronize()
         return try buffer.download(count: count, as: Float.self).map(Double.init)
     }
 
-    private func bf16s(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
+    /// A device bf16 buffer as doubles (waits for the queued work).
+    func bf16s(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
         try context.synchronize()
         return try buffer.download(count: count, as: UInt16.self).map { Double(KernelSelfTest.float(bf16: $0)) }
     }
