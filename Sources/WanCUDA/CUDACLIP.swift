@@ -9,15 +9,8 @@ import WanModels
 /// from the fused to_qkv weight, attention with 1/sqrt(head_dim) over each image's tokens through `t5_attention`
 /// without a bias table, proj, residual; LayerNorm, fc1, exact GELU, fc2, residual), no post-norm. The residual stream
 /// stays f32; products run in the activation type (bf16, or f32).
-public final class CUDACLIP: CLIPImageEncoder {
+public final class CUDACLIP: CUDAEncoderModel, CLIPImageEncoder {
     public let config: CLIPVisionConfig
-    public let precision: CUDAPrecision
-    public let context: CUDAContext
-    public let ops: CUDAOps
-    public let gemm: CUDAMatmul
-    public let pool: DeviceMemoryPool
-    /// Device bytes of the uploaded weights (with the scratch compact matrices are expanded into).
-    public private(set) var weightBytes = 0
 
     struct Block {
         let norm1Weight, norm1Bias, norm2Weight, norm2Bias: DeviceBuffer
@@ -27,7 +20,6 @@ public final class CUDACLIP: CLIPImageEncoder {
     let patchWeight: Tensor, patchBias: Tensor?, cls: Tensor, pos: Tensor  // host: the embedding
     let preNormWeight, preNormBias: DeviceBuffer
     let blocks: [Block]
-    let dequantScratch: DeviceBuffer?
 
     public init(config c: CLIPVisionConfig, weights source: WeightSource, precision: CUDAPrecision = .bf16,
                 context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
@@ -38,12 +30,7 @@ public final class CUDACLIP: CLIPImageEncoder {
             throw WeightError.badConfig(source: source.label, detail: "activation '\(c.activation)': the GPU tower runs the exact GELU of ViT-H/14 only; use --device cpu")
         }
         config = c
-        self.precision = precision
         let context = try context ?? CUDAContext()
-        self.context = context
-        ops = try CUDAOps(context: context, compiler: compiler)
-        gemm = try CUDAMatmul(context: context)
-        pool = DeviceMemoryPool(context: context)
         let act = precision.activation
         let uploader = WeightUploader(context: context)
         let b = WeightBinder(source)
@@ -79,9 +66,7 @@ public final class CUDACLIP: CLIPImageEncoder {
         self.blocks = blocks
         try CLIPVision.checkUnusedTensors(b, config: c)
         try b.finish()
-        dequantScratch = try uploader.makeScratch()
-        weightBytes = uploader.uploadedBytes + (dequantScratch?.bytes ?? 0)
-        try context.synchronize()
+        try super.init(precision: precision, context: context, compiler: compiler, uploader: uploader)
     }
 
     /// Loads a tower from a weight source (`openCLIPWeights(path:).source`), the configuration inferred as
@@ -92,12 +77,8 @@ public final class CUDACLIP: CLIPImageEncoder {
                       context: context, compiler: compiler)
     }
 
-    func run(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64) throws {
-        try gemm.linear(l, rows: rows, x: x, y: y, ops: ops, scratch: dequantScratch)
-    }
-
     public func forward(pixels: Tensor) throws -> Tensor {
-        let c = config, d = c.dim, L = c.tokens, m = c.mlpDim, act = precision.activation, t = act.size
+        let c = config, d = c.dim, L = c.tokens, m = c.mlpDim, act = self.act, t = act.size
         let x = try CLIPVision.embed(pixels: pixels, config: c, patchWeight: patchWeight, patchBias: patchBias, cls: cls, pos: pos)
         let n = pixels.shape[0], rows = n * L
         var buffers: [DeviceBuffer] = []

@@ -9,18 +9,9 @@ import WanModels
 /// (`t5_attention`: no scaling, the segment's keys only), o, residual; T5LayerNorm, the gated-GELU FFN
 /// fc2(fc1(x) * gelu_tanh(gate(x))), residual; a final T5LayerNorm. The residual stream stays f32; products and
 /// attention run in the activation type (bf16 as the official encoder computes, or f32). Weights upload once as
-/// `CUDADiT`'s do (`WeightUploader`).
-public final class CUDAUMT5: UMT5TextEncoder {
+/// `CUDADiT`'s do (`WeightUploader`); `weightBytes` leaves out the token embedding (it stays on the host).
+public final class CUDAUMT5: CUDAEncoderModel, UMT5TextEncoder {
     public let config: UMT5Config
-    public let precision: CUDAPrecision
-    public let context: CUDAContext
-    public let ops: CUDAOps
-    public let gemm: CUDAMatmul
-    public let pool: DeviceMemoryPool
-    /// Device bytes of the uploaded weights (the token embedding stays on the host), with the bf16 scratch compact
-    /// (fp8, ggml-block) matrices are expanded into before their products.
-    public private(set) var weightBytes = 0
-    let dequantScratch: DeviceBuffer?
 
     struct Block {
         let norm1, norm2: DeviceBuffer  // [dim] f32
@@ -43,12 +34,7 @@ public final class CUDAUMT5: UMT5TextEncoder {
             throw WeightError.badConfig(source: source.label, detail: "dim_attn \(c.dimAttn) is not a multiple of num_heads \(c.numHeads) (or num_buckets \(c.numBuckets) < 2)")
         }
         config = c
-        self.precision = precision
         let context = try context ?? CUDAContext()
-        self.context = context
-        ops = try CUDAOps(context: context, compiler: compiler)
-        gemm = try CUDAMatmul(context: context)
-        pool = DeviceMemoryPool(context: context)
         let act = precision.activation
         let uploader = WeightUploader(context: context)
         let b = WeightBinder(source)
@@ -73,9 +59,7 @@ public final class CUDAUMT5: UMT5TextEncoder {
         self.blocks = blocks
         finalNorm = try vector("norm.weight", [d])
         try b.finish()
-        dequantScratch = try uploader.makeScratch()
-        weightBytes = uploader.uploadedBytes + (dequantScratch?.bytes ?? 0)
-        try context.synchronize()
+        try super.init(precision: precision, context: context, compiler: compiler, uploader: uploader)
     }
 
     /// Loads an encoder from a weight source (`openT5Weights(path:).source`), the configuration inferred as
@@ -84,12 +68,6 @@ public final class CUDAUMT5: UMT5TextEncoder {
                             context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
         try self.init(config: UMT5Config.inferred(from: source, arguments: arguments), weights: source, precision: precision,
                       context: context, compiler: compiler)
-    }
-
-    var act: DeviceDType { precision.activation }
-
-    func run(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64) throws {
-        try gemm.linear(l, rows: rows, x: x, y: y, ops: ops, scratch: dequantScratch)
     }
 
     /// Every segment through the encoder together; the hidden states of all their rows, stacked [rows, dim] (f32).
