@@ -32,4 +32,15 @@ public class CUDAEncoderModel {
     func run(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64) throws {
         try gemm.linear(l, rows: rows, x: x, y: y, ops: ops, scratch: dequantScratch)
     }
+
+    /// Runs `body` with every kernel and product timed alone (each synchronised: slower than a plain run); the
+    /// report's lines.
+    public func profile(_ body: () throws -> Void) throws -> [String] {
+        let timings = CUDATimings()
+        ops.timings = timings
+        gemm.timings = timings
+        defer { ops.timings = nil; gemm.timings = nil }
+        try body()
+        return timings.report()
+    }
 }

@@ -74,12 +74,7 @@ extension BenchT5 {
             var profileLines: [String] = []
             if profile {
                 // One more encode with every kernel and product timed alone (synchronised: slower than the encode).
-                let timings = CUDATimings()
-                encoder.ops.timings = timings
-                encoder.gemm.timings = timings
-                defer { encoder.ops.timings = nil; encoder.gemm.timings = nil }
-                _ = try encoder.encode(tokens: [ids])
-                profileLines = timings.report()
+                profileLines = try encoder.profile { _ = try encoder.encode(tokens: [ids]) }
             }
             if json {
                 var obj: [String: Any] = ["model": label, "tokens": tokens, "prompt": p, "seconds": seconds, "peak_rss_bytes": rss,
@@ -132,14 +127,7 @@ extension BenchCLIP {
             let rss = peakRSSBytes()
             let allocated = encoder.pool.peakAllocatedBytes + encoder.weightBytes
             var profileLines: [String] = []
-            if profile {
-                let timings = CUDATimings()
-                encoder.ops.timings = timings
-                encoder.gemm.timings = timings
-                defer { encoder.ops.timings = nil; encoder.gemm.timings = nil }
-                _ = try encoder.visual(image)
-                profileLines = timings.report()
-            }
+            if profile { profileLines = try encoder.profile { _ = try encoder.visual(image) } }
             if json {
                 var obj: [String: Any] = ["model": "clip-vit-h-14", "size": size, "image": n, "seconds": seconds, "peak_rss_bytes": rss,
                                           "shape": out.shape, "layers": encoder.config.numLayers, "finite": finite]
