@@ -321,7 +321,7 @@ public final class ImageToVideo: @unchecked Sendable {
     }
 
     var sampler: ImageConditionedSampler {
-        ImageConditionedSampler(text: text, dit: dit, vae: vae, clip: clip, lastFrame: false, defaultNegative: NegativePrompts.imageToVideo)
+        ImageConditionedSampler(text: text, dit: dit, vae: vae, clip: clip, lastFrame: false, defaultNegative: GenerationTask.imageToVideo.defaultNegativePrompt)
     }
 
     /// The video size (width, height) in pixels the official code makes of an image and max_area.
@@ -378,7 +378,7 @@ public final class FirstLastFrameToVideo: @unchecked Sendable {
     }
 
     var sampler: ImageConditionedSampler {
-        ImageConditionedSampler(text: text, dit: dit, vae: vae, clip: clip, lastFrame: true, defaultNegative: NegativePrompts.firstLastFrameToVideo)
+        ImageConditionedSampler(text: text, dit: dit, vae: vae, clip: clip, lastFrame: true, defaultNegative: GenerationTask.firstLastFrame.defaultNegativePrompt)
     }
 
     /// Runs the sampling loop and returns the final latent. `clipFeatures` [2, 257, 1280] (first, last) replace the

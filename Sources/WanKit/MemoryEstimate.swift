@@ -5,6 +5,15 @@ import WanWeights
 /// The tasks `wan generate` runs (each has its own memory estimate).
 public enum GenerationTask: String, Sendable, CaseIterable {
     case textToVideo = "t2v", imageToVideo = "i2v", firstLastFrame = "flf2v", vace, videoToVideo = "v2v"
+
+    /// The negative prompt the task's pipeline uses when none is given (the official configs').
+    public var defaultNegativePrompt: String {
+        switch self {
+        case .imageToVideo: return NegativePrompts.imageToVideo
+        case .firstLastFrame: return NegativePrompts.firstLastFrameToVideo
+        case .textToVideo, .vace, .videoToVideo: return NegativePrompts.textToVideo
+        }
+    }
 }
 
 /// The DiT dimensions a memory estimate needs, read from the checkpoint's tensor shapes (header only: nothing is

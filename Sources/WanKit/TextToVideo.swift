@@ -173,7 +173,7 @@ public final class TextToVideo: @unchecked Sendable {
     func denoise(prompt: String, settings s: GenerationSettings, from latents: Tensor, startStep: Int,
                  progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?, observe: ((Event) -> Void)?) throws -> Tensor {
         let (cond, uncond) = try PipelineCore.encodePrompts(text, prompt: prompt, negativePrompt: s.negativePrompt,
-                                                            defaultNegative: NegativePrompts.textToVideo, progress: progress)
+                                                            defaultNegative: GenerationTask.textToVideo.defaultNegativePrompt, progress: progress)
         observe?(.prompts(ids: cond.ids, negativeIds: uncond.ids, context: cond.embedding, negativeContext: uncond.embedding))
         let condContext = try dit.prepareConditioning(text: cond.embedding, clipFeatures: nil)
         let uncondContext = try dit.prepareConditioning(text: uncond.embedding, clipFeatures: nil)

@@ -252,7 +252,7 @@ public final class VACEPipeline: @unchecked Sendable {
         let maskVideo = try inputs.mask?.tensor(frames: F, height: H, width: W)
 
         let (cond, uncond) = try PipelineCore.encodePrompts(text, prompt: prompt, negativePrompt: s.negativePrompt,
-                                                            defaultNegative: NegativePrompts.textToVideo, progress: progress)
+                                                            defaultNegative: GenerationTask.vace.defaultNegativePrompt, progress: progress)
         observe?(.prompts(ids: cond.ids, negativeIds: uncond.ids, context: cond.embedding, negativeContext: uncond.embedding))
         if isCancelled?() == true { throw GenerationError.cancelled }
 

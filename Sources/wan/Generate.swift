@@ -175,10 +175,9 @@ struct Generate: ParsableCommand {
         if placement.isGPU {
             log("loading the text encoder…")
             let text = try loadText(files, folder: folder, placement: placement)
-            let defaultNegative = task == .imageToVideo ? NegativePrompts.imageToVideo
-                : (task == .firstLastFrame ? NegativePrompts.firstLastFrameToVideo : NegativePrompts.textToVideo)
             log("[text] encoding the prompts before loading the DiT (umT5 is released afterwards)")
-            try text.prepare([prompt, settings.negativePrompt.isEmpty ? defaultNegative : settings.negativePrompt], releasingEncoder: true)
+            let negative = settings.negativePrompt.isEmpty ? task.defaultNegativePrompt : settings.negativePrompt
+            try text.prepare([prompt, negative], releasingEncoder: true)
             preparedText = text
         }
         func textConditioner() throws -> TextConditioner {
