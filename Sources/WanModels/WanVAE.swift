@@ -618,7 +618,7 @@ public final class WanVAE: @unchecked Sendable {
             let n = f == 0 ? 1 : config.temporalFactor
             let chunk = Tensor(uninitialized: [3, n, H, W])
             var produced = 0
-            try push(decoder, from: 0, x, state) { out in
+            push(decoder, from: 0, x, state) { out in
                 precondition(produced < n && out.height == H && out.width == W, "decoder gave an unexpected frame")
                 WanVAEConfig.storeClamped(out.data.data, into: chunk, frame: produced)
                 produced += 1
