@@ -129,15 +129,18 @@ extension ModelLoader {
         guard let gpu = placement.gpu else { return (try vae(path), nil) }
         let w = try openVAEWeights(path: path)
         let config = WanVAEConfig(inferringFrom: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:])
-        let model = try CUDAVAE(config: config, weights: w.source, precision: placement.precision, context: gpu)
+        // Weights, column buffer, the largest attention's scores, cuBLASLt (`CUDAVAE.fixedDeviceBytes`) + the causal
+        // state of the larger of an encode and a decode at this size.
+        let latentPixels = (width / config.spatialFactor) * (height / config.spatialFactor)
         let state = max(config.decodeStateBytes(width: width, height: height), config.encodeStateBytes(width: width, height: height))
-        let need = state + model.columnBudgetBytes + CUDADiTMemory.reserveBytes
+        let need = CUDAVAE.fixedDeviceBytes(config: config, latentPixels: latentPixels, precision: placement.precision) + state
+            + CUDADiTMemory.reserveBytes
         let free = try gpu.memoryInfo().free
         guard need <= free else {
             return (try vae(path), String(format: "the VAE runs on the CPU: at %dx%d it needs %.1f GB of GPU memory, %.1f GB is free beside the DiT",
-                                          width, height, Double(need + model.weightBytes) / 1e9, Double(free + model.weightBytes) / 1e9))
+                                          width, height, Double(need) / 1e9, Double(free) / 1e9))
         }
-        return (model, nil)
+        return (try CUDAVAE(config: config, weights: w.source, precision: placement.precision, context: gpu), nil)
     }
 }
 

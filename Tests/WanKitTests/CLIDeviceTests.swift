@@ -95,6 +95,23 @@ final class DevicePlacementTests: XCTestCase {
         XCTAssertEqual(DiTPlacement.tokens(.t2v1_3B, width: 832, height: 480, frames: 1), 1560)
     }
 
+    /// The VAE joins the GPU only when its weights, buffers and the causal state of the frame size fit in what is free.
+    func testTheVAEGoesToTheCPUWhenItsStateCannotFitOnTheGPU() throws {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
+        let path = goldenDirectory + "/weights/pipe_vae.safetensors"
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("golden data not found") }
+        CUDAEmulator.install()
+        defer { CUDAEmulator.uninstall() }
+        let (placement, _) = try DiTPlacement.resolve(.cuda, precision: .f32)
+        let small = try ModelLoader.vae(path, on: placement, width: 48, height: 32)
+        XCTAssertTrue(small.vae is CUDAVAE)
+        XCTAssertNil(small.note)
+        // 16384 x 16384: terabytes of causal state for an 80 GiB (emulated) GPU.
+        let huge = try ModelLoader.vae(path, on: placement, width: 16384, height: 16384)
+        XCTAssertTrue(huge.vae is WanVAE)
+        XCTAssertTrue(huge.note?.hasPrefix("the VAE runs on the CPU: at 16384x16384 it needs") ?? false, huge.note ?? "no note")
+    }
+
     func testVACEAndThePlainDiTAreDenoisersOnTheGPU() throws {
         do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
         let weights = goldenDirectory + "/weights"
