@@ -287,7 +287,13 @@ struct Generate: ParsableCommand {
             try writer.finish()
         } catch {
             writer.cancel()
-            if case GenerationError.cancelled = error { log("interrupted: no output written"); throw ExitCode(130) }
+            if case GenerationError.cancelled = error {
+                // The partial file is gone; leave at once with the shell's status for SIGINT, without running the
+                // libraries' exit-time destructors (oneDNN / OpenMP / CUDA state) after an interrupted run.
+                log("interrupted: no output written")
+                fflush(stdout)
+                _exit(130)
+            }
             throw error
         }
         var sidecar = metadata
