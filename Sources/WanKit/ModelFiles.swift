@@ -147,12 +147,16 @@ public enum ModelLoader {
         return try source.float32(name)
     }
 
-    /// The text-to-video pipeline from located files, its DiT on `placement` (see `DiTPlacement.resolve`; on a GPU
-    /// an allocation that cannot fit throws `CUDAError.outOfMemory` naming what is needed and free).
-    public static func textToVideo(_ files: ModelFiles, folder: String = "the model folder", on placement: DiTPlacement = .cpu) throws -> TextToVideo {
+    /// The text-to-video pipeline from located files for videos up to `width` x `height` x `frames`, on `placement`
+    /// (see `DiTPlacement.resolve`): on a GPU the DiT goes first, after its memory pre-flight for that size (a job
+    /// that cannot fit throws `CUDAError.outOfMemory` naming what is needed and free); umT5 and the VAE join it when
+    /// they fit in what is left, else they run on the CPU.
+    public static func textToVideo(_ files: ModelFiles, folder: String = "the model folder", on placement: DiTPlacement = .cpu,
+                                   width: Int = 832, height: Int = 480, frames: Int = 81) throws -> TextToVideo {
         try files.requireTextToVideo(folder: folder)
-        let model = try anyDiT(files.dit!, on: placement, width: 0, height: 0, frames: 1, checkMemory: false)
+        let model = try anyDiT(files.dit!, on: placement, width: width, height: height, frames: frames)
         guard case .plain(let dit) = model else { throw GenerationError.modelMismatch("this is a VACE DiT; text-to-video needs a t2v model (use VACEPipeline)") }
-        return try TextToVideo(text: try text(files, folder: folder), dit: dit, vae: try vae(files.vae!))
+        let text = try text(files, folder: folder, on: placement).text
+        return try TextToVideo(text: text, dit: dit, vae: try vae(files.vae!, on: placement, width: width, height: height).vae)
     }
 }

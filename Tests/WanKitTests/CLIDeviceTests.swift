@@ -231,3 +231,25 @@ final class TextConditionerPrepareTests: XCTestCase {
         XCTAssertThrowsError(try text.encode("a prompt never prepared")) { XCTAssertTrue("\($0)".contains("released"), "\($0)") }
     }
 }
+
+extension DevicePlacementTests {
+    /// The library's text-to-video loader places every part: on the (emulated) GPU the DiT, umT5 and the VAE there.
+    func testTextToVideoLoaderPlacesEveryPart() throws {
+        do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
+        let w = goldenDirectory + "/weights"
+        guard FileManager.default.fileExists(atPath: w + "/pipe_dit_t2v.safetensors") else { throw XCTSkip("golden data not found") }
+        let files = ModelFiles(dit: w + "/pipe_dit_t2v.safetensors", t5: w + "/pipe_t5.safetensors", vae: w + "/pipe_vae.safetensors",
+                               tokenizer: goldenDirectory + "/tokenizer")
+        let cpu = try ModelLoader.textToVideo(files)
+        XCTAssertTrue(cpu.dit is WanDiT && cpu.text.encoder is UMT5Encoder && cpu.vae is WanVAE)
+        CUDAEmulator.install()
+        defer { CUDAEmulator.uninstall() }
+        let (placement, _) = try DiTPlacement.resolve(.cuda, precision: .f32)
+        let gpu = try ModelLoader.textToVideo(files, on: placement, width: 48, height: 32, frames: 5)
+        XCTAssertTrue(gpu.dit is CUDADiT && gpu.text.encoder is CUDAUMT5 && gpu.vae is CUDAVAE)
+        var settings = GenerationSettings()
+        settings.width = 48; settings.height = 32; settings.frames = 5; settings.steps = 2; settings.seed = 5
+        let a = try gpu.sample(prompt: "a kite", settings: settings), b = try cpu.sample(prompt: "a kite", settings: settings)
+        XCTAssertLessThan(Comparison(got: UnsafeBufferPointer(a.buffer), expected: UnsafeBufferPointer(b.buffer)).relL2, 1e-5)
+    }
+}
