@@ -5,6 +5,31 @@ import WanKit
 import Glibc
 #endif
 
+extension Generate {
+    /// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after it) and starts one thread that
+    /// waits for them with sigwait and sets `interruptFlag`; a thread that existed before and did not block them
+    /// still sets the flag through a plain handler.
+    static func takeInterruptsOnOneThread() {
+        _ = interruptFlag
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGINT) { _ in interruptFlag.pointee = 1 }
+        signal(SIGTERM) { _ in interruptFlag.pointee = 1 }
+        let waited = set
+        let waiter = Thread {
+            var signals = waited
+            var received: Int32 = 0
+            while true {
+                if sigwait(&signals, &received) == 0 { interruptFlag.pointee = 1 }
+            }
+        }
+        waiter.start()
+    }
+}
+
 /// Set by SIGINT/SIGTERM; the pipeline checks it between steps and frames. A raw pointer, not a Swift global var:
 /// the handler's store is then no Swift access, so it can never meet a read of the flag on the same thread in
 /// the dynamic exclusivity check (which aborts the process). Touched before the handlers are installed, so its lazy
@@ -101,6 +126,10 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
+        // SIGINT / SIGTERM are taken by one thread (sigwait) instead of interrupting whichever thread is running:
+        // blocked here, before the worker threads exist (they inherit the mask), so no library's system call or lock
+        // is ever cut short by the signal. (Interrupted runs crashed now and then with a corrupted heap before.)
+        Self.takeInterruptsOnOneThread()
         let start = Date()
         var settings = GenerationSettings()
         let requested = try requestedSize()
@@ -165,8 +194,6 @@ struct Generate: ParsableCommand {
         try checkHostMemory(placement)
 
         let flag = interruptFlag
-        signal(SIGINT) { _ in interruptFlag.pointee = 1 }
-        signal(SIGTERM) { _ in interruptFlag.pointee = 1 }
         let cancelled = { flag.pointee != 0 }
 
         // On a GPU the two prompts are encoded first and umT5 is released before the DiT is loaded: the two never hold
