@@ -79,15 +79,7 @@ public final class CUDAUMT5: CUDAEncoderModel, UMT5TextEncoder {
             throw EncoderInputError("a sequence of \(long.ids.count) tokens is longer than the GPU encoder takes (\(Self.maxKeys)); the official text length is 512")
         }
         // Token embedding on the host, then the residual stream x (f32) on the device.
-        let x = Tensor(uninitialized: [rows, d])
-        var r = 0
-        for seg in segments {
-            for id in seg.ids {
-                guard id >= 0, id < c.vocab else { throw EncoderInputError("token id \(id) outside the vocabulary of \(c.vocab)") }
-                embedding.dequantizeRows(id..<(id + 1), into: x.data + r * d)
-                r += 1
-            }
-        }
+        let x = try embedTokens(segments) { id, row in embedding.dequantizeRows(id..<(id + 1), into: row) }
         // Per row: its segment's first row, key count and row count, and its token position; the bucket of every
         // relative position that occurs.
         var segStart: [Int32] = [], segKeys: [Int32] = [], segRows: [Int32] = [], positions: [Int32] = []

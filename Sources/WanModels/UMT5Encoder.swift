@@ -178,17 +178,9 @@ public final class UMT5Encoder: UMT5TextEncoder, @unchecked Sendable {
         let c = config
         let d = c.dim, a = c.dimAttn, f = c.dimFfn
         let rows = segments.reduce(0) { $0 + $1.ids.count }
-        let x = Tensor(uninitialized: [max(rows, 1), d])
         if rows == 0 { return Tensor(zeros: [0, d]) }
         // Token embedding (rows of the stored table, converted one by one).
-        var r = 0
-        for seg in segments {
-            for id in seg.ids {
-                guard id >= 0, id < c.vocab else { throw EncoderInputError("token id \(id) outside the vocabulary of \(c.vocab)") }
-                embedding.convertRows(id..<(id + 1), into: x.data + r * d)
-                r += 1
-            }
-        }
+        let x = try embedTokens(segments) { id, row in embedding.convertRows(id..<(id + 1), into: row) }
         let h = Tensor(uninitialized: [rows, d])
         let q = Tensor(uninitialized: [rows, a]), k = Tensor(uninitialized: [rows, a]), v = Tensor(uninitialized: [rows, a])
         let attn = Tensor(uninitialized: [rows, a])
@@ -354,6 +346,22 @@ extension UMT5TextEncoder {
             }
         }
         return result
+    }
+
+    /// The token embedding of every segment row, stacked [rows, dim]: `row(id, destination)` writes the table's row
+    /// `id` (ids outside the vocabulary are refused first).
+    public func embedTokens(_ segments: [UMT5Segment], row: (Int, UnsafeMutablePointer<Float>) -> Void) throws -> Tensor {
+        let d = config.dim, rows = segments.reduce(0) { $0 + $1.ids.count }
+        let x = Tensor(uninitialized: [max(rows, 1), d])
+        var r = 0
+        for seg in segments {
+            for id in seg.ids {
+                guard id >= 0, id < config.vocab else { throw EncoderInputError("token id \(id) outside the vocabulary of \(config.vocab)") }
+                row(id, x.data + r * d)
+                r += 1
+            }
+        }
+        return x
     }
 
     /// The relative-position bucket of every relative position that occurs in `segments` (-maxPos … maxPos, index
