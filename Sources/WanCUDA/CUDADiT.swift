@@ -6,7 +6,7 @@ import WanModels
 /// A `Linear` on the device: weight [out, in] in `weightType`, bias [out] in `outputType` (cuBLASLt's bias epilogue
 /// takes the output's type). A compact weight (`compact` set: fp8, ggml blocks) holds the stored bytes instead and is
 /// expanded into the model's bf16 scratch matrix (times `scale`) before each product.
-struct DeviceLinear {
+public struct DeviceLinear {
     let weight: DeviceBuffer
     let bias: DeviceBuffer?
     let inFeatures: Int

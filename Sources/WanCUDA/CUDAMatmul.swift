@@ -1,9 +1,10 @@
 import Foundation
+import WanModels
 
-/// Element types of device tensors.
-public enum DeviceDType: String, Sendable, Codable, CaseIterable {
-    case f32, bf16
-    public var size: Int { self == .f32 ? 4 : 2 }
+/// Element types of device tensors: the backends' `ElementType`.
+public typealias DeviceDType = ElementType
+
+extension ElementType {
     /// cudaDataType_t
     var cudaType: Int32 { self == .f32 ? CublasLtConstants.CUDA_R_32F : CublasLtConstants.CUDA_R_16BF }
 }

@@ -13,19 +13,21 @@ enum EmulatedT5Kernels {
         switch name {
         case "t5_attention_f32", "t5_attention_bf16":
             guard block == (128, 1, 1) else { return "block \(block): t5_attention runs 128 threads" }
-            let rows = grid.0, heads = a.int32(11), hd = a.int32(12), maxPos = a.int32(9), scale = a.float(13)
-            let hasTable = a.address(10) != 0
+            let rows = grid.0, heads = a.int32(12), hd = a.int32(13), maxPos = a.int32(10), scale = a.float(14), ld = a.int32(4)
+            let hasTable = a.address(11) != 0
             guard grid.1 == heads, grid.2 == 1, heads > 0, hd > 0 else { return "grid \(grid) for \(heads) heads of \(hd)" }
-            let ld = heads * hd
-            for i in [0, 1, 2, 3] where !EmulatedDriver.inside(a.address(i), rows * ld * size) {
-                return "argument \(i) is not [\(rows), \(ld)] in an allocation"
+            let ldo = heads * hd
+            guard ld >= ldo else { return "ld \(ld) is less than heads * head_dim \(ldo)" }
+            guard EmulatedDriver.inside(a.address(0), rows * ldo * size) else { return "out is not [\(rows), \(ldo)] in an allocation" }
+            for i in [1, 2, 3] where !EmulatedDriver.inside(a.address(i), ((rows - 1) * ld + ldo) * size) {
+                return "argument \(i) is not \(rows) rows of \(ldo), \(ld) apart, in an allocation"
             }
-            for i in (hasTable ? [4, 5, 6, 7] : [4, 5, 6]) where !EmulatedDriver.inside(a.address(i), rows * 4) { return "argument \(i) is not \(rows) int32 values" }
+            for i in (hasTable ? [5, 6, 7, 8] : [5, 6, 7]) where !EmulatedDriver.inside(a.address(i), rows * 4) { return "argument \(i) is not \(rows) int32 values" }
             let out = t(0), q = t(1), k = t(2), v = t(3)
-            let segStart = EmulatedTensor(a.address(4), bf16: false), segKeys = EmulatedTensor(a.address(5), bf16: false)
-            let segRows = EmulatedTensor(a.address(6), bf16: false), positions = EmulatedTensor(a.address(7), bf16: false)
-            let bucketOf = EmulatedTensor(a.address(8), bf16: false), table = EmulatedTensor(a.address(10), bf16: false)
-            guard !hasTable || EmulatedDriver.inside(a.address(8), (2 * maxPos + 1) * 4) else { return "bucket_of is not \(2 * maxPos + 1) int32 values" }
+            let segStart = EmulatedTensor(a.address(5), bf16: false), segKeys = EmulatedTensor(a.address(6), bf16: false)
+            let segRows = EmulatedTensor(a.address(7), bf16: false), positions = EmulatedTensor(a.address(8), bf16: false)
+            let bucketOf = EmulatedTensor(a.address(9), bf16: false), table = EmulatedTensor(a.address(11), bf16: false)
+            guard !hasTable || EmulatedDriver.inside(a.address(9), (2 * maxPos + 1) * 4) else { return "bucket_of is not \(2 * maxPos + 1) int32 values" }
             for row in 0..<rows {
                 let start = segStart.int(row), keys = segKeys.int(row), n = keys == 0 ? segRows.int(row) : keys
                 guard n <= 4096 else { return "\(n) keys, more than T5_MAX_KEYS" }
@@ -50,7 +52,7 @@ enum EmulatedT5Kernels {
                     for d in 0..<hd {
                         var acc: Float = 0
                         for j in 0..<n { acc += scores[j] * v[(start + j) * ld + h * hd + d] }
-                        out[row * ld + h * hd + d] = acc / sum
+                        out[row * ldo + h * hd + d] = acc / sum
                     }
                 }
             }

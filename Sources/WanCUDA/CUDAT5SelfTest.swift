@@ -10,7 +10,7 @@ extension KernelSelfTest {
             ("t5_attention_f32 (head_dim 64, padded and empty segments)", 1e-5, { try self.t5Attention(bf16: false, headDim: 64) }),
             ("t5_attention_f32 (head_dim 96)", 1e-5, { try self.t5Attention(bf16: false, headDim: 96) }),
             ("t5_attention_bf16 (head_dim 64)", 1e-2, { try self.t5Attention(bf16: true, headDim: 64) }),
-            ("t5_attention_f32 (CLIP: head_dim 80, scale, no bias)", 1e-5, { try self.t5Attention(bf16: false, headDim: 80, bias: false) }),
+            ("t5_attention_f32 (CLIP: head_dim 80, scale, no bias, q/k/v views of one qkv product)", 1e-5, { try self.t5Attention(bf16: false, headDim: 80, bias: false) }),
             ("t5_gelu_mul_f32", 1e-6, { try self.t5GeluMul() }),
         ]
     }
@@ -42,16 +42,28 @@ extension KernelSelfTest {
             q = q.map { Self.float(bf16: Self.bf16($0)) }; k = k.map { Self.float(bf16: Self.bf16($0)) }; v = v.map { Self.float(bf16: Self.bf16($0)) }
         }
         func device(_ x: [Float]) throws -> DeviceBuffer { bf16 ? try upload(x.map(Self.bf16)) : try upload(x) }
-        let (qb, kb, vb) = (try device(q), try device(k), try device(v))
+        // Without a bias table (CLIP) q, k and v are column views of one [rows, 3 ld] product, rows 3 ld apart.
+        let fused = !bias, ldIn = fused ? 3 * ld : ld, size = bf16 ? 2 : 4
+        var qkv: [Float] = []
+        if fused {
+            for r in 0..<rows {
+                let part = (r * ld)..<((r + 1) * ld)
+                qkv.append(contentsOf: q[part]); qkv.append(contentsOf: k[part]); qkv.append(contentsOf: v[part])
+            }
+        }
+        let buffers = fused ? [try device(qkv)] : [try device(q), try device(k), try device(v)]
+        let (qb, kb, vb) = fused ? (buffers[0].pointer, buffers[0].pointer + UInt64(ld * size), buffers[0].pointer + UInt64(2 * ld * size))
+                                 : (buffers[0].pointer, buffers[1].pointer, buffers[2].pointer)
         let out = try context.allocate(bytes: rows * ld * (bf16 ? 2 : 4))
         let ints = [try upload(segStart), try upload(segKeys), try upload(segRows), try upload(positions), try upload(bucketOf)]
         let tableBuffer = try upload(table)
         let f = try compiler.load(module: "t5.cu", on: context).function(bf16 ? "t5_attention_bf16" : "t5_attention_f32")
         try f.launch(grid: (rows, heads, 1), block: (128, 1, 1),
-                     [.buffer(out), .buffer(qb), .buffer(kb), .buffer(vb), .buffer(ints[0]), .buffer(ints[1]), .buffer(ints[2]),
+                     [.buffer(out), .pointer(qb), .pointer(kb), .pointer(vb), .int32(Int32(ldIn)), .buffer(ints[0]), .buffer(ints[1]), .buffer(ints[2]),
                       .buffer(ints[3]), .buffer(ints[4]), .int32(Int32(maxPos)), bias ? .buffer(tableBuffer) : .pointer(0), .int32(Int32(heads)),
                       .int32(Int32(hd)), .float(scale)])
         try context.synchronize()
+        withExtendedLifetime(buffers) {}
         let gpu = bf16 ? try bf16s(out, rows * ld) : try floats(out, rows * ld)
         var reference = [Double](repeating: 0, count: rows * ld)
         for row in 0..<rows {

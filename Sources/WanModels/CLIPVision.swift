@@ -67,35 +67,32 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// The CLIP image encoder of Wan I2V / FLF2V: `CLIPModel.visual` of wan/modules/clip.py. Preprocessing (bicubic
-/// resize to 224x224 as `F.interpolate(mode='bicubic', align_corners=False)`, [-1,1] → [0,1], CLIP mean/std), then
-/// the official `VisionTransformer` (patch conv without bias, class token, position embedding, pre-norm, pre-LN
-/// blocks with fused-qkv attention and an exact-GELU MLP) run through all blocks but the last (`use_31_block=True`),
-/// no post-norm. Weights stay as stored and are converted a slice at a time just before use.
-public final class CLIPVision: CLIPImageEncoder, @unchecked Sendable {
+/// The CLIP image encoder of Wan I2V / FLF2V: `CLIPModel.visual` of wan/modules/clip.py, written once against
+/// `ComputeBackend` (`CLIPVision` on the CPU, `CUDACLIP` on a GPU). Preprocessing (bicubic resize to 224x224 as
+/// `F.interpolate(mode='bicubic', align_corners=False)`, [-1,1] → [0,1], CLIP mean/std) and the patch embedding
+/// (patch conv without bias, class token, position embedding) on the host, then the official `VisionTransformer`
+/// (pre-norm, pre-LN blocks with fused-qkv attention and an exact-GELU MLP) run through all blocks but the last
+/// (`use_31_block=True`), no post-norm, on the backend. The residual stream is f32; products and attention run in
+/// the backend's activation type.
+public final class VisionTransformer<B: ComputeBackend>: CLIPImageEncoder, @unchecked Sendable {
     public let config: CLIPVisionConfig
+    public let backend: B
 
     struct Block {
-        let norm1: LayerNormParams, norm2: LayerNormParams
-        let qkv: StoredMatrix, qkvBias: Tensor
-        let proj: StoredMatrix, projBias: Tensor
-        let fc1: StoredMatrix, fc1Bias: Tensor
-        let fc2: StoredMatrix, fc2Bias: Tensor
+        let norm1Weight: B.Vector, norm1Bias: B.Vector, norm2Weight: B.Vector, norm2Bias: B.Vector
+        let qkv: B.Matrix, proj: B.Matrix, fc1: B.Matrix, fc2: B.Matrix
+        var matrices: [B.Matrix] { [qkv, proj, fc1, fc2] }
     }
 
-    let patchWeight: Tensor  // [dim, 3*p*p]
+    let patchWeight: Tensor  // [dim, 3*p*p], host
     let patchBias: Tensor?
     let cls: Tensor
     let pos: Tensor
-    let preNorm: LayerNormParams
+    let preNormWeight: B.Vector, preNormBias: B.Vector
     let blocks: [Block]  // the ones that run: numLayers - 1
 
-    /// Binds a vision tower under the official names (`openCLIPWeights(path:).source`).
-    public convenience init(weights: WeightSource, arguments: [String: Any] = [:]) throws {
-        try self.init(config: CLIPVisionConfig.inferred(from: weights, arguments: arguments), weights: weights)
-    }
-
-    public init(config: CLIPVisionConfig, weights: WeightSource) throws {
+    /// Binds a vision tower under the official names (`openCLIPWeights(path:).source`) onto `backend`.
+    public init(config: CLIPVisionConfig, weights: WeightSource, backend: B) throws {
         guard config.numHeads > 0, config.dim % config.numHeads == 0, config.numLayers >= 1, config.patchSize > 0 else {
             throw WeightError.badConfig(source: weights.label, detail: "dim \(config.dim) is not a multiple of num_heads \(config.numHeads) (or no layers)")
         }
@@ -103,29 +100,33 @@ public final class CLIPVision: CLIPImageEncoder, @unchecked Sendable {
             throw WeightError.badConfig(source: weights.label, detail: "activation '\(config.activation)' is not supported (gelu, quick_gelu)")
         }
         self.config = config
+        self.backend = backend
         let b = WeightBinder(weights)
-        let d = config.dim, p = config.patchSize, m = config.mlpDim, eps = config.normEps
+        let d = config.dim, p = config.patchSize, m = config.mlpDim
         let pw = try b.tensor("patch_embedding.weight", [d, 3, p, p])
         patchWeight = Tensor(borrowing: pw.data, shape: [d, 3 * p * p], owner: pw)
         // pre_norm=True builds the patch conv without bias; accept one when a checkpoint has it.
         patchBias = b.has("patch_embedding.bias") ? try b.tensor("patch_embedding.bias", [d]) : nil
         cls = try b.tensor("cls_embedding", b.shape("cls_embedding")?.count == 1 ? [d] : [1, 1, d])
         pos = try b.tensor("pos_embedding", b.shape("pos_embedding")?.count == 2 ? [config.tokens, d] : [1, config.tokens, d])
-        preNorm = try LayerNormParams(b, "pre_norm", dim: d, eps: eps)
+        func vector(_ name: String) throws -> B.Vector { try backend.vector(try b.tensor(name, [d])) }
+        func linear(_ name: String, in i: Int, out o: Int) throws -> B.Matrix { try backend.matrix(b, name, in: i, out: o, bias: true) }
+        preNormWeight = try vector("pre_norm.weight")
+        preNormBias = try vector("pre_norm.bias")
         var blocks: [Block] = []
         // The last block is checked, not loaded (checkUnusedTensors): use_31_block never runs it.
         for i in 0..<(config.numLayers - 1) {
             let n = "transformer.\(i)."
             blocks.append(Block(
-                norm1: try LayerNormParams(b, n + "norm1", dim: d, eps: eps), norm2: try LayerNormParams(b, n + "norm2", dim: d, eps: eps),
-                qkv: try StoredMatrix(b, n + "attn.to_qkv.weight", [3 * d, d]), qkvBias: try b.tensor(n + "attn.to_qkv.bias", [3 * d]),
-                proj: try StoredMatrix(b, n + "attn.proj.weight", [d, d]), projBias: try b.tensor(n + "attn.proj.bias", [d]),
-                fc1: try StoredMatrix(b, n + "mlp.0.weight", [m, d]), fc1Bias: try b.tensor(n + "mlp.0.bias", [m]),
-                fc2: try StoredMatrix(b, n + "mlp.2.weight", [d, m]), fc2Bias: try b.tensor(n + "mlp.2.bias", [d])))
+                norm1Weight: try vector(n + "norm1.weight"), norm1Bias: try vector(n + "norm1.bias"),
+                norm2Weight: try vector(n + "norm2.weight"), norm2Bias: try vector(n + "norm2.bias"),
+                qkv: try linear(n + "attn.to_qkv", in: d, out: 3 * d), proj: try linear(n + "attn.proj", in: d, out: d),
+                fc1: try linear(n + "mlp.0", in: d, out: m), fc2: try linear(n + "mlp.2", in: m, out: d)))
         }
         self.blocks = blocks
         try Self.checkUnusedTensors(b, config: config)
         try b.finish()
+        try backend.weightsLoaded()
     }
 
     /// The tensors of the official tower that Wan's features never use, checked (shape) and marked as read: the last
@@ -201,34 +202,34 @@ public final class CLIPVision: CLIPImageEncoder, @unchecked Sendable {
 
     /// `VisionTransformer.forward(pixels, use_31_block=True)` on normalised pixels [N, 3, S, S]: [N, tokens, dim].
     public func forward(pixels: Tensor) throws -> Tensor {
-        let c = config
-        let d = c.dim, L = c.tokens, m = c.mlpDim
-        // Every image's tokens go through each linear layer together (one pass over the weights per batch).
-        let x = try Self.embed(pixels: pixels, config: c, patchWeight: patchWeight, patchBias: patchBias, cls: cls, pos: pos)
+        let c = config, be = backend, act = be.activationType
+        let d = c.dim, L = c.tokens, m = c.mlpDim, eps = c.normEps
+        // Every image's tokens go through each product together (one pass over the weights per batch).
+        let embedded = try Self.embed(pixels: pixels, config: c, patchWeight: patchWeight, patchBias: patchBias, cls: cls, pos: pos)
         let n = pixels.shape[0], rows = n * L
-        let h = Tensor(uninitialized: [rows, d])
-        let qkv = Tensor(uninitialized: [rows, 3 * d]), attn = Tensor(uninitialized: [rows, d])
-        let hidden = Tensor(uninitialized: [rows, m]), delta = Tensor(uninitialized: [rows, d])
-        let activation: SliceActivation = c.activation == "quick_gelu" ? .quickGELU : .geluErf
+        let x = try be.upload(embedded, rows: rows, cols: d)
+        let h = try be.tensor(rows: rows, cols: d, type: act), qkv = try be.tensor(rows: rows, cols: 3 * d, type: act)
+        let attn = try be.tensor(rows: rows, cols: d, type: act), delta = try be.tensor(rows: rows, cols: d, type: act)
+        let hidden = try be.tensor(rows: rows, cols: m, type: act)
+        let segments = try be.segments(.uniform(count: n, length: L), buckets: nil)
+        let activation: LinearActivation = c.activation == "quick_gelu" ? .quickGELU : .geluErf
         let scale = 1 / Float(c.headDim).squareRoot()
-        preNorm(x.data, rows: rows, into: h.data)
-        x.data.update(from: h.data, count: rows * d)
+        try be.layerNorm(x, into: x, weight: preNormWeight, bias: preNormBias, eps: eps)
         for block in blocks {
-            block.norm1(x.data, rows: rows, into: h.data)
-            block.qkv.linear(h.data, rows: rows, into: qkv.data, bias: block.qkvBias.data)
-            for img in 0..<n {
-                let q = qkv.data + img * L * 3 * d
-                Attention.run(q: q, ldq: 3 * d, queries: L, k: q + d, ldk: 3 * d, v: q + 2 * d, ldv: 3 * d,
-                              keys: L, heads: c.numHeads, headDim: c.headDim, scale: scale, out: attn.data + img * L * d, ldo: d)
-            }
-            block.proj.linear(attn.data, rows: rows, into: delta.data, bias: block.projBias.data)
-            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
-            block.norm2(x.data, rows: rows, into: h.data)
-            block.fc1.linear(h.data, rows: rows, into: hidden.data, bias: block.fc1Bias.data, activation: activation)
-            block.fc2.linear(hidden.data, rows: rows, into: delta.data, bias: block.fc2Bias.data)
-            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
+            try be.layerNorm(x, into: h, weight: block.norm1Weight, bias: block.norm1Bias, eps: eps)
+            try be.linear(block.qkv, h, into: qkv, activation: .none)
+            try be.attention(q: qkv.columns(0..<d), k: qkv.columns(d..<(2 * d)), v: qkv.columns((2 * d)..<(3 * d)), out: attn,
+                             segments: segments, table: nil, heads: c.numHeads, headDim: c.headDim, scale: scale)
+            try be.linear(block.proj, attn, into: delta, activation: .none)
+            try be.addResidual(x, delta)
+            try be.layerNorm(x, into: h, weight: block.norm2Weight, bias: block.norm2Bias, eps: eps)
+            try be.linear(block.fc1, h, into: hidden, activation: activation)
+            try be.linear(block.fc2, hidden, into: delta, activation: .none)
+            try be.addResidual(x, delta)
+            be.layerFinished(block.matrices)
         }
-        return Tensor(borrowing: x.data, shape: [n, L, d], owner: x)
+        let out = try be.download(x)
+        return Tensor(borrowing: out.data, shape: [n, L, d], owner: out)
     }
 
     /// The token rows [N * tokens, dim] before pre_norm: the patch embedding (a stride-p conv = GEMM of the unfolded
@@ -262,6 +263,21 @@ public final class CLIPVision: CLIPImageEncoder, @unchecked Sendable {
             for i in 0..<(L * d) { xi[i] += pos.data[i] }
         }
         return x
+    }
+}
+
+/// The CLIP image tower on the CPU.
+public typealias CLIPVision = VisionTransformer<CPUBackend>
+
+extension VisionTransformer where B == CPUBackend {
+    /// Binds a vision tower under the official names (`openCLIPWeights(path:).source`); the configuration is
+    /// inferred from the shapes, then `arguments`.
+    public convenience init(weights: WeightSource, arguments: [String: Any] = [:]) throws {
+        try self.init(config: CLIPVisionConfig.inferred(from: weights, arguments: arguments), weights: weights)
+    }
+
+    public convenience init(config: CLIPVisionConfig, weights: WeightSource) throws {
+        try self.init(config: config, weights: weights, backend: CPUBackend())
     }
 }
 

@@ -90,61 +90,62 @@ public struct EncoderInputError: Error, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
-/// The official umT5 encoder (`T5Encoder` of wan/modules/t5.py): token embedding, per layer a pre-norm self-attention
-/// with its own relative-position bias (bidirectional buckets, no 1/sqrt(d) scaling, masked keys at the most negative
-/// float) and a gated-GELU FFN `fc2(gelu_tanh(gate(x)) * fc1(x))`, a final T5LayerNorm (RMS, no mean, no bias).
+/// The umT5 text encoder (official `T5Encoder` of wan/modules/t5.py, encoder only), written once against
+/// `ComputeBackend` (`UMT5Encoder` on the CPU, `CUDAUMT5` on a GPU): token embedding (rows of the stored table
+/// converted on the host, only those of the tokens), then per layer T5LayerNorm (RMS, no mean, no bias), q/k/v, T5
+/// attention with the layer's relative-position bias (no scaling, the segment's keys only), o, residual;
+/// T5LayerNorm, the gated-GELU FFN fc2(fc1(x) * gelu_tanh(gate(x))), residual; a final T5LayerNorm. The residual
+/// stream is f32; products and attention run in the backend's activation type.
 ///
-/// The weights stay as stored (bf16 for the official checkpoint) in the file mapping; each linear layer converts its
-/// weight to float32 a slice of output features at a time, just before the slice's GEMM, into a small per-worker
-/// scratch. So encoding with umT5-XXL (5.7B parameters) needs about the file size, not twice it in float32.
-public final class UMT5Encoder: UMT5TextEncoder, @unchecked Sendable {
+/// On the CPU the weights stay as stored (bf16 for the official checkpoint) in the file mapping; each product
+/// converts its weight to float32 a slice of output features at a time, just before the slice's GEMM, into a small
+/// per-worker scratch. So encoding with umT5-XXL (5.7B parameters) needs about the file size, not twice it in float32.
+public final class T5Encoder<B: ComputeBackend>: UMT5TextEncoder, @unchecked Sendable {
     public let config: UMT5Config
-    /// After each layer, hand the pages of its weights in the file mapping back to the kernel (they stay in the page
-    /// cache; the next prompt maps them again). Keeps the resident set near one layer instead of the whole file.
-    public var releasesMappedPages = false
+    public let backend: B
 
     struct Block {
-        let norm1: Tensor, norm2: Tensor
-        let q: StoredMatrix, k: StoredMatrix, v: StoredMatrix, o: StoredMatrix
-        let gate: StoredMatrix, fc1: StoredMatrix, fc2: StoredMatrix
-        let posTable: Tensor?  // [numBuckets, numHeads]
-        var matrices: [StoredMatrix] { [q, k, v, o, gate, fc1, fc2] }
+        let norm1: B.Vector, norm2: B.Vector
+        let q: B.Matrix, k: B.Matrix, v: B.Matrix, o: B.Matrix
+        let gate: B.Matrix, fc1: B.Matrix, fc2: B.Matrix
+        let posTable: B.Vector?  // [numBuckets, numHeads]
+        var matrices: [B.Matrix] { [q, k, v, o, gate, fc1, fc2] }
     }
 
-    let embedding: StoredMatrix
-    let sharedPosTable: Tensor?
+    /// The token embedding as stored (host; rows read for the prompt's tokens only).
+    let embedding: LinearWeight
+    let sharedPosTable: B.Vector?
     let blocks: [Block]
-    let finalNorm: Tensor
+    let finalNorm: B.Vector
 
-    /// Binds a checkpoint under the official names (`openT5Weights(path:).source`); the configuration is umT5-XXL's
-    /// preset corrected by the tensor shapes and then by `arguments` (official constructor arguments).
-    public convenience init(weights: WeightSource, arguments: [String: Any] = [:]) throws {
-        try self.init(config: UMT5Config.inferred(from: weights, arguments: arguments), weights: weights)
-    }
-
-    public init(config: UMT5Config, weights: WeightSource) throws {
+    /// Binds a checkpoint under the official names (`openT5Weights(path:).source`) onto `backend`.
+    public init(config: UMT5Config, weights: WeightSource, backend: B) throws {
         guard config.numHeads > 0, config.dimAttn % config.numHeads == 0, config.numBuckets >= 2 else {
             throw WeightError.badConfig(source: weights.label, detail: "dim_attn \(config.dimAttn) is not a multiple of num_heads \(config.numHeads) (or num_buckets \(config.numBuckets) < 2)")
         }
         self.config = config
+        self.backend = backend
         let b = WeightBinder(weights)
         let d = config.dim, a = config.dimAttn, f = config.dimFfn
-        embedding = try StoredMatrix(b, "token_embedding.weight", [config.vocab, d])
-        sharedPosTable = config.sharedPos ? try b.tensor("pos_embedding.embedding.weight", [config.numBuckets, config.numHeads]) : nil
+        func linear(_ name: String, in i: Int, out o: Int) throws -> B.Matrix { try backend.matrix(b, name, in: i, out: o, bias: false) }
+        func vector(_ name: String, _ shape: [Int]) throws -> B.Vector { try backend.vector(try b.tensor(name, shape)) }
+        embedding = LinearWeight(try b.stored("token_embedding.weight", [config.vocab, d]))
+        sharedPosTable = config.sharedPos ? try vector("pos_embedding.embedding.weight", [config.numBuckets, config.numHeads]) : nil
         var blocks: [Block] = []
         for i in 0..<config.numLayers {
             let p = "blocks.\(i)."
             blocks.append(Block(
-                norm1: try b.tensor(p + "norm1.weight", [d]), norm2: try b.tensor(p + "norm2.weight", [d]),
-                q: try StoredMatrix(b, p + "attn.q.weight", [a, d]), k: try StoredMatrix(b, p + "attn.k.weight", [a, d]),
-                v: try StoredMatrix(b, p + "attn.v.weight", [a, d]), o: try StoredMatrix(b, p + "attn.o.weight", [d, a]),
-                gate: try StoredMatrix(b, p + "ffn.gate.0.weight", [f, d]), fc1: try StoredMatrix(b, p + "ffn.fc1.weight", [f, d]),
-                fc2: try StoredMatrix(b, p + "ffn.fc2.weight", [d, f]),
-                posTable: config.sharedPos ? nil : try b.tensor(p + "pos_embedding.embedding.weight", [config.numBuckets, config.numHeads])))
+                norm1: try vector(p + "norm1.weight", [d]), norm2: try vector(p + "norm2.weight", [d]),
+                q: try linear(p + "attn.q", in: d, out: a), k: try linear(p + "attn.k", in: d, out: a),
+                v: try linear(p + "attn.v", in: d, out: a), o: try linear(p + "attn.o", in: a, out: d),
+                gate: try linear(p + "ffn.gate.0", in: d, out: f), fc1: try linear(p + "ffn.fc1", in: d, out: f),
+                fc2: try linear(p + "ffn.fc2", in: f, out: d),
+                posTable: config.sharedPos ? nil : try vector(p + "pos_embedding.embedding.weight", [config.numBuckets, config.numHeads])))
         }
         self.blocks = blocks
-        finalNorm = try b.tensor("norm.weight", [d])
+        finalNorm = try vector("norm.weight", [d])
         try b.finish()
+        try backend.weightsLoaded()
     }
 
     // MARK: relative positions
@@ -153,115 +154,88 @@ public final class UMT5Encoder: UMT5TextEncoder, @unchecked Sendable {
     /// index): bidirectional halves of numBuckets/2, exact below half of that, log-spaced up to maxDistance, in float32
     /// with truncation toward zero as torch's `.long()`.
     public static func relativePositionBucket(_ relative: Int, numBuckets: Int, bidirectional: Bool = true, maxDistance: Int = 128) -> Int {
-        var buckets = numBuckets
-        var result = 0
-        var rel = relative
-        if bidirectional {
-            buckets = numBuckets / 2
-            if rel > 0 { result = buckets }
-            rel = abs(rel)
-        } else {
-            rel = -min(rel, 0)
-        }
-        let maxExact = buckets / 2
-        if rel < maxExact { return result + rel }
-        let ratio = Float(rel) / Float(maxExact)
-        let scaled = logf(ratio) / Float(log(Double(maxDistance) / Double(maxExact))) * Float(buckets - maxExact)
-        let large = min(maxExact + Int(scaled), buckets - 1)
-        return result + large
+        umt5RelativePositionBucket(relative, numBuckets: numBuckets, bidirectional: bidirectional, maxDistance: maxDistance)
     }
 
     // MARK: encoding
 
-    /// All segments through the encoder together (one pass over the weights for the whole batch).
+    /// All segments through the encoder together (one pass over the weights for the whole batch): the hidden states
+    /// of all their rows, stacked [rows, dim] (f32).
     public func run(_ segments: [UMT5Segment]) throws -> Tensor {
-        let c = config
+        let c = config, be = backend, act = be.activationType
         let d = c.dim, a = c.dimAttn, f = c.dimFfn
         let rows = segments.reduce(0) { $0 + $1.ids.count }
         if rows == 0 { return Tensor(zeros: [0, d]) }
-        // Token embedding (rows of the stored table, converted one by one).
-        let x = try embedTokens(segments) { id, row in embedding.convertRows(id..<(id + 1), into: row) }
-        let h = Tensor(uninitialized: [rows, d])
-        let q = Tensor(uninitialized: [rows, a]), k = Tensor(uninitialized: [rows, a]), v = Tensor(uninitialized: [rows, a])
-        let attn = Tensor(uninitialized: [rows, a])
-        let hidden = Tensor(uninitialized: [rows, f])
-        let delta = Tensor(uninitialized: [rows, d])
-        // Bucket of every relative position that occurs (-(L-1) … L-1).
-        let (buckets, maxPos) = relativeBuckets(segments)
+        let layout = try be.segments(
+            AttentionSegments(rows: segments.map { $0.ids.count }, keys: segments.map { $0.keys }, positions: segments.flatMap { $0.positions }),
+            buckets: { let (b, m) = relativeBuckets(segments); return RelativeBuckets(bucketOf: b, maxPos: m) }())
+        let embedded = try embedTokens(segments) { id, row in embedding.dequantizeRows(id..<(id + 1), into: row) }
+        let x = try be.upload(embedded, rows: rows, cols: d)
+        let h = try be.tensor(rows: rows, cols: d, type: act)
+        let q = try be.tensor(rows: rows, cols: a, type: act), k = try be.tensor(rows: rows, cols: a, type: act)
+        let v = try be.tensor(rows: rows, cols: a, type: act), attn = try be.tensor(rows: rows, cols: a, type: act)
+        let hidden = try be.tensor(rows: rows, cols: f, type: act), delta = try be.tensor(rows: rows, cols: d, type: act)
         for block in blocks {
             // Self-attention.
-            h.data.update(from: x.data, count: rows * d)
-            Kernels.rmsNorm(h.data, rows: rows, dim: d, eps: c.eps, weight: block.norm1.data)
-            block.q.linear(h.data, rows: rows, into: q.data)
-            block.k.linear(h.data, rows: rows, into: k.data)
-            block.v.linear(h.data, rows: rows, into: v.data)
-            let table = block.posTable ?? sharedPosTable!
-            var start = 0
-            for seg in segments {
-                Self.attention(q: q.data + start * a, k: k.data + start * a, v: v.data + start * a, out: attn.data + start * a,
-                               rows: seg.ids.count, keys: seg.keys, positions: seg.positions, heads: c.numHeads, headDim: c.headDim,
-                               table: table.data, buckets: buckets, bucketOffset: maxPos)
-                start += seg.ids.count
-            }
-            block.o.linear(attn.data, rows: rows, into: delta.data)
-            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
+            try be.rmsNorm(x, into: h, weight: block.norm1, eps: c.eps)
+            try be.linear(block.q, h, into: q, activation: .none)
+            try be.linear(block.k, h, into: k, activation: .none)
+            try be.linear(block.v, h, into: v, activation: .none)
+            try be.attention(q: q, k: k, v: v, out: attn, segments: layout, table: block.posTable ?? sharedPosTable!,
+                             heads: c.numHeads, headDim: c.headDim, scale: 1)
+            try be.linear(block.o, attn, into: delta, activation: .none)
+            try be.addResidual(x, delta)
             // Gated-GELU FFN.
-            h.data.update(from: x.data, count: rows * d)
-            Kernels.rmsNorm(h.data, rows: rows, dim: d, eps: c.eps, weight: block.norm2.data)
-            StoredMatrix.gatedGELU(gate: block.gate, up: block.fc1, h.data, rows: rows, into: hidden.data)
-            block.fc2.linear(hidden.data, rows: rows, into: delta.data)
-            Kernels.addGated(x.data, delta.data, rows: rows, dim: d, gate: nil)
-            if releasesMappedPages { for m in block.matrices { m.releasePages() } }
+            try be.rmsNorm(x, into: h, weight: block.norm2, eps: c.eps)
+            try be.gatedGELU(gate: block.gate, up: block.fc1, h, into: hidden)
+            try be.linear(block.fc2, hidden, into: delta, activation: .none)
+            try be.addResidual(x, delta)
+            be.layerFinished(block.matrices)
         }
-        Kernels.rmsNorm(x.data, rows: rows, dim: d, eps: c.eps, weight: finalNorm.data)
-        return x
+        try be.rmsNorm(x, into: x, weight: finalNorm, eps: c.eps)
+        return try be.download(x)
+    }
+}
+
+/// umT5 on the CPU.
+public typealias UMT5Encoder = T5Encoder<CPUBackend>
+
+extension T5Encoder where B == CPUBackend {
+    /// Binds a checkpoint under the official names (`openT5Weights(path:).source`); the configuration is umT5-XXL's
+    /// preset corrected by the tensor shapes and then by `arguments` (official constructor arguments).
+    public convenience init(weights: WeightSource, arguments: [String: Any] = [:]) throws {
+        try self.init(config: UMT5Config.inferred(from: weights, arguments: arguments), weights: weights)
     }
 
-    /// T5 attention of one segment: scores q·kᵀ (no scaling) + bias[bucket(pos_j - pos_i), head] over keys [0, keys),
-    /// softmax, · v. With no key at all every position is a key with equal weight (torch's all-`finfo.min` row).
-    static func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
-                          rows: Int, keys keyCount: Int, positions: [Int], heads: Int, headDim hd: Int,
-                          table: UnsafePointer<Float>, buckets: [Int], bucketOffset: Int) {
-        if rows == 0 { return }
-        let ld = heads * hd
-        let uniform = keyCount == 0
-        let keys = uniform ? rows : keyCount
-        let tile = 64
-        let tiles = (rows + tile - 1) / tile
-        positions.withUnsafeBufferPointer { pos in
-        buckets.withUnsafeBufferPointer { bk in
-            Parallel.forEach(heads * tiles) { task in
-                let hIndex = task % heads, q0 = (task / heads) * tile
-                let n = min(tile, rows - q0)
-                let scores = UnsafeMutablePointer<Float>.allocate(capacity: n * keys)
-                defer { scores.deallocate() }
-                if uniform {
-                    scores.update(repeating: 1, count: n * keys)
-                } else {
-                    GEMM.sgemm(transA: false, transB: true, m: n, n: keys, k: hd, alpha: 1, a: q + q0 * ld + hIndex * hd, lda: ld,
-                               b: k + hIndex * hd, ldb: ld, beta: 0, c: scores, ldc: keys)
-                    for i in 0..<n {
-                        let s = scores + i * keys
-                        let pi = pos[q0 + i]
-                        for j in 0..<keys { s[j] += table[bk[pos[j] - pi + bucketOffset] * heads + hIndex] }
-                        var m = -Float.infinity
-                        for j in 0..<keys { m = max(m, s[j]) }
-                        var sum: Float = 0
-                        for j in 0..<keys { let e = fastExp(s[j] - m); s[j] = e; sum += e }
-                        let inv = 1 / sum
-                        for j in 0..<keys { s[j] *= inv }
-                    }
-                }
-                if uniform {
-                    let inv = 1 / Float(keys)
-                    for i in 0..<(n * keys) { scores[i] = inv }
-                }
-                GEMM.sgemm(transA: false, transB: false, m: n, n: hd, k: keys, alpha: 1, a: scores, lda: keys,
-                           b: v + hIndex * hd, ldb: ld, beta: 0, c: out + q0 * ld + hIndex * hd, ldc: ld)
-            }
-        }
-        }
+    public convenience init(config: UMT5Config, weights: WeightSource) throws {
+        try self.init(config: config, weights: weights, backend: CPUBackend())
     }
+
+    /// After each layer, hand the pages of its weights in the file mapping back to the kernel (`CPUBackend`).
+    public var releasesMappedPages: Bool {
+        get { backend.releasesMappedPages }
+        set { backend.releasesMappedPages = newValue }
+    }
+}
+
+/// `T5RelativeEmbedding._relative_position_bucket` (see `T5Encoder.relativePositionBucket`).
+func umt5RelativePositionBucket(_ relative: Int, numBuckets: Int, bidirectional: Bool, maxDistance: Int) -> Int {
+    var buckets = numBuckets
+    var result = 0
+    var rel = relative
+    if bidirectional {
+        buckets = numBuckets / 2
+        if rel > 0 { result = buckets }
+        rel = abs(rel)
+    } else {
+        rel = -min(rel, 0)
+    }
+    let maxExact = buckets / 2
+    if rel < maxExact { return result + rel }
+    let ratio = Float(rel) / Float(maxExact)
+    let scaled = logf(ratio) / Float(log(Double(maxDistance) / Double(maxExact))) * Float(buckets - maxExact)
+    let large = min(maxExact + Int(scaled), buckets - 1)
+    return result + large
 }
 
 /// One sequence as the encoder's layers see it: rows `[0, keys)` are attended to (mask 1), later rows are queries

@@ -7,7 +7,8 @@
 //                 seg_start[r] with seg_keys[r] keys (its real tokens) and seg_rows[r] rows (real + padded); a
 //                 segment with no key attends uniformly to all its rows (torch's softmax over equal finfo.min scores).
 //                 bucket_of[relative + max_pos] is the bucket of a relative position; table is [buckets, heads] f32.
-//                 q, k, v, out: [rows, heads * head_dim] in the activation type; scores and sums in float.
+//                 q, k, v: rows ld elements apart (ld = heads * head_dim, or 3 * that for column views of one
+//                 fused qkv product); out: [rows, heads * head_dim]; all in the activation type; scores and sums in float.
 //                 At most T5_MAX_KEYS keys per segment (the official text length is 512).
 //   t5_gelu_mul:  out = gelu_tanh(gate) * up (the gated-GELU FFN: fc1(x) * gate(x), gate = Linear + GELU(tanh)).
 #include "common.cuh"
@@ -16,7 +17,7 @@
 #define T5_THREADS 128
 
 template <typename T>
-__device__ __forceinline__ void t5_attention_body(T* out, const T* q, const T* k, const T* v, const int* seg_start,
+__device__ __forceinline__ void t5_attention_body(T* out, const T* q, const T* k, const T* v, int ld_in, const int* seg_start,
                                                   const int* seg_keys, const int* seg_rows, const int* positions,
                                                   const int* bucket_of, int max_pos, const float* table, int heads,
                                                   int head_dim, float scale) {
@@ -27,7 +28,7 @@ __device__ __forceinline__ void t5_attention_body(T* out, const T* q, const T* k
     const int start = seg_start[row], keys = seg_keys[row];
     const bool uniform = keys == 0;
     const int n = uniform ? seg_rows[row] : keys;
-    const long ld = (long)heads * head_dim;
+    const long ld = ld_in, ldo = (long)heads * head_dim;
     const T* qr = q + (long)row * ld + (long)h * head_dim;
     const int pos_q = table ? positions[row] : 0;  // positions and bucket_of are unused without a table
 
@@ -74,29 +75,29 @@ __device__ __forceinline__ void t5_attention_body(T* out, const T* q, const T* k
         if (tid < head_dim) {
             float total = 0.0f;
             for (int gg = 0; gg < groups; ++gg) total += partial[gg * head_dim + tid];
-            store_float(out + (long)row * ld + (long)h * head_dim, tid, total * inv);
+            store_float(out + (long)row * ldo + (long)h * head_dim, tid, total * inv);
         }
     } else {
         for (int d = tid; d < head_dim; d += blockDim.x) {
             float acc = 0.0f;
             for (int j = 0; j < n; ++j) acc += scores[j] * load_float(v + (long)(start + j) * ld + (long)h * head_dim, d);
-            store_float(out + (long)row * ld + (long)h * head_dim, d, acc * inv);
+            store_float(out + (long)row * ldo + (long)h * head_dim, d, acc * inv);
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(T5_THREADS)
-t5_attention_f32(float* out, const float* q, const float* k, const float* v, const int* seg_start, const int* seg_keys,
+t5_attention_f32(float* out, const float* q, const float* k, const float* v, int ld_in, const int* seg_start, const int* seg_keys,
                  const int* seg_rows, const int* positions, const int* bucket_of, int max_pos, const float* table,
                  int heads, int head_dim, float scale) {
-    t5_attention_body(out, q, k, v, seg_start, seg_keys, seg_rows, positions, bucket_of, max_pos, table, heads, head_dim, scale);
+    t5_attention_body(out, q, k, v, ld_in, seg_start, seg_keys, seg_rows, positions, bucket_of, max_pos, table, heads, head_dim, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(T5_THREADS)
-t5_attention_bf16(bf16* out, const bf16* q, const bf16* k, const bf16* v, const int* seg_start, const int* seg_keys,
+t5_attention_bf16(bf16* out, const bf16* q, const bf16* k, const bf16* v, int ld_in, const int* seg_start, const int* seg_keys,
                   const int* seg_rows, const int* positions, const int* bucket_of, int max_pos, const float* table,
                   int heads, int head_dim, float scale) {
-    t5_attention_body(out, q, k, v, seg_start, seg_keys, seg_rows, positions, bucket_of, max_pos, table, heads, head_dim, scale);
+    t5_attention_body(out, q, k, v, ld_in, seg_start, seg_keys, seg_rows, positions, bucket_of, max_pos, table, heads, head_dim, scale);
 }
 
 __device__ __forceinline__ float t5_gelu_tanh(float x) {

@@ -1,0 +1,183 @@
+import Foundation
+import WanTensor
+import WanWeights
+import WanModels
+
+/// The GPU backend of the models written against `ComputeBackend` (`VisionTransformer`, `T5Encoder`): weights
+/// uploaded once (`WeightUploader`: matrices in the activation type, fp8 / ggml-block matrices kept compact under
+/// bf16 and expanded into one bf16 scratch before each product; vectors f32), tensors from a `DeviceMemoryPool`
+/// (handed back when the last view of them goes), products through cuBLASLt (f32 accumulation), the rest through
+/// Kernels/*.cu. Work runs in order on the context's stream; `download` waits for it.
+public final class CUDAComputeBackend: ComputeBackend {
+    public typealias Matrix = DeviceLinear
+    public typealias Vector = DeviceBuffer
+
+    /// A pool allocation, handed back to the pool when the last tensor viewing it goes.
+    public final class Storage {
+        public let buffer: DeviceBuffer
+        let pool: DeviceMemoryPool
+        init(_ buffer: DeviceBuffer, pool: DeviceMemoryPool) { self.buffer = buffer; self.pool = pool }
+        deinit { pool.release(buffer) }
+    }
+
+    /// The attention's per-row int32 arrays on the device (t5.cu): segment start, key count, row count, token
+    /// position, then the bucket of every relative position.
+    public struct Segments {
+        let arrays: Storage
+        let rows: Int
+        let maxPos: Int
+        let hasPositions: Bool
+        func at(_ i: Int) -> UInt64 { arrays.buffer.pointer + UInt64(4 * i * rows) }
+    }
+
+    public let precision: CUDAPrecision
+    public let context: CUDAContext
+    public let ops: CUDAOps
+    public let gemm: CUDAMatmul
+    public let pool: DeviceMemoryPool
+    let uploader: WeightUploader
+    /// Device bytes of the uploaded weights, the expansion scratch included (set by `weightsLoaded`).
+    public private(set) var weightBytes = 0
+    private var dequantScratch: DeviceBuffer?
+
+    /// Rows per attention segment the t5.cu kernel takes (T5_MAX_KEYS).
+    public static let maxSegmentRows = 4096
+
+    public init(precision: CUDAPrecision = .bf16, context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
+        self.precision = precision
+        let context = try context ?? CUDAContext()
+        self.context = context
+        ops = try CUDAOps(context: context, compiler: compiler)
+        gemm = try CUDAMatmul(context: context)
+        pool = DeviceMemoryPool(context: context)
+        uploader = WeightUploader(context: context)
+    }
+
+    public var activationType: ElementType { precision.activation }
+
+    // MARK: weights
+
+    public func matrix(_ binder: WeightBinder, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> DeviceLinear {
+        let act = activationType
+        return try uploader.linear(try Linear(binder, prefix, in: inFeatures, out: outFeatures, bias: bias), weightType: act, outputType: act)
+    }
+
+    public func vector(_ tensor: Tensor) throws -> DeviceBuffer { try uploader.f32(tensor) }
+
+    public func weightsLoaded() throws {
+        dequantScratch = try uploader.makeScratch()
+        weightBytes = uploader.uploadedBytes + (dequantScratch?.bytes ?? 0)
+        try context.synchronize()
+    }
+
+    public func layerFinished(_ matrices: [DeviceLinear]) {}
+
+    // MARK: memory
+
+    static func pointer(_ x: BackendTensor<CUDAComputeBackend>) -> UInt64 {
+        x.storage.buffer.pointer + UInt64(x.offset * x.type.size)
+    }
+
+    public func tensor(rows: Int, cols: Int, type: ElementType) throws -> BackendTensor<CUDAComputeBackend> {
+        BackendTensor(storage: Storage(try pool.acquire(bytes: max(rows * cols * type.size, 1)), pool: pool), rows: rows, cols: cols, type: type)
+    }
+
+    public func upload(_ host: Tensor, rows: Int, cols: Int) throws -> BackendTensor<CUDAComputeBackend> {
+        precondition(host.count == rows * cols)
+        let x = try tensor(rows: rows, cols: cols, type: .f32)
+        try context.copy(toDevice: Self.pointer(x), from: UnsafeRawPointer(host.data), bytes: 4 * rows * cols)
+        return x
+    }
+
+    public func download(_ x: BackendTensor<CUDAComputeBackend>) throws -> Tensor {
+        precondition(x.type == .f32 && x.isDense, "download takes a dense f32 tensor")
+        let out = Tensor(uninitialized: [x.rows, x.cols])
+        try context.copy(toHost: UnsafeMutableRawPointer(out.data), from: Self.pointer(x), bytes: 4 * x.rows * x.cols)
+        return out
+    }
+
+    public func segments(_ s: AttentionSegments, buckets: RelativeBuckets?) throws -> Segments {
+        if let long = s.rows.max(), long > Self.maxSegmentRows {
+            throw EncoderInputError("a sequence of \(long) tokens is longer than the GPU attention takes (\(Self.maxSegmentRows)); the official text length is 512")
+        }
+        let rows = s.totalRows
+        var start: [Int32] = [], keys: [Int32] = [], count: [Int32] = []
+        var first = 0
+        for (n, k) in zip(s.rows, s.keys) {
+            start += [Int32](repeating: Int32(first), count: n)
+            keys += [Int32](repeating: Int32(k), count: n)
+            count += [Int32](repeating: Int32(n), count: n)
+            first += n
+        }
+        let positions = (s.positions ?? []).map { Int32($0) }
+        let bucketOf = (buckets?.bucketOf ?? []).map { Int32($0) }
+        let arrays = start + keys + count + positions + bucketOf
+        let storage = Storage(try pool.acquire(bytes: max(4 * arrays.count, 4)), pool: pool)
+        try arrays.withUnsafeBytes { try context.copy(toDevice: storage.buffer.pointer, from: $0.baseAddress!, bytes: $0.count) }
+        return Segments(arrays: storage, rows: rows, maxPos: buckets?.maxPos ?? 0, hasPositions: s.positions != nil && buckets != nil)
+    }
+
+    // MARK: operations
+
+    public func linear(_ m: DeviceLinear, _ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>,
+                       activation: LinearActivation) throws {
+        precondition(x.isDense && y.isDense && x.rows == y.rows && x.cols == m.inFeatures && y.cols == m.outFeatures)
+        precondition(x.type == m.weightType && y.type == m.outputType)
+        if activation == .quickGELU {
+            throw CUDAError.callFailed(call: "linear", code: -1, message: "QuickGELU has no GPU kernel; use --device cpu")
+        }
+        try gemm.linear(m, rows: x.rows, x: Self.pointer(x), y: Self.pointer(y), epilogue: activation == .geluTanh ? .geluTanh : .none,
+                        ops: ops, scratch: dequantScratch)
+        if activation == .geluErf { try ops.geluErf(y.type, out: Self.pointer(y), x: Self.pointer(y), count: y.rows * y.cols) }
+    }
+
+    public func gatedGELU(gate: DeviceLinear, up: DeviceLinear, _ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>) throws {
+        let u = try tensor(rows: y.rows, cols: y.cols, type: y.type)
+        try linear(gate, x, into: y, activation: .none)
+        try linear(up, x, into: u, activation: .none)
+        try ops.t5GeluMul(y.type, out: Self.pointer(y), gate: Self.pointer(y), up: Self.pointer(u), count: y.rows * y.cols)
+    }
+
+    public func layerNorm(_ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>, weight: DeviceBuffer?,
+                          bias: DeviceBuffer?, eps: Float) throws {
+        precondition(x.type == .f32 && x.isDense && y.isDense && x.rows == y.rows && x.cols == y.cols)
+        try ops.layerNorm(y.type, out: Self.pointer(y), x: Self.pointer(x), weight: weight?.pointer ?? 0, bias: bias?.pointer ?? 0,
+                          rows: x.rows, dim: x.cols, eps: eps)
+    }
+
+    public func rmsNorm(_ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>, weight: DeviceBuffer, eps: Float) throws {
+        precondition(x.type == .f32 && x.isDense && y.isDense && x.rows == y.rows && x.cols == y.cols)
+        // The norm in f32, then (bf16) rounded to the output type.
+        let f = y.type == .f32 ? y : try tensor(rows: y.rows, cols: y.cols, type: .f32)
+        try ops.rmsNorm(.f32, out: Self.pointer(f), x: Self.pointer(x), weight: weight.pointer, rows: x.rows, dim: x.cols, eps: eps)
+        if y.type != .f32 { try ops.convertToBF16(out: Self.pointer(y), x: Self.pointer(f), count: y.rows * y.cols) }
+    }
+
+    public func addResidual(_ x: BackendTensor<CUDAComputeBackend>, _ delta: BackendTensor<CUDAComputeBackend>) throws {
+        precondition(x.type == .f32 && x.isDense && delta.isDense && x.rows == delta.rows && x.cols == delta.cols)
+        try ops.gatedResidual(delta.type, x: Self.pointer(x), y: Self.pointer(delta), gate: 0, modStride: 0, rows: x.rows,
+                              rowsPerBatch: x.rows, dim: x.cols)
+    }
+
+    public func attention(q: BackendTensor<CUDAComputeBackend>, k: BackendTensor<CUDAComputeBackend>, v: BackendTensor<CUDAComputeBackend>,
+                          out: BackendTensor<CUDAComputeBackend>, segments: Segments, table: DeviceBuffer?, heads: Int, headDim: Int,
+                          scale: Float) throws {
+        precondition(q.ld == k.ld && k.ld == v.ld && out.isDense && out.cols == heads * headDim && q.rows == segments.rows)
+        let bias = table != nil && segments.hasPositions
+        try ops.t5Attention(out.type, out: Self.pointer(out), q: Self.pointer(q), k: Self.pointer(k), v: Self.pointer(v), ld: q.ld,
+                            segStart: segments.at(0), segKeys: segments.at(1), segRows: segments.at(2),
+                            positions: bias ? segments.at(3) : 0, bucketOf: bias ? segments.at(4) : 0, maxPos: segments.maxPos,
+                            table: bias ? table!.pointer : 0, rows: q.rows, heads: heads, headDim: headDim, scale: scale)
+    }
+
+    /// Runs `body` with every kernel and product timed alone (each synchronised: slower than a plain run); the
+    /// report's lines.
+    public func profile(_ body: () throws -> Void) throws -> [String] {
+        let timings = CUDATimings()
+        ops.timings = timings
+        gemm.timings = timings
+        defer { ops.timings = nil; gemm.timings = nil }
+        try body()
+        return timings.report()
+    }
+}

@@ -1,0 +1,301 @@
+import Foundation
+import WanTensor
+import WanWeights
+
+/// Element types of backend tensors.
+public enum ElementType: String, Sendable, Codable, CaseIterable {
+    case f32, bf16
+    public var size: Int { self == .f32 ? 4 : 2 }
+}
+
+/// A matrix of `rows` x `cols` elements (rows `ld` elements apart) in a backend's memory: the tensor knows its
+/// device through its backend type and its storage. A view (`columns`) shares the storage.
+public struct BackendTensor<B: ComputeBackend> {
+    public let storage: B.Storage
+    /// Elements from the start of the storage.
+    public let offset: Int
+    public let rows: Int, cols: Int, ld: Int
+    public let type: ElementType
+
+    public init(storage: B.Storage, offset: Int = 0, rows: Int, cols: Int, ld: Int? = nil, type: ElementType) {
+        self.storage = storage; self.offset = offset; self.rows = rows; self.cols = cols; self.ld = ld ?? cols; self.type = type
+    }
+
+    /// Columns `c` of every row (the same storage, rows `ld` apart).
+    public func columns(_ c: Range<Int>) -> BackendTensor {
+        precondition(c.lowerBound >= 0 && c.upperBound <= cols)
+        return BackendTensor(storage: storage, offset: offset + c.lowerBound, rows: rows, cols: c.count, ld: ld, type: type)
+    }
+
+    /// Rows `r` (the same storage).
+    public func rows(_ r: Range<Int>) -> BackendTensor {
+        precondition(r.lowerBound >= 0 && r.upperBound <= rows)
+        return BackendTensor(storage: storage, offset: offset + r.lowerBound * ld, rows: r.count, cols: cols, ld: ld, type: type)
+    }
+
+    /// Whether the rows follow one another (ld == cols).
+    public var isDense: Bool { ld == cols }
+}
+
+/// What follows a product (after the bias).
+public enum LinearActivation: Sendable, Equatable {
+    case none
+    /// nn.GELU(approximate='tanh')
+    case geluTanh
+    /// nn.GELU() (erf)
+    case geluErf
+    /// x · sigmoid(1.702 x) (open_clip's QuickGELU)
+    case quickGELU
+}
+
+/// How the rows of a self-attention are grouped: segment s is `rows[s]` consecutive rows (in order) that attend to
+/// the segment's first `keys[s]` rows (its real tokens; later rows are queries only), or uniformly to all its rows
+/// when `keys[s]` is 0 (torch's softmax over a row of equal `finfo.min` scores). `positions`, one per row, are the
+/// token positions a relative-position bias reads (nil: no bias).
+public struct AttentionSegments: Sendable, Equatable {
+    public var rows: [Int]
+    public var keys: [Int]
+    public var positions: [Int]?
+
+    public init(rows: [Int], keys: [Int], positions: [Int]? = nil) {
+        precondition(rows.count == keys.count)
+        self.rows = rows; self.keys = keys; self.positions = positions
+    }
+
+    /// `count` segments of `length` rows, every row a key (CLIP's images).
+    public static func uniform(count: Int, length: Int) -> AttentionSegments {
+        AttentionSegments(rows: [Int](repeating: length, count: count), keys: [Int](repeating: length, count: count))
+    }
+
+    public var totalRows: Int { rows.reduce(0, +) }
+}
+
+/// The relative-position bias of a T5 attention: `bucketOf[relative + maxPos]` is the bucket of a relative position
+/// (key position minus query position, within ±maxPos); a layer's table is [buckets, heads].
+public struct RelativeBuckets: Sendable, Equatable {
+    public var bucketOf: [Int]
+    public var maxPos: Int
+    public init(bucketOf: [Int], maxPos: Int) { self.bucketOf = bucketOf; self.maxPos = maxPos }
+}
+
+/// The operations the models are written against, once: a backend holds weights in its own form (`Matrix`,
+/// `Vector`), hands out tensors in its memory, and runs each operation on them. `CPUBackend` (oneDNN, float32) and
+/// the CUDA backend (WanCUDA: cuBLASLt and Kernels/*.cu, bf16 or f32) implement it; `VisionTransformer` and
+/// `T5Encoder` are written against it and run on either.
+///
+/// Conventions: residual streams are f32; `activationType` is the type the products, attention and their inputs and
+/// outputs use (f32 on the CPU; bf16 under the official autocast on a GPU, or f32); norms read f32 and write the
+/// type of their output tensor; an output may be its input where an operation says so.
+public protocol ComputeBackend: AnyObject {
+    associatedtype Storage
+    /// A `Linear` (weight [out, in] and optional bias) as the backend holds it.
+    associatedtype Matrix
+    /// A float32 parameter vector (norm weights and biases, relative-position tables).
+    associatedtype Vector
+    /// `AttentionSegments` (and the relative buckets) as the attention reads them, made once per forward pass.
+    associatedtype Segments
+
+    var activationType: ElementType { get }
+
+    // MARK: weights
+
+    /// Binds `<prefix>.weight` [out, in] (and `<prefix>.bias` [out] when `bias`) from `binder`.
+    func matrix(_ binder: WeightBinder, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> Matrix
+    func vector(_ tensor: Tensor) throws -> Vector
+    /// Called once a model bound all its weights.
+    func weightsLoaded() throws
+    /// Called after a layer's matrices were used in a forward pass (the CPU may hand their mapped pages back).
+    func layerFinished(_ matrices: [Matrix])
+
+    // MARK: memory
+
+    func tensor(rows: Int, cols: Int, type: ElementType) throws -> BackendTensor<Self>
+    /// A float32 host tensor's elements as a rows x cols f32 backend tensor.
+    func upload(_ host: Tensor, rows: Int, cols: Int) throws -> BackendTensor<Self>
+    /// An f32 backend tensor as a host tensor [rows, cols].
+    func download(_ x: BackendTensor<Self>) throws -> Tensor
+    func segments(_ s: AttentionSegments, buckets: RelativeBuckets?) throws -> Segments
+
+    // MARK: operations
+
+    /// y = activation(x · Wᵀ + b).
+    func linear(_ m: Matrix, _ x: BackendTensor<Self>, into y: BackendTensor<Self>, activation: LinearActivation) throws
+    /// y = gelu_tanh(x · gateᵀ) * (x · upᵀ): the first half of T5's gated FFN.
+    func gatedGELU(gate: Matrix, up: Matrix, _ x: BackendTensor<Self>, into y: BackendTensor<Self>) throws
+    /// LayerNorm over each row of f32 `x` (weight and bias optional); y may be x.
+    func layerNorm(_ x: BackendTensor<Self>, into y: BackendTensor<Self>, weight: Vector?, bias: Vector?, eps: Float) throws
+    /// T5LayerNorm (RMS, no mean, no bias) of f32 `x`, times `weight`; y may be x.
+    func rmsNorm(_ x: BackendTensor<Self>, into y: BackendTensor<Self>, weight: Vector, eps: Float) throws
+    /// x (f32) += delta.
+    func addResidual(_ x: BackendTensor<Self>, _ delta: BackendTensor<Self>) throws
+    /// Per segment and head: softmax(scale · q kᵀ (+ table[bucket(pos_k - pos_q), head])) v over the segment's keys.
+    /// q, k, v, out: [rows, heads · headDim] (q, k, v may be column views of one tensor); `table` [buckets, heads].
+    func attention(q: BackendTensor<Self>, k: BackendTensor<Self>, v: BackendTensor<Self>, out: BackendTensor<Self>,
+                   segments: Segments, table: Vector?, heads: Int, headDim: Int, scale: Float) throws
+}
+
+// MARK: - CPU
+
+/// The CPU backend: float32 tensors in host memory, products through oneDNN (`StoredMatrix`: weights stay as stored
+/// in the file mapping and are converted a slice of rows at a time just before their product), the kernels of
+/// WanTensor. Results are those of the CPU models before they were written against `ComputeBackend`.
+public final class CPUBackend: ComputeBackend, @unchecked Sendable {
+    public typealias Storage = Tensor
+    public typealias Vector = Tensor
+    public typealias Segments = CPUSegments
+
+    public struct Matrix {
+        let weight: StoredMatrix
+        let bias: Tensor?
+    }
+
+    public struct CPUSegments {
+        let segments: AttentionSegments
+        let buckets: RelativeBuckets?
+    }
+
+    /// After each layer, hand the pages of its weights in the file mapping back to the kernel (they stay in the page
+    /// cache; the next pass maps them again): keeps the resident set near one layer instead of the whole file.
+    public var releasesMappedPages = false
+
+    public init() {}
+
+    public var activationType: ElementType { .f32 }
+
+    public func matrix(_ binder: WeightBinder, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> Matrix {
+        Matrix(weight: try StoredMatrix(binder, prefix + ".weight", [outFeatures, inFeatures]),
+               bias: bias ? try binder.tensor(prefix + ".bias", [outFeatures]) : nil)
+    }
+
+    public func vector(_ tensor: Tensor) throws -> Tensor { tensor }
+    public func weightsLoaded() throws {}
+
+    public func layerFinished(_ matrices: [Matrix]) {
+        if releasesMappedPages { for m in matrices { m.weight.releasePages() } }
+    }
+
+    public func tensor(rows: Int, cols: Int, type: ElementType) throws -> BackendTensor<CPUBackend> {
+        precondition(type == .f32, "the CPU backend computes in f32")
+        return BackendTensor(storage: Tensor(uninitialized: [rows, cols]), rows: rows, cols: cols, type: .f32)
+    }
+
+    public func upload(_ host: Tensor, rows: Int, cols: Int) throws -> BackendTensor<CPUBackend> {
+        precondition(host.count == rows * cols)
+        return BackendTensor(storage: host, rows: rows, cols: cols, type: .f32)
+    }
+
+    public func download(_ x: BackendTensor<CPUBackend>) throws -> Tensor {
+        if x.offset == 0, x.isDense, x.storage.count == x.rows * x.cols { return x.storage }
+        let out = Tensor(uninitialized: [x.rows, x.cols])
+        for r in 0..<x.rows { (out.data + r * x.cols).update(from: Self.pointer(x) + r * x.ld, count: x.cols) }
+        return out
+    }
+
+    public func segments(_ s: AttentionSegments, buckets: RelativeBuckets?) throws -> CPUSegments {
+        CPUSegments(segments: s, buckets: buckets)
+    }
+
+    static func pointer(_ x: BackendTensor<CPUBackend>) -> UnsafeMutablePointer<Float> { x.storage.data + x.offset }
+
+    public func linear(_ m: Matrix, _ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>, activation: LinearActivation) throws {
+        precondition(x.isDense && y.isDense && x.cols == m.weight.cols && y.cols == m.weight.rows && x.rows == y.rows)
+        let a: SliceActivation
+        switch activation {
+        case .none: a = .none
+        case .geluTanh: a = .geluTanh
+        case .geluErf: a = .geluErf
+        case .quickGELU: a = .quickGELU
+        }
+        m.weight.linear(Self.pointer(x), rows: x.rows, into: Self.pointer(y), bias: m.bias.map { UnsafePointer($0.data) }, activation: a)
+    }
+
+    public func gatedGELU(gate: Matrix, up: Matrix, _ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>) throws {
+        precondition(x.isDense && y.isDense && gate.bias == nil && up.bias == nil)
+        StoredMatrix.gatedGELU(gate: gate.weight, up: up.weight, Self.pointer(x), rows: x.rows, into: Self.pointer(y))
+    }
+
+    public func layerNorm(_ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>, weight: Tensor?, bias: Tensor?, eps: Float) throws {
+        precondition(x.isDense && y.isDense && x.rows == y.rows && x.cols == y.cols)
+        Kernels.layerNorm(Self.pointer(x), rows: x.rows, dim: x.cols, eps: eps, weight: weight.map { UnsafePointer($0.data) },
+                          bias: bias.map { UnsafePointer($0.data) }, scale: nil, shift: nil, out: Self.pointer(y))
+    }
+
+    public func rmsNorm(_ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>, weight: Tensor, eps: Float) throws {
+        precondition(x.isDense && y.isDense && x.rows == y.rows && x.cols == y.cols)
+        let out = Self.pointer(y)
+        if out != Self.pointer(x) { out.update(from: Self.pointer(x), count: x.rows * x.cols) }
+        Kernels.rmsNorm(out, rows: x.rows, dim: x.cols, eps: eps, weight: weight.data)
+    }
+
+    public func addResidual(_ x: BackendTensor<CPUBackend>, _ delta: BackendTensor<CPUBackend>) throws {
+        precondition(x.isDense && delta.isDense && x.rows == delta.rows && x.cols == delta.cols)
+        Kernels.addGated(Self.pointer(x), Self.pointer(delta), rows: x.rows, dim: x.cols, gate: nil)
+    }
+
+    public func attention(q: BackendTensor<CPUBackend>, k: BackendTensor<CPUBackend>, v: BackendTensor<CPUBackend>,
+                          out: BackendTensor<CPUBackend>, segments: CPUSegments, table: Tensor?, heads: Int, headDim: Int, scale: Float) throws {
+        let s = segments.segments
+        precondition(q.ld == k.ld && k.ld == v.ld && out.isDense && out.cols == heads * headDim)
+        var start = 0
+        for (n, keys) in zip(s.rows, s.keys) {
+            defer { start += n }
+            if n == 0 { continue }
+            let qp = Self.pointer(q) + start * q.ld, kp = Self.pointer(k) + start * k.ld, vp = Self.pointer(v) + start * v.ld
+            let op = Self.pointer(out) + start * out.ld
+            if table == nil, keys > 0 {
+                // The tiled online softmax (no scores matrix).
+                Attention.run(q: qp, ldq: q.ld, queries: n, k: kp, ldk: k.ld, v: vp, ldv: v.ld, keys: keys, heads: heads,
+                              headDim: headDim, scale: scale, out: op, ldo: out.ld)
+            } else {
+                let positions = s.positions.map { Array($0[start..<(start + n)]) } ?? Array(0..<n)
+                Self.scoredAttention(q: qp, k: kp, v: vp, ld: q.ld, out: op, ldo: out.ld, rows: n, keys: keys, positions: positions,
+                                     heads: heads, headDim: headDim, scale: scale, table: table?.data, buckets: segments.buckets)
+            }
+        }
+    }
+
+    /// Attention of one segment with its whole scores matrix per query tile: scale · q·kᵀ (+ table[bucket(pos_j -
+    /// pos_i), head]) over keys [0, keys), softmax, · v. With no key at all every row is a key with equal weight.
+    static func scoredAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int,
+                                out: UnsafeMutablePointer<Float>, ldo: Int, rows: Int, keys keyCount: Int, positions: [Int],
+                                heads: Int, headDim hd: Int, scale: Float, table: UnsafePointer<Float>?, buckets: RelativeBuckets?) {
+        if rows == 0 { return }
+        let uniform = keyCount == 0
+        let keys = uniform ? rows : keyCount
+        let tile = 64
+        let tiles = (rows + tile - 1) / tile
+        let bucketOf = buckets?.bucketOf ?? [], bucketOffset = buckets?.maxPos ?? 0
+        positions.withUnsafeBufferPointer { pos in
+        bucketOf.withUnsafeBufferPointer { bk in
+            Parallel.forEach(heads * tiles) { task in
+                let hIndex = task % heads, q0 = (task / heads) * tile
+                let n = min(tile, rows - q0)
+                let scores = UnsafeMutablePointer<Float>.allocate(capacity: n * keys)
+                defer { scores.deallocate() }
+                if uniform {
+                    let inv = 1 / Float(keys)
+                    scores.update(repeating: inv, count: n * keys)
+                } else {
+                    GEMM.sgemm(transA: false, transB: true, m: n, n: keys, k: hd, alpha: scale, a: q + q0 * ld + hIndex * hd, lda: ld,
+                               b: k + hIndex * hd, ldb: ld, beta: 0, c: scores, ldc: keys)
+                    for i in 0..<n {
+                        let s = scores + i * keys
+                        if let table {
+                            let pi = pos[q0 + i]
+                            for j in 0..<keys { s[j] += table[bk[pos[j] - pi + bucketOffset] * heads + hIndex] }
+                        }
+                        var m = -Float.infinity
+                        for j in 0..<keys { m = max(m, s[j]) }
+                        var sum: Float = 0
+                        for j in 0..<keys { let e = fastExp(s[j] - m); s[j] = e; sum += e }
+                        let inv = 1 / sum
+                        for j in 0..<keys { s[j] *= inv }
+                    }
+                }
+                GEMM.sgemm(transA: false, transB: false, m: n, n: hd, k: keys, alpha: 1, a: scores, lda: keys,
+                           b: v + hIndex * hd, ldb: ld, beta: 0, c: out + q0 * ldo + hIndex * hd, ldc: ldo)
+            }
+        }
+        }
+    }
+}
