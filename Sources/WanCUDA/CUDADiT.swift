@@ -119,6 +119,7 @@ public final class CUDADiT {
             ops = try CUDAOps(context: context, compiler: compiler)
             gemm = try CUDAMatmul(context: context)
             pool = DeviceMemoryPool(context: context)
+            ops.workspacePool = pool  // cuDNN's attention workspace, when that attention is chosen
             let ops = self.ops
             gemm.unfusedEpilogue = { type, y, bias, rows, cols, act in
                 try ops.biasAct(type, y: y, bias: bias, rows: rows, cols: cols, act: act)

@@ -13,6 +13,69 @@ public final class CUDAOps {
         self.compiler = try compiler ?? KernelCompiler()
     }
 
+    /// Which attention runs the bf16 attention (f32 always takes the kernel): `.kernel` (default, or
+    /// $WANKIT_ATTENTION), `.cudnn` (cuDNN's fused attention; any failure throws), `.auto` (cuDNN where it loaded and
+    /// a plan finalized for the shape, else the kernel, with a one-line note why, once).
+    public var attentionBackend: AttentionBackend = .environmentDefault
+    /// Where cuDNN's workspace comes from (the model's pool; nil: its own allocation).
+    public var workspacePool: DeviceMemoryPool?
+    /// cuDNN's attention, made on first use; the error when it could not be.
+    private var cudnnAttention: Result<CuDNNAttention, CUDAError>?
+    /// Notes already printed (auto's fallbacks), so each is said once.
+    private var notes: Set<String> = []
+    /// The attention each shape ran last ("kernel" / "cudnn"), for the benchmarks.
+    public private(set) var attentionUsed: [CuDNNAttention.Shape: AttentionBackend] = [:]
+
+    /// cuDNN's attention on this context (loaded and a handle created on first call).
+    public func cudnn() throws -> CuDNNAttention {
+        if cudnnAttention == nil {
+            do { cudnnAttention = .success(try CuDNNAttention(context: context, pool: workspacePool)) } catch let error as CUDAError {
+                cudnnAttention = .failure(error)
+            }
+        }
+        return try cudnnAttention!.get()
+    }
+
+    private func note(_ text: String) {
+        guard notes.insert(text).inserted else { return }
+        FileHandle.standardError.write("wan: \(text)\n".data(using: .utf8)!)
+    }
+
+    /// Runs the attention through cuDNN when `attentionBackend` asks for it and it can; false: the kernel should.
+    private func attentionThroughCuDNN(out: UInt64, q: UInt64, k: UInt64, v: UInt64, kLens: UInt64, batch: Int, lq: Int, lk: Int,
+                                       heads: Int, headDim: Int, scale: Float, flops: Double) throws -> Bool {
+        let shape = CuDNNAttention.Shape(batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, masked: kLens != 0)
+        let backend = attentionBackend
+        guard backend != .kernel else { attentionUsed[shape] = .kernel; return false }
+        let attention: CuDNNAttention
+        do {
+            attention = try cudnn()
+            if backend == .auto {
+                let support = attention.supports(shape)
+                guard support.ok else {
+                    note("attention auto: the own kernel for \(shape) (cuDNN has no plan: \(support.reason ?? "?"))")
+                    attentionUsed[shape] = .kernel
+                    return false
+                }
+            }
+        } catch let error as CUDAError where backend == .auto {
+            note("attention auto: the own kernel (cuDNN not usable: \(ComputeDevice.shortReason(error)))")
+            attentionUsed[shape] = .kernel
+            return false
+        }
+        if let timings {
+            try context.synchronize()
+            let start = CUDATimings.now()
+            try attention.run(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, scale: scale)
+            try context.synchronize()
+            timings.add("cudnn_sdpa_bf16_d\(headDim)", CUDATimings.now() - start, flops: flops)
+        } else {
+            try attention.run(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, scale: scale)
+        }
+        attentionUsed[shape] = .cudnn
+        return true
+    }
+
     public func function(_ name: String) throws -> CUDAFunction {
         if let f = functions[name] { return f }
         guard let module = KernelCatalog.kernels.first(where: { $0.value.contains(name) })?.key else {
@@ -135,7 +198,8 @@ public final class CUDAOps {
     /// Head dims with a bf16 tensor-core kernel.
     public static let bf16HeadDims: Set<Int> = [32, 64, 128]
 
-    /// softmax(q kᵀ · scale) v; q [B, Lq, H, D], k/v [B, Lk, H, D], out like q; kLens: device int32 [B] or 0.
+    /// softmax(q kᵀ · scale) v; q [B, Lq, H, D], k/v [B, Lk, H, D], out like q; kLens: device int32 [B] or 0. bf16 goes
+    /// through cuDNN's fused attention or the kernel as `attentionBackend` says; f32 always through the kernel.
     public func attention(_ type: DeviceDType, out: UInt64, q: UInt64, k: UInt64, v: UInt64, kLens: UInt64 = 0,
                           batch: Int = 1, lq: Int, lk: Int, heads: Int, headDim: Int, scale: Float) throws {
         guard lq > 0 else { return }
@@ -148,6 +212,8 @@ public final class CUDAOps {
                                                        [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens), .int32(Int32(lq)),
                                                         .int32(Int32(lk)), .int32(Int32(heads)), .int32(Int32(headDim)), .float(scale)])
         } else {
+            if try attentionThroughCuDNN(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads,
+                                         headDim: headDim, scale: scale, flops: flops) { return }
             guard Self.bf16HeadDims.contains(headDim) else {
                 throw CUDAError.callFailed(call: "flash_attention_bf16", code: -1, message: "no bf16 attention kernel for head_dim \(headDim) (have \(Self.bf16HeadDims.sorted()))")
             }

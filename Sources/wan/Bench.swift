@@ -39,6 +39,7 @@ struct BenchDiT: ParsableCommand {
     @Option(help: "Prompt length in tokens (1-512; the default is the longest prompt, the slowest case).") var promptTokens: Int = 512
     @Option(help: "cpu, cuda or auto (cuda: weights uploaded once, peak GPU memory and TFLOP/s reported).") var device: String = "cpu"
     @Option(help: "With --device cuda: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
+    @Option(help: "With --device cuda: the bf16 attention: kernel (WanKit's flash attention), cudnn (cuDNN's fused attention) or auto (cuDNN where it has a plan for the shape, else the kernel); default $WANKIT_ATTENTION, else kernel.") var attention: String?
 
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(832, 480, 1), (256, 256, 5)]
@@ -146,15 +147,24 @@ struct BenchDiT: ParsableCommand {
 
 struct BenchAttention: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "attention", abstract: "Tiled attention kernel rate (GFLOP/s).")
-    @Option(help: "Query and key count.") var tokens: Int = 1560
-    @Option(help: "Heads.") var heads: Int = 12
+    @Option(help: "Query and key count (CPU default 1560).") var tokens: Int?
+    @Option(help: "Heads (CPU default 12).") var heads: Int?
     @Option(help: "Head dim.") var headDim: Int = 128
     @Option(help: "Query tile.") var queryTile: Int = Attention.queryTile
     @Option(help: "Key tile.") var keyTile: Int = Attention.keyTile
+    @Option(help: "cpu or cuda (cuda: bf16 on the GPU, the own kernel and cuDNN's fused attention timed at the 1.3B 480P and 14B 720P shapes unless --tokens/--heads are given).") var device: String = "cpu"
+    @Option(help: "With --device cuda: both (default), kernel, cudnn or auto.") var attention: String = "both"
+    @Option(help: "With --device cuda: timed runs per backend and shape (after one warm-up).") var repeats: Int = 3
+    @Flag(help: "With --device cuda: one JSON object per line.") var json = false
 
     func run() throws {
+        if device.lowercased() != "cpu", let gpu = try CUDABackend.resolve(device, command: "bench attention") {
+            try runCUDA(gpu: gpu)
+            return
+        }
         Attention.queryTile = queryTile
         Attention.keyTile = keyTile
+        let tokens = self.tokens ?? 1560, heads = self.heads ?? 12
         let d = heads * headDim
         let r = RandomWeights(shapes: [("q", [tokens, d]), ("k", [tokens, d]), ("v", [tokens, d])], seed: 3)
         let q = try r.float32("q"), k = try r.float32("k"), v = try r.float32("v")

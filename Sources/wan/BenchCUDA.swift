@@ -30,6 +30,12 @@ extension BenchDiT {
             dit = try CUDADiT(config: config, weights: RandomWeights(shapes: config.parameterShapes()), precision: precision, context: context)
         }
         let loadSeconds = now() - t0
+        if let attention {
+            guard let backend = AttentionBackend(rawValue: attention.lowercased()) else {
+                throw ValidationError("--attention must be auto, kernel or cudnn, got \(attention)")
+            }
+            dit.ops.attentionBackend = backend
+        }
         try sample()
         let compileStart = now()
         try dit.ops.loadAll()
@@ -67,6 +73,8 @@ extension BenchDiT {
             let flops = 2 * Self.forwardFlops(c, tokens: tokens, contextKeys: c.textLen)
             let tflops = flops / perStep / 1e12
             let peak = total - lowestFree
+            /// Which attention ran each shape: "B=1 Lq=32760 Lk=32760 H=12 D=128: cudnn", ...
+            func attentionRan() -> [String] { dit.ops.attentionUsed.map { "\($0.key): \($0.value.rawValue)" }.sorted() }
             var profileLines: [String] = []
             if profile {
                 // One more forward with every kernel and product timed alone (synchronised: slower than the step).
@@ -83,11 +91,17 @@ extension BenchDiT {
                     "size": "\(s.w)x\(s.h)", "frames": s.f, "tokens": tokens, "seconds_per_step": perStep, "tflops": tflops,
                     "first_forward_seconds": warmSeconds, "prepare_seconds": prepareSeconds, "load_seconds": loadSeconds,
                     "kernel_compile_seconds": compileSeconds, "peak_gpu_bytes": peak, "allocated_peak_bytes": dit.pool.peakAllocatedBytes + dit.weightBytes,
-                    "weight_bytes": dit.weightBytes, "total_gpu_bytes": total, "output_finite": finite]
+                    "weight_bytes": dit.weightBytes, "total_gpu_bytes": total, "output_finite": finite,
+                    "attention": dit.ops.attentionBackend.rawValue, "attention_ran": attentionRan()]
+                if dit.ops.attentionBackend != .kernel, let cudnn = try? dit.ops.cudnn() {
+                    obj["cudnn_version"] = cudnn.cudnn.versionString
+                    obj["cudnn_plan_seconds"] = cudnn.planSeconds
+                }
                 if profile { obj["profile"] = profileLines }
                 let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else {
+                if dit.ops.attentionBackend != .kernel { print("attention \(dit.ops.attentionBackend.rawValue): " + attentionRan().joined(separator: "; ")) }
                 print(String(format: "dit %@ %dx%dx%d (%d tokens, cfg) on %@ (%@): %.3f s/step, %.1f TFLOP/s, first pass %.2f s, peak GPU memory %.2f GiB (WanKit %.2f GiB)%@",
                              c.modelType, s.w, s.h, s.f, tokens, gpu.name, precision.rawValue, perStep, tflops, warmSeconds,
                              Double(peak) / 1_073_741_824, Double(dit.pool.peakAllocatedBytes + dit.weightBytes) / 1_073_741_824,
