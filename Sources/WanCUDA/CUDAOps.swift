@@ -14,8 +14,9 @@ public final class CUDAOps {
     }
 
     /// Which attention runs the bf16 attention (f32 always takes the kernel): `.kernel` (default, or
-    /// $WANKIT_ATTENTION), `.cudnn` (cuDNN's fused attention; any failure throws), `.auto` (cuDNN where it loaded and
-    /// a plan finalized for the shape, else the kernel, with a one-line note why, once).
+    /// $WANKIT_ATTENTION), `.cudnn` (cuDNN's fused attention; any failure throws), `.auto` (where cuDNN loaded and a
+    /// plan finalized for the shape, the first call of that shape times both and checks cuDNN's output against the
+    /// kernel's, and the faster is kept; else the kernel; a one-line note says which and why, once per shape).
     public var attentionBackend: AttentionBackend = .environmentDefault
     /// Where cuDNN's workspace comes from (the model's pool; nil: its own allocation).
     public var workspacePool: DeviceMemoryPool?
@@ -57,6 +58,17 @@ public final class CUDAOps {
                     attentionUsed[shape] = .kernel
                     return false
                 }
+                if let chosen = autoChoice[shape] {
+                    if chosen == .kernel { attentionUsed[shape] = .kernel; return false }
+                } else if Self.bf16HeadDims.contains(headDim) {
+                    // First call of this shape: measure both (each once to warm up, then once timed), check cuDNN's
+                    // output against the kernel's on a sample, keep the faster. `out` holds a correct result after.
+                    let chosen = try measure(attention, out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk,
+                                             heads: heads, headDim: headDim, scale: scale, shape: shape)
+                    autoChoice[shape] = chosen
+                    attentionUsed[shape] = chosen
+                    return true
+                }
             }
         } catch let error as CUDAError where backend == .auto {
             note("attention auto: the own kernel (cuDNN not usable: \(ComputeDevice.shortReason(error)))")
@@ -74,6 +86,67 @@ public final class CUDAOps {
         }
         attentionUsed[shape] = .cudnn
         return true
+    }
+
+    /// `auto`'s choice per shape, by measurement.
+    private var autoChoice: [CuDNNAttention.Shape: AttentionBackend] = [:]
+    /// rel_l2 above which auto does not take cuDNN's result (the bf16 golden tolerance).
+    static let autoRelL2Limit = 2e-2
+
+    /// Times the kernel and cuDNN on one call's data (synchronised; each run once before it is timed), compares
+    /// cuDNN's output with the kernel's on the first 64K values, and returns the faster of those that agree.
+    private func measure(_ attention: CuDNNAttention, out: UInt64, q: UInt64, k: UInt64, v: UInt64, kLens: UInt64, batch: Int, lq: Int,
+                         lk: Int, heads: Int, headDim: Int, scale: Float, shape: CuDNNAttention.Shape) throws -> AttentionBackend {
+        let sample = min(batch * lq * heads * headDim, 1 << 16)
+        func download() throws -> [UInt16] {
+            var values = [UInt16](repeating: 0, count: sample)
+            try values.withUnsafeMutableBytes { try context.copy(toHost: $0.baseAddress!, from: out, bytes: 2 * sample) }
+            return values
+        }
+        func timed(_ body: () throws -> Void) throws -> Double {
+            try body()
+            try context.synchronize()
+            let start = CUDATimings.now()
+            try body()
+            try context.synchronize()
+            return CUDATimings.now() - start
+        }
+        let kernel = { try self.bf16Kernel(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, scale: scale) }
+        try context.synchronize()
+        let kernelSeconds = try timed(kernel)
+        let reference = try download()
+        let cudnnSeconds = try timed {
+            try attention.run(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, scale: scale)
+        }
+        let got = try download()
+        var diff = 0.0, norm = 0.0
+        for i in 0..<sample {
+            let a = Double(BFloat16.float(got[i])), b = Double(BFloat16.float(reference[i]))
+            diff += (a - b) * (a - b)
+            norm += b * b
+        }
+        let relL2 = norm > 0 ? (diff / norm).squareRoot() : diff.squareRoot()
+        let times = String(format: "cuDNN %.3f ms, kernel %.3f ms, rel_l2 %.1e", cudnnSeconds * 1e3, kernelSeconds * 1e3, relL2)
+        guard relL2 <= Self.autoRelL2Limit else {
+            note("attention auto: the own kernel for \(shape): cuDNN's output differs (\(times))")
+            try kernel()
+            return .kernel
+        }
+        let chosen: AttentionBackend = cudnnSeconds < kernelSeconds ? .cudnn : .kernel
+        note("attention auto: \(chosen == .cudnn ? "cuDNN" : "the own kernel") for \(shape) (\(times))")
+        return chosen
+    }
+
+    /// The bf16 flash-attention kernel (attention.cu).
+    private func bf16Kernel(out: UInt64, q: UInt64, k: UInt64, v: UInt64, kLens: UInt64, batch: Int, lq: Int, lk: Int, heads: Int,
+                            headDim: Int, scale: Float) throws {
+        guard Self.bf16HeadDims.contains(headDim) else {
+            throw CUDAError.callFailed(call: "flash_attention_bf16", code: -1, message: "no bf16 attention kernel for head_dim \(headDim) (have \(Self.bf16HeadDims.sorted()))")
+        }
+        let flops = 4 * Double(batch) * Double(lq) * Double(lk) * Double(heads * headDim)
+        try go("flash_attention_bf16_d\(headDim)", grid: ((lq + 63) / 64, heads, batch), block: (128, 1, 1), flops: flops,
+                                                                [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens),
+                                                                 .int32(Int32(lq)), .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
     }
 
     public func function(_ name: String) throws -> CUDAFunction {
@@ -214,12 +287,7 @@ public final class CUDAOps {
         } else {
             if try attentionThroughCuDNN(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads,
                                          headDim: headDim, scale: scale, flops: flops) { return }
-            guard Self.bf16HeadDims.contains(headDim) else {
-                throw CUDAError.callFailed(call: "flash_attention_bf16", code: -1, message: "no bf16 attention kernel for head_dim \(headDim) (have \(Self.bf16HeadDims.sorted()))")
-            }
-            try go("flash_attention_bf16_d\(headDim)", grid: ((lq + 63) / 64, heads, batch), block: (128, 1, 1), flops: flops,
-                                                                    [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens),
-                                                                     .int32(Int32(lq)), .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
+            try bf16Kernel(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, scale: scale)
         }
     }
 }

@@ -327,8 +327,9 @@ final class CuDNNDescriptor {
 }
 
 /// Which attention runs the DiT's bf16 attention: WanKit's flash-attention kernel (attention.cu), cuDNN's fused
-/// attention, or `auto`: cuDNN where it loaded and a plan finalized for the shape, else the kernel (with a one-line
-/// note why, once).
+/// attention, or `auto`: where cuDNN loaded and a plan finalized for the shape, the faster of the two on that shape's
+/// first call (timed, cuDNN's output checked against the kernel's), else the kernel (a one-line note says which and
+/// why, once per shape).
 public enum AttentionBackend: String, CaseIterable, Sendable {
     case kernel, cudnn, auto
 
