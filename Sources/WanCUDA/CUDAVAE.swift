@@ -5,8 +5,9 @@ import WanModels
 
 /// The Wan-VAE on an NVIDIA GPU, stage for stage as `WanVAE` runs it on the CPU: one frame at a time through every
 /// stage of the encoder or decoder (`WanVAEConfig.encoderLayers` / `decoderLayers`), the causal state (the last two
-/// input frames of every causal conv, the temporal resamplers' pending and previous frames) kept on the device and held
-/// by reference, so memory holds the state and a few frames whatever the length of the video.
+/// input frames of every causal conv, the temporal resamplers' pending and previous frames) kept on the device (held
+/// by reference at f32, as bf16 copies at bf16), so memory holds the state and a few frames whatever the length of the
+/// video.
 ///
 /// Activations are channels-last f32 frames [H, W, C]. Every convolution is one f32 cuBLASLt product (no TF32) over
 /// the columns `vae_im2col_f32` gathers: all of a causal conv's available frames (its history and the new frame) and
@@ -21,7 +22,9 @@ import WanModels
 /// Precision: `.f32` (the default) is the exact path (f32 products, no TF32: the golden cases' tolerances). `.bf16`
 /// gathers the columns of the convs with taps (3x3 and temporal; Cin and Cout multiples of 8) rounded to bf16 and
 /// multiplies them with bf16 weights on the tensor cores (f32 accumulation, f32 output): half the column traffic and
-/// the bf16 matrix rate; activations, the causal state, the norms, the attention and the pointwise convs stay f32.
+/// the bf16 matrix rate. The causal state is kept in bf16 (`stateType`: half the bytes, 1.9 GB instead of 3.8 at
+/// 832x480; the gathers read it as they read f32 frames); activations, the norms, the attention and the pointwise
+/// convs stay f32.
 public final class CUDAVAE {
     public let config: WanVAEConfig
     public let precision: CUDAPrecision
@@ -36,9 +39,9 @@ public final class CUDAVAE {
     public static let defaultColumnBudgetBytes = 512 << 20
 
     /// Device bytes a CUDAVAE holds besides the causal state and the frames in flight (`WanVAEConfig.decodeStateBytes`,
-    /// or `encodeStateBytes` for an encode): the weights of both coders (f32; bf16 adds bf16 copies of the 3x3 and
-    /// temporal convs), the column buffer, the largest attention's L x L scores for a latent of `latentPixels` (h·w)
-    /// and cuBLASLt's workspace. An upper bound: the pool rounds buffers up by at most 2 MiB each.
+    /// or `encodeStateBytes` for an encode, with `stateType`'s size per state value): the weights of both coders (f32;
+    /// bf16 adds bf16 copies of the 3x3 and temporal convs), the column buffer, the largest attention's L x L scores
+    /// for a latent of `latentPixels` (h·w) and cuBLASLt's workspace. An upper bound: the pool rounds buffers up by at most 2 MiB each.
     public static func fixedDeviceBytes(config: WanVAEConfig, latentPixels: Int, precision: CUDAPrecision,
                                         columnBudgetBytes: Int = defaultColumnBudgetBytes) -> Int {
         let weights = config.parameterCount * (precision == .bf16 ? 6 : 4)
@@ -186,24 +189,28 @@ public final class CUDAVAE {
 
     // MARK: frames and state
 
-    /// One channels-last frame [H, W, C] f32 from the pool, handed back when the last reference goes (work runs in
-    /// order on one stream, so a buffer handed back while queued kernels still read it is safe to reuse).
+    /// One channels-last frame [H, W, C] from the pool (f32; bf16 for causal state at `.bf16`), handed back when the
+    /// last reference goes (work runs in order on one stream, so a buffer handed back while queued kernels still read
+    /// it is safe to reuse).
     final class Frame {
         let buffer: DeviceBuffer
         let pool: DeviceMemoryPool
         let height, width, channels: Int
-        init(_ pool: DeviceMemoryPool, _ height: Int, _ width: Int, _ channels: Int) throws {
+        let type: DeviceDType
+        init(_ pool: DeviceMemoryPool, _ height: Int, _ width: Int, _ channels: Int, type: DeviceDType = .f32) throws {
             self.pool = pool
-            self.height = height; self.width = width; self.channels = channels
-            buffer = try pool.acquire(bytes: height * width * channels * 4)
+            self.height = height; self.width = width; self.channels = channels; self.type = type
+            buffer = try pool.acquire(bytes: height * width * channels * type.size)
         }
         var pointer: UInt64 { buffer.pointer }
-        var bytes: Int { height * width * channels * 4 }
+        var count: Int { height * width * channels }
+        var bytes: Int { count * type.size }
         deinit { pool.release(buffer) }
     }
 
-    /// Per-call state, as `WanVAE.StreamState`: history by reference is safe because a conv's input is never written
-    /// after the conv has read it (the in-place writes, residual adds onto a block's input, target stage outputs).
+    /// Per-call state, as `WanVAE.StreamState`, every frame kept through `stateFrame`: at f32 by reference, which is
+    /// safe because a conv's input is never written after the conv has read it (the in-place writes, residual adds
+    /// onto a block's input, target stage outputs); at bf16 a bf16 copy.
     final class StreamState {
         var history: [Int: [Frame]] = [:]     // up to 2 previous input frames per causal conv, oldest first
         var previousLast: [Int: Frame] = [:]  // timeDown: last frame of the previous pair
@@ -212,6 +219,24 @@ public final class CUDAVAE {
     }
 
     func frame(_ height: Int, _ width: Int, _ channels: Int) throws -> Frame { try Frame(pool, height, width, channels) }
+
+    /// The type of the causal state: bf16 at `.bf16` (half the bytes; the gathers read bf16 frames as exactly as f32
+    /// ones, and the bf16 products round their columns to bf16 anyway), f32 at `.f32`.
+    public static func stateType(_ precision: CUDAPrecision) -> DeviceDType { precision == .bf16 ? .bf16 : .f32 }
+
+    /// `x` as causal state: at f32 `x` itself (kept by reference) or, with `copy` (x goes on to stages that may write
+    /// into it), a copy; at bf16 a bf16 copy.
+    func stateFrame(_ x: Frame, copy: Bool = false) throws -> Frame {
+        let type = Self.stateType(precision)
+        guard type != x.type || copy else { return x }
+        let y = try Frame(pool, x.height, x.width, x.channels, type: type)
+        if type == x.type {
+            try context.copy(onDevice: y.pointer, from: x.pointer, bytes: x.bytes)
+        } else {
+            try launch("convert_f32_to_bf16", grid: Self.blocks(x.count), [.pointer(y.pointer), .pointer(x.pointer), .int64(Int64(x.count))])
+        }
+        return y
+    }
 
     // MARK: kernels
 
@@ -252,8 +277,8 @@ public final class CUDAVAE {
     }
 
     /// One output frame of conv `c` over `inputs` (oldest first, at most kt frames: the newest meets the last temporal
-    /// tap), written to `out` or added to it; `more` are further convs of the same shape over the same columns (the
-    /// halves of the temporal upsampler) with their outputs. The output is outHeight x outWidth; input pixel
+    /// tap; each f32 or bf16), written to `out` or added to it; `more` are further convs of the same shape over the
+    /// same columns (the halves of the temporal upsampler) with their outputs. The output is outHeight x outWidth; input pixel
     /// (oy·stride - padTop + ky, ox·stride - padLeft + kx), zero outside, of the input as stored or nearest-2x
     /// upsampled (`up`).
     func convolve(_ c: Conv, _ inputs: [Frame], outHeight: Int, outWidth: Int, stride: Int = 1, padTop: Int, padLeft: Int, up: Bool = false,
@@ -266,6 +291,7 @@ public final class CUDAVAE {
         let bf16 = c.weightBF16 != nil, type: DeviceDType = bf16 ? .bf16 : .f32
         let skipped = UInt64((c.kt - frames) * c.kh * c.kw * c.inChannels * type.size)
         let pixels = outHeight * outWidth
+        let bf16Frames = inputs.indices.reduce(0) { inputs[$1].type == .bf16 ? $0 | 1 << $1 : $0 }
         func product(rows: Int, row0: Int, x: UInt64, ldx: Int) throws {
             for (conv, out) in [(c, out)] + more {
                 precondition(out.height * out.width == pixels && out.channels == conv.outChannels && conv.rowLength == c.rowLength
@@ -283,11 +309,11 @@ public final class CUDAVAE {
                     .pointer(conv.weightBF16!.pointer + skipped), .pointer(conv.bias.pointer), .int32(Int32(frames)), .int32(Int32(x.height)),
                     .int32(Int32(x.width)), .int32(Int32(c.inChannels)), .int32(up ? 1 : 0), .int32(Int32(outHeight)), .int32(Int32(outWidth)),
                     .int32(Int32(c.kh)), .int32(Int32(c.kw)), .int32(Int32(stride)), .int32(Int32(padTop)), .int32(Int32(padLeft)),
-                    .int32(Int32(conv.outChannels)), .int32(Int32(conv.rowLength)), .int32(accumulate ? 1 : 0)])
+                    .int32(Int32(conv.outChannels)), .int32(Int32(conv.rowLength)), .int32(accumulate ? 1 : 0), .int32(Int32(bf16Frames))])
             }
             return
         }
-        if !bf16 && frames == 1 && c.kh == 1 && c.kw == 1 && stride == 1 && !up && padTop == 0 && padLeft == 0 {
+        if !bf16 && bf16Frames == 0 && frames == 1 && c.kh == 1 && c.kw == 1 && stride == 1 && !up && padTop == 0 && padLeft == 0 {
             return try product(rows: pixels, row0: 0, x: x.pointer, ldx: c.inChannels)  // pointwise: the frame is its columns
         }
         // Chunks of whole 64-row blocks where possible (output rows then start 256-byte aligned).
@@ -302,7 +328,8 @@ public final class CUDAVAE {
                        [.pointer(buffer.pointer), .pointer(inputs[0].pointer), .pointer(frames > 1 ? inputs[1].pointer : 0),
                         .pointer(frames > 2 ? inputs[2].pointer : 0), .int32(Int32(frames)), .int32(Int32(x.height)), .int32(Int32(x.width)),
                         .int32(Int32(c.inChannels)), .int32(up ? 1 : 0), .int32(Int32(outWidth)), .int32(Int32(c.kh)), .int32(Int32(c.kw)),
-                        .int32(Int32(stride)), .int32(Int32(padTop)), .int32(Int32(padLeft)), .int64(Int64(row0)), .int64(Int64(rows))])
+                        .int32(Int32(stride)), .int32(Int32(padTop)), .int32(Int32(padLeft)), .int64(Int64(row0)), .int64(Int64(rows)),
+                        .int32(Int32(bf16Frames))])
             try product(rows: rows, row0: row0, x: buffer.pointer, ldx: k)
             row0 += rows
         }
@@ -318,7 +345,7 @@ public final class CUDAVAE {
         }
         let history = state.history[c.id] ?? []
         try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: c.kh / 2, padLeft: c.kw / 2, into: y, accumulate: out != nil)
-        state.history[c.id] = Array((history + [x]).suffix(2))
+        state.history[c.id] = Array((history + [try stateFrame(x)]).suffix(2))
         return y
     }
 
@@ -368,15 +395,13 @@ public final class CUDAVAE {
             // previous pair, the pair).
             guard state.started.contains(c.id) else {
                 state.started.insert(c.id)
-                let copy = try frame(x.height, x.width, x.channels)  // x goes on to stages that may add into it
-                try context.copy(onDevice: copy.pointer, from: x.pointer, bytes: x.bytes)
-                state.previousLast[c.id] = copy
+                state.previousLast[c.id] = try stateFrame(x, copy: true)  // x goes on to stages that may add into it
                 return [x]
             }
-            guard let first = state.pending.removeValue(forKey: c.id) else { state.pending[c.id] = x; return [] }
+            guard let first = state.pending.removeValue(forKey: c.id) else { state.pending[c.id] = try stateFrame(x); return [] }
             let y = try frame(x.height, x.width, c.outChannels)
             try convolve(c, [state.previousLast[c.id]!, first, x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: y)
-            state.previousLast[c.id] = x
+            state.previousLast[c.id] = try stateFrame(x)
             return [y]
         case .timeUp(let c, let second):
             guard state.started.contains(c.id) else { state.started.insert(c.id); return [x] }
@@ -386,7 +411,7 @@ public final class CUDAVAE {
             let a = try frame(x.height, x.width, ch), b = try frame(x.height, x.width, ch)
             let history = state.history[c.id] ?? []
             try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: a, more: [(second, b)])
-            state.history[c.id] = Array((history + [x]).suffix(2))
+            state.history[c.id] = Array((history + [try stateFrame(x)]).suffix(2))
             return [a, b]
         }
     }

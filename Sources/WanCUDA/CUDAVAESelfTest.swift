@@ -2,7 +2,7 @@ import Foundation
 
 /// The self-test cases of Kernels/vae.cu and of the VAE's cuBLASLt products (strided, accumulating, X·W), each
 /// against a float64 reference of its documented semantics on small, awkward shapes (a partial row range, C = 3,
-/// odd sizes).
+/// odd sizes, input frames stored in bf16 as the causal state is at bf16).
 extension KernelSelfTest {
     typealias VAECase = (String, Double, () throws -> (gpu: [Double], reference: [Double]))
 
@@ -20,6 +20,15 @@ extension KernelSelfTest {
                 try self.vaeIm2col(frames: 3, srcH: 5, srcW: 7, channels: 16, up: 0, outH: 5, outW: 7, k: 3, stride: 1, pad: 1, row0: 2, rows: 31, bf16: true) }),
             ("vae_im2col_bf16 (C 3, nearest 2x up)", 0, {
                 try self.vaeIm2col(frames: 1, srcH: 3, srcW: 4, channels: 3, up: 1, outH: 6, outW: 8, k: 3, stride: 1, pad: 1, row0: 0, rows: 48, bf16: true) }),
+            ("vae_im2col_f32 (frames 0, 1 stored in bf16)", 0, {
+                try self.vaeIm2col(frames: 3, srcH: 5, srcW: 7, channels: 12, up: 0, outH: 5, outW: 7, k: 3, stride: 1, pad: 1, row0: 4, rows: 29,
+                                   bf16Frames: 0b011) }),
+            ("vae_im2col_f32 (C 3, frame 0 stored in bf16)", 0, {
+                try self.vaeIm2col(frames: 2, srcH: 5, srcW: 7, channels: 3, up: 0, outH: 5, outW: 7, k: 3, stride: 1, pad: 1, row0: 0, rows: 35,
+                                   bf16Frames: 0b01) }),
+            ("vae_im2col_bf16 (frames 0, 1 stored in bf16)", 0, {
+                try self.vaeIm2col(frames: 3, srcH: 5, srcW: 7, channels: 16, up: 0, outH: 5, outW: 7, k: 3, stride: 1, pad: 1, row0: 2, rows: 31, bf16: true,
+                                   bf16Frames: 0b011) }),
             ("vae_conv_bf16 (3 frames, 3x3, pad 1, +=, 135 pixels x 40 channels)", 1e-5, {
                 try self.vaeConv(frames: 3, srcH: 9, srcW: 15, channels: 32, up: 0, outH: 9, outW: 15, k: 3, stride: 1, pad: 1, outChannels: 40,
                                  skippedTaps: 0, accumulate: true) }),
@@ -32,6 +41,9 @@ extension KernelSelfTest {
             ("vae_conv_bf16 (2 of 3 frames, 1x1: a weight row's suffix)", 1e-5, {
                 try self.vaeConv(frames: 2, srcH: 7, srcW: 20, channels: 96, up: 0, outH: 7, outW: 20, k: 1, stride: 1, pad: 0, outChannels: 96,
                                  skippedTaps: 1, accumulate: false) }),
+            ("vae_conv_bf16 (frames 0, 1 stored in bf16, +=)", 1e-5, {
+                try self.vaeConv(frames: 3, srcH: 9, srcW: 15, channels: 64, up: 0, outH: 9, outW: 15, k: 3, stride: 1, pad: 1, outChannels: 40,
+                                 skippedTaps: 0, accumulate: true, bf16Frames: 0b011) }),
             ("vae_rms_norm_f32", 1e-6, { try self.vaeRMSNorm(silu: false) }),
             ("vae_rms_norm_f32 (SiLU)", 1e-6, { try self.vaeRMSNorm(silu: true) }),
             ("vae_softmax_f32", 1e-6, vaeSoftmax),
@@ -45,17 +57,28 @@ extension KernelSelfTest {
         try compiler.load(module: module, on: context).function(name)
     }
 
+    /// `frames` input frames of `count` values (seeds from `seed` on): frame t stored in bf16 where bit t of
+    /// `bf16Frames` is set (its values rounded to bf16, as the references read them), else in f32.
+    private func vaeFrames(_ frames: Int, count: Int, seed: UInt64, bf16Frames: Int) throws -> (values: [[Float]], buffers: [DeviceBuffer]) {
+        let half = { (t: Int) in bf16Frames >> t & 1 == 1 }
+        let values = (0..<frames).map { t in
+            Self.values(count, seed: seed + UInt64(t)).map { half(t) ? KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) : $0 }
+        }
+        let buffers = try (0..<frames).map { t in half(t) ? try upload(values[t].map(KernelSelfTest.bf16)) : try upload(values[t]) }
+        return (values, buffers)
+    }
+
     private func vaeIm2col(frames: Int, srcH: Int, srcW: Int, channels c: Int, up: Int, outH: Int, outW: Int, k: Int, stride: Int, pad: Int,
-                           row0: Int, rows: Int, bf16: Bool = false) throws -> ([Double], [Double]) {
-        let inputs = (0..<frames).map { Self.values(srcH * srcW * c, seed: UInt64(17 + $0)) }
-        let buffers = try inputs.map(upload)
+                           row0: Int, rows: Int, bf16: Bool = false, bf16Frames: Int = 0) throws -> ([Double], [Double]) {
+        let (inputs, buffers) = try vaeFrames(frames, count: srcH * srcW * c, seed: 17, bf16Frames: bf16Frames)
         let width = frames * k * k * c
         let col = try context.allocate(bytes: rows * width * (bf16 ? 2 : 4))
         let vector = c % 4 == 0 ? 4 : 1
         try vaeFunction(bf16 ? "vae_im2col_bf16" : "vae_im2col_f32").launch(grid: ((rows * width / vector + 255) / 256, 1, 1), block: (256, 1, 1), [
             .buffer(col), .buffer(buffers[0]), .pointer(frames > 1 ? buffers[1].pointer : 0), .pointer(frames > 2 ? buffers[2].pointer : 0),
             .int32(Int32(frames)), .int32(Int32(srcH)), .int32(Int32(srcW)), .int32(Int32(c)), .int32(Int32(up)), .int32(Int32(outW)),
-            .int32(Int32(k)), .int32(Int32(k)), .int32(Int32(stride)), .int32(Int32(pad)), .int32(Int32(pad)), .int64(Int64(row0)), .int64(Int64(rows))])
+            .int32(Int32(k)), .int32(Int32(k)), .int32(Int32(stride)), .int32(Int32(pad)), .int32(Int32(pad)), .int64(Int64(row0)), .int64(Int64(rows)),
+            .int32(Int32(bf16Frames))])
         var reference: [Double] = []
         for r in 0..<rows {
             let oy = (row0 + r) / outW, ox = (row0 + r) % outW
@@ -77,10 +100,9 @@ extension KernelSelfTest {
     /// vae_conv_bf16 against a float64 sum over the same bf16-rounded inputs and weights; the weights are rows of
     /// (skippedTaps + frames) taps of which the kernel gets the suffix.
     private func vaeConv(frames: Int, srcH: Int, srcW: Int, channels c: Int, up: Int, outH: Int, outW: Int, k: Int, stride: Int, pad: Int,
-                         outChannels: Int, skippedTaps: Int, accumulate: Bool) throws -> ([Double], [Double]) {
+                         outChannels: Int, skippedTaps: Int, accumulate: Bool, bf16Frames: Int = 0) throws -> ([Double], [Double]) {
         let round = { (v: Float) in KernelSelfTest.float(bf16: KernelSelfTest.bf16(v)) }
-        let inputs = (0..<frames).map { Self.values(srcH * srcW * c, seed: UInt64(31 + $0)) }
-        let buffers = try inputs.map(upload)
+        let (inputs, buffers) = try vaeFrames(frames, count: srcH * srcW * c, seed: 31, bf16Frames: bf16Frames)
         let width = frames * k * k * c, ldw = (skippedTaps * k * k * c) + width
         let w = Self.values(outChannels * ldw, seed: 40, scale: 0.05).map(round)
         let bias = Self.values(outChannels, seed: 41), y0 = Self.values(outH * outW * outChannels, seed: 42)
@@ -92,7 +114,8 @@ extension KernelSelfTest {
             .buffer(dy), .buffer(buffers[0]), .pointer(frames > 1 ? buffers[1].pointer : 0), .pointer(frames > 2 ? buffers[2].pointer : 0),
             .pointer(dw.pointer + skipped), .buffer(db), .int32(Int32(frames)), .int32(Int32(srcH)), .int32(Int32(srcW)), .int32(Int32(c)),
             .int32(Int32(up)), .int32(Int32(outH)), .int32(Int32(outW)), .int32(Int32(k)), .int32(Int32(k)), .int32(Int32(stride)),
-            .int32(Int32(pad)), .int32(Int32(pad)), .int32(Int32(outChannels)), .int32(Int32(ldw)), .int32(accumulate ? 1 : 0)])
+            .int32(Int32(pad)), .int32(Int32(pad)), .int32(Int32(outChannels)), .int32(Int32(ldw)), .int32(accumulate ? 1 : 0),
+            .int32(Int32(bf16Frames))])
         var reference: [Double] = []
         for p in 0..<(outH * outW) {
             let oy = p / outW, ox = p % outW

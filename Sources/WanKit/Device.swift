@@ -129,18 +129,26 @@ extension ModelLoader {
         guard let gpu = placement.gpu else { return (try vae(path), nil) }
         let w = try openVAEWeights(path: path)
         let config = WanVAEConfig(inferringFrom: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:])
-        // Weights, column buffer, the largest attention's scores, cuBLASLt (`CUDAVAE.fixedDeviceBytes`) + the causal
-        // state of the larger of an encode and a decode at this size.
-        let latentPixels = (width / config.spatialFactor) * (height / config.spatialFactor)
-        let state = max(config.decodeStateBytes(width: width, height: height), config.encodeStateBytes(width: width, height: height))
-        let need = CUDAVAE.fixedDeviceBytes(config: config, latentPixels: latentPixels, precision: placement.precision) + state
-            + CUDADiTMemory.reserveBytes
+        let planned = vaeDeviceBytes(config, width: width, height: height, precision: placement.precision)
+        let need = planned.fixed + planned.state + CUDADiTMemory.reserveBytes
         let free = try gpu.memoryInfo().free
         guard need <= free else {
             return (try vae(path), String(format: "the VAE runs on the CPU: at %dx%d it needs %.1f GB of GPU memory, %.1f GB is free beside the DiT",
                                           width, height, Double(need) / 1e9, Double(free) / 1e9))
         }
         return (try CUDAVAE(config: config, weights: w.source, precision: placement.precision, context: gpu), nil)
+    }
+
+    /// The GPU memory a `CUDAVAE` coding `width` x `height` frames at `precision` plans: `fixed`, its weights, column
+    /// buffer, the largest attention's scores and cuBLASLt's workspace (`CUDAVAE.fixedDeviceBytes`); `state`, the
+    /// causal state and frames in flight of the larger of a decode and an encode at this size (`decodeStateBytes`,
+    /// `encodeStateBytes`; the state in `CUDAVAE.stateType`: bf16 at `.bf16`).
+    public static func vaeDeviceBytes(_ config: WanVAEConfig, width: Int, height: Int, precision: CUDAPrecision) -> (fixed: Int, state: Int) {
+        let latentPixels = (width / config.spatialFactor) * (height / config.spatialFactor)
+        let value = CUDAVAE.stateType(precision).size
+        let state = max(config.decodeStateBytes(width: width, height: height, stateValueBytes: value),
+                        config.encodeStateBytes(width: width, height: height, stateValueBytes: value))
+        return (CUDAVAE.fixedDeviceBytes(config: config, latentPixels: latentPixels, precision: precision), state)
     }
 }
 

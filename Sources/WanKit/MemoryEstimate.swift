@@ -223,11 +223,12 @@ public struct MemoryEstimate: Sendable {
 }
 
 extension WanVAEConfig {
-    /// Bytes an encode at this size keeps in float32 besides the weights, from the encoder's architecture as
-    /// `WanVAE` streams it (one frame at a time): the 2-frame input history of every causal conv (conv1, two per
-    /// residual block, the head), the frame a temporal downsampler holds for its pair, and a few frames in flight at
-    /// the widest stage (full resolution, `dim` channels). It does not grow with the frame count.
-    public func encodeStateBytes(width: Int, height: Int) -> Int {
+    /// Bytes an encode at this size keeps besides the weights, from the encoder's architecture as `WanVAE` streams it
+    /// (one frame at a time): the 2-frame input history of every causal conv (conv1, two per residual block, the head)
+    /// and the frame a temporal downsampler holds for its pair (`stateValueBytes` per value: float32, or 2 where a
+    /// backend keeps the state in bf16), and a few float32 frames in flight at the widest stage (full resolution,
+    /// `dim` channels). It does not grow with the frame count.
+    public func encodeStateBytes(width: Int, height: Int, stateValueBytes: Int = MemoryLayout<Float>.size) -> Int {
         let dims = ([1] + dimMult).map { $0 * dim }
         var pixels = height * width
         var history = 2 * 3 * pixels               // conv1 (RGB in)
@@ -245,6 +246,6 @@ extension WanVAEConfig {
         }
         history += 2 * 2 * 2 * out * pixels        // middle: two residual blocks
         history += 2 * out * pixels                 // head
-        return (history + 4 * widest) * MemoryLayout<Float>.size
+        return history * stateValueBytes + 4 * widest * MemoryLayout<Float>.size
     }
 }

@@ -24,10 +24,11 @@ public struct WanVAEConfig: Sendable, Equatable {
     public var spatialFactor: Int { 1 << (dimMult.count - 1) }
     public var temporalFactor: Int { 1 << temporalDownsample.filter { $0 }.count }
 
-    /// Bytes a decode at this size keeps in float32 besides the weights: the 2-frame history of every causal conv
-    /// (the bulk: 3.8 GB at 832x480), and a few frames in flight at the widest stage. It does not grow with the frame
-    /// count: the decoder runs one frame at a time.
-    public func decodeStateBytes(width: Int, height: Int) -> Int {
+    /// Bytes a decode at this size keeps besides the weights: the 2-frame history of every causal conv (the bulk: 3.8
+    /// GB at 832x480 in float32; `stateValueBytes` per value, 2 where a backend keeps it in bf16), and a few float32
+    /// frames in flight at the widest stage. It does not grow with the frame count: the decoder runs one frame at a
+    /// time.
+    public func decodeStateBytes(width: Int, height: Int, stateValueBytes: Int = MemoryLayout<Float>.size) -> Int {
         let dims = ([dimMult.last!] + dimMult.reversed()).map { $0 * dim }
         let timeUp = Array(temporalDownsample.reversed())
         var pixels = (height / spatialFactor) * (width / spatialFactor)
@@ -44,7 +45,7 @@ public struct WanVAEConfig: Sendable, Equatable {
             }
         }
         history += 2 * dims.last! * pixels  // head
-        return (history + 4 * widest) * MemoryLayout<Float>.size
+        return history * stateValueBytes + 4 * widest * MemoryLayout<Float>.size
     }
 
     /// Tiles (in latent pixels, per axis) for a spatially tiled decode whose per-tile state fits `stateBudget` bytes:

@@ -129,6 +129,28 @@ final class CUDAVAETests: XCTestCase {
         XCTAssertEqual(CUDAEmulator.refusals, [])
     }
 
+    /// At bf16 the causal state is kept in bf16: between latent frames (the pool keeping nothing free) the device
+    /// holds about half the bytes it holds at f32, and at most `decodeStateBytes` with the state's size per value.
+    func testBF16KeepsTheCausalStateInBF16() throws {
+        let (context, compiler, cache) = try emulatorOrSkip()
+        defer { CUDAEmulator.uninstall(); try? FileManager.default.removeItem(atPath: cache) }
+        let (config, weights, _) = try tinyVAE(dim: 4)
+        let latent = try random([16, 4, 6, 8], seed: 9, scale: 3)
+        var held: [CUDAPrecision: Int] = [:]
+        for precision in [CUDAPrecision.f32, .bf16] {
+            let gpu = try CUDAVAE(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
+            gpu.pool.keepFreeBytes = 0
+            var most = 0
+            try gpu.decode(latent) { _, _ in most = max(most, gpu.pool.allocatedBytes) }
+            let estimate = config.decodeStateBytes(width: 64, height: 48, stateValueBytes: CUDAVAE.stateType(precision).size)
+            print("CUDAVAE \(precision) decode 64x48: \(most) bytes held between latent frames, estimate \(estimate)")
+            XCTAssertLessThanOrEqual(most, estimate, "\(precision)")
+            held[precision] = most
+        }
+        XCTAssertLessThan(Double(held[.bf16]!), 0.55 * Double(held[.f32]!), "\(held)")
+        XCTAssertEqual(CUDAEmulator.refusals, [])
+    }
+
     /// Bad inputs are refused with WanVAE's messages; the emulated im2col refuses launches past its 32-bit range and the
     /// emulated cuBLASLt pointers less aligned than promised.
     func testCUDAVAERefusesBadInputs() throws {
@@ -142,7 +164,7 @@ final class CUDAVAETests: XCTestCase {
         let col = try context.allocate(bytes: 64), x = try context.allocate(bytes: 64)
         XCTAssertThrowsError(try gpu.ops.function("vae_im2col_f32").launch(grid: (1, 1, 1), block: (256, 1, 1), [
             .buffer(col), .buffer(x), .pointer(0), .pointer(0), .int32(1), .int32(2), .int32(2), .int32(4), .int32(0), .int32(2),
-            .int32(3), .int32(3), .int32(1), .int32(1), .int32(1), .int64(0), .int64(1 << 27)]))
+            .int32(3), .int32(3), .int32(1), .int32(1), .int32(1), .int64(0), .int64(1 << 27), .int32(0)]))
         XCTAssertEqual(CUDAEmulator.refusals.count, 1, "\(CUDAEmulator.refusals)")
         // The emulated cuBLASLt holds pointers to the alignment the heuristic was told (256 bytes unless told less).
         let gemm = try CUDAMatmul(context: context)

@@ -6,8 +6,9 @@ import WanCUDA
 /// block (blocks one after another): `__syncthreads` is a barrier of the block's 256 threads, `__shared__` arrays are
 /// shared by them, `__shfl_xor_sync` and the warp's `mma.sync.m16n8k16` are exchanges among the 32 lanes (the mma's
 /// fragments laid out as the PTX ISA documents them, the layout attention.cu uses). Against float64 references on
-/// awkward shapes: `vae_conv_bf16` (partial tiles, +=, stride 2, 2x up, a weight-row suffix; same bf16-rounded inputs
-/// and weights: 1e-5), `vae_im2col_f32`/`_bf16` (exact, 3 blocks for a longer grid-stride loop), `vae_rms_norm_f32`
+/// awkward shapes: `vae_conv_bf16` (partial tiles, +=, stride 2, 2x up, a weight-row suffix, frames stored in bf16; same
+/// bf16-rounded inputs and weights: 1e-5), `vae_im2col_f32`/`_bf16` (exact, 3 blocks for a longer grid-stride loop,
+/// frames stored in bf16), `vae_rms_norm_f32`
 /// and `vae_softmax_f32` (1e-6). This checks the CUDA source's indexing, staging, software pipelining, barriers,
 /// reductions and epilogues without a GPU (the mma fragment layout itself is taken from the ISA). Needs a C++20
 /// compiler (a visible skip otherwise).
@@ -111,10 +112,10 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
             }
             warp_barriers[warp]->arrive_and_wait();
         }
-        extern "C" void vae_conv_bf16(float*, const float*, const float*, const float*, const bf16*, const float*, int, int, int, int,
-                                      int, int, int, int, int, int, int, int, int, int, int);
-        extern "C" void vae_im2col_f32(float*, const float*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, long, long);
-        extern "C" void vae_im2col_bf16(bf16*, const float*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, long, long);
+        extern "C" void vae_conv_bf16(float*, const void*, const void*, const void*, const bf16*, const float*, int, int, int, int,
+                                      int, int, int, int, int, int, int, int, int, int, int, int);
+        extern "C" void vae_im2col_f32(float*, const void*, const void*, const void*, int, int, int, int, int, int, int, int, int, int, int, long, long, int);
+        extern "C" void vae_im2col_bf16(bf16*, const void*, const void*, const void*, int, int, int, int, int, int, int, int, int, int, int, long, long, int);
         extern "C" void vae_rms_norm_f32(float*, const float*, const float*, long, int, int);
         extern "C" void vae_softmax_f32(float*, long, int, float);
 
@@ -123,10 +124,29 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
         static float rnd() { seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17; return (float)((seed >> 11) * (1.0 / 9007199254740992.0)) * 2 - 1; }
         static float rounded(float v) { return bf(float_to_bf16(v)); }
 
+        // Input frame t of `frames`: random values, stored 16-byte aligned as device memory is, in bf16 where bit t of
+        // bf16_frames is set (the values then rounded to bf16, as the references read them), else in f32.
+        struct Frames {
+            std::vector<float> in[3];
+            std::vector<float4> buf[3];
+            const void* ptr[3] = {nullptr, nullptr, nullptr};
+            Frames(int frames, size_t count, int bf16_frames) {
+                for (int t = 0; t < frames; ++t) {
+                    const bool half = (bf16_frames >> t) & 1;
+                    in[t].resize(count);
+                    for (auto& v : in[t]) v = half ? rounded(rnd()) : rnd();
+                    buf[t].resize((count * 4 + 15) / 16);
+                    if (half) for (size_t i = 0; i < count; ++i) ((bf16*)buf[t].data())[i] = float_to_bf16(in[t][i]);
+                    else std::memcpy(buf[t].data(), in[t].data(), count * 4);
+                    ptr[t] = buf[t].data();
+                }
+            }
+        };
+
         static double run_case(int frames, int src_h, int src_w, int c, int up, int out_h, int out_w, int k, int stride, int pad, int cout,
-                               int skipped_taps, int accumulate) {
-            std::vector<std::vector<float>> in(frames, std::vector<float>(src_h * src_w * c));
-            for (auto& f : in) for (auto& v : f) v = rnd();
+                               int skipped_taps, int accumulate, int bf16_frames = 0) {
+            const Frames input(frames, (size_t)src_h * src_w * c, bf16_frames);
+            const std::vector<float>* in = input.in;
             const int width = frames * k * k * c, ldw = skipped_taps * k * k * c + width;
             std::vector<bf16> w(cout * ldw);
             for (auto& v : w) v = float_to_bf16(rnd() * 0.05f);
@@ -134,16 +154,13 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
             for (auto& v : bias) v = rnd();
             for (auto& v : y) v = rnd();
             std::vector<float> y0 = y;
-            // Buffers 16-byte aligned as device memory is.
-            std::vector<float4> fbuf[3];
-            const float* fp[3] = {nullptr, nullptr, nullptr};
-            for (int t = 0; t < frames; ++t) { fbuf[t].resize((in[t].size() + 3) / 4); std::memcpy(fbuf[t].data(), in[t].data(), in[t].size() * 4); fp[t] = (const float*)fbuf[t].data(); }
+            const void* const* fp = input.ptr;
             std::vector<uint4> wbuf((w.size() * 2 + 15) / 16);
             std::memcpy(wbuf.data(), w.data(), w.size() * 2);
             const bf16* wp = (const bf16*)wbuf.data() + (ldw - width);
             launch((out_h * out_w + 127) / 128, (cout + 63) / 64, [&] {
                 vae_conv_bf16(y.data(), fp[0], fp[1], fp[2], wp, bias.data(), frames, src_h, src_w, c, up, out_h, out_w, k, k, stride, pad, pad,
-                              cout, ldw, accumulate);
+                              cout, ldw, accumulate, bf16_frames);
             });
             double diff = 0, norm = 0;
             for (int p = 0; p < out_h * out_w; ++p) {
@@ -164,8 +181,8 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
                 }
             }
             const double rel = std::sqrt(diff / norm);
-            std::printf("frames %d %dx%d C %d up %d -> %dx%d x %d (k %d stride %d pad %d, skipped %d, acc %d): rel_l2 %.3e\\n", frames, src_h, src_w,
-                        c, up, out_h, out_w, cout, k, stride, pad, skipped_taps, accumulate, rel);
+            std::printf("frames %d %dx%d C %d up %d -> %dx%d x %d (k %d stride %d pad %d, skipped %d, acc %d, bf16 frames %d): rel_l2 %.3e\\n", frames,
+                        src_h, src_w, c, up, out_h, out_w, cout, k, stride, pad, skipped_taps, accumulate, bf16_frames, rel);
             return rel;
         }
 
@@ -178,22 +195,18 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
         }
 
         // im2col over `frames` frames for output rows [row0, row0 + rows) with 3 blocks (the grid-stride loop does the rest).
-        static double im2col_case(bool to_bf16, int frames, int src_h, int src_w, int c, int up, int out_w, int k, int stride, int pad, long row0, long rows) {
-            std::vector<float4> buf[3];
-            std::vector<float> in[3];
-            const float* fp[3] = {nullptr, nullptr, nullptr};
-            for (int t = 0; t < frames; ++t) {
-                in[t].resize(src_h * src_w * c);
-                for (auto& v : in[t]) v = rnd();
-                buf[t].resize((in[t].size() + 3) / 4);
-                std::memcpy(buf[t].data(), in[t].data(), in[t].size() * 4);
-                fp[t] = (const float*)buf[t].data();
-            }
+        static double im2col_case(bool to_bf16, int frames, int src_h, int src_w, int c, int up, int out_w, int k, int stride, int pad, long row0, long rows,
+                                  int bf16_frames = 0) {
+            const Frames input(frames, (size_t)src_h * src_w * c, bf16_frames);
+            const std::vector<float>* in = input.in;
+            const void* const* fp = input.ptr;
             const long width = (long)frames * k * k * c;
             std::vector<float4> col((rows * width + 3) / 4 + 1);
             launch(3, 1, [&] {
-                if (to_bf16) vae_im2col_bf16((bf16*)col.data(), fp[0], fp[1], fp[2], frames, src_h, src_w, c, up, out_w, k, k, stride, pad, pad, row0, rows);
-                else vae_im2col_f32((float*)col.data(), fp[0], fp[1], fp[2], frames, src_h, src_w, c, up, out_w, k, k, stride, pad, pad, row0, rows);
+                if (to_bf16) vae_im2col_bf16((bf16*)col.data(), fp[0], fp[1], fp[2], frames, src_h, src_w, c, up, out_w, k, k, stride, pad, pad, row0, rows,
+                                             bf16_frames);
+                else vae_im2col_f32((float*)col.data(), fp[0], fp[1], fp[2], frames, src_h, src_w, c, up, out_w, k, k, stride, pad, pad, row0, rows,
+                                    bf16_frames);
             });
             std::vector<double> got, want;
             for (long r = 0; r < rows; ++r) {
@@ -210,8 +223,8 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
             }
             for (long i = 0; i < rows * width; ++i) got.push_back(to_bf16 ? bf(((const bf16*)col.data())[i]) : ((const float*)col.data())[i]);
             char what[160];
-            std::snprintf(what, sizeof what, "vae_im2col_%s frames %d %dx%d C %d up %d k %d stride %d rows %ld+%ld", to_bf16 ? "bf16" : "f32", frames,
-                          src_h, src_w, c, up, k, stride, row0, rows);
+            std::snprintf(what, sizeof what, "vae_im2col_%s frames %d %dx%d C %d up %d k %d stride %d rows %ld+%ld bf16 frames %d", to_bf16 ? "bf16" : "f32",
+                          frames, src_h, src_w, c, up, k, stride, row0, rows, bf16_frames);
             // Exact: any difference is a failure.
             return report(what, got, want) == 0 ? 0 : 1;
         }
@@ -259,12 +272,16 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
             worst = std::fmax(worst, run_case(1, 10, 12, 64, 0, 5, 6, 3, 2, 0, 72, 0, 0));
             worst = std::fmax(worst, run_case(1, 4, 6, 32, 1, 8, 12, 3, 1, 1, 16, 0, 0));
             worst = std::fmax(worst, run_case(2, 7, 20, 96, 0, 7, 20, 1, 1, 0, 96, 1, 0));
+            worst = std::fmax(worst, run_case(3, 9, 15, 64, 0, 9, 15, 3, 1, 1, 40, 0, 1, 0b011));  // the causal state in bf16
             // The other kernels: pass/fail folded into worst (1 = failed).
             worst = std::fmax(worst, im2col_case(false, 3, 5, 7, 12, 0, 7, 3, 1, 1, 4, 29));
             worst = std::fmax(worst, im2col_case(true, 3, 5, 7, 16, 0, 7, 3, 1, 1, 2, 31));
             worst = std::fmax(worst, im2col_case(false, 1, 6, 10, 3, 0, 5, 3, 2, 0, 0, 15));
             worst = std::fmax(worst, im2col_case(true, 1, 3, 4, 3, 1, 8, 3, 1, 1, 0, 48));
             worst = std::fmax(worst, im2col_case(false, 2, 3, 5, 20, 0, 5, 1, 1, 0, 0, 15));
+            worst = std::fmax(worst, im2col_case(false, 3, 5, 7, 12, 0, 7, 3, 1, 1, 4, 29, 0b011));  // the causal state in bf16
+            worst = std::fmax(worst, im2col_case(false, 2, 5, 7, 3, 0, 7, 3, 1, 1, 0, 35, 0b01));
+            worst = std::fmax(worst, im2col_case(true, 3, 5, 7, 16, 0, 7, 3, 1, 1, 2, 31, 0b011));
             worst = std::fmax(worst, rms_case(37, 96, 0));
             worst = std::fmax(worst, rms_case(21, 384, 1));
             worst = std::fmax(worst, rms_case(9, 3, 1));

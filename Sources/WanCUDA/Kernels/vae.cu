@@ -4,7 +4,8 @@
 //   vae_im2col_f32/_bf16: the columns of a conv for a range of output pixels of one frame, over 1-3 input frames
 //                     (a causal conv's history and the new frame, or the three frames of the temporal downsampler),
 //                     with zero padding, stride and an optional nearest-2x upsampling of the input folded in; in f32
-//                     or rounded to bf16 (the bf16 products).
+//                     or rounded to bf16 (the bf16 products). Any input frame may be stored in bf16 (`bf16_frames`:
+//                     the causal state at bf16 precision).
 //   vae_rms_norm_f32: the official RMS_norm over channels, y = x / max(||x||, 1e-12) * sqrt(C) * gamma, then SiLU
 //                     when `silu` is 1 (the residual blocks and the head); out may equal x.
 //   vae_softmax_f32:  softmax(scale * s) along each row, in place (the per-frame attention's scores).
@@ -17,19 +18,31 @@
 // ix = ox * stride - pad_left + kx, and 0 where (iy, ix) lies outside the input. X_t is frame t of (f0, f1, f2), the
 // oldest first; only the first `frames` pointers are read. With up = 1 the input is the nearest-2x upsampling of the
 // stored src_h x src_w frame (input size 2 src_h x 2 src_w, X(iy, ix) = src(iy / 2, ix / 2)); with up = 0 it is the
-// stored frame. C % 4 == 0 moves four channels per thread (frames 16-byte and col 16 (f32) / 8 (bf16) byte aligned,
-// as device buffers are). The frames are f32; `vae_im2col_bf16` writes the columns rounded to bf16 (to nearest even)
-// for the bf16 products. The host keeps rows * frames * kh * kw * C below 2^31. Launch: any grid (grid-stride loop),
-// e.g. 256 threads.
+// stored frame. X_t is stored in f32, or in bf16 where bit t of `bf16_frames` is set (exact: a bf16 value is a
+// float). C % 4 == 0 moves four channels per thread (frames 16-byte and col 16 (f32) / 8 (bf16) byte aligned, as
+// device buffers are). `vae_im2col_bf16` writes the columns rounded to bf16 (to nearest even) for the bf16 products.
+// The host keeps rows * frames * kh * kw * C below 2^31. Launch: any grid (grid-stride loop), e.g. 256 threads.
 __device__ __forceinline__ void store4(float* dst, float4 v) { *reinterpret_cast<float4*>(dst) = v; }
 __device__ __forceinline__ void store4(bf16* dst, float4 v) {
     *reinterpret_cast<uint2*>(dst) = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
 }
 
+// Element i of frame f (i a multiple of 4 for load4), stored in bf16 (`half`) or f32, as floats.
+__device__ __forceinline__ float4 load4(const void* f, bool half, long i) {
+    if (!half) return *reinterpret_cast<const float4*>(static_cast<const float*>(f) + i);
+    const uint2 u = *reinterpret_cast<const uint2*>(static_cast<const bf16*>(f) + i);
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                       __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ float load1(const void* f, bool half, long i) {
+    return half ? load_float(static_cast<const bf16*>(f), i) : load_float(static_cast<const float*>(f), i);
+}
+
 template <typename T>
-__device__ __forceinline__ void im2col_body(T* col, const float* f0, const float* f1, const float* f2, int frames,
+__device__ __forceinline__ void im2col_body(T* col, const void* f0, const void* f1, const void* f2, int frames,
                                             int src_h, int src_w, int channels, int up, int out_w, int kh, int kw,
-                                            int stride, int pad_top, int pad_left, long row0, long rows) {
+                                            int stride, int pad_top, int pad_left, long row0, long rows,
+                                            int bf16_frames) {
     const unsigned vec = (channels & 3) == 0 ? 4u : 1u;
     const unsigned groups = (unsigned)channels / vec;
     const unsigned window = (unsigned)(kh * kw);
@@ -47,30 +60,33 @@ __device__ __forceinline__ void im2col_body(T* col, const float* f0, const float
         const unsigned t = tap / window, k = tap - t * window;
         const int ky = (int)(k / (unsigned)kw), kx = (int)(k - (unsigned)ky * (unsigned)kw);
         const int iy = oy * stride - pad_top + ky, ix = ox * stride - pad_left + kx;
-        const float* f = t == 0 ? f0 : (t == 1 ? f1 : f2);
+        const void* f = t == 0 ? f0 : (t == 1 ? f1 : f2);
+        const bool half = (bf16_frames >> t) & 1;
         T* dst = col + (long)r * width + (long)tap * channels + (long)g * vec;
         const bool inside = iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
         const long src = inside ? ((long)(iy >> up) * src_w + (ix >> up)) * channels + (long)g * vec : 0;
         if (vec == 4u) {
-            store4(dst, inside ? *reinterpret_cast<const float4*>(f + src) : make_float4(0.0f, 0.0f, 0.0f, 0.0f));
+            store4(dst, inside ? load4(f, half, src) : make_float4(0.0f, 0.0f, 0.0f, 0.0f));
         } else {
-            store_float(dst, 0, inside ? f[src] : 0.0f);
+            store_float(dst, 0, inside ? load1(f, half, src) : 0.0f);
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-vae_im2col_f32(float* col, const float* f0, const float* f1, const float* f2, int frames, int src_h, int src_w,
+vae_im2col_f32(float* col, const void* f0, const void* f1, const void* f2, int frames, int src_h, int src_w,
                int channels, int up, int out_w, int kh, int kw, int stride, int pad_top, int pad_left, long row0,
-               long rows) {
-    im2col_body(col, f0, f1, f2, frames, src_h, src_w, channels, up, out_w, kh, kw, stride, pad_top, pad_left, row0, rows);
+               long rows, int bf16_frames) {
+    im2col_body(col, f0, f1, f2, frames, src_h, src_w, channels, up, out_w, kh, kw, stride, pad_top, pad_left, row0, rows,
+                bf16_frames);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-vae_im2col_bf16(bf16* col, const float* f0, const float* f1, const float* f2, int frames, int src_h, int src_w,
+vae_im2col_bf16(bf16* col, const void* f0, const void* f1, const void* f2, int frames, int src_h, int src_w,
                 int channels, int up, int out_w, int kh, int kw, int stride, int pad_top, int pad_left, long row0,
-                long rows) {
-    im2col_body(col, f0, f1, f2, frames, src_h, src_w, channels, up, out_w, kh, kw, stride, pad_top, pad_left, row0, rows);
+                long rows, int bf16_frames) {
+    im2col_body(col, f0, f1, f2, frames, src_h, src_w, channels, up, out_w, kh, kw, stride, pad_top, pad_left, row0, rows,
+                bf16_frames);
 }
 
 // x, out: [rows, channels]; gamma: [channels]. One warp per row (grid-stride over rows): launch 256 threads (8 rows
@@ -133,9 +149,10 @@ vae_softmax_f32(float* s, long rows, int cols, float scale) {
 // vae_im2col_bf16's columns and a conv's bf16 weights without writing the columns to memory:
 //   y[p, o] = bias[o] + sum over (t, ky, kx, c) of bf16(X_t[iy, ix, c]) * w[o * ldw + ((t * kh + ky) * kw + kx) * C + c]
 //             (+ y[p, o] when accumulate = 1)
-// with p, (iy, ix), X_t and `up` as in vae_im2col_f32; w holds out_channels rows, `ldw` apart, whose first
-// frames * kh * kw * C entries are the taps of the frames given (a suffix of the conv's [Cout, kt, kh, kw, Cin] rows);
-// y: [out_h * out_w, out_channels] f32. Requires channels % 32 == 0 and ldw % 8 == 0, frames and w 16-byte aligned.
+// with p, (iy, ix), X_t (f32, or bf16 where bit t of `bf16_frames` is set) and `up` as in vae_im2col_f32; w holds
+// out_channels rows, `ldw` apart, whose first frames * kh * kw * C entries are the taps of the frames given (a suffix
+// of the conv's [Cout, kt, kh, kw, Cin] rows); y: [out_h * out_w, out_channels] f32. Requires channels % 32 == 0 and
+// ldw % 8 == 0, frames and w 16-byte aligned.
 // Tile: 128 pixels x 64 output channels per block of 256 threads (8 warps as 4 x 2, each 32 pixels x 32 channels =
 // 2 x 4 mma tiles), K in steps of 32 channels of one tap staged through shared memory, the next step's loads in
 // flight during this step's products (fragment layouts as in attention.cu). Launch: grid (ceil(out_h * out_w / 128), ceil(out_channels / 64)), block 256.
@@ -161,10 +178,16 @@ __device__ __forceinline__ void vae_mma_bf16(float* d, unsigned a0, unsigned a1,
 
 __device__ __forceinline__ unsigned lds_bf16x2(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
+// Eight f32 (the raw bits of a, then b) rounded to eight bf16.
+__device__ __forceinline__ uint4 pack_bf16x8(uint4 a, uint4 b) {
+    return make_uint4(pack_bf16x2(__uint_as_float(a.x), __uint_as_float(a.y)), pack_bf16x2(__uint_as_float(a.z), __uint_as_float(a.w)),
+                      pack_bf16x2(__uint_as_float(b.x), __uint_as_float(b.y)), pack_bf16x2(__uint_as_float(b.z), __uint_as_float(b.w)));
+}
+
 extern "C" __global__ void __launch_bounds__(256)
-vae_conv_bf16(float* y, const float* f0, const float* f1, const float* f2, const bf16* w, const float* bias, int frames,
+vae_conv_bf16(float* y, const void* f0, const void* f1, const void* f2, const bf16* w, const float* bias, int frames,
               int src_h, int src_w, int channels, int up, int out_h, int out_w, int kh, int kw, int stride, int pad_top,
-              int pad_left, int out_channels, int ldw, int accumulate) {
+              int pad_left, int out_channels, int ldw, int accumulate, int bf16_frames) {
     __shared__ __align__(16) bf16 a_tile[CV_BM * CV_STRIDE];
     __shared__ __align__(16) bf16 b_tile[CV_BN * CV_STRIDE];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -196,33 +219,38 @@ vae_conv_bf16(float* y, const float* f0, const float* f1, const float* f2, const
     // K steps: (tap, 32-channel chunk) pairs. The next step's global loads are issued before this step's products
     // (kept in registers, stored to shared memory after the barrier), so their latency overlaps the mma work.
     const int window = kh * kw, chunks = channels / CV_BK, steps = frames * window * chunks;
-    // The loads land in registers as they are (f32 pixels, bf16 weights); rounding the pixels to bf16 waits for the
-    // next store, so nothing between the loads and the products depends on them.
-    float4 va[4];
+    // The loads land in registers as they are (the 16 pixels' raw bits: 4 x 4 f32, or 2 x 8 bf16 from a bf16 frame;
+    // bf16 weights); rounding f32 pixels to bf16 waits for the next store, so nothing between the loads and the
+    // products depends on them.
+    uint4 va[4];
+    bool va_bf16 = false;
     uint4 bv;
     auto fetch = [&](int step) {
         const int tap = step / chunks, c0 = (step - tap * chunks) * CV_BK;
         const int t = tap / window, k = tap - t * window;
         const int ky = k / kw, kx = k - ky * kw;
-        const float* f = t == 0 ? f0 : (t == 1 ? f1 : f2);
+        const void* f = t == 0 ? f0 : (t == 1 ? f1 : f2);
+        va_bf16 = (bf16_frames >> t) & 1;
         const int iy = aoy * stride - pad_top + ky, ix = aox * stride - pad_left + kx;
         if (a_pixel && iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
-            const float4* s = reinterpret_cast<const float4*>(f + ((long)(iy >> up) * src_w + (ix >> up)) * channels + a_col + c0);
+            const long at = ((long)(iy >> up) * src_w + (ix >> up)) * channels + a_col + c0;
+            const uint4* s = va_bf16 ? reinterpret_cast<const uint4*>(static_cast<const bf16*>(f) + at)
+                                     : reinterpret_cast<const uint4*>(static_cast<const float*>(f) + at);
+            const int loads = va_bf16 ? 2 : 4;  // 16 channels: 32 bytes of bf16 or 64 of f32
 #pragma unroll
-            for (int j = 0; j < 4; ++j) va[j] = s[j];
+            for (int j = 0; j < 4; ++j)
+                if (j < loads) va[j] = s[j];
         } else {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) va[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            for (int j = 0; j < 4; ++j) va[j] = make_uint4(0u, 0u, 0u, 0u);
         }
         bv = b_channel ? *reinterpret_cast<const uint4*>(w_row + (long)tap * channels + c0) : make_uint4(0u, 0u, 0u, 0u);
     };
     fetch(0);
     for (int step = 0; step < steps; ++step) {
         uint4* a_dst = reinterpret_cast<uint4*>(&a_tile[a_row * CV_STRIDE + a_col]);
-        a_dst[0] = make_uint4(pack_bf16x2(va[0].x, va[0].y), pack_bf16x2(va[0].z, va[0].w), pack_bf16x2(va[1].x, va[1].y),
-                              pack_bf16x2(va[1].z, va[1].w));
-        a_dst[1] = make_uint4(pack_bf16x2(va[2].x, va[2].y), pack_bf16x2(va[2].z, va[2].w), pack_bf16x2(va[3].x, va[3].y),
-                              pack_bf16x2(va[3].z, va[3].w));
+        a_dst[0] = va_bf16 ? va[0] : pack_bf16x8(va[0], va[1]);
+        a_dst[1] = va_bf16 ? va[1] : pack_bf16x8(va[2], va[3]);
         *reinterpret_cast<uint4*>(&b_tile[b_row * CV_STRIDE + b_col]) = bv;
         __syncthreads();
         if (step + 1 < steps) fetch(step + 1);
