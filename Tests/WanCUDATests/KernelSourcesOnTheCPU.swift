@@ -1,0 +1,210 @@
+import Foundation
+import XCTest
+import WanCUDA
+
+/// Runs kernels of Sources/WanCUDA/Kernels from their CUDA source on the CPU, for the *KernelSourcesOnTheCPU tests: each
+/// `.cu` file compiled as C++20 behind `shim` (CUDA's qualifiers, vector types and built-ins), a test's driver behind
+/// `host` (the execution model: one std::thread per CUDA thread of a block, blocks one after another; `__syncthreads`
+/// a barrier of the block, `__shfl_xor_sync`/`__shfl_sync` and the warp's `mma.sync.m16n8k16` exchanges among its 32
+/// lanes, the mma's fragments laid out as the PTX ISA documents them; a kernel's inline PTX stays under
+/// `__CUDA_ARCH__` with a call of the host's mma beside it). Built with AddressSanitizer where the compiler has it, so
+/// a kernel that reads or writes past a buffer stops the run. Drivers print one line per case and `max_rel <x>` last.
+enum KernelSourcesOnTheCPU {
+    static let shim = #"""
+        // CUDA built-ins for running Kernels/*.cu on the CPU (Tests/WanCUDATests): one std::thread per CUDA thread of a
+        // block, blocks one after another; __syncthreads is a barrier of the block, the shuffles and mma.sync are
+        // warp-collective exchanges (kernel_host.h defines them). Included before the kernel's own text.
+        #include <barrier>
+        #include <cmath>
+        #include <cstring>
+        #include <cstdint>
+        #define __global__
+        #define __device__
+        #define __forceinline__ inline
+        #define __launch_bounds__(...)
+        #define __shared__ static
+        #define __align__(n) __attribute__((aligned(n)))
+        struct HostDim3 { unsigned x, y, z; };
+        extern HostDim3 blockIdx, blockDim, gridDim;
+        extern thread_local HostDim3 threadIdx;
+        struct alignas(16) float4 { float x, y, z, w; };
+        struct alignas(16) uint4 { unsigned x, y, z, w; };
+        struct alignas(8) uint2 { unsigned x, y; };
+        static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+        static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+        static inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
+        static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+        static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+        static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+        static inline int min(int a, int b) { return a < b ? a : b; }
+        static inline int max(int a, int b) { return a > b ? a : b; }
+        static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+        float __shfl_xor_sync(unsigned mask, float v, int offset);
+        float __shfl_sync(unsigned mask, float v, int source_lane);
+        void __syncthreads();
+        // The warp's mma.sync.m16n8k16 (bf16 in, f32 accumulators) from the fragments its 32 lanes hand over.
+        void mma_bf16_16816_host(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1);
+        #define vae_mma_bf16_host mma_bf16_16816_host
+        """#
+
+    static let host = #"""
+        // The CUDA execution model on the CPU for kernels compiled from their .cu source (shim.h declares what the kernels
+        // call): launch() runs every thread of a block as a std::thread, blocks one after another; barriers and warp
+        // exchanges follow. Plus what every driver needs: bf16 bits <-> float, random numbers, the rel_l2 report.
+        // Include once, in the driver.
+        #include "shim.h"
+        #include "common.cuh"
+        #include <cstdio>
+        #include <cstdlib>
+        #include <memory>
+        #include <thread>
+        #include <vector>
+        HostDim3 blockIdx, blockDim, gridDim;
+        thread_local HostDim3 threadIdx;
+        static std::unique_ptr<std::barrier<>> block_barrier;
+        static std::unique_ptr<std::barrier<>> warp_barriers[32];
+        static unsigned exchange[32][32][6];
+        static float shuffled[32][32];
+        void __syncthreads() { block_barrier->arrive_and_wait(); }
+        // Every lane of the warp hands over v and gets the value of lane `source` (all 32 lanes take part, as the kernels'
+        // FULL_MASK says).
+        static float warp_exchange(float v, int source) {
+            const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+            shuffled[warp][lane] = v;
+            warp_barriers[warp]->arrive_and_wait();
+            const float r = shuffled[warp][source & 31];
+            warp_barriers[warp]->arrive_and_wait();
+            return r;
+        }
+        float __shfl_xor_sync(unsigned, float v, int offset) { return warp_exchange(v, (threadIdx.x % 32) ^ offset); }
+        float __shfl_sync(unsigned, float v, int source_lane) { return warp_exchange(v, source_lane); }
+
+        // Runs `body` as every thread of a grid of blocks of `threads` threads (a multiple of 32), one block after another.
+        template <typename Body> static void launch(HostDim3 grid, unsigned threads, Body body) {
+            if (threads % 32 != 0 || threads > 1024) { std::printf("launch: %u threads per block\n", threads); std::exit(2); }
+            blockDim = {threads, 1, 1};
+            gridDim = grid;
+            for (unsigned bz = 0; bz < grid.z; ++bz) for (unsigned by = 0; by < grid.y; ++by) for (unsigned bx = 0; bx < grid.x; ++bx) {
+                blockIdx = {bx, by, bz};
+                block_barrier = std::make_unique<std::barrier<>>(threads);
+                for (unsigned w = 0; w < threads / 32; ++w) warp_barriers[w] = std::make_unique<std::barrier<>>(32);
+                std::vector<std::thread> team;
+                for (unsigned tid = 0; tid < threads; ++tid) team.emplace_back([&, tid] { threadIdx = {tid, 0, 0}; body(); });
+                for (auto& th : team) th.join();
+            }
+        }
+        template <typename Body> static void launch(unsigned gx, unsigned gy, Body body) { launch({gx, gy, 1}, 256, body); }
+
+        static float bf(unsigned bits16) { return __uint_as_float(bits16 << 16); }
+        void mma_bf16_16816_host(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+            const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+            unsigned* mine = exchange[warp][lane];
+            mine[0] = a0; mine[1] = a1; mine[2] = a2; mine[3] = a3; mine[4] = b0; mine[5] = b1;
+            warp_barriers[warp]->arrive_and_wait();
+            // PTX ISA m16n8k16 (.bf16): g = lane / 4, t = lane % 4, low half = lower column (A) or row (B).
+            float A[16][16], B[16][8];
+            for (int l = 0; l < 32; ++l) {
+                const int g = l / 4, t = l % 4;
+                const unsigned* e = exchange[warp][l];
+                for (int h = 0; h < 2; ++h) {
+                    A[g][2 * t + h] = bf((e[0] >> (16 * h)) & 0xffff);
+                    A[g + 8][2 * t + h] = bf((e[1] >> (16 * h)) & 0xffff);
+                    A[g][2 * t + 8 + h] = bf((e[2] >> (16 * h)) & 0xffff);
+                    A[g + 8][2 * t + 8 + h] = bf((e[3] >> (16 * h)) & 0xffff);
+                    B[2 * t + h][g] = bf((e[4] >> (16 * h)) & 0xffff);
+                    B[2 * t + 8 + h][g] = bf((e[5] >> (16 * h)) & 0xffff);
+                }
+            }
+            const int g = lane / 4, t = lane % 4;
+            const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+            for (int i = 0; i < 4; ++i) {
+                float s = d[i];
+                for (int k = 0; k < 16; ++k) s += A[rows[i]][k] * B[k][cols[i]];
+                d[i] = s;
+            }
+            warp_barriers[warp]->arrive_and_wait();
+        }
+
+        static unsigned long long seed = 88172645463325252ull;
+        static float rnd() { seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17; return (float)((seed >> 11) * (1.0 / 9007199254740992.0)) * 2 - 1; }
+        static float rounded(float v) { return bf(float_to_bf16(v)); }
+
+        // rel_l2 = ||got - want|| / ||want|| (infinite where the sizes differ or got has a NaN), printed after `what`.
+        static double report(const char* what, const std::vector<double>& got, const std::vector<double>& want) {
+            double diff = 0, norm = 0;
+            for (size_t i = 0; i < got.size() && i < want.size(); ++i) { diff += (got[i] - want[i]) * (got[i] - want[i]); norm += want[i] * want[i]; }
+            const double rel = got.size() == want.size() && !std::isnan(diff) ? std::sqrt(diff / (norm > 0 ? norm : 1)) : INFINITY;
+            std::printf("%s: rel_l2 %.3e\n", what, rel);
+            return rel;
+        }
+        """#
+
+    static func compiler() -> String? {
+        let paths = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+        for name in ["g++", "clang++", "c++"] {
+            for dir in paths where FileManager.default.isExecutableFile(atPath: dir + "/" + name) { return dir + "/" + name }
+        }
+        return nil
+    }
+
+    /// Runs a program; its stdout and stderr together.
+    static func run(_ executable: String, _ arguments: [String], in directory: URL? = nil,
+                    environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        if let directory { process.currentDirectoryURL = directory }
+        process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+    }
+
+    /// Compiles `modules` (file names in Kernels/) and `driver` for the CPU and runs the program in a scratch folder
+    /// that also holds `files` (inputs a driver reads by name); its output, printed. A visible skip without a C++20
+    /// compiler; a failed build or run fails the test.
+    static func buildAndRun(modules: [String], driver: String, files: [String: Data] = [:]) throws -> String {
+        guard let cxx = compiler() else { throw XCTSkip("no C++ compiler (g++, clang++, c++) on PATH: \(modules.joined(separator: ", ")) not run on the CPU") }
+        let sources = try KernelSources.load()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wankit-kernels-on-cpu-\(getpid())-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for (name, text) in sources.headers { try text.write(to: dir.appendingPathComponent(name), atomically: true, encoding: .utf8) }
+        try shim.write(to: dir.appendingPathComponent("shim.h"), atomically: true, encoding: .utf8)
+        try host.write(to: dir.appendingPathComponent("kernel_host.h"), atomically: true, encoding: .utf8)
+        for (name, data) in files { try data.write(to: dir.appendingPathComponent(name)) }
+        var units: [String] = []
+        for module in modules {
+            let text = try XCTUnwrap(sources.modules[module], "\(module) is not among \(sources.moduleNames)")
+            let unit = dir.appendingPathComponent(module.replacingOccurrences(of: ".cu", with: "_host.cpp")).path
+            try ("#include \"shim.h\"\n" + text).write(toFile: unit, atomically: true, encoding: .utf8)
+            units.append(unit)
+        }
+        let driverPath = dir.appendingPathComponent("driver.cpp").path
+        try driver.write(toFile: driverPath, atomically: true, encoding: .utf8)
+        let binary = dir.appendingPathComponent("kernels_on_cpu").path
+        let flags = ["-std=c++20", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-pthread", "-Wno-unknown-pragmas", "-I", dir.path, "-o", binary]
+        var build = try run(cxx, ["-fsanitize=address"] + flags + units + [driverPath])
+        if build.status != 0 && build.output.contains("asan") { build = try run(cxx, flags + units + [driverPath]) }  // no AddressSanitizer
+        guard build.status == 0 else {
+            if build.output.contains("barrier") { throw XCTSkip("\(cxx) has no C++20 std::barrier: \(modules.joined(separator: ", ")) not run on the CPU") }
+            XCTFail("\(cxx) could not build \(modules.joined(separator: ", ")) for the CPU:\n\(build.output)")
+            return build.output
+        }
+        let result = try run(binary, [], in: dir, environment: ["ASAN_OPTIONS": "detect_leaks=0"])
+        print(result.output)
+        XCTAssertEqual(result.status, 0, result.output)
+        return result.output
+    }
+
+    /// The value of the driver's last line, `max_rel <x>` (infinity where it is missing).
+    static func maxRel(_ output: String) -> Double {
+        let last = output.split(separator: "\n").last.map(String.init) ?? ""
+        guard last.hasPrefix("max_rel ") else { return .infinity }
+        return Double(last.dropFirst("max_rel ".count)) ?? .infinity
+    }
+}
