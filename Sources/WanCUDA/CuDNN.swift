@@ -374,7 +374,9 @@ public final class CuDNNAttention {
     /// S = Q·Kᵀ (f32) -> S·scale -> [mask: index < seq_len for rows and columns, else -inf] -> softmax (max, sub,
     /// exp, sum, log+max as a virtual stats tensor, div -> bf16 P) -> O = P·V. Needs the library only (a machine
     /// with libcuda.so.1, since cuDNN loads its engine libraries at the first finalize), not a GPU.
-    public static func operations(_ cudnn: CuDNN, _ s: Shape) throws -> Operations {
+    /// `virtualStats`: the softmax also computes max + log(sum) into a virtual tensor (what cudnn-frontend 1.x emits
+    /// today for inference); false: the older inference form without it (tried when the first gets no engine).
+    public static func operations(_ cudnn: CuDNN, _ s: Shape, virtualStats: Bool = true) throws -> Operations {
         typealias C = CuDNNConstants
         let b = Int64(s.batch), h = Int64(s.heads), sq = Int64(s.lq), skv = Int64(s.lk), d = Int64(s.headDim)
         var nextVirtual: Int64 = 100
@@ -493,10 +495,12 @@ public final class CuDNNAttention {
         try pointwise(C.POINTWISE_EXP, "EXP", x: shifted, y: exps)
         let sums = try virtualRows()
         try reduction(C.REDUCE_ADD, "ADD", x: exps, y: sums)
-        let logs = try virtualRows()
-        try pointwise(C.POINTWISE_LOG, "LOG", x: sums, y: logs)
-        let stats = try virtualRows()
-        try pointwise(C.POINTWISE_ADD, "ADD", x: maxRows, b: logs, y: stats)
+        if virtualStats {
+            let logs = try virtualRows()
+            try pointwise(C.POINTWISE_LOG, "LOG", x: sums, y: logs)
+            let stats = try virtualRows()
+            try pointwise(C.POINTWISE_ADD, "ADD", x: maxRows, b: logs, y: stats)
+        }
         let p = try virtualScores(C.DATA_BFLOAT16)
         try pointwise(C.POINTWISE_DIV, "DIV", x: exps, b: sums, y: p)
         // O = P·V.
@@ -573,45 +577,46 @@ public final class CuDNNAttention {
             throw CUDAError.callFailed(call: "cuDNN SDPA", code: -1, message: "head_dim \(shape.headDim) is not a multiple of 8 up to 256")
         }
         try context.makeCurrent()
-        let ops = try Self.operations(cudnn, shape)
-        let graph = try cudnn.descriptor(C.OPERATIONGRAPH_DESCRIPTOR)
-        try graph.set(C.ATTR_OPERATIONGRAPH_HANDLE, handle: handle)
-        try graph.set(C.ATTR_OPERATIONGRAPH_OPS, descriptors: ops.operations)
-        try graph.finalize()
-
         var tried = 0
         var lastError: CUDAError?
-        for mode in [C.HEUR_MODE_A, C.HEUR_MODE_FALLBACK] {
-            let heuristic = try cudnn.descriptor(C.ENGINEHEUR_DESCRIPTOR)
-            try heuristic.set(C.ATTR_ENGINEHEUR_OPERATION_GRAPH, descriptors: [graph])
-            try heuristic.set(C.ATTR_ENGINEHEUR_MODE, C.TYPE_HEUR_MODE, [mode])
-            do { try heuristic.finalize() } catch let error as CUDAError { lastError = error; continue }
-            var count: Int64 = 0
-            try cudnn.check(cudnn.getAttribute(heuristic.raw, C.ATTR_ENGINEHEUR_RESULTS, C.TYPE_BACKEND_DESCRIPTOR, 0, &count, nil),
-                            "cudnnBackendGetAttribute(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, CUDNN_ATTR_ENGINEHEUR_RESULTS count)")
-            guard count > 0 else { continue }
-            let configs = try (0..<Int(count)).map { _ in try cudnn.descriptor(C.ENGINECFG_DESCRIPTOR) }
-            var raws: [OpaquePointer?] = configs.map { $0.raw }
-            var returned: Int64 = 0
-            try cudnn.check(cudnn.getAttribute(heuristic.raw, C.ATTR_ENGINEHEUR_RESULTS, C.TYPE_BACKEND_DESCRIPTOR, count, &returned, &raws),
-                            "cudnnBackendGetAttribute(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, CUDNN_ATTR_ENGINEHEUR_RESULTS)")
-            for config in configs.prefix(Int(returned)) {
-                tried += 1
-                do {
-                    let plan = try cudnn.descriptor(C.EXECUTION_PLAN_DESCRIPTOR)
-                    try plan.set(C.ATTR_EXECUTION_PLAN_HANDLE, handle: handle)
-                    try plan.set(C.ATTR_EXECUTION_PLAN_ENGINE_CONFIG, descriptors: [config])
-                    try plan.finalize()
-                    let workspaceBytes = Int(try plan.getInt64(C.ATTR_EXECUTION_PLAN_WORKSPACE_SIZE))
-                    var seqLenQ: DeviceBuffer? = nil
-                    if shape.masked {
-                        let buffer = try context.allocate(bytes: 4 * shape.batch)
-                        try buffer.upload([Int32](repeating: Int32(shape.lq), count: shape.batch))
-                        seqLenQ = buffer
+        for virtualStats in [true, false] {
+            let ops = try Self.operations(cudnn, shape, virtualStats: virtualStats)
+            let graph = try cudnn.descriptor(C.OPERATIONGRAPH_DESCRIPTOR)
+            try graph.set(C.ATTR_OPERATIONGRAPH_HANDLE, handle: handle)
+            try graph.set(C.ATTR_OPERATIONGRAPH_OPS, descriptors: ops.operations)
+            do { try graph.finalize() } catch let error as CUDAError { lastError = error; continue }
+            for mode in [C.HEUR_MODE_A, C.HEUR_MODE_FALLBACK] {
+                let heuristic = try cudnn.descriptor(C.ENGINEHEUR_DESCRIPTOR)
+                try heuristic.set(C.ATTR_ENGINEHEUR_OPERATION_GRAPH, descriptors: [graph])
+                try heuristic.set(C.ATTR_ENGINEHEUR_MODE, C.TYPE_HEUR_MODE, [mode])
+                do { try heuristic.finalize() } catch let error as CUDAError { lastError = error; continue }
+                var count: Int64 = 0
+                try cudnn.check(cudnn.getAttribute(heuristic.raw, C.ATTR_ENGINEHEUR_RESULTS, C.TYPE_BACKEND_DESCRIPTOR, 0, &count, nil),
+                                "cudnnBackendGetAttribute(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, CUDNN_ATTR_ENGINEHEUR_RESULTS count)")
+                guard count > 0 else { continue }
+                let configs = try (0..<Int(count)).map { _ in try cudnn.descriptor(C.ENGINECFG_DESCRIPTOR) }
+                var raws: [OpaquePointer?] = configs.map { $0.raw }
+                var returned: Int64 = 0
+                try cudnn.check(cudnn.getAttribute(heuristic.raw, C.ATTR_ENGINEHEUR_RESULTS, C.TYPE_BACKEND_DESCRIPTOR, count, &returned, &raws),
+                                "cudnnBackendGetAttribute(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, CUDNN_ATTR_ENGINEHEUR_RESULTS)")
+                for config in configs.prefix(Int(returned)) {
+                    tried += 1
+                    do {
+                        let plan = try cudnn.descriptor(C.EXECUTION_PLAN_DESCRIPTOR)
+                        try plan.set(C.ATTR_EXECUTION_PLAN_HANDLE, handle: handle)
+                        try plan.set(C.ATTR_EXECUTION_PLAN_ENGINE_CONFIG, descriptors: [config])
+                        try plan.finalize()
+                        let workspaceBytes = Int(try plan.getInt64(C.ATTR_EXECUTION_PLAN_WORKSPACE_SIZE))
+                        var seqLenQ: DeviceBuffer? = nil
+                        if shape.masked {
+                            let buffer = try context.allocate(bytes: 4 * shape.batch)
+                            try buffer.upload([Int32](repeating: Int32(shape.lq), count: shape.batch))
+                            seqLenQ = buffer
+                        }
+                        return Plan(shape: shape, plan: plan, graph: graph, operations: ops, workspaceBytes: workspaceBytes, seqLenQ: seqLenQ)
+                    } catch let error as CUDAError {
+                        lastError = error
                     }
-                    return Plan(shape: shape, plan: plan, graph: graph, operations: ops, workspaceBytes: workspaceBytes, seqLenQ: seqLenQ)
-                } catch let error as CUDAError {
-                    lastError = error
                 }
             }
         }

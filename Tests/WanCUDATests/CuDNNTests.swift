@@ -119,6 +119,7 @@ final class CuDNNTests: XCTestCase {
         XCTAssertTrue(text.contains("cudnn-check: loaded"), text.suffix(4000).description)
         XCTAssertTrue(text.contains("cudnn-check: unmasked 10 operations"), text.suffix(4000).description)
         XCTAssertTrue(text.contains("cudnn-check: masked 16 operations"), text.suffix(4000).description)
+        XCTAssertTrue(text.contains("cudnn-check: without stats 8 operations"), text.suffix(4000).description)
         XCTAssertTrue(text.contains("cudnn-check: no handle without a GPU"), text.suffix(4000).description)
     }
 
@@ -137,6 +138,9 @@ final class CuDNNTests: XCTestCase {
             let ops = try CuDNNAttention.operations(cudnn, shape)
             print("cudnn-check: \(shape.masked ? "masked" : "unmasked") \(ops.kinds.count) operations finalized for \(shape): \(ops.kinds.joined(separator: ", "))")
         }
+        let plain = try CuDNNAttention.operations(cudnn, CuDNNAttention.Shape(batch: 1, lq: 32760, lk: 32760, heads: 12, headDim: 128, masked: false),
+                                                  virtualStats: false)
+        print("cudnn-check: without stats \(plain.kinds.count) operations finalized: \(plain.kinds.joined(separator: ", "))")
         // A handle needs a GPU: cudnnCreate must fail, by name, not crash.
         do {
             let context = try CUDAContext()
