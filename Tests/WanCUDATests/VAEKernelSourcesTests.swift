@@ -3,9 +3,9 @@ import XCTest
 import WanCUDA
 
 /// The kernels of Kernels/vae.cu themselves, compiled as C++ for this CPU and run with one thread per CUDA thread of a
-/// block (blocks one after another): `__syncthreads` is a barrier of the block's 256 threads, `__shared__` arrays are
-/// shared by them, `__shfl_xor_sync` and the warp's `mma.sync.m16n8k16` are exchanges among the 32 lanes (the mma's
-/// fragments laid out as the PTX ISA documents them, the layout attention.cu uses). Against float64 references on
+/// block (blocks one after another, KernelSourcesOnTheCPU): `__syncthreads` is a barrier of the block's 256 threads,
+/// `__shared__` arrays are shared by them, `__shfl_xor_sync` and the warp's `mma.sync.m16n8k16` are exchanges among the
+/// 32 lanes (the mma's fragments laid out as the PTX ISA documents them, the layout attention.cu uses). Against float64 references on
 /// awkward shapes: `vae_conv_bf16` (partial tiles, +=, stride 2, 2x up, a weight-row suffix, frames stored in bf16; same
 /// bf16-rounded inputs and weights: 1e-5), `vae_im2col_f32`/`_bf16` (exact, 3 blocks for a longer grid-stride loop,
 /// frames stored in bf16), `vae_rms_norm_f32`
@@ -13,105 +13,10 @@ import WanCUDA
 /// reductions and epilogues without a GPU (the mma fragment layout itself is taken from the ISA). Needs a C++20
 /// compiler (a visible skip otherwise).
 final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
-    static let shim = """
-        // CUDA built-ins for running Kernels/vae.cu on the CPU: one std::thread per CUDA thread of a block, blocks one after
-        // another; __syncthreads is a barrier of the block, __shfl_xor_sync and mma.sync warp-collective exchanges.
-        #include <barrier>
-        #include <cmath>
-        #include <cstring>
-        #include <cstdint>
-        #define __global__
-        #define __device__
-        #define __forceinline__ inline
-        #define __launch_bounds__(...)
-        #define __shared__ static
-        #define __align__(n) __attribute__((aligned(n)))
-        struct HostDim3 { unsigned x, y, z; };
-        extern HostDim3 blockIdx, blockDim, gridDim;
-        extern thread_local HostDim3 threadIdx;
-        struct alignas(16) float4 { float x, y, z, w; };
-        struct alignas(16) uint4 { unsigned x, y, z, w; };
-        struct alignas(8) uint2 { unsigned x, y; };
-        static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-        static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
-        static inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
-        static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-        static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-        static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-        float __shfl_xor_sync(unsigned mask, float v, int offset);
-        void __syncthreads();
-        void vae_mma_bf16_host(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1);
-
-        """
-
     static let driver = """
         // Runs the kernels of Kernels/vae.cu compiled for the CPU on small awkward shapes against float64 references (the
         // conv: of the same bf16-rounded inputs and weights; im2col: exact); prints one line per case, "max_rel <value>" last.
-        #include "shim.h"
-        #include "common.cuh"
-        #include <cstdio>
-        #include <memory>
-        #include <thread>
-        #include <vector>
-        typedef unsigned short bf16;
-        HostDim3 blockIdx, blockDim, gridDim;
-        thread_local HostDim3 threadIdx;
-        static std::unique_ptr<std::barrier<>> block_barrier;
-        static std::unique_ptr<std::barrier<>> warp_barriers[8];
-        static unsigned exchange[8][32][6];
-        static float shuffled[8][32];
-        void __syncthreads() { block_barrier->arrive_and_wait(); }
-        float __shfl_xor_sync(unsigned, float v, int offset) {
-            const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-            shuffled[warp][lane] = v;
-            warp_barriers[warp]->arrive_and_wait();
-            const float r = shuffled[warp][lane ^ offset];
-            warp_barriers[warp]->arrive_and_wait();
-            return r;
-        }
-
-        // Runs `body` as every thread of a grid of blocks of 256 threads, one block after another.
-        template <typename Body> static void launch(unsigned gx, unsigned gy, Body body) {
-            blockDim = {256, 1, 1};
-            gridDim = {gx, gy, 1};
-            for (unsigned by = 0; by < gy; ++by) for (unsigned bx = 0; bx < gx; ++bx) {
-                blockIdx = {bx, by, 0};
-                block_barrier = std::make_unique<std::barrier<>>(256);
-                for (auto& b : warp_barriers) b = std::make_unique<std::barrier<>>(32);
-                std::vector<std::thread> threads;
-                for (unsigned tid = 0; tid < 256; ++tid) threads.emplace_back([&, tid] { threadIdx = {tid, 0, 0}; body(); });
-                for (auto& th : threads) th.join();
-            }
-        }
-        static float bf(unsigned bits16) { return __uint_as_float(bits16 << 16); }
-        void vae_mma_bf16_host(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
-            const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-            unsigned* mine = exchange[warp][lane];
-            mine[0] = a0; mine[1] = a1; mine[2] = a2; mine[3] = a3; mine[4] = b0; mine[5] = b1;
-            warp_barriers[warp]->arrive_and_wait();
-            // PTX ISA m16n8k16 (.bf16): g = lane / 4, t = lane % 4, low half = lower column (A) or row (B).
-            float A[16][16], B[16][8];
-            for (int l = 0; l < 32; ++l) {
-                const int g = l / 4, t = l % 4;
-                const unsigned* e = exchange[warp][l];
-                for (int h = 0; h < 2; ++h) {
-                    A[g][2 * t + h] = bf((e[0] >> (16 * h)) & 0xffff);
-                    A[g + 8][2 * t + h] = bf((e[1] >> (16 * h)) & 0xffff);
-                    A[g][2 * t + 8 + h] = bf((e[2] >> (16 * h)) & 0xffff);
-                    A[g + 8][2 * t + 8 + h] = bf((e[3] >> (16 * h)) & 0xffff);
-                    B[2 * t + h][g] = bf((e[4] >> (16 * h)) & 0xffff);
-                    B[2 * t + 8 + h][g] = bf((e[5] >> (16 * h)) & 0xffff);
-                }
-            }
-            const int g = lane / 4, t = lane % 4;
-            const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
-            for (int i = 0; i < 4; ++i) {
-                float s = d[i];
-                for (int k = 0; k < 16; ++k) s += A[rows[i]][k] * B[k][cols[i]];
-                d[i] = s;
-            }
-            warp_barriers[warp]->arrive_and_wait();
-        }
+        #include "kernel_host.h"
         extern "C" void vae_conv_bf16(float*, const void*, const void*, const void*, const bf16*, const float*, int, int, int, int,
                                       int, int, int, int, int, int, int, int, int, int, int, int);
         extern "C" void vae_im2col_f32(float*, const void*, const void*, const void*, int, int, int, int, int, int, int, int, int, int, int, long, long, int);
@@ -119,10 +24,6 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
         extern "C" void vae_rms_norm_f32(float*, const float*, const float*, long, int, int);
         extern "C" void vae_softmax_f32(float*, long, int, float);
 
-
-        static unsigned long long seed = 88172645463325252ull;
-        static float rnd() { seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17; return (float)((seed >> 11) * (1.0 / 9007199254740992.0)) * 2 - 1; }
-        static float rounded(float v) { return bf(float_to_bf16(v)); }
 
         // Input frame t of `frames`: random values, stored 16-byte aligned as device memory is, in bf16 where bit t of
         // bf16_frames is set (the values then rounded to bf16, as the references read them), else in f32.
@@ -183,14 +84,6 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
             const double rel = std::sqrt(diff / norm);
             std::printf("frames %d %dx%d C %d up %d -> %dx%d x %d (k %d stride %d pad %d, skipped %d, acc %d, bf16 frames %d): rel_l2 %.3e\\n", frames,
                         src_h, src_w, c, up, out_h, out_w, cout, k, stride, pad, skipped_taps, accumulate, bf16_frames, rel);
-            return rel;
-        }
-
-        static double report(const char* what, const std::vector<double>& got, const std::vector<double>& want) {
-            double diff = 0, norm = 0;
-            for (size_t i = 0; i < got.size(); ++i) { diff += (got[i] - want[i]) * (got[i] - want[i]); norm += want[i] * want[i]; }
-            const double rel = got.size() == want.size() ? std::sqrt(diff / (norm > 0 ? norm : 1)) : INFINITY;
-            std::printf("%s: rel_l2 %.3e\\n", what, rel);
             return rel;
         }
 
@@ -293,52 +186,8 @@ final class VAEKernelSourcesOnTheCPUTests: XCTestCase {
 
         """
 
-    func compiler() -> String? {
-        let paths = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
-        for name in ["g++", "clang++", "c++"] {
-            for dir in paths where FileManager.default.isExecutableFile(atPath: dir + "/" + name) { return dir + "/" + name }
-        }
-        return nil
-    }
-
-    /// Runs a program; its stdout and stderr together.
-    func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: output, as: UTF8.self))
-    }
-
     func testVAEKernelSourcesMatchFloat64References() throws {
-        guard let cxx = compiler() else { throw XCTSkip("no C++ compiler (g++, clang++, c++) on PATH: vae.cu was not run on the CPU") }
-        let sources = try KernelSources.load()
-        let kernel = try XCTUnwrap(sources.modules["vae.cu"])
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wankit-vaeconv-host-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        for (name, text) in sources.headers { try text.write(to: dir.appendingPathComponent(name), atomically: true, encoding: .utf8) }
-        try Self.shim.write(to: dir.appendingPathComponent("shim.h"), atomically: true, encoding: .utf8)
-        try ("#include \"shim.h\"\n" + kernel).write(to: dir.appendingPathComponent("vae_host.cpp"), atomically: true, encoding: .utf8)
-        try Self.driver.write(to: dir.appendingPathComponent("driver.cpp"), atomically: true, encoding: .utf8)
-        let binary = dir.appendingPathComponent("vae_conv_host").path
-        let build = try run(cxx, ["-std=c++20", "-O2", "-ffp-contract=off", "-pthread", "-Wno-unknown-pragmas", "-I", dir.path, "-o", binary,
-                                  dir.appendingPathComponent("vae_host.cpp").path, dir.appendingPathComponent("driver.cpp").path])
-        guard build.status == 0 else {
-            if build.output.contains("barrier") { throw XCTSkip("\(cxx) has no C++20 std::barrier: vae.cu was not run on the CPU") }
-            return XCTFail("\(cxx) could not build vae.cu for the CPU:\n\(build.output)")
-        }
-        let result = try run(binary, [])
-        print(result.output)
-        XCTAssertEqual(result.status, 0, result.output)
-        let last = result.output.split(separator: "\n").last.map(String.init) ?? ""
-        let worst = Double(last.replacingOccurrences(of: "max_rel ", with: "")) ?? .infinity
-        XCTAssertTrue(last.hasPrefix("max_rel"), result.output)
-        XCTAssertLessThanOrEqual(worst, 1e-5, result.output)
+        let output = try KernelSourcesOnTheCPU.buildAndRun(modules: ["vae.cu"], driver: Self.driver)
+        XCTAssertLessThanOrEqual(KernelSourcesOnTheCPU.maxRel(output), 1e-5, output)
     }
 }
