@@ -136,18 +136,15 @@ public protocol ComputeBackend: AnyObject {
 
 // MARK: - CPU
 
-/// The CPU backend: float32 tensors in host memory, products through oneDNN (`StoredMatrix`: weights stay as stored
-/// in the file mapping and are converted a slice of rows at a time just before their product), the kernels of
-/// WanTensor. Results are those of the CPU models before they were written against `ComputeBackend`.
+/// The CPU backend: float32 tensors in host memory, products through oneDNN as the DiT's `Linear` runs them (weights
+/// stay as stored in the file mapping; compact ones are converted a tile of rows at a time just before their
+/// product, in per-worker scratch), the kernels of WanTensor.
 public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     public typealias Storage = Tensor
     public typealias Vector = Tensor
     public typealias Segments = CPUSegments
 
-    public struct Matrix {
-        let weight: StoredMatrix
-        let bias: Tensor?
-    }
+    public typealias Matrix = Linear
 
     public struct CPUSegments {
         let segments: AttentionSegments
@@ -163,15 +160,14 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     public var activationType: ElementType { .f32 }
 
     public func matrix(_ binder: WeightBinder, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> Matrix {
-        Matrix(weight: try StoredMatrix(binder, prefix + ".weight", [outFeatures, inFeatures]),
-               bias: bias ? try binder.tensor(prefix + ".bias", [outFeatures]) : nil)
+        try Linear(binder, prefix, in: inFeatures, out: outFeatures, bias: bias)
     }
 
     public func vector(_ tensor: Tensor) throws -> Tensor { tensor }
     public func weightsLoaded() throws {}
 
     public func layerFinished(_ matrices: [Matrix]) {
-        if releasesMappedPages { for m in matrices { m.weight.releasePages() } }
+        if releasesMappedPages { for m in matrices { m.matrix.releaseMappedPages() } }
     }
 
     public func tensor(rows: Int, cols: Int, type: ElementType) throws -> BackendTensor<CPUBackend> {
@@ -198,20 +194,22 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     static func pointer(_ x: BackendTensor<CPUBackend>) -> UnsafeMutablePointer<Float> { x.storage.data + x.offset }
 
     public func linear(_ m: Matrix, _ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>, activation: LinearActivation) throws {
-        precondition(x.isDense && y.isDense && x.cols == m.weight.cols && y.cols == m.weight.rows && x.rows == y.rows)
-        let a: SliceActivation
-        switch activation {
-        case .none: a = .none
-        case .geluTanh: a = .geluTanh
-        case .geluErf: a = .geluErf
-        case .quickGELU: a = .quickGELU
+        precondition(x.isDense && y.isDense && x.cols == m.inFeatures && y.cols == m.outFeatures && x.rows == y.rows)
+        let epilogue: Epilogue = activation == .geluErf ? .geluErf : activation == .geluTanh ? .geluTanh : .none
+        m(Self.pointer(x), rows: x.rows, into: Self.pointer(y), epilogue: epilogue)
+        if activation == .quickGELU {
+            let p = Self.pointer(y)
+            Parallel.forRanges(y.rows * y.cols, grain: 1 << 14) { r in for i in r { p[i] = p[i] / (1 + fastExp(-1.702 * p[i])) } }
         }
-        m.weight.linear(Self.pointer(x), rows: x.rows, into: Self.pointer(y), bias: m.bias.map { UnsafePointer($0.data) }, activation: a)
     }
 
     public func gatedGELU(gate: Matrix, up: Matrix, _ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>) throws {
-        precondition(x.isDense && y.isDense && gate.bias == nil && up.bias == nil)
-        StoredMatrix.gatedGELU(gate: gate.weight, up: up.weight, Self.pointer(x), rows: x.rows, into: Self.pointer(y))
+        precondition(x.isDense && y.isDense)
+        let u = Tensor(uninitialized: [y.rows, y.cols])
+        gate(Self.pointer(x), rows: x.rows, into: Self.pointer(y), epilogue: .geluTanh)
+        up(Self.pointer(x), rows: x.rows, into: u.data)
+        let p = Self.pointer(y), q = u.data
+        Parallel.forRanges(y.rows * y.cols, grain: 1 << 14) { r in for i in r { p[i] *= q[i] } }
     }
 
     public func layerNorm(_ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>, weight: Tensor?, bias: Tensor?, eps: Float) throws {

@@ -14,16 +14,19 @@ public struct LinearWeight: @unchecked Sendable {
     public let stored: StoredTensor?
     public let rows: Int
     public let cols: Int
+    /// The tensor as bound from the file (also for float32 weights used in place), for `releaseMappedPages`.
+    let source: StoredTensor?
 
     /// float32 weights [rows, cols…] (the trailing dims are flattened).
     public init(_ tensor: Tensor) {
-        float32 = tensor; stored = nil
+        float32 = tensor; stored = nil; source = nil
         rows = tensor.shape.first ?? 1
         cols = tensor.shape.first == nil ? 1 : tensor.shape.dropFirst().reduce(1, *)
     }
 
     /// Weights as stored: aligned float32 without a scale becomes a view (zero-copy), anything else stays compact.
     public init(_ s: StoredTensor) {
+        source = s
         rows = s.shape.first ?? 1
         cols = s.shape.first == nil ? 1 : s.shape.dropFirst().reduce(1, *)
         if (s.type == .dtype(.f32) || s.type == .ggml(.f32)), s.scale == nil, Int(bitPattern: s.data) % 4 == 0, s.owner != nil {
@@ -32,6 +35,10 @@ public struct LinearWeight: @unchecked Sendable {
             float32 = nil; stored = s
         }
     }
+
+    /// Hands the weights' pages in the file mapping back to the kernel (read again from the page cache on the next
+    /// use): keeps a layer-by-layer encoder's resident set near one layer.
+    public func releaseMappedPages() { source?.releaseMappedPages() }
 
     /// Whether the weights stay compact (dequantised tile by tile).
     public var isCompact: Bool { stored != nil }

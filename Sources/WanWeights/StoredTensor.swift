@@ -435,3 +435,20 @@ public enum GGMLDequant {
         }
     }
 }
+
+extension StoredTensor {
+    /// Hands the pages of this tensor in a read-only file mapping back to the kernel (they are read again from the page
+    /// cache on the next use). Does nothing for a tensor that is not in a mapping.
+    public func releaseMappedPages() {
+        guard let owner else { return }
+        let file: MappedFile?
+        if let f = owner as? MappedFile { file = f } else if let s = owner as? SafetensorsFile { file = s.file } else { file = nil }
+        guard let file, file.size > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let lo = Int(bitPattern: data), hi = lo + byteCount
+        let base = Int(bitPattern: file.base)
+        guard lo >= base, hi <= base + file.size else { return }
+        let start = (lo + page - 1) / page * page, end = hi / page * page
+        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, Int32(MADV_DONTNEED)) }
+    }
+}
