@@ -305,7 +305,7 @@ struct ImageConditionedSampler {
 /// Image-to-video (official `WanI2V.generate`, wan/image2video.py): the video size from max_area and the image's
 /// aspect ratio, seed-for-seed PyTorch noise, the first-frame mask, y = concat(mask, VAE(bicubic image + zero frames)),
 /// the image's CLIP features (from a CLIP vision model or given), the sampler with CFG around the i2v DiT, decode.
-public final class ImageToVideo: @unchecked Sendable {
+public final class ImageToVideo: DecodingPipeline, @unchecked Sendable {
     public typealias Event = ImagePipelineEvent
     public let text: TextConditioner
     public let dit: any DiTDenoiser
@@ -341,21 +341,15 @@ public final class ImageToVideo: @unchecked Sendable {
                            progress: progress, isCancelled: isCancelled, observe: observe)
     }
 
-    /// Decodes a latent, streaming chunks of frames ([3, n, H, W] in [-1, 1], index of the first frame).
-    public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
-                       onFrames: (Tensor, Int) throws -> Void) throws {
-        dit.releaseActivations()
-        try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
-    }
+    /// Hands the DiT's activations back before the decode (`DecodingPipeline`).
+    public func releaseDenoiser() { dit.releaseActivations() }
 
     /// The whole job: the video [3, F, H, W] in [-1, 1].
     public func generate(prompt: String, image: RGBImage, settings: ImageGenerationSettings, clipFeatures: Tensor? = nil,
                          progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil) throws -> Tensor {
         let latent = try sample(prompt: prompt, image: image, settings: settings, clipFeatures: clipFeatures,
                                 progress: progress, isCancelled: isCancelled)
-        var chunks: [Tensor] = []
-        try decode(latent, progress: progress, isCancelled: isCancelled) { chunk, _ in chunks.append(chunk) }
-        return concatenateFrames(chunks)
+        return try decodeVideo(latent, progress: progress, isCancelled: isCancelled)
     }
 }
 
@@ -363,7 +357,7 @@ public final class ImageToVideo: @unchecked Sendable {
 /// the last frame prepared as the official code does (center crop, see `ImageConditioning.officialLastFrame`), a
 /// mask for the first and the last frame, y = concat(mask, VAE(first, zero frames, last)), the CLIP features of both
 /// pictures [2, 257, 1280] and the flf2v DiT (img_emb.emb_pos).
-public final class FirstLastFrameToVideo: @unchecked Sendable {
+public final class FirstLastFrameToVideo: DecodingPipeline, @unchecked Sendable {
     public typealias Event = ImagePipelineEvent
     public let text: TextConditioner
     public let dit: any DiTDenoiser
@@ -390,11 +384,8 @@ public final class FirstLastFrameToVideo: @unchecked Sendable {
                            noise: noise, progress: progress, isCancelled: isCancelled, observe: observe)
     }
 
-    public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
-                       onFrames: (Tensor, Int) throws -> Void) throws {
-        dit.releaseActivations()
-        try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
-    }
+    /// Hands the DiT's activations back before the decode (`DecodingPipeline`).
+    public func releaseDenoiser() { dit.releaseActivations() }
 
     /// The whole job: the video [3, F, H, W] in [-1, 1].
     public func generate(prompt: String, firstFrame: RGBImage, lastFrame: RGBImage, settings: ImageGenerationSettings,
@@ -402,8 +393,6 @@ public final class FirstLastFrameToVideo: @unchecked Sendable {
                          isCancelled: (() -> Bool)? = nil) throws -> Tensor {
         let latent = try sample(prompt: prompt, firstFrame: firstFrame, lastFrame: lastFrame, settings: settings,
                                 clipFeatures: clipFeatures, progress: progress, isCancelled: isCancelled)
-        var chunks: [Tensor] = []
-        try decode(latent, progress: progress, isCancelled: isCancelled) { chunk, _ in chunks.append(chunk) }
-        return concatenateFrames(chunks)
+        return try decodeVideo(latent, progress: progress, isCancelled: isCancelled)
     }
 }

@@ -127,7 +127,7 @@ public final class TextConditioner: @unchecked Sendable {
 
 /// Text-to-video and text-to-image (official `WanT2V.generate`): umT5 conditioning, seed-for-seed PyTorch noise,
 /// the flow-matching sampler around the DiT with classifier-free guidance, then the streamed VAE decode.
-public final class TextToVideo: @unchecked Sendable {
+public final class TextToVideo: DecodingPipeline, @unchecked Sendable {
     public let text: TextConditioner
     /// The DiT on its backend: `WanDiT` (CPU) or `CUDADiT` (GPU).
     public let dit: any DiTDenoiser
@@ -184,23 +184,42 @@ public final class TextToVideo: @unchecked Sendable {
                                         afterStep: { observe?(.latentAfterStep($0, $1)) })
     }
 
-    /// Decodes a latent, streaming chunks of frames ([3, n, H, W] in [-1, 1], index of the first frame).
-    public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
-                       onFrames: (Tensor, Int) throws -> Void) throws {
-        dit.releaseActivations()
-        try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
-    }
+    /// Hands the DiT's activations back before the decode (`DecodingPipeline`).
+    public func releaseDenoiser() { dit.releaseActivations() }
 
     /// The whole job: the video [3, F, H, W] in [-1, 1].
     public func generate(prompt: String, settings: GenerationSettings, progress: ((GenerationProgress) -> Void)? = nil,
                          isCancelled: (() -> Bool)? = nil) throws -> Tensor {
         let latent = try sample(prompt: prompt, settings: settings, progress: progress, isCancelled: isCancelled)
+        return try decodeVideo(latent, progress: progress, isCancelled: isCancelled)
+    }
+}
+
+
+/// A pipeline whose latent the VAE decodes (text-, image-, first-last-frame-to-video, VACE): the decode is the same
+/// for all of them.
+public protocol DecodingPipeline {
+    /// The VAE on its backend: `WanVAE` (CPU) or `CUDAVAE` (GPU).
+    var vae: any VAECoding { get }
+    /// Hands the denoiser's activations back (called before the decode).
+    func releaseDenoiser()
+}
+
+extension DecodingPipeline {
+    /// Decodes a latent, streaming chunks of frames ([3, n, H, W] in [-1, 1], index of the first frame).
+    public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
+                       onFrames: (Tensor, Int) throws -> Void) throws {
+        releaseDenoiser()
+        try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
+    }
+
+    /// The whole decoded video [3, F, H, W] in [-1, 1].
+    func decodeVideo(_ latent: Tensor, progress: ((GenerationProgress) -> Void)?, isCancelled: (() -> Bool)?) throws -> Tensor {
         var chunks: [Tensor] = []
         try decode(latent, progress: progress, isCancelled: isCancelled) { chunk, _ in chunks.append(chunk) }
         return concatenateFrames(chunks)
     }
 }
-
 
 /// The steps every Wan pipeline's `generate()` shares (text2video.py, image2video.py, first_last_frame2video.py):
 /// one implementation serves TextToVideo, ImageToVideo and FirstLastFrameToVideo.

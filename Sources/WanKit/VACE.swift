@@ -211,7 +211,7 @@ public enum VACEPipelineEvent {
 /// videos for extension and control. The conditioning (inactive / reactive VAE latents, references, the 8x8
 /// unshuffled mask) becomes vace_context; the sampling loop with CFG runs the VACE DiT with `contextScale`
 /// (vace_context_scale); the noise has the references' latent frames too, and they are dropped before decoding.
-public final class VACEPipeline: @unchecked Sendable {
+public final class VACEPipeline: DecodingPipeline, @unchecked Sendable {
     public typealias Event = VACEPipelineEvent
     public let text: TextConditioner
     /// The VACE DiT on its backend: `WanVACEDiT` (CPU) or `CUDAVACE` (GPU).
@@ -293,20 +293,14 @@ public final class VACEPipeline: @unchecked Sendable {
         return out
     }
 
-    /// Decodes a latent, streaming chunks of frames ([3, n, H, W] in [-1, 1], index of the first frame).
-    public func decode(_ latent: Tensor, progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil,
-                       onFrames: (Tensor, Int) throws -> Void) throws {
-        dit.releaseActivations()
-        try PipelineCore.decode(vae: vae, latent, progress: progress, isCancelled: isCancelled, onFrames: onFrames)
-    }
+    /// Hands the DiT's activations back before the decode (`DecodingPipeline`).
+    public func releaseDenoiser() { dit.releaseActivations() }
 
     /// The whole job: the video [3, F, H, W] in [-1, 1].
     public func generate(prompt: String, inputs: VACEInputs, settings: GenerationSettings, contextScale: Float = 1,
                          progress: ((GenerationProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil) throws -> Tensor {
         let latent = try sample(prompt: prompt, inputs: inputs, settings: settings, contextScale: contextScale,
                                 progress: progress, isCancelled: isCancelled)
-        var chunks: [Tensor] = []
-        try decode(latent, progress: progress, isCancelled: isCancelled) { chunk, _ in chunks.append(chunk) }
-        return concatenateFrames(chunks)
+        return try decodeVideo(latent, progress: progress, isCancelled: isCancelled)
     }
 }
