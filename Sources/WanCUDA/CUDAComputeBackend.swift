@@ -51,6 +51,11 @@ public final class CUDAComputeBackend: ComputeBackend {
         gemm = try CUDAMatmul(context: context)
         pool = DeviceMemoryPool(context: context)
         uploader = WeightUploader(context: context)
+        let ops = self.ops
+        gemm.unfusedEpilogue = { type, y, bias, rows, cols, act in
+            try ops.biasAct(type, y: y, bias: bias, rows: rows, cols: cols, act: act)
+        }
+        ops.workspacePool = pool  // cuDNN's attention workspace, when that attention is chosen
     }
 
     public var activationType: ElementType { precision.activation }
@@ -62,12 +67,34 @@ public final class CUDAComputeBackend: ComputeBackend {
         return try uploader.linear(try Linear(binder, prefix, in: inFeatures, out: outFeatures, bias: bias), weightType: act, outputType: act)
     }
 
+    /// A bound `Linear` uploaded with its weight in `weight` and its bias in `output` (the DiT runs its time embedding,
+    /// patch embedding and head in f32 whatever the precision).
+    public func upload(_ linear: Linear, weight: ElementType, output: ElementType) throws -> DeviceLinear {
+        try uploader.linear(linear, weightType: weight, outputType: output)
+    }
+
     public func vector(_ tensor: Tensor) throws -> DeviceBuffer { try uploader.f32(tensor) }
 
+    /// Called once a model's weights are up (models may share a backend: `CUDAVACE`'s two DiTs): the bf16 scratch
+    /// compact matrices are expanded into grows to the largest of them; `weightBytes` counts everything uploaded.
     public func weightsLoaded() throws {
-        dequantScratch = try uploader.makeScratch()
-        weightBytes = uploader.uploadedBytes + (dequantScratch?.bytes ?? 0)
+        if 2 * uploader.largestCompactElements > dequantScratchBytes {
+            dequantScratch = nil
+            dequantScratch = try uploader.makeScratch()
+        }
+        weightBytes = uploader.uploadedBytes + dequantScratchBytes
         try context.synchronize()
+    }
+
+    /// Device bytes of the bf16 scratch compact matrices are expanded into (0 when none is compact).
+    public var dequantScratchBytes: Int { dequantScratch?.bytes ?? 0 }
+    /// Matrices kept compact on the device, by format.
+    public var compactMatrices: [CompactWeightFormat: Int] { uploader.compactMatrices }
+
+    /// y = x · wᵀ (+ bias), then the epilogue, of an uploaded `Linear` on device addresses (a compact weight is
+    /// expanded into the scratch first).
+    public func product(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64, epilogue: MatmulEpilogue = .none) throws {
+        try gemm.linear(l, rows: rows, x: x, y: y, epilogue: epilogue, ops: ops, scratch: dequantScratch)
     }
 
     public func layerFinished(_ matrices: [DeviceLinear]) {}
@@ -126,8 +153,7 @@ public final class CUDAComputeBackend: ComputeBackend {
         if activation == .quickGELU {
             throw CUDAError.callFailed(call: "linear", code: -1, message: "QuickGELU has no GPU kernel; use --device cpu")
         }
-        try gemm.linear(m, rows: x.rows, x: Self.pointer(x), y: Self.pointer(y), epilogue: activation == .geluTanh ? .geluTanh : .none,
-                        ops: ops, scratch: dequantScratch)
+        try product(m, rows: x.rows, x: Self.pointer(x), y: Self.pointer(y), epilogue: activation == .geluTanh ? .geluTanh : .none)
         if activation == .geluErf { try ops.geluErf(y.type, out: Self.pointer(y), x: Self.pointer(y), count: y.rows * y.cols) }
     }
 

@@ -32,21 +32,21 @@ public struct DeviceLinear {
 /// (text_len rows, padded rows included, no per-key bias); patchify/unpatchify and the sinusoid run on the host.
 public final class CUDADiT {
     public let config: WanDiTConfig
-    public let precision: CUDAPrecision
-    public let context: CUDAContext
-    public let ops: CUDAOps
-    public let gemm: CUDAMatmul
-    public let pool: DeviceMemoryPool
+    /// Context, kernels, cuBLASLt, memory pool and the uploaded weights (shared with `CUDAVACE`'s vace branch).
+    public let backend: CUDAComputeBackend
+    public var precision: CUDAPrecision { backend.precision }
+    public var context: CUDAContext { backend.context }
+    public var ops: CUDAOps { backend.ops }
+    public var gemm: CUDAMatmul { backend.gemm }
+    public var pool: DeviceMemoryPool { backend.pool }
     /// Device bytes of the weights: as uploaded (compact matrices in their stored form) plus the bf16 scratch
     /// they are expanded into (`dequantScratchBytes`); what `CUDADiTPlan.weightBytes(_:precision:weights:)` plans.
-    public private(set) var weightBytes = 0
+    /// (Of both models when a vace branch shares the backend.)
+    public var weightBytes: Int { backend.weightBytes }
     /// Device bytes of the bf16 scratch matrix compact weights are expanded into (0 when none is compact).
-    public private(set) var dequantScratchBytes = 0
-    /// The scratch matrix compact weights are expanded into before their product (one per model, reused by every
-    /// product: the work runs in order on one stream).
-    let dequantScratch: DeviceBuffer?
+    public var dequantScratchBytes: Int { backend.dequantScratchBytes }
     /// Matrices kept compact on the device, by format.
-    public private(set) var compactMatrices: [CompactWeightFormat: Int] = [:]
+    public var compactMatrices: [CompactWeightFormat: Int] { backend.compactMatrices }
 
     struct Block {
         let modulation: DeviceBuffer  // [6, dim] f32
@@ -108,37 +108,21 @@ public final class CUDADiT {
             }
         }
         config = c
-        self.precision = precision
-        let context = try context ?? shared?.context ?? CUDAContext()
-        self.context = context
-        if let shared {
-            ops = shared.ops
-            gemm = shared.gemm
-            pool = shared.pool
-        } else {
-            ops = try CUDAOps(context: context, compiler: compiler)
-            gemm = try CUDAMatmul(context: context)
-            pool = DeviceMemoryPool(context: context)
-            ops.workspacePool = pool  // cuDNN's attention workspace, when that attention is chosen
-            let ops = self.ops
-            gemm.unfusedEpilogue = { type, y, bias, rows, cols, act in
-                try ops.biasAct(type, y: y, bias: bias, rows: rows, cols: cols, act: act)
-            }
-        }
+        backend = try shared?.backend ?? CUDAComputeBackend(precision: precision, context: context, compiler: compiler)
         fusedGELU = precision == .bf16
 
         let act = precision.activation
-        let uploader = WeightUploader(context: context)
+        let backend = self.backend
         let b = WeightBinder(source)
         let d = c.dim
         func linear(_ prefix: String, in i: Int, out o: Int, weight w: DeviceDType, output: DeviceDType) throws -> DeviceLinear {
-            try uploader.linear(try Linear(b, prefix, in: i, out: o), weightType: w, outputType: output)
+            try backend.upload(try Linear(b, prefix, in: i, out: o), weight: w, output: output)
         }
-        func vector(_ name: String, _ shape: [Int]) throws -> DeviceBuffer { try uploader.f32(try b.tensor(name, shape)) }
+        func vector(_ name: String, _ shape: [Int]) throws -> DeviceBuffer { try backend.vector(try b.tensor(name, shape)) }
 
         let pe = try b.tensor("patch_embedding.weight", [d, c.inDim] + c.patchSize)
         let peBias = try b.tensor("patch_embedding.bias", [d])
-        patchEmbedding = try uploader.linear(Linear(weight: pe.reshaped([d, pe.count / d]), bias: peBias), weightType: .f32, outputType: .f32)
+        patchEmbedding = try backend.upload(Linear(weight: pe.reshaped([d, pe.count / d]), bias: peBias), weight: .f32, output: .f32)
         if let shared {
             textEmbedding0 = shared.textEmbedding0; textEmbedding2 = shared.textEmbedding2
             timeEmbedding0 = shared.timeEmbedding0; timeEmbedding2 = shared.timeEmbedding2
@@ -191,15 +175,7 @@ public final class CUDADiT {
             imageProjection = nil
         }
         try b.finish()
-        if let scratch = shared?.dequantScratch, scratch.bytes >= 2 * uploader.largestCompactElements {
-            dequantScratch = uploader.largestCompactElements > 0 ? scratch : nil  // the shared model's is large enough
-        } else {
-            dequantScratch = try uploader.makeScratch()
-            dequantScratchBytes = dequantScratch?.bytes ?? 0
-        }
-        weightBytes = uploader.uploadedBytes + dequantScratchBytes
-        compactMatrices = uploader.compactMatrices
-        try context.synchronize()
+        try backend.weightsLoaded()
     }
 
     /// Loads a DiT from a weight source, inferring the configuration from its shapes; `arguments` (the official
@@ -214,7 +190,7 @@ public final class CUDADiT {
     var act: DeviceDType { precision.activation }
 
     func run(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64, epilogue: MatmulEpilogue = .none) throws {
-        try gemm.linear(l, rows: rows, x: x, y: y, epilogue: epilogue, ops: ops, scratch: dequantScratch)
+        try backend.product(l, rows: rows, x: x, y: y, epilogue: epilogue)
     }
 
     /// A product followed by GELU(tanh): fused in cuBLASLt (bf16) or by the kernel (f32).

@@ -22,10 +22,9 @@ public final class CUDAVACE {
     let afterProj: [DeviceLinear]
     /// Main block index -> hint index (official vace_layers_mapping).
     let hintOfBlock: [Int: Int]
-    /// The bf16 matrix compact before/after projections are expanded into (the main model's when large enough).
-    let dequantScratch: DeviceBuffer?
-    /// Device bytes of both models' weights (shared tensors once) and of the projections.
-    public let weightBytes: Int
+    /// Device bytes of both models' weights (shared tensors once), of the projections and of the one bf16 scratch
+    /// compact matrices are expanded into (the backend both models share).
+    public var weightBytes: Int { main.backend.weightBytes }
     /// The vace stream, x0, the hint, the vace patches and the hint scale of the last token count.
     private var workspace: (tokens: Int, plan: WorkspacePlan, buffer: DeviceBuffer)?
 
@@ -58,17 +57,10 @@ public final class CUDAVACE {
         for name in vaceMap.values { b.ignore(name) }
         try b.finish()
 
-        let uploader = WeightUploader(context: main.context)
-        let act = precision.activation
-        beforeProj = try before.map { l in try l.map { try uploader.linear($0, weightType: act, outputType: .f32) } }
-        afterProj = try after.map { try uploader.linear($0, weightType: act, outputType: .f32) }
-        if let scratch = main.dequantScratch, scratch.bytes >= 2 * uploader.largestCompactElements {
-            dequantScratch = uploader.largestCompactElements > 0 ? scratch : nil
-        } else {
-            dequantScratch = try uploader.makeScratch()
-        }
-        weightBytes = main.weightBytes + vace.weightBytes + uploader.uploadedBytes
-            + (dequantScratch === main.dequantScratch ? 0 : dequantScratch?.bytes ?? 0)
+        let backend = main.backend, act = precision.activation
+        beforeProj = try before.map { l in try l.map { try backend.upload($0, weight: act, output: .f32) } }
+        afterProj = try after.map { try backend.upload($0, weight: act, output: .f32) }
+        try backend.weightsLoaded()
         var mapping: [Int: Int] = [:]
         for (k, layer) in c.vaceLayers.enumerated() { mapping[layer] = k }
         hintOfBlock = mapping
@@ -85,7 +77,7 @@ public final class CUDAVACE {
     }
 
     func run(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64) throws {
-        try main.gemm.linear(l, rows: rows, x: x, y: y, ops: main.ops, scratch: dequantScratch)
+        try main.backend.product(l, rows: rows, x: x, y: y)
     }
 
     /// The vace forward's own buffers for `tokens` tokens, beside the main model's workspace (`CUDADiTPlan`).
