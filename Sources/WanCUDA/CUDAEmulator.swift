@@ -272,14 +272,18 @@ enum EmulatedKernels {
                     }
                 }
             }
-        case "flash_attention_f32", "flash_attention_bf16_d32", "flash_attention_bf16_d64", "flash_attention_bf16_d128":
+        case "flash_attention_f32", "flash_attention_bf16_d32", "flash_attention_bf16_d64", "flash_attention_bf16_d128",
+             "flash_attention_bf16_v2_d64", "flash_attention_bf16_v2_d128":
             let out = t(0), q = t(1), k = t(2), v = t(3), lens = a.address(4)
             let lq = a.int32(5), lk = a.int32(6), heads = a.int32(7)
             let d = name == "flash_attention_f32" ? a.int32(8) : Int(name.split(separator: "d").last!)!
             let scale = Double(a.float(name == "flash_attention_f32" ? 9 : 8))
-            let rowsPerBlock = name == "flash_attention_f32" ? 4 : 64
-            guard threads == 128, grid.0 * rowsPerBlock >= lq, grid.1 == heads else {
-                return "grid \(grid) block \(block) does not cover \(lq) queries x \(heads) heads (\(rowsPerBlock) rows per block of 128)"
+            // attention2.cu: 128 query rows a block of 128 threads (d64) or 256 (d128); attention.cu: 4 (f32) or 64 rows, 128 threads.
+            let version2 = name.hasPrefix("flash_attention_bf16_v2")
+            let rowsPerBlock = name == "flash_attention_f32" ? 4 : version2 ? CUDAOps.bf16V2Rows : 64
+            let blockThreads = version2 ? CUDAOps.bf16V2Threads(headDim: d) : 128
+            guard threads == blockThreads, block.1 == 1, block.2 == 1, grid.0 * rowsPerBlock >= lq, grid.1 == heads else {
+                return "grid \(grid) block \(block) does not cover \(lq) queries x \(heads) heads (\(rowsPerBlock) rows per block of \(blockThreads))"
             }
             if name == "flash_attention_f32" && (d % 32 != 0 || d > 128) { return "head_dim \(d)" }
             KernelSelfTest.referenceAttention(batch: grid.2, lq: lq, lk: lk, heads: heads, d: d, scale: scale,

@@ -14,7 +14,7 @@ public final class CUDAOps {
     }
 
     /// Which attention runs the bf16 attention (f32 always takes the kernel): `.kernel` (default, or
-    /// $WANKIT_ATTENTION), `.cudnn` (cuDNN's fused attention; any failure throws), `.auto` (where cuDNN loaded and a
+    /// $WANKIT_ATTENTION), `.kernel2` (attention2.cu where it has the head dim, else the kernel), `.cudnn` (cuDNN's fused attention; any failure throws), `.auto` (where cuDNN loaded and a
     /// plan finalized for the shape, the first call of that shape times both and checks cuDNN's output against the
     /// kernel's, and the faster is kept; else the kernel; a one-line note says which and why, once per shape).
     public var attentionBackend: AttentionBackend = .environmentDefault
@@ -48,6 +48,7 @@ public final class CUDAOps {
         let shape = CuDNNAttention.Shape(batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, masked: kLens != 0)
         let backend = attentionBackend
         guard backend != .kernel else { attentionUsed[shape] = .kernel; return false }
+        guard backend != .kernel2 else { attentionUsed[shape] = Self.bf16V2HeadDims.contains(headDim) ? .kernel2 : .kernel; return false }
         let attention: CuDNNAttention
         do {
             attention = try cudnn()
@@ -59,7 +60,7 @@ public final class CUDAOps {
                     return false
                 }
                 if let chosen = autoChoice[shape] {
-                    if chosen == .kernel { attentionUsed[shape] = .kernel; return false }
+                    if chosen != .cudnn { attentionUsed[shape] = chosen; return false }
                 } else if Self.bf16HeadDims.contains(headDim) {
                     // First call of this shape: measure both (each once to warm up, then once timed), check cuDNN's
                     // output against the kernel's on a sample, keep the faster. `out` holds a correct result after.
@@ -67,7 +68,7 @@ public final class CUDAOps {
                                              heads: heads, headDim: headDim, scale: scale, shape: shape)
                     autoChoice[shape] = chosen
                     attentionUsed[shape] = chosen
-                    return true
+                    return true  // `out` holds a checked result (cuDNN's where it was taken, else the kernel's)
                 }
             }
         } catch let error as CUDAError where backend == .auto {
@@ -93,8 +94,9 @@ public final class CUDAOps {
     /// rel_l2 above which auto does not take cuDNN's result (the bf16 golden tolerance).
     static let autoRelL2Limit = 2e-2
 
-    /// Times the kernel and cuDNN on one call's data (synchronised; each run once before it is timed), compares
-    /// cuDNN's output with the kernel's on the first 64K values, and returns the faster of those that agree.
+    /// Times the kernel, kernel2 (where it has the head dim) and cuDNN on one call's data (synchronised; each run once
+    /// before it is timed), compares kernel2's and cuDNN's outputs with the kernel's on the first 64K values, and
+    /// returns the fastest of those that agree; `out` is left with cuDNN's result if it agreed, else the kernel's.
     private func measure(_ attention: CuDNNAttention, out: UInt64, q: UInt64, k: UInt64, v: UInt64, kLens: UInt64, batch: Int, lq: Int,
                          lk: Int, heads: Int, headDim: Int, scale: Float, shape: CuDNNAttention.Shape) throws -> AttentionBackend {
         let sample = min(batch * lq * heads * headDim, 1 << 16)
@@ -111,35 +113,59 @@ public final class CUDAOps {
             try context.synchronize()
             return CUDATimings.now() - start
         }
+        func relL2(_ got: [UInt16], _ reference: [UInt16]) -> Double {
+            var diff = 0.0, norm = 0.0
+            for i in 0..<sample {
+                let a = Double(BFloat16.float(got[i])), b = Double(BFloat16.float(reference[i]))
+                diff += (a - b) * (a - b)
+                norm += b * b
+            }
+            return norm > 0 ? (diff / norm).squareRoot() : diff.squareRoot()
+        }
         let kernel = { try self.bf16Kernel(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, scale: scale) }
         try context.synchronize()
         let kernelSeconds = try timed(kernel)
         let reference = try download()
+        // kernel2, where it has the head dim: taken only if its output agrees with the kernel's.
+        var kernel2Seconds = Double.infinity, kernel2Text = ""
+        if Self.bf16V2HeadDims.contains(headDim) {
+            let seconds = try timed {
+                try self.bf16Kernel(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim,
+                                    scale: scale, version2: true)
+            }
+            let rel = relL2(try download(), reference)
+            if rel <= Self.autoRelL2Limit { kernel2Seconds = seconds }
+            kernel2Text = String(format: ", kernel2 %.3f ms (rel_l2 %.1e%@)", seconds * 1e3, rel, rel <= Self.autoRelL2Limit ? "" : ": differs")
+        }
+        let fasterKernel: AttentionBackend = kernel2Seconds < kernelSeconds ? .kernel2 : .kernel
         let cudnnSeconds = try timed {
             try attention.run(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, scale: scale)
         }
-        let got = try download()
-        var diff = 0.0, norm = 0.0
-        for i in 0..<sample {
-            let a = Double(BFloat16.float(got[i])), b = Double(BFloat16.float(reference[i]))
-            diff += (a - b) * (a - b)
-            norm += b * b
-        }
-        let relL2 = norm > 0 ? (diff / norm).squareRoot() : diff.squareRoot()
-        let times = String(format: "cuDNN %.3f ms, kernel %.3f ms, rel_l2 %.1e", cudnnSeconds * 1e3, kernelSeconds * 1e3, relL2)
-        guard relL2 <= Self.autoRelL2Limit else {
-            note("attention auto: the own kernel for \(shape): cuDNN's output differs (\(times))")
+        let relCuDNN = relL2(try download(), reference)
+        let times = String(format: "cuDNN %.3f ms, kernel %.3f ms, rel_l2 %.1e", cudnnSeconds * 1e3, kernelSeconds * 1e3, relCuDNN) + kernel2Text
+        func name(_ backend: AttentionBackend) -> String { backend == .cudnn ? "cuDNN" : backend == .kernel2 ? "the own kernel2" : "the own kernel" }
+        guard relCuDNN <= Self.autoRelL2Limit else {
+            note("attention auto: \(name(fasterKernel)) for \(shape): cuDNN's output differs (\(times))")
             try kernel()
-            return .kernel
+            return fasterKernel
         }
-        let chosen: AttentionBackend = cudnnSeconds < kernelSeconds ? .cudnn : .kernel
-        note("attention auto: \(chosen == .cudnn ? "cuDNN" : "the own kernel") for \(shape) (\(times))")
+        let chosen: AttentionBackend = cudnnSeconds < min(kernelSeconds, kernel2Seconds) ? .cudnn : fasterKernel
+        note("attention auto: \(name(chosen)) for \(shape) (\(times))")
         return chosen
     }
 
-    /// The bf16 flash-attention kernel (attention.cu).
+    /// The bf16 flash-attention kernel (attention.cu), or with `version2` attention2.cu's (head dims 64 and 128: 128
+    /// query rows a block; block 128 threads at d64, 256 at d128).
     private func bf16Kernel(out: UInt64, q: UInt64, k: UInt64, v: UInt64, kLens: UInt64, batch: Int, lq: Int, lk: Int, heads: Int,
-                            headDim: Int, scale: Float) throws {
+                            headDim: Int, scale: Float, version2: Bool = false) throws {
+        if version2 && Self.bf16V2HeadDims.contains(headDim) {
+            let flops = 4 * Double(batch) * Double(lq) * Double(lk) * Double(heads * headDim)
+            try go("flash_attention_bf16_v2_d\(headDim)", grid: ((lq + Self.bf16V2Rows - 1) / Self.bf16V2Rows, heads, batch),
+                   block: (Self.bf16V2Threads(headDim: headDim), 1, 1), flops: flops,
+                   [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens),
+                    .int32(Int32(lq)), .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
+            return
+        }
         guard Self.bf16HeadDims.contains(headDim) else {
             throw CUDAError.callFailed(call: "flash_attention_bf16", code: -1, message: "no bf16 attention kernel for head_dim \(headDim) (have \(Self.bf16HeadDims.sorted()))")
         }
@@ -270,6 +296,10 @@ public final class CUDAOps {
 
     /// Head dims with a bf16 tensor-core kernel.
     public static let bf16HeadDims: Set<Int> = [32, 64, 128]
+    /// Head dims of the second bf16 kernel (attention2.cu), its query rows per block and threads per block.
+    public static let bf16V2HeadDims: Set<Int> = [64, 128]
+    public static let bf16V2Rows = 128
+    public static func bf16V2Threads(headDim: Int) -> Int { headDim == 128 ? 256 : 128 }
 
     /// softmax(q kᵀ · scale) v; q [B, Lq, H, D], k/v [B, Lk, H, D], out like q; kLens: device int32 [B] or 0. bf16 goes
     /// through cuDNN's fused attention or the kernel as `attentionBackend` says; f32 always through the kernel.
@@ -287,7 +317,9 @@ public final class CUDAOps {
         } else {
             if try attentionThroughCuDNN(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads,
                                          headDim: headDim, scale: scale, flops: flops) { return }
-            try bf16Kernel(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, scale: scale)
+            let shape = CuDNNAttention.Shape(batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, masked: kLens != 0)
+            try bf16Kernel(out: out, q: q, k: k, v: v, kLens: kLens, batch: batch, lq: lq, lk: lk, heads: heads, headDim: headDim, scale: scale,
+                           version2: attentionUsed[shape] == .kernel2)
         }
     }
 }

@@ -326,12 +326,13 @@ final class CuDNNDescriptor {
     }
 }
 
-/// Which attention runs the DiT's bf16 attention: WanKit's flash-attention kernel (attention.cu), cuDNN's fused
-/// attention, or `auto`: where cuDNN loaded and a plan finalized for the shape, the faster of the two on that shape's
-/// first call (timed, cuDNN's output checked against the kernel's), else the kernel (a one-line note says which and
-/// why, once per shape).
+/// Which attention runs the DiT's bf16 attention: WanKit's flash-attention kernel (attention.cu), its second version
+/// `kernel2` (attention2.cu: FlashAttention-2's 128-row blocks, cp.async double buffering and ldmatrix fragments; head
+/// dims 64 and 128, other head dims run the first kernel), cuDNN's fused attention, or `auto`: where cuDNN loaded and a
+/// plan finalized for the shape, the fastest of the kernel, kernel2 and cuDNN on that shape's first call (timed, their
+/// outputs checked against the kernel's), else the kernel (a one-line note says which and why, once per shape).
 public enum AttentionBackend: String, CaseIterable, Sendable {
-    case kernel, cudnn, auto
+    case kernel, kernel2, cudnn, auto
 
     /// $WANKIT_ATTENTION when it names one, else `kernel`.
     public static var environmentDefault: AttentionBackend {

@@ -53,7 +53,13 @@ final class KernelSelfTest {
             // Bit for bit: the GPU's bf16 must be the host dequantisation's, rounded to bf16 (tolerance 0).
             (format.kernel, 0.0, { try self.dequantize(format) })
         }
-        return (cases + vaeSelfTestCases() + t5SelfTestCases()).map { name, tolerance, body in
+        // attention2.cu on the same cases as the first bf16 kernel (d128: 70 rows in one block of 128, 4 key tiles of 32, a mask
+        // inside tile 2; d64: 2 row blocks, 2 key tiles of 64, the mask on the tile edge).
+        let attention2: [(String, Double, () throws -> (gpu: [Double], reference: [Double]))] = [
+            ("flash_attention_bf16_v2_d128", 1e-2, { try self.attention(kernel: "flash_attention_bf16_v2_d128", bf16: true, lq: 70, lk: 100, heads: 3, d: 128, kLens: [100, 37]) }),
+            ("flash_attention_bf16_v2_d64", 1e-2, { try self.attention(kernel: "flash_attention_bf16_v2_d64", bf16: true, lq: 130, lk: 77, heads: 2, d: 64, kLens: [77, 64]) }),
+        ]
+        return (cases + attention2 + vaeSelfTestCases() + t5SelfTestCases()).map { name, tolerance, body in
             do {
                 let (gpu, reference) = try body()
                 var diff = 0.0, norm = 0.0, maxAbs = 0.0
@@ -333,7 +339,12 @@ final class KernelSelfTest {
         let dv = try bf16 ? upload(v.map(KernelSelfTest.bf16)) : upload(v)
         let dl = try upload(kLens)
         let out = try context.allocate(bytes: batch * lq * heads * d * (bf16 ? 2 : 4))
-        if bf16 {
+        if kernel.hasPrefix("flash_attention_bf16_v2") {
+            try function(kernel).launch(grid: ((lq + CUDAOps.bf16V2Rows - 1) / CUDAOps.bf16V2Rows, heads, batch),
+                                        block: (CUDAOps.bf16V2Threads(headDim: d), 1, 1),
+                                        [.buffer(out), .buffer(dq), .buffer(dk), .buffer(dv), .buffer(dl), .int32(Int32(lq)),
+                                         .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
+        } else if bf16 {
             try function(kernel).launch(grid: ((lq + 63) / 64, heads, batch), block: (128, 1, 1),
                                         [.buffer(out), .buffer(dq), .buffer(dk), .buffer(dv), .buffer(dl), .int32(Int32(lq)),
                                          .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])

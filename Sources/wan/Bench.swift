@@ -39,7 +39,7 @@ struct BenchDiT: ParsableCommand {
     @Option(help: "Prompt length in tokens (1-512; the default is the longest prompt, the slowest case).") var promptTokens: Int = 512
     @Option(help: "cpu, cuda or auto (cuda: weights uploaded once, peak GPU memory and TFLOP/s reported).") var device: String = "cpu"
     @Option(help: "With --device cuda: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
-    @Option(help: "With --device cuda: the bf16 attention: kernel (WanKit's flash attention), cudnn (cuDNN's fused attention) or auto (cuDNN where it has a plan for the shape, else the kernel); default $WANKIT_ATTENTION, else kernel.") var attention: String?
+    @Option(help: "With --device cuda: the bf16 attention: kernel (WanKit's flash attention), kernel2 (its second version, attention2.cu: head dims 64 and 128), cudnn (cuDNN's fused attention) or auto (where cuDNN has a plan for the shape, the fastest of kernel, kernel2 and cudnn on its first call, else the kernel); default $WANKIT_ATTENTION, else kernel.") var attention: String?
 
     func run() throws {
         var shapes: [(w: Int, h: Int, f: Int)] = [(832, 480, 1), (256, 256, 5)]
@@ -153,7 +153,7 @@ struct BenchAttention: ParsableCommand {
     @Option(help: "Query tile.") var queryTile: Int = Attention.queryTile
     @Option(help: "Key tile.") var keyTile: Int = Attention.keyTile
     @Option(help: "cpu or cuda (cuda: bf16 on the GPU, the own kernel and cuDNN's fused attention timed at the 1.3B 480P and 14B 720P shapes unless --tokens/--heads are given).") var device: String = "cpu"
-    @Option(help: "With --device cuda: both (default), kernel, cudnn or auto.") var attention: String = "both"
+    @Option(help: "With --device cuda: both (default: kernel and cudnn), all (kernel, kernel2 and cudnn), kernel, kernel2, cudnn or auto.") var attention: String = "both"
     @Option(help: "With --device cuda: timed runs per backend and shape (after one warm-up).") var repeats: Int = 3
     @Flag(help: "With --device cuda: one JSON object per line.") var json = false
 

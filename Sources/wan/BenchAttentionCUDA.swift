@@ -12,20 +12,23 @@ extension BenchAttention {
         var kLens: [Int32]?
     }
 
-    /// `wan bench attention --device cuda`: bf16 attention on the GPU, the own flash-attention kernel and cuDNN's
-    /// fused attention (`--attention`), at the DiT's shapes: the 1.3B's self-attention at 832x480x81 (B=1, L=32760,
+    /// `wan bench attention --device cuda`: bf16 attention on the GPU, the own flash-attention kernel, its second
+    /// version (attention2.cu, `kernel2`) and cuDNN's fused attention (`--attention`: both = kernel + cudnn, all =
+    /// kernel + kernel2 + cudnn), at the DiT's shapes: the 1.3B's self-attention at 832x480x81 (B=1, L=32760,
     /// H=12, D=128), its cross-attention to 512 text rows, the 14B's self-attention at 1280x720x81 (L=75600, H=40),
     /// and a small masked batch (kLens) to check the key-length mask; seconds per call (mean of `repeats` after one
-    /// warm-up), TFLOP/s (4·B·Lq·Lk·H·D), cuDNN's plan time, and cuDNN's rel_l2 against the kernel.
+    /// warm-up), TFLOP/s (4·B·Lq·Lk·H·D), cuDNN's plan time, and kernel2's and cuDNN's rel_l2 against the kernel.
     func runCUDA(gpu: GPUInfo) throws {
         let choice = attention.lowercased()
         let backends: [AttentionBackend]
         switch choice {
         case "both": backends = [.kernel, .cudnn]
+        case "all": backends = [.kernel, .kernel2, .cudnn]
         case "kernel": backends = [.kernel]
+        case "kernel2": backends = [.kernel, .kernel2]
         case "cudnn": backends = [.kernel, .cudnn]
         case "auto": backends = [.kernel, .auto]
-        default: throw ValidationError("--attention must be both, kernel, cudnn or auto, got \(attention)")
+        default: throw ValidationError("--attention must be both, all, kernel, kernel2, cudnn or auto, got \(attention)")
         }
         let shapes: [CUDAShape]
         if tokens != nil || heads != nil {
@@ -68,12 +71,17 @@ extension BenchAttention {
                                           "lq": shape.lq, "lk": shape.lk, "heads": shape.heads, "head_dim": shape.headDim,
                                           "masked": shape.kLens != nil, "backend": backend.rawValue]
                 do {
-                    let planBefore = backend == .kernel ? 0 : ((try? ops.cudnn().planSeconds) ?? 0)
+                    let ownKernel = backend == .kernel || backend == .kernel2
+                    let planBefore = ownKernel ? 0 : ((try? ops.cudnn().planSeconds) ?? 0)
                     let warmStart = now()
                     try call()
                     try context.synchronize()
                     obj["first_call_seconds"] = now() - warmStart
-                    if backend != .kernel {
+                    if backend == .kernel2 {
+                        obj["ran"] = ops.attentionUsed[CuDNNAttention.Shape(batch: shape.batch, lq: shape.lq, lk: shape.lk, heads: shape.heads,
+                                                                            headDim: shape.headDim, masked: shape.kLens != nil)]?.rawValue ?? "?"
+                    }
+                    if !ownKernel {
                         let used = ops.attentionUsed[CuDNNAttention.Shape(batch: shape.batch, lq: shape.lq, lk: shape.lk, heads: shape.heads,
                                                                           headDim: shape.headDim, masked: shape.kLens != nil)]
                         obj["ran"] = used?.rawValue ?? "?"

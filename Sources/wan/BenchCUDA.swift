@@ -32,7 +32,7 @@ extension BenchDiT {
         let loadSeconds = now() - t0
         if let attention {
             guard let backend = AttentionBackend(rawValue: attention.lowercased()) else {
-                throw ValidationError("--attention must be auto, kernel or cudnn, got \(attention)")
+                throw ValidationError("--attention must be auto, kernel, kernel2 or cudnn, got \(attention)")
             }
             dit.ops.attentionBackend = backend
         }
@@ -93,7 +93,7 @@ extension BenchDiT {
                     "kernel_compile_seconds": compileSeconds, "peak_gpu_bytes": peak, "allocated_peak_bytes": dit.pool.peakAllocatedBytes + dit.weightBytes,
                     "weight_bytes": dit.weightBytes, "total_gpu_bytes": total, "output_finite": finite,
                     "attention": dit.ops.attentionBackend.rawValue, "attention_ran": attentionRan()]
-                if dit.ops.attentionBackend != .kernel, let cudnn = try? dit.ops.cudnn() {
+                if dit.ops.attentionBackend != .kernel && dit.ops.attentionBackend != .kernel2, let cudnn = try? dit.ops.cudnn() {
                     obj["cudnn_version"] = cudnn.cudnn.versionString
                     obj["cudnn_plan_seconds"] = cudnn.planSeconds
                 }

@@ -45,6 +45,14 @@ enum KernelSourcesOnTheCPU {
         // The warp's mma.sync.m16n8k16 (bf16 in, f32 accumulators) from the fragments its 32 lanes hand over.
         void mma_bf16_16816_host(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1);
         #define vae_mma_bf16_host mma_bf16_16816_host
+        // The warp's ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16: lane l hands over the (16-byte aligned) address
+        // of row l % 8 of matrix l / 8; r[i] receives row l / 4, columns 2(l % 4) and 2(l % 4) + 1 of matrix i (the lower
+        // column in the low half), or with `trans` column l / 4, rows 2(l % 4) and 2(l % 4) + 1.
+        void ldmatrix_host(unsigned* r, int count, const void* row, bool trans);
+        static inline void ldmatrix_x4_host(unsigned* r, const void* row, bool trans) { ldmatrix_host(r, 4, row, trans); }
+        // cp.async.{ca,cg}.shared.global with src-size: a plain copy of `src_bytes` (0..16), the rest of the 16 zero-filled;
+        // the copy is done when the call returns, so commit_group / wait_group are no-ops on the CPU.
+        void cp_async_16_host(void* dst, const void* src, int src_bytes);
         """#
 
     static let host = #"""
@@ -123,6 +131,29 @@ enum KernelSourcesOnTheCPU {
                 d[i] = s;
             }
             warp_barriers[warp]->arrive_and_wait();
+        }
+
+        static const unsigned short* ldmatrix_rows[32][32];
+        void ldmatrix_host(unsigned* r, int count, const void* row, bool trans) {
+            const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+            if (lane < 8 * count && reinterpret_cast<uintptr_t>(row) % 16 != 0) { std::printf("ldmatrix: lane %d's row address %p is not 16-byte aligned\n", lane, row); std::exit(3); }
+            ldmatrix_rows[warp][lane] = static_cast<const unsigned short*>(row);
+            warp_barriers[warp]->arrive_and_wait();
+            const int g = lane / 4, t = lane % 4;
+            for (int i = 0; i < count; ++i) {
+                const unsigned lo = trans ? ldmatrix_rows[warp][8 * i + 2 * t][g] : ldmatrix_rows[warp][8 * i + g][2 * t];
+                const unsigned hi = trans ? ldmatrix_rows[warp][8 * i + 2 * t + 1][g] : ldmatrix_rows[warp][8 * i + g][2 * t + 1];
+                r[i] = lo | (hi << 16);
+            }
+            warp_barriers[warp]->arrive_and_wait();
+        }
+        void cp_async_16_host(void* dst, const void* src, int src_bytes) {
+            if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % 16 != 0) || src_bytes < 0 || src_bytes > 16) {
+                std::printf("cp.async: dst %p src %p src-size %d (16-byte aligned addresses and 0..16 bytes)\n", dst, src, src_bytes);
+                std::exit(3);
+            }
+            if (src_bytes > 0) std::memcpy(dst, src, src_bytes);
+            std::memset(static_cast<char*>(dst) + src_bytes, 0, 16 - src_bytes);
         }
 
         static unsigned long long seed = 88172645463325252ull;
