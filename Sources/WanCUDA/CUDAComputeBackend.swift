@@ -59,6 +59,8 @@ public final class CUDAComputeBackend: ComputeBackend {
     }
 
     public var activationType: ElementType { precision.activation }
+    /// The GPU attention kernels take no per-key bias: the DiT's text is embedded at its full length.
+    public var collapsesPaddedText: Bool { false }
 
     // MARK: weights
 
@@ -116,10 +118,18 @@ public final class CUDAComputeBackend: ComputeBackend {
         return x
     }
 
+    /// A dense tensor as a host f32 tensor (bf16 widened); waits for the queued work.
     public func download(_ x: BackendTensor<CUDAComputeBackend>) throws -> Tensor {
-        precondition(x.type == .f32 && x.isDense, "download takes a dense f32 tensor")
+        precondition(x.isDense, "download takes a dense tensor")
+        let count = x.rows * x.cols
         let out = Tensor(uninitialized: [x.rows, x.cols])
-        try context.copy(toHost: UnsafeMutableRawPointer(out.data), from: Self.pointer(x), bytes: 4 * x.rows * x.cols)
+        if x.type == .f32 {
+            try context.copy(toHost: UnsafeMutableRawPointer(out.data), from: Self.pointer(x), bytes: 4 * count)
+        } else {
+            var bits = [UInt16](repeating: 0, count: count)
+            try bits.withUnsafeMutableBytes { try context.copy(toHost: $0.baseAddress!, from: Self.pointer(x), bytes: 2 * count) }
+            bits.withUnsafeBufferPointer { BFloat16.unpack($0.baseAddress!, into: out.data, count: count) }
+        }
         return out
     }
 
@@ -153,8 +163,12 @@ public final class CUDAComputeBackend: ComputeBackend {
         if activation == .quickGELU {
             throw CUDAError.callFailed(call: "linear", code: -1, message: "QuickGELU has no GPU kernel; use --device cpu")
         }
-        try product(m, rows: x.rows, x: Self.pointer(x), y: Self.pointer(y), epilogue: activation == .geluTanh ? .geluTanh : .none)
-        if activation == .geluErf { try ops.geluErf(y.type, out: Self.pointer(y), x: Self.pointer(y), count: y.rows * y.cols) }
+        // GELU(tanh) inside cuBLASLt's epilogue under bf16; in f32 by the kernel (exactly the official formula).
+        let fused = activation == .geluTanh && precision == .bf16
+        try product(m, rows: x.rows, x: Self.pointer(x), y: Self.pointer(y), epilogue: fused ? .geluTanh : .none)
+        let count = y.rows * y.cols
+        if activation == .geluErf { try ops.geluErf(y.type, out: Self.pointer(y), x: Self.pointer(y), count: count) }
+        if activation == .geluTanh && !fused { try ops.geluTanh(y.type, out: Self.pointer(y), x: Self.pointer(y), count: count) }
     }
 
     public func gatedGELU(gate: DeviceLinear, up: DeviceLinear, _ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>) throws {
@@ -171,12 +185,26 @@ public final class CUDAComputeBackend: ComputeBackend {
                           rows: x.rows, dim: x.cols, eps: eps)
     }
 
-    public func rmsNorm(_ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>, weight: DeviceBuffer, eps: Float) throws {
+    public func convert(_ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>) throws {
         precondition(x.type == .f32 && x.isDense && y.isDense && x.rows == y.rows && x.cols == y.cols)
+        if y.type == .bf16 {
+            try ops.convertToBF16(out: Self.pointer(y), x: Self.pointer(x), count: x.rows * x.cols)
+        } else if Self.pointer(x) != Self.pointer(y) {
+            try context.copy(onDevice: Self.pointer(y), from: Self.pointer(x), bytes: 4 * x.rows * x.cols)
+        }
+    }
+
+    public func rmsNorm(_ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>, weight: DeviceBuffer, eps: Float) throws {
+        precondition(x.isDense && y.isDense && x.rows == y.rows && x.cols == y.cols)
+        if x.type == y.type {
+            try ops.rmsNorm(y.type, out: Self.pointer(y), x: Self.pointer(x), weight: weight.pointer, rows: x.rows, dim: x.cols, eps: eps)
+            return
+        }
+        precondition(x.type == .f32)
         // The norm in f32, then (bf16) rounded to the output type.
-        let f = y.type == .f32 ? y : try tensor(rows: y.rows, cols: y.cols, type: .f32)
+        let f = try tensor(rows: y.rows, cols: y.cols, type: .f32)
         try ops.rmsNorm(.f32, out: Self.pointer(f), x: Self.pointer(x), weight: weight.pointer, rows: x.rows, dim: x.cols, eps: eps)
-        if y.type != .f32 { try ops.convertToBF16(out: Self.pointer(y), x: Self.pointer(f), count: y.rows * y.cols) }
+        try ops.convertToBF16(out: Self.pointer(y), x: Self.pointer(f), count: y.rows * y.cols)
     }
 
     public func addResidual(_ x: BackendTensor<CUDAComputeBackend>, _ delta: BackendTensor<CUDAComputeBackend>) throws {

@@ -3,8 +3,6 @@ import WanTensor
 import WanWeights
 import WanModels
 
-extension CUDADiTContext: DiTConditioning {}
-
 /// The GPU DiT is a `DiTDenoiser`: the pipelines and the conformance runner run it as they run the CPU `WanDiT`.
 extension CUDADiT: DiTDenoiser {
     public var backendDescription: String { "cuda:\(context.info.ordinal) \(context.info.name) (\(precision.rawValue))" }

@@ -230,87 +230,19 @@ public final class CUDADiT {
 
     // MARK: context
 
-    /// The text (and image) conditioning on the device: the embedded text at text_len rows and every block's
-    /// cross-attention keys and values. Prepare once per prompt; reuse for every step.
-    public func prepare(context text: Tensor, clipFeatures: Tensor? = nil) throws -> CUDADiTContext {
-        let c = config, d = c.dim, n = c.textLen
-        guard text.rank == 2, text.shape[1] == c.textDim else {
-            throw DiTInputError(description: "context must be [L, \(c.textDim)], got \(text.shape)")
-        }
-        let rows = text.shape[0]
-        guard rows <= n else { throw DiTInputError(description: "context has \(rows) rows, more than text_len \(n)") }
-        if c.hasImageInput && clipFeatures == nil { throw DiTInputError(description: "this \(c.modelType) model needs CLIP features") }
-        if !c.hasImageInput && clipFeatures != nil { throw DiTInputError(description: "this t2v model takes no CLIP features") }
-
-        let prepared = CUDADiTContext(model: self, textRows: rows, padCount: n - rows)
-        // The official zero padding to text_len, then text_embedding (Linear, GELU(tanh), Linear).
-        let padded = Tensor(zeros: [n, c.textDim])
-        padded.data.update(from: text.data, count: text.count)
-        let input = try prepared.hold(pool.acquire(bytes: act.size * n * max(c.textDim, d)))
-        try upload(padded.data, count: padded.count, to: input.pointer, as: act)
-        let hidden = try prepared.hold(pool.acquire(bytes: act.size * n * d))
-        try runGELU(textEmbedding0, rows: n, x: input.pointer, y: hidden.pointer)
-        let embedded = try prepared.hold(pool.acquire(bytes: act.size * n * d))
-        try run(textEmbedding2, rows: n, x: hidden.pointer, y: embedded.pointer)
-        prepared.embedded = embedded
-
-        var imageRows = 0
-        var imageInput: DeviceBuffer? = nil
-        if let clip = clipFeatures {
-            let tokens = try imageContext(clip, into: prepared)
-            imageRows = tokens.rows
-            imageInput = tokens.activation
-        }
-        for block in blocks {
-            let k = try prepared.hold(pool.acquire(bytes: act.size * n * d))
-            let v = try prepared.hold(pool.acquire(bytes: act.size * n * d))
-            try run(block.ck, rows: n, x: embedded.pointer, y: k.pointer)
-            if let w = block.cNormK { try ops.rmsNorm(act, out: k.pointer, x: k.pointer, weight: w.pointer, rows: n, dim: d, eps: c.eps) }
-            try run(block.cv, rows: n, x: embedded.pointer, y: v.pointer)
-            prepared.textKV.append((k, v))
-            if let kImg = block.kImg, let vImg = block.vImg, let image = imageInput {
-                let ik = try prepared.hold(pool.acquire(bytes: act.size * imageRows * d))
-                let iv = try prepared.hold(pool.acquire(bytes: act.size * imageRows * d))
-                try run(kImg, rows: imageRows, x: image.pointer, y: ik.pointer)
-                if let w = block.normKImg { try ops.rmsNorm(act, out: ik.pointer, x: ik.pointer, weight: w.pointer, rows: imageRows, dim: d, eps: c.eps) }
-                try run(vImg, rows: imageRows, x: image.pointer, y: iv.pointer)
-                prepared.imageKV.append((ik, iv))
-            }
-        }
-        // The temporaries go back to the pool (the kept buffers stay with the context).
-        prepared.drop(input)
-        prepared.drop(hidden)
-        if let imageInput, imageInput !== prepared.imageTokens { prepared.drop(imageInput) }
-        prepared.imageRows = imageRows
-        return prepared
+    /// The conditioning's weights as `PreparedDiTConditioning` runs them.
+    var conditioningWeights: DiTConditioningWeights<CUDAComputeBackend> {
+        DiTConditioningWeights(
+            textEmbedding0: textEmbedding0, textEmbedding2: textEmbedding2,
+            blocks: blocks.map { .init(k: $0.ck, v: $0.cv, normK: $0.cNormK, kImg: $0.kImg, vImg: $0.vImg, normKImg: $0.normKImg) },
+            image: imageProjection.map { .init(norm0Weight: $0.norm0Weight, norm0Bias: $0.norm0Bias, fc1: $0.fc1, fc2: $0.fc2,
+                                               norm4Weight: $0.norm4Weight, norm4Bias: $0.norm4Bias, posEmbedding: $0.posEmbedding) })
     }
 
-    /// MLPProj of the CLIP features (LayerNorm, Linear, GELU (erf), Linear, LayerNorm): the image tokens [n*257, dim]
-    /// in f32 (kept on the context for tracing) and in the activation type (the input of k_img / v_img).
-    func imageContext(_ clip: Tensor, into prepared: CUDADiTContext) throws -> (rows: Int, activation: DeviceBuffer) {
-        guard let proj = imageProjection else { throw DiTInputError(description: "this \(config.modelType) model takes no image features") }
-        let width = WanDiTConfig.clipDim, d = config.dim
-        let x = try WanDiT.clipRows(clip, posEmbedding: proj.posEmbedding)
-        let rows = x.shape[0]
-        let input = try prepared.hold(pool.acquire(bytes: 4 * rows * width))
-        try upload(x.data, count: x.count, to: input.pointer, as: .f32)
-        let normed = try prepared.hold(pool.acquire(bytes: act.size * rows * width))
-        try ops.layerNorm(act, out: normed.pointer, x: input.pointer, weight: proj.norm0Weight.pointer, bias: proj.norm0Bias.pointer,
-                          rows: rows, dim: width, eps: 1e-5)
-        let h1 = try prepared.hold(pool.acquire(bytes: act.size * rows * width))
-        try run(proj.fc1, rows: rows, x: normed.pointer, y: h1.pointer)
-        try ops.geluErf(act, out: h1.pointer, x: h1.pointer, count: rows * width)
-        let h2 = try prepared.hold(pool.acquire(bytes: 4 * rows * d))
-        try run(proj.fc2, rows: rows, x: h1.pointer, y: h2.pointer)
-        let tokens = try prepared.hold(pool.acquire(bytes: 4 * rows * d))
-        try ops.layerNorm(.f32, out: tokens.pointer, x: h2.pointer, weight: proj.norm4Weight.pointer, bias: proj.norm4Bias.pointer,
-                          rows: rows, dim: d, eps: 1e-5)
-        prepared.imageTokens = tokens
-        prepared.drop(input); prepared.drop(normed); prepared.drop(h1); prepared.drop(h2)
-        if act == .f32 { return (rows, tokens) }
-        let converted = try prepared.hold(pool.acquire(bytes: 2 * rows * d))
-        try ops.convertToBF16(out: converted.pointer, x: tokens.pointer, count: rows * d)
-        return (rows, converted)
+    /// The text (and image) conditioning on the device (`PreparedDiTConditioning`: the text embedded at text_len rows,
+    /// every block's cross-attention keys and values). Prepare once per prompt; reuse for every step.
+    public func prepare(context text: Tensor, clipFeatures: Tensor? = nil) throws -> CUDADiTContext {
+        try CUDADiTContext(model: self, backend: backend, config: config, weights: conditioningWeights, text: text, clipFeatures: clipFeatures)
     }
 
     // MARK: forward
@@ -400,8 +332,8 @@ public final class CUDADiT {
         try run(timeProjection, rows: 1, x: at("e_silu"), y: at("e0"))
         if let trace {
             trace("e0", try download(at("e0"), .f32, [6, d]))
-            trace("context_embedded", try download(prepared.embedded!.pointer, act, [c.textLen, d]))
-            if let tokens = prepared.imageTokens { trace("context_clip", try download(tokens.pointer, .f32, [prepared.imageRows, d])) }
+            trace("context_embedded", try prepared.paddedEmbedding(on: backend))
+            if let tokens = prepared.imageTokens { trace("context_clip", try backend.download(tokens)) }
         }
 
         // Blocks.
@@ -412,10 +344,10 @@ public final class CUDADiT {
                                    ffnChunkRows: plan.ffnChunkRows, e0: at("e0"), mod: at("mod"), gridSizes: at("grid"))
         try hook?(-1, x, buffers)
         for index in blocks.indices {
-            let text = prepared.textKV[index]
-            let image = prepared.imageKV.isEmpty ? nil
-                : (k: prepared.imageKV[index].k.pointer, v: prepared.imageKV[index].v.pointer, rows: prepared.imageRows)
-            try runBlock(index, x: x, buffers: buffers, text: (text.k.pointer, text.v.pointer), image: image, trace: trace)
+            let text = prepared.text[index], at = CUDAComputeBackend.pointer
+            let image = prepared.image.isEmpty ? nil
+                : (k: at(prepared.image[index].k), v: at(prepared.image[index].v), rows: prepared.imageRows)
+            try runBlock(index, x: x, buffers: buffers, text: (at(text.k), at(text.v)), image: image, trace: trace)
             try hook?(index, x, buffers)
         }
 
@@ -511,44 +443,9 @@ public final class CUDADiT {
     }
 }
 
-/// A prepared conditioning on the device (see `CUDADiT.prepare`); its buffers go back to the model's pool when it
-/// is released.
-public final class CUDADiTContext {
-    let model: CUDADiT
-    public let textRows: Int
-    public let padCount: Int
-    var embedded: DeviceBuffer?
-    var textKV: [(k: DeviceBuffer, v: DeviceBuffer)] = []
-    var imageKV: [(k: DeviceBuffer, v: DeviceBuffer)] = []
-    var imageTokens: DeviceBuffer?
-    var imageRows = 0
-    private var held: [DeviceBuffer] = []
-
-    init(model: CUDADiT, textRows: Int, padCount: Int) {
-        self.model = model
-        self.textRows = textRows
-        self.padCount = padCount
-    }
-
-    /// Device bytes this context holds.
-    public var deviceBytes: Int { held.reduce(0) { $0 + $1.bytes } }
-
-    func hold(_ buffer: DeviceBuffer) -> DeviceBuffer {
-        held.append(buffer)
-        return buffer
-    }
-
-    func drop(_ buffer: DeviceBuffer) {
-        if let i = held.firstIndex(where: { $0 === buffer }) {
-            held.remove(at: i)
-            model.pool.release(buffer)
-        }
-    }
-
-    deinit {
-        for buffer in held { model.pool.release(buffer) }
-    }
-}
+/// A prepared conditioning on the device (see `PreparedDiTConditioning`); its tensors go back to the model's pool when
+/// it is released.
+public typealias CUDADiTContext = PreparedDiTConditioning<CUDAComputeBackend>
 
 extension CUDAMatmul {
     /// The product of an uploaded `Linear`: y = x · wᵀ + bias. A compact weight (weight-only quantisation) is first

@@ -169,8 +169,9 @@ public final class CUDAVACE {
                     try run(bp, rows: L, x: try cInput(), y: at("c"))
                     try main.ops.gatedResidual(.f32, x: at("c"), y: at("x0"), gate: 0, modStride: 0, rows: L, rowsPerBatch: L, dim: d)
                 }
-                let text = prepared.vace.textKV[k]
-                try vace.runBlock(k, x: at("c"), buffers: s, text: (text.k.pointer, text.v.pointer), image: nil, trace: vaceTrace)
+                let text = prepared.vace.text[k]
+                try vace.runBlock(k, x: at("c"), buffers: s, text: (CUDAComputeBackend.pointer(text.k), CUDAComputeBackend.pointer(text.v)),
+                                  image: nil, trace: vaceTrace)
                 if needed.contains(k) {
                     var hint = at("hint")
                     if k != n {

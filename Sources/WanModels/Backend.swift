@@ -96,6 +96,9 @@ public protocol ComputeBackend: AnyObject {
     associatedtype Segments
 
     var activationType: ElementType { get }
+    /// Whether attention takes a per-key bias, so the DiT keeps the official zero-padded text rows once with
+    /// log(count) added to their score (the same softmax); else the text is embedded at its full length.
+    var collapsesPaddedText: Bool { get }
 
     // MARK: weights
 
@@ -124,7 +127,10 @@ public protocol ComputeBackend: AnyObject {
     func gatedGELU(gate: Matrix, up: Matrix, _ x: BackendTensor<Self>, into y: BackendTensor<Self>) throws
     /// LayerNorm over each row of f32 `x` (weight and bias optional); y may be x.
     func layerNorm(_ x: BackendTensor<Self>, into y: BackendTensor<Self>, weight: Vector?, bias: Vector?, eps: Float) throws
-    /// T5LayerNorm (RMS, no mean, no bias) of f32 `x`, times `weight`; y may be x.
+    /// y = x in y's type (an f32 tensor as the input of products in the activation type).
+    func convert(_ x: BackendTensor<Self>, into y: BackendTensor<Self>) throws
+    /// RMSNorm (T5LayerNorm, WanRMSNorm: no mean, no bias) of each row of `x`, times `weight`: x f32 (y of any type),
+    /// or x of y's type; y may be x.
     func rmsNorm(_ x: BackendTensor<Self>, into y: BackendTensor<Self>, weight: Vector, eps: Float) throws
     /// x (f32) += delta.
     func addResidual(_ x: BackendTensor<Self>, _ delta: BackendTensor<Self>) throws
@@ -158,6 +164,7 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     public init() {}
 
     public var activationType: ElementType { .f32 }
+    public var collapsesPaddedText: Bool { true }
 
     public func matrix(_ binder: WeightBinder, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> Matrix {
         try Linear(binder, prefix, in: inFeatures, out: outFeatures, bias: bias)
@@ -216,6 +223,11 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
         precondition(x.isDense && y.isDense && x.rows == y.rows && x.cols == y.cols)
         Kernels.layerNorm(Self.pointer(x), rows: x.rows, dim: x.cols, eps: eps, weight: weight.map { UnsafePointer($0.data) },
                           bias: bias.map { UnsafePointer($0.data) }, scale: nil, shift: nil, out: Self.pointer(y))
+    }
+
+    public func convert(_ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>) throws {
+        precondition(x.isDense && y.isDense && x.rows == y.rows && x.cols == y.cols)
+        if Self.pointer(x) != Self.pointer(y) { Self.pointer(y).update(from: Self.pointer(x), count: x.rows * x.cols) }
     }
 
     public func rmsNorm(_ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>, weight: Tensor, eps: Float) throws {

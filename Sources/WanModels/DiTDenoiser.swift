@@ -25,8 +25,6 @@ extension DiTDenoiser {
     public func releaseActivations() {}
 }
 
-extension DiTContext: DiTConditioning {}
-
 extension WanDiT: DiTDenoiser {
     public var backendDescription: String { "cpu" }
 

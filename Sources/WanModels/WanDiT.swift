@@ -65,6 +65,16 @@ public final class WanDiT: @unchecked Sendable {
     let head: Linear
     let imageProjection: ImageProjection?
     let rope: Rope3D
+    let backend = CPUBackend()
+    /// The conditioning's weights as `PreparedDiTConditioning` runs them.
+    var conditioningWeights: DiTConditioningWeights<CPUBackend> {
+        DiTConditioningWeights(
+            textEmbedding0: textEmbedding0, textEmbedding2: textEmbedding2,
+            blocks: blocks.map { .init(k: $0.crossAttn.k, v: $0.crossAttn.v, normK: $0.crossAttn.normK, kImg: $0.crossAttn.kImg,
+                                       vImg: $0.crossAttn.vImg, normKImg: $0.crossAttn.normKImg) },
+            image: imageProjection.map { .init(norm0Weight: $0.norm0.weight!, norm0Bias: $0.norm0.bias!, fc1: $0.fc1, fc2: $0.fc2,
+                                               norm4Weight: $0.norm4.weight!, norm4Bias: $0.norm4.bias!, posEmbedding: $0.posEmbedding) })
+    }
 
     /// Binds the model to weights by the official names. Strict: a missing, unexpected or misshapen tensor throws.
     public init(config c: WanDiTConfig, weights source: WeightSource) throws {
@@ -131,50 +141,10 @@ public final class WanDiT: @unchecked Sendable {
 
     // MARK: context
 
-    /// Everything the model derives from the text (and image) conditioning alone: the embedded text and every
-    /// block's cross-attention keys and values. It does not depend on the latent or the timestep, so a sampling loop
-    /// prepares it once per prompt. The official model zero-pads the text to text_len rows before the embedding, so
-    /// all padded rows embed to the same vector: they are kept once, with weight log(count) on its attention score,
-    /// which is the same softmax as attending to every copy.
+    /// Everything the model derives from the text (and image) conditioning alone (`PreparedDiTConditioning`: the
+    /// padded text rows kept once with log(count) on their score): prepare once per prompt, reuse for every step.
     public func prepare(context: Tensor, clipFeatures: Tensor? = nil) throws -> DiTContext {
-        let c = config, d = c.dim
-        guard context.rank == 2, context.shape[1] == c.textDim else {
-            throw DiTInputError(description: "context must be [L, \(c.textDim)], got \(context.shape)")
-        }
-        let rows = context.shape[0]
-        guard rows <= c.textLen else {
-            throw DiTInputError(description: "context has \(rows) rows, more than text_len \(c.textLen)")
-        }
-        let padCount = c.textLen - rows
-        let unique = rows + (padCount > 0 ? 1 : 0)
-        let padded = Tensor(zeros: [unique, c.textDim])
-        padded.data.update(from: context.data, count: context.count)
-        let embedded = textEmbedding2(textEmbedding0(padded, epilogue: .geluTanh))
-        let keyBias = Tensor(zeros: [unique])
-        if padCount > 0 { keyBias.data[unique - 1] = Foundation.log(Float(padCount)) }
-        var textBlocks: [DiTContext.KeyValue] = []
-        var imageBlocks: [DiTContext.KeyValue]? = nil
-        var imageTokens: Tensor? = nil
-        if c.hasImageInput {
-            guard let clipFeatures else { throw DiTInputError(description: "this \(c.modelType) model needs CLIP features") }
-            imageTokens = try imageContext(clipFeatures)
-            imageBlocks = []
-        } else if clipFeatures != nil {
-            throw DiTInputError(description: "this t2v model takes no CLIP features")
-        }
-        for block in blocks {
-            let ca = block.crossAttn
-            let k = ca.k(embedded), v = ca.v(embedded)
-            if let w = ca.normK { Kernels.rmsNorm(k.data, rows: unique, dim: d, eps: c.eps, weight: w.data) }
-            textBlocks.append(.init(k: k, v: v))
-            if let ic = imageTokens, let kImg = ca.kImg, let vImg = ca.vImg {
-                let ik = kImg(ic), iv = vImg(ic)
-                if let w = ca.normKImg { Kernels.rmsNorm(ik.data, rows: ic.shape[0], dim: d, eps: c.eps, weight: w.data) }
-                imageBlocks!.append(.init(k: ik, v: iv))
-            }
-        }
-        return DiTContext(model: self, textRows: rows, padCount: padCount, embedded: embedded, keyBias: keyBias,
-                          blocks: textBlocks, imageTokens: imageTokens, imageBlocks: imageBlocks)
+        try DiTContext(model: self, backend: backend, config: config, weights: conditioningWeights, text: context, clipFeatures: clipFeatures)
     }
 
     // MARK: forward
@@ -241,21 +211,6 @@ public final class WanDiT: @unchecked Sendable {
         return x
     }
 
-    /// The image context rows (MLPProj of the CLIP features): [n*257, dim].
-    public func imageContext(_ clip: Tensor) throws -> Tensor {
-        guard let proj = imageProjection else { throw DiTInputError(description: "this \(config.modelType) model takes no image features") }
-        let width = WanDiTConfig.clipDim
-        let x = try Self.clipRows(clip, posEmbedding: proj.posEmbedding)
-        let rows = x.shape[0]
-        let h = Tensor(uninitialized: [rows, width])
-        proj.norm0(x.data, rows: rows, into: h.data)
-        let h1 = proj.fc1(h, epilogue: .geluErf)
-        let h2 = proj.fc2(h1)
-        let out = Tensor(uninitialized: [rows, config.dim])
-        proj.norm4(h2.data, rows: rows, into: out.data)
-        return out
-    }
-
     /// One video through the model. `trace` receives named intermediates (official module outputs) when given.
     public func forward(_ input: DiTInput, trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
         try forward(x: input.x, y: input.y, t: input.t, context: try prepare(context: input.context, clipFeatures: input.clipFeatures), trace: trace)
@@ -314,8 +269,8 @@ public final class WanDiT: @unchecked Sendable {
         trace?("e0", e0)
 
         if let trace {
-            trace("context_embedded", prepared.paddedEmbedding())
-            if let ic = prepared.imageTokens { trace("context_clip", ic) }
+            trace("context_embedded", try prepared.paddedEmbedding(on: backend))
+            if let ic = prepared.imageTokens { trace("context_clip", try backend.download(ic)) }
         }
 
         // Blocks.
@@ -400,17 +355,17 @@ public final class WanDiT: @unchecked Sendable {
         if let n3 = block.norm3 { n3(x.data, rows: L, into: s.normed.data) } else { s.normed.data.update(from: x.data, count: L * d) }
         ca.q(s.normed.data, rows: L, into: s.q.data)
         if let w = ca.normQ { Kernels.rmsNorm(s.q.data, rows: L, dim: d, eps: c.eps, weight: w.data) }
-        let text = context.blocks[index]
-        let cr = context.uniqueTextRows
-        if let image = context.imageBlocks?[index] {
-            let ir = image.k.shape[0]
-            Attention.run(q: s.q.data, ldq: d, queries: L, k: image.k.data, ldk: d, v: image.v.data, ldv: d, keys: ir,
+        let text = context.text[index], cr = context.textKeys
+        let keyBias = context.keyBias.map { UnsafePointer($0.data) }
+        if !context.image.isEmpty {
+            let image = context.image[index], ir = context.imageRows
+            Attention.run(q: s.q.data, ldq: d, queries: L, k: image.k.storage.data, ldk: d, v: image.v.storage.data, ldv: d, keys: ir,
                           heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d)
-            Attention.run(q: s.q.data, ldq: d, queries: L, k: text.k.data, ldk: d, v: text.v.data, ldv: d, keys: cr,
-                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, accumulate: true, keyBias: context.keyBias.data)
+            Attention.run(q: s.q.data, ldq: d, queries: L, k: text.k.storage.data, ldk: d, v: text.v.storage.data, ldv: d, keys: cr,
+                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, accumulate: true, keyBias: keyBias)
         } else {
-            Attention.run(q: s.q.data, ldq: d, queries: L, k: text.k.data, ldk: d, v: text.v.data, ldv: d, keys: cr,
-                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, keyBias: context.keyBias.data)
+            Attention.run(q: s.q.data, ldq: d, queries: L, k: text.k.storage.data, ldk: d, v: text.v.storage.data, ldv: d, keys: cr,
+                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, keyBias: keyBias)
         }
         ca.o(s.attn.data, rows: L, into: s.proj.data)
         if index == 0 { trace?("block0_cross_attn", s.proj.reshaped([L, d])) }
@@ -431,35 +386,5 @@ public final class WanDiT: @unchecked Sendable {
     }
 }
 
-/// A prepared conditioning (see `WanDiT.prepare`): reuse it for every step with the same prompt.
-public final class DiTContext: @unchecked Sendable {
-    struct KeyValue { let k: Tensor; let v: Tensor }
-    let model: WanDiT
-    /// Real text rows, and how many zero rows the official model appends to reach text_len.
-    public let textRows: Int
-    public let padCount: Int
-    /// Embedded text: the real rows, then one row standing for every padded row.
-    let embedded: Tensor
-    let keyBias: Tensor
-    let blocks: [KeyValue]
-    /// Image context rows (MLPProj of the CLIP features) for i2v/flf2v.
-    public let imageTokens: Tensor?
-    let imageBlocks: [KeyValue]?
-
-    var uniqueTextRows: Int { embedded.shape[0] }
-
-    init(model: WanDiT, textRows: Int, padCount: Int, embedded: Tensor, keyBias: Tensor, blocks: [KeyValue],
-         imageTokens: Tensor?, imageBlocks: [KeyValue]?) {
-        self.model = model; self.textRows = textRows; self.padCount = padCount; self.embedded = embedded
-        self.keyBias = keyBias; self.blocks = blocks; self.imageTokens = imageTokens; self.imageBlocks = imageBlocks
-    }
-
-    /// The embedded text as the official model holds it: [text_len, dim], padded rows repeated.
-    public func paddedEmbedding() -> Tensor {
-        let d = embedded.shape[1]
-        let out = Tensor(uninitialized: [textRows + padCount, d])
-        out.data.update(from: embedded.data, count: textRows * d)
-        for r in 0..<padCount { (out.data + (textRows + r) * d).update(from: embedded.data + textRows * d, count: d) }
-        return out
-    }
-}
+/// A prepared conditioning of a `WanDiT` (see `PreparedDiTConditioning`): reuse it for every step with the same prompt.
+public typealias DiTContext = PreparedDiTConditioning<CPUBackend>
