@@ -15,9 +15,11 @@ public final class CUDAComputeBackend: ComputeBackend {
     /// A pool allocation, handed back to the pool when the last tensor viewing it goes.
     public final class Storage {
         public let buffer: DeviceBuffer
-        let pool: DeviceMemoryPool
+        let pool: DeviceMemoryPool?
         init(_ buffer: DeviceBuffer, pool: DeviceMemoryPool) { self.buffer = buffer; self.pool = pool }
-        deinit { pool.release(buffer) }
+        /// A view of a buffer someone else holds (a model's planned workspace): not handed back.
+        public init(borrowing buffer: DeviceBuffer) { self.buffer = buffer; pool = nil }
+        deinit { pool?.release(buffer) }
     }
 
     /// The attention's per-row int32 arrays on the device (t5.cu): segment start, key count, row count, token
@@ -207,10 +209,51 @@ public final class CUDAComputeBackend: ComputeBackend {
         try ops.convertToBF16(out: Self.pointer(y), x: Self.pointer(f), count: y.rows * y.cols)
     }
 
-    public func addResidual(_ x: BackendTensor<CUDAComputeBackend>, _ delta: BackendTensor<CUDAComputeBackend>) throws {
+    public func addResidual(_ x: BackendTensor<CUDAComputeBackend>, _ delta: BackendTensor<CUDAComputeBackend>,
+                            gate: BackendTensor<CUDAComputeBackend>?) throws {
         precondition(x.type == .f32 && x.isDense && delta.isDense && x.rows == delta.rows && x.cols == delta.cols)
-        try ops.gatedResidual(delta.type, x: Self.pointer(x), y: Self.pointer(delta), gate: 0, modStride: 0, rows: x.rows,
-                              rowsPerBatch: x.rows, dim: x.cols)
+        precondition(gate == nil || gate!.type == .f32)
+        try ops.gatedResidual(delta.type, x: Self.pointer(x), y: Self.pointer(delta), gate: gate.map(Self.pointer) ?? 0, modStride: 0,
+                              rows: x.rows, rowsPerBatch: x.rows, dim: x.cols)
+    }
+
+    public func addVector(_ v: DeviceBuffer, _ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>) throws {
+        precondition(x.type == .f32 && y.type == .f32 && x.isDense && y.isDense && v.bytes >= 4 * x.rows * x.cols)
+        try ops.modulationAdd(out: Self.pointer(y), e: Self.pointer(x), modulation: v.pointer, batch: 1, n: x.rows * x.cols)
+    }
+
+    public func modulatedLayerNorm(_ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>,
+                                   shift: BackendTensor<CUDAComputeBackend>, scale: BackendTensor<CUDAComputeBackend>, eps: Float) throws {
+        precondition(x.type == .f32 && shift.type == .f32 && scale.type == .f32 && x.isDense && y.isDense && x.rows == y.rows)
+        try ops.layerNorm(y.type, out: Self.pointer(y), x: Self.pointer(x), shift: Self.pointer(shift), scale: Self.pointer(scale),
+                          modStride: 0, rows: x.rows, dim: x.cols, eps: eps)
+    }
+
+    /// The grid of the last rope (3 x int32 on the device), kept while the grid stays.
+    private var ropeGrid: (grid: [Int32], storage: Storage)?
+
+    public func rope(_ x: BackendTensor<CUDAComputeBackend>, heads: Int, headDim: Int, grid: (f: Int, h: Int, w: Int)) throws {
+        precondition(x.isDense && x.cols == heads * headDim)
+        let sizes: [Int32] = [Int32(grid.f), Int32(grid.h), Int32(grid.w)]
+        if ropeGrid?.grid != sizes {
+            let storage = Storage(try pool.acquire(bytes: 12), pool: pool)
+            try sizes.withUnsafeBytes { try context.copy(toDevice: storage.buffer.pointer, from: $0.baseAddress!, bytes: 12) }
+            ropeGrid = (sizes, storage)
+        }
+        try ops.rope(x.type, x: Self.pointer(x), grid: ropeGrid!.storage.buffer.pointer, batch: 1, seqLen: x.rows, heads: heads, headDim: headDim)
+    }
+
+    public func fullAttention(q: BackendTensor<CUDAComputeBackend>, k: BackendTensor<CUDAComputeBackend>, v: BackendTensor<CUDAComputeBackend>,
+                              out: BackendTensor<CUDAComputeBackend>, keyBias: Tensor?, accumulate: Bool, heads: Int, headDim: Int,
+                              scale: Float) throws {
+        precondition(keyBias == nil, "the GPU attention takes no key bias (collapsesPaddedText is false)")
+        precondition(q.isDense && k.isDense && v.isDense && out.isDense && q.cols == heads * headDim)
+        let target = accumulate ? try tensor(rows: out.rows, cols: out.cols, type: out.type) : out
+        try ops.attention(out.type, out: Self.pointer(target), q: Self.pointer(q), k: Self.pointer(k), v: Self.pointer(v), lq: q.rows,
+                          lk: k.rows, heads: heads, headDim: headDim, scale: scale)
+        if accumulate {
+            try ops.add(out.type, out: Self.pointer(out), a: Self.pointer(out), b: Self.pointer(target), count: out.rows * out.cols)
+        }
     }
 
     public func attention(q: BackendTensor<CUDAComputeBackend>, k: BackendTensor<CUDAComputeBackend>, v: BackendTensor<CUDAComputeBackend>,

@@ -262,6 +262,9 @@ public final class CUDADiT {
         return (plan, buffer.pointer)
     }
 
+    /// The workspace's buffer (set by `workspace(tokens:patchLength:)`).
+    var workspaceBuffer: DeviceBuffer? { workspace?.buffer }
+
     /// Hands the activation workspace back to the pool (the weights stay).
     public func releaseWorkspace() {
         if let w = workspace { pool.release(w.buffer); workspace = nil }
@@ -273,20 +276,26 @@ public final class CUDADiT {
         try forward(x: inputX, y: inputY, t: t, context: prepared, trace: trace, hook: nil)
     }
 
-    /// The buffers a block runs on beside the residual stream (the workspace of one forward pass): the activations
-    /// (`normed` [L, dim] f32-sized, `q`, `k`, `v`, `attn` [L, dim] and `hidden` [ffnChunkRows, ffn] in the activation
-    /// type), e0 [6, dim] f32, the block's modulation scratch [6, dim] f32 and the grid (3 x int32).
-    struct BlockBuffers {
-        let tokens: Int
-        let grid: (f: Int, h: Int, w: Int)
-        let normed, q, k, v, attn, hidden: UInt64
-        let ffnChunkRows: Int
-        let e0, mod, gridSizes: UInt64
+    /// Called with the residual stream [L, dim] (f32) after the patch embedding (stage -1) and after each block i
+    /// (stage i), with the buffers the blocks run on (views of the workspace): how `CUDAVACE` runs its vace blocks
+    /// and adds the hints.
+    typealias BlockHook = (_ stage: Int, _ x: BackendTensor<CUDAComputeBackend>, _ scratch: DiTBlockScratch<CUDAComputeBackend>) throws -> Void
+
+    /// Each block's weights as `runDiTBlock` runs them.
+    var blockWeights: [DiTBlockWeights<CUDAComputeBackend>] {
+        blocks.map { k in
+            DiTBlockWeights(modulation: k.modulation, q: k.q, k: k.k, v: k.v, o: k.o, normQ: k.normQ, normK: k.normK,
+                            norm3Weight: k.norm3Weight, norm3Bias: k.norm3Bias, crossQ: k.cq, crossO: k.co, crossNormQ: k.cNormQ,
+                            ffnIn: k.ffnIn, ffnOut: k.ffnOut)
+        }
     }
 
-    /// Called with the residual stream [L, dim] (f32) after the patch embedding (stage -1) and after each block i
-    /// (stage i), with the buffers the blocks run on: how `CUDAVACE` runs its vace blocks and adds the hints.
-    typealias BlockHook = (_ stage: Int, _ x: UInt64, _ buffers: BlockBuffers) throws -> Void
+    /// Block `index` of this model on the residual stream `x` [L, dim] (f32, in place) with the buffers of a forward
+    /// pass and the prepared conditioning (`runDiTBlock`).
+    func runBlock(_ index: Int, weights: [DiTBlockWeights<CUDAComputeBackend>], x: BackendTensor<CUDAComputeBackend>,
+                  scratch: DiTBlockScratch<CUDAComputeBackend>, context prepared: CUDADiTContext, trace: ((String, Tensor) -> Void)?) throws {
+        try runDiTBlock(backend, config: config, weights: weights[index], index: index, x: x, scratch: scratch, context: prepared, trace: trace)
+    }
 
     func forward(x inputX: Tensor, y inputY: Tensor?, t: Float, context prepared: CUDADiTContext,
                  trace: ((String, Tensor) -> Void)?, hook: BlockHook?) throws -> Tensor {
@@ -312,7 +321,7 @@ public final class CUDADiT {
         let patchLen = channels * pt * ph * pw
         let (plan, base) = try workspace(tokens: L, patchLength: patchLen)
         func at(_ name: String) -> UInt64 { base + UInt64(plan.workspace.offset(name)!) }
-        let x = at("x"), normed = at("normed"), q = at("q"), k = at("k"), v = at("v"), attn = at("attn"), hidden = at("hidden")
+        let x = at("x"), normed = at("normed")
 
         // Patch embedding: the Conv3d with stride = kernel is a product over the flattened patches (host-side gather).
         let patches = WanDiT.patchRows(inputX, inputY, patchSize: c.patchSize, grid: grid)
@@ -336,19 +345,23 @@ public final class CUDADiT {
             if let tokens = prepared.imageTokens { trace("context_clip", try backend.download(tokens)) }
         }
 
-        // Blocks.
-        let gridSizes: [Int32] = [Int32(grid.f), Int32(grid.h), Int32(grid.w)]
-        try gridSizes.withUnsafeBytes { try context.copy(toDevice: at("grid"), from: $0.baseAddress!, bytes: 12) }
+        // Blocks, on views of the workspace.
         let eps = c.eps
-        let buffers = BlockBuffers(tokens: L, grid: grid, normed: normed, q: q, k: k, v: v, attn: attn, hidden: hidden,
-                                   ffnChunkRows: plan.ffnChunkRows, e0: at("e0"), mod: at("mod"), gridSizes: at("grid"))
-        try hook?(-1, x, buffers)
+        let space = CUDAComputeBackend.Storage(borrowing: workspaceBuffer!)
+        func view(_ name: String, rows: Int, cols: Int, _ type: ElementType) -> BackendTensor<CUDAComputeBackend> {
+            BackendTensor(storage: space, offset: plan.workspace.offset(name)! / type.size, rows: rows, cols: cols, type: type)
+        }
+        let xs = view("x", rows: L, cols: d, .f32)
+        let scratch = DiTBlockScratch<CUDAComputeBackend>(
+            grid: grid, normed: view("normed", rows: L, cols: d, act), q: view("q", rows: L, cols: d, act),
+            k: view("k", rows: L, cols: d, act), v: view("v", rows: L, cols: d, act),
+            hidden: view("hidden", rows: plan.ffnChunkRows, cols: c.ffnDim, act), e0: view("e0", rows: 1, cols: 6 * d, .f32),
+            mod: view("mod", rows: 1, cols: 6 * d, .f32))
+        let weights = blockWeights
+        try hook?(-1, xs, scratch)
         for index in blocks.indices {
-            let text = prepared.text[index], at = CUDAComputeBackend.pointer
-            let image = prepared.image.isEmpty ? nil
-                : (k: at(prepared.image[index].k), v: at(prepared.image[index].v), rows: prepared.imageRows)
-            try runBlock(index, x: x, buffers: buffers, text: (at(text.k), at(text.v)), image: image, trace: trace)
-            try hook?(index, x, buffers)
+            try runBlock(index, weights: weights, x: xs, scratch: scratch, context: prepared, trace: trace)
+            try hook?(index, xs, scratch)
         }
 
         // Head, in f32: LN(x)*(1+(mod1+e))+(mod0+e), then the projection to patches.
@@ -374,72 +387,6 @@ public final class CUDADiT {
             } } } }
         }
         return video
-    }
-
-    /// Block `index` of this model on the residual stream `x` [L, dim] (f32, in place) with the buffers of a
-    /// forward pass (`buffers.mod` and every activation buffer are overwritten) and the block's prepared cross-attention
-    /// keys and values (text: text_len rows; image: i2v/flf2v). Traces block0_* for block 0 and block{index}_out.
-    func runBlock(_ index: Int, x: UInt64, buffers s: BlockBuffers, text: (k: UInt64, v: UInt64),
-                  image: (k: UInt64, v: UInt64, rows: Int)?, trace: ((String, Tensor) -> Void)?) throws {
-        let c = config, d = c.dim, act = self.act, L = s.tokens, block = blocks[index]
-        let heads = c.numHeads, hd = c.headDim, scale = 1 / Float(hd).squareRoot(), eps = c.eps
-        let normed = s.normed, q = s.q, k = s.k, v = s.v, attn = s.attn, hidden = s.hidden, mod = s.mod
-        func m(_ i: Int) -> UInt64 { mod + UInt64(i * d * 4) }
-        try ops.modulationAdd(out: mod, e: s.e0, modulation: block.modulation.pointer, batch: 1, n: 6 * d)
-
-        // Self-attention on LN(x)*(1+m1)+m0.
-        try ops.layerNorm(act, out: normed, x: x, shift: m(0), scale: m(1), modStride: 6 * d, rows: L, dim: d, eps: eps)
-        try run(block.q, rows: L, x: normed, y: q)
-        try run(block.k, rows: L, x: normed, y: k)
-        try run(block.v, rows: L, x: normed, y: v)
-        if let w = block.normQ { try ops.rmsNorm(act, out: q, x: q, weight: w.pointer, rows: L, dim: d, eps: eps) }
-        if let w = block.normK { try ops.rmsNorm(act, out: k, x: k, weight: w.pointer, rows: L, dim: d, eps: eps) }
-        try ops.rope(act, x: q, grid: s.gridSizes, batch: 1, seqLen: L, heads: heads, headDim: hd)
-        try ops.rope(act, x: k, grid: s.gridSizes, batch: 1, seqLen: L, heads: heads, headDim: hd)
-        try ops.attention(act, out: attn, q: q, k: k, v: v, lq: L, lk: L, heads: heads, headDim: hd, scale: scale)
-        let proj = k  // free once the self-attention has run
-        try run(block.o, rows: L, x: attn, y: proj)
-        if index == 0, let trace { trace("block0_self_attn", try download(proj, act, [L, d])) }
-        try ops.gatedResidual(act, x: x, y: proj, gate: m(2), modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
-
-        // Cross-attention on norm3(x), no modulation, no gate.
-        if let w = block.norm3Weight, let bias = block.norm3Bias {
-            try ops.layerNorm(act, out: normed, x: x, weight: w.pointer, bias: bias.pointer, rows: L, dim: d, eps: eps)
-        } else if act == .f32 {
-            try context.copy(onDevice: normed, from: x, bytes: 4 * L * d)
-        } else {
-            try ops.convertToBF16(out: normed, x: x, count: L * d)
-        }
-        try run(block.cq, rows: L, x: normed, y: q)
-        if let w = block.cNormQ { try ops.rmsNorm(act, out: q, x: q, weight: w.pointer, rows: L, dim: d, eps: eps) }
-        if let image {
-            // WanI2VCrossAttention: attention to the image tokens and to the text, summed before the projection.
-            try ops.attention(act, out: v, q: q, k: image.k, v: image.v, lq: L, lk: image.rows,
-                              heads: heads, headDim: hd, scale: scale)
-            try ops.attention(act, out: attn, q: q, k: text.k, v: text.v, lq: L, lk: c.textLen,
-                              heads: heads, headDim: hd, scale: scale)
-            try ops.add(act, out: attn, a: attn, b: v, count: L * d)
-        } else {
-            try ops.attention(act, out: attn, q: q, k: text.k, v: text.v, lq: L, lk: c.textLen,
-                              heads: heads, headDim: hd, scale: scale)
-        }
-        try run(block.co, rows: L, x: attn, y: proj)
-        if index == 0, let trace { trace("block0_cross_attn", try download(proj, act, [L, d])) }
-        try ops.gatedResidual(act, x: x, y: proj, gate: 0, modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
-
-        // FFN on LN(x)*(1+m4)+m3, gated by m5, in chunks of rows.
-        try ops.layerNorm(act, out: normed, x: x, shift: m(3), scale: m(4), modStride: 6 * d, rows: L, dim: d, eps: eps)
-        var r0 = 0
-        while r0 < L {
-            let n = min(s.ffnChunkRows, L - r0)
-            let offset = UInt64(r0 * d * act.size)
-            try runGELU(block.ffnIn, rows: n, x: normed + offset, y: hidden)
-            try run(block.ffnOut, rows: n, x: hidden, y: proj + offset)
-            r0 += n
-        }
-        if index == 0, let trace { trace("block0_ffn", try download(proj, act, [L, d])) }
-        try ops.gatedResidual(act, x: x, y: proj, gate: m(5), modStride: 6 * d, rows: L, rowsPerBatch: L, dim: d)
-        if let trace { trace("block\(index)_out", try download(x, .f32, [L, d])) }
     }
 }
 

@@ -64,11 +64,13 @@ public struct CUDADiTPlan: Equatable {
         ffnChunkRows = Self.ffnChunkRows(tokens: L, ffnDim: c.ffnDim, elementSize: t)
         var w = WorkspacePlan()
         w.add("x", bytes: 4 * L * d)             // the residual stream, f32
-        w.add("normed", bytes: 4 * L * d)        // block inputs (activation type), the head's LayerNorm output (f32)
+        w.add("normed", bytes: 4 * L * d)        // block inputs and the attention's output (activation type), the head's LayerNorm output (f32)
         w.add("q", bytes: t * L * d)
         w.add("k", bytes: t * L * d)             // also the projections' output once the self-attention has run
-        w.add("v", bytes: t * L * d)             // also the image cross-attention's output (i2v/flf2v)
-        w.add("attn", bytes: t * L * d)
+        w.add("v", bytes: t * L * d)
+        // i2v/flf2v: the text attention's output before it is added to the image attention's (the GPU backend takes it
+        // from the pool; counted here so the pre-flight sees it).
+        if c.hasImageInput { w.add("attn", bytes: t * L * d) }
         w.add("hidden", bytes: t * ffnChunkRows * c.ffnDim)
         w.add("patches", bytes: 4 * L * patchLength)
         w.add("head", bytes: 4 * L * c.outDim * c.patchSize.reduce(1, *))

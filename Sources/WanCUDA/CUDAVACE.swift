@@ -142,13 +142,14 @@ public final class CUDAVACE {
         var waiting: [Int: DeviceBuffer] = [:]
         defer { for buffer in waiting.values { main.pool.release(buffer) } }
         let vaceTrace = trace.map { t in { (name: String, v: Tensor) in t("vace_" + name, v) } }
-        let hook: CUDADiT.BlockHook = { [self] stage, xt, s in
-            let L = s.tokens
+        let vaceWeights = vace.blockWeights
+        let hook: CUDADiT.BlockHook = { [self] stage, xs, s in
+            let L = s.tokens, xt = CUDAComputeBackend.pointer(xs), normed = CUDAComputeBackend.pointer(s.normed)
             // c (f32) as the input of a product, in s.normed (free between blocks).
             func cInput() throws -> UInt64 {
-                if act == .f32 { try context.copy(onDevice: s.normed, from: at("c"), bytes: 4 * L * d) }
-                else { try main.ops.convertToBF16(out: s.normed, x: at("c"), count: L * d) }
-                return s.normed
+                if act == .f32 { try context.copy(onDevice: normed, from: at("c"), bytes: 4 * L * d) }
+                else { try main.ops.convertToBF16(out: normed, x: at("c"), count: L * d) }
+                return normed
             }
             if stage < 0 {
                 (plan, base) = try workspace(tokens: L)
@@ -169,9 +170,9 @@ public final class CUDAVACE {
                     try run(bp, rows: L, x: try cInput(), y: at("c"))
                     try main.ops.gatedResidual(.f32, x: at("c"), y: at("x0"), gate: 0, modStride: 0, rows: L, rowsPerBatch: L, dim: d)
                 }
-                let text = prepared.vace.text[k]
-                try vace.runBlock(k, x: at("c"), buffers: s, text: (CUDAComputeBackend.pointer(text.k), CUDAComputeBackend.pointer(text.v)),
-                                  image: nil, trace: vaceTrace)
+                let cTokens = BackendTensor<CUDAComputeBackend>(storage: CUDAComputeBackend.Storage(borrowing: workspace!.buffer),
+                                                                offset: plan.offset("c")! / 4, rows: L, cols: d, type: .f32)
+                try vace.runBlock(k, weights: vaceWeights, x: cTokens, scratch: s, context: prepared.vace, trace: vaceTrace)
                 if needed.contains(k) {
                     var hint = at("hint")
                     if k != n {

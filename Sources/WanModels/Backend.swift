@@ -132,12 +132,27 @@ public protocol ComputeBackend: AnyObject {
     /// RMSNorm (T5LayerNorm, WanRMSNorm: no mean, no bias) of each row of `x`, times `weight`: x f32 (y of any type),
     /// or x of y's type; y may be x.
     func rmsNorm(_ x: BackendTensor<Self>, into y: BackendTensor<Self>, weight: Vector, eps: Float) throws
-    /// x (f32) += delta.
-    func addResidual(_ x: BackendTensor<Self>, _ delta: BackendTensor<Self>) throws
+    /// x (f32) += delta (· gate, a [1, cols] f32 row, when given).
+    func addResidual(_ x: BackendTensor<Self>, _ delta: BackendTensor<Self>, gate: BackendTensor<Self>?) throws
+    /// y (f32) = v + x, v a parameter vector of x's length (a block's modulation plus the time embedding).
+    func addVector(_ v: Vector, _ x: BackendTensor<Self>, into y: BackendTensor<Self>) throws
+    /// LayerNorm without affine of each row of f32 `x`, then · (1 + scale) + shift ([1, cols] f32 rows): adaLN.
+    func modulatedLayerNorm(_ x: BackendTensor<Self>, into y: BackendTensor<Self>, shift: BackendTensor<Self>, scale: BackendTensor<Self>,
+                            eps: Float) throws
+    /// The 3-D rotary embedding in place on [tokens (f, h, w order), heads · headDim] (official `rope_apply`).
+    func rope(_ x: BackendTensor<Self>, heads: Int, headDim: Int, grid: (f: Int, h: Int, w: Int)) throws
+    /// softmax(scale · q kᵀ (+ keyBias per key)) v over all rows of k, per head; `accumulate` adds to `out`.
+    func fullAttention(q: BackendTensor<Self>, k: BackendTensor<Self>, v: BackendTensor<Self>, out: BackendTensor<Self>, keyBias: Tensor?,
+                       accumulate: Bool, heads: Int, headDim: Int, scale: Float) throws
     /// Per segment and head: softmax(scale · q kᵀ (+ table[bucket(pos_k - pos_q), head])) v over the segment's keys.
     /// q, k, v, out: [rows, heads · headDim] (q, k, v may be column views of one tensor); `table` [buckets, heads].
     func attention(q: BackendTensor<Self>, k: BackendTensor<Self>, v: BackendTensor<Self>, out: BackendTensor<Self>,
                    segments: Segments, table: Vector?, heads: Int, headDim: Int, scale: Float) throws
+}
+
+extension ComputeBackend {
+    /// x (f32) += delta.
+    public func addResidual(_ x: BackendTensor<Self>, _ delta: BackendTensor<Self>) throws { try addResidual(x, delta, gate: nil) }
 }
 
 // MARK: - CPU
@@ -237,9 +252,42 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
         Kernels.rmsNorm(out, rows: x.rows, dim: x.cols, eps: eps, weight: weight.data)
     }
 
-    public func addResidual(_ x: BackendTensor<CPUBackend>, _ delta: BackendTensor<CPUBackend>) throws {
+    public func addResidual(_ x: BackendTensor<CPUBackend>, _ delta: BackendTensor<CPUBackend>, gate: BackendTensor<CPUBackend>?) throws {
         precondition(x.isDense && delta.isDense && x.rows == delta.rows && x.cols == delta.cols)
-        Kernels.addGated(Self.pointer(x), Self.pointer(delta), rows: x.rows, dim: x.cols, gate: nil)
+        Kernels.addGated(Self.pointer(x), Self.pointer(delta), rows: x.rows, dim: x.cols, gate: gate.map { UnsafePointer(Self.pointer($0)) })
+    }
+
+    public func addVector(_ v: Tensor, _ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>) throws {
+        let n = x.rows * x.cols, a = v.data, b = Self.pointer(x), out = Self.pointer(y)
+        precondition(v.count == n && x.isDense && y.isDense && y.rows * y.cols == n)
+        for j in 0..<n { out[j] = a[j] + b[j] }
+    }
+
+    public func modulatedLayerNorm(_ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>, shift: BackendTensor<CPUBackend>,
+                                   scale: BackendTensor<CPUBackend>, eps: Float) throws {
+        precondition(x.isDense && y.isDense && x.rows == y.rows && x.cols == y.cols && shift.cols == x.cols && scale.cols == x.cols)
+        Kernels.layerNorm(Self.pointer(x), rows: x.rows, dim: x.cols, eps: eps, scale: Self.pointer(scale), shift: Self.pointer(shift),
+                          out: Self.pointer(y))
+    }
+
+    private var ropes: [Int: Rope3D] = [:]
+    private let ropeLock = NSLock()
+
+    public func rope(_ x: BackendTensor<CPUBackend>, heads: Int, headDim: Int, grid: (f: Int, h: Int, w: Int)) throws {
+        ropeLock.lock()
+        let r = ropes[headDim] ?? Rope3D(headDim: headDim)
+        ropes[headDim] = r
+        ropeLock.unlock()
+        r.apply(Self.pointer(x), ld: x.ld, heads: heads, grid: grid)
+    }
+
+    public func fullAttention(q: BackendTensor<CPUBackend>, k: BackendTensor<CPUBackend>, v: BackendTensor<CPUBackend>,
+                              out: BackendTensor<CPUBackend>, keyBias: Tensor?, accumulate: Bool, heads: Int, headDim: Int,
+                              scale: Float) throws {
+        precondition(keyBias == nil || keyBias!.count == k.rows)
+        Attention.run(q: Self.pointer(q), ldq: q.ld, queries: q.rows, k: Self.pointer(k), ldk: k.ld, v: Self.pointer(v), ldv: v.ld,
+                      keys: k.rows, heads: heads, headDim: headDim, scale: scale, out: Self.pointer(out), ldo: out.ld,
+                      accumulate: accumulate, keyBias: keyBias.map { UnsafePointer($0.data) })
     }
 
     public func attention(q: BackendTensor<CPUBackend>, k: BackendTensor<CPUBackend>, v: BackendTensor<CPUBackend>,

@@ -64,8 +64,9 @@ public final class WanDiT: @unchecked Sendable {
     let headModulation: Tensor  // [2, dim]
     let head: Linear
     let imageProjection: ImageProjection?
-    let rope: Rope3D
     let backend = CPUBackend()
+    /// Each block's weights as `runDiTBlock` runs them.
+    let blockWeights: [DiTBlockWeights<CPUBackend>]
     /// The conditioning's weights as `PreparedDiTConditioning` runs them.
     var conditioningWeights: DiTConditioningWeights<CPUBackend> {
         DiTConditioningWeights(
@@ -114,6 +115,11 @@ public final class WanDiT: @unchecked Sendable {
                                 ffnIn: try Linear(b, p + "ffn.0", in: d, out: c.ffnDim), ffnOut: try Linear(b, p + "ffn.2", in: c.ffnDim, out: d)))
         }
         self.blocks = blocks
+        blockWeights = blocks.map { k in
+            DiTBlockWeights(modulation: k.modulation, q: k.selfAttn.q, k: k.selfAttn.k, v: k.selfAttn.v, o: k.selfAttn.o,
+                            normQ: k.selfAttn.normQ, normK: k.selfAttn.normK, norm3Weight: k.norm3?.weight, norm3Bias: k.norm3?.bias,
+                            crossQ: k.crossAttn.q, crossO: k.crossAttn.o, crossNormQ: k.crossAttn.normQ, ffnIn: k.ffnIn, ffnOut: k.ffnOut)
+        }
         headModulation = try b.tensor("head.modulation", [1, 2, d])
         head = try Linear(b, "head.head", in: d, out: c.outDim * patchVolume)
         if c.hasImageInput {
@@ -127,7 +133,6 @@ public final class WanDiT: @unchecked Sendable {
         } else {
             imageProjection = nil
         }
-        rope = Rope3D(headDim: c.headDim)
         try b.finish()
     }
 
@@ -223,8 +228,18 @@ public final class WanDiT: @unchecked Sendable {
     }
 
     /// Called on the token rows [L, dim] before the first block (stage -1) and after each block i (stage i), with the
-    /// grid, e0 and the block scratch: how variants (VACE) add to the residual stream between blocks.
-    typealias BlockHook = (_ stage: Int, _ x: Tensor, _ grid: (f: Int, h: Int, w: Int), _ e0: Tensor, _ scratch: BlockScratch) throws -> Void
+    /// block scratch (grid and e0 in it): how variants (VACE) add to the residual stream between blocks.
+    typealias BlockHook = (_ stage: Int, _ x: Tensor, _ scratch: DiTBlockScratch<CPUBackend>) throws -> Void
+
+    /// Rows of the FFN per chunk: whole up to 4096 tokens (every single-frame 480P/720P case), else 4096.
+    static let ffnChunkRows = 4096
+
+    /// Block `index` of this model on the token rows `x` [L, dim] (`runDiTBlock`).
+    func runBlock(_ index: Int, x: Tensor, scratch: DiTBlockScratch<CPUBackend>, context: DiTContext,
+                  trace: ((String, Tensor) -> Void)?) throws {
+        try runDiTBlock(backend, config: config, weights: blockWeights[index], index: index,
+                        x: try backend.upload(x, rows: x.shape[0], cols: config.dim), scratch: scratch, context: context, trace: trace)
+    }
 
     func forward(x inputX: Tensor, y inputY: Tensor?, t: Float, context prepared: DiTContext,
                  trace: ((String, Tensor) -> Void)?, blockHook: BlockHook?) throws -> Tensor {
@@ -274,11 +289,12 @@ public final class WanDiT: @unchecked Sendable {
         }
 
         // Blocks.
-        let scratch = BlockScratch(tokens: L, dim: d, ffn: c.ffnDim)
-        try blockHook?(-1, x, grid, e0, scratch)
-        for (i, block) in blocks.enumerated() {
-            run(block, index: i, x: x, grid: grid, e0: e0, context: prepared, s: scratch, trace: trace)
-            try blockHook?(i, x, grid, e0, scratch)
+        let scratch = try DiTBlockScratch(backend: backend, config: c, tokens: L, grid: grid,
+                                          e0: try backend.upload(e0, rows: 1, cols: 6 * d), ffnChunkRows: Self.ffnChunkRows)
+        try blockHook?(-1, x, scratch)
+        for i in blocks.indices {
+            try runBlock(i, x: x, scratch: scratch, context: prepared, trace: trace)
+            try blockHook?(i, x, scratch)
         }
 
         // Head.
@@ -303,86 +319,6 @@ public final class WanDiT: @unchecked Sendable {
             } } } }
         }
         return video
-    }
-
-    /// Buffers reused by every block of one forward pass: four [L, dim] rows and the FFN hidden layer for one chunk
-    /// of rows. The attention output goes into `normed` (free once q, k, v are made) and the projections' outputs
-    /// into `k` (free once the self-attention has run), so a long video's activations stay at about five copies of x
-    /// with x itself (2.7 GB of scratch for the 14B at 832x480x81, where 6 x [L, dim] + [L, ffn] took 6.5 GB).
-    final class BlockScratch {
-        let normed, q, k, v: Tensor
-        var attn: Tensor { normed }
-        var proj: Tensor { k }
-        let ffnHidden: Tensor
-        let ffnRows: Int
-        let mod: Tensor
-        /// Rows of the FFN per chunk: whole up to 4096 tokens (every single-frame 480P/720P case), else 4096.
-        static let ffnChunkRows = 4096
-        init(tokens L: Int, dim d: Int, ffn: Int) {
-            normed = Tensor(uninitialized: [L, d]); q = Tensor(uninitialized: [L, d]); k = Tensor(uninitialized: [L, d])
-            v = Tensor(uninitialized: [L, d])
-            ffnRows = min(L, Self.ffnChunkRows)
-            ffnHidden = Tensor(uninitialized: [ffnRows, ffn])
-            mod = Tensor(uninitialized: [6, d])
-        }
-    }
-
-    func run(_ block: Block, index: Int, x: Tensor, grid: (f: Int, h: Int, w: Int), e0: Tensor, context: DiTContext,
-                     s: BlockScratch, trace: ((String, Tensor) -> Void)?) {
-        let c = config, d = c.dim, L = x.shape[0], heads = c.numHeads, hd = c.headDim
-        let scale = 1 / Float(hd).squareRoot()
-        for j in 0..<(6 * d) { s.mod.data[j] = block.modulation.data[j] + e0.data[j] }
-        let m = { (i: Int) in UnsafePointer(s.mod.data + i * d) }
-
-        // Self-attention on LN(x)*(1+m1)+m0.
-        Kernels.layerNorm(x.data, rows: L, dim: d, eps: c.eps, scale: m(1), shift: m(0), out: s.normed.data)
-        let sa = block.selfAttn
-        sa.q(s.normed.data, rows: L, into: s.q.data)
-        sa.k(s.normed.data, rows: L, into: s.k.data)
-        sa.v(s.normed.data, rows: L, into: s.v.data)
-        if let w = sa.normQ { Kernels.rmsNorm(s.q.data, rows: L, dim: d, eps: c.eps, weight: w.data) }
-        if let w = sa.normK { Kernels.rmsNorm(s.k.data, rows: L, dim: d, eps: c.eps, weight: w.data) }
-        rope.apply(s.q.data, ld: d, heads: heads, grid: grid)
-        rope.apply(s.k.data, ld: d, heads: heads, grid: grid)
-        Attention.run(q: s.q.data, ldq: d, queries: L, k: s.k.data, ldk: d, v: s.v.data, ldv: d, keys: L,
-                      heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d)
-        sa.o(s.attn.data, rows: L, into: s.proj.data)
-        if index == 0 { trace?("block0_self_attn", s.proj.reshaped([L, d])) }
-        Kernels.addGated(x.data, s.proj.data, rows: L, dim: d, gate: m(2))
-
-        // Cross-attention on norm3(x), no modulation, no gate.
-        let ca = block.crossAttn
-        if let n3 = block.norm3 { n3(x.data, rows: L, into: s.normed.data) } else { s.normed.data.update(from: x.data, count: L * d) }
-        ca.q(s.normed.data, rows: L, into: s.q.data)
-        if let w = ca.normQ { Kernels.rmsNorm(s.q.data, rows: L, dim: d, eps: c.eps, weight: w.data) }
-        let text = context.text[index], cr = context.textKeys
-        let keyBias = context.keyBias.map { UnsafePointer($0.data) }
-        if !context.image.isEmpty {
-            let image = context.image[index], ir = context.imageRows
-            Attention.run(q: s.q.data, ldq: d, queries: L, k: image.k.storage.data, ldk: d, v: image.v.storage.data, ldv: d, keys: ir,
-                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d)
-            Attention.run(q: s.q.data, ldq: d, queries: L, k: text.k.storage.data, ldk: d, v: text.v.storage.data, ldv: d, keys: cr,
-                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, accumulate: true, keyBias: keyBias)
-        } else {
-            Attention.run(q: s.q.data, ldq: d, queries: L, k: text.k.storage.data, ldk: d, v: text.v.storage.data, ldv: d, keys: cr,
-                          heads: heads, headDim: hd, scale: scale, out: s.attn.data, ldo: d, keyBias: keyBias)
-        }
-        ca.o(s.attn.data, rows: L, into: s.proj.data)
-        if index == 0 { trace?("block0_cross_attn", s.proj.reshaped([L, d])) }
-        Kernels.addGated(x.data, s.proj.data, rows: L, dim: d, gate: nil)
-
-        // FFN on LN(x)*(1+m4)+m3, gated by m5.
-        Kernels.layerNorm(x.data, rows: L, dim: d, eps: c.eps, scale: m(4), shift: m(3), out: s.normed.data)
-        var r0 = 0
-        while r0 < L {
-            let n = min(s.ffnRows, L - r0)
-            block.ffnIn(s.normed.data + r0 * d, rows: n, into: s.ffnHidden.data, epilogue: .geluTanh)
-            block.ffnOut(s.ffnHidden.data, rows: n, into: s.proj.data + r0 * d)
-            r0 += n
-        }
-        if index == 0 { trace?("block0_ffn", s.proj.reshaped([L, d])) }
-        Kernels.addGated(x.data, s.proj.data, rows: L, dim: d, gate: m(5))
-        trace?("block\(index)_out", x.reshaped([L, d]))
     }
 }
 

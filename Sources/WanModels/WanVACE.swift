@@ -221,7 +221,8 @@ public final class WanVACEDiT: @unchecked Sendable {
         var done = 0
         var hints: [Int: Tensor] = [:]
         let vaceTrace = trace.map { t in { (name: String, v: Tensor) in t("vace_" + name, v) } }
-        let hook: WanDiT.BlockHook = { [self] stage, xt, grid, e0, s in
+        let hook: WanDiT.BlockHook = { [self] stage, xt, s in
+            let grid = s.grid
             let L = xt.shape[0]
             if stage < 0 {
                 let copy = Tensor(uninitialized: [L, d])
@@ -242,7 +243,7 @@ public final class WanVACEDiT: @unchecked Sendable {
                     cur = next
                     cTokens = next
                 }
-                vace.run(vace.blocks[k], index: k, x: cur, grid: grid, e0: e0, context: prepared.vace, s: s, trace: vaceTrace)
+                try vace.runBlock(k, x: cur, scratch: s, context: prepared.vace, trace: vaceTrace)
                 if needed.contains(k) {
                     let hint = afterProj[k](cur)
                     vaceTrace?("hint\(k)", hint)
