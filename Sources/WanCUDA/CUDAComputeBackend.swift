@@ -218,8 +218,19 @@ public final class CUDAComputeBackend: ComputeBackend {
     }
 
     public func addVector(_ v: DeviceBuffer, _ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>) throws {
-        precondition(x.type == .f32 && y.type == .f32 && x.isDense && y.isDense && v.bytes >= 4 * x.rows * x.cols)
-        try ops.modulationAdd(out: Self.pointer(y), e: Self.pointer(x), modulation: v.pointer, batch: 1, n: x.rows * x.cols)
+        precondition(x.type == .f32 && y.type == .f32 && x.cols == y.cols && y.isDense && v.bytes >= 4 * y.rows * y.cols)
+        // modulation_add: out[r, c] = e[r, c] + modulation[c], with e the vector and modulation x's row.
+        try ops.modulationAdd(out: Self.pointer(y), e: v.pointer, modulation: Self.pointer(x), batch: y.rows, n: y.cols)
+    }
+
+    public func silu(_ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>) throws {
+        precondition(x.type == .f32 && y.type == .f32 && x.isDense && y.isDense && x.rows * x.cols == y.rows * y.cols)
+        try ops.silu(out: Self.pointer(y), x: Self.pointer(x), count: x.rows * x.cols)
+    }
+
+    public func write(_ host: Tensor, into y: BackendTensor<CUDAComputeBackend>) throws {
+        precondition(y.type == .f32 && y.isDense && host.count == y.rows * y.cols)
+        try context.copy(toDevice: Self.pointer(y), from: UnsafeRawPointer(host.data), bytes: 4 * host.count)
     }
 
     public func modulatedLayerNorm(_ x: BackendTensor<CUDAComputeBackend>, into y: BackendTensor<CUDAComputeBackend>,

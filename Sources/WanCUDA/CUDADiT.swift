@@ -279,7 +279,7 @@ public final class CUDADiT {
     /// Called with the residual stream [L, dim] (f32) after the patch embedding (stage -1) and after each block i
     /// (stage i), with the buffers the blocks run on (views of the workspace): how `CUDAVACE` runs its vace blocks
     /// and adds the hints.
-    typealias BlockHook = (_ stage: Int, _ x: BackendTensor<CUDAComputeBackend>, _ scratch: DiTBlockScratch<CUDAComputeBackend>) throws -> Void
+    typealias BlockHook = DiTBlockHook<CUDAComputeBackend>
 
     /// Each block's weights as `runDiTBlock` runs them.
     var blockWeights: [DiTBlockWeights<CUDAComputeBackend>] {
@@ -297,96 +297,31 @@ public final class CUDADiT {
         try runDiTBlock(backend, config: config, weights: weights[index], index: index, x: x, scratch: scratch, context: prepared, trace: trace)
     }
 
+    /// The patch embedding, time embedding and head as `runDiTForward` runs them.
+    var outerWeights: DiTOuterWeights<CUDAComputeBackend> {
+        DiTOuterWeights(patchEmbedding: patchEmbedding, timeEmbedding0: timeEmbedding0, timeEmbedding2: timeEmbedding2,
+                        timeProjection: timeProjection, head: head, headModulation: headModulation)
+    }
+
+    /// `runDiTForward` on views of the planned workspace (`CUDADiTPlan`, kept between calls of one token count).
     func forward(x inputX: Tensor, y inputY: Tensor?, t: Float, context prepared: CUDADiTContext,
                  trace: ((String, Tensor) -> Void)?, hook: BlockHook?) throws -> Tensor {
         guard prepared.model === self else { throw DiTInputError(description: "the context was prepared by another model") }
         let c = config, d = c.dim, act = self.act
-        if c.hasImageInput && inputY == nil { throw DiTInputError(description: "this \(c.modelType) model needs y (mask + image latent) besides x") }
-        guard inputX.rank == 4 else { throw DiTInputError(description: "x must be [C, F, H, W], got \(inputX.shape)") }
-        var channels = inputX.shape[0]
-        if let y = inputY {
-            guard y.rank == 4, Array(y.shape[1...]) == Array(inputX.shape[1...]) else {
-                throw DiTInputError(description: "y \(y.shape) must match x \(inputX.shape) in F, H, W")
+        return try runDiTForward(backend, config: c, outer: outerWeights, blocks: blockWeights, x: inputX, y: inputY, t: t,
+                                 context: prepared, buffers: { [self] grid, L, patchLen in
+            let (plan, _) = try workspace(tokens: L, patchLength: patchLen)
+            let space = CUDAComputeBackend.Storage(borrowing: workspaceBuffer!)
+            func view(_ name: String, _ rows: Int, _ cols: Int, _ type: ElementType) -> BackendTensor<CUDAComputeBackend> {
+                BackendTensor(storage: space, offset: plan.workspace.offset(name)! / type.size, rows: rows, cols: cols, type: type)
             }
-            channels += y.shape[0]
-        }
-        guard channels == c.inDim else {
-            throw DiTInputError(description: "the model takes \(c.inDim) input channels, got \(channels)")
-        }
-        let (pt, ph, pw) = (c.patchSize[0], c.patchSize[1], c.patchSize[2])
-        let (F, H, W) = (inputX.shape[1], inputX.shape[2], inputX.shape[3])
-        let grid = (f: F / pt, h: H / ph, w: W / pw)
-        let L = grid.f * grid.h * grid.w
-        guard L > 0 else { throw DiTInputError(description: "x \(inputX.shape) is smaller than one patch \(c.patchSize)") }
-        let patchLen = channels * pt * ph * pw
-        let (plan, base) = try workspace(tokens: L, patchLength: patchLen)
-        func at(_ name: String) -> UInt64 { base + UInt64(plan.workspace.offset(name)!) }
-        let x = at("x"), normed = at("normed")
-
-        // Patch embedding: the Conv3d with stride = kernel is a product over the flattened patches (host-side gather).
-        let patches = WanDiT.patchRows(inputX, inputY, patchSize: c.patchSize, grid: grid)
-        try upload(patches.data, count: patches.count, to: at("patches"), as: .f32)
-        try run(patchEmbedding, rows: L, x: at("patches"), y: x)
-        if let trace { trace("patch_tokens", try download(x, .f32, [L, d])) }
-
-        // Time embedding, in f32 (sinusoid in float64 on the host, as WanDiT).
-        let sinusoid = WanDiT.timestepSinusoid(t, dim: c.freqDim)
-        try sinusoid.withUnsafeBufferPointer { try upload($0.baseAddress!, count: c.freqDim, to: at("sinusoid"), as: .f32) }
-        if let trace { trace("time_sinusoid", Tensor(shape: [c.freqDim], values: sinusoid)) }
-        try run(timeEmbedding0, rows: 1, x: at("sinusoid"), y: at("e_hidden"))
-        try ops.silu(out: at("e_hidden"), x: at("e_hidden"), count: d)
-        try run(timeEmbedding2, rows: 1, x: at("e_hidden"), y: at("e"))
-        if let trace { trace("e", try download(at("e"), .f32, [d])) }
-        try ops.silu(out: at("e_silu"), x: at("e"), count: d)
-        try run(timeProjection, rows: 1, x: at("e_silu"), y: at("e0"))
-        if let trace {
-            trace("e0", try download(at("e0"), .f32, [6, d]))
-            trace("context_embedded", try prepared.paddedEmbedding(on: backend))
-            if let tokens = prepared.imageTokens { trace("context_clip", try backend.download(tokens)) }
-        }
-
-        // Blocks, on views of the workspace.
-        let eps = c.eps
-        let space = CUDAComputeBackend.Storage(borrowing: workspaceBuffer!)
-        func view(_ name: String, rows: Int, cols: Int, _ type: ElementType) -> BackendTensor<CUDAComputeBackend> {
-            BackendTensor(storage: space, offset: plan.workspace.offset(name)! / type.size, rows: rows, cols: cols, type: type)
-        }
-        let xs = view("x", rows: L, cols: d, .f32)
-        let scratch = DiTBlockScratch<CUDAComputeBackend>(
-            grid: grid, normed: view("normed", rows: L, cols: d, act), q: view("q", rows: L, cols: d, act),
-            k: view("k", rows: L, cols: d, act), v: view("v", rows: L, cols: d, act),
-            hidden: view("hidden", rows: plan.ffnChunkRows, cols: c.ffnDim, act), e0: view("e0", rows: 1, cols: 6 * d, .f32),
-            mod: view("mod", rows: 1, cols: 6 * d, .f32))
-        let weights = blockWeights
-        try hook?(-1, xs, scratch)
-        for index in blocks.indices {
-            try runBlock(index, weights: weights, x: xs, scratch: scratch, context: prepared, trace: trace)
-            try hook?(index, xs, scratch)
-        }
-
-        // Head, in f32: LN(x)*(1+(mod1+e))+(mod0+e), then the projection to patches.
-        let headMod = at("head_mod")
-        try ops.modulationAdd(out: headMod, e: headModulation.pointer, modulation: at("e"), batch: 2, n: d)
-        try ops.layerNorm(.f32, out: normed, x: x, shift: headMod, scale: headMod + UInt64(4 * d), modStride: 0, rows: L, dim: d, eps: eps)
-        let outWidth = head.outFeatures
-        try run(head, rows: L, x: normed, y: at("head"))
-        let out = try download(at("head"), .f32, [L, outWidth])
-        trace?("head_out", out)
-
-        // Unpatchify: [L, (p, q, r, c)] -> [c, F', H', W'].
-        let C = c.outDim
-        let (Fo, Ho, Wo) = (grid.f * pt, grid.h * ph, grid.w * pw)
-        let video = Tensor(uninitialized: [C, Fo, Ho, Wo])
-        for tok in 0..<L {
-            let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
-            let row = out.data + tok * outWidth
-            var idx = 0
-            for p in 0..<pt { for qq in 0..<ph { for r in 0..<pw { for ch in 0..<C {
-                video.data[((ch * Fo + fi * pt + p) * Ho + hi * ph + qq) * Wo + wi * pw + r] = row[idx]
-                idx += 1
-            } } } }
-        }
-        return video
+            let scratch = DiTBlockScratch<CUDAComputeBackend>(
+                grid: grid, normed: view("normed", L, d, act), q: view("q", L, d, act), k: view("k", L, d, act), v: view("v", L, d, act),
+                hidden: view("hidden", plan.ffnChunkRows, c.ffnDim, act), e0: view("e0", 1, 6 * d, .f32), mod: view("mod", 1, 6 * d, .f32))
+            // The head's LayerNorm output in f32 takes the normed region (f32-sized), free after the blocks.
+            return DiTForwardBuffers(x: view("x", L, d, .f32), patches: view("patches", L, patchLen, .f32),
+                                     headNormed: view("normed", L, d, .f32), headOut: view("head", L, head.outFeatures, .f32), scratch: scratch)
+        }, trace: trace, hook: hook)
     }
 }
 

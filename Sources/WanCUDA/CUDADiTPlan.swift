@@ -74,14 +74,9 @@ public struct CUDADiTPlan: Equatable {
         w.add("hidden", bytes: t * ffnChunkRows * c.ffnDim)
         w.add("patches", bytes: 4 * L * patchLength)
         w.add("head", bytes: 4 * L * c.outDim * c.patchSize.reduce(1, *))
-        w.add("sinusoid", bytes: 4 * c.freqDim)
-        w.add("e_hidden", bytes: 4 * d)
-        w.add("e", bytes: 4 * d)
-        w.add("e_silu", bytes: 4 * d)
         w.add("e0", bytes: 4 * 6 * d)
         w.add("mod", bytes: 4 * 6 * d)
-        w.add("head_mod", bytes: 4 * 2 * d)
-        w.add("grid", bytes: 4 * 3)
+        // The time embedding's vectors, the head's modulation and the rope grid are small pool buffers (the reserve).
         workspace = w
     }
 

@@ -134,8 +134,13 @@ public protocol ComputeBackend: AnyObject {
     func rmsNorm(_ x: BackendTensor<Self>, into y: BackendTensor<Self>, weight: Vector, eps: Float) throws
     /// x (f32) += delta (· gate, a [1, cols] f32 row, when given).
     func addResidual(_ x: BackendTensor<Self>, _ delta: BackendTensor<Self>, gate: BackendTensor<Self>?) throws
-    /// y (f32) = v + x, v a parameter vector of x's length (a block's modulation plus the time embedding).
+    /// y[r, c] = v[r · cols + c] + x[0, c] (f32): a parameter vector of y's size plus one row of x over every row
+    /// (a block's modulation + e0, the head's modulation + e).
     func addVector(_ v: Vector, _ x: BackendTensor<Self>, into y: BackendTensor<Self>) throws
+    /// y = x · sigmoid(x) (f32); y may be x.
+    func silu(_ x: BackendTensor<Self>, into y: BackendTensor<Self>) throws
+    /// Host f32 values into a dense f32 tensor of the same size.
+    func write(_ host: Tensor, into y: BackendTensor<Self>) throws
     /// LayerNorm without affine of each row of f32 `x`, then · (1 + scale) + shift ([1, cols] f32 rows): adaLN.
     func modulatedLayerNorm(_ x: BackendTensor<Self>, into y: BackendTensor<Self>, shift: BackendTensor<Self>, scale: BackendTensor<Self>,
                             eps: Float) throws
@@ -258,9 +263,19 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     }
 
     public func addVector(_ v: Tensor, _ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>) throws {
-        let n = x.rows * x.cols, a = v.data, b = Self.pointer(x), out = Self.pointer(y)
-        precondition(v.count == n && x.isDense && y.isDense && y.rows * y.cols == n)
-        for j in 0..<n { out[j] = a[j] + b[j] }
+        let n = y.cols, a = v.data, b = Self.pointer(x), out = Self.pointer(y)
+        precondition(v.count == y.rows * n && x.cols == n && y.isDense)
+        for r in 0..<y.rows { for j in 0..<n { out[r * n + j] = a[r * n + j] + b[j] } }
+    }
+
+    public func silu(_ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>) throws {
+        try convert(x, into: y)
+        Kernels.silu(Self.pointer(y), count: y.rows * y.cols)
+    }
+
+    public func write(_ host: Tensor, into y: BackendTensor<CPUBackend>) throws {
+        precondition(y.isDense && host.count == y.rows * y.cols)
+        Self.pointer(y).update(from: host.data, count: host.count)
     }
 
     public func modulatedLayerNorm(_ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>, shift: BackendTensor<CPUBackend>,

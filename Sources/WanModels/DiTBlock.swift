@@ -120,3 +120,109 @@ public func runDiTBlock<B: ComputeBackend>(_ be: B, config c: WanDiTConfig, weig
     try be.addResidual(x, proj, gate: m(5))
     if let trace { trace("block\(index)_out", try snapshot(x)) }
 }
+
+/// The parts of a Wan DiT around its blocks, as a backend holds them (all f32 products, as the official code runs
+/// them under autocast): the patch embedding (its Conv3d as a product over flattened patches), the time embedding
+/// and projection, the head's modulation [2 · dim] and projection.
+public struct DiTOuterWeights<B: ComputeBackend> {
+    public var patchEmbedding, timeEmbedding0, timeEmbedding2, timeProjection, head: B.Matrix
+    public var headModulation: B.Vector
+
+    public init(patchEmbedding: B.Matrix, timeEmbedding0: B.Matrix, timeEmbedding2: B.Matrix, timeProjection: B.Matrix, head: B.Matrix,
+                headModulation: B.Vector) {
+        self.patchEmbedding = patchEmbedding; self.timeEmbedding0 = timeEmbedding0; self.timeEmbedding2 = timeEmbedding2
+        self.timeProjection = timeProjection; self.head = head; self.headModulation = headModulation
+    }
+}
+
+/// The large buffers of one forward pass (where they live is the model's choice: fresh tensors on the CPU, views
+/// of one planned workspace on a GPU): the residual stream x [L, dim] f32, the patches [L, patch length] f32, the
+/// blocks' scratch, the head's normalised input [L, dim] f32 and output [L, out · patch volume] f32.
+public struct DiTForwardBuffers<B: ComputeBackend> {
+    public var x, patches, headNormed, headOut: BackendTensor<B>
+    public var scratch: DiTBlockScratch<B>
+    public init(x: BackendTensor<B>, patches: BackendTensor<B>, headNormed: BackendTensor<B>, headOut: BackendTensor<B>,
+                scratch: DiTBlockScratch<B>) {
+        self.x = x; self.patches = patches; self.headNormed = headNormed; self.headOut = headOut; self.scratch = scratch
+    }
+}
+
+/// Called with the residual stream [L, dim] after the patch embedding (stage -1) and after each block i (stage i),
+/// with the blocks' scratch: how VACE runs its vace blocks and adds its hints.
+public typealias DiTBlockHook<B: ComputeBackend> = (_ stage: Int, _ x: BackendTensor<B>, _ scratch: DiTBlockScratch<B>) throws -> Void
+
+/// The shape of one DiT input: x [C, F, H, W] with y [C', F, H, W] beside it for i2v/flf2v, checked against the
+/// model: the token grid, the token count and the patch length.
+public func ditInputShape(_ c: WanDiTConfig, x: Tensor, y: Tensor?) throws -> (grid: (f: Int, h: Int, w: Int), tokens: Int, patchLength: Int) {
+    if c.hasImageInput && y == nil { throw DiTInputError(description: "this \(c.modelType) model needs y (mask + image latent) besides x") }
+    guard x.rank == 4 else { throw DiTInputError(description: "x must be [C, F, H, W], got \(x.shape)") }
+    var channels = x.shape[0]
+    if let y {
+        guard y.rank == 4, Array(y.shape[1...]) == Array(x.shape[1...]) else {
+            throw DiTInputError(description: "y \(y.shape) must match x \(x.shape) in F, H, W")
+        }
+        channels += y.shape[0]
+    }
+    guard channels == c.inDim else {
+        throw DiTInputError(description: "the model takes \(c.inDim) input channels, got \(channels)" + (c.hasImageInput && y == nil ? " (this \(c.modelType) model needs y and CLIP features)" : ""))
+    }
+    let (pt, ph, pw) = (c.patchSize[0], c.patchSize[1], c.patchSize[2])
+    let grid = (f: x.shape[1] / pt, h: x.shape[2] / ph, w: x.shape[3] / pw)
+    let L = grid.f * grid.h * grid.w
+    guard L > 0 else { throw DiTInputError(description: "x \(x.shape) is smaller than one patch \(c.patchSize)") }
+    return (grid, L, channels * pt * ph * pw)
+}
+
+/// `WanModel.forward` for one video (wan/modules/model.py), written once against `ComputeBackend`: the patch
+/// embedding of x (and y) on channels, the sinusoidal time embedding (float64 on the host) through time_embedding
+/// and time_projection, every block (`runDiTBlock`, `hook` between them), the head LN(x)·(1 + (m1 + e)) + (m0 + e)
+/// and its projection, unpatchified to [out, F, H, W] on the host. `buffers` makes the large buffers once the shape
+/// is known. Traces the official modules' intermediates when `trace` is given.
+public func runDiTForward<B: ComputeBackend>(_ be: B, config c: WanDiTConfig, outer w: DiTOuterWeights<B>, blocks: [DiTBlockWeights<B>],
+                                             x inputX: Tensor, y inputY: Tensor?, t: Float, context: PreparedDiTConditioning<B>,
+                                             buffers make: (_ grid: (f: Int, h: Int, w: Int), _ tokens: Int, _ patchLength: Int) throws -> DiTForwardBuffers<B>,
+                                             trace: ((String, Tensor) -> Void)?, hook: DiTBlockHook<B>?) throws -> Tensor {
+    let (grid, L, patchLen) = try ditInputShape(c, x: inputX, y: inputY)
+    let d = c.dim
+    let buffers = try make(grid, L, patchLen)
+    let x = buffers.x, s = buffers.scratch
+    func snapshot(_ t: BackendTensor<B>, _ shape: [Int]) throws -> Tensor { try be.download(t).reshaped(shape) }
+
+    // Patch embedding (x and y concatenated on channels): the Conv3d with stride = kernel as a product over patches.
+    try be.write(WanDiT.patchRows(inputX, inputY, patchSize: c.patchSize, grid: grid), into: buffers.patches)
+    try be.linear(w.patchEmbedding, buffers.patches, into: x, activation: .none)
+    if let trace { trace("patch_tokens", try snapshot(x, [L, d])) }
+
+    // Time embedding (the sinusoid in float64, as the official code), SiLU, Linear; projection of SiLU(e).
+    let sinusoid = Tensor(shape: [c.freqDim], values: WanDiT.timestepSinusoid(t, dim: c.freqDim))
+    trace?("time_sinusoid", sinusoid)
+    let eHidden = try be.tensor(rows: 1, cols: d, type: .f32), e = try be.tensor(rows: 1, cols: d, type: .f32)
+    let eSilu = try be.tensor(rows: 1, cols: d, type: .f32)
+    try be.linear(w.timeEmbedding0, try be.upload(sinusoid, rows: 1, cols: c.freqDim), into: eHidden, activation: .none)
+    try be.silu(eHidden, into: eHidden)
+    try be.linear(w.timeEmbedding2, eHidden, into: e, activation: .none)
+    if let trace { trace("e", try snapshot(e, [d])) }
+    try be.silu(e, into: eSilu)
+    try be.linear(w.timeProjection, eSilu, into: s.e0, activation: .none)
+    if let trace {
+        trace("e0", try snapshot(s.e0, [6, d]))
+        trace("context_embedded", try context.paddedEmbedding(on: be))
+        if let tokens = context.imageTokens { trace("context_clip", try snapshot(tokens, [tokens.rows, d])) }
+    }
+
+    // Blocks.
+    try hook?(-1, x, s)
+    for i in blocks.indices {
+        try runDiTBlock(be, config: c, weights: blocks[i], index: i, x: x, scratch: s, context: context, trace: trace)
+        try hook?(i, x, s)
+    }
+
+    // Head, in f32: LN(x)*(1+(m1+e))+(m0+e), then the projection to patches.
+    let headMod = try be.tensor(rows: 2, cols: d, type: .f32)
+    try be.addVector(w.headModulation, e, into: headMod)
+    try be.modulatedLayerNorm(x, into: buffers.headNormed, shift: headMod.rows(0..<1), scale: headMod.rows(1..<2), eps: c.eps)
+    try be.linear(w.head, buffers.headNormed, into: buffers.headOut, activation: .none)
+    let out = try snapshot(buffers.headOut, [L, buffers.headOut.cols])
+    trace?("head_out", out)
+    return WanDiT.unpatchify(out, outDim: c.outDim, patchSize: c.patchSize, grid: grid)
+}

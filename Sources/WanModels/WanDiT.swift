@@ -229,7 +229,7 @@ public final class WanDiT: @unchecked Sendable {
 
     /// Called on the token rows [L, dim] before the first block (stage -1) and after each block i (stage i), with the
     /// block scratch (grid and e0 in it): how variants (VACE) add to the residual stream between blocks.
-    typealias BlockHook = (_ stage: Int, _ x: Tensor, _ scratch: DiTBlockScratch<CPUBackend>) throws -> Void
+    typealias BlockHook = DiTBlockHook<CPUBackend>
 
     /// Rows of the FFN per chunk: whole up to 4096 tokens (every single-frame 480P/720P case), else 4096.
     static let ffnChunkRows = 4096
@@ -238,80 +238,38 @@ public final class WanDiT: @unchecked Sendable {
     func runBlock(_ index: Int, x: Tensor, scratch: DiTBlockScratch<CPUBackend>, context: DiTContext,
                   trace: ((String, Tensor) -> Void)?) throws {
         try runDiTBlock(backend, config: config, weights: blockWeights[index], index: index,
-                        x: try backend.upload(x, rows: x.shape[0], cols: config.dim), scratch: scratch, context: context, trace: trace)
+                        x: try backend.upload(x, rows: x.count / config.dim, cols: config.dim), scratch: scratch, context: context, trace: trace)
+    }
+
+    /// The patch embedding, time embedding and head as `runDiTForward` runs them.
+    var outerWeights: DiTOuterWeights<CPUBackend> {
+        DiTOuterWeights(patchEmbedding: patchEmbedding, timeEmbedding0: timeEmbedding0, timeEmbedding2: timeEmbedding2,
+                        timeProjection: timeProjection, head: head, headModulation: headModulation)
     }
 
     func forward(x inputX: Tensor, y inputY: Tensor?, t: Float, context prepared: DiTContext,
                  trace: ((String, Tensor) -> Void)?, blockHook: BlockHook?) throws -> Tensor {
         guard prepared.model === self else { throw DiTInputError(description: "the context was prepared by another model") }
-        let input = (x: inputX, y: inputY, t: t)
-        let c = config, d = c.dim
-        if c.hasImageInput && input.y == nil { throw DiTInputError(description: "this \(c.modelType) model needs y (mask + image latent) besides x") }
-        // Patch embedding (x and y concatenated on channels).
-        var channels = input.x.shape.first ?? 0
-        guard input.x.rank == 4 else { throw DiTInputError(description: "x must be [C, F, H, W], got \(input.x.shape)") }
-        if let y = input.y {
-            guard y.rank == 4, Array(y.shape[1...]) == Array(input.x.shape[1...]) else {
-                throw DiTInputError(description: "y \(y.shape) must match x \(input.x.shape) in F, H, W")
-            }
-            channels += y.shape[0]
-        }
-        guard channels == c.inDim else {
-            throw DiTInputError(description: "the model takes \(c.inDim) input channels, got \(channels)" + (c.hasImageInput && input.y == nil ? " (this \(c.modelType) model needs y and CLIP features)" : ""))
-        }
-        let (pt, ph, pw) = (c.patchSize[0], c.patchSize[1], c.patchSize[2])
-        let (F, H, W) = (input.x.shape[1], input.x.shape[2], input.x.shape[3])
-        let grid = (f: F / pt, h: H / ph, w: W / pw)
-        let L = grid.f * grid.h * grid.w
-        guard L > 0 else { throw DiTInputError(description: "x \(input.x.shape) is smaller than one patch \(c.patchSize)") }
-        let patchLen = channels * pt * ph * pw
-        let patches = Self.patchRows(input.x, input.y, patchSize: c.patchSize, grid: grid)
-        let x = Tensor(uninitialized: [L, d])
-        GEMM.shared.linear(m: L, k: patchLen, n: d, src: patches.data, weight: patchEmbedding.weight.data,
-                           bias: patchEmbedding.bias!.data, dst: x.data)
-        trace?("patch_tokens", x.reshaped([L, d]))
+        let c = config, d = c.dim, be = backend
+        return try runDiTForward(be, config: c, outer: outerWeights, blocks: blockWeights, x: inputX, y: inputY, t: t, context: prepared,
+                                 buffers: { grid, L, patchLen in
+            func f32(_ rows: Int, _ cols: Int) throws -> BackendTensor<CPUBackend> { try be.tensor(rows: rows, cols: cols, type: .f32) }
+            return DiTForwardBuffers(
+                x: try f32(L, d), patches: try f32(L, patchLen), headNormed: try f32(L, d),
+                headOut: try f32(L, c.outDim * c.patchSize.reduce(1, *)),
+                scratch: try DiTBlockScratch(backend: be, config: c, tokens: L, grid: grid, e0: try f32(1, 6 * d), ffnChunkRows: Self.ffnChunkRows))
+        }, trace: trace, hook: blockHook)
+    }
 
-        // Time embedding.
-        let sinusoid = Tensor(shape: [c.freqDim], values: Self.timestepSinusoid(input.t, dim: c.freqDim))
-        trace?("time_sinusoid", sinusoid)
-        let eHidden = timeEmbedding0(sinusoid)
-        Kernels.silu(eHidden.data, count: d)
-        let e = timeEmbedding2(eHidden).reshaped([d])
-        trace?("e", e)
-        let eSilu = e.reshaped([1, d])
-        Kernels.silu(eSilu.data, count: d)
-        let e0 = timeProjection(eSilu).reshaped([6, d])
-        trace?("e0", e0)
-
-        if let trace {
-            trace("context_embedded", try prepared.paddedEmbedding(on: backend))
-            if let ic = prepared.imageTokens { trace("context_clip", try backend.download(ic)) }
-        }
-
-        // Blocks.
-        let scratch = try DiTBlockScratch(backend: backend, config: c, tokens: L, grid: grid,
-                                          e0: try backend.upload(e0, rows: 1, cols: 6 * d), ffnChunkRows: Self.ffnChunkRows)
-        try blockHook?(-1, x, scratch)
-        for i in blocks.indices {
-            try runBlock(i, x: x, scratch: scratch, context: prepared, trace: trace)
-            try blockHook?(i, x, scratch)
-        }
-
-        // Head.
-        let mod = Tensor(uninitialized: [2, d])
-        for j in 0..<(2 * d) { mod.data[j] = headModulation.data[j] + e.data[j % d] }
-        let normed = Tensor(uninitialized: [L, d])
-        Kernels.layerNorm(x.data, rows: L, dim: d, eps: c.eps, scale: mod.data + d, shift: mod.data, out: normed.data)
-        let out = head(normed)
-        trace?("head_out", out)
-
-        // Unpatchify: [L, (p, q, r, c)] -> [c, F', H', W'].
-        let C = c.outDim
-        let video = Tensor(uninitialized: [C, grid.f * pt, grid.h * ph, grid.w * pw])
+    /// The head's output rows [L, (p, q, r, c)] as the video latent [c, F, H, W] (official `unpatchify`).
+    public static func unpatchify(_ out: Tensor, outDim C: Int, patchSize: [Int], grid: (f: Int, h: Int, w: Int)) -> Tensor {
+        let (pt, ph, pw) = (patchSize[0], patchSize[1], patchSize[2])
         let (Fo, Ho, Wo) = (grid.f * pt, grid.h * ph, grid.w * pw)
-        for tok in 0..<L {
+        let video = Tensor(uninitialized: [C, Fo, Ho, Wo])
+        let width = out.shape[1]
+        for tok in 0..<(grid.f * grid.h * grid.w) {
             let fi = tok / (grid.h * grid.w), hi = (tok / grid.w) % grid.h, wi = tok % grid.w
-            let row = out.data + tok * out.shape[1]
+            let row = out.data + tok * width
             var idx = 0
             for p in 0..<pt { for q in 0..<ph { for r in 0..<pw { for ch in 0..<C {
                 video.data[((ch * Fo + fi * pt + p) * Ho + hi * ph + q) * Wo + wi * pw + r] = row[idx]

@@ -221,8 +221,8 @@ public final class WanVACEDiT: @unchecked Sendable {
         var done = 0
         var hints: [Int: Tensor] = [:]
         let vaceTrace = trace.map { t in { (name: String, v: Tensor) in t("vace_" + name, v) } }
-        let hook: WanDiT.BlockHook = { [self] stage, xt, s in
-            let grid = s.grid
+        let hook: WanDiT.BlockHook = { [self] stage, xs, s in
+            let grid = s.grid, xt = xs.storage
             let L = xt.shape[0]
             if stage < 0 {
                 let copy = Tensor(uninitialized: [L, d])
