@@ -66,15 +66,26 @@ public final class CUDAComputeBackend: ComputeBackend {
 
     // MARK: weights
 
-    public func matrix(_ binder: WeightBinder, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> DeviceLinear {
-        let act = activationType
-        return try uploader.linear(try Linear(binder, prefix, in: inFeatures, out: outFeatures, bias: bias), weightType: act, outputType: act)
-    }
-
     /// A bound `Linear` uploaded with its weight in `weight` and its bias in `output` (the DiT runs its time embedding,
     /// patch embedding and head in f32 whatever the precision).
     public func upload(_ linear: Linear, weight: ElementType, output: ElementType) throws -> DeviceLinear {
         try uploader.linear(linear, weightType: weight, outputType: output)
+    }
+
+    public func matrix(_ linear: Linear, kind: MatrixKind) throws -> DeviceLinear {
+        let act = activationType
+        switch kind {
+        case .activation: return try upload(linear, weight: act, output: act)
+        case .float32: return try upload(linear, weight: .f32, output: .f32)
+        case .activationToFloat32: return try upload(linear, weight: act, output: .f32)
+        }
+    }
+
+    public var description: String { "cuda:\(context.info.ordinal) \(context.info.name) (\(precision.rawValue))" }
+
+    public func unsupportedHeadDim(_ headDim: Int) -> String? {
+        guard precision == .bf16, !CUDAOps.bf16HeadDims.contains(headDim) else { return nil }
+        return "head_dim \(headDim): the bf16 attention kernels take \(CUDAOps.bf16HeadDims.sorted()); use --precision f32"
     }
 
     public func vector(_ tensor: Tensor) throws -> DeviceBuffer { try uploader.f32(tensor) }
@@ -154,6 +165,39 @@ public final class CUDAComputeBackend: ComputeBackend {
         let storage = Storage(try pool.acquire(bytes: max(4 * arrays.count, 4)), pool: pool)
         try arrays.withUnsafeBytes { try context.copy(toDevice: storage.buffer.pointer, from: $0.baseAddress!, bytes: $0.count) }
         return Segments(arrays: storage, rows: rows, maxPos: buckets?.maxPos ?? 0, hasPositions: s.positions != nil && buckets != nil)
+    }
+
+    // MARK: the DiT's workspace
+
+    /// The planned workspace of the last DiT token count (kept between forward passes of that shape).
+    private var ditWorkspace: (plan: CUDADiTPlan, buffer: DeviceBuffer)?
+
+    /// Views of one planned workspace (`CUDADiTPlan`, kept between calls with the same plan): the block scratch, the
+    /// residual stream, the patches, the head's input (in the f32-sized normed region, free after the blocks) and output.
+    public func ditBuffers(config c: WanDiTConfig, tokens L: Int, grid: (f: Int, h: Int, w: Int), patchLength: Int) throws -> DiTForwardBuffers<CUDAComputeBackend> {
+        let plan = CUDADiTPlan(config: c, tokens: L, patchLength: patchLength, precision: precision)
+        if let w = ditWorkspace, w.plan != plan { pool.release(w.buffer); ditWorkspace = nil }
+        if ditWorkspace == nil { ditWorkspace = (plan, try pool.acquire(bytes: plan.workspace.totalBytes)) }
+        let space = Storage(borrowing: ditWorkspace!.buffer), d = c.dim, act = activationType
+        func view(_ name: String, _ rows: Int, _ cols: Int, _ type: ElementType) -> BackendTensor<CUDAComputeBackend> {
+            BackendTensor(storage: space, offset: plan.workspace.offset(name)! / type.size, rows: rows, cols: cols, type: type)
+        }
+        let scratch = DiTBlockScratch<CUDAComputeBackend>(
+            grid: grid, normed: view("normed", L, d, act), q: view("q", L, d, act), k: view("k", L, d, act), v: view("v", L, d, act),
+            hidden: view("hidden", plan.ffnChunkRows, c.ffnDim, act), e0: view("e0", 1, 6 * d, .f32), mod: view("mod", 1, 6 * d, .f32))
+        return DiTForwardBuffers(x: view("x", L, d, .f32), patches: view("patches", L, patchLength, .f32), headNormed: view("normed", L, d, .f32),
+                                 headOut: view("head", L, c.outDim * c.patchSize.reduce(1, *), .f32), scratch: scratch)
+    }
+
+    /// Hands the DiT workspace back to the pool.
+    public func releaseDiTWorkspace() {
+        if let w = ditWorkspace { pool.release(w.buffer); ditWorkspace = nil }
+    }
+
+    /// The DiT workspace and every free pooled buffer go back to the driver.
+    public func releaseActivations() {
+        releaseDiTWorkspace()
+        pool.trim()
     }
 
     // MARK: operations

@@ -3,28 +3,6 @@ import WanTensor
 import WanWeights
 import WanModels
 
-/// The GPU DiT is a `DiTDenoiser`: the pipelines and the conformance runner run it as they run the CPU `WanDiT`.
-extension CUDADiT: DiTDenoiser {
-    public var backendDescription: String { "cuda:\(context.info.ordinal) \(context.info.name) (\(precision.rawValue))" }
-
-    public func prepareConditioning(text: Tensor, clipFeatures: Tensor?) throws -> DiTConditioning {
-        try prepare(context: text, clipFeatures: clipFeatures)
-    }
-
-    public func velocity(x: Tensor, y: Tensor?, t: Float, conditioning: DiTConditioning) throws -> Tensor {
-        guard let prepared = conditioning as? CUDADiTContext else {
-            throw DiTInputError(description: "the conditioning was prepared by another backend's model")
-        }
-        return try forward(x: x, y: y, t: t, context: prepared)
-    }
-
-    /// The workspace and every free pooled buffer go back to the driver.
-    public func releaseActivations() {
-        releaseWorkspace()
-        pool.trim()
-    }
-}
-
 /// GPU memory of one job, by part: the pre-flight that refuses a job before anything is uploaded.
 public protocol GPUJobMemory: CustomStringConvertible {
     /// The uploaded weights.

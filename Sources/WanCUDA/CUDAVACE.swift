@@ -46,9 +46,9 @@ public final class CUDAVACE {
         _ = try b.tensor("vace_patch_embedding.bias", [d])
         let before = try (0..<n).map { k in c.vaceLayers[k] == 0 ? try Linear(b, "vace_blocks.\(k).before_proj", in: d, out: d) : nil }
         let after = try (0..<n).map { k in try Linear(b, "vace_blocks.\(k).after_proj", in: d, out: d) }
-        main = try CUDADiT(config: mainConfig, weights: mainView, precision: precision, context: context, compiler: compiler, sharing: nil)
+        main = try CUDADiT(config: mainConfig, weights: mainView, precision: precision, context: context, compiler: compiler)
         do {
-            vace = try CUDADiT(config: vaceConfig, weights: vaceView, precision: precision, context: main.context, compiler: compiler, sharing: main)
+            vace = try CUDADiT(config: vaceConfig, weights: vaceView, backend: main.backend, sharing: main)
         } catch let e as WeightError {
             throw WanVACEDiT.renamed(e, map: vaceMap)
         }
@@ -142,7 +142,6 @@ public final class CUDAVACE {
         var waiting: [Int: DeviceBuffer] = [:]
         defer { for buffer in waiting.values { main.pool.release(buffer) } }
         let vaceTrace = trace.map { t in { (name: String, v: Tensor) in t("vace_" + name, v) } }
-        let vaceWeights = vace.blockWeights
         let hook: CUDADiT.BlockHook = { [self] stage, xs, s in
             let L = s.tokens, xt = CUDAComputeBackend.pointer(xs), normed = CUDAComputeBackend.pointer(s.normed)
             // c (f32) as the input of a product, in s.normed (free between blocks).
@@ -172,7 +171,7 @@ public final class CUDAVACE {
                 }
                 let cTokens = BackendTensor<CUDAComputeBackend>(storage: CUDAComputeBackend.Storage(borrowing: workspace!.buffer),
                                                                 offset: plan.offset("c")! / 4, rows: L, cols: d, type: .f32)
-                try vace.runBlock(k, weights: vaceWeights, x: cTokens, scratch: s, context: prepared.vace, trace: vaceTrace)
+                try vace.runBlock(k, x: cTokens, scratch: s, context: prepared.vace, trace: vaceTrace)
                 if needed.contains(k) {
                     var hint = at("hint")
                     if k != n {
@@ -196,7 +195,6 @@ public final class CUDAVACE {
     public func releaseActivations() {
         releaseWorkspace()
         main.releaseWorkspace()
-        vace.releaseWorkspace()
         main.pool.trim()
     }
 }

@@ -48,6 +48,13 @@ public enum LinearActivation: Sendable, Equatable {
     case quickGELU
 }
 
+/// The types a product of a model runs in (what a GPU backend uploads the weight as): the activation type in and
+/// out (most products), f32 in and out (the DiT's patch embedding, time embedding and head, as the official code
+/// runs them under autocast), or the activation type in and f32 out. The CPU computes all of them in f32.
+public enum MatrixKind: Sendable {
+    case activation, float32, activationToFloat32
+}
+
 /// How the rows of a self-attention are grouped: segment s is `rows[s]` consecutive rows (in order) that attend to
 /// the segment's first `keys[s]` rows (its real tokens; later rows are queries only), or uniformly to all its rows
 /// when `keys[s]` is 0 (torch's softmax over a row of equal `finfo.min` scores). `positions`, one per row, are the
@@ -100,10 +107,15 @@ public protocol ComputeBackend: AnyObject {
     /// log(count) added to their score (the same softmax); else the text is embedded at its full length.
     var collapsesPaddedText: Bool { get }
 
+    /// Where the models run, for logs: "cpu", "cuda:0 NVIDIA H100 (bf16)".
+    var description: String { get }
+    /// Why the attention cannot take heads of `headDim` (nil: it can).
+    func unsupportedHeadDim(_ headDim: Int) -> String?
+
     // MARK: weights
 
-    /// Binds `<prefix>.weight` [out, in] (and `<prefix>.bias` [out] when `bias`) from `binder`.
-    func matrix(_ binder: WeightBinder, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> Matrix
+    /// A bound `Linear` in the backend's form, its product run as `kind` says.
+    func matrix(_ linear: Linear, kind: MatrixKind) throws -> Matrix
     func vector(_ tensor: Tensor) throws -> Vector
     /// Called once a model bound all its weights.
     func weightsLoaded() throws
@@ -118,6 +130,10 @@ public protocol ComputeBackend: AnyObject {
     /// An f32 backend tensor as a host tensor [rows, cols].
     func download(_ x: BackendTensor<Self>) throws -> Tensor
     func segments(_ s: AttentionSegments, buckets: RelativeBuckets?) throws -> Segments
+    /// The large buffers of one DiT forward pass for `tokens` tokens (`runDiTForward`).
+    func ditBuffers(config: WanDiTConfig, tokens: Int, grid: (f: Int, h: Int, w: Int), patchLength: Int) throws -> DiTForwardBuffers<Self>
+    /// Hands back the memory of forward passes' activations (the weights stay).
+    func releaseActivations()
 
     // MARK: operations
 
@@ -156,6 +172,12 @@ public protocol ComputeBackend: AnyObject {
 }
 
 extension ComputeBackend {
+    /// Binds `<prefix>.weight` [out, in] (and `<prefix>.bias` [out] when `bias`) from `binder`, for products in the
+    /// activation type.
+    public func matrix(_ binder: WeightBinder, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> Matrix {
+        try matrix(try Linear(binder, prefix, in: inFeatures, out: outFeatures, bias: bias), kind: .activation)
+    }
+
     /// x (f32) += delta.
     public func addResidual(_ x: BackendTensor<Self>, _ delta: BackendTensor<Self>) throws { try addResidual(x, delta, gate: nil) }
 }
@@ -185,10 +207,24 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
 
     public var activationType: ElementType { .f32 }
     public var collapsesPaddedText: Bool { true }
+    public var description: String { "cpu" }
+    public func unsupportedHeadDim(_ headDim: Int) -> String? { nil }
 
-    public func matrix(_ binder: WeightBinder, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> Matrix {
-        try Linear(binder, prefix, in: inFeatures, out: outFeatures, bias: bias)
+    public func matrix(_ linear: Linear, kind: MatrixKind) throws -> Linear { linear }
+
+    /// Rows of the DiT's FFN per chunk: whole up to 4096 tokens (every single-frame 480P/720P case), else 4096.
+    public static let ditFFNChunkRows = 4096
+
+    /// Fresh tensors (large ones come back from the buffer pool).
+    public func ditBuffers(config c: WanDiTConfig, tokens L: Int, grid: (f: Int, h: Int, w: Int), patchLength: Int) throws -> DiTForwardBuffers<CPUBackend> {
+        let d = c.dim
+        func f32(_ rows: Int, _ cols: Int) throws -> BackendTensor<CPUBackend> { try tensor(rows: rows, cols: cols, type: .f32) }
+        return DiTForwardBuffers(
+            x: try f32(L, d), patches: try f32(L, patchLength), headNormed: try f32(L, d), headOut: try f32(L, c.outDim * c.patchSize.reduce(1, *)),
+            scratch: try DiTBlockScratch(backend: self, config: c, tokens: L, grid: grid, e0: try f32(1, 6 * d), ffnChunkRows: Self.ditFFNChunkRows))
     }
+
+    public func releaseActivations() {}
 
     public func vector(_ tensor: Tensor) throws -> Tensor { tensor }
     public func weightsLoaded() throws {}

@@ -24,18 +24,3 @@ public protocol DiTDenoiser: AnyObject {
 extension DiTDenoiser {
     public func releaseActivations() {}
 }
-
-extension WanDiT: DiTDenoiser {
-    public var backendDescription: String { "cpu" }
-
-    public func prepareConditioning(text: Tensor, clipFeatures: Tensor?) throws -> DiTConditioning {
-        try prepare(context: text, clipFeatures: clipFeatures)
-    }
-
-    public func velocity(x: Tensor, y: Tensor?, t: Float, conditioning: DiTConditioning) throws -> Tensor {
-        guard let prepared = conditioning as? DiTContext else {
-            throw DiTInputError(description: "the conditioning was prepared by another backend's model")
-        }
-        return try forward(x: x, y: y, t: t, context: prepared)
-    }
-}

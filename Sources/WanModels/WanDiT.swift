@@ -26,130 +26,120 @@ public struct DiTInputError: Error, CustomStringConvertible {
     public init(description: String) { self.description = description }
 }
 
-/// The Wan2.1 diffusion transformer (official `WanModel`, wan/modules/model.py) for t2v, i2v and flf2v.
-/// Every video of a batch is independent in the official model (padding tokens are masked as keys and dropped),
-/// so each runs on its real tokens only.
-public final class WanDiT: @unchecked Sendable {
+/// The Wan2.1 diffusion transformer (official `WanModel`, wan/modules/model.py) for t2v, i2v and flf2v, written once
+/// against `ComputeBackend`: `WanDiT` on the CPU, `CUDADiT` on an NVIDIA GPU. Weights are bound by the official names
+/// from any `WeightSource`, strictly (a missing, unexpected or misshapen tensor throws), into the backend's own form;
+/// the conditioning (`PreparedDiTConditioning`), the blocks (`runDiTBlock`) and the forward pass (`runDiTForward`)
+/// are the same code on every backend. Every video of a batch is independent in the official model (padding tokens
+/// are masked as keys and dropped), so each runs on its real tokens only.
+public final class DiffusionTransformer<B: ComputeBackend>: DiTDenoiser, @unchecked Sendable {
     public let config: WanDiTConfig
+    public let backend: B
+    /// The patch embedding, time embedding and head (f32 products, as the official code runs them under autocast).
+    public let outer: DiTOuterWeights<B>
+    /// Each block's weights but the cross-attention's keys and values.
+    public let blocks: [DiTBlockWeights<B>]
+    /// The text embedding, each block's cross-attention keys and values, MLPProj.
+    public let conditioning: DiTConditioningWeights<B>
 
-    struct SelfAttention {
-        let q, k, v, o: Linear
-        let normQ, normK: Tensor?
-    }
-    struct CrossAttention {
-        let q, k, v, o: Linear
-        let normQ, normK: Tensor?
-        let kImg, vImg: Linear?
-        let normKImg: Tensor?
-    }
-    struct Block {
-        let modulation: Tensor  // [6, dim]
-        let selfAttn: SelfAttention
-        let norm3: LayerNormParams?
-        let crossAttn: CrossAttention
-        let ffnIn, ffnOut: Linear
-    }
-    struct ImageProjection {  // MLPProj
-        let norm0: LayerNormParams
-        let fc1, fc2: Linear
-        let norm4: LayerNormParams
-        let posEmbedding: Tensor?  // [1, 514, 1280] for flf2v
-    }
+    /// Tensors a model made with `sharing:` takes from the other model instead of binding them (the text and time
+    /// embeddings and the head, which the vace branch of a VACE checkpoint shares with the main model).
+    static var sharedPrefixes: [String] { ["text_embedding.", "time_embedding.", "time_projection.", "head."] }
 
-    let patchEmbedding: Linear  // weight viewed [dim, in*pt*ph*pw]
-    let textEmbedding0, textEmbedding2: Linear
-    let timeEmbedding0, timeEmbedding2: Linear
-    let timeProjection: Linear
-    let blocks: [Block]
-    let headModulation: Tensor  // [2, dim]
-    let head: Linear
-    let imageProjection: ImageProjection?
-    let backend = CPUBackend()
-    /// Each block's weights as `runDiTBlock` runs them.
-    let blockWeights: [DiTBlockWeights<CPUBackend>]
-    /// The conditioning's weights as `PreparedDiTConditioning` runs them.
-    var conditioningWeights: DiTConditioningWeights<CPUBackend> {
-        DiTConditioningWeights(
-            textEmbedding0: textEmbedding0, textEmbedding2: textEmbedding2,
-            blocks: blocks.map { .init(k: $0.crossAttn.k, v: $0.crossAttn.v, normK: $0.crossAttn.normK, kImg: $0.crossAttn.kImg,
-                                       vImg: $0.crossAttn.vImg, normKImg: $0.crossAttn.normKImg) },
-            image: imageProjection.map { .init(norm0Weight: $0.norm0.weight!, norm0Bias: $0.norm0.bias!, fc1: $0.fc1, fc2: $0.fc2,
-                                               norm4Weight: $0.norm4.weight!, norm4Bias: $0.norm4.bias!, posEmbedding: $0.posEmbedding) })
-    }
-
-    /// Binds the model to weights by the official names. Strict: a missing, unexpected or misshapen tensor throws.
-    public init(config c: WanDiTConfig, weights source: WeightSource) throws {
+    /// Binds the model to weights by the official names onto `backend`. `sharing`: a model on the same backend whose
+    /// text and time embeddings and head this one uses (their names in `source` are not bound again).
+    public init(config c: WanDiTConfig, weights source: WeightSource, backend: B, sharing shared: DiffusionTransformer<B>? = nil) throws {
         guard c.dim % c.numHeads == 0, c.headDim % 2 == 0 else {
             throw WeightError.badConfig(source: source.label, detail: "dim \(c.dim) is not divisible into \(c.numHeads) heads of even size")
         }
         guard c.patchSize.count == 3 else { throw WeightError.badConfig(source: source.label, detail: "patch_size must have 3 entries") }
+        if let problem = backend.unsupportedHeadDim(c.headDim) { throw WeightError.badConfig(source: source.label, detail: problem) }
+        if let shared {
+            let s = shared.config
+            guard shared.backend === backend, s.dim == c.dim, s.textDim == c.textDim, s.freqDim == c.freqDim, s.textLen == c.textLen,
+                  s.outDim == c.outDim, s.patchSize == c.patchSize else {
+                throw WeightError.badConfig(source: source.label, detail: "cannot share the embeddings and head of a model of another shape or backend")
+            }
+        }
         config = c
+        self.backend = backend
         let b = WeightBinder(source)
         let d = c.dim
-        let patchVolume = c.patchSize.reduce(1, *)
+        func linear(_ prefix: String, in i: Int, out o: Int, _ kind: MatrixKind = .activation) throws -> B.Matrix {
+            try backend.matrix(try Linear(b, prefix, in: i, out: o), kind: kind)
+        }
+        func vector(_ name: String, _ shape: [Int]) throws -> B.Vector { try backend.vector(try b.tensor(name, shape)) }
+
+        // The patch embedding's Conv3d weight [dim, in, pt, ph, pw] is a product over flattened patches.
         let pe = try b.tensor("patch_embedding.weight", [d, c.inDim] + c.patchSize)
-        patchEmbedding = Linear(weight: pe, bias: try b.tensor("patch_embedding.bias", [d]))
-        _ = patchVolume
-        textEmbedding0 = try Linear(b, "text_embedding.0", in: c.textDim, out: d)
-        textEmbedding2 = try Linear(b, "text_embedding.2", in: d, out: d)
-        timeEmbedding0 = try Linear(b, "time_embedding.0", in: c.freqDim, out: d)
-        timeEmbedding2 = try Linear(b, "time_embedding.2", in: d, out: d)
-        timeProjection = try Linear(b, "time_projection.1", in: d, out: 6 * d)
-        var blocks: [Block] = []
+        let patchEmbedding = try backend.matrix(Linear(weight: pe, bias: try b.tensor("patch_embedding.bias", [d])), kind: .float32)
+        let textEmbedding0, textEmbedding2, timeEmbedding0, timeEmbedding2, timeProjection: B.Matrix
+        if let shared {
+            textEmbedding0 = shared.conditioning.textEmbedding0; textEmbedding2 = shared.conditioning.textEmbedding2
+            timeEmbedding0 = shared.outer.timeEmbedding0; timeEmbedding2 = shared.outer.timeEmbedding2
+            timeProjection = shared.outer.timeProjection
+            for name in source.names where Self.sharedPrefixes.contains(where: { name.hasPrefix($0) }) { b.ignore(name) }
+        } else {
+            textEmbedding0 = try linear("text_embedding.0", in: c.textDim, out: d)
+            textEmbedding2 = try linear("text_embedding.2", in: d, out: d)
+            timeEmbedding0 = try linear("time_embedding.0", in: c.freqDim, out: d, .float32)
+            timeEmbedding2 = try linear("time_embedding.2", in: d, out: d, .float32)
+            timeProjection = try linear("time_projection.1", in: d, out: 6 * d, .float32)
+        }
+        var blocks: [DiTBlockWeights<B>] = []
+        var crossBlocks: [DiTConditioningWeights<B>.Block] = []
         for i in 0..<c.numLayers {
             let p = "blocks.\(i)."
-            func norm(_ name: String) throws -> Tensor? { c.qkNorm ? try b.tensor(p + name + ".weight", [d]) : nil }
-            let sa = SelfAttention(q: try Linear(b, p + "self_attn.q", in: d, out: d), k: try Linear(b, p + "self_attn.k", in: d, out: d),
-                                   v: try Linear(b, p + "self_attn.v", in: d, out: d), o: try Linear(b, p + "self_attn.o", in: d, out: d),
-                                   normQ: try norm("self_attn.norm_q"), normK: try norm("self_attn.norm_k"))
+            func norm(_ name: String) throws -> B.Vector? { c.qkNorm ? try vector(p + name + ".weight", [d]) : nil }
             let img = c.hasImageInput
-            let ca = CrossAttention(q: try Linear(b, p + "cross_attn.q", in: d, out: d), k: try Linear(b, p + "cross_attn.k", in: d, out: d),
-                                    v: try Linear(b, p + "cross_attn.v", in: d, out: d), o: try Linear(b, p + "cross_attn.o", in: d, out: d),
-                                    normQ: try norm("cross_attn.norm_q"), normK: try norm("cross_attn.norm_k"),
-                                    kImg: img ? try Linear(b, p + "cross_attn.k_img", in: d, out: d) : nil,
-                                    vImg: img ? try Linear(b, p + "cross_attn.v_img", in: d, out: d) : nil,
-                                    normKImg: img ? try norm("cross_attn.norm_k_img") : nil)
-            blocks.append(Block(modulation: try b.tensor(p + "modulation", [1, 6, d]), selfAttn: sa,
-                                norm3: c.crossAttnNorm ? try LayerNormParams(b, p + "norm3", dim: d, eps: c.eps) : nil,
-                                crossAttn: ca,
-                                ffnIn: try Linear(b, p + "ffn.0", in: d, out: c.ffnDim), ffnOut: try Linear(b, p + "ffn.2", in: c.ffnDim, out: d)))
+            let (q, k, v, o) = (try linear(p + "self_attn.q", in: d, out: d), try linear(p + "self_attn.k", in: d, out: d),
+                                try linear(p + "self_attn.v", in: d, out: d), try linear(p + "self_attn.o", in: d, out: d))
+            let (normQ, normK) = (try norm("self_attn.norm_q"), try norm("self_attn.norm_k"))
+            let (cq, ck, cv, co) = (try linear(p + "cross_attn.q", in: d, out: d), try linear(p + "cross_attn.k", in: d, out: d),
+                                    try linear(p + "cross_attn.v", in: d, out: d), try linear(p + "cross_attn.o", in: d, out: d))
+            let (cNormQ, cNormK) = (try norm("cross_attn.norm_q"), try norm("cross_attn.norm_k"))
+            crossBlocks.append(.init(k: ck, v: cv, normK: cNormK,
+                                     kImg: img ? try linear(p + "cross_attn.k_img", in: d, out: d) : nil,
+                                     vImg: img ? try linear(p + "cross_attn.v_img", in: d, out: d) : nil,
+                                     normKImg: img ? try norm("cross_attn.norm_k_img") : nil))
+            blocks.append(DiTBlockWeights(
+                modulation: try vector(p + "modulation", [1, 6, d]), q: q, k: k, v: v, o: o, normQ: normQ, normK: normK,
+                norm3Weight: c.crossAttnNorm ? try vector(p + "norm3.weight", [d]) : nil,
+                norm3Bias: c.crossAttnNorm ? try vector(p + "norm3.bias", [d]) : nil,
+                crossQ: cq, crossO: co, crossNormQ: cNormQ,
+                ffnIn: try linear(p + "ffn.0", in: d, out: c.ffnDim), ffnOut: try linear(p + "ffn.2", in: c.ffnDim, out: d)))
         }
         self.blocks = blocks
-        blockWeights = blocks.map { k in
-            DiTBlockWeights(modulation: k.modulation, q: k.selfAttn.q, k: k.selfAttn.k, v: k.selfAttn.v, o: k.selfAttn.o,
-                            normQ: k.selfAttn.normQ, normK: k.selfAttn.normK, norm3Weight: k.norm3?.weight, norm3Bias: k.norm3?.bias,
-                            crossQ: k.crossAttn.q, crossO: k.crossAttn.o, crossNormQ: k.crossAttn.normQ, ffnIn: k.ffnIn, ffnOut: k.ffnOut)
+        let headModulation: B.Vector, head: B.Matrix
+        if let shared {
+            headModulation = shared.outer.headModulation
+            head = shared.outer.head
+        } else {
+            headModulation = try vector("head.modulation", [1, 2, d])
+            head = try linear("head.head", in: d, out: c.outDim * c.patchSize.reduce(1, *), .float32)
         }
-        headModulation = try b.tensor("head.modulation", [1, 2, d])
-        head = try Linear(b, "head.head", in: d, out: c.outDim * patchVolume)
+        var image: DiTConditioningWeights<B>.ImageProjection? = nil
         if c.hasImageInput {
             let clip = WanDiTConfig.clipDim
-            imageProjection = ImageProjection(
-                norm0: try LayerNormParams(b, "img_emb.proj.0", dim: clip, eps: 1e-5),
-                fc1: try Linear(b, "img_emb.proj.1", in: clip, out: clip),
-                fc2: try Linear(b, "img_emb.proj.3", in: clip, out: d),
-                norm4: try LayerNormParams(b, "img_emb.proj.4", dim: d, eps: 1e-5),
-                posEmbedding: c.modelType == "flf2v" ? try b.tensor("img_emb.emb_pos", [1, 514, clip]) : nil)
-        } else {
-            imageProjection = nil
+            image = .init(norm0Weight: try vector("img_emb.proj.0.weight", [clip]), norm0Bias: try vector("img_emb.proj.0.bias", [clip]),
+                          fc1: try linear("img_emb.proj.1", in: clip, out: clip),
+                          fc2: try linear("img_emb.proj.3", in: clip, out: d, .activationToFloat32),
+                          norm4Weight: try vector("img_emb.proj.4.weight", [d]), norm4Bias: try vector("img_emb.proj.4.bias", [d]),
+                          posEmbedding: c.modelType == "flf2v" ? try b.tensor("img_emb.emb_pos", [1, 514, clip]) : nil)
         }
+        outer = DiTOuterWeights(patchEmbedding: patchEmbedding, timeEmbedding0: timeEmbedding0, timeEmbedding2: timeEmbedding2,
+                                timeProjection: timeProjection, head: head, headModulation: headModulation)
+        conditioning = DiTConditioningWeights(textEmbedding0: textEmbedding0, textEmbedding2: textEmbedding2, blocks: crossBlocks, image: image)
         try b.finish()
+        try backend.weightsLoaded()
     }
 
-    /// Loads a DiT from a weight source, inferring the configuration from its shapes; `arguments` (the official
-    /// constructor arguments, e.g. from config.json) override what was inferred.
-    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil) throws {
-        var config = try WanDiTConfig(inferringFrom: source)
-        if let arguments { config.apply(officialArguments: arguments) }
-        try self.init(config: config, weights: source)
-    }
+    // MARK: conditioning
 
-    // MARK: context
-
-    /// Everything the model derives from the text (and image) conditioning alone (`PreparedDiTConditioning`: the
-    /// padded text rows kept once with log(count) on their score): prepare once per prompt, reuse for every step.
-    public func prepare(context: Tensor, clipFeatures: Tensor? = nil) throws -> DiTContext {
-        try DiTContext(model: self, backend: backend, config: config, weights: conditioningWeights, text: context, clipFeatures: clipFeatures)
+    /// Everything the model derives from the text (and image) conditioning alone (`PreparedDiTConditioning`):
+    /// prepare once per prompt, reuse for every step.
+    public func prepare(context: Tensor, clipFeatures: Tensor? = nil) throws -> PreparedDiTConditioning<B> {
+        try PreparedDiTConditioning(model: self, backend: backend, config: config, weights: conditioning, text: context, clipFeatures: clipFeatures)
     }
 
     // MARK: forward
@@ -216,49 +206,36 @@ public final class WanDiT: @unchecked Sendable {
         return x
     }
 
-    /// One video through the model. `trace` receives named intermediates (official module outputs) when given.
+    /// One video through the model (the conditioning prepared on the way). `trace` receives named intermediates
+    /// (official module outputs) when given.
     public func forward(_ input: DiTInput, trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
         try forward(x: input.x, y: input.y, t: input.t, context: try prepare(context: input.context, clipFeatures: input.clipFeatures), trace: trace)
     }
 
-    /// One video through the model with a prepared context (reused across the steps of a sampling loop).
-    public func forward(x inputX: Tensor, y inputY: Tensor? = nil, t: Float, context prepared: DiTContext,
+    /// One video through the model with a prepared context (reused across the steps of a sampling loop): x
+    /// [C, F, H, W] (and y for i2v/flf2v) -> [out, F, H, W].
+    public func forward(x inputX: Tensor, y inputY: Tensor? = nil, t: Float, context prepared: PreparedDiTConditioning<B>,
                         trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
-        try forward(x: inputX, y: inputY, t: t, context: prepared, trace: trace, blockHook: nil)
+        try forward(x: inputX, y: inputY, t: t, context: prepared, trace: trace, hook: nil)
     }
 
-    /// Called on the token rows [L, dim] before the first block (stage -1) and after each block i (stage i), with the
-    /// block scratch (grid and e0 in it): how variants (VACE) add to the residual stream between blocks.
-    typealias BlockHook = DiTBlockHook<CPUBackend>
+    public typealias BlockHook = DiTBlockHook<B>
 
-    /// Rows of the FFN per chunk: whole up to 4096 tokens (every single-frame 480P/720P case), else 4096.
-    static let ffnChunkRows = 4096
-
-    /// Block `index` of this model on the token rows `x` [L, dim] (`runDiTBlock`).
-    func runBlock(_ index: Int, x: Tensor, scratch: DiTBlockScratch<CPUBackend>, context: DiTContext,
-                  trace: ((String, Tensor) -> Void)?) throws {
-        try runDiTBlock(backend, config: config, weights: blockWeights[index], index: index,
-                        x: try backend.upload(x, rows: x.count / config.dim, cols: config.dim), scratch: scratch, context: context, trace: trace)
-    }
-
-    /// The patch embedding, time embedding and head as `runDiTForward` runs them.
-    var outerWeights: DiTOuterWeights<CPUBackend> {
-        DiTOuterWeights(patchEmbedding: patchEmbedding, timeEmbedding0: timeEmbedding0, timeEmbedding2: timeEmbedding2,
-                        timeProjection: timeProjection, head: head, headModulation: headModulation)
-    }
-
-    func forward(x inputX: Tensor, y inputY: Tensor?, t: Float, context prepared: DiTContext,
-                 trace: ((String, Tensor) -> Void)?, blockHook: BlockHook?) throws -> Tensor {
+    /// `runDiTForward` on the backend's forward buffers, with `hook` between the blocks (VACE).
+    public func forward(x inputX: Tensor, y inputY: Tensor?, t: Float, context prepared: PreparedDiTConditioning<B>,
+                 trace: ((String, Tensor) -> Void)?, hook: BlockHook?) throws -> Tensor {
         guard prepared.model === self else { throw DiTInputError(description: "the context was prepared by another model") }
-        let c = config, d = c.dim, be = backend
-        return try runDiTForward(be, config: c, outer: outerWeights, blocks: blockWeights, x: inputX, y: inputY, t: t, context: prepared,
-                                 buffers: { grid, L, patchLen in
-            func f32(_ rows: Int, _ cols: Int) throws -> BackendTensor<CPUBackend> { try be.tensor(rows: rows, cols: cols, type: .f32) }
-            return DiTForwardBuffers(
-                x: try f32(L, d), patches: try f32(L, patchLen), headNormed: try f32(L, d),
-                headOut: try f32(L, c.outDim * c.patchSize.reduce(1, *)),
-                scratch: try DiTBlockScratch(backend: be, config: c, tokens: L, grid: grid, e0: try f32(1, 6 * d), ffnChunkRows: Self.ffnChunkRows))
-        }, trace: trace, hook: blockHook)
+        let (c, be) = (config, backend)
+        return try runDiTForward(be, config: c, outer: outer, blocks: blocks, x: inputX, y: inputY, t: t, context: prepared,
+                                 buffers: { grid, L, patchLength in
+            try be.ditBuffers(config: c, tokens: L, grid: grid, patchLength: patchLength)
+        }, trace: trace, hook: hook)
+    }
+
+    /// Block `index` of this model on the token rows `x` [L, dim] with a forward pass's scratch (`runDiTBlock`).
+    public func runBlock(_ index: Int, x: BackendTensor<B>, scratch: DiTBlockScratch<B>, context: PreparedDiTConditioning<B>,
+                  trace: ((String, Tensor) -> Void)?) throws {
+        try runDiTBlock(backend, config: config, weights: blocks[index], index: index, x: x, scratch: scratch, context: context, trace: trace)
     }
 
     /// The head's output rows [L, (p, q, r, c)] as the video latent [c, F, H, W] (official `unpatchify`).
@@ -277,6 +254,42 @@ public final class WanDiT: @unchecked Sendable {
             } } } }
         }
         return video
+    }
+
+    // MARK: DiTDenoiser
+
+    public var backendDescription: String { backend.description }
+
+    public func prepareConditioning(text: Tensor, clipFeatures: Tensor?) throws -> DiTConditioning {
+        try prepare(context: text, clipFeatures: clipFeatures)
+    }
+
+    public func velocity(x: Tensor, y: Tensor?, t: Float, conditioning: DiTConditioning) throws -> Tensor {
+        guard let prepared = conditioning as? PreparedDiTConditioning<B> else {
+            throw DiTInputError(description: "the conditioning was prepared by another backend's model")
+        }
+        return try forward(x: x, y: y, t: t, context: prepared)
+    }
+
+    /// The forward pass's buffers and the backend's free pooled memory go back (the weights stay).
+    public func releaseActivations() { backend.releaseActivations() }
+}
+
+/// The Wan DiT on the CPU.
+public typealias WanDiT = DiffusionTransformer<CPUBackend>
+
+extension DiffusionTransformer where B == CPUBackend {
+    /// Binds the model to weights by the official names. Strict: a missing, unexpected or misshapen tensor throws.
+    public convenience init(config c: WanDiTConfig, weights source: WeightSource) throws {
+        try self.init(config: c, weights: source, backend: CPUBackend())
+    }
+
+    /// Loads a DiT from a weight source, inferring the configuration from its shapes; `arguments` (the official
+    /// constructor arguments, e.g. from config.json) override what was inferred.
+    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil) throws {
+        var config = try WanDiTConfig(inferringFrom: source)
+        if let arguments { config.apply(officialArguments: arguments) }
+        try self.init(config: config, weights: source)
     }
 }
 

@@ -243,7 +243,7 @@ public final class WanVACEDiT: @unchecked Sendable {
                     cur = next
                     cTokens = next
                 }
-                try vace.runBlock(k, x: cur, scratch: s, context: prepared.vace, trace: vaceTrace)
+                try vace.runBlock(k, x: try vace.backend.upload(cur, rows: L, cols: d), scratch: s, context: prepared.vace, trace: vaceTrace)
                 if needed.contains(k) {
                     let hint = afterProj[k](cur)
                     vaceTrace?("hint\(k)", hint)
@@ -255,7 +255,7 @@ public final class WanVACEDiT: @unchecked Sendable {
             let h = hints.removeValue(forKey: n)!
             for i in 0..<(L * d) { xt.data[i] += h.data[i] * scale }
         }
-        return try main.forward(x: x, y: nil, t: t, context: prepared.main, trace: trace, blockHook: hook)
+        return try main.forward(x: x, y: nil, t: t, context: prepared.main, trace: trace, hook: hook)
     }
 
     /// vace_patch_embedding (a Conv3d with stride = kernel = patch size) as tokens [L, dim].
