@@ -63,58 +63,55 @@ public struct WanVACEConfig: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// The Wan2.1 VACE diffusion transformer (official `VaceWanModel`): a t2v `WanDiT` plus vace blocks that turn the
-/// patch-embedded vace_context into hints added to the residual stream after the main blocks listed in vace_layers.
-/// As in `WanDiT`, each video runs on its real tokens only: in the official model the padded tokens of x and of the
-/// vace context are masked as keys in every self-attention and every other step is per row, so they cannot reach a
-/// real row.
-public final class WanVACEDiT: @unchecked Sendable {
+/// The Wan2.1 VACE diffusion transformer (official `VaceWanModel`), written once against `ComputeBackend`
+/// (`WanVACEDiT` on the CPU, `CUDAVACE` on a GPU): a t2v DiT plus vace blocks that turn the patch-embedded
+/// vace_context into hints added to the residual stream after the main blocks listed in vace_layers. The vace blocks
+/// are the blocks of a second `DiffusionTransformer` on the same backend (its patch embedding is
+/// vace_patch_embedding; its text and time embeddings and head are the main model's). As in the DiT, each video runs
+/// on its real tokens only: in the official model the padded tokens of x and of the vace context are masked as keys
+/// in every self-attention and every other step is per row, so they cannot reach a real row.
+public final class VACETransformer<B: ComputeBackend>: VACEDenoiser, @unchecked Sendable {
     public let config: WanVACEConfig
     /// The main model (bound from every key outside vace_*).
-    public let main: WanDiT
-    /// The vace blocks as the blocks of a second `WanDiT` (its embeddings and head are the main model's tensors).
-    let vace: WanDiT
-    let vacePatchWeight, vacePatchBias: Tensor  // [dim, vace_in_dim*pt*ph*pw], [dim]
-    let beforeProj: [Linear?]
-    let afterProj: [Linear]
+    public let main: DiffusionTransformer<B>
+    /// The vace blocks as the blocks of a second DiT (its embeddings and head are the main model's).
+    let vace: DiffusionTransformer<B>
+    /// before_proj of the vace blocks that have one (vace_layers 0), after_proj of all: activation type in, f32 out.
+    let beforeProj: [B.Matrix?]
+    let afterProj: [B.Matrix]
     /// Main block index -> hint index (official vace_layers_mapping).
     let hintOfBlock: [Int: Int]
 
-    /// Binds the model by the official names. Strict: every key of the source must be used by the main model or the
-    /// vace branch, with the expected shape.
-    public init(config c: WanVACEConfig, weights source: WeightSource) throws {
+    public var backend: B { main.backend }
+
+    /// Binds the model by the official names onto `backend`. Strict: every key of the source must be used by the
+    /// main model or the vace branch, with the expected shape.
+    public init(config c: WanVACEConfig, weights source: WeightSource, backend: B) throws {
         let d = c.dit.dim, n = c.vaceLayers.count
         let (mainConfig, vaceConfig) = try Self.branchConfigs(c, label: source.label)
         config = c
-        // Shared tensors (embeddings, head) are read once and given to both models.
         let (mainView, vaceView, vaceMap) = Self.branchWeights(source)
-
+        // The small tensors first, so a malformed file fails before anything large is bound or uploaded.
         let b = WeightBinder(source)
-        let patchVolume = c.dit.patchSize.reduce(1, *)
-        vacePatchWeight = try b.tensor("vace_patch_embedding.weight", [d, c.vaceInDim] + c.dit.patchSize).reshaped([d, c.vaceInDim * patchVolume])
-        vacePatchBias = try b.tensor("vace_patch_embedding.bias", [d])
-        beforeProj = try (0..<n).map { k in c.vaceLayers[k] == 0 ? try Linear(b, "vace_blocks.\(k).before_proj", in: d, out: d) : nil }
-        afterProj = try (0..<n).map { k in try Linear(b, "vace_blocks.\(k).after_proj", in: d, out: d) }
-        main = try WanDiT(config: mainConfig, weights: mainView)
+        _ = try b.tensor("vace_patch_embedding.weight", [d, c.vaceInDim] + c.dit.patchSize)  // bound by the vace branch
+        _ = try b.tensor("vace_patch_embedding.bias", [d])
+        let before = try (0..<n).map { k in c.vaceLayers[k] == 0 ? try Linear(b, "vace_blocks.\(k).before_proj", in: d, out: d) : nil }
+        let after = try (0..<n).map { k in try Linear(b, "vace_blocks.\(k).after_proj", in: d, out: d) }
+        main = try DiffusionTransformer(config: mainConfig, weights: mainView, backend: backend)
         do {
-            vace = try WanDiT(config: vaceConfig, weights: vaceView)
+            vace = try DiffusionTransformer(config: vaceConfig, weights: vaceView, backend: backend, sharing: main)
         } catch let e as WeightError {
             throw Self.renamed(e, map: vaceMap)
         }
         for name in mainView.names { b.ignore(name) }
         for name in vaceMap.values { b.ignore(name) }
         try b.finish()
+        beforeProj = try before.map { l in try l.map { try backend.matrix($0, kind: .activationToFloat32) } }
+        afterProj = try after.map { try backend.matrix($0, kind: .activationToFloat32) }
+        try backend.weightsLoaded()
         var mapping: [Int: Int] = [:]
         for (k, layer) in c.vaceLayers.enumerated() { mapping[layer] = k }
         hintOfBlock = mapping
-    }
-
-    /// Loads a VACE DiT, inferring the configuration from its shapes; `arguments` (the official constructor
-    /// arguments) override what was inferred.
-    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil) throws {
-        var config = try WanVACEConfig(inferringFrom: source)
-        if let arguments { config.apply(officialArguments: arguments) }
-        try self.init(config: config, weights: source)
     }
 
     /// The configurations of the two models a VACE DiT runs (after checking `c`): the main model (model_type "vace")
@@ -187,15 +184,17 @@ public final class WanVACEDiT: @unchecked Sendable {
 
     // MARK: context
 
-    /// The text conditioning of the main and the vace blocks (see `WanDiT.prepare`): reuse it for every step.
-    public func prepare(context: Tensor) throws -> VACEContext {
-        VACEContext(model: self, main: try main.prepare(context: context), vace: try vace.prepare(context: context))
+    /// The text conditioning of the main and the vace blocks (see `DiffusionTransformer.prepare`): reuse it for
+    /// every step.
+    public func prepare(context: Tensor) throws -> VACEPreparedConditioning<B> {
+        VACEPreparedConditioning(model: self, main: try main.prepare(context: context), vace: try vace.prepare(context: context))
     }
 
     // MARK: forward
 
     /// One video: `x` [16, F, H, W], `vaceContext` [vace_in_dim, F, H, W] (official `vace_latent`: inactive +
-    /// reactive latents and the 64 mask channels), `context` [L, text_dim]; `scale` is vace_context_scale.
+    /// reactive latents and the 64 mask channels), `context` [L, text_dim]; `scale` is vace_context_scale. Traces the
+    /// main model's names, the vace branch's prefixed vace_ and the hints as vace_hintN.
     public func forward(x: Tensor, t: Float, context: Tensor, vaceContext: Tensor, scale: Float = 1,
                         trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
         try forward(x: x, t: t, context: try prepare(context: context), vaceContext: vaceContext, scale: scale, trace: trace)
@@ -203,69 +202,98 @@ public final class WanVACEDiT: @unchecked Sendable {
 
     /// One video with a prepared context. Hints are made when first needed (vace block n runs just before main block
     /// vace_layers[n] needs it), so at most the hints not yet added are held.
-    public func forward(x: Tensor, t: Float, context prepared: VACEContext, vaceContext: Tensor, scale: Float = 1,
+    public func forward(x: Tensor, t: Float, context prepared: VACEPreparedConditioning<B>, vaceContext: Tensor, scale: Float = 1,
                         trace: ((String, Tensor) -> Void)? = nil) throws -> Tensor {
         guard prepared.model === self else { throw DiTInputError(description: "the context was prepared by another model") }
-        let c = config.dit, d = c.dim
+        let c = config.dit, d = c.dim, be = backend
         guard vaceContext.rank == 4, vaceContext.shape[0] == config.vaceInDim else {
             throw DiTInputError(description: "vace_context must be [\(config.vaceInDim), F, H, W], got \(vaceContext.shape)")
         }
         guard x.rank == 4, Array(vaceContext.shape[1...]) == Array(x.shape[1...]) else {
             throw DiTInputError(description: "vace_context \(vaceContext.shape) must match x \(x.shape) in F, H, W")
         }
-        let layers = config.vaceLayers
-        let lastBeforeProj = layers.lastIndex(of: 0) ?? -1
+        let lastBeforeProj = config.vaceLayers.lastIndex(of: 0) ?? -1
         let needed = Set(hintOfBlock.values)
-        var x0: Tensor? = nil      // the patch tokens of x, for before_proj
-        var cTokens: Tensor? = nil // the vace stream c
+        var x0: BackendTensor<B>? = nil      // the patch tokens of x, for before_proj
+        var cTokens: BackendTensor<B>? = nil // the vace stream c (f32)
+        var gate: BackendTensor<B>? = nil    // vace_context_scale per channel: the gate of the hint's residual add
         var done = 0
-        var hints: [Int: Tensor] = [:]
+        var hints: [Int: BackendTensor<B>] = [:]
         let vaceTrace = trace.map { t in { (name: String, v: Tensor) in t("vace_" + name, v) } }
-        let hook: WanDiT.BlockHook = { [self] stage, xs, s in
-            let grid = s.grid, xt = xs.storage
-            let L = xt.shape[0]
+        func snapshot(_ t: BackendTensor<B>) throws -> Tensor { let h = try be.download(t); return h.reshaped(h.shape) }
+        let hook: DiTBlockHook<B> = { [self] stage, xs, s in
+            let L = s.tokens
+            // c as the input of a product in the activation type, in the scratch's normed rows (free between blocks).
+            func cInput() throws -> BackendTensor<B> { try be.convert(cTokens!, into: s.normed); return s.normed }
             if stage < 0 {
-                let copy = Tensor(uninitialized: [L, d])
-                copy.data.update(from: xt.data, count: L * d)
+                let copy = try be.tensor(rows: L, cols: d, type: .f32)
+                try be.convert(xs, into: copy)
                 x0 = copy
-                cTokens = patchEmbed(vaceContext, grid: grid, tokens: L)
-                vaceTrace?("patch_tokens", cTokens!)
+                let patchRows = WanDiT.patchRows(vaceContext, patchSize: c.patchSize, grid: s.grid)
+                let patches = try be.upload(patchRows, rows: L, cols: patchRows.shape[1])
+                let tokens = try be.tensor(rows: L, cols: d, type: .f32)
+                try be.linear(vace.outer.patchEmbedding, patches, into: tokens, activation: .none)
+                cTokens = tokens
+                if let vaceTrace { vaceTrace("patch_tokens", try snapshot(tokens)) }
+                gate = try be.upload(Tensor(shape: [1, d], values: [Float](repeating: scale, count: d)), rows: 1, cols: d)
                 return
             }
             guard let n = hintOfBlock[stage] else { return }
             while done <= n {
                 let k = done
-                var cur = cTokens!
                 if let bp = beforeProj[k] {
-                    let next = bp(cur)
-                    let base = x0!
-                    for i in 0..<(L * d) { next.data[i] += base.data[i] }
-                    cur = next
-                    cTokens = next
+                    // c = before_proj(c) + x0
+                    try be.linear(bp, try cInput(), into: cTokens!, activation: .none)
+                    try be.addResidual(cTokens!, x0!)
                 }
-                try vace.runBlock(k, x: try vace.backend.upload(cur, rows: L, cols: d), scratch: s, context: prepared.vace, trace: vaceTrace)
+                try vace.runBlock(k, x: cTokens!, scratch: s, context: prepared.vace, trace: vaceTrace)
                 if needed.contains(k) {
-                    let hint = afterProj[k](cur)
-                    vaceTrace?("hint\(k)", hint)
+                    let hint = try be.tensor(rows: L, cols: d, type: .f32)
+                    try be.linear(afterProj[k], try cInput(), into: hint, activation: .none)
+                    if let vaceTrace { vaceTrace("hint\(k)", try snapshot(hint)) }
                     hints[k] = hint
                 }
                 done += 1
                 if k >= lastBeforeProj { x0 = nil }
             }
-            let h = hints.removeValue(forKey: n)!
-            for i in 0..<(L * d) { xt.data[i] += h.data[i] * scale }
+            try be.addResidual(xs, hints.removeValue(forKey: n)!, gate: gate)
         }
         return try main.forward(x: x, y: nil, t: t, context: prepared.main, trace: trace, hook: hook)
     }
 
-    /// vace_patch_embedding (a Conv3d with stride = kernel = patch size) as tokens [L, dim].
-    func patchEmbed(_ v: Tensor, grid: (f: Int, h: Int, w: Int), tokens L: Int) -> Tensor {
-        let c = config.dit, d = c.dim
-        let patchLen = v.shape[0] * c.patchSize.reduce(1, *)
-        let patches = WanDiT.patchRows(v, patchSize: c.patchSize, grid: grid)
-        let out = Tensor(uninitialized: [L, d])
-        GEMM.shared.linear(m: L, k: patchLen, n: d, src: patches.data, weight: vacePatchWeight.data, bias: vacePatchBias.data, dst: out.data)
-        return out
+    // MARK: VACEDenoiser
+
+    public var backendDescription: String { backend.description }
+
+    public func prepareConditioning(text: Tensor) throws -> DiTConditioning { try prepare(context: text) }
+
+    public func velocity(x: Tensor, t: Float, conditioning: DiTConditioning, vaceContext: Tensor, scale: Float) throws -> Tensor {
+        guard let prepared = conditioning as? VACEPreparedConditioning<B> else {
+            throw DiTInputError(description: "the conditioning was prepared by another backend's model")
+        }
+        return try forward(x: x, t: t, context: prepared, vaceContext: vaceContext, scale: scale)
+    }
+
+    /// The forward passes' buffers and the backend's free pooled memory go back (the weights stay).
+    public func releaseActivations() { backend.releaseActivations() }
+}
+
+/// The VACE DiT on the CPU.
+public typealias WanVACEDiT = VACETransformer<CPUBackend>
+
+extension VACETransformer where B == CPUBackend {
+    /// Binds the model by the official names. Strict: every key of the source must be used by the main model or the
+    /// vace branch, with the expected shape.
+    public convenience init(config c: WanVACEConfig, weights source: WeightSource) throws {
+        try self.init(config: c, weights: source, backend: CPUBackend())
+    }
+
+    /// Loads a VACE DiT, inferring the configuration from its shapes; `arguments` (the official constructor
+    /// arguments) override what was inferred.
+    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil) throws {
+        var config = try WanVACEConfig(inferringFrom: source)
+        if let arguments { config.apply(officialArguments: arguments) }
+        try self.init(config: config, weights: source)
     }
 }
 
@@ -292,28 +320,16 @@ extension VACEDenoiser {
     public func releaseActivations() {}
 }
 
-extension VACEContext: DiTConditioning {}
-
-extension WanVACEDiT: VACEDenoiser {
-    public var backendDescription: String { "cpu" }
-
-    public func prepareConditioning(text: Tensor) throws -> DiTConditioning { try prepare(context: text) }
-
-    public func velocity(x: Tensor, t: Float, conditioning: DiTConditioning, vaceContext: Tensor, scale: Float) throws -> Tensor {
-        guard let prepared = conditioning as? VACEContext else {
-            throw DiTInputError(description: "the conditioning was prepared by another backend's model")
-        }
-        return try forward(x: x, t: t, context: prepared, vaceContext: vaceContext, scale: scale)
-    }
+/// A prepared conditioning of a VACE DiT (the text keys and values of the main and the vace blocks).
+public final class VACEPreparedConditioning<B: ComputeBackend>: DiTConditioning, @unchecked Sendable {
+    let model: AnyObject
+    public let main: PreparedDiTConditioning<B>
+    let vace: PreparedDiTConditioning<B>
+    init(model: AnyObject, main: PreparedDiTConditioning<B>, vace: PreparedDiTConditioning<B>) { self.model = model; self.main = main; self.vace = vace }
 }
 
-/// A prepared conditioning of a `WanVACEDiT` (text keys and values of the main and the vace blocks).
-public final class VACEContext: @unchecked Sendable {
-    let model: WanVACEDiT
-    public let main: DiTContext
-    let vace: DiTContext
-    init(model: WanVACEDiT, main: DiTContext, vace: DiTContext) { self.model = model; self.main = main; self.vace = vace }
-}
+/// A prepared conditioning of a `WanVACEDiT`.
+public typealias VACEContext = VACEPreparedConditioning<CPUBackend>
 
 /// Tensors read once for both models of a VACE checkpoint (the embeddings and head that the vace branch's `WanDiT`
 /// binds too), so they are not converted twice.
