@@ -15,6 +15,10 @@ final class CUDAMemoryTests: XCTestCase {
         // The 1.3B at 832x480x81 (32760 tokens) within 8 GiB.
         let small = CUDADiTMemory(config: .t2v1_3B, precision: .bf16, tokens: 32760)
         XCTAssertLessThan(small.total, 8 << 30, "\(small)")
+        for (name, plan) in [("14B 1280x720x81", m), ("14B 832x480x81", CUDADiTMemory(config: .t2v14B, precision: .bf16, tokens: 32760)),
+                             ("1.3B 832x480x81", small)] {
+            print(String(format: "DiT job %@ bf16 planned: %.2f GiB (%@)", name, Double(plan.total) / 1_073_741_824, plan.description))
+        }
         // f32 about doubles the weights (the few matrices the official code keeps in f32 are f32 in both); image
         // tasks add the CLIP tokens' keys and values.
         let f32 = CUDADiTMemory(config: .t2v1_3B, precision: .f32, tokens: 32760).weights
