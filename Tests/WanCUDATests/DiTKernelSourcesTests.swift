@@ -58,33 +58,10 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
                 launch({(unsigned)(Lq + 3) / 4, (unsigned)H, (unsigned)B}, 128,
                        [&] { flash_attention_f32(of.data(), qf.data(), kf.data(), vf.data(), k_lens, Lq, Lk, H, D, scale); });
             }
-            std::vector<double> got(q.size()), want(q.size());
+            std::vector<double> got(q.size());
             for (size_t i = 0; i < q.size(); ++i) got[i] = half ? bf(oh[i]) : of[i];
-            std::vector<double> s(Lk);
-            for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) for (int i = 0; i < Lq; ++i) {
-                const int n = lens.empty() ? Lk : std::min(lens[b], Lk);
-                const long qi = ((long)b * Lq + i) * token + (long)h * D;
-                double top = -INFINITY, total = 0;
-                for (int j = 0; j < n; ++j) {
-                    const long kj = ((long)b * Lk + j) * token + (long)h * D;
-                    double dot = 0;
-                    for (int d = 0; d < D; ++d) dot += (double)q[qi + d] * k[kj + d];
-                    s[j] = dot * scale;
-                    top = std::fmax(top, s[j]);
-                }
-                for (int j = 0; j < n; ++j) total += (s[j] = std::exp(s[j] - top));
-                for (int d = 0; d < D; ++d) {
-                    double o = 0;
-                    for (int j = 0; j < n; ++j) o += s[j] * v[((long)b * Lk + j) * token + (long)h * D + d];
-                    want[qi + d] = n > 0 ? o / total : 0.0;  // no key: zeros
-                }
-            }
-            double worst = 0, largest = 0;
-            for (size_t i = 0; i < got.size(); ++i) {
-                worst = std::fmax(worst, std::isnan(got[i]) ? INFINITY : std::fabs(got[i] - want[i]));
-                largest = std::fmax(largest, std::fabs(want[i]));
-            }
-            const double max_rel = worst / (largest > 0 ? largest : 1);
+            const std::vector<double> want = reference_attention(q, k, v, lens, B, Lq, Lk, H, D, scale);
+            const double max_rel = max_abs_over_max_ref(got, want);
             char what[200];
             std::snprintf(what, sizeof what, "flash_attention_%s B %d Lq %d Lk %d H %d D %d k_lens %s (max_abs/max|ref| %.3e)",
                           half ? (D == 32 ? "bf16_d32" : D == 64 ? "bf16_d64" : "bf16_d128") : "f32", B, Lq, Lk, H, D,

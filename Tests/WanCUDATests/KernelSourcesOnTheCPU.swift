@@ -44,7 +44,6 @@ enum KernelSourcesOnTheCPU {
         void __syncthreads();
         // The warp's mma.sync.m16n8k16 (bf16 in, f32 accumulators) from the fragments its 32 lanes hand over.
         void mma_bf16_16816_host(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1);
-        #define vae_mma_bf16_host mma_bf16_16816_host
         // The warp's ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16: lane l hands over the (16-byte aligned) address
         // of row l % 8 of matrix l / 8; r[i] receives row l / 4, columns 2(l % 4) and 2(l % 4) + 1 of matrix i (the lower
         // column in the low half), or with `trans` column l / 4, rows 2(l % 4) and 2(l % 4) + 1.
@@ -62,6 +61,7 @@ enum KernelSourcesOnTheCPU {
         // Include once, in the driver.
         #include "shim.h"
         #include "common.cuh"
+        #include <algorithm>
         #include <cstdio>
         #include <cstdlib>
         #include <memory>
@@ -167,6 +167,42 @@ enum KernelSourcesOnTheCPU {
             const double rel = got.size() == want.size() && !std::isnan(diff) ? std::sqrt(diff / (norm > 0 ? norm : 1)) : INFINITY;
             std::printf("%s: rel_l2 %.3e\n", what, rel);
             return rel;
+        }
+        // softmax(scale q k^T) v in float64, per batch and head, over the first min(lens[b], Lk) keys (all without
+        // lens; none: zeros); q [B, Lq, H, D], k and v [B, Lk, H, D]: the reference of the flash-attention kernels.
+        static std::vector<double> reference_attention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                                       const std::vector<int>& lens, int B, int Lq, int Lk, int H, int D, float scale) {
+            const long token = (long)H * D;
+            std::vector<double> want(q.size()), s(Lk);
+            for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) for (int i = 0; i < Lq; ++i) {
+                const int n = lens.empty() ? Lk : std::min(lens[b], Lk);
+                const long qi = ((long)b * Lq + i) * token + (long)h * D;
+                double top = -INFINITY, total = 0;
+                for (int j = 0; j < n; ++j) {
+                    const long kj = ((long)b * Lk + j) * token + (long)h * D;
+                    double dot = 0;
+                    for (int d = 0; d < D; ++d) dot += (double)q[qi + d] * k[kj + d];
+                    s[j] = dot * scale;
+                    top = std::fmax(top, s[j]);
+                }
+                for (int j = 0; j < n; ++j) total += (s[j] = std::exp(s[j] - top));
+                for (int d = 0; d < D; ++d) {
+                    double o = 0;
+                    for (int j = 0; j < n; ++j) o += s[j] * v[((long)b * Lk + j) * token + (long)h * D + d];
+                    want[qi + d] = n > 0 ? o / total : 0.0;  // no key: zeros
+                }
+            }
+            return want;
+        }
+
+        // The largest |got - want| over the largest |want| (NaN counts as infinite).
+        static double max_abs_over_max_ref(const std::vector<double>& got, const std::vector<double>& want) {
+            double worst = 0, largest = 0;
+            for (size_t i = 0; i < got.size(); ++i) {
+                worst = std::fmax(worst, std::isnan(got[i]) ? INFINITY : std::fabs(got[i] - want[i]));
+                largest = std::fmax(largest, std::fabs(want[i]));
+            }
+            return worst / (largest > 0 ? largest : 1);
         }
         """#
 

@@ -107,22 +107,6 @@ flash_attention_f32(float* out, const float* q, const float* k, const float* v, 
 #define TC_KEYS 64    // keys per shared-memory tile
 #define TC_PAD 8      // row padding (bf16) that spreads a fragment's rows over all 32 banks
 
-// d (+)= a * b on the tensor cores.
-__device__ __forceinline__ void mma_bf16_16816(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                               unsigned b0, unsigned b1) {
-#ifdef __CUDA_ARCH__
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    // This file compiled as C++ for the CPU (Tests/WanCUDATests, every thread of a block simulated): the warp's mma
-    // done from the fragments all 32 lanes hand over, as the PTX ISA lays them out.
-    mma_bf16_16816_host(d, a0, a1, a2, a3, b0, b1);
-#endif
-}
-
 // Two consecutive bf16 (4-byte aligned) as one register.
 __device__ __forceinline__ unsigned load_bf16x2(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 

@@ -31,15 +31,7 @@
 
 // d (+)= a * b on the tensor cores (mma.sync.m16n8k16, bf16 in, f32 accumulators).
 __device__ __forceinline__ void fa2_mma(float* d, const unsigned* a, unsigned b0, unsigned b1) {
-#ifdef __CUDA_ARCH__
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    mma_bf16_16816_host(d, a[0], a[1], a[2], a[3], b0, b1);
-#endif
+    mma_bf16_16816(d, a[0], a[1], a[2], a[3], b0, b1);
 }
 
 #ifdef __CUDA_ARCH__

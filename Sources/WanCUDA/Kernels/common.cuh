@@ -55,6 +55,27 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+#ifndef __CUDA_ARCH__
+// The kernel files compiled as C++ for the CPU (Tests/WanCUDATests, every thread of a block simulated) do the warp's
+// mma from the fragments all 32 lanes hand over, as the PTX ISA lays them out.
+void mma_bf16_16816_host(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1);
+#endif
+
+// d (+)= a * b on the tensor cores: mma.sync.m16n8k16, bf16 A (16x16, row) and B (16x8, col) fragments, f32
+// accumulators (fragment layouts: see attention.cu).
+__device__ __forceinline__ void mma_bf16_16816(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                               unsigned b1) {
+#ifdef __CUDA_ARCH__
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    mma_bf16_16816_host(d, a0, a1, a2, a3, b0, b1);
+#endif
+}
+
 // Grid-stride loop over [0, n).
 #define FOR_EACH_INDEX(i, n) \
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)

@@ -161,21 +161,6 @@ vae_softmax_f32(float* s, long rows, int cols, float scale) {
 #define CV_BK 32
 #define CV_STRIDE (CV_BK + 8)  // bf16 per shared row: the padding spreads a fragment's 8 rows over all 32 banks
 
-__device__ __forceinline__ void vae_mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
-                                             unsigned b1) {
-#ifdef __CUDA_ARCH__
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    // This file compiled as C++ for the CPU (Tests/WanCUDATests: every thread of a block simulated): the warp's mma
-    // done from the fragments all 32 lanes hand over, as the PTX ISA lays them out.
-    vae_mma_bf16_host(d, a0, a1, a2, a3, b0, b1);
-#endif
-}
-
 __device__ __forceinline__ unsigned lds_bf16x2(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
 // Eight f32 (the raw bits of a, then b) rounded to eight bf16.
@@ -271,7 +256,7 @@ vae_conv_bf16(float* y, const void* f0, const void* f1, const void* f2, const bf
                 const bf16* r = &b_tile[(wn * 32 + ni * 8 + g) * CV_STRIDE + ks + 2 * t4];
                 const unsigned b0 = lds_bf16x2(r), b1 = lds_bf16x2(r + 8);
 #pragma unroll
-                for (int mi = 0; mi < 2; ++mi) vae_mma_bf16(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b0, b1);
+                for (int mi = 0; mi < 2; ++mi) mma_bf16_16816(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b0, b1);
             }
         }
         __syncthreads();
