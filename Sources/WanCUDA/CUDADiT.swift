@@ -65,40 +65,8 @@ extension DiffusionTransformer where B == CUDAComputeBackend {
     public var dequantScratchBytes: Int { backend.dequantScratchBytes }
     /// Matrices kept compact on the device, by format.
     public var compactMatrices: [CompactWeightFormat: Int] { backend.compactMatrices }
-    var act: DeviceDType { precision.activation }
-    var patchEmbedding: DeviceLinear { outer.patchEmbedding }
-
     /// Hands the activation workspace back to the pool (the weights stay).
     public func releaseWorkspace() { backend.releaseDiTWorkspace() }
-
-    func run(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64, epilogue: MatmulEpilogue = .none) throws {
-        try backend.product(l, rows: rows, x: x, y: y, epilogue: epilogue)
-    }
-
-    /// A device tensor as a host f32 tensor (waits for the queued work).
-    func download(_ address: UInt64, _ type: DeviceDType, _ shape: [Int]) throws -> Tensor {
-        let count = shape.reduce(1, *)
-        let out = Tensor(uninitialized: shape)
-        if type == .f32 {
-            try context.copy(toHost: UnsafeMutableRawPointer(out.data), from: address, bytes: count * 4)
-        } else {
-            var bits = [UInt16](repeating: 0, count: count)
-            try bits.withUnsafeMutableBytes { try context.copy(toHost: $0.baseAddress!, from: address, bytes: count * 2) }
-            bits.withUnsafeBufferPointer { BFloat16.unpack($0.baseAddress!, into: out.data, count: count) }
-        }
-        return out
-    }
-
-    /// Uploads host f32 values to `address` as `type`.
-    func upload(_ values: UnsafePointer<Float>, count: Int, to address: UInt64, as type: DeviceDType) throws {
-        if type == .f32 {
-            try context.copy(toDevice: address, from: UnsafeRawPointer(values), bytes: count * 4)
-        } else {
-            var bits = [UInt16](repeating: 0, count: count)
-            bits.withUnsafeMutableBufferPointer { BFloat16.pack(values, into: $0.baseAddress!, count: count) }
-            try bits.withUnsafeBytes { try context.copy(toDevice: address, from: $0.baseAddress!, bytes: count * 2) }
-        }
-    }
 }
 
 extension CUDAMatmul {
