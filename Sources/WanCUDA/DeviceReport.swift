@@ -23,6 +23,10 @@ public struct DeviceReport: Codable {
     public var cublasLtPath: String?
     public var cublasLtVersion: Int?
     public var cublasLtError: String?
+    /// cuDNN 9 (optional: the DiT's fused attention, `--attention cudnn|auto`).
+    public var cudnnVersion: String?
+    public var cudnnPath: String?
+    public var cudnnError: String?
     public var kernelSources: String?
     public var kernelCache: String?
     public var kernels: [KernelStatus] = []
@@ -64,6 +68,12 @@ public struct DeviceReport: Codable {
         } else {
             report.cublasLtError = "libcublasLt.so.13 / libcublasLt.so.12 not found"
         }
+
+        do {
+            let cudnn = try CuDNN.load()
+            report.cudnnVersion = cudnn.versionString
+            report.cudnnPath = cudnn.path
+        } catch { report.cudnnError = "\(error)" }
 
         if let compiler {
             var targets = architectures
@@ -110,6 +120,7 @@ public struct DeviceReport: Codable {
         }
         lines.append("NVRTC: " + (nvrtcVersion.map { "\($0) (\(nvrtcPath ?? ""))" } ?? (nvrtcError ?? "unknown")))
         lines.append("cuBLASLt: " + (cublasLtPath.map { p in cublasLtVersion.map { "\($0) (\(p))" } ?? "found (\(p))" } ?? (cublasLtError ?? "unknown")))
+        lines.append("cuDNN (optional, fused attention): " + (cudnnVersion.map { "\($0) (\(cudnnPath ?? ""))" } ?? (cudnnError ?? "unknown")))
         if let kernelSources { lines.append("kernel sources: \(kernelSources)") }
         if kernels.isEmpty {
             lines.append("kernels: not compiled (no supported GPU; --arch sm_90 compiles them without one)")
