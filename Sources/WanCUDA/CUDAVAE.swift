@@ -25,7 +25,7 @@ import WanModels
 /// the bf16 matrix rate. The causal state is kept in bf16 (`stateType`: half the bytes, 1.9 GB instead of 3.8 at
 /// 832x480; the gathers read it as they read f32 frames); activations, the norms, the attention and the pointwise
 /// convs stay f32.
-public final class CUDAVAE {
+public final class CUDAVAE: VAEFrameBackend {
     public let config: WanVAEConfig
     public let precision: CUDAPrecision
     public let context: CUDAContext
@@ -60,7 +60,7 @@ public final class CUDAVAE {
 
     /// A conv's weights: [out, kt, kh, kw, in] f32 (the official [out, in, kt, kh, kw] reordered) and, for the bf16
     /// products, the same in bf16; bias [out] f32.
-    struct Conv {
+    public struct Conv {
         let weight: DeviceBuffer
         let weightBF16: DeviceBuffer?
         let bias: DeviceBuffer
@@ -70,20 +70,19 @@ public final class CUDAVAE {
         var rowLength: Int { kt * kh * kw * inChannels }
     }
 
-    enum Stage {
-        case conv(Conv)
-        case res(gamma1: DeviceBuffer, gamma2: DeviceBuffer, conv1: Conv, conv2: Conv, shortcut: Conv?)
-        case attn(gamma: DeviceBuffer, qkv: Conv, proj: Conv)
-        case spatialDown(Conv)
-        case spatialUp(Conv)
-        case timeDown(Conv)
-        /// The time conv C -> 2C as its two halves: the first frame's channels [0, C), the second's [C, 2C).
-        case timeUp(Conv, Conv)
-        case head(gamma: DeviceBuffer, conv: Conv)
-    }
+    /// The temporal upsampler's C -> 2C time conv as its two halves (one product each over the same columns).
+    public struct TimeUpConvs { let first, second: Conv }
+    /// An attention block: its norm's gamma, the fused to_qkv and the projection (pointwise convs).
+    public struct AttnConvs { let gamma: DeviceBuffer; let qkv, proj: Conv }
 
-    let encoder: [Stage]
-    let decoder: [Stage]
+    public typealias Causal = Conv
+    public typealias Spatial = Conv
+    public typealias TimeUp = TimeUpConvs
+    public typealias Attn = AttnConvs
+    public typealias Gamma = DeviceBuffer
+
+    let encoder: [VAEStage<CUDAVAE>]
+    let decoder: [VAEStage<CUDAVAE>]
     let quantConv: Conv      // conv1: 2z -> 2z
     let postQuantConv: Conv  // conv2: z -> z
 
@@ -146,7 +145,7 @@ public final class CUDAVAE {
             let t = try b.tensor(name, images ? [ch, 1, 1] : [ch, 1, 1, 1])
             return try upload(t.data, count: ch)
         }
-        func stage(_ layer: WanVAELayer) throws -> Stage {
+        func stage(_ layer: WanVAELayer) throws -> VAEStage<CUDAVAE> {
             switch layer {
             case .conv(let name, let cin, let cout):
                 return .conv(try causal(name, cin, cout))
@@ -155,16 +154,17 @@ public final class CUDAVAE {
                             conv1: try causal(p + ".residual.2", cin, cout), conv2: try causal(p + ".residual.6", cout, cout),
                             shortcut: cin != cout ? try conv(p + ".shortcut", [cout, cin, 1, 1, 1], kt: 1, kh: 1, kw: 1) : nil)
             case .attn(let p, let ch):
-                return .attn(gamma: try gamma(p + ".norm.gamma", ch, images: true),
-                             qkv: try conv(p + ".to_qkv", [3 * ch, ch, 1, 1], kt: 1, kh: 1, kw: 1),
-                             proj: try conv(p + ".proj", [ch, ch, 1, 1], kt: 1, kh: 1, kw: 1))
+                return .attn(AttnConvs(gamma: try gamma(p + ".norm.gamma", ch, images: true),
+                                       qkv: try conv(p + ".to_qkv", [3 * ch, ch, 1, 1], kt: 1, kh: 1, kw: 1),
+                                       proj: try conv(p + ".proj", [ch, ch, 1, 1], kt: 1, kh: 1, kw: 1)))
             case .spatialDown(let p, let ch):
                 return .spatialDown(try conv(p + ".resample.1", [ch, ch, 3, 3], kt: 1, kh: 3, kw: 3))
             case .timeDown(let p, let ch):
-                return .timeDown(try conv(p + ".time_conv", [ch, ch, 3, 1, 1], kt: 3, kh: 1, kw: 1))
+                let c = try conv(p + ".time_conv", [ch, ch, 3, 1, 1], kt: 3, kh: 1, kw: 1)
+                return .timeDown(c, id: c.id)
             case .timeUp(let p, let ch):
                 let halves = try conv(p + ".time_conv", [2 * ch, ch, 3, 1, 1], kt: 3, kh: 1, kw: 1, halves: 2)
-                return .timeUp(halves[0], halves[1])
+                return .timeUp(TimeUpConvs(first: halves[0], second: halves[1]))
             case .spatialUp(let p, let cin, let cout):
                 return .spatialUp(try conv(p + ".resample.1", [cout, cin, 3, 3], kt: 1, kh: 3, kw: 3))
             case .head(let p, let cin, let cout):
@@ -192,7 +192,7 @@ public final class CUDAVAE {
     /// One channels-last frame [H, W, C] from the pool (f32; bf16 for causal state at `.bf16`), handed back when the
     /// last reference goes (work runs in order on one stream, so a buffer handed back while queued kernels still read
     /// it is safe to reuse).
-    final class Frame {
+    public final class Frame {
         let buffer: DeviceBuffer
         let pool: DeviceMemoryPool
         let height, width, channels: Int
@@ -206,16 +206,6 @@ public final class CUDAVAE {
         var count: Int { height * width * channels }
         var bytes: Int { count * type.size }
         deinit { pool.release(buffer) }
-    }
-
-    /// Per-call state, as `WanVAE.StreamState`, every frame kept through `stateFrame`: at f32 by reference, which is
-    /// safe because a conv's input is never written after the conv has read it (the in-place writes, residual adds
-    /// onto a block's input, target stage outputs); at bf16 a bf16 copy.
-    final class StreamState {
-        var history: [Int: [Frame]] = [:]     // up to 2 previous input frames per causal conv, oldest first
-        var previousLast: [Int: Frame] = [:]  // timeDown: last frame of the previous pair
-        var pending: [Int: Frame] = [:]       // timeDown: first frame of the pair being gathered
-        var started: Set<Int> = []            // timeUp/timeDown: the first chunk has passed
     }
 
     func frame(_ height: Int, _ width: Int, _ channels: Int) throws -> Frame { try Frame(pool, height, width, channels) }
@@ -259,7 +249,7 @@ public final class CUDAVAE {
     static func blocks(_ work: Int, per: Int = 256) -> Int { min(max((work + per - 1) / per, 1), 1 << 20) }
 
     /// RMS_norm over channels (then SiLU) into a new frame.
-    func norm(_ x: Frame, _ gamma: DeviceBuffer, silu: Bool) throws -> Frame {
+    public func norm(_ x: Frame, _ gamma: DeviceBuffer, silu: Bool) throws -> Frame {
         let y = try frame(x.height, x.width, x.channels)
         let rows = x.height * x.width
         try launch("vae_rms_norm_f32", grid: Self.blocks(rows, per: 8),
@@ -335,26 +325,29 @@ public final class CUDAVAE {
         }
     }
 
-    /// One output frame of a causal conv (kt = 3: over its kept history and `x`; kt = 1: pointwise), new or added
-    /// to `out`.
-    func causal(_ c: Conv, _ x: Frame, _ state: StreamState, accumulateInto out: Frame? = nil) throws -> Frame {
+    // MARK: frame operations (VAEFrameBackend; `VAEStream` walks the stages and keeps the causal state)
+
+    public func stateID(_ c: Conv) -> Int? { c.kt == 1 ? nil : c.id }
+    public func stateID(of c: TimeUpConvs) -> Int { c.first.id }
+    public func keep(_ x: Frame, copy: Bool) throws -> Frame { try stateFrame(x, copy: copy) }
+
+    /// One output frame of a causal conv (kt = 3: over `history` and `x`; kt = 1: pointwise), new or added to `out`.
+    public func causal(_ c: Conv, history: [Frame], _ x: Frame, accumulateInto out: Frame?) throws -> Frame {
         let y = try out ?? frame(x.height, x.width, c.outChannels)
         if c.kt == 1 {
             try convolve(c, [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: y, accumulate: out != nil)
-            return y
+        } else {
+            try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: c.kh / 2, padLeft: c.kw / 2, into: y, accumulate: out != nil)
         }
-        let history = state.history[c.id] ?? []
-        try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: c.kh / 2, padLeft: c.kw / 2, into: y, accumulate: out != nil)
-        state.history[c.id] = Array((history + [try stateFrame(x)]).suffix(2))
         return y
     }
 
     /// The per-frame single-head attention block, added onto `x` in place (x is a stage output nobody else reads).
-    func attention(gamma: DeviceBuffer, qkv: Conv, proj: Conv, _ x: Frame) throws -> Frame {
+    public func attention(_ a: AttnConvs, _ x: Frame) throws -> Frame {
         let c = x.channels, L = x.height * x.width
-        let n = try norm(x, gamma, silu: false)
+        let n = try norm(x, a.gamma, silu: false)
         let q = try frame(x.height, x.width, 3 * c)
-        try convolve(qkv, [n], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: q)
+        try convolve(a.qkv, [n], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: q)
         let scores = try pool.acquire(bytes: L * L * 4)
         defer { pool.release(scores) }
         // S = Q Kᵀ (rows of q: [q | k | v]), softmax(S / sqrt(c)) along rows, then P V.
@@ -362,64 +355,36 @@ public final class CUDAVAE {
         try launch("vae_softmax_f32", grid: min(L, 1 << 20), [.pointer(scores.pointer), .int64(Int64(L)), .int32(Int32(L)), .float(1 / Float(c).squareRoot())])
         let att = try frame(x.height, x.width, c)
         try gemm.run(m: L, n: c, k: L, x: scores.pointer, ldx: L, w: q.pointer + UInt64(2 * c * 4), ldw: 3 * c, transposed: false, y: att.pointer, ldy: c)
-        try convolve(proj, [att], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: x, accumulate: true)
+        try convolve(a.proj, [att], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: x, accumulate: true)
         return x
     }
 
-    /// Applies one stage to one frame; gives 0 (a temporal downsampler gathering its pair), 1 or 2 frames.
-    func apply(_ stage: Stage, _ x: Frame, _ state: StreamState) throws -> [Frame] {
-        switch stage {
-        case .conv(let c):
-            return [try causal(c, x, state)]
-        case .res(let gamma1, let gamma2, let conv1, let conv2, let shortcut):
-            // Shortcut first; the residual path is added onto it (onto the block input itself for an identity shortcut).
-            let h = try shortcut.map { try causal($0, x, state) } ?? x
-            let a = try causal(conv1, norm(x, gamma1, silu: true), state)
-            return [try causal(conv2, norm(a, gamma2, silu: true), state, accumulateInto: h)]
-        case .attn(let gamma, let qkv, let proj):
-            return [try attention(gamma: gamma, qkv: qkv, proj: proj, x)]
-        case .head(let gamma, let c):
-            return [try causal(c, norm(x, gamma, silu: true), state)]
-        case .spatialDown(let c):
-            // Zero pad right and bottom, 3x3 stride 2.
-            let (oh, ow) = ((x.height + 1 - 3) / 2 + 1, (x.width + 1 - 3) / 2 + 1)
-            let y = try frame(oh, ow, c.outChannels)
-            try convolve(c, [x], outHeight: oh, outWidth: ow, stride: 2, padTop: 0, padLeft: 0, into: y)
-            return [y]
-        case .spatialUp(let c):
-            let y = try frame(2 * x.height, 2 * x.width, c.outChannels)
-            try convolve(c, [x], outHeight: 2 * x.height, outWidth: 2 * x.width, padTop: 1, padLeft: 1, up: true, into: y)
-            return [y]
-        case .timeDown(let c):
-            // First chunk: the frame passes. Then frames pair up and the stride-2 time conv sees (last frame of the
-            // previous pair, the pair).
-            guard state.started.contains(c.id) else {
-                state.started.insert(c.id)
-                state.previousLast[c.id] = try stateFrame(x, copy: true)  // x goes on to stages that may add into it
-                return [x]
-            }
-            guard let first = state.pending.removeValue(forKey: c.id) else { state.pending[c.id] = try stateFrame(x); return [] }
-            let y = try frame(x.height, x.width, c.outChannels)
-            try convolve(c, [state.previousLast[c.id]!, first, x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: y)
-            state.previousLast[c.id] = try stateFrame(x)
-            return [y]
-        case .timeUp(let c, let second):
-            guard state.started.contains(c.id) else { state.started.insert(c.id); return [x] }
-            // Causal time conv C -> 2C (zeros before the second chunk): the frame becomes two, channels [0, C) then
-            // [C, 2C), each written by its own product over the same columns.
-            let ch = x.channels
-            let a = try frame(x.height, x.width, ch), b = try frame(x.height, x.width, ch)
-            let history = state.history[c.id] ?? []
-            try convolve(c, history + [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: a, more: [(second, b)])
-            state.history[c.id] = Array((history + [try stateFrame(x)]).suffix(2))
-            return [a, b]
-        }
+    /// Zero pad right and bottom, 3x3 stride 2.
+    public func spatialDown(_ c: Conv, _ x: Frame) throws -> Frame {
+        let (oh, ow) = ((x.height + 1 - 3) / 2 + 1, (x.width + 1 - 3) / 2 + 1)
+        let y = try frame(oh, ow, c.outChannels)
+        try convolve(c, [x], outHeight: oh, outWidth: ow, stride: 2, padTop: 0, padLeft: 0, into: y)
+        return y
     }
 
-    /// Pushes one frame through the stages from `index` on, handing every frame that leaves the last stage to `sink`.
-    func push(_ stages: [Stage], from index: Int, _ x: Frame, _ state: StreamState, _ sink: (Frame) throws -> Void) throws {
-        if index == stages.count { return try sink(x) }
-        for y in try apply(stages[index], x, state) { try push(stages, from: index + 1, y, state, sink) }
+    public func spatialUp(_ c: Conv, _ x: Frame) throws -> Frame {
+        let y = try frame(2 * x.height, 2 * x.width, c.outChannels)
+        try convolve(c, [x], outHeight: 2 * x.height, outWidth: 2 * x.width, padTop: 1, padLeft: 1, up: true, into: y)
+        return y
+    }
+
+    public func timeDown(_ c: Conv, _ frames: [Frame]) throws -> Frame {
+        let x = frames[frames.count - 1]
+        let y = try frame(x.height, x.width, c.outChannels)
+        try convolve(c, frames, outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: y)
+        return y
+    }
+
+    /// The C -> 2C causal time conv as two products over the same columns: channels [0, C), then [C, 2C).
+    public func timeUp(_ c: TimeUpConvs, history: [Frame], _ x: Frame) throws -> [Frame] {
+        let a = try frame(x.height, x.width, x.channels), b = try frame(x.height, x.width, x.channels)
+        try convolve(c.first, history + [x], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: a, more: [(c.second, b)])
+        return [a, b]
     }
 
     // MARK: public API
@@ -430,7 +395,7 @@ public final class CUDAVAE {
         let z = config.zDim
         let (F, h, w) = try config.decodeShape(latent)
         let sf = config.spatialFactor, (H, W) = (h * sf, w * sf)
-        let state = StreamState()
+        let stream = VAEStream(self)
         let zin = Tensor(uninitialized: [h * w, z]), pixels = Tensor(uninitialized: [H * W, 3])
         var emitted = 0
         for f in 0..<F {
@@ -441,7 +406,7 @@ public final class CUDAVAE {
             let n = f == 0 ? 1 : config.temporalFactor
             let chunk = Tensor(uninitialized: [3, n, H, W])
             var produced = 0
-            try push(decoder, from: 0, x, state) { out in
+            try stream.push(decoder, x) { out in
                 precondition(produced < n && out.height == H && out.width == W && out.channels == 3, "decoder gave an unexpected frame")
                 try context.copy(toHost: UnsafeMutableRawPointer(pixels.data), from: out.pointer, bytes: out.bytes)
                 WanVAEConfig.storeClamped(pixels.data, into: chunk, frame: produced)
@@ -466,7 +431,7 @@ public final class CUDAVAE {
                        readFrame: (_ index: Int, _ planar: UnsafeMutablePointer<Float>) throws -> Void) throws -> Tensor {
         let latent = try config.encodeLatent(frames: T, height: H, width: W)
         let z = config.zDim, latentT = latent.shape[1], plane = latent.shape[2] * latent.shape[3]
-        let state = StreamState()
+        let stream = VAEStream(self)
         let planar = Tensor(uninitialized: [3, H, W]), rgb = Tensor(uninitialized: [H * W, 3]), moments = Tensor(uninitialized: [plane, 2 * z])
         var written = 0
         for index in 0..<T {
@@ -474,7 +439,7 @@ public final class CUDAVAE {
             WanVAEConfig.channelsLast(planar: planar.data, pixels: H * W, into: rgb.data)
             let x = try frame(H, W, 3)
             try context.copy(toDevice: x.pointer, from: UnsafeRawPointer(rgb.data), bytes: x.bytes)
-            try push(encoder, from: 0, x, state) { out in
+            try stream.push(encoder, x) { out in
                 guard written < latentT else { throw VAEInputError("the encoder gave more latent frames than \(latentT)") }
                 precondition(out.height * out.width == plane && out.channels == 2 * z, "encoder gave an unexpected frame")
                 let m = try frame(out.height, out.width, 2 * z)

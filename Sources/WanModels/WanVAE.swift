@@ -284,7 +284,7 @@ public struct VAEInputError: Error, CustomStringConvertible {
 }
 
 /// A channels-last activation: [frames, height, width, channels].
-struct ChannelsLastVideo {
+public struct ChannelsLastVideo {
     var data: Tensor
     var frames: Int, height: Int, width: Int, channels: Int
     init(frames: Int, height: Int, width: Int, channels: Int) {
@@ -299,13 +299,13 @@ struct ChannelsLastVideo {
 /// chunks of 4 frames; decode takes one latent frame at a time; every causal convolution carries the last 2 input
 /// frames of the previous chunk (zeros before the first), which makes the chunked pass equal to a full causal pass.
 /// Activations are channels-last so oneDNN runs direct convolutions.
-public final class WanVAE: @unchecked Sendable {
+public final class WanVAE: VAEFrameBackend, @unchecked Sendable {
     public let config: WanVAEConfig
 
     /// A causal 3-D conv (kt = 3) run one output frame at a time as three per-frame taps, or a pointwise conv.
     /// Tap k weighs input frame t - 2 + k; taps over the zero frames before the first chunk are skipped (they add
     /// exactly zero), so no padded or concatenated input is ever built and the 2-frame history is kept by reference.
-    final class CausalConv {
+    public final class CausalConv {
         let taps: [Conv3D]
         let pointwise: Linear?
         let id: Int
@@ -331,31 +331,19 @@ public final class WanVAE: @unchecked Sendable {
         }
     }
 
-    struct ResBlock {
-        let gamma1, gamma2: Tensor
-        let conv1, conv2: CausalConv
-        let shortcut: CausalConv?
-    }
-    struct AttnBlock {
+    public struct AttnBlock {
         let gamma: Tensor
         let qkv, proj: Linear
     }
-    /// The official `Resample` modes, split into their spatial and temporal halves (each a stage of its own).
-    enum Resample {
-        case spatialDown(Conv3D)            // zero pad right/bottom, 3x3 stride 2
-        case spatialUp(Conv3D)              // nearest x2, then 3x3
-        case timeDown(Conv3D, id: Int)      // stride-2 time conv over (last frame of the previous pair, 2 new frames)
-        case timeUp(CausalConv)             // causal time conv C -> 2C: each frame becomes two (from the 2nd chunk on)
-    }
-    enum Stage {
-        case conv(CausalConv)
-        case res(ResBlock)
-        case attn(AttnBlock)
-        case resample(Resample)
-        case head(gamma: Tensor, conv: CausalConv)
-    }
+    public typealias Frame = ChannelsLastVideo
+    public typealias Causal = CausalConv
+    public typealias Spatial = Conv3D
+    public typealias TimeUp = CausalConv
+    public typealias Attn = AttnBlock
+    public typealias Gamma = Tensor
+
     struct Coder {
-        let stages: [Stage]
+        let stages: [VAEStage<WanVAE>]
     }
 
     let encoder: Coder
@@ -381,14 +369,14 @@ public final class WanVAE: @unchecked Sendable {
         func timeConv(_ p: String, _ cin: Int, _ cout: Int) throws -> (weight: Tensor, bias: Tensor) {
             (try b.tensor(p + ".weight", [cout, cin, 3, 1, 1]), try b.tensor(p + ".bias", [cout]))
         }
-        func stage(_ layer: WanVAELayer) throws -> Stage {
+        func stage(_ layer: WanVAELayer) throws -> VAEStage<WanVAE> {
             switch layer {
             case .conv(let name, let cin, let cout):
                 return .conv(try causal(name, cin, cout, 3))
             case .res(let p, let cin, let cout):
-                return .res(ResBlock(gamma1: try gamma(p + ".residual.0.gamma", cin, images: false), gamma2: try gamma(p + ".residual.3.gamma", cout, images: false),
-                                     conv1: try causal(p + ".residual.2", cin, cout, 3), conv2: try causal(p + ".residual.6", cout, cout, 3),
-                                     shortcut: cin != cout ? try causal(p + ".shortcut", cin, cout, 1) : nil))
+                return .res(gamma1: try gamma(p + ".residual.0.gamma", cin, images: false), gamma2: try gamma(p + ".residual.3.gamma", cout, images: false),
+                            conv1: try causal(p + ".residual.2", cin, cout, 3), conv2: try causal(p + ".residual.6", cout, cout, 3),
+                            shortcut: cin != cout ? try causal(p + ".shortcut", cin, cout, 1) : nil)
             case .attn(let p, let ch):
                 let qw = try b.tensor(p + ".to_qkv.weight", [3 * ch, ch, 1, 1])
                 let pw = try b.tensor(p + ".proj.weight", [ch, ch, 1, 1])
@@ -396,17 +384,17 @@ public final class WanVAE: @unchecked Sendable {
                                        qkv: Linear(weight: Tensor(borrowing: qw.data, shape: [3 * ch, ch], owner: qw), bias: try b.tensor(p + ".to_qkv.bias", [3 * ch])),
                                        proj: Linear(weight: Tensor(borrowing: pw.data, shape: [ch, ch], owner: pw), bias: try b.tensor(p + ".proj.bias", [ch]))))
             case .spatialDown(let p, let ch):
-                return .resample(.spatialDown(try conv2d(p + ".resample.1", ch, ch, down: true)))
+                return .spatialDown(try conv2d(p + ".resample.1", ch, ch, down: true))
             case .timeDown(let p, let ch):
                 let t = try timeConv(p + ".time_conv", ch, ch)
                 defer { nextID += 1 }
-                return .resample(.timeDown(Conv3D(weight: t.weight, bias: t.bias, stride: (2, 1, 1), padLeft: (0, 0), padRight: (0, 0)), id: nextID))
+                return .timeDown(Conv3D(weight: t.weight, bias: t.bias, stride: (2, 1, 1), padLeft: (0, 0), padRight: (0, 0)), id: nextID)
             case .timeUp(let p, let ch):
                 let t = try timeConv(p + ".time_conv", ch, 2 * ch)
                 defer { nextID += 1 }
-                return .resample(.timeUp(CausalConv(weight: t.weight, bias: t.bias, id: nextID)))
+                return .timeUp(CausalConv(weight: t.weight, bias: t.bias, id: nextID))
             case .spatialUp(let p, let cin, let cout):
-                return .resample(.spatialUp(try conv2d(p + ".resample.1", cin, cout, down: false)))
+                return .spatialUp(try conv2d(p + ".resample.1", cin, cout, down: false))
             case .head(let p, let cin, let cout):
                 return .head(gamma: try gamma(p + ".0.gamma", cin, images: false), conv: try causal(p + ".2", cin, cout, 3))
             }
@@ -425,22 +413,25 @@ public final class WanVAE: @unchecked Sendable {
         try self.init(config: WanVAEConfig(inferringFrom: source, arguments: arguments), weights: source)
     }
 
-    // MARK: streaming state
+    // MARK: frame operations (VAEFrameBackend; `VAEStream` walks the stages and keeps the causal state)
 
-    /// Per-call state: the last input frames of every causal conv, and the state of the temporal resamplers.
-    /// Every stage takes and gives single frames; a conv's history holds its input frames by reference, which is safe
-    /// because a conv's input is never written after the conv has read it (the only in-place write, a residual
-    /// accumulating into its block input, targets a stage output, never a conv input).
-    final class StreamState {
-        var history: [Int: [Tensor]] = [:]     // up to 2 previous input frames per causal conv, oldest first
-        var previousLast: [Int: Tensor] = [:]  // timeDown: last frame of the previous pair
-        var pending: [Int: Tensor] = [:]       // timeDown: first frame of the pair being gathered
-        var started: Set<Int> = []             // timeUp/timeDown: the first chunk has passed
+    public func stateID(_ c: CausalConv) -> Int? { c.pointwise == nil ? c.id : nil }
+    public func stateID(of c: CausalConv) -> Int { c.id }
+
+    /// A conv's history holds its input frames by reference, which is safe because a conv's input is never written
+    /// after the conv has read it (the only in-place write, a residual accumulating into its block input, targets a
+    /// stage output, never a conv input); `copy` for a frame that goes on to such stages.
+    public func keep(_ x: ChannelsLastVideo, copy: Bool) throws -> ChannelsLastVideo {
+        guard copy else { return x }
+        var y = x
+        y.data = Tensor(uninitialized: x.data.shape)
+        y.data.data.update(from: x.data.data, count: x.data.count)
+        return y
     }
 
-    /// One output frame of a causal conv (kt = 3: the taps over the kept history; pointwise: a linear map).
-    /// With `accumulateInto`, the result is added to what that frame holds.
-    func causal(_ c: CausalConv, _ x: ChannelsLastVideo, _ state: StreamState, accumulateInto out: ChannelsLastVideo? = nil) -> ChannelsLastVideo {
+    /// One output frame of a causal conv (kt = 3: the taps over the kept history; pointwise: a linear map), new or
+    /// added to `out`. Taps over the zero frames before the first chunk are skipped (they add exactly zero).
+    public func causal(_ c: CausalConv, history: [ChannelsLastVideo], _ x: ChannelsLastVideo, accumulateInto out: ChannelsLastVideo?) throws -> ChannelsLastVideo {
         precondition(x.frames == 1, "the VAE runs one frame per stage call")
         var y = out ?? ChannelsLastVideo(frames: 1, height: x.height, width: x.width, channels: c.outChannels)
         y.channels = c.outChannels
@@ -454,14 +445,14 @@ public final class WanVAE: @unchecked Sendable {
             }
             return y
         }
-        let history = state.history[c.id] ?? []
         c.taps[2](x.data.data, frames: 1, height: x.height, width: x.width, into: y.data.data, accumulate: out != nil)
         for (j, h) in history.enumerated() {
-            c.taps[2 - history.count + j](h.data, frames: 1, height: x.height, width: x.width, into: y.data.data, accumulate: true)
+            c.taps[2 - history.count + j](h.data.data, frames: 1, height: x.height, width: x.width, into: y.data.data, accumulate: true)
         }
-        state.history[c.id] = Array((history + [x.data]).suffix(2))
         return y
     }
+
+    public func norm(_ x: ChannelsLastVideo, _ gamma: Tensor, silu: Bool) throws -> ChannelsLastVideo { normalized(x, gamma, silu: silu) }
 
     func normalized(_ x: ChannelsLastVideo, _ gamma: Tensor, silu: Bool) -> ChannelsLastVideo {
         var y = ChannelsLastVideo(frames: x.frames, height: x.height, width: x.width, channels: x.channels)
@@ -470,16 +461,7 @@ public final class WanVAE: @unchecked Sendable {
         return y
     }
 
-    func run(_ block: ResBlock, _ x: ChannelsLastVideo, _ state: StreamState) -> ChannelsLastVideo {
-        // Shortcut first (the residual's causal convs see the block input), then the residual path added onto it.
-        // The block input is a stage output nobody reads afterwards, so an identity shortcut accumulates into it in
-        // place (one full-resolution frame less).
-        let h = block.shortcut.map { causal($0, x, state) } ?? x
-        let a = causal(block.conv1, normalized(x, block.gamma1, silu: true), state)
-        return causal(block.conv2, normalized(a, block.gamma2, silu: true), state, accumulateInto: h)
-    }
-
-    func run(_ block: AttnBlock, _ x: ChannelsLastVideo) -> ChannelsLastVideo {
+    public func attention(_ block: AttnBlock, _ x: ChannelsLastVideo) throws -> ChannelsLastVideo {
         let c = x.channels, hw = x.height * x.width
         var y = ChannelsLastVideo(frames: x.frames, height: x.height, width: x.width, channels: c)
         let n = normalized(x, block.gamma, silu: false)
@@ -503,60 +485,34 @@ public final class WanVAE: @unchecked Sendable {
         return y
     }
 
-    /// Applies one stage to one frame; gives 0 (a temporal downsampler gathering its pair), 1 or 2 frames.
-    func apply(_ stage: Stage, _ x: ChannelsLastVideo, _ state: StreamState) -> [ChannelsLastVideo] {
-        switch stage {
-        case .conv(let c): return [causal(c, x, state)]
-        case .res(let b): return [run(b, x, state)]
-        case .attn(let a): return [run(a, x)]
-        case .head(let gamma, let c): return [causal(c, normalized(x, gamma, silu: true), state)]
-        case .resample(.spatialDown(let conv)):
-            return [spatial(conv, x.data.data, frames: 1, height: x.height, width: x.width)]
-        case .resample(.spatialUp(let conv)):
-            let up = Tensor(uninitialized: [1, 2 * x.height, 2 * x.width, x.channels])
-            Kernels.upsampleNearest2x(x.data.data, frames: 1, height: x.height, width: x.width, channels: x.channels, out: up.data)
-            return [spatial(conv, up.data, frames: 1, height: 2 * x.height, width: 2 * x.width)]
-        case .resample(.timeDown(let conv, let id)):
-            // First chunk: the frame passes (no temporal downsampling). Then frames pair up and the stride-2 conv sees
-            // (last frame of the previous pair, the pair).
-            guard state.started.contains(id) else {
-                state.started.insert(id)
-                // A copy: the frame goes on to stages that may accumulate into it in place.
-                let last = Tensor(uninitialized: x.data.shape)
-                last.data.update(from: x.data.data, count: x.data.count)
-                state.previousLast[id] = last
-                return [x]
-            }
-            guard let first = state.pending.removeValue(forKey: id) else { state.pending[id] = x.data; return [] }
-            let fs = x.frameSize
-            let input = Tensor(uninitialized: [3, x.height, x.width, x.channels])
-            input.data.update(from: state.previousLast[id]!.data, count: fs)
-            (input.data + fs).update(from: first.data, count: fs)
-            (input.data + 2 * fs).update(from: x.data.data, count: fs)
-            state.previousLast[id] = x.data
-            return [spatial(conv, input.data, frames: 3, height: x.height, width: x.width)]
-        case .resample(.timeUp(let time)):
-            guard state.started.contains(time.id) else { state.started.insert(time.id); return [x] }
-            // Causal time conv (C -> 2C, zeros before the second chunk); the frame becomes two frames, channels
-            // [0, C) then [C, 2C).
-            let doubled = causal(time, x, state)
-            let c = x.channels, hw = x.height * x.width
-            return (0..<2).map { half in
-                var f = ChannelsLastVideo(frames: 1, height: x.height, width: x.width, channels: c)
-                Parallel.forRanges(hw, grain: 1024) { range in
-                    for p in range { (f.data.data + p * c).update(from: doubled.data.data + p * 2 * c + half * c, count: c) }
-                }
-                f.channels = c
-                return f
-            }
-        }
+    public func spatialDown(_ conv: Conv3D, _ x: ChannelsLastVideo) throws -> ChannelsLastVideo {
+        spatial(conv, x.data.data, frames: 1, height: x.height, width: x.width)
     }
 
-    /// Pushes one frame through the stages from `index` on, handing every frame that leaves the last stage to `sink`.
-    func push(_ coder: Coder, from index: Int, _ x: ChannelsLastVideo, _ state: StreamState,
-              _ sink: (ChannelsLastVideo) throws -> Void) rethrows {
-        if index == coder.stages.count { return try sink(x) }
-        for y in apply(coder.stages[index], x, state) { try push(coder, from: index + 1, y, state, sink) }
+    public func spatialUp(_ conv: Conv3D, _ x: ChannelsLastVideo) throws -> ChannelsLastVideo {
+        let up = Tensor(uninitialized: [1, 2 * x.height, 2 * x.width, x.channels])
+        Kernels.upsampleNearest2x(x.data.data, frames: 1, height: x.height, width: x.width, channels: x.channels, out: up.data)
+        return spatial(conv, up.data, frames: 1, height: 2 * x.height, width: 2 * x.width)
+    }
+
+    public func timeDown(_ conv: Conv3D, _ frames: [ChannelsLastVideo]) throws -> ChannelsLastVideo {
+        let x = frames[frames.count - 1], fs = x.frameSize
+        let input = Tensor(uninitialized: [frames.count, x.height, x.width, x.channels])
+        for (i, f) in frames.enumerated() { (input.data + i * fs).update(from: f.data.data, count: fs) }
+        return spatial(conv, input.data, frames: frames.count, height: x.height, width: x.width)
+    }
+
+    public func timeUp(_ time: CausalConv, history: [ChannelsLastVideo], _ x: ChannelsLastVideo) throws -> [ChannelsLastVideo] {
+        let doubled = try causal(time, history: history, x, accumulateInto: nil)
+        let c = x.channels, hw = x.height * x.width
+        return (0..<2).map { half in
+            var f = ChannelsLastVideo(frames: 1, height: x.height, width: x.width, channels: c)
+            Parallel.forRanges(hw, grain: 1024) { range in
+                for p in range { (f.data.data + p * c).update(from: doubled.data.data + p * 2 * c + half * c, count: c) }
+            }
+            f.channels = c
+            return f
+        }
     }
 
     // MARK: public API
@@ -578,14 +534,14 @@ public final class WanVAE: @unchecked Sendable {
                        readFrame: (_ index: Int, _ planar: UnsafeMutablePointer<Float>) throws -> Void) throws -> Tensor {
         let latent = try config.encodeLatent(frames: T, height: H, width: W)
         let z = config.zDim, latentT = latent.shape[1], plane = latent.shape[2] * latent.shape[3]
-        let state = StreamState()
+        let stream = VAEStream(self)
         let planar = Tensor(uninitialized: [3, H, W])
         var written = 0
         for index in 0..<T {
             try readFrame(index, planar.data)
             let x = ChannelsLastVideo(frames: 1, height: H, width: W, channels: 3)
             WanVAEConfig.channelsLast(planar: planar.data, pixels: H * W, into: x.data.data)
-            try push(encoder, from: 0, x, state) { out in
+            try stream.push(encoder.stages, x) { out in
                 guard written < latentT else { throw VAEInputError("the encoder gave more latent frames than \(latentT)") }
                 let moments = Tensor(uninitialized: [out.rows, 2 * z])
                 quantConv(out.data.data, rows: out.rows, into: moments.data)
@@ -607,7 +563,7 @@ public final class WanVAE: @unchecked Sendable {
         let (F, h, w) = try config.decodeShape(latent)
         let plane = h * w, sf = config.spatialFactor
         let (H, W) = (h * sf, w * sf)
-        let state = StreamState()
+        let stream = VAEStream(self)
         var emitted = 0
         for f in 0..<F {
             // De-normalise (z / (1/std) + mean, as the wrapper does) into channels-last, then conv2.
@@ -619,7 +575,7 @@ public final class WanVAE: @unchecked Sendable {
             let n = f == 0 ? 1 : config.temporalFactor
             let chunk = Tensor(uninitialized: [3, n, H, W])
             var produced = 0
-            push(decoder, from: 0, x, state) { out in
+            try stream.push(decoder.stages, x) { out in
                 precondition(produced < n && out.height == H && out.width == W, "decoder gave an unexpected frame")
                 WanVAEConfig.storeClamped(out.data.data, into: chunk, frame: produced)
                 produced += 1
