@@ -26,9 +26,6 @@ extension T5Encoder where B == CUDAComputeBackend {
         try self.init(config: UMT5Config.inferred(from: source, arguments: arguments), weights: source, precision: precision,
                       context: context, compiler: compiler)
     }
-
-    /// Keys per segment the attention kernel takes (T5_MAX_KEYS in t5.cu).
-    public static var maxKeys: Int { CUDAComputeBackend.maxSegmentRows }
 }
 
 extension CUDAOps {

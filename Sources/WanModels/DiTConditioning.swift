@@ -93,11 +93,10 @@ public final class PreparedDiTConditioning<B: ComputeBackend>: DiTConditioning {
             keyBias = nil
         }
 
-        /// An f32 host matrix as the input of products in the activation type.
-        func input(_ host: Tensor, rows: Int, cols: Int) throws -> BackendTensor<B> {
-            let x = try be.upload(host, rows: rows, cols: cols)
+        /// An f32 tensor as the input of products in the activation type (itself under f32).
+        func activationInput(_ x: BackendTensor<B>) throws -> BackendTensor<B> {
             if act == .f32 { return x }
-            let y = try be.tensor(rows: rows, cols: cols, type: act)
+            let y = try be.tensor(rows: x.rows, cols: x.cols, type: act)
             try be.convert(x, into: y)
             return y
         }
@@ -112,7 +111,7 @@ public final class PreparedDiTConditioning<B: ComputeBackend>: DiTConditioning {
         let padded = Tensor(zeros: [keys, c.textDim])
         padded.data.update(from: text.data, count: text.count)
         let hidden = try be.tensor(rows: keys, cols: d, type: act)
-        try be.linear(w.textEmbedding0, try input(padded, rows: keys, cols: c.textDim), into: hidden, activation: .geluTanh)
+        try be.linear(w.textEmbedding0, try activationInput(try be.upload(padded, rows: keys, cols: c.textDim)), into: hidden, activation: .geluTanh)
         embedded = try be.tensor(rows: keys, cols: d, type: act)
         try be.linear(w.textEmbedding2, hidden, into: embedded, activation: .none)
 
@@ -133,13 +132,7 @@ public final class PreparedDiTConditioning<B: ComputeBackend>: DiTConditioning {
             let tokens = try be.tensor(rows: n, cols: d, type: .f32)
             try be.layerNorm(h2, into: tokens, weight: p.norm4Weight, bias: p.norm4Bias, eps: 1e-5)
             imageTokens = tokens
-            if act == .f32 {
-                imageInput = tokens
-            } else {
-                let converted = try be.tensor(rows: n, cols: d, type: act)
-                try be.convert(tokens, into: converted)
-                imageInput = converted
-            }
+            imageInput = try activationInput(tokens)
         } else {
             imageTokens = nil
         }
