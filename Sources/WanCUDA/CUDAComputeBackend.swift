@@ -73,12 +73,8 @@ public final class CUDAComputeBackend: ComputeBackend {
     }
 
     public func matrix(_ linear: Linear, kind: MatrixKind) throws -> DeviceLinear {
-        let act = activationType
-        switch kind {
-        case .activation: return try upload(linear, weight: act, output: act)
-        case .float32: return try upload(linear, weight: .f32, output: .f32)
-        case .activationToFloat32: return try upload(linear, weight: act, output: .f32)
-        }
+        let types = kind.types(activation: activationType)
+        return try upload(linear, weight: types.weight, output: types.output)
     }
 
     public var description: String { "cuda:\(context.info.ordinal) \(context.info.name) (\(precision.rawValue))" }
@@ -172,21 +168,16 @@ public final class CUDAComputeBackend: ComputeBackend {
     /// The planned workspace of the last DiT token count (kept between forward passes of that shape).
     private var ditWorkspace: (plan: CUDADiTPlan, buffer: DeviceBuffer)?
 
-    /// Views of one planned workspace (`CUDADiTPlan`, kept between calls with the same plan): the block scratch, the
-    /// residual stream, the patches, the head's input (in the f32-sized normed region, free after the blocks) and output.
+    /// Views of one planned workspace (`CUDADiTPlan`, kept between calls with the same plan), one per region of the
+    /// model's `DiTForwardLayout`.
     public func ditBuffers(config c: WanDiTConfig, tokens L: Int, grid: (f: Int, h: Int, w: Int), patchLength: Int) throws -> DiTForwardBuffers<CUDAComputeBackend> {
         let plan = CUDADiTPlan(config: c, tokens: L, patchLength: patchLength, precision: precision)
         if let w = ditWorkspace, w.plan != plan { pool.release(w.buffer); ditWorkspace = nil }
         if ditWorkspace == nil { ditWorkspace = (plan, try pool.acquire(bytes: plan.workspace.totalBytes)) }
-        let space = Storage(borrowing: ditWorkspace!.buffer), d = c.dim, act = activationType
-        func view(_ name: String, _ rows: Int, _ cols: Int, _ type: ElementType) -> BackendTensor<CUDAComputeBackend> {
-            BackendTensor(storage: space, offset: plan.workspace.offset(name)! / type.size, rows: rows, cols: cols, type: type)
+        let space = Storage(borrowing: ditWorkspace!.buffer)
+        return plan.layout.buffers(grid: grid) { r in
+            BackendTensor(storage: space, offset: plan.workspace.offset(r.name)! / r.type.size, rows: r.rows, cols: r.cols, type: r.type)
         }
-        let scratch = DiTBlockScratch<CUDAComputeBackend>(
-            grid: grid, normed: view("normed", L, d, act), q: view("q", L, d, act), k: view("k", L, d, act), v: view("v", L, d, act),
-            hidden: view("hidden", plan.ffnChunkRows, c.ffnDim, act), e0: view("e0", 1, 6 * d, .f32), mod: view("mod", 1, 6 * d, .f32))
-        return DiTForwardBuffers(x: view("x", L, d, .f32), patches: view("patches", L, patchLength, .f32), headNormed: view("normed", L, d, .f32),
-                                 headOut: view("head", L, c.outDim * c.patchSize.reduce(1, *), .f32), scratch: scratch)
     }
 
     /// Hands the DiT workspace back to the pool.

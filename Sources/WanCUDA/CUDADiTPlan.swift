@@ -36,16 +36,17 @@ public enum BFloat16 {
     }
 }
 
-/// The device memory one forward pass of the DiT uses, planned on the host: one allocation holding the residual
-/// stream, the block's activations (reused by every block), the FFN hidden layer for a chunk of rows, the patch and
-/// head buffers and the small time-embedding vectors.
+/// The device memory one forward pass of the DiT uses, planned on the host: one allocation holding every region of
+/// the model's `DiTForwardLayout` (the residual stream, the block's activations reused by every block, the FFN
+/// hidden layer for a chunk of rows, the patch and head buffers, e0 and the modulation), plus, for i2v/flf2v, the
+/// text attention's output the GPU's accumulating attention takes from the pool (counted so the pre-flight sees it).
 public struct CUDADiTPlan: Equatable {
-    public let tokens: Int
-    public let dim: Int
+    public let layout: DiTForwardLayout
     public let precision: CUDAPrecision
-    /// FFN rows per chunk: all tokens when the hidden layer fits `ffnBudgetBytes`, else a multiple of 256.
-    public let ffnChunkRows: Int
     public let workspace: WorkspacePlan
+    public var tokens: Int { layout.tokens }
+    /// FFN rows per chunk: all tokens when the hidden layer fits `ffnBudgetBytes`, else a multiple of 256.
+    public var ffnChunkRows: Int { layout.ffnChunkRows }
 
     /// Bytes the FFN hidden layer of one chunk may take.
     public static let ffnBudgetBytes = 512 << 20
@@ -57,25 +58,13 @@ public struct CUDADiTPlan: Equatable {
     }
 
     public init(config c: WanDiTConfig, tokens L: Int, patchLength: Int, precision: CUDAPrecision) {
-        tokens = L
-        dim = c.dim
         self.precision = precision
-        let t = precision.activation.size, d = c.dim
-        ffnChunkRows = Self.ffnChunkRows(tokens: L, ffnDim: c.ffnDim, elementSize: t)
+        let act = precision.activation
+        layout = DiTForwardLayout(config: c, tokens: L, patchLength: patchLength, activation: act,
+                                  ffnChunkRows: Self.ffnChunkRows(tokens: L, ffnDim: c.ffnDim, elementSize: act.size))
         var w = WorkspacePlan()
-        w.add("x", bytes: 4 * L * d)             // the residual stream, f32
-        w.add("normed", bytes: 4 * L * d)        // block inputs and the attention's output (activation type), the head's LayerNorm output (f32)
-        w.add("q", bytes: t * L * d)
-        w.add("k", bytes: t * L * d)             // also the projections' output once the self-attention has run
-        w.add("v", bytes: t * L * d)
-        // i2v/flf2v: the text attention's output before it is added to the image attention's (the GPU backend takes it
-        // from the pool; counted here so the pre-flight sees it).
-        if c.hasImageInput { w.add("attn", bytes: t * L * d) }
-        w.add("hidden", bytes: t * ffnChunkRows * c.ffnDim)
-        w.add("patches", bytes: 4 * L * patchLength)
-        w.add("head", bytes: 4 * L * c.outDim * c.patchSize.reduce(1, *))
-        w.add("e0", bytes: 4 * 6 * d)
-        w.add("mod", bytes: 4 * 6 * d)
+        for r in layout.regions { w.add(r.name, bytes: r.bytes) }
+        if c.hasImageInput { w.add("attn", bytes: act.size * L * c.dim) }
         // The time embedding's vectors, the head's modulation and the rope grid are small pool buffers (the reserve).
         workspace = w
     }
@@ -117,38 +106,32 @@ public struct CUDADiTPlan: Equatable {
 
     static func weightBytesAndScratch(_ c: WanDiTConfig, precision: CUDAPrecision, compactBytes: (String) -> Int?) -> (uploaded: Int, scratch: Int) {
         var total = 0, largestCompact = 0
-        let t = precision.activation.size
-        let f32Linears = ["patch_embedding.", "time_embedding.", "time_projection.", "head.head.", "img_emb.proj.3.bias"]
-        for (name, shape) in c.parameterShapes() {
+        let shapes = c.parameterShapes()
+        // The products: every `….weight` of two or more dimensions (the modulations are named without a suffix).
+        let products = Set(shapes.compactMap { $0.name.hasSuffix(".weight") && $0.shape.count >= 2 ? String($0.name.dropLast(7)) : nil })
+        for (name, shape) in shapes {
             let count = shape.reduce(1, *)
             if name == "img_emb.emb_pos" { continue }  // added on the host
-            let layerNormBias = name.hasSuffix("norm3.bias") || name == "img_emb.proj.0.bias" || name == "img_emb.proj.4.bias"
-            let size: Int
-            if f32Linears.contains(where: { name.hasPrefix($0) }) {
-                size = 4
-            } else if name.hasSuffix(".bias") && !layerNormBias {
-                size = t  // the bias of a product with an activation-type output
-            } else if shape.count >= 2 && !name.hasSuffix("modulation") {
-                if precision == .bf16, let compact = compactBytes(name) {
-                    total += compact
-                    largestCompact = max(largestCompact, count)
-                    continue
-                }
-                size = t
-            } else {
-                size = 4  // norms, LayerNorm biases, modulations
+            guard let dot = name.lastIndex(of: "."), products.contains(String(name[..<dot])) else {
+                total += 4 * count  // norms, LayerNorm biases, modulations: f32
+                continue
             }
-            total += count * size
+            let types = c.matrixKind(String(name[..<dot])).types(activation: precision.activation)
+            if name.hasSuffix(".bias") {
+                total += count * types.output.size
+            } else if types.weight == .bf16, let compact = compactBytes(name) {
+                total += compact
+                largestCompact = max(largestCompact, count)
+            } else {
+                total += count * types.weight.size
+            }
         }
         return (total, 2 * largestCompact)
     }
 
-    /// Device bytes of one prepared conditioning: the embedded text (text_len rows) and every block's text keys and
-    /// values (plus image keys/values and tokens for i2v/flf2v).
+    /// Device bytes of one prepared conditioning (`WanDiTConfig.conditioningBytes`): the text embedded at text_len
+    /// rows and every block's text keys and values, plus the image tokens with theirs for i2v/flf2v.
     public static func contextBytes(_ c: WanDiTConfig, precision: CUDAPrecision, imageRows: Int = 0) -> Int {
-        let t = precision.activation.size, d = c.dim
-        var total = t * c.textLen * d * (1 + 2 * c.numLayers)
-        if imageRows > 0 { total += t * imageRows * d * (1 + 2 * c.numLayers) + 4 * imageRows * d }
-        return total
+        c.conditioningBytes(textKeys: c.textKeys(textRows: c.textLen, collapsed: false), imageRows: imageRows, activation: precision.activation)
     }
 }

@@ -34,16 +34,11 @@ extension VACETransformer where B == CUDAComputeBackend {
     /// Device bytes of both models' weights (shared tensors once), the projections and the one bf16 scratch.
     public var weightBytes: Int { backend.weightBytes }
 
-    /// The vace forward's own buffers for `tokens` tokens beside the main model's workspace (`CUDADiTPlan`), as the
-    /// pre-flight counts them.
+    /// The vace forward's own buffers for `tokens` tokens beside the main model's workspace (`CUDADiTPlan`): its
+    /// `streamLayout`, as the pre-flight counts them (each from the pool).
     static func workspacePlan(_ c: WanVACEConfig, tokens L: Int) -> WorkspacePlan {
-        let d = c.dit.dim
         var plan = WorkspacePlan()
-        plan.add("c", bytes: 4 * L * d)        // the vace stream, f32
-        plan.add("x0", bytes: 4 * L * d)       // the main patch tokens (before_proj's residual)
-        plan.add("hint", bytes: 4 * L * d)     // after_proj(c), f32
-        plan.add("patches", bytes: 4 * L * c.vaceInDim * c.dit.patchSize.reduce(1, *))
-        plan.add("scale", bytes: 4 * d)        // vace_context_scale per channel (the gate of the hint's residual add)
+        for r in c.streamLayout(tokens: L) { plan.add(r.name, bytes: r.bytes) }
         return plan
     }
 }

@@ -48,6 +48,11 @@ public struct DiTShape: Sendable, Equatable {
         return (try? WanDiTConfig(inferringFrom: w.source)).map { DiTShape($0) }
     }
 
+    /// The configuration with these dimensions (the rest at the official defaults: what the buffer layouts need).
+    public var config: WanDiTConfig {
+        WanDiTConfig(patchSize: patchSize, inDim: inDim, dim: dim, ffnDim: ffnDim, numHeads: max(1, dim / 128), numLayers: numLayers)
+    }
+
     /// 14B above 10 GB of weights, else 1.3B (a fallback: `read` is preferred).
     public static func guessed(fileBytes: Int) -> DiTShape {
         DiTShape(fileBytes > 10_000_000_000 ? WanDiTConfig.t2v14B : WanDiTConfig.t2v1_3B)
@@ -144,22 +149,22 @@ public struct MemoryEstimate: Sendable {
         let latent = vaeConfig.zDim * T * h * w * f
         let (pt, ph, pw) = (shape.patchSize[0], shape.patchSize[1], shape.patchSize[2])
         let tokens = (T / pt) * (h / ph) * (w / pw)
-        let d = shape.dim
 
-        // One DiT forward (BlockScratch: normed (= the attention output), q, k (= the projections), v as [L, dim],
-        // the FFN hidden in chunks of 4096 rows; x and the patches), its output, and the solver's latents (noise, x,
-        // the two CFG predictions, their mix, the multistep history).
-        var forward = (5 * d + shape.inDim * pt * ph * pw) * tokens + min(tokens, 4096) * shape.ffnDim
-        if task == .vace {
-            // WanVACEDiT: the patch tokens x0 (until vace block 0 has used them), the vace stream c, before_proj's
-            // output and the current hint: hints are made when their block needs them, at most one is held.
-            forward += (4 * d + shape.vaceInDim * pt * ph * pw) * tokens
-        }
+        // One DiT forward (the CPU's `DiTForwardLayout`; VACE adds its stream's buffers), its output, and the solver's
+        // latents (noise, x, the two CFG predictions, their mix, the multistep history).
+        let config = shape.config
+        var forward = CPUBackend.ditLayout(config: config, tokens: tokens, patchLength: shape.inDim * pt * ph * pw).bytes
         let imageRows = task == .imageToVideo ? 257 : (task == .firstLastFrame ? 514 : 0)
-        let contextBlocks = shape.numLayers + (task == .vace ? shape.vaceBlocks : 0)
-        // Two prepared contexts (prompt, negative prompt): cross-attention keys and values per block.
-        let contexts = 2 * contextBlocks * 2 * (contextRows + imageRows) * d * f
-        let denoise = ditOnGPU ? 9 * latent : forward * f + latent + 8 * latent + contexts
+        // Two prepared contexts (prompt, negative prompt); VACE's hold its vace blocks' keys and values too.
+        var contexts = 2 * config.conditioningBytes(textKeys: contextRows, imageRows: imageRows, activation: .f32)
+        if task == .vace {
+            let vace = WanVACEConfig(dit: config, vaceLayers: Array(0..<shape.vaceBlocks), vaceInDim: shape.vaceInDim)
+            forward += vace.streamLayout(tokens: tokens).reduce(0) { $0 + $1.bytes }
+            var vaceBlocks = config
+            vaceBlocks.numLayers = shape.vaceBlocks
+            contexts += 2 * vaceBlocks.conditioningBytes(textKeys: contextRows, activation: .f32)
+        }
+        let denoise = ditOnGPU ? 9 * latent : forward + latent + 8 * latent + contexts
 
         var inputs = 0, encode = 0
         let encoderState = vaeConfig.encodeStateBytes(width: W, height: H)

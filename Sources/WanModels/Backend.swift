@@ -35,6 +35,13 @@ public struct BackendTensor<B: ComputeBackend> {
 
     /// Whether the rows follow one another (ld == cols).
     public var isDense: Bool { ld == cols }
+
+    /// The same storage from the same byte, read as a dense rows x cols matrix of `type` (one workspace region
+    /// serving as buffers of different types at different times).
+    public func reinterpreted(rows: Int, cols: Int, type newType: ElementType) -> BackendTensor {
+        precondition((offset * type.size) % newType.size == 0)
+        return BackendTensor(storage: storage, offset: offset * type.size / newType.size, rows: rows, cols: cols, type: newType)
+    }
 }
 
 /// What follows a product (after the bias).
@@ -53,6 +60,15 @@ public enum LinearActivation: Sendable, Equatable {
 /// runs them under autocast), or the activation type in and f32 out. The CPU computes all of them in f32.
 public enum MatrixKind: Sendable {
     case activation, float32, activationToFloat32
+
+    /// The weight's type and the output's (the bias's) type of a product of this kind under `activation`.
+    public func types(activation act: ElementType) -> (weight: ElementType, output: ElementType) {
+        switch self {
+        case .activation: return (act, act)
+        case .float32: return (.f32, .f32)
+        case .activationToFloat32: return (act, .f32)
+        }
+    }
 }
 
 /// How the rows of a self-attention are grouped: segment s is `rows[s]` consecutive rows (in order) that attend to
@@ -217,11 +233,14 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
 
     /// Fresh tensors (large ones come back from the buffer pool).
     public func ditBuffers(config c: WanDiTConfig, tokens L: Int, grid: (f: Int, h: Int, w: Int), patchLength: Int) throws -> DiTForwardBuffers<CPUBackend> {
-        let d = c.dim
-        func f32(_ rows: Int, _ cols: Int) throws -> BackendTensor<CPUBackend> { try tensor(rows: rows, cols: cols, type: .f32) }
-        return DiTForwardBuffers(
-            x: try f32(L, d), patches: try f32(L, patchLength), headNormed: try f32(L, d), headOut: try f32(L, c.outDim * c.patchSize.reduce(1, *)),
-            scratch: try DiTBlockScratch(backend: self, config: c, tokens: L, grid: grid, e0: try f32(1, 6 * d), ffnChunkRows: Self.ditFFNChunkRows))
+        try Self.ditLayout(config: c, tokens: L, patchLength: patchLength).buffers(grid: grid) { r in
+            try tensor(rows: r.rows, cols: r.cols, type: r.type)
+        }
+    }
+
+    /// The CPU's DiT forward buffers (f32, the FFN in chunks of `ditFFNChunkRows`).
+    public static func ditLayout(config c: WanDiTConfig, tokens L: Int, patchLength: Int) -> DiTForwardLayout {
+        DiTForwardLayout(config: c, tokens: L, patchLength: patchLength, activation: .f32, ffnChunkRows: ditFFNChunkRows)
     }
 
     public func releaseActivations() {}

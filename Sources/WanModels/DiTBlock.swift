@@ -40,14 +40,64 @@ public struct DiTBlockScratch<B: ComputeBackend> {
         self.grid = grid; self.normed = normed; self.q = q; self.k = k; self.v = v; self.hidden = hidden; self.e0 = e0; self.mod = mod
     }
 
-    /// Fresh buffers from the backend for `tokens` tokens (the FFN in chunks of `ffnChunkRows` rows).
-    public init(backend be: B, config c: WanDiTConfig, tokens L: Int, grid: (f: Int, h: Int, w: Int), e0: BackendTensor<B>,
-                ffnChunkRows: Int) throws {
-        let act = be.activationType, d = c.dim
-        func matrix() throws -> BackendTensor<B> { try be.tensor(rows: L, cols: d, type: act) }
-        self.init(grid: grid, normed: try matrix(), q: try matrix(), k: try matrix(), v: try matrix(),
-                  hidden: try be.tensor(rows: min(L, ffnChunkRows), cols: c.ffnDim, type: act), e0: e0,
-                  mod: try be.tensor(rows: 1, cols: 6 * d, type: .f32))
+}
+
+/// The large buffers of one DiT forward pass, laid out before anything is allocated: what a backend's `ditBuffers`
+/// makes (the CPU: a fresh tensor per region; a GPU: views of one workspace holding every region) and what the memory
+/// pre-flights count, so the two cannot drift apart. Regions: the residual stream x [L, dim] f32; normed [L, dim],
+/// sized for f32 (the blocks' normalised input and attention output in the activation type, then the head's f32
+/// LayerNorm output); q, k, v [L, dim] in the activation type; the FFN's hidden layer [ffnChunkRows, ffn_dim]; the
+/// patches [L, patch length] f32; the head's output [L, out · patch volume] f32; e0 and the block's modulation
+/// [1, 6 · dim] f32.
+public struct DiTForwardLayout: Equatable, Sendable {
+    public enum Buffer: String, CaseIterable, Sendable {
+        case x, normed, q, k, v, hidden, patches, head, e0, mod
+    }
+    /// One buffer of a layout (the DiT's, or a model's beside it such as VACE's stream): name, shape and type.
+    public struct Region: Equatable, Sendable {
+        public let name: String
+        public let rows: Int, cols: Int
+        public let type: ElementType
+        public var bytes: Int { rows * cols * type.size }
+        public init(name: String, rows: Int, cols: Int, type: ElementType) { self.name = name; self.rows = rows; self.cols = cols; self.type = type }
+    }
+
+    public let tokens: Int
+    public let activation: ElementType
+    public let ffnChunkRows: Int
+    public let regions: [Region]
+
+    /// `ffnChunkRows`: rows of the FFN's hidden layer held at once (at most `tokens`).
+    public init(config c: WanDiTConfig, tokens L: Int, patchLength: Int, activation act: ElementType, ffnChunkRows: Int) {
+        tokens = L
+        activation = act
+        self.ffnChunkRows = max(1, min(L, ffnChunkRows))
+        let d = c.dim
+        func region(_ b: Buffer, _ rows: Int, _ cols: Int, _ type: ElementType) -> Region { Region(name: b.rawValue, rows: rows, cols: cols, type: type) }
+        regions = [
+            region(.x, L, d, .f32), region(.normed, L, d, .f32),
+            region(.q, L, d, act), region(.k, L, d, act), region(.v, L, d, act),
+            region(.hidden, self.ffnChunkRows, c.ffnDim, act),
+            region(.patches, L, patchLength, .f32), region(.head, L, c.outDim * c.patchSize.reduce(1, *), .f32),
+            region(.e0, 1, 6 * d, .f32), region(.mod, 1, 6 * d, .f32),
+        ]
+    }
+
+    public func region(_ b: Buffer) -> Region { regions.first { $0.name == b.rawValue }! }
+
+    /// Bytes of every region (without alignment).
+    public var bytes: Int { regions.reduce(0) { $0 + $1.bytes } }
+
+    /// The forward's buffers, each region made by `make` (a fresh tensor, or a view of a planned workspace): normed
+    /// serves as the blocks' buffer in the activation type and as the head's f32 input.
+    public func buffers<B: ComputeBackend>(grid: (f: Int, h: Int, w: Int), make: (Region) throws -> BackendTensor<B>) rethrows -> DiTForwardBuffers<B> {
+        var made: [String: BackendTensor<B>] = [:]
+        for r in regions { made[r.name] = try make(r) }
+        func m(_ b: Buffer) -> BackendTensor<B> { made[b.rawValue]! }
+        let normed = m(.normed)
+        let scratch = DiTBlockScratch<B>(grid: grid, normed: normed.reinterpreted(rows: tokens, cols: normed.cols, type: activation),
+                                         q: m(.q), k: m(.k), v: m(.v), hidden: m(.hidden), e0: m(.e0), mod: m(.mod))
+        return DiTForwardBuffers(x: m(.x), patches: m(.patches), headNormed: normed, headOut: m(.head), scratch: scratch)
     }
 }
 

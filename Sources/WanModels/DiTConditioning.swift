@@ -84,7 +84,7 @@ public final class PreparedDiTConditioning<B: ComputeBackend>: DiTConditioning {
         padCount = c.textLen - rows
         let act = be.activationType, d = c.dim
         let collapsed = be.collapsesPaddedText
-        let keys = collapsed ? rows + (padCount > 0 ? 1 : 0) : c.textLen
+        let keys = c.textKeys(textRows: rows, collapsed: collapsed)
         if collapsed && padCount > 0 {
             let bias = Tensor(zeros: [keys])
             bias.data[keys - 1] = Foundation.log(Float(padCount))

@@ -44,6 +44,34 @@ extension WanDiTConfig {
 
     /// Number of parameters.
     public var parameterCount: Int { parameterShapes().reduce(0) { $0 + $1.shape.reduce(1, *) } }
+
+    /// Text keys each block attends to for `textRows` real rows: the real rows and one row standing for the padding
+    /// (`collapsed`: the CPU backend), or text_len rows (see `PreparedDiTConditioning`).
+    public func textKeys(textRows: Int, collapsed: Bool) -> Int {
+        collapsed ? textRows + (textRows < textLen ? 1 : 0) : textLen
+    }
+
+    /// Bytes one `PreparedDiTConditioning` keeps: the embedded text and each block's text keys and values ([textKeys,
+    /// dim] in `activation`), and for image rows the image tokens ([imageRows, dim] f32) and each block's image keys
+    /// and values.
+    public func conditioningBytes(textKeys: Int, imageRows: Int = 0, activation: ElementType) -> Int {
+        let t = activation.size
+        var total = t * textKeys * dim * (1 + 2 * numLayers)
+        if imageRows > 0 { total += 4 * imageRows * dim + t * imageRows * dim * 2 * numLayers }
+        return total
+    }
+
+    /// How the model runs the product `prefix` (`prefix.weight`, `prefix.bias`): the patch embedding, time embedding,
+    /// time projection and head in f32 (as the official code runs them under autocast), MLPProj's second Linear with
+    /// an f32 output (the image tokens stay f32), every other product in the activation type. The model binds its
+    /// matrices with it, and the GPU memory plan counts them with it.
+    public func matrixKind(_ prefix: String) -> MatrixKind {
+        switch prefix {
+        case "patch_embedding", "time_embedding.0", "time_embedding.2", "time_projection.1", "head.head": return .float32
+        case "img_emb.proj.3": return .activationToFloat32
+        default: return .activation
+        }
+    }
 }
 
 /// Random weights in the real shapes of a configuration, made in memory on request (for benchmarks and memory

@@ -65,14 +65,14 @@ public final class DiffusionTransformer<B: ComputeBackend>: DiTDenoiser, @unchec
         self.backend = backend
         let b = WeightBinder(source)
         let d = c.dim
-        func linear(_ prefix: String, in i: Int, out o: Int, _ kind: MatrixKind = .activation) throws -> B.Matrix {
-            try backend.matrix(try Linear(b, prefix, in: i, out: o), kind: kind)
+        func linear(_ prefix: String, in i: Int, out o: Int) throws -> B.Matrix {
+            try backend.matrix(try Linear(b, prefix, in: i, out: o), kind: c.matrixKind(prefix))
         }
         func vector(_ name: String, _ shape: [Int]) throws -> B.Vector { try backend.vector(try b.tensor(name, shape)) }
 
         // The patch embedding's Conv3d weight [dim, in, pt, ph, pw] is a product over flattened patches.
         let pe = try b.tensor("patch_embedding.weight", [d, c.inDim] + c.patchSize)
-        let patchEmbedding = try backend.matrix(Linear(weight: pe, bias: try b.tensor("patch_embedding.bias", [d])), kind: .float32)
+        let patchEmbedding = try backend.matrix(Linear(weight: pe, bias: try b.tensor("patch_embedding.bias", [d])), kind: c.matrixKind("patch_embedding"))
         let textEmbedding0, textEmbedding2, timeEmbedding0, timeEmbedding2, timeProjection: B.Matrix
         if let shared {
             textEmbedding0 = shared.conditioning.textEmbedding0; textEmbedding2 = shared.conditioning.textEmbedding2
@@ -82,9 +82,9 @@ public final class DiffusionTransformer<B: ComputeBackend>: DiTDenoiser, @unchec
         } else {
             textEmbedding0 = try linear("text_embedding.0", in: c.textDim, out: d)
             textEmbedding2 = try linear("text_embedding.2", in: d, out: d)
-            timeEmbedding0 = try linear("time_embedding.0", in: c.freqDim, out: d, .float32)
-            timeEmbedding2 = try linear("time_embedding.2", in: d, out: d, .float32)
-            timeProjection = try linear("time_projection.1", in: d, out: 6 * d, .float32)
+            timeEmbedding0 = try linear("time_embedding.0", in: c.freqDim, out: d)
+            timeEmbedding2 = try linear("time_embedding.2", in: d, out: d)
+            timeProjection = try linear("time_projection.1", in: d, out: 6 * d)
         }
         var blocks: [DiTBlockWeights<B>] = []
         var crossBlocks: [DiTConditioningWeights<B>.Block] = []
@@ -116,14 +116,14 @@ public final class DiffusionTransformer<B: ComputeBackend>: DiTDenoiser, @unchec
             head = shared.outer.head
         } else {
             headModulation = try vector("head.modulation", [1, 2, d])
-            head = try linear("head.head", in: d, out: c.outDim * c.patchSize.reduce(1, *), .float32)
+            head = try linear("head.head", in: d, out: c.outDim * c.patchSize.reduce(1, *))
         }
         var image: DiTConditioningWeights<B>.ImageProjection? = nil
         if c.hasImageInput {
             let clip = WanDiTConfig.clipDim
             image = .init(norm0Weight: try vector("img_emb.proj.0.weight", [clip]), norm0Bias: try vector("img_emb.proj.0.bias", [clip]),
                           fc1: try linear("img_emb.proj.1", in: clip, out: clip),
-                          fc2: try linear("img_emb.proj.3", in: clip, out: d, .activationToFloat32),
+                          fc2: try linear("img_emb.proj.3", in: clip, out: d),
                           norm4Weight: try vector("img_emb.proj.4.weight", [d]), norm4Bias: try vector("img_emb.proj.4.bias", [d]),
                           posEmbedding: c.modelType == "flf2v" ? try b.tensor("img_emb.emb_pos", [1, 514, clip]) : nil)
         }

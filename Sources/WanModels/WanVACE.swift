@@ -30,6 +30,20 @@ public struct WanVACEConfig: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { "\(dit), vace layers \(vaceLayers), vace in \(vaceInDim)" }
 
+    /// The vace branch's buffers in one forward pass of `tokens` tokens, beside the main model's `DiTForwardLayout`
+    /// (all f32): the main patch tokens x0 (before_proj's residual, held until the last before_proj), the vace stream
+    /// c, vace_context's patches, the hint's gate (vace_context_scale per channel) and the current hint (hints are
+    /// made when their main block needs them, so one is held). What `VACETransformer.forward` allocates and the
+    /// memory pre-flights count.
+    public func streamLayout(tokens L: Int) -> [DiTForwardLayout.Region] {
+        let d = dit.dim
+        return [DiTForwardLayout.Region(name: "x0", rows: L, cols: d, type: .f32),
+                DiTForwardLayout.Region(name: "c", rows: L, cols: d, type: .f32),
+                DiTForwardLayout.Region(name: "patches", rows: L, cols: vaceInDim * dit.patchSize.reduce(1, *), type: .f32),
+                DiTForwardLayout.Region(name: "gate", rows: 1, cols: d, type: .f32),
+                DiTForwardLayout.Region(name: "hint", rows: L, cols: d, type: .f32)]
+    }
+
     /// Applies the official constructor arguments (snake_case keys); a null vace_layers / vace_in_dim takes the
     /// official default (every second layer / in_dim).
     public mutating func apply(officialArguments a: [String: Any]) {
@@ -223,19 +237,24 @@ public final class VACETransformer<B: ComputeBackend>: VACEDenoiser, @unchecked 
         func snapshot(_ t: BackendTensor<B>) throws -> Tensor { let h = try be.download(t); return h.reshaped(h.shape) }
         let hook: DiTBlockHook<B> = { [self] stage, xs, s in
             let L = s.tokens
+            let layout = Dictionary(uniqueKeysWithValues: config.streamLayout(tokens: L).map { ($0.name, $0) })
+            func buffer(_ name: String) throws -> BackendTensor<B> {
+                let r = layout[name]!
+                return try be.tensor(rows: r.rows, cols: r.cols, type: r.type)
+            }
             // c as the input of a product in the activation type, in the scratch's normed rows (free between blocks).
             func cInput() throws -> BackendTensor<B> { try be.convert(cTokens!, into: s.normed); return s.normed }
             if stage < 0 {
-                let copy = try be.tensor(rows: L, cols: d, type: .f32)
+                let copy = try buffer("x0")
                 try be.convert(xs, into: copy)
                 x0 = copy
                 let patchRows = WanDiT.patchRows(vaceContext, patchSize: c.patchSize, grid: s.grid)
-                let patches = try be.upload(patchRows, rows: L, cols: patchRows.shape[1])
-                let tokens = try be.tensor(rows: L, cols: d, type: .f32)
+                let patches = try be.upload(patchRows, rows: L, cols: layout["patches"]!.cols)
+                let tokens = try buffer("c")
                 try be.linear(vace.outer.patchEmbedding, patches, into: tokens, activation: .none)
                 cTokens = tokens
                 if let vaceTrace { vaceTrace("patch_tokens", try snapshot(tokens)) }
-                gate = try be.upload(Tensor(shape: [1, d], values: [Float](repeating: scale, count: d)), rows: 1, cols: d)
+                gate = try be.upload(Tensor(shape: [1, d], values: [Float](repeating: scale, count: d)), rows: 1, cols: layout["gate"]!.cols)
                 return
             }
             guard let n = hintOfBlock[stage] else { return }
@@ -248,7 +267,7 @@ public final class VACETransformer<B: ComputeBackend>: VACEDenoiser, @unchecked 
                 }
                 try vace.runBlock(k, x: cTokens!, scratch: s, context: prepared.vace, trace: vaceTrace)
                 if needed.contains(k) {
-                    let hint = try be.tensor(rows: L, cols: d, type: .f32)
+                    let hint = try buffer("hint")
                     try be.linear(afterProj[k], try cInput(), into: hint, activation: .none)
                     if let vaceTrace { vaceTrace("hint\(k)", try snapshot(hint)) }
                     hints[k] = hint

@@ -63,15 +63,17 @@ final class MemoryEstimateTests: XCTestCase {
     }
 
     func testTheDiTActivationsFollowTheBlockScratch() {
-        // 4 x [L, dim] of scratch + x, the patches, a [4096, ffn] FFN chunk: the forward grows linearly in L once L > 4096.
+        // 4 x [L, dim] of scratch + x, the patches, the head's output, a [4096, ffn] FFN chunk: the forward grows
+        // linearly in L once L > 4096.
         let shape = DiTShape(WanDiTConfig.t2v14B)
         let a = estimate(.textToVideo, settings(832, 480, 41), shape).denoiseBytes   // L = 11 * 30 * 52 = 17160
         let b = estimate(.textToVideo, settings(832, 480, 81), shape).denoiseBytes   // L = 21 * 30 * 52 = 32760
         let c = estimate(.textToVideo, settings(832, 480, 121), shape).denoiseBytes  // L = 31 * 30 * 52 = 48360
         XCTAssertEqual(b - a, c - b)
         let perToken = Double(b - a) / Double(32760 - 17160)
-        // (5 x 5120 + 64) floats of activations and 9 latents' share (16 x 4 floats each) per token.
-        XCTAssertEqual(perToken, Double((5 * 5120 + 64) * 4 + 9 * 16 * 4 * 4), accuracy: 1)
+        // (5 x 5120 + 64 + 64) floats of activations (the patches and the head's output: 16 channels x 4 pixels each)
+        // and 9 latents' share (16 x 4 floats each) per token.
+        XCTAssertEqual(perToken, Double((5 * 5120 + 64 + 64) * 4 + 9 * 16 * 4 * 4), accuracy: 1)
     }
 
     func testEncoderStateFromTheArchitecture() {
