@@ -33,6 +33,9 @@ public final class CUDAComputeBackend: ComputeBackend {
     }
 
     public let precision: CUDAPrecision
+    /// Products whose weight is stored as e4m3 run as cuBLASLt fp8 matmuls (the activation quantised to e4m3 on the
+    /// device: `FP8Products`) instead of on the weight's bf16 expansion; bf16 and compute capability 8.9+ only.
+    public let fp8Products: Bool
     public let context: CUDAContext
     public let ops: CUDAOps
     public let gemm: CUDAMatmul
@@ -45,9 +48,12 @@ public final class CUDAComputeBackend: ComputeBackend {
     /// Rows per attention segment the t5.cu kernel takes (T5_MAX_KEYS).
     public static let maxSegmentRows = 4096
 
-    public init(precision: CUDAPrecision = .bf16, context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
+    /// `fp8Products`: see the property; throws (naming the GPU's compute capability and the fix) where it cannot run.
+    public init(precision: CUDAPrecision = .bf16, context: CUDAContext? = nil, compiler: KernelCompiler? = nil, fp8Products: Bool = false) throws {
         self.precision = precision
         let context = try context ?? CUDAContext()
+        if fp8Products { try FP8Products.check(context.info, precision: precision) }
+        self.fp8Products = fp8Products
         self.context = context
         ops = try CUDAOps(context: context, compiler: compiler)
         gemm = try CUDAMatmul(context: context)
@@ -103,8 +109,10 @@ public final class CUDAComputeBackend: ComputeBackend {
     public var compactMatrices: [CompactWeightFormat: Int] { uploader.compactMatrices }
 
     /// y = x · wᵀ (+ bias), then the epilogue, of an uploaded `Linear` on device addresses (a compact weight is
-    /// expanded into the scratch first).
+    /// expanded into the scratch first; with `fp8Products` an e4m3 weight runs as an fp8 matmul where cuBLASLt takes it).
     public func product(_ l: DeviceLinear, rows: Int, x: UInt64, y: UInt64, epilogue: MatmulEpilogue = .none) throws {
+        if fp8Products && l.compact == .fp8E4M3,
+           try gemm.fp8Linear(l, rows: rows, x: x, y: y, epilogue: epilogue, ops: ops, pool: pool) { return }
         try gemm.linear(l, rows: rows, x: x, y: y, epilogue: epilogue, ops: ops, scratch: dequantScratch)
     }
 

@@ -38,18 +38,20 @@ public typealias CUDADiTContext = PreparedDiTConditioning<CUDAComputeBackend>
 
 extension DiffusionTransformer where B == CUDAComputeBackend {
     /// Binds and uploads the weights. Strict like `WanDiT`: a missing, unexpected or misshapen tensor throws.
+    /// `fp8Products`: e4m3-stored matrices run as cuBLASLt fp8 matmuls (`CUDAComputeBackend.fp8Products`).
     public convenience init(config c: WanDiTConfig, weights source: WeightSource, precision: CUDAPrecision = .bf16,
-                            context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
-        try self.init(config: c, weights: source, backend: try CUDAComputeBackend(precision: precision, context: context, compiler: compiler))
+                            context: CUDAContext? = nil, compiler: KernelCompiler? = nil, fp8Products: Bool = false) throws {
+        try self.init(config: c, weights: source, backend: try CUDAComputeBackend(precision: precision, context: context, compiler: compiler,
+                                                                                  fp8Products: fp8Products))
     }
 
     /// Loads a DiT from a weight source, inferring the configuration from its shapes; `arguments` (the official
     /// constructor arguments) override what was inferred.
     public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil, precision: CUDAPrecision = .bf16,
-                            context: CUDAContext? = nil) throws {
+                            context: CUDAContext? = nil, fp8Products: Bool = false) throws {
         var config = try WanDiTConfig(inferringFrom: source)
         if let arguments { config.apply(officialArguments: arguments) }
-        try self.init(config: config, weights: source, precision: precision, context: context)
+        try self.init(config: config, weights: source, precision: precision, context: context, fp8Products: fp8Products)
     }
 
     public var precision: CUDAPrecision { backend.precision }
@@ -65,6 +67,8 @@ extension DiffusionTransformer where B == CUDAComputeBackend {
     public var dequantScratchBytes: Int { backend.dequantScratchBytes }
     /// Matrices kept compact on the device, by format.
     public var compactMatrices: [CompactWeightFormat: Int] { backend.compactMatrices }
+    /// Whether e4m3-stored matrices run as cuBLASLt fp8 matmuls (see `CUDAComputeBackend.fp8Products`).
+    public var fp8Products: Bool { backend.fp8Products }
     /// Hands the activation workspace back to the pool (the weights stay).
     public func releaseWorkspace() { backend.releaseDiTWorkspace() }
 }

@@ -14,6 +14,8 @@ import Foundation
 public enum CUDAEmulator {
     /// Whether fused cuBLASLt epilogues are refused by the heuristic (to exercise the bias_act fallback).
     public static var refuseFusedEpilogues = false
+    /// The compute capability the emulated GPU reports (9.0, an H100; lower it to check what needs 8.9+).
+    nonisolated(unsafe) public static var computeCapability = (major: 9, minor: 0)
 
     nonisolated(unsafe) static var installed = false
     nonisolated(unsafe) static var driver: CUDADriver?
@@ -63,8 +65,8 @@ enum EmulatedDriver {
         "cuDeviceGetAttribute": raw({ (value: UnsafeMutablePointer<Int32>, attribute: Int32, _: Int32) -> Int32 in
             switch attribute {
             case 16: value.pointee = 132         // multiprocessors
-            case 75: value.pointee = 9           // compute capability
-            case 76: value.pointee = 0
+            case 75: value.pointee = Int32(CUDAEmulator.computeCapability.major)  // compute capability
+            case 76: value.pointee = Int32(CUDAEmulator.computeCapability.minor)
             case 97: value.pointee = 227 * 1024  // shared memory per block (opt-in)
             default: value.pointee = 0
             }
@@ -303,6 +305,37 @@ enum EmulatedKernels {
                 CompactWeightFormat.hostDequantize(format, data: UnsafeRawPointer(bitPattern: UInt(w))!, count: n, scale: scale,
                                                    into: UnsafeMutablePointer<UInt16>(bitPattern: UInt(out))!)
             }
+        case "fp8_amax_bf16":
+            // partial[b] for b < grid: their maximum is max |x| (NaNs ignored); here partial[0] holds it, the rest 0.
+            let partial = a.address(0), x = a.address(1), n = a.int64(2)
+            guard threads == 256, block.1 == 1, grid.0 >= 1, grid.0 <= FP8Products.maxPartials, n >= 0, n % 8 == 0, x % 16 == 0 else {
+                return "grid \(grid) block \(block) for \(n) values (256 threads, 1...\(FP8Products.maxPartials) blocks, n % 8 == 0, x 16-byte aligned)"
+            }
+            guard EmulatedDriver.inside(partial, 4 * grid.0), n == 0 || EmulatedDriver.inside(x, 2 * n) else { return "a buffer runs past its allocation" }
+            let values = UnsafePointer<UInt16>(bitPattern: UInt(x))
+            var amax: Float = 0
+            for i in 0..<n { let v = BFloat16.float(values![i]); if !v.isNaN { amax = max(amax, abs(v)) } }
+            let p = UnsafeMutablePointer<Float>(bitPattern: UInt(partial))!
+            for b in 0..<grid.0 { p[b] = b == 0 ? amax : 0 }
+        case "fp8_quantize_e4m3_bf16":
+            let out = a.address(0), scales = a.address(1), x = a.address(2), partial = a.address(3), partials = a.int32(4)
+            let weightScale = a.float(5), n = a.int64(6)
+            guard threads == 256, block.1 == 1, grid.0 >= 1, n >= 0, n % 8 == 0, x % 16 == 0, out % 8 == 0, partials >= 1 else {
+                return "grid \(grid) block \(block) for \(n) values (256 threads, n % 8 == 0, x 16- and out 8-byte aligned, partials \(partials))"
+            }
+            guard EmulatedDriver.inside(scales, 8), EmulatedDriver.inside(partial, 4 * partials),
+                  n == 0 || (EmulatedDriver.inside(x, 2 * n) && EmulatedDriver.inside(out, n)) else { return "a buffer runs past its allocation" }
+            let p = UnsafePointer<Float>(bitPattern: UInt(partial))!
+            var amax: Float = 0
+            for b in 0..<partials { amax = max(amax, p[b]) }
+            let s = FP8E4M3.activationScale(amax: amax)
+            let sc = UnsafeMutablePointer<Float>(bitPattern: UInt(scales))!
+            sc[0] = s
+            sc[1] = weightScale
+            if n > 0 {
+                let values = UnsafePointer<UInt16>(bitPattern: UInt(x))!, q = UnsafeMutablePointer<UInt8>(bitPattern: UInt(out))!
+                for i in 0..<n { q[i] = FP8E4M3.encode(BFloat16.float(values[i]) / s) }
+            }
         case _ where name.hasPrefix("vae_"):
             return EmulatedVAEKernels.run(name, grid: grid, block: block, args: a)
         case _ where name.hasPrefix("t5_"):
@@ -317,7 +350,11 @@ enum EmulatedKernels {
 // MARK: cuBLASLt
 
 enum EmulatedCublas {
-    struct Desc { var compute: Int32; var transA: Int32 = 0; var transB: Int32 = 0; var epilogue: UInt32 = 1; var bias: UInt64 = 0 }
+    struct Desc {
+        var compute: Int32; var transA: Int32 = 0; var transB: Int32 = 0; var epilogue: UInt32 = 1; var bias: UInt64 = 0
+        /// Device f32 scales of A and B (0: 1), for fp8 inputs.
+        var scaleA: UInt64 = 0, scaleB: UInt64 = 0
+    }
     struct Layout { var type: Int32; var rows: Int; var cols: Int; var ld: Int }
     nonisolated(unsafe) static var descs: [Int: Desc] = [:]
     nonisolated(unsafe) static var layouts: [Int: Layout] = [:]
@@ -340,6 +377,14 @@ enum EmulatedCublas {
         else if a.ld < a.rows || b.ld < b.rows || c.ld < c.rows { error = "a leading dimension is below its row count" }
         else if a.type != b.type { error = "A and B types differ" }
         else if d.compute != CublasLtConstants.CUBLAS_COMPUTE_32F { error = "compute type \(d.compute)" }
+        else if a.type == CublasLtConstants.CUDA_R_8F_E4M3 {
+            // cuBLASLt's fp8 rules: "TN" (A transposed, B not), leading dimensions of 16 bytes, D bf16 or f32.
+            if d.transA != CublasLtConstants.CUBLAS_OP_T || d.transB != CublasLtConstants.CUBLAS_OP_N { error = "fp8 needs A transposed and B not (TN)" }
+            else if a.ld % 16 != 0 || b.ld % 16 != 0 || (c.ld * (c.type == CublasLtConstants.CUDA_R_32F ? 4 : 2)) % 16 != 0 {
+                error = "fp8 leading dimensions \(a.ld)/\(b.ld)/\(c.ld) are not multiples of 16 bytes"
+            }
+            else if c.type != CublasLtConstants.CUDA_R_16BF && c.type != CublasLtConstants.CUDA_R_32F { error = "fp8 with D of type \(c.type)" }
+        } else if d.scaleA != 0 || d.scaleB != 0 { error = "A/B scale pointers on a non-fp8 product" }
         return (am, bn, ak, error)
     }
 
@@ -362,13 +407,15 @@ enum EmulatedCublas {
             case (CublasLtConstants.CUBLASLT_MATMUL_DESC_TRANSB, 4): desc.transB = value.load(as: Int32.self)
             case (CublasLtConstants.CUBLASLT_MATMUL_DESC_EPILOGUE, 4): desc.epilogue = value.load(as: UInt32.self)
             case (CublasLtConstants.CUBLASLT_MATMUL_DESC_BIAS_POINTER, 8): desc.bias = value.load(as: UInt64.self)
+            case (CublasLtConstants.CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, 8): desc.scaleA = value.load(as: UInt64.self)
+            case (CublasLtConstants.CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, 8): desc.scaleB = value.load(as: UInt64.self)
             default: return 7
             }
             EmulatedCublas.descs[EmulatedCublas.key(d)] = desc
             return 0
         } as @convention(c) (OpaquePointer, Int32, UnsafeRawPointer, Int) -> Int32),
         "cublasLtMatrixLayoutCreate": raw({ (l: UnsafeMutablePointer<OpaquePointer?>, type: Int32, rows: UInt64, cols: UInt64, ld: Int64) -> Int32 in
-            guard type == CublasLtConstants.CUDA_R_32F || type == CublasLtConstants.CUDA_R_16BF else { return 15 }
+            guard [CublasLtConstants.CUDA_R_32F, CublasLtConstants.CUDA_R_16BF, CublasLtConstants.CUDA_R_8F_E4M3].contains(type) else { return 15 }
             let h = EmulatedCublas.handle()
             EmulatedCublas.layouts[EmulatedCublas.key(h)] = Layout(type: type, rows: Int(rows), cols: Int(cols), ld: Int(ld))
             l.pointee = h
@@ -397,6 +444,9 @@ enum EmulatedCublas {
             let shape = EmulatedCublas.check(desc, la, lb, lc)
             if let error = shape.error { CUDAEmulator.refusals.append("cublasLtMatmulAlgoGetHeuristic: \(error)"); return 7 }
             if CUDAEmulator.refuseFusedEpilogues && desc.epilogue != CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT { count.pointee = 0; return 15 }
+            // fp8 with an f32 D takes a bf16 bias (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), which the emulator does not model.
+            if la.type == CublasLtConstants.CUDA_R_8F_E4M3 && lc.type == CublasLtConstants.CUDA_R_32F
+                && desc.epilogue & CublasLtConstants.CUBLASLT_EPILOGUE_BIAS != 0 { count.pointee = 0; return 15 }
             results.initializeMemory(as: UInt8.self, repeating: 0, count: CublasLtConstants.heuristicResultSize)
             for (i, bytes) in (EmulatedCublas.alignments[EmulatedCublas.key(preference)] ?? [256, 256, 256, 256]).enumerated() {
                 results.storeBytes(of: bytes, toByteOffset: 4 * i, as: UInt32.self)  // inside the opaque algorithm
@@ -420,6 +470,10 @@ enum EmulatedCublas {
                 }
             }
             if desc.bias % 16 != 0 { CUDAEmulator.refusals.append("cublasLtMatmul: the bias is not 16-byte aligned"); return 7 }
+            if A.type == CublasLtConstants.CUDA_R_8F_E4M3 {
+                return EmulatedCublas.fp8Matmul(desc, shape: (shape.m, shape.n, shape.k), alpha: Double(alpha.load(as: Float.self)),
+                                                a: a, A, b: b, B, beta: Double(beta.load(as: Float.self)), c: c, C, d: dd, D)
+            }
             let bf = CublasLtConstants.CUDA_R_16BF
             let ta = EmulatedTensor(a, bf16: A.type == bf), tb = EmulatedTensor(b, bf16: B.type == bf)
             let tc = EmulatedTensor(c, bf16: C.type == bf), td = EmulatedTensor(dd, bf16: D.type == bf)
@@ -452,4 +506,41 @@ enum EmulatedCublas {
         } as @convention(c) (OpaquePointer, OpaquePointer, UnsafeRawPointer, UInt64, OpaquePointer, UInt64, OpaquePointer, UnsafeRawPointer, UInt64,
                              OpaquePointer, UInt64, OpaquePointer, UnsafeRawPointer?, UInt64, Int, OpaquePointer?) -> Int32),
     ]
+
+    /// cublasLtMatmul with e4m3 A and B (A transposed, B not: checked by `check`): every stored byte decoded exactly,
+    /// products summed in float64, then D = alpha · scaleA · scaleB · sum (+ beta · C) (+ bias, of D's type) (then
+    /// GELU), rounded once to D's type.
+    static func fp8Matmul(_ desc: Desc, shape: (m: Int, n: Int, k: Int), alpha: Double, a: UInt64, _ A: Layout, b: UInt64, _ B: Layout,
+                          beta: Double, c: UInt64, _ C: Layout, d: UInt64, _ D: Layout) -> Int32 {
+        guard EmulatedDriver.inside(a, A.ld * (A.cols - 1) + A.rows), EmulatedDriver.inside(b, B.ld * (B.cols - 1) + B.rows),
+              EmulatedDriver.inside(d, (D.ld * (D.cols - 1) + D.rows) * (D.type == CublasLtConstants.CUDA_R_16BF ? 2 : 4)),
+              desc.scaleA == 0 || EmulatedDriver.inside(desc.scaleA, 4), desc.scaleB == 0 || EmulatedDriver.inside(desc.scaleB, 4) else {
+            CUDAEmulator.refusals.append("cublasLtMatmul: an fp8 operand or scale runs past its allocation")
+            return 14
+        }
+        let hasBias = desc.epilogue & CublasLtConstants.CUBLASLT_EPILOGUE_BIAS != 0, hasGELU = desc.epilogue & CublasLtConstants.CUBLASLT_EPILOGUE_GELU != 0
+        if hasBias && desc.bias == 0 { return 7 }
+        let table = (0..<256).map { Double(FP8E4M3.decode(UInt8($0))) }
+        let pa = UnsafePointer<UInt8>(bitPattern: UInt(a))!, pb = UnsafePointer<UInt8>(bitPattern: UInt(b))!
+        func scale(_ p: UInt64) -> Double { p == 0 ? 1 : Double(UnsafePointer<Float>(bitPattern: UInt(p))!.pointee) }
+        let factor = alpha * scale(desc.scaleA) * scale(desc.scaleB)
+        let bf = D.type == CublasLtConstants.CUDA_R_16BF
+        let tc = EmulatedTensor(c, bf16: C.type == CublasLtConstants.CUDA_R_16BF), td = EmulatedTensor(d, bf16: bf)
+        let bias = EmulatedTensor(desc.bias, bf16: bf)
+        // op(A) = Aᵀ: row i of op(A) is column i of A (A.ld apart); op(B) = B: column j is B's column j.
+        var column = [Double](repeating: 0, count: shape.k)
+        for j in 0..<shape.n {
+            for p in 0..<shape.k { column[p] = table[Int(pb[j * B.ld + p])] }
+            for i in 0..<shape.m {
+                var s = 0.0
+                for p in 0..<shape.k { s += table[Int(pa[i * A.ld + p])] * column[p] }
+                var value = factor * s + (beta != 0 ? beta * Double(tc[j * C.ld + i]) : 0)
+                if hasBias { value += Double(bias[i]) }
+                var out = Float(value)
+                if hasGELU { out = EmulatedKernels.gelu(out) }
+                td[j * D.ld + i] = out
+            }
+        }
+        return 0
+    }
 }

@@ -30,13 +30,25 @@ public final class CUDAMatmul {
     public let cublas: CublasLt
     /// The workspace cuBLASLt may use (one buffer, reused by every product: they run in order on one stream).
     public let workspace: DeviceBuffer
-    private var plans: [PlanKey: Plan] = [:]
+    var plans: [PlanKey: Plan] = [:]
     /// Runs `bias_act_<type>` on (y, bias, rows, cols, act) for a product whose epilogue is not fused.
     public var unfusedEpilogue: ((DeviceDType, UInt64, UInt64, Int, Int, Int32) throws -> Void)?
 
     public static let defaultWorkspaceBytes = 32 << 20
     /// Per-shape wall time when set (each product synchronised before and after: for profiling only).
     public var timings: CUDATimings?
+
+    // The fp8 products (`fp8Linear`, CUDAFP8.swift).
+    /// The two scales of the running fp8 product (activation, weight) and the partial maxima, made on first use.
+    var fp8Scratch: DeviceBuffer?
+    /// fp8 plans cuBLASLt had no algorithm for (why), so the bf16 path takes them without asking again.
+    var fp8Refused: [PlanKey: String] = [:]
+    /// Weight shapes whose fallback note was printed.
+    var fp8NotedShapes: Set<String> = []
+    /// Products run through cuBLASLt's fp8 matmul so far.
+    public internal(set) var fp8ProductCount = 0
+    /// Weight shapes ("n x k") that ran through the bf16 dequantisation instead of fp8, with the reason.
+    public var fp8Fallbacks: [String] { fp8NotedShapes.sorted() }
 
     /// One product in row-major terms: `Y[m, n] = X[m, k] · op(W)`, X rows `ldx` apart, Y rows `ldy` apart, W stored
     /// [n, k] (`transposed`: X·Wᵀ) or [k, n] (X·W), rows `ldw` apart. In cuBLASLt's column-major terms A = W (k x n,
@@ -51,6 +63,9 @@ public final class CUDAMatmul {
         /// Alignment in bytes (a power of two up to 256) the heuristic is told of W, X and Y; 256, what cuBLASLt
         /// assumes, is not set in the preference.
         var alignW: UInt32 = 256, alignX: UInt32 = 256, alignY: UInt32 = 256
+        /// W and X are e4m3 (`fp8Linear`): A/B scale pointers set at each call, TN only, f32 outputs without the
+        /// fused bias (cuBLASLt's fp8 products take a bf16 bias there).
+        var fp8 = false
 
         /// The DiT's dense `y = x · wᵀ`: rows k, k and n apart, every matrix 256-byte aligned.
         static func dense(m: Int, n: Int, k: Int, input: DeviceDType, output: DeviceDType, epilogue: MatmulEpilogue, hasBias: Bool) -> PlanKey {
@@ -114,8 +129,9 @@ public final class CUDAMatmul {
         try check(lt.matmulDescCreate(&desc, CublasLtConstants.CUBLAS_COMPUTE_32F, CublasLtConstants.CUDA_R_32F), "cublasLtMatmulDescCreate")
         var a: OpaquePointer? = nil, b: OpaquePointer? = nil, d: OpaquePointer? = nil
         let (aRows, aCols) = key.transposed ? (key.k, key.n) : (key.n, key.k)
-        try check(lt.matrixLayoutCreate(&a, key.input.cudaType, UInt64(aRows), UInt64(aCols), Int64(key.ldw)), "cublasLtMatrixLayoutCreate(A)")
-        try check(lt.matrixLayoutCreate(&b, key.input.cudaType, UInt64(key.k), UInt64(key.m), Int64(key.ldx)), "cublasLtMatrixLayoutCreate(B)")
+        let inputType = key.fp8 ? CublasLtConstants.CUDA_R_8F_E4M3 : key.input.cudaType
+        try check(lt.matrixLayoutCreate(&a, inputType, UInt64(aRows), UInt64(aCols), Int64(key.ldw)), "cublasLtMatrixLayoutCreate(A)")
+        try check(lt.matrixLayoutCreate(&b, inputType, UInt64(key.k), UInt64(key.m), Int64(key.ldx)), "cublasLtMatrixLayoutCreate(B)")
         try check(lt.matrixLayoutCreate(&d, key.output.cudaType, UInt64(key.n), UInt64(key.m), Int64(key.ldy)), "cublasLtMatrixLayoutCreate(D)")
         let plan = Plan(cublas: lt, desc: desc!, a: a!, b: b!, d: d!)
         var transA = key.transposed ? CublasLtConstants.CUBLAS_OP_T : CublasLtConstants.CUBLAS_OP_N, transB = CublasLtConstants.CUBLAS_OP_N
@@ -136,7 +152,8 @@ public final class CUDAMatmul {
 
         // The fused epilogue first; the plain product if the heuristic has nothing for it.
         let wanted = Self.epilogueCode(key.epilogue, hasBias: key.hasBias)
-        for epilogue in wanted == CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT ? [wanted] : [wanted, CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT] {
+        let fusable = wanted != CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT && !(key.fp8 && key.output == .f32)
+        for epilogue in fusable ? [wanted, CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT] : [CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT] {
             var code = epilogue
             try check(lt.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_EPILOGUE, &code, 4), "cublasLtMatmulDescSetAttribute(EPILOGUE)")
             var results = [UInt8](repeating: 0, count: CublasLtConstants.heuristicResultSize)
@@ -153,7 +170,7 @@ public final class CUDAMatmul {
             }
             if epilogue == CublasLtConstants.CUBLASLT_EPILOGUE_DEFAULT {
                 let lds = key.strided ? ", lds \(key.ldx)/\(key.ldw)/\(key.ldy)" : ""
-                throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(key.m)x\(key.n)x\(key.k)\(lds), \(key.input) -> \(key.output))",
+                throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(key.m)x\(key.n)x\(key.k)\(lds), \(key.fp8 ? "e4m3" : "\(key.input)") -> \(key.output))",
                                            code: Int(status), message: "no algorithm (\(CublasLtConstants.statusName(status)), \(returned) returned)")
             }
         }
@@ -161,9 +178,11 @@ public final class CUDAMatmul {
     }
 
     /// Runs `Y (+)= X · op(W) (+ bias)` with the plan of `key` (made on first use, then cached): alpha 1, `beta` 0 or 1
-    /// (C = D = Y), the bias pointer set where the plan's epilogue is fused. `timing` names the product in `timings`.
+    /// (C = D = Y), the bias pointer set where the plan's epilogue is fused; an fp8 plan's B and A scale pointers are
+    /// `scales` and `scales + 4` (device f32). `timing` names the product in `timings`.
     /// Returns whether the epilogue ran inside cuBLASLt (false: the caller finishes the bias and the activation).
-    func product(_ key: PlanKey, x: UInt64, w: UInt64, y: UInt64, bias: UInt64, beta: Float, timing: @autoclosure () -> String) throws -> Bool {
+    func product(_ key: PlanKey, x: UInt64, w: UInt64, y: UInt64, bias: UInt64, beta: Float, scales: UInt64 = 0,
+                 timing: @autoclosure () -> String) throws -> Bool {
         let plan: Plan
         if let cached = plans[key] { plan = cached } else {
             try context.makeCurrent()
@@ -175,6 +194,13 @@ public final class CUDAMatmul {
             var pointer = bias
             try check(cublas.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pointer, 8),
                       "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
+        }
+        if key.fp8 {
+            var a = scales + 4, b = scales
+            try check(cublas.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a, 8),
+                      "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)")
+            try check(cublas.matmulDescSetAttribute(plan.desc, CublasLtConstants.CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b, 8),
+                      "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)")
         }
         var alpha: Float = 1, beta = beta
         var start = 0.0
@@ -188,7 +214,7 @@ public final class CUDAMatmul {
             cublas.matmul(cublas.handle, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.d, y, plan.d,
                           algo.baseAddress, workspace.pointer, workspace.bytes, nil)
         }
-        try check(status, "cublasLtMatmul(\(key.m)x\(key.n)x\(key.k), \(key.input) -> \(key.output))")
+        try check(status, "cublasLtMatmul(\(key.m)x\(key.n)x\(key.k), \(key.fp8 ? "e4m3" : "\(key.input)") -> \(key.output))")
         return plan.fused
     }
 

@@ -15,9 +15,11 @@ public typealias CUDAVACEContext = VACEPreparedConditioning<CUDAComputeBackend>
 
 extension VACETransformer where B == CUDAComputeBackend {
     /// Binds and uploads the weights by the official names. Strict like `WanVACEDiT`.
+    /// `fp8Products`: e4m3-stored matrices run as cuBLASLt fp8 matmuls (`CUDAComputeBackend.fp8Products`).
     public convenience init(config c: WanVACEConfig, weights source: WeightSource, precision: CUDAPrecision = .bf16,
-                            context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
-        try self.init(config: c, weights: source, backend: try CUDAComputeBackend(precision: precision, context: context, compiler: compiler))
+                            context: CUDAContext? = nil, compiler: KernelCompiler? = nil, fp8Products: Bool = false) throws {
+        try self.init(config: c, weights: source, backend: try CUDAComputeBackend(precision: precision, context: context, compiler: compiler,
+                                                                                  fp8Products: fp8Products))
     }
 
     /// Loads a VACE DiT, inferring the configuration from its shapes; `arguments` (the official constructor

@@ -44,6 +44,9 @@ public enum CublasLtConstants {
     public static let CUBLASLT_MATMUL_DESC_TRANSB: Int32 = 4
     public static let CUBLASLT_MATMUL_DESC_EPILOGUE: Int32 = 7
     public static let CUBLASLT_MATMUL_DESC_BIAS_POINTER: Int32 = 8
+    /// Device pointers to the f32 scales of A and B (fp8 inputs): D = alpha · scaleA · scaleB · op(A) op(B) + ...
+    public static let CUBLASLT_MATMUL_DESC_A_SCALE_POINTER: Int32 = 17
+    public static let CUBLASLT_MATMUL_DESC_B_SCALE_POINTER: Int32 = 18
     /// cudaDataType_t of the bias vector (default: the type of D).
     public static let CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: Int32 = 26
     public static let CUBLAS_OP_N: Int32 = 0

@@ -8,6 +8,7 @@ public enum KernelCatalog {
                            "gelu_erf_f32", "gelu_erf_bf16", "add_f32", "add_bf16", "bias_act_f32", "bias_act_bf16"],
         "dequant.cu": ["dequant_fp8_e4m3_bf16", "dequant_fp8_e5m2_bf16", "dequant_q8_0_bf16", "dequant_q4_0_bf16", "dequant_q4_k_bf16",
                        "dequant_q5_k_bf16", "dequant_q6_k_bf16"],
+        "fp8.cu": ["fp8_amax_bf16", "fp8_quantize_e4m3_bf16"],
         "vae.cu": ["vae_im2col_f32", "vae_im2col_bf16", "vae_rms_norm_f32", "vae_softmax_f32", "vae_conv_bf16"],
         "t5.cu": ["t5_attention_f32", "t5_attention_bf16", "t5_gelu_mul_f32", "t5_gelu_mul_bf16"],
         "attention.cu": ["flash_attention_f32", "flash_attention_bf16_d32", "flash_attention_bf16_d64", "flash_attention_bf16_d128"],

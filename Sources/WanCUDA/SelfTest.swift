@@ -9,9 +9,12 @@ public struct SelfTestResult: Codable, CustomStringConvertible {
     public var tolerance: Double
     public var passed: Bool
     public var error: String?
+    /// Why the case did not run on this GPU (it then counts as passed), e.g. fp8 products below compute capability 8.9.
+    public var skipped: String? = nil
 
     public var description: String {
         if let error { return "\(kernel): FAIL \(error)" }
+        if let skipped { return "\(kernel): SKIP (\(skipped))" }
         return String(format: "%@: %@ rel_l2 %.2e (tolerance %.0e), max abs %.2e", kernel, passed ? "PASS" : "FAIL",
                       relL2, tolerance, maxAbsError)
     }
@@ -29,7 +32,7 @@ final class KernelSelfTest {
         self.compiler = compiler
     }
 
-    func runAll() -> [SelfTestResult] {
+    func runAll(filter: (String) -> Bool = { _ in true }) -> [SelfTestResult] {
         let cases: [(String, Double, () throws -> (gpu: [Double], reference: [Double]))] = [
             ("rms_norm_f32", 1e-5, rmsNorm),
             ("layer_norm_modulate_f32", 1e-5, { try self.layerNormModulate(bf16Out: false) }),
@@ -59,7 +62,15 @@ final class KernelSelfTest {
             ("flash_attention_bf16_v2_d128", 1e-2, { try self.attention(kernel: "flash_attention_bf16_v2_d128", bf16: true, lq: 70, lk: 100, heads: 3, d: 128, kLens: [100, 37]) }),
             ("flash_attention_bf16_v2_d64", 1e-2, { try self.attention(kernel: "flash_attention_bf16_v2_d64", bf16: true, lq: 130, lk: 77, heads: 2, d: 64, kLens: [77, 64]) }),
         ]
-        return (cases + attention2 + vaeSelfTestCases() + t5SelfTestCases()).map { name, tolerance, body in
+        // The fp8 products (compute capability 8.9+, else a visible skip): the activation quantised on the device
+        // (bytes and scale exactly the host's: tolerance 0), then cuBLASLt's e4m3 matmul against float64 of the same
+        // quantised operands and scales (bf16 output: its rounding; f32: the f32 sum).
+        let fp8: [(String, Double, () throws -> (gpu: [Double], reference: [Double]))] = [
+            ("fp8_quantize_e4m3_bf16", 0.0, fp8Quantize),
+            ("cublasLt fp8 e4m3 -> bf16 gelu+bias", 1e-2, { try self.fp8Matmul(output: .bf16, .geluTanh) }),
+            ("cublasLt fp8 e4m3 -> f32 bias", 1e-5, { try self.fp8Matmul(output: .f32, .none) }),
+        ]
+        return (cases + fp8 + attention2 + vaeSelfTestCases() + t5SelfTestCases()).filter { filter($0.0) }.map { name, tolerance, body in
             do {
                 let (gpu, reference) = try body()
                 var diff = 0.0, norm = 0.0, maxAbs = 0.0
@@ -71,6 +82,8 @@ final class KernelSelfTest {
                 }
                 let rel = gpu.count == reference.count ? (diff / max(norm, 1e-300)).squareRoot() : .infinity
                 return SelfTestResult(kernel: name, maxAbsError: maxAbs, relL2: rel, tolerance: tolerance, passed: rel <= tolerance, error: nil)
+            } catch let skip as SelfTestSkip {
+                return SelfTestResult(kernel: name, maxAbsError: 0, relL2: 0, tolerance: tolerance, passed: true, error: nil, skipped: skip.reason)
             } catch {
                 return SelfTestResult(kernel: name, maxAbsError: .nan, relL2: .nan, tolerance: tolerance, passed: false, error: "\(error)")
             }
@@ -231,6 +244,11 @@ final class KernelSelfTest {
     /// y = x wᵀ + b (then GELU-tanh) through cuBLASLt at an odd shape, against a double-precision product of the same
     /// (rounded) inputs.
     private func matmul(_ input: DeviceDType, _ epilogue: MatmulEpilogue, output: DeviceDType? = nil) throws -> ([Double], [Double]) {
+        try makeGemm()
+        return try matmulBody(input, epilogue, output: output ?? input)
+    }
+
+    private func makeGemm() throws {
         if gemm == nil {
             let g = try CUDAMatmul(context: context)
             g.unfusedEpilogue = { [unowned self] type, y, bias, rows, cols, act in
@@ -240,7 +258,69 @@ final class KernelSelfTest {
             }
             gemm = g
         }
-        let output = output ?? input
+    }
+
+    private var fp8Ops: (ops: CUDAOps, pool: DeviceMemoryPool)?
+
+    /// bf16 values (as floats) with awkward magnitudes for the e4m3 quantisation: a wide range, exact zeros, ties.
+    private func fp8Activation(_ count: Int) -> [Float] {
+        random(count, scale: 3).enumerated().map { i, v in
+            let w = i % 11 == 0 ? v * 1e-3 : i % 13 == 0 ? 0 : v
+            return KernelSelfTest.float(bf16: KernelSelfTest.bf16(w))
+        }
+    }
+
+    /// fp8_amax_bf16 + fp8_quantize_e4m3_bf16 (`CUDAOps.quantizeFP8`) against `FP8E4M3.quantize`: bytes and the two
+    /// scales, as doubles (equal: error 0).
+    private func fp8Quantize() throws -> ([Double], [Double]) {
+        if fp8Ops == nil { fp8Ops = (try CUDAOps(context: context, compiler: compiler), DeviceMemoryPool(context: context)) }
+        let count = 8 * 4099
+        let x = fp8Activation(count)
+        let dx = try upload(x.map(KernelSelfTest.bf16)), out = try context.allocate(bytes: count), scratch = try context.allocate(bytes: 4 * 258)
+        try fp8Ops!.ops.quantizeFP8(out: out.pointer, x: dx.pointer, count: count, weightScale: 0.125, scratch: scratch.pointer)
+        try context.synchronize()
+        let bytes = try out.download(count: count, as: UInt8.self), scales = try scratch.download(count: 2, as: Float.self)
+        let (q, s) = FP8E4M3.quantize(x)
+        return (bytes.map(Double.init) + scales.map(Double.init), q.map(Double.init) + [Double(s), 0.125])
+    }
+
+    /// y = x wᵀ + b (then GELU) with w stored as e4m3 (scale 0.01) through `CUDAMatmul.fp8Linear` at an odd row count,
+    /// against float64 of the operands cuBLASLt sees: w's bytes and x quantised as `FP8E4M3.quantize` does, both scales.
+    private func fp8Matmul(output: DeviceDType, _ epilogue: MatmulEpilogue) throws -> ([Double], [Double]) {
+        guard FP8Products.supported(context.info) else {
+            throw SelfTestSkip(reason: "compute capability \(context.info.computeCapability): cuBLASLt's fp8 matmul needs 8.9+ (Ada, Hopper)")
+        }
+        try makeGemm()
+        if fp8Ops == nil { fp8Ops = (try CUDAOps(context: context, compiler: compiler), DeviceMemoryPool(context: context)) }
+        let (m, n, k) = (77, 96, 160), wScale: Float = 0.01
+        let x = fp8Activation(m * k)
+        let wBytes = random(n * k).map { v -> UInt8 in let b = UInt8(truncatingIfNeeded: Int((v + 1) * 128)); return b & 0x7f == 0x7f ? b ^ 1 : b }
+        var b = random(n, scale: 0.5)
+        if output == .bf16 { b = b.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) } }
+        let dx = try upload(x.map(KernelSelfTest.bf16)), dw = try upload(wBytes)
+        let db = try output == .f32 ? upload(b) : upload(b.map(KernelSelfTest.bf16))
+        let dy = try context.allocate(bytes: m * n * output.size)
+        let linear = DeviceLinear(weight: dw, bias: db, inFeatures: k, outFeatures: n, weightType: .bf16, outputType: output,
+                                  compact: .fp8E4M3, scale: wScale)
+        guard try gemm!.fp8Linear(linear, rows: m, x: dx.pointer, y: dy.pointer, epilogue: epilogue, ops: fp8Ops!.ops, pool: fp8Ops!.pool) else {
+            throw CUDAError.callFailed(call: "fp8Linear", code: -1, message: "the product fell back to the bf16 path (\(gemm!.fp8Fallbacks))")
+        }
+        let (q, s) = FP8E4M3.quantize(x)
+        let factor = Double(s) * Double(wScale)
+        var reference = [Double](repeating: 0, count: m * n)
+        for i in 0..<m {
+            for j in 0..<n {
+                var sum = 0.0
+                for kk in 0..<k { sum += Double(FP8E4M3.decode(q[i * k + kk])) * Double(FP8E4M3.decode(wBytes[j * k + kk])) }
+                var v = factor * sum + Double(b[j])
+                if epilogue == .geluTanh { v = 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))) }
+                reference[i * n + j] = v
+            }
+        }
+        return (output == .f32 ? try floats(dy, m * n) : try bf16s(dy, m * n), reference)
+    }
+
+    private func matmulBody(_ input: DeviceDType, _ epilogue: MatmulEpilogue, output: DeviceDType) throws -> ([Double], [Double]) {
         let (m, n, k) = (77, 96, 160)
         var x = random(m * k), w = random(n * k, scale: 0.1), b = random(n, scale: 0.5)
         if input == .bf16 {
@@ -388,5 +468,16 @@ final class KernelSelfTest {
                 }
             }
         }
+    }
+}
+
+/// A self-test case that cannot run on this GPU (reported as SKIP with the reason, not as a failure).
+struct SelfTestSkip: Error { let reason: String }
+
+extension DeviceReport {
+    /// The self-test cases of `wan devices --self-test` whose names pass `filter`, on `context` (the tests run the
+    /// fp8 cases on the CPU emulator this way).
+    public static func selfTest(context: CUDAContext, compiler: KernelCompiler, filter: (String) -> Bool) -> [SelfTestResult] {
+        KernelSelfTest(context: context, compiler: compiler).runAll(filter: filter)
     }
 }
