@@ -5,7 +5,8 @@ import WanWeights
 /// ggml blocks as stored) and is expanded into a bf16 scratch matrix by a kernel of Kernels/dequant.cu just before
 /// each product: weight-only quantisation. The expanded matrix is bf16(float(stored) · scale), the same bits the host
 /// would upload after `StoredTensor.dequantize` and `BFloat16.from`, so the products (and the model's output) are the
-/// same as with the host-dequantised bf16 upload; only the device memory differs (about half for fp8).
+/// same as with the host-dequantised bf16 upload; only the device memory differs (about half for fp8). (Opt-in, e4m3
+/// matrices can skip the expansion: `FP8Products`.)
 public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringConvertible {
     case fp8E4M3 = "F8_E4M3", fp8E5M2 = "F8_E5M2", q8_0 = "Q8_0", q4_0 = "Q4_0", q4_K = "Q4_K", q5_K = "Q5_K", q6_K = "Q6_K"
 

@@ -7,16 +7,21 @@ public struct DiTPlacement: CustomStringConvertible {
     public let gpu: CUDAContext?
     /// The GPU's arithmetic (bf16 as the official code computes under autocast, or f32 with TF32 off).
     public let precision: CUDAPrecision
+    /// Products whose weight is stored as e4m3 (fp8_scaled files) run as cuBLASLt fp8 matmuls
+    /// (`CUDAComputeBackend.fp8Products`: bf16, compute capability 8.9+; loading the DiT throws elsewhere).
+    public var fp8Products: Bool
 
     public static let cpu = DiTPlacement(gpu: nil, precision: .f32)
 
-    public init(gpu: CUDAContext?, precision: CUDAPrecision = .bf16) { self.gpu = gpu; self.precision = precision }
+    public init(gpu: CUDAContext?, precision: CUDAPrecision = .bf16, fp8Products: Bool = false) {
+        self.gpu = gpu; self.precision = precision; self.fp8Products = fp8Products
+    }
 
     public var isGPU: Bool { gpu != nil }
 
     public var description: String {
         guard let gpu else { return "cpu" }
-        return "cuda:\(gpu.info.ordinal) \(gpu.info.name) (compute capability \(gpu.info.computeCapability), \(precision.rawValue))"
+        return "cuda:\(gpu.info.ordinal) \(gpu.info.name) (compute capability \(gpu.info.computeCapability), \(precision.rawValue)\(fp8Products ? ", fp8 products" : ""))"
     }
 
     /// `--device auto|cpu|cuda`: `auto` takes a working GPU and otherwise the CPU, with `note` saying in one line
@@ -58,7 +63,7 @@ extension ModelLoader {
         let tokens = DiTPlacement.tokens(config, width: width, height: height, frames: frames)
         if checkMemory { try CUDADiTMemory(config: config, precision: placement.precision, tokens: tokens, imageRows: imageRows,
                                            weightBytes: CUDADiTPlan.weightBytes(config, precision: placement.precision, weights: w.source)).check(on: gpu) }
-        let dit = try CUDADiT(config: config, weights: w.source, precision: placement.precision, context: gpu)
+        let dit = try CUDADiT(config: config, weights: w.source, precision: placement.precision, context: gpu, fp8Products: placement.fp8Products)
         MappedFile.releaseAllResidentPages()
         return .plain(dit)
     }
@@ -83,7 +88,7 @@ extension ModelLoader {
         let tokens = DiTPlacement.tokens(config.dit, width: width, height: height, frames: frames)
             + references * (height / WanVAEConfig.wan21.spatialFactor / p[1]) * (width / WanVAEConfig.wan21.spatialFactor / p[2]) / p[0]
         if checkMemory { try CUDAVACEMemory(config: config, precision: placement.precision, tokens: tokens, weights: w.source).check(on: gpu) }
-        let dit = try CUDAVACE(config: config, weights: w.source, precision: placement.precision, context: gpu)
+        let dit = try CUDAVACE(config: config, weights: w.source, precision: placement.precision, context: gpu, fp8Products: placement.fp8Products)
         MappedFile.releaseAllResidentPages()
         return dit
     }

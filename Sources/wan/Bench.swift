@@ -39,6 +39,8 @@ struct BenchDiT: ParsableCommand {
     @Option(help: "Prompt length in tokens (1-512; the default is the longest prompt, the slowest case).") var promptTokens: Int = 512
     @Option(help: "cpu, cuda or auto (cuda: weights uploaded once, peak GPU memory and TFLOP/s reported).") var device: String = "cpu"
     @Option(help: "With --device cuda: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
+    @Flag(help: "With --device cuda (bf16, compute capability 8.9+): matrices stored as fp8 e4m3 run as cuBLASLt fp8 products (activations quantised to e4m3 per tensor).") var fp8Products = false
+    @Flag(help: "With random weights: store the matrices as fp8 e4m3 with a per-tensor scale, as an fp8_scaled file (they stay compact on the GPU; see --fp8-products).") var fp8Weights = false
     @Option(help: "With --device cuda: the bf16 attention: kernel (WanKit's flash attention), kernel2 (its second version, attention2.cu: head dims 64 and 128), cudnn (cuDNN's fused attention) or auto (where cuDNN has a plan for the shape, the fastest of kernel, kernel2 and cudnn on its first call, else the kernel); default $WANKIT_ATTENTION, else kernel.") var attention: String?
 
     func run() throws {

@@ -10,6 +10,8 @@ extension BenchDiT {
     /// the achieved TFLOP/s of the products and attention.
     func runCUDA(gpu: GPUInfo, shapes: [(w: Int, h: Int, f: Int)]) throws {
         let precision = try CUDABackend.precision(self.precision)
+        if fp8Products { try CUDABackend.checkFP8(gpu, precision: precision, command: "bench dit") }
+        if fp8Weights && weights != nil { throw ValidationError("--fp8-weights is for random weights; --weights files keep their stored types") }
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
         let context = try CUDAContext(ordinal: gpu.ordinal)
         var lowestFree = try context.memoryInfo().free
@@ -20,14 +22,17 @@ extension BenchDiT {
         var label = preset
         if let weights {
             let opened = try openDiTWeights(path: weights)
-            dit = try CUDADiT(weights: opened.source, arguments: opened.arguments, precision: precision, context: context)
+            dit = try CUDADiT(weights: opened.source, arguments: opened.arguments, precision: precision, context: context, fp8Products: fp8Products)
             label = weights
         } else {
             guard var config = WanDiTConfig.presets[preset] else {
                 throw ValidationError("unknown preset \(preset); one of \(WanDiTConfig.presets.keys.sorted().joined(separator: ", "))")
             }
             if let layers { config.numLayers = layers }
-            dit = try CUDADiT(config: config, weights: RandomWeights(shapes: config.parameterShapes()), precision: precision, context: context)
+            let random = RandomWeights(shapes: config.parameterShapes())
+            dit = try CUDADiT(config: config, weights: fp8Weights ? FP8ScaledSource(random) : random, precision: precision, context: context,
+                              fp8Products: fp8Products)
+            if fp8Weights { label += " (fp8 e4m3 weights)" }
         }
         let loadSeconds = now() - t0
         if let attention {
@@ -92,7 +97,9 @@ extension BenchDiT {
                     "first_forward_seconds": warmSeconds, "prepare_seconds": prepareSeconds, "load_seconds": loadSeconds,
                     "kernel_compile_seconds": compileSeconds, "peak_gpu_bytes": peak, "allocated_peak_bytes": dit.pool.peakAllocatedBytes + dit.weightBytes,
                     "weight_bytes": dit.weightBytes, "total_gpu_bytes": total, "output_finite": finite,
-                    "attention": dit.ops.attentionBackend.rawValue, "attention_ran": attentionRan()]
+                    "attention": dit.ops.attentionBackend.rawValue, "attention_ran": attentionRan(),
+                    "compact_matrices": Dictionary(uniqueKeysWithValues: dit.compactMatrices.map { ($0.key.rawValue, $0.value) }),
+                    "fp8_products": dit.fp8Products, "fp8_product_count": dit.gemm.fp8ProductCount, "fp8_fallbacks": dit.gemm.fp8Fallbacks]
                 if dit.ops.attentionBackend != .kernel && dit.ops.attentionBackend != .kernel2, let cudnn = try? dit.ops.cudnn() {
                     obj["cudnn_version"] = cudnn.cudnn.versionString
                     obj["cudnn_plan_seconds"] = cudnn.planSeconds
@@ -106,6 +113,9 @@ extension BenchDiT {
                              c.modelType, s.w, s.h, s.f, tokens, gpu.name, precision.rawValue, perStep, tflops, warmSeconds,
                              Double(peak) / 1_073_741_824, Double(dit.pool.peakAllocatedBytes + dit.weightBytes) / 1_073_741_824,
                              finite ? "" : ", OUTPUT NOT FINITE"))
+                if dit.fp8Products {
+                    print("fp8 products: \(dit.gemm.fp8ProductCount) so far" + (dit.gemm.fp8Fallbacks.isEmpty ? "" : "; through the bf16 dequantisation: [n x k] \(dit.gemm.fp8Fallbacks.joined(separator: ", "))"))
+                }
                 for line in profileLines { print("  " + line) }
             }
             fflush(stdout)

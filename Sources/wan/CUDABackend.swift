@@ -33,24 +33,33 @@ enum CUDABackend {
     }
 
     /// `--device` / `--precision` as where a pipeline's DiT runs (the messages of `resolve`).
-    static func placement(_ device: String, precision text: String, command: String) throws -> DiTPlacement {
+    /// `fp8Products` (`--fp8-products`): refused here, with the reason, on a GPU below compute capability 8.9 or
+    /// without bf16; ignored on the CPU.
+    static func placement(_ device: String, precision text: String, command: String, fp8Products: Bool = false) throws -> DiTPlacement {
         let precision = try precision(text)
         guard let gpu = try resolve(device, command: command) else { return .cpu }
-        return DiTPlacement(gpu: try CUDAContext(ordinal: gpu.ordinal), precision: precision)
+        if fp8Products { try checkFP8(gpu, precision: precision, command: command) }
+        return DiTPlacement(gpu: try CUDAContext(ordinal: gpu.ordinal), precision: precision, fp8Products: fp8Products)
+    }
+
+    /// `--fp8-products` on `gpu`: a clear error where it cannot run (compute capability below 8.9, or not bf16).
+    static func checkFP8(_ gpu: GPUInfo, precision: CUDAPrecision, command: String) throws {
+        if let refusal = FP8Products.refusal(gpu, precision: precision) { throw ValidationError("wan \(command) --fp8-products: \(refusal)") }
     }
 
     /// Points the runner's DiT (VACE included), umT5 and VAE cases (and the pipelines' DiT and umT5) at the GPU for `--device cuda`; returns the line that says so (nil: CPU).
-    static func configure(_ runner: ConformanceRunner, device: String, precision text: String) throws -> String? {
+    static func configure(_ runner: ConformanceRunner, device: String, precision text: String, fp8Products: Bool = false) throws -> String? {
         let precision = try precision(text)
         guard let gpu = try resolve(device, command: "conformance") else { return nil }
+        if fp8Products { try checkFP8(gpu, precision: precision, command: "conformance") }
         let context = try CUDAContext(ordinal: gpu.ordinal)
         let compiler = try KernelCompiler()
         runner.backendName = "cuda"
         runner.ditFactory = { config, weights in
-            try CUDADiT(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
+            try CUDADiT(config: config, weights: weights, precision: precision, context: context, compiler: compiler, fp8Products: fp8Products)
         }
         runner.vaceFactory = { config, weights in
-            try CUDAVACE(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
+            try CUDAVACE(config: config, weights: weights, precision: precision, context: context, compiler: compiler, fp8Products: fp8Products)
         }
         runner.t5Factory = { config, weights in
             try CUDAUMT5(config: config, weights: weights, precision: precision, context: context, compiler: compiler)
@@ -62,6 +71,7 @@ enum CUDABackend {
         runner.vaeFactory = { config, weights in try CUDAVAE(config: config, weights: weights, precision: precision, context: context, compiler: compiler) }
         if precision == .bf16 { runner.relL2Override = bf16RelL2 }
         return "device cuda:\(gpu.ordinal) \(gpu.name) (compute capability \(gpu.computeCapability)), precision \(precision.rawValue)"
+            + (fp8Products ? ", fp8 products for e4m3-stored matrices" : "")
             + (precision == .bf16 ? ", every output passes at rel_l2 \(bf16RelL2)" : ", the case files' tolerances")
     }
 }

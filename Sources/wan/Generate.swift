@@ -90,6 +90,7 @@ struct Generate: ParsableCommand {
     @Option(name: .shortAndLong, help: "Output file: .mp4 for video, .png for one frame.") var output: String
     @Option(help: "auto, cpu or cuda: where the models run (auto: a working NVIDIA GPU, else the CPU, saying why). On a GPU the DiT goes first; umT5, CLIP and the VAE join it when they fit, else they run on the CPU (said in a line).") var device: String = "auto"
     @Option(help: "With the DiT on a GPU: bf16 (default, as the official code computes) or f32 (TF32 off).") var precision: String = "bf16"
+    @Flag(help: "With the DiT on a GPU (bf16, compute capability 8.9+: Ada, Hopper): matrices stored as fp8 e4m3 (fp8_scaled files) run as cuBLASLt fp8 products, the activations quantised to e4m3 per tensor (faster, a few percent of error per product); without it they are expanded to bf16 first.") var fp8Products = false
     @Flag(help: "Skip the memory checks (host and GPU).") var noMemoryCheck = false
 
     func validate() throws {
@@ -180,7 +181,7 @@ struct Generate: ParsableCommand {
         }
 
         // Where the DiT runs (the VACE DiT too: `CUDAVACE`).
-        var placement = try CUDABackend.placement(device, precision: precision, command: "generate")
+        var placement = try CUDABackend.placement(device, precision: precision, command: "generate", fp8Products: fp8Products)
 
         // Memory pre-flight, for the task at hand (the GPU's is made when the DiT is loaded).
         func checkHostMemory(_ placement: DiTPlacement) throws {

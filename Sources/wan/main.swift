@@ -15,13 +15,14 @@ struct Conformance: ParsableCommand {
     @Option(help: "Only cases whose name contains this text.") var filter: String?
     @Option(help: "cpu, cuda or auto: cuda runs the DiT cases on the GPU (other components are skipped).") var device: String = "cpu"
     @Option(help: "With --device cuda: bf16 (passes at rel_l2 2e-2, printed per case) or f32 (TF32 off; the case files' tolerances).") var precision: String = "bf16"
+    @Flag(help: "With --device cuda (bf16, compute capability 8.9+): DiT matrices stored as fp8 e4m3 run as cuBLASLt fp8 products (the activations quantised to e4m3).") var fp8Products = false
 
     func run() throws {
         let runner = ConformanceRunner(goldenDirectory: directory)
         guard FileManager.default.fileExists(atPath: runner.casesDirectory) else {
             throw ValidationError("\(directory) has no cases/ folder: pass the golden folder (e.g. ../shared/golden)")
         }
-        if let line = try CUDABackend.configure(runner, device: device, precision: precision) { print(line) }
+        if let line = try CUDABackend.configure(runner, device: device, precision: precision, fp8Products: fp8Products) { print(line) }
         let counts = try runner.run(filter: filter) { result in
             print(result)
             fflush(stdout)
