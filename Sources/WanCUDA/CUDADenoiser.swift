@@ -47,11 +47,14 @@ public struct CUDADiTMemory: GPUJobMemory, Equatable {
     /// `tokens`: the DiT's sequence length (latent frames x latent height x latent width / patch volume);
     /// `imageRows`: CLIP tokens of image tasks (257 for i2v, 514 for flf2v, else 0). `weightBytes`: the uploaded
     /// weights when known (by default as `CUDADiTPlan.weightBytes` counts them).
-    public init(config c: WanDiTConfig, precision: CUDAPrecision, tokens: Int, imageRows: Int = 0, weightBytes: Int? = nil) {
+    /// `fp8Products`: the workspace also holds the largest e4m3 copy of a product's input (`fp8InputBytes`).
+    public init(config c: WanDiTConfig, precision: CUDAPrecision, tokens: Int, imageRows: Int = 0, weightBytes: Int? = nil,
+                fp8Products: Bool = false) {
         let patchLength = c.inDim * c.patchSize.reduce(1, *)
         weights = weightBytes ?? CUDADiTPlan.weightBytes(c, precision: precision)
         conditioning = 2 * CUDADiTPlan.contextBytes(c, precision: precision, imageRows: imageRows)
-        workspace = CUDADiTPlan(config: c, tokens: tokens, patchLength: patchLength, precision: precision).workspace.totalBytes
+        let plan = CUDADiTPlan(config: c, tokens: tokens, patchLength: patchLength, precision: precision)
+        workspace = plan.workspace.totalBytes + (fp8Products ? plan.fp8InputBytes(c) : 0)
         reserve = Self.reserveBytes
     }
 

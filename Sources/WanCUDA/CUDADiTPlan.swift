@@ -48,6 +48,13 @@ public struct CUDADiTPlan: Equatable {
     /// FFN rows per chunk: all tokens when the hidden layer fits `ffnBudgetBytes`, else a multiple of 256.
     public var ffnChunkRows: Int { layout.ffnChunkRows }
 
+    /// Bytes of the largest e4m3 copy of a product's input that fp8 products quantise (`CUDAComputeBackend.fp8Products`,
+    /// from the pool while the product runs): rows x in-features of the q/k/v/o and ffn.0 inputs ([L, dim]), ffn.2's
+    /// chunk ([ffnChunkRows, ffn_dim]) and the text embedding's ([text_len, text_dim]).
+    public func fp8InputBytes(_ c: WanDiTConfig) -> Int {
+        max(tokens * c.dim, ffnChunkRows * c.ffnDim, c.textLen * c.textDim)
+    }
+
     /// Bytes the FFN hidden layer of one chunk may take.
     public static let ffnBudgetBytes = 512 << 20
 

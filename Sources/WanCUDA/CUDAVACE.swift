@@ -57,7 +57,8 @@ public struct CUDAVACEMemory: GPUJobMemory, Equatable {
 
     /// `tokens`: the DiT's sequence length. `weights`: the checkpoint, whose fp8 / ggml matrices are counted as they
     /// stay on the GPU under bf16 (nil: every matrix dequantised, as `CUDADiTPlan.weightBytes(_:precision:)`).
-    public init(config c: WanVACEConfig, precision: CUDAPrecision, tokens: Int, weights source: WeightSource? = nil) {
+    /// `fp8Products`: as `CUDADiTMemory`'s.
+    public init(config c: WanVACEConfig, precision: CUDAPrecision, tokens: Int, weights source: WeightSource? = nil, fp8Products: Bool = false) {
         let t = precision.activation.size, d = c.dit.dim
         var (mainConfig, vaceConfig) = (c.dit, c.dit)
         if mainConfig.modelType == "t2v" { mainConfig.modelType = "vace" }
@@ -82,8 +83,9 @@ public struct CUDAVACEMemory: GPUJobMemory, Equatable {
         weights = main.uploaded + main.scratch + vaceBlocks + patchEmbedding + projections
         conditioning = 2 * (CUDADiTPlan.contextBytes(mainConfig, precision: precision) + CUDADiTPlan.contextBytes(vaceConfig, precision: precision))
         let patchLength = c.dit.inDim * c.dit.patchSize.reduce(1, *)
-        workspace = CUDADiTPlan(config: mainConfig, tokens: tokens, patchLength: patchLength, precision: precision).workspace.totalBytes
-            + CUDAVACE.workspacePlan(c, tokens: tokens).totalBytes
+        let plan = CUDADiTPlan(config: mainConfig, tokens: tokens, patchLength: patchLength, precision: precision)
+        workspace = plan.workspace.totalBytes + CUDAVACE.workspacePlan(c, tokens: tokens).totalBytes
+            + (fp8Products ? plan.fp8InputBytes(mainConfig) : 0)
         reserve = CUDADiTMemory.reserveBytes
     }
 

@@ -62,7 +62,8 @@ extension ModelLoader {
         if let arguments = merged(w.arguments, sidecarArguments(for: path)) { config.apply(officialArguments: arguments) }
         let tokens = DiTPlacement.tokens(config, width: width, height: height, frames: frames)
         if checkMemory { try CUDADiTMemory(config: config, precision: placement.precision, tokens: tokens, imageRows: imageRows,
-                                           weightBytes: CUDADiTPlan.weightBytes(config, precision: placement.precision, weights: w.source)).check(on: gpu) }
+                                           weightBytes: CUDADiTPlan.weightBytes(config, precision: placement.precision, weights: w.source),
+                                           fp8Products: placement.fp8Products).check(on: gpu) }
         let dit = try CUDADiT(config: config, weights: w.source, precision: placement.precision, context: gpu, fp8Products: placement.fp8Products)
         MappedFile.releaseAllResidentPages()
         return .plain(dit)
@@ -87,7 +88,8 @@ extension ModelLoader {
         let p = config.dit.patchSize
         let tokens = DiTPlacement.tokens(config.dit, width: width, height: height, frames: frames)
             + references * (height / WanVAEConfig.wan21.spatialFactor / p[1]) * (width / WanVAEConfig.wan21.spatialFactor / p[2]) / p[0]
-        if checkMemory { try CUDAVACEMemory(config: config, precision: placement.precision, tokens: tokens, weights: w.source).check(on: gpu) }
+        if checkMemory { try CUDAVACEMemory(config: config, precision: placement.precision, tokens: tokens, weights: w.source,
+                                            fp8Products: placement.fp8Products).check(on: gpu) }
         let dit = try CUDAVACE(config: config, weights: w.source, precision: placement.precision, context: gpu, fp8Products: placement.fp8Products)
         MappedFile.releaseAllResidentPages()
         return dit

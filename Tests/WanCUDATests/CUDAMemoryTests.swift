@@ -26,6 +26,13 @@ final class CUDAMemoryTests: XCTestCase {
         XCTAssertLessThan(small.weights, f32 * 51 / 100)
         XCTAssertGreaterThan(CUDADiTMemory(config: .i2v14B, precision: .bf16, tokens: 32760, imageRows: 257).conditioning,
                              CUDADiTMemory(config: .t2v14B, precision: .bf16, tokens: 32760).conditioning)
+        // fp8 products quantise each product's input: the largest is [L, dim] at 1280x720 (387 MB, one byte each), the
+        // FFN chunk's [ffnChunkRows, ffn_dim] at the 1.3B's 480P.
+        let fp8 = CUDADiTMemory(config: .t2v14B, precision: .bf16, tokens: 75600, fp8Products: true)
+        XCTAssertEqual(fp8.workspace - m.workspace, 75600 * 5120)
+        let plan = CUDADiTPlan(config: .t2v1_3B, tokens: 32760, patchLength: 64, precision: .bf16)
+        XCTAssertEqual(CUDADiTMemory(config: .t2v1_3B, precision: .bf16, tokens: 32760, fp8Products: true).workspace - small.workspace,
+                       max(32760 * 1536, plan.ffnChunkRows * 8960))
     }
 
     func testAJobThatCannotFitIsRefusedNamingNeededAndFree() throws {
