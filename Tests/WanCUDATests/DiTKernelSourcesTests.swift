@@ -5,7 +5,8 @@ import WanTensor
 
 /// The DiT's and the text encoders' kernels run from their CUDA source on the CPU (KernelSourcesOnTheCPU: every thread
 /// of a block a std::thread, the warp's shuffles and mma.sync exchanges among its lanes, AddressSanitizer where the
-/// compiler has it), with CUDAOps' grids and blocks, against float64 references on awkward shapes.
+/// compiler has it), with CUDAOps' grids and blocks, against float64 references on awkward shapes; and again under
+/// ThreadSanitizer on fewer, smaller cases (the drivers' `race_check`), so a missing barrier fails.
 ///
 /// attention.cu: `flash_attention_f32` (D 64, 128) and `flash_attention_bf16_d32/d64/d128` on q [B, Lq, H, D], k/v
 /// [B, Lk, H, D], batch 2 and 2-3 heads, Lq and Lk not multiples of the tiles (f32: 4 rows x 32 keys, bf16: 64 x 64),
@@ -74,6 +75,15 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
 
         int main() {
             double worst = 0;
+            if (race_check) {  // ThreadSanitizer: small cases, several key tiles each
+                worst = std::fmax(worst, attention_case(false, 2, 5, 40, 2, 64, {0, 40}));
+                worst = std::fmax(worst, attention_case(false, 1, 7, 70, 1, 128, {50, 0}));
+                worst = std::fmax(worst, attention_case(true, 2, 33, 77, 2, 64, {0, 77}));
+                worst = std::fmax(worst, attention_case(true, 1, 19, 150, 1, 128, {130, 0}));
+                worst = std::fmax(worst, attention_case(true, 1, 40, 90, 1, 32, {}));
+                std::printf("max_rel %.3e\n", worst);
+                return 0;
+            }
             // f32: 4 query rows and 32 keys a block step.
             worst = std::fmax(worst, attention_case(false, 2, 13, 45, 3, 64, {45, 20}));    // Lq, Lk ragged; sample 1 masked to 20
             worst = std::fmax(worst, attention_case(false, 2, 7, 19, 2, 128, {}));          // Lk < one tile, no mask
@@ -389,7 +399,7 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
             rope(128);
             rope(40);
             elementwise();
-            for (int half = 0; half < 2; ++half) {
+            for (int half = 0; half < 2 - race_check; ++half) {  // ThreadSanitizer: f32 (the same body as bf16)
                 t5(half, 3, 64, true, 1.0f);
                 t5(half, 2, 80, false, 1.0f / std::sqrt(80.0f));
                 t5(half, 1, 160, true, 1.0f);
@@ -402,6 +412,13 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
 
     func testAttentionKernelsMatchFloat64References() throws {
         let output = try KernelSourcesOnTheCPU.buildAndRun(modules: ["attention.cu"], driver: Self.attentionDriver)
+        XCTAssertLessThanOrEqual(KernelSourcesOnTheCPU.maxRel(output), 1, output)
+    }
+
+    /// The attention driver under ThreadSanitizer (`race_check`: five small cases of several key tiles): no race on the
+    /// kernels' shared K/V tiles and score exchanges.
+    func testAttentionKernelsHaveNoRaces() throws {
+        let output = try KernelSourcesOnTheCPU.buildAndRun(modules: ["attention.cu"], driver: Self.attentionDriver, sanitizer: .thread)
         XCTAssertLessThanOrEqual(KernelSourcesOnTheCPU.maxRel(output), 1, output)
     }
 
@@ -434,6 +451,14 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
     func testNormRopeElementwiseAndT5KernelsMatchReferences() throws {
         let output = try KernelSourcesOnTheCPU.buildAndRun(modules: ["norm.cu", "rope.cu", "elementwise.cu", "t5.cu"], driver: Self.smallKernelsDriver,
                                                            files: Self.ropeFiles())
+        XCTAssertLessThanOrEqual(KernelSourcesOnTheCPU.maxRel(output), 1, output)
+    }
+
+    /// The small kernels' driver under ThreadSanitizer (`race_check`: t5_attention in f32 only): no race on the norms'
+    /// block sums or t5_attention's shared scores.
+    func testNormRopeElementwiseAndT5KernelsHaveNoRaces() throws {
+        let output = try KernelSourcesOnTheCPU.buildAndRun(modules: ["norm.cu", "rope.cu", "elementwise.cu", "t5.cu"], driver: Self.smallKernelsDriver,
+                                                           files: Self.ropeFiles(), sanitizer: .thread)
         XCTAssertLessThanOrEqual(KernelSourcesOnTheCPU.maxRel(output), 1, output)
     }
 }

@@ -4,16 +4,22 @@ import WanCUDA
 
 /// Runs kernels of Sources/WanCUDA/Kernels from their CUDA source on the CPU, for the *KernelSourcesOnTheCPU tests: each
 /// `.cu` file compiled as C++20 behind `shim` (CUDA's qualifiers, vector types and built-ins), a test's driver behind
-/// `host` (the execution model: one std::thread per CUDA thread of a block, blocks one after another; `__syncthreads`
-/// a barrier of the block, `__shfl_xor_sync`/`__shfl_sync` and the warp's `mma.sync.m16n8k16` exchanges among its 32
-/// lanes, the mma's fragments laid out as the PTX ISA documents them; a kernel's inline PTX stays under
-/// `__CUDA_ARCH__` with a call of the host's mma beside it). Built with AddressSanitizer where the compiler has it, so
-/// a kernel that reads or writes past a buffer stops the run. Drivers print one line per case and `max_rel <x>` last.
+/// `host` (the execution model: one std::thread per CUDA thread of a block, the same threads for block after block;
+/// `__syncthreads` a barrier of the block, `__syncwarp`, `__shfl_xor_sync`/`__shfl_sync`, `ldmatrix` and the warp's
+/// `mma.sync.m16n8k16` exchanges among its 32 lanes, the mma's fragments laid out as the PTX ISA documents them;
+/// `cp.async` queued per thread and done only by the `wait_group` that must complete it, its destination NaN until
+/// then; a kernel's inline PTX stays under `__CUDA_ARCH__` with a call of the host's function beside it).
+///
+/// Two builds of a driver (`Sanitizer`): with AddressSanitizer where the compiler has it, so a kernel that reads or
+/// writes past a buffer stops the run; and with ThreadSanitizer (`race_check` true in the driver, which then runs
+/// fewer, smaller cases), so a missing `__syncthreads` / `__syncwarp` (a data race on shared memory, or a cp.async
+/// destination read before the wait and barrier that publish it) fails the test with TSan's report. Drivers print one
+/// line per case and `max_rel <x>` last. `WANKIT_KERNELS_ON_CPU_KEEP=1` keeps the scratch folder (its path printed).
 enum KernelSourcesOnTheCPU {
     static let shim = #"""
         // CUDA built-ins for running Kernels/*.cu on the CPU (Tests/WanCUDATests): one std::thread per CUDA thread of a
-        // block, blocks one after another; __syncthreads is a barrier of the block, the shuffles and mma.sync are
-        // warp-collective exchanges (kernel_host.h defines them). Included before the kernel's own text.
+        // block, blocks one after another; __syncthreads is a barrier of the block, __syncwarp, the shuffles, ldmatrix and
+        // mma.sync are warp-collective exchanges (kernel_host.h defines them). Included before the kernel's own text.
         #include <barrier>
         #include <cmath>
         #include <cstring>
@@ -25,8 +31,8 @@ enum KernelSourcesOnTheCPU {
         #define __shared__ static
         #define __align__(n) __attribute__((aligned(n)))
         struct HostDim3 { unsigned x, y, z; };
-        extern HostDim3 blockIdx, blockDim, gridDim;
-        extern thread_local HostDim3 threadIdx;
+        extern HostDim3 blockDim, gridDim;
+        extern thread_local HostDim3 threadIdx, blockIdx;
         struct alignas(16) float4 { float x, y, z, w; };
         struct alignas(16) uint4 { unsigned x, y, z, w; };
         struct alignas(8) uint2 { unsigned x, y; };
@@ -49,31 +55,50 @@ enum KernelSourcesOnTheCPU {
         // column in the low half), or with `trans` column l / 4, rows 2(l % 4) and 2(l % 4) + 1.
         void ldmatrix_host(unsigned* r, int count, const void* row, bool trans);
         static inline void ldmatrix_x4_host(unsigned* r, const void* row, bool trans) { ldmatrix_host(r, 4, row, trans); }
-        // cp.async.{ca,cg}.shared.global with src-size: a plain copy of `src_bytes` (0..16), the rest of the 16 zero-filled;
-        // the copy is done when the call returns, so commit_group / wait_group are no-ops on the CPU.
+        // cp.async.{ca,cg}.shared.global with src-size: `src_bytes` (0..16) copied, the rest of the 16 zero-filled, but only
+        // when a wait completes it (the PTX memory model, taken adversarially): the call queues the copy in this thread and
+        // fills the 16 destination bytes with 0xff (a bf16 / f32 NaN) until then. commit_group closes this thread's open
+        // copies into a group; wait_group n completes all but the n most recent committed groups (copies not yet committed
+        // wait); wait_all = commit_group + wait_group 0. A thread's copies still queued when its block ends complete then.
         void cp_async_16_host(void* dst, const void* src, int src_bytes);
+        void cp_async_commit_host();
+        void cp_async_wait_host(int n);
+        void cp_async_wait_all_host();
+        // __syncwarp of the full warp (the kernels' FULL_MASK): a barrier of the warp's 32 lanes.
+        void __syncwarp(unsigned mask = 0xffffffffu);
         """#
 
     static let host = #"""
         // The CUDA execution model on the CPU for kernels compiled from their .cu source (shim.h declares what the kernels
-        // call): launch() runs every thread of a block as a std::thread, blocks one after another; barriers and warp
-        // exchanges follow. Plus what every driver needs: bf16 bits <-> float, random numbers, the rel_l2 report.
-        // Include once, in the driver.
+        // call): launch() runs every thread of a block as a std::thread, blocks one after another (the same team of
+        // threads for every block and launch of that block size, a barrier between blocks); barriers, warp exchanges
+        // and cp.async's queues follow. Every hand-over between threads is a std::barrier, which ThreadSanitizer sees
+        // as synchronisation, so a race it reports is the kernel's. Plus what every driver needs: bf16 bits <-> float,
+        // random numbers, the rel_l2 report. `race_check` is true in the ThreadSanitizer build (drivers run fewer,
+        // smaller cases there). Include once, in the driver.
         #include "shim.h"
         #include "common.cuh"
         #include <algorithm>
         #include <cstdio>
         #include <cstdlib>
-        #include <memory>
+        #include <deque>
+        #include <functional>
         #include <thread>
         #include <vector>
-        HostDim3 blockIdx, blockDim, gridDim;
-        thread_local HostDim3 threadIdx;
-        static std::unique_ptr<std::barrier<>> block_barrier;
-        static std::unique_ptr<std::barrier<>> warp_barriers[32];
+        #ifdef KERNELS_ON_CPU_TSAN
+        static const bool race_check = true;
+        #else
+        static const bool race_check = false;
+        #endif
+        HostDim3 blockDim, gridDim;
+        thread_local HostDim3 threadIdx, blockIdx;
+        // Made with the team (below), not freed at exit: a thread that ends the program leaves the others waiting on them.
+        static std::barrier<>* block_barrier;
+        static std::barrier<>* warp_barriers[32];
         static unsigned exchange[32][32][6];
         static float shuffled[32][32];
         void __syncthreads() { block_barrier->arrive_and_wait(); }
+        void __syncwarp(unsigned) { warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
         // Every lane of the warp hands over v and gets the value of lane `source` (all 32 lanes take part, as the kernels'
         // FULL_MASK says).
         static float warp_exchange(float v, int source) {
@@ -87,19 +112,57 @@ enum KernelSourcesOnTheCPU {
         float __shfl_xor_sync(unsigned, float v, int offset) { return warp_exchange(v, (threadIdx.x % 32) ^ offset); }
         float __shfl_sync(unsigned, float v, int source_lane) { return warp_exchange(v, source_lane); }
 
+        // The team: one std::thread per CUDA thread of a block, kept from launch to launch while the block size stays (a
+        // thread's creation costs more than a block's work under ThreadSanitizer). Each runs every block of a launch in
+        // turn as thread threadIdx.x of it; `block_end` separates the blocks (as the earlier join did: a block's shared
+        // memory is the next one's), `team_start` / `team_done` bracket a launch with the launching thread.
+        static unsigned team_size = 0;
+        static std::vector<std::thread>* team;
+        static std::barrier<>* team_start;
+        static std::barrier<>* team_done;
+        static std::barrier<>* block_end;
+        static std::function<void()> team_body;  // empty: the team leaves
+        static void team_work(unsigned tid) {
+            threadIdx = {tid, 0, 0};
+            for (;;) {
+                team_start->arrive_and_wait();
+                if (!team_body) return;
+                for (unsigned bz = 0; bz < gridDim.z; ++bz) for (unsigned by = 0; by < gridDim.y; ++by) for (unsigned bx = 0; bx < gridDim.x; ++bx) {
+                    blockIdx = {bx, by, bz};
+                    team_body();
+                    cp_async_wait_all_host();  // copies left in flight land before the block ends
+                    block_end->arrive_and_wait();
+                }
+                team_done->arrive_and_wait();
+            }
+        }
+        static void make_team(unsigned threads) {
+            if (team) {
+                team_body = nullptr;
+                team_start->arrive_and_wait();
+                for (auto& th : *team) th.join();
+                delete team; delete team_start; delete team_done; delete block_end; delete block_barrier;
+                for (unsigned w = 0; w < team_size / 32; ++w) delete warp_barriers[w];
+            }
+            team_size = threads;
+            team_start = new std::barrier<>(threads + 1);
+            team_done = new std::barrier<>(threads + 1);
+            block_end = new std::barrier<>(threads);
+            block_barrier = new std::barrier<>(threads);
+            for (unsigned w = 0; w < threads / 32; ++w) warp_barriers[w] = new std::barrier<>(32);
+            team = new std::vector<std::thread>;
+            for (unsigned tid = 0; tid < threads; ++tid) team->emplace_back(team_work, tid);
+        }
+
         // Runs `body` as every thread of a grid of blocks of `threads` threads (a multiple of 32), one block after another.
         template <typename Body> static void launch(HostDim3 grid, unsigned threads, Body body) {
             if (threads % 32 != 0 || threads > 1024) { std::printf("launch: %u threads per block\n", threads); std::exit(2); }
+            if (threads != team_size) make_team(threads);
             blockDim = {threads, 1, 1};
             gridDim = grid;
-            for (unsigned bz = 0; bz < grid.z; ++bz) for (unsigned by = 0; by < grid.y; ++by) for (unsigned bx = 0; bx < grid.x; ++bx) {
-                blockIdx = {bx, by, bz};
-                block_barrier = std::make_unique<std::barrier<>>(threads);
-                for (unsigned w = 0; w < threads / 32; ++w) warp_barriers[w] = std::make_unique<std::barrier<>>(32);
-                std::vector<std::thread> team;
-                for (unsigned tid = 0; tid < threads; ++tid) team.emplace_back([&, tid] { threadIdx = {tid, 0, 0}; body(); });
-                for (auto& th : team) th.join();
-            }
+            team_body = body;
+            team_start->arrive_and_wait();
+            team_done->arrive_and_wait();
         }
         template <typename Body> static void launch(unsigned gx, unsigned gy, Body body) { launch({gx, gy, 1}, 256, body); }
 
@@ -147,13 +210,40 @@ enum KernelSourcesOnTheCPU {
             }
             warp_barriers[warp]->arrive_and_wait();
         }
+        // cp.async per thread: the copies issued since the last commit_group, and the committed groups, oldest first.
+        struct CpAsync { char* dst; const char* src; int bytes; };
+        static thread_local std::vector<CpAsync> cp_async_open;
+        static thread_local std::deque<std::vector<CpAsync>> cp_async_groups;
         void cp_async_16_host(void* dst, const void* src, int src_bytes) {
             if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % 16 != 0) || src_bytes < 0 || src_bytes > 16) {
                 std::printf("cp.async: dst %p src %p src-size %d (16-byte aligned addresses and 0..16 bytes)\n", dst, src, src_bytes);
                 std::exit(3);
             }
-            if (src_bytes > 0) std::memcpy(dst, src, src_bytes);
-            std::memset(static_cast<char*>(dst) + src_bytes, 0, 16 - src_bytes);
+            // Undefined until a wait completes the copy: NaN to whoever reads it early. Plain stores, here and in the wait
+            // (ThreadSanitizer does not see GCC's inlined memset / memcpy of a constant size).
+            uint64_t* d = static_cast<uint64_t*>(dst);
+            d[0] = d[1] = ~0ull;
+            cp_async_open.push_back({static_cast<char*>(dst), static_cast<const char*>(src), src_bytes});
+        }
+        void cp_async_commit_host() {
+            cp_async_groups.push_back(std::move(cp_async_open));
+            cp_async_open.clear();
+        }
+        void cp_async_wait_host(int n) {
+            while ((int)cp_async_groups.size() > n) {
+                for (const CpAsync& c : cp_async_groups.front()) {
+                    uint64_t w[2] = {0, 0};
+                    if (c.bytes > 0) std::memcpy(w, c.src, c.bytes);
+                    uint64_t* d = reinterpret_cast<uint64_t*>(c.dst);
+                    d[0] = w[0];
+                    d[1] = w[1];
+                }
+                cp_async_groups.pop_front();
+            }
+        }
+        void cp_async_wait_all_host() {
+            if (!cp_async_open.empty()) cp_async_commit_host();
+            cp_async_wait_host(0);
         }
 
         static unsigned long long seed = 88172645463325252ull;
@@ -231,15 +321,22 @@ enum KernelSourcesOnTheCPU {
         return (process.terminationStatus, String(decoding: output, as: UTF8.self))
     }
 
+    /// How a driver is built: AddressSanitizer (where the compiler has it; else plain), or ThreadSanitizer with
+    /// KERNELS_ON_CPU_TSAN defined (the driver's `race_check`).
+    enum Sanitizer { case address, thread }
+
     /// Compiles `modules` (file names in Kernels/) and `driver` for the CPU and runs the program in a scratch folder
     /// that also holds `files` (inputs a driver reads by name); its output, printed. A visible skip without a C++20
-    /// compiler; a failed build or run fails the test.
-    static func buildAndRun(modules: [String], driver: String, files: [String: Data] = [:]) throws -> String {
+    /// compiler (or, for `.thread`, without ThreadSanitizer); a failed build or run fails the test, and so does a
+    /// ThreadSanitizer report (its first lines in the failure message; the run stops at the first).
+    static func buildAndRun(modules: [String], driver: String, files: [String: Data] = [:], sanitizer: Sanitizer = .address) throws -> String {
         guard let cxx = compiler() else { throw XCTSkip("no C++ compiler (g++, clang++, c++) on PATH: \(modules.joined(separator: ", ")) not run on the CPU") }
         let sources = try KernelSources.load()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wankit-kernels-on-cpu-\(getpid())-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let keep = ProcessInfo.processInfo.environment["WANKIT_KERNELS_ON_CPU_KEEP"] == "1"
+        if keep { print("kernels on the CPU: scratch folder \(dir.path) kept") }
+        defer { if !keep { try? FileManager.default.removeItem(at: dir) } }
         for (name, text) in sources.headers { try text.write(to: dir.appendingPathComponent(name), atomically: true, encoding: .utf8) }
         try shim.write(to: dir.appendingPathComponent("shim.h"), atomically: true, encoding: .utf8)
         try host.write(to: dir.appendingPathComponent("kernel_host.h"), atomically: true, encoding: .utf8)
@@ -255,16 +352,42 @@ enum KernelSourcesOnTheCPU {
         try driver.write(toFile: driverPath, atomically: true, encoding: .utf8)
         let binary = dir.appendingPathComponent("kernels_on_cpu").path
         let flags = ["-std=c++20", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-pthread", "-Wno-unknown-pragmas", "-I", dir.path, "-o", binary]
-        var build = try run(cxx, ["-fsanitize=address"] + flags + units + [driverPath])
-        if build.status != 0 && build.output.contains("asan") { build = try run(cxx, flags + units + [driverPath]) }  // no AddressSanitizer
+        let what = modules.joined(separator: ", ")
+        var build: (status: Int32, output: String)
+        switch sanitizer {
+        case .address:
+            build = try run(cxx, ["-fsanitize=address"] + flags + units + [driverPath])
+            if build.status != 0 && build.output.contains("asan") { build = try run(cxx, flags + units + [driverPath]) }  // no AddressSanitizer
+        case .thread:
+            // Line tables (-g1) so that the report names the kernel's lines.
+            build = try run(cxx, ["-fsanitize=thread", "-g1", "-DKERNELS_ON_CPU_TSAN=1"] + flags + units + [driverPath])
+            if build.status != 0 && build.output.contains("tsan") { throw XCTSkip("\(cxx) has no ThreadSanitizer here: \(what) not checked for races") }
+        }
         guard build.status == 0 else {
-            if build.output.contains("barrier") { throw XCTSkip("\(cxx) has no C++20 std::barrier: \(modules.joined(separator: ", ")) not run on the CPU") }
-            XCTFail("\(cxx) could not build \(modules.joined(separator: ", ")) for the CPU:\n\(build.output)")
+            if build.output.contains("barrier") { throw XCTSkip("\(cxx) has no C++20 std::barrier: \(what) not run on the CPU") }
+            XCTFail("\(cxx) could not build \(what) for the CPU:\n\(build.output)")
             return build.output
         }
-        let result = try run(binary, [], in: dir, environment: ["ASAN_OPTIONS": "detect_leaks=0"])
+        let result = try run(binary, [], in: dir, environment: ["ASAN_OPTIONS": "detect_leaks=0", "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"])
         print(result.output)
-        XCTAssertEqual(result.status, 0, result.output)
+        if sanitizer == .thread && result.output.contains("FATAL: ThreadSanitizer") {  // e.g. a memory layout it cannot run in
+            throw XCTSkip("ThreadSanitizer could not run \(what) here: \(result.output.prefix(300))")
+        }
+        if let start = result.output.range(of: "WARNING: ThreadSanitizer") {
+            // The report's first lines, each stack cut after the kernel's launch (the team's frames below it say nothing).
+            var report: [Substring] = [], inTeam = false
+            for line in result.output[start.lowerBound...].split(separator: "\n", omittingEmptySubsequences: false) {
+                let frame = line.trimmingCharacters(in: .whitespaces).hasPrefix("#")
+                if !frame { inTeam = false }
+                if frame && inTeam { continue }
+                if line.contains(" team_work ") || line.contains(" __invoke_impl<") { inTeam = true; continue }
+                report.append(line)
+                if report.count == 40 { break }
+            }
+            XCTFail("ThreadSanitizer: a race in \(what) (shared memory read or written without a barrier between):\n\(report.joined(separator: "\n"))")
+        } else {
+            XCTAssertEqual(result.status, 0, result.output)
+        }
         return result.output
     }
 

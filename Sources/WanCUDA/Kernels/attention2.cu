@@ -75,6 +75,8 @@ __device__ __forceinline__ void fa2_cp_async_16(bf16* dst, const bf16* src, bool
 __device__ __forceinline__ void fa2_cp_async_commit() {
 #ifdef __CUDA_ARCH__
     asm volatile("cp.async.commit_group;\n" ::);
+#else
+    cp_async_commit_host();
 #endif
 }
 
@@ -83,6 +85,8 @@ template <int N>
 __device__ __forceinline__ void fa2_cp_async_wait() {
 #ifdef __CUDA_ARCH__
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#else
+    cp_async_wait_host(N);
 #endif
 }
 
