@@ -329,7 +329,9 @@ enum KernelSourcesOnTheCPU {
     /// that also holds `files` (inputs a driver reads by name); its output, printed. A visible skip without a C++20
     /// compiler (or, for `.thread`, without ThreadSanitizer); a failed build or run fails the test, and so does a
     /// ThreadSanitizer report (its first lines in the failure message; the run stops at the first).
-    static func buildAndRun(modules: [String], driver: String, files: [String: Data] = [:], sanitizer: Sanitizer = .address) throws -> String {
+    /// `expectRace`: the run must end in a ThreadSanitizer report (the harness's own check that races are seen).
+    static func buildAndRun(modules: [String], driver: String, files: [String: Data] = [:], sanitizer: Sanitizer = .address,
+                            expectRace: Bool = false) throws -> String {
         guard let cxx = compiler() else { throw XCTSkip("no C++ compiler (g++, clang++, c++) on PATH: \(modules.joined(separator: ", ")) not run on the CPU") }
         let sources = try KernelSources.load()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wankit-kernels-on-cpu-\(getpid())-\(UUID().uuidString.prefix(8))")
@@ -373,7 +375,9 @@ enum KernelSourcesOnTheCPU {
         if sanitizer == .thread && result.output.contains("FATAL: ThreadSanitizer") {  // e.g. a memory layout it cannot run in
             throw XCTSkip("ThreadSanitizer could not run \(what) here: \(result.output.prefix(300))")
         }
-        if let start = result.output.range(of: "WARNING: ThreadSanitizer") {
+        if expectRace {
+            XCTAssertTrue(result.output.contains("WARNING: ThreadSanitizer: data race"), "no race reported in \(what):\n\(result.output.prefix(2000))")
+        } else if let start = result.output.range(of: "WARNING: ThreadSanitizer") {
             // The report's first lines, each stack cut after the kernel's launch (the team's frames below it say nothing).
             var report: [Substring] = [], inTeam = false
             for line in result.output[start.lowerBound...].split(separator: "\n", omittingEmptySubsequences: false) {
