@@ -113,7 +113,7 @@ extern "C" __global__ void dequant_q4_k_bf16(bf16* out, const u8* w, float scale
 extern "C" __global__ void dequant_q5_k_bf16(bf16* out, const u8* w, float scale, long n) { dequant_k45<true>(out, w, scale, n); }
 
 // Q6_K: each half h (128 values) of a super-block uses ql[64 h ..], qh[32 h ..], scales[8 h ..]; within a half,
-// quarter k = 0..3 of 32 values at l = 0..31 takes the low (k even) or high (k odd) nibble of ql[l + 32 (k & 1)]
+// quarter k = 0..3 of 32 values at l = 0..31 takes the low (k < 2) or high (k >= 2) nibble of ql[l + 32 (k & 1)]
 // and bits 2k..2k+1 of qh[l], minus 32, with scale scales[8 h + l / 16 + 2 k].  y = (d * scale) * q.
 extern "C" __global__ void dequant_q6_k_bf16(bf16* out, const u8* w, float scale, long n) {
     FOR_EACH_INDEX(i, n) {
