@@ -4,7 +4,7 @@ import Foundation
 /// it never holds more than a [queryTile, keyTile] block of scores, and runs in parallel over heads × query tiles.
 /// Score and value products are oneDNN SGEMMs on the tiles; exp is a 16-lane polynomial.
 public enum Attention {
-    public static var queryTile = 64
+    public static var queryTile = 256
     public static var keyTile = 512
 
     /// For each head h: `out[:, h] = softmax(q[:, h] · k[:, h]ᵀ · scale) · v[:, h]` over keys 0..<keys (later keys
