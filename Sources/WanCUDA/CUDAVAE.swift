@@ -52,6 +52,9 @@ public final class CUDAVAE: VAEFrameBackend {
     /// cores (`vae_conv_bf16`: the columns are never written) instead of `vae_im2col_bf16` + cuBLASLt. Off by default
     /// until it has been measured and self-tested on a GPU (`wan bench vae --conv implicit`).
     public var implicitConvolution = false
+    /// Floating-point operations of the products run so far (convs, 2·pixels·k·out each, and the attention's QKᵀ
+    /// and PV, 4·L²·c): the work behind `wan bench vae`'s TFLOP/s. Set it to 0 to start counting.
+    public var flopCount = 0.0
     /// Per-kernel and per-product wall time when set (each launch synchronised: for profiling only).
     public var timings: CUDATimings? { didSet { gemm.timings = timings } }
     private var columns: DeviceBuffer?
@@ -281,6 +284,7 @@ public final class CUDAVAE: VAEFrameBackend {
         let bf16 = c.weightBF16 != nil, type: DeviceDType = bf16 ? .bf16 : .f32
         let skipped = UInt64((c.kt - frames) * c.kh * c.kw * c.inChannels * type.size)
         let pixels = outHeight * outWidth
+        flopCount += 2 * Double(pixels) * Double(k) * Double(c.outChannels * (1 + more.count))
         let bf16Frames = inputs.indices.reduce(0) { inputs[$1].type == .bf16 ? $0 | 1 << $1 : $0 }
         func product(rows: Int, row0: Int, x: UInt64, ldx: Int) throws {
             for (conv, out) in [(c, out)] + more {
@@ -350,6 +354,7 @@ public final class CUDAVAE: VAEFrameBackend {
         try convolve(a.qkv, [n], outHeight: x.height, outWidth: x.width, padTop: 0, padLeft: 0, into: q)
         let scores = try pool.acquire(bytes: L * L * 4)
         defer { pool.release(scores) }
+        flopCount += 4 * Double(L) * Double(L) * Double(c)
         // S = Q Kᵀ (rows of q: [q | k | v]), softmax(S / sqrt(c)) along rows, then P V.
         try gemm.run(m: L, n: L, k: c, x: q.pointer, ldx: 3 * c, w: q.pointer + UInt64(c * 4), ldw: 3 * c, transposed: true, y: scores.pointer, ldy: L)
         try launch("vae_softmax_f32", grid: min(L, 1 << 20), [.pointer(scores.pointer), .int64(Int64(L)), .int32(Int32(L)), .float(1 / Float(c).squareRoot())])

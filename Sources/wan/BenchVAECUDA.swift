@@ -71,9 +71,11 @@ extension BenchVAE {
                 let warmStart = now()
                 try run(9, warmLatent, sampling: false)
                 let warmSeconds = now() - warmStart
+                vae.flopCount = 0
                 let start = now()
                 try run(s.f, latent, sampling: true)
                 let seconds = now() - start
+                let tflops = vae.flopCount / seconds / 1e12
                 try sample()
                 let peak = total - lowestFree
                 let allocated = vae.weightBytes + vae.pool.peakAllocatedBytes + vae.columnBytes
@@ -91,13 +93,14 @@ extension BenchVAE {
                         "op": what, "device": "cuda:\(gpu.ordinal)", "gpu": gpu.name, "precision": precision.rawValue, "size": "\(s.w)x\(s.h)", "frames": s.f,
                         "seconds": seconds, "seconds_per_frame": seconds / Double(s.f), "column_budget_bytes": vae.columnBudgetBytes, "conv": conv, "warmup_9_frames_seconds": warmSeconds,
                         "load_seconds": loadSeconds, "kernel_compile_seconds": compileSeconds, "peak_gpu_bytes": peak,
-                        "allocated_peak_bytes": allocated, "weight_bytes": vae.weightBytes, "total_gpu_bytes": total, "output_finite": finite]
+                        "allocated_peak_bytes": allocated, "weight_bytes": vae.weightBytes, "total_gpu_bytes": total, "output_finite": finite,
+                        "product_flops": vae.flopCount, "tflops": tflops]
                     if what == "decode" { obj["estimated_state_bytes"] = vae.config.decodeStateBytes(width: s.w, height: s.h) }
                     if profile { obj["profile"] = profileLines }
                     print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
                 } else {
-                    print(String(format: "vae %@ %dx%dx%d on %@ (%@): %.2f s (%.4f s/frame), 9-frame warm-up %.2f s, peak GPU memory %.2f GiB (WanKit %.2f GiB)%@",
-                                 what, s.w, s.h, s.f, gpu.name, precision.rawValue, seconds, seconds / Double(s.f), warmSeconds,
+                    print(String(format: "vae %@ %dx%dx%d on %@ (%@): %.2f s (%.4f s/frame, %.1f TFLOP/s of %.1f TFLOP in products), 9-frame warm-up %.2f s, peak GPU memory %.2f GiB (WanKit %.2f GiB)%@",
+                                 what, s.w, s.h, s.f, gpu.name, precision.rawValue, seconds, seconds / Double(s.f), tflops, vae.flopCount / 1e12, warmSeconds,
                                  Double(peak) / 1_073_741_824, Double(allocated) / 1_073_741_824, finite ? "" : ", OUTPUT NOT FINITE"))
                     for line in profileLines { print("  " + line) }
                 }
