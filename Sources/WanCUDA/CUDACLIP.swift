@@ -7,7 +7,8 @@ import WanModels
 /// one `VisionTransformer` model on `CUDAComputeBackend`. The preprocessing and the patch embedding + class token +
 /// position embedding run on the host (a few MFLOP), then on the device pre_norm and every block but the last
 /// (LayerNorm, the fused to_qkv product, attention with 1/sqrt(head_dim) over each image's tokens through
-/// `t5_attention` reading q, k, v as column views of it, without a bias table; proj, residual; LayerNorm, fc1, exact
+/// `t5_attention` (bf16: `t5_flash_attention_bf16_d80` for ViT-H's heads of 80) reading q, k, v as column views of it,
+/// without a bias table; proj, residual; LayerNorm, fc1, exact
 /// GELU, fc2, residual), no post-norm. The residual stream stays f32; products run in the activation type.
 public typealias CUDACLIP = VisionTransformer<CUDAComputeBackend>
 

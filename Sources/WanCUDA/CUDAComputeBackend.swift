@@ -24,12 +24,18 @@ public final class CUDAComputeBackend: ComputeBackend {
 
     /// The attention's per-row int32 arrays on the device (t5.cu): segment start, key count, row count, token
     /// position, then the bucket of every relative position.
+    /// The device arrays of `segments(_:buckets:)`: per row seg_start, seg_keys, seg_rows (`at(0...2)`), positions
+    /// (`at(3)`), bucket_of (`at(4)`), then the first row of each `CUDAOps.t5FlashRows`-row query tile that
+    /// `t5_flash_attention` takes (`tileRows`, `tiles` of them; a segment's tiles never reach into the next).
     public struct Segments {
         let arrays: Storage
         let rows: Int
         let maxPos: Int
         let hasPositions: Bool
+        let tiles: Int
+        let tileOffset: Int
         func at(_ i: Int) -> UInt64 { arrays.buffer.pointer + UInt64(4 * i * rows) }
+        var tileRows: UInt64 { arrays.buffer.pointer + UInt64(4 * tileOffset) }
     }
 
     public let precision: CUDAPrecision
@@ -47,6 +53,11 @@ public final class CUDAComputeBackend: ComputeBackend {
 
     /// Rows per attention segment the t5.cu kernel takes (T5_MAX_KEYS).
     public static let maxSegmentRows = 4096
+
+    /// The segment attention of umT5 and CLIP in bf16 runs `t5_flash_attention_bf16_d*` (tensor cores) where it takes
+    /// the head dim and layout (`CUDAOps.t5FlashTakes`), else `t5_attention_bf16`; f32 always runs `t5_attention_f32`.
+    /// False, or $WANKIT_T5_ATTENTION=scalar: always `t5_attention` (a comparison on the GPU).
+    public var flashSegmentAttention = ProcessInfo.processInfo.environment["WANKIT_T5_ATTENTION"]?.lowercased() != "scalar"
 
     /// `fp8Products`: see the property; throws (naming the GPU's compute capability and the fix) where it cannot run.
     public init(precision: CUDAPrecision = .bf16, context: CUDAContext? = nil, compiler: KernelCompiler? = nil, fp8Products: Bool = false) throws {
@@ -165,10 +176,18 @@ public final class CUDAComputeBackend: ComputeBackend {
         }
         let positions = (s.positions ?? []).map { Int32($0) }
         let bucketOf = (buckets?.bucketOf ?? []).map { Int32($0) }
-        let arrays = start + keys + count + positions + bucketOf
+        var tileRows: [Int32] = []
+        first = 0
+        for n in s.rows {
+            tileRows += stride(from: first, to: first + n, by: CUDAOps.t5FlashRows).map { Int32($0) }
+            first += n
+        }
+        let head = start + keys + count + positions + bucketOf
+        let arrays = head + tileRows
         let storage = Storage(try pool.acquire(bytes: max(4 * arrays.count, 4)), pool: pool)
         try arrays.withUnsafeBytes { try context.copy(toDevice: storage.buffer.pointer, from: $0.baseAddress!, bytes: $0.count) }
-        return Segments(arrays: storage, rows: rows, maxPos: buckets?.maxPos ?? 0, hasPositions: s.positions != nil && buckets != nil)
+        return Segments(arrays: storage, rows: rows, maxPos: buckets?.maxPos ?? 0, hasPositions: s.positions != nil && buckets != nil,
+                        tiles: tileRows.count, tileOffset: head.count)
     }
 
     // MARK: the DiT's workspace
@@ -315,6 +334,15 @@ public final class CUDAComputeBackend: ComputeBackend {
                           scale: Float) throws {
         precondition(q.ld == k.ld && k.ld == v.ld && out.isDense && out.cols == heads * headDim && q.rows == segments.rows)
         let bias = table != nil && segments.hasPositions
+        if flashSegmentAttention && out.type == .bf16
+            && CUDAOps.t5FlashTakes(headDim: headDim, ld: q.ld, maxPos: bias ? segments.maxPos : 0,
+                                    pointers: [Self.pointer(q), Self.pointer(k), Self.pointer(v), Self.pointer(out)]) {
+            try ops.t5FlashAttention(out: Self.pointer(out), q: Self.pointer(q), k: Self.pointer(k), v: Self.pointer(v), ld: q.ld,
+                                     tileRows: segments.tileRows, tiles: segments.tiles, segStart: segments.at(0), segKeys: segments.at(1),
+                                     segRows: segments.at(2), positions: bias ? segments.at(3) : 0, bucketOf: bias ? segments.at(4) : 0,
+                                     maxPos: segments.maxPos, table: bias ? table!.pointer : 0, heads: heads, headDim: headDim, scale: scale)
+            return
+        }
         try ops.t5Attention(out.type, out: Self.pointer(out), q: Self.pointer(q), k: Self.pointer(k), v: Self.pointer(v), ld: q.ld,
                             segStart: segments.at(0), segKeys: segments.at(1), segRows: segments.at(2),
                             positions: bias ? segments.at(3) : 0, bucketOf: bias ? segments.at(4) : 0, maxPos: segments.maxPos,

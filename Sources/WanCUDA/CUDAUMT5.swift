@@ -6,7 +6,8 @@ import WanModels
 /// The umT5 text encoder (official `T5Encoder`, encoder only) on an NVIDIA GPU: the one `T5Encoder` model on
 /// `CUDAComputeBackend`. The token embedding stays on the host (rows of the stored table dequantised, only those of
 /// the tokens); per layer T5LayerNorm (f32, then rounded to the activation type), q/k/v, T5 attention with the
-/// layer's relative-position bias (`t5_attention`: no scaling, the segment's keys only), o, residual; T5LayerNorm,
+/// layer's relative-position bias (`t5_attention`, in bf16 `t5_flash_attention_bf16_d*` on the tensor cores where it
+/// takes the head dim: no scaling, the segment's keys only), o, residual; T5LayerNorm,
 /// the gated-GELU FFN fc2(fc1(x) * gelu_tanh(gate(x))), residual; a final T5LayerNorm. The residual stream stays
 /// f32; products and attention run in the activation type (bf16 as the official encoder computes, or f32).
 /// `weightBytes` leaves out the token embedding.
@@ -40,6 +41,31 @@ extension CUDAOps {
                [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .int32(Int32(ld ?? heads * headDim)), .pointer(segStart), .pointer(segKeys), .pointer(segRows),
                 .pointer(positions), .pointer(bucketOf), .int32(Int32(maxPos)), .pointer(table), .int32(Int32(heads)), .int32(Int32(headDim)),
                 .float(scale)])
+    }
+
+    /// Query rows per block of `t5_flash_attention_bf16_d*` (T5_FLASH_ROWS): the tile list's step within a segment.
+    public static let t5FlashRows = 64
+    /// Head dims with a `t5_flash_attention_bf16_d*` kernel.
+    public static let t5FlashHeadDims: Set<Int> = [16, 32, 64, 80]
+
+    /// Whether `t5FlashAttention` takes this layout: a head dim it has, rows `ld` elements apart with ld % 8 == 0 and
+    /// 16-byte aligned pointers (its 16-byte cp.async copies), and relative positions within the staged bias
+    /// (2 maxPos + 1 <= T5_FLASH_REL_MAX 2048; 0 without a table).
+    public static func t5FlashTakes(headDim: Int, ld: Int, maxPos: Int, pointers: [UInt64]) -> Bool {
+        t5FlashHeadDims.contains(headDim) && ld % 8 == 0 && 2 * maxPos + 1 <= 2048 && pointers.allSatisfy { $0 % 16 == 0 }
+    }
+
+    /// t5_attention_bf16's semantics on the tensor cores (t5.cu's t5_flash_attention_bf16_d*): grid (tiles, heads),
+    /// 128 threads; `tileRows` the first row of each query tile (`CUDAComputeBackend.Segments`), the rest as
+    /// `t5Attention`. The caller checks `t5FlashTakes`.
+    public func t5FlashAttention(out: UInt64, q: UInt64, k: UInt64, v: UInt64, ld: Int, tileRows: UInt64, tiles: Int, segStart: UInt64,
+                                 segKeys: UInt64, segRows: UInt64, positions: UInt64, bucketOf: UInt64, maxPos: Int, table: UInt64,
+                                 heads: Int, headDim: Int, scale: Float = 1) throws {
+        guard tiles > 0 else { return }
+        try go("t5_flash_attention_bf16_d\(headDim)", grid: (tiles, heads, 1), block: (128, 1, 1),
+               [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .int32(Int32(ld)), .pointer(tileRows), .pointer(segStart),
+                .pointer(segKeys), .pointer(segRows), .pointer(positions), .pointer(bucketOf), .int32(Int32(maxPos)), .pointer(table),
+                .int32(Int32(heads)), .float(scale)])
     }
 
     /// out = gelu_tanh(gate) * up (out may alias either).
