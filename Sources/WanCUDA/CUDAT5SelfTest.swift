@@ -3,7 +3,9 @@ import WanModels
 
 /// The self-test cases of Kernels/t5.cu against float64 references of their documented semantics: two segments of
 /// different lengths in one batch (one with padded rows), one segment without keys (uniform attention), relative
-/// positions past max_pos's exact range, head_dim 64 (two key groups per block) and 96 (one, partly idle).
+/// positions past max_pos's exact range, head_dim 64 (two key groups per block) and 96 (one, partly idle); the
+/// tensor-core t5_flash_attention_bf16_d64/d80 on the same segments (tiles of 64 rows: 3 + 1 + 1; 140 keys over
+/// 3 or 5 key tiles), and d80 as CLIP calls it.
 extension KernelSelfTest {
     func t5SelfTestCases() -> [(String, Double, () throws -> (gpu: [Double], reference: [Double]))] {
         [
@@ -11,11 +13,17 @@ extension KernelSelfTest {
             ("t5_attention_f32 (head_dim 96)", 1e-5, { try self.t5Attention(bf16: false, headDim: 96) }),
             ("t5_attention_bf16 (head_dim 64)", 1e-2, { try self.t5Attention(bf16: true, headDim: 64) }),
             ("t5_attention_f32 (CLIP: head_dim 80, scale, no bias, q/k/v views of one qkv product)", 1e-5, { try self.t5Attention(bf16: false, headDim: 80, bias: false) }),
+            ("t5_flash_attention_bf16_d64 (umT5: bias, padded and empty segments, tiles of 64 rows)", 1e-2,
+             { try self.t5Attention(bf16: true, headDim: 64, flash: true) }),
+            ("t5_flash_attention_bf16_d80 (CLIP: scale, no bias, q/k/v views of one qkv product)", 1e-2,
+             { try self.t5Attention(bf16: true, headDim: 80, bias: false, flash: true) }),
+            ("t5_flash_attention_bf16_d80 (bias, padded and empty segments)", 1e-2, { try self.t5Attention(bf16: true, headDim: 80, flash: true) }),
             ("t5_gelu_mul_f32", 1e-6, { try self.t5GeluMul() }),
         ]
     }
 
-    private func t5Attention(bf16: Bool, headDim hd: Int, bias: Bool = true) throws -> ([Double], [Double]) {
+    /// `flash`: t5_flash_attention_bf16_d<hd> (bf16 only) on the query tiles `CUDAComputeBackend.segments` makes.
+    private func t5Attention(bf16: Bool, headDim hd: Int, bias: Bool = true, flash: Bool = false) throws -> ([Double], [Double]) {
         let scale: Float = bias ? 1 : 1 / Float(hd).squareRoot()
         let heads = 3, buckets = 32
         // Segments: 150 rows with 140 keys (10 padded rows), 37 rows with 37 keys, 5 rows with no key.
@@ -57,11 +65,29 @@ extension KernelSelfTest {
         let out = try context.allocate(bytes: rows * ld * (bf16 ? 2 : 4))
         let ints = [try upload(segStart), try upload(segKeys), try upload(segRows), try upload(positions), try upload(bucketOf)]
         let tableBuffer = try upload(table)
-        let f = try compiler.load(module: "t5.cu", on: context).function(bf16 ? "t5_attention_bf16" : "t5_attention_f32")
-        try f.launch(grid: (rows, heads, 1), block: (128, 1, 1),
-                     [.buffer(out), .pointer(qb), .pointer(kb), .pointer(vb), .int32(Int32(ldIn)), .buffer(ints[0]), .buffer(ints[1]), .buffer(ints[2]),
-                      .buffer(ints[3]), .buffer(ints[4]), .int32(Int32(maxPos)), bias ? .buffer(tableBuffer) : .pointer(0), .int32(Int32(heads)),
-                      .int32(Int32(hd)), .float(scale)])
+        let module = try compiler.load(module: "t5.cu", on: context)
+        if flash {
+            var tileRows: [Int32] = []
+            first = 0
+            for s in segments {
+                tileRows += stride(from: first, to: first + s.rows, by: CUDAOps.t5FlashRows).map { Int32($0) }
+                first += s.rows
+            }
+            let tiles = try upload(tileRows)
+            try module.function("t5_flash_attention_bf16_d\(hd)").launch(
+                grid: (tileRows.count, heads, 1), block: (128, 1, 1),
+                [.buffer(out), .pointer(qb), .pointer(kb), .pointer(vb), .int32(Int32(ldIn)), .buffer(tiles), .buffer(ints[0]), .buffer(ints[1]),
+                 .buffer(ints[2]), .buffer(ints[3]), .buffer(ints[4]), .int32(Int32(maxPos)), bias ? .buffer(tableBuffer) : .pointer(0),
+                 .int32(Int32(heads)), .float(scale)])
+            try context.synchronize()
+            withExtendedLifetime(tiles) {}
+        } else {
+            try module.function(bf16 ? "t5_attention_bf16" : "t5_attention_f32").launch(
+                grid: (rows, heads, 1), block: (128, 1, 1),
+                [.buffer(out), .pointer(qb), .pointer(kb), .pointer(vb), .int32(Int32(ldIn)), .buffer(ints[0]), .buffer(ints[1]), .buffer(ints[2]),
+                 .buffer(ints[3]), .buffer(ints[4]), .int32(Int32(maxPos)), bias ? .buffer(tableBuffer) : .pointer(0), .int32(Int32(heads)),
+                 .int32(Int32(hd)), .float(scale)])
+        }
         try context.synchronize()
         withExtendedLifetime(buffers) {}
         let gpu = bf16 ? try bf16s(out, rows * ld) : try floats(out, rows * ld)
