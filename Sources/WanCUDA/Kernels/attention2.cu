@@ -34,62 +34,6 @@ __device__ __forceinline__ void fa2_mma(float* d, const unsigned* a, unsigned b0
     mma_bf16_16816(d, a[0], a[1], a[2], a[3], b0, b1);
 }
 
-#ifdef __CUDA_ARCH__
-// A shared-memory address as the 32-bit offset that ldmatrix and cp.async take.
-__device__ __forceinline__ unsigned fa2_smem(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }\n" : "=r"(a) : "l"(p));
-    return a;
-}
-#endif
-
-// ldmatrix.x4: lane l hands over the address of row l % 8 of 8x8 matrix l / 8 (16 bytes); r[i] receives row l / 4,
-// columns 2(l % 4), 2(l % 4) + 1 of matrix i (.trans: column l / 4, rows 2(l % 4), 2(l % 4) + 1).
-__device__ __forceinline__ void fa2_ldmatrix_x4(unsigned* r, const bf16* row) {
-#ifdef __CUDA_ARCH__
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(fa2_smem(row)));
-#else
-    ldmatrix_x4_host(r, row, false);
-#endif
-}
-
-__device__ __forceinline__ void fa2_ldmatrix_x4_trans(unsigned* r, const bf16* row) {
-#ifdef __CUDA_ARCH__
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(fa2_smem(row)));
-#else
-    ldmatrix_x4_host(r, row, true);
-#endif
-}
-
-// 16 bytes global -> shared, asynchronous (L2 only: .cg); `valid` false writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void fa2_cp_async_16(bf16* dst, const bf16* src, bool valid) {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(fa2_smem(dst)), "l"(src), "r"(valid ? 16 : 0));
-#else
-    cp_async_16_host(dst, src, valid ? 16 : 0);
-#endif
-}
-
-__device__ __forceinline__ void fa2_cp_async_commit() {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.commit_group;\n" ::);
-#else
-    cp_async_commit_host();
-#endif
-}
-
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void fa2_cp_async_wait() {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#else
-    cp_async_wait_host(N);
-#endif
-}
-
 // D: head_dim; WARPS: warps per block; MT: m16 row tiles per warp (WARPS * 16 * MT = FA2_ROWS); KEYS: keys per tile.
 template <int D, int WARPS, int MT, int KEYS>
 __device__ __forceinline__ void flash_attention_bf16_v2_body(bf16* out, const bf16* q, const bf16* k, const bf16* v,
@@ -123,10 +67,10 @@ __device__ __forceinline__ void flash_attention_bf16_v2_body(bf16* out, const bf
             const int key = tile * KEYS + kk;
             const bool valid = key < kv_len;
             const long at = (long)(valid ? key : 0) * token_stride + c;  // a valid address even where nothing is read
-            fa2_cp_async_16(&k_tile[buf][kk * STRIDE + c], k_head + at, valid);
-            fa2_cp_async_16(&v_tile[buf][kk * STRIDE + c], v_head + at, valid);
+            cp_async_16(&k_tile[buf][kk * STRIDE + c], k_head + at, valid);
+            cp_async_16(&v_tile[buf][kk * STRIDE + c], v_head + at, valid);
         }
-        fa2_cp_async_commit();
+        cp_async_commit();
     };
     const int tiles = (kv_len + KEYS - 1) / KEYS;
     if (tiles > 0) load_tile(0, 0);  // in flight while q is read
@@ -168,9 +112,9 @@ __device__ __forceinline__ void flash_attention_bf16_v2_body(bf16* out, const bf
         // The next tile into the other buffer (free: the barrier at the end of the last step), then wait for this one.
         if (tile + 1 < tiles) {
             load_tile(tile + 1, buf ^ 1);
-            fa2_cp_async_wait<1>();
+            cp_async_wait<1>();
         } else {
-            fa2_cp_async_wait<0>();
+            cp_async_wait<0>();
         }
         __syncthreads();  // every thread's copies of this tile have landed
         const bf16* ks_tile = k_tile[buf];
@@ -187,7 +131,7 @@ __device__ __forceinline__ void flash_attention_bf16_v2_body(bf16* out, const bf
 #pragma unroll
             for (int kp = 0; kp < KSTEPS / 2; ++kp) {
                 unsigned bk[4];
-                fa2_ldmatrix_x4(bk, ks_tile + nt * 8 * STRIDE + kp * 32 + k_lane);
+                ldmatrix_x4(bk, ks_tile + nt * 8 * STRIDE + kp * 32 + k_lane);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
                     fa2_mma(s[mt][nt], q_frag[mt][2 * kp], bk[0], bk[1]);
@@ -262,7 +206,7 @@ __device__ __forceinline__ void flash_attention_bf16_v2_body(bf16* out, const bf
 #pragma unroll
             for (int dp = 0; dp < DTILES / 2; ++dp) {
                 unsigned bv[4];
-                fa2_ldmatrix_x4_trans(bv, vs_tile + ks * 16 * STRIDE + dp * 16 + v_lane);
+                ldmatrix_x4_trans(bv, vs_tile + ks * 16 * STRIDE + dp * 16 + v_lane);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
                     fa2_mma(o[mt][2 * dp], p[mt], bv[0], bv[1]);

@@ -76,6 +76,74 @@ __device__ __forceinline__ void mma_bf16_16816(float* d, unsigned a0, unsigned a
 #endif
 }
 
+// Shared-memory tiles for the tensor cores (ldmatrix) and asynchronous copies into them (cp.async, sm_80+). On the
+// CPU (Tests/WanCUDATests) the shim's *_host functions stand in: ldmatrix as a warp exchange, cp.async queued per
+// thread and completed by the wait that must.
+#ifdef __CUDA_ARCH__
+// A shared-memory address as the 32-bit offset that ldmatrix and cp.async take.
+__device__ __forceinline__ unsigned smem_address(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }\n" : "=r"(a) : "l"(p));
+    return a;
+}
+#endif
+
+// ldmatrix.x4: lane l hands over the address of row l % 8 of 8x8 matrix l / 8 (16 bytes); r[i] receives row l / 4,
+// columns 2(l % 4), 2(l % 4) + 1 of matrix i (.trans: column l / 4, rows 2(l % 4), 2(l % 4) + 1).
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const bf16* row) {
+#ifdef __CUDA_ARCH__
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(row)));
+#else
+    ldmatrix_host(r, 4, row, false);
+#endif
+}
+
+// ldmatrix.x2: two 8x8 matrices (lanes 0-15 hand over the rows; the others' addresses are ignored).
+__device__ __forceinline__ void ldmatrix_x2(unsigned* r, const bf16* row) {
+#ifdef __CUDA_ARCH__
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_address(row)));
+#else
+    ldmatrix_host(r, 2, row, false);
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const bf16* row) {
+#ifdef __CUDA_ARCH__
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(row)));
+#else
+    ldmatrix_host(r, 4, row, true);
+#endif
+}
+
+// 16 bytes global -> shared, asynchronous (L2 only: .cg); `valid` false writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void cp_async_16(bf16* dst, const bf16* src, bool valid) {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src), "r"(valid ? 16 : 0));
+#else
+    cp_async_16_host(dst, src, valid ? 16 : 0);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.commit_group;\n" ::);
+#else
+    cp_async_commit_host();
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#else
+    cp_async_wait_host(N);
+#endif
+}
+
 // Grid-stride loop over [0, n).
 #define FOR_EACH_INDEX(i, n) \
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)

@@ -139,67 +139,6 @@ extern "C" __global__ void t5_gelu_mul_bf16(bf16* out, const bf16* gate, const b
 #define T5_FLASH_PAD 8         // shared row padding (bf16): ldmatrix's 8 rows land in distinct 16-byte bank groups
 #define T5_FLASH_REL_MAX 2048  // staged relative positions: max_pos <= 1023
 
-#ifdef __CUDA_ARCH__
-__device__ __forceinline__ unsigned t5_smem(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }\n" : "=r"(a) : "l"(p));
-    return a;
-}
-#endif
-
-// ldmatrix.x4 / .x2 (lanes 0-15 address) / .x4.trans: see attention2.cu's fa2_ldmatrix_x4.
-__device__ __forceinline__ void t5_ldmatrix_x4(unsigned* r, const bf16* row) {
-#ifdef __CUDA_ARCH__
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(t5_smem(row)));
-#else
-    ldmatrix_host(r, 4, row, false);
-#endif
-}
-
-__device__ __forceinline__ void t5_ldmatrix_x2(unsigned* r, const bf16* row) {
-#ifdef __CUDA_ARCH__
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(t5_smem(row)));
-#else
-    ldmatrix_host(r, 2, row, false);
-#endif
-}
-
-__device__ __forceinline__ void t5_ldmatrix_x4_trans(unsigned* r, const bf16* row) {
-#ifdef __CUDA_ARCH__
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(t5_smem(row)));
-#else
-    ldmatrix_host(r, 4, row, true);
-#endif
-}
-
-// 16 bytes global -> shared, asynchronous; `valid` false writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void t5_cp_async_16(bf16* dst, const bf16* src, bool valid) {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(t5_smem(dst)), "l"(src), "r"(valid ? 16 : 0));
-#else
-    cp_async_16_host(dst, src, valid ? 16 : 0);
-#endif
-}
-
-__device__ __forceinline__ void t5_cp_async_commit() {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.commit_group;\n" ::);
-#else
-    cp_async_commit_host();
-#endif
-}
-
-template <int N>
-__device__ __forceinline__ void t5_cp_async_wait() {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#else
-    cp_async_wait_host(N);
-#endif
-}
-
 template <int D, int KEYS>
 __device__ __forceinline__ void t5_flash_attention_body(bf16* out, const bf16* q, const bf16* k, const bf16* v, int ld_in,
                                                         const int* tile_rows, const int* seg_start, const int* seg_keys,
@@ -239,10 +178,10 @@ __device__ __forceinline__ void t5_flash_attention_body(bf16* out, const bf16* q
             const int key = tile * KEYS + kk;
             const bool valid = key < n;
             const long at = (long)(valid ? key : 0) * ld + c;  // a valid address even where nothing is read
-            t5_cp_async_16(&k_tile[buf][kk * STRIDE + c], k_head + at, valid);
-            t5_cp_async_16(&v_tile[buf][kk * STRIDE + c], v_head + at, valid);
+            cp_async_16(&k_tile[buf][kk * STRIDE + c], k_head + at, valid);
+            cp_async_16(&v_tile[buf][kk * STRIDE + c], v_head + at, valid);
         }
-        t5_cp_async_commit();
+        cp_async_commit();
         if (bias) {
             for (int kk = tid; kk < KEYS; kk += THREADS) {
                 const int key = tile * KEYS + kk;
@@ -290,9 +229,9 @@ __device__ __forceinline__ void t5_flash_attention_body(bf16* out, const bf16* q
         const int buf = tile & 1;
         if (tile + 1 < tiles) {
             load_tile(tile + 1, buf ^ 1);  // the other buffer is free: the barrier at the end of the last step
-            t5_cp_async_wait<1>();
+            cp_async_wait<1>();
         } else {
-            t5_cp_async_wait<0>();
+            cp_async_wait<0>();
         }
         __syncthreads();  // this tile's copies, its positions (and, the first time, rel_bias) are visible
         const bf16* ks_tile = k_tile[buf];
@@ -307,14 +246,14 @@ __device__ __forceinline__ void t5_flash_attention_body(bf16* out, const bf16* q
 #pragma unroll
                 for (int kp = 0; kp < KSTEPS / 2; ++kp) {
                     unsigned bk[4];
-                    t5_ldmatrix_x4(bk, ks_tile + nt * 8 * STRIDE + kp * 32 + k_lane);
+                    ldmatrix_x4(bk, ks_tile + nt * 8 * STRIDE + kp * 32 + k_lane);
                     mma_bf16_16816(s[nt], q_frag[2 * kp][0], q_frag[2 * kp][1], q_frag[2 * kp][2], q_frag[2 * kp][3], bk[0], bk[1]);
                     mma_bf16_16816(s[nt], q_frag[2 * kp + 1][0], q_frag[2 * kp + 1][1], q_frag[2 * kp + 1][2], q_frag[2 * kp + 1][3], bk[2], bk[3]);
                 }
                 if (KSTEPS % 2) {
                     constexpr int ks = KSTEPS - 1;
                     unsigned bk[2];
-                    t5_ldmatrix_x2(bk, ks_tile + nt * 8 * STRIDE + ks * 16 + k_lane2);
+                    ldmatrix_x2(bk, ks_tile + nt * 8 * STRIDE + ks * 16 + k_lane2);
                     mma_bf16_16816(s[nt], q_frag[ks][0], q_frag[ks][1], q_frag[ks][2], q_frag[ks][3], bk[0], bk[1]);
                 }
             }
@@ -375,7 +314,7 @@ __device__ __forceinline__ void t5_flash_attention_body(bf16* out, const bf16* q
 #pragma unroll
             for (int dp = 0; dp < DTILES / 2; ++dp) {
                 unsigned bv[4];
-                t5_ldmatrix_x4_trans(bv, vs_tile + ks * 16 * STRIDE + dp * 16 + v_lane);
+                ldmatrix_x4_trans(bv, vs_tile + ks * 16 * STRIDE + dp * 16 + v_lane);
                 mma_bf16_16816(o[2 * dp], p0, p1, p2, p3, bv[0], bv[1]);
                 mma_bf16_16816(o[2 * dp + 1], p0, p1, p2, p3, bv[2], bv[3]);
             }
