@@ -28,33 +28,13 @@ enum EmulatedT5Kernels {
             let segRows = EmulatedTensor(a.address(7), bf16: false), positions = EmulatedTensor(a.address(8), bf16: false)
             let bucketOf = EmulatedTensor(a.address(9), bf16: false), table = EmulatedTensor(a.address(11), bf16: false)
             guard !hasTable || EmulatedDriver.inside(a.address(9), (2 * maxPos + 1) * 4) else { return "bucket_of is not \(2 * maxPos + 1) int32 values" }
+            let rel = RelativeBias(positions: positions, bucketOf: bucketOf, table: hasTable ? table : nil, maxPos: maxPos, heads: heads)
             for row in 0..<rows {
                 let start = segStart.int(row), keys = segKeys.int(row), n = keys == 0 ? segRows.int(row) : keys
                 guard n <= 4096 else { return "\(n) keys, more than T5_MAX_KEYS" }
                 guard start >= 0, start + n <= rows else { return "row \(row): segment \(start)+\(n) outside \(rows) rows" }
-                let pq = hasTable ? positions.int(row) : 0
-                for h in 0..<heads {
-                    var scores = [Float](repeating: 0, count: n)
-                    if keys > 0 {
-                        for j in 0..<n {
-                            var s: Float = 0
-                            for d in 0..<hd { s += q[row * ld + h * hd + d] * k[(start + j) * ld + h * hd + d] }
-                            scores[j] = s * scale
-                            guard hasTable else { continue }
-                            let rel = positions.int(start + j) - pq + maxPos
-                            guard rel >= 0, rel <= 2 * maxPos else { return "relative position \(rel - maxPos) outside ±\(maxPos)" }
-                            scores[j] += table[bucketOf.int(rel) * heads + h]
-                        }
-                    }
-                    let m = scores.max() ?? 0
-                    var sum: Float = 0
-                    for j in 0..<n { scores[j] = exp(scores[j] - m); sum += scores[j] }
-                    for d in 0..<hd {
-                        var acc: Float = 0
-                        for j in 0..<n { acc += scores[j] * v[(start + j) * ld + h * hd + d] }
-                        out[row * ldo + h * hd + d] = acc / sum
-                    }
-                }
+                if let refusal = attendRow(row, start: start, keys: keys, n: n, q: q, k: k, v: v, out: out, ld: ld, heads: heads, headDim: hd,
+                                           scale: scale, bias: rel, roundP: false) { return refusal }
             }
         case _ where name.hasPrefix("t5_flash_attention_bf16_d"):
             return flashAttention(name, grid: grid, block: block, args: a)
@@ -124,29 +104,52 @@ enum EmulatedT5Kernels {
         if let row = covered.firstIndex(where: { $0 != 1 }) { return "the tiles cover row \(row) \(covered[row]) times" }
         let out = EmulatedTensor(a.address(0), bf16: true), q = EmulatedTensor(a.address(1), bf16: true)
         let k = EmulatedTensor(a.address(2), bf16: true), v = EmulatedTensor(a.address(3), bf16: true)
+        let rel = RelativeBias(positions: positions, bucketOf: bucketOf, table: hasTable ? table : nil, maxPos: maxPos, heads: heads)
         for (row, start, keys, n) in work {
-            let pq = hasTable ? positions.int(row) : 0
-            for h in 0..<heads {
-                var scores = [Float](repeating: 0, count: n)
-                if keys > 0 {
-                    for j in 0..<n {
-                        var s: Float = 0
-                        for d in 0..<hd { s += q[row * ld + h * hd + d] * k[(start + j) * ld + h * hd + d] }
-                        scores[j] = s * scale
-                        guard hasTable else { continue }
-                        let rel = positions.int(start + j) - pq + maxPos
-                        guard rel >= 0, rel <= 2 * maxPos else { return "relative position \(rel - maxPos) outside ±\(maxPos)" }
-                        scores[j] += table[bucketOf.int(rel) * heads + h]
-                    }
+            if let refusal = attendRow(row, start: start, keys: keys, n: n, q: q, k: k, v: v, out: out, ld: ld, heads: heads, headDim: hd,
+                                       scale: scale, bias: rel, roundP: true) { return refusal }
+        }
+        return nil
+    }
+
+    /// The relative-position bias of the t5 kernels: table[bucket_of[pos_k - pos_q + max_pos], head] (none without a table).
+    struct RelativeBias {
+        let positions, bucketOf: EmulatedTensor
+        let table: EmulatedTensor?
+        let maxPos, heads: Int
+    }
+
+    /// One query row of the segment attention, every head: scores scale·q·k (+ the bias) over the segment's n keys
+    /// from row `start` (all 0 when keys == 0: uniform), softmax, times v, into out (rows heads·headDim wide). With
+    /// `roundP` the exponentials are rounded to bf16 before p·v (the flash kernel's P fragments), the sum unrounded.
+    static func attendRow(_ row: Int, start: Int, keys: Int, n: Int, q: EmulatedTensor, k: EmulatedTensor, v: EmulatedTensor,
+                          out: EmulatedTensor, ld: Int, heads: Int, headDim hd: Int, scale: Float, bias: RelativeBias, roundP: Bool) -> String? {
+        let ldo = heads * hd
+        let pq = bias.table != nil ? bias.positions.int(row) : 0
+        for h in 0..<heads {
+            var scores = [Float](repeating: 0, count: n)
+            if keys > 0 {
+                for j in 0..<n {
+                    var s: Float = 0
+                    for d in 0..<hd { s += q[row * ld + h * hd + d] * k[(start + j) * ld + h * hd + d] }
+                    scores[j] = s * scale
+                    guard let table = bias.table else { continue }
+                    let rel = bias.positions.int(start + j) - pq + bias.maxPos
+                    guard rel >= 0, rel <= 2 * bias.maxPos else { return "relative position \(rel - bias.maxPos) outside ±\(bias.maxPos)" }
+                    scores[j] += table[bias.bucketOf.int(rel) * bias.heads + h]
                 }
-                let m = scores.max() ?? 0
-                var sum: Float = 0
-                for j in 0..<n { let e = exp(scores[j] - m); sum += e; scores[j] = BFloat16.float(BFloat16.from(e)) }
-                for d in 0..<hd {
-                    var acc: Float = 0
-                    for j in 0..<n { acc += scores[j] * v[(start + j) * ld + h * hd + d] }
-                    out[row * ldo + h * hd + d] = acc / sum
-                }
+            }
+            let m = scores.max() ?? 0
+            var sum: Float = 0
+            for j in 0..<n {
+                let e = exp(scores[j] - m)
+                sum += e
+                scores[j] = roundP ? BFloat16.float(BFloat16.from(e)) : e
+            }
+            for d in 0..<hd {
+                var acc: Float = 0
+                for j in 0..<n { acc += scores[j] * v[(start + j) * ld + h * hd + d] }
+                out[row * ldo + h * hd + d] = acc / sum
             }
         }
         return nil
