@@ -77,8 +77,14 @@ __device__ __forceinline__ void mma_bf16_16816(float* d, unsigned a0, unsigned a
 }
 
 // Shared-memory tiles for the tensor cores (ldmatrix) and asynchronous copies into them (cp.async, sm_80+). On the
-// CPU (Tests/WanCUDATests) the shim's *_host functions stand in: ldmatrix as a warp exchange, cp.async queued per
+// CPU (Tests/WanCUDATests) the harness's *_host functions stand in: ldmatrix as a warp exchange, cp.async queued per
 // thread and completed by the wait that must.
+#ifndef __CUDA_ARCH__
+void ldmatrix_host(unsigned* r, int count, const void* row, bool trans);
+void cp_async_16_host(void* dst, const void* src, int src_bytes);
+void cp_async_commit_host();
+void cp_async_wait_host(int n);
+#endif
 #ifdef __CUDA_ARCH__
 // A shared-memory address as the 32-bit offset that ldmatrix and cp.async take.
 __device__ __forceinline__ unsigned smem_address(const void* p) {
