@@ -40,7 +40,7 @@ struct BenchDiT: ParsableCommand {
     @Option(help: "cpu, cuda or auto (cuda: weights uploaded once, peak GPU memory and TFLOP/s reported).") var device: String = "cpu"
     @Option(help: "With --device cuda: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
     @Flag(help: "With --device cuda (bf16, compute capability 8.9+): matrices stored as fp8 e4m3 run as cuBLASLt fp8 products (activations quantised to e4m3 per tensor).") var fp8Products = false
-    @Flag(help: "With random weights: store the matrices as fp8 e4m3 with a per-tensor scale, as an fp8_scaled file (they stay compact on the GPU; see --fp8-products).") var fp8Weights = false
+    @Flag(help: "With random weights: store the matrices as fp8 e4m3 with a per-tensor scale, as an fp8_scaled file (they stay compact: dequantised tile by tile on the CPU, on the GPU see --fp8-products).") var fp8Weights = false
     @Option(help: "With --device cuda: the bf16 attention: kernel (WanKit's flash attention), kernel2 (its second version, attention2.cu: head dims 64 and 128), cudnn (cuDNN's fused attention) or auto (where cuDNN has a plan for the shape, the fastest of kernel, kernel2 and cudnn on its first call, else the kernel); default $WANKIT_ATTENTION, else kernel.") var attention: String?
 
     func run() throws {
@@ -54,11 +54,13 @@ struct BenchDiT: ParsableCommand {
         for s in shapes where (s.f - 1) % 4 != 0 || s.f < 1 {
             throw ValidationError("--frames must be 4n+1 (1, 5, 9, …, 81), got \(s.f)")
         }
+        if fp8Weights && weights != nil { throw ValidationError("--fp8-weights is for random weights; --weights files keep their stored types") }
         if let gpu = try CUDABackend.resolve(device, command: "bench dit") {
             try runCUDA(gpu: gpu, shapes: shapes)
             return
         }
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
+        CUDABackend.noteGPUOnly(fp8Products ? ["--fp8-products"] : [], command: "bench dit")
         let t0 = now()
         let dit: WanDiT
         if let weights {
@@ -71,8 +73,10 @@ struct BenchDiT: ParsableCommand {
                 throw ValidationError("unknown preset \(preset); one of \(WanDiTConfig.presets.keys.sorted().joined(separator: ", "))")
             }
             if let layers { config.numLayers = layers }
-            dit = try WanDiT(config: config, weights: RandomWeights(shapes: config.parameterShapes()))
-            log("random \(preset) weights (\(config.parameterCount / 1_000_000)M parameters) made in \(String(format: "%.1f", now() - t0)) s")
+            let random = RandomWeights(shapes: config.parameterShapes())
+            // --fp8-weights: the matrices stored as e4m3 with per-tensor scales, dequantised tile by tile as from an fp8_scaled file.
+            dit = try WanDiT(config: config, weights: fp8Weights ? FP8ScaledSource(random) : random)
+            log("random \(preset) weights (\(config.parameterCount / 1_000_000)M parameters\(fp8Weights ? ", matrices as fp8 e4m3" : "")) made in \(String(format: "%.1f", now() - t0)) s")
         }
         let c = dit.config
         let sgemmRate = Self.sgemmGFlops(m: 1560, k: c.dim, n: c.ffnDim)

@@ -11,7 +11,6 @@ extension BenchDiT {
     func runCUDA(gpu: GPUInfo, shapes: [(w: Int, h: Int, f: Int)]) throws {
         let precision = try CUDABackend.precision(self.precision)
         if fp8Products { try CUDABackend.checkFP8(gpu, precision: precision, command: "bench dit") }
-        if fp8Weights && weights != nil { throw ValidationError("--fp8-weights is for random weights; --weights files keep their stored types") }
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
         let context = try CUDAContext(ordinal: gpu.ordinal)
         var lowestFree = try context.memoryInfo().free

@@ -32,12 +32,22 @@ enum CUDABackend {
         }
     }
 
+    /// One line on stderr naming GPU-only flags given to a command that runs on the CPU (they have no effect there).
+    static func noteGPUOnly(_ flags: [String], command: String) {
+        guard !flags.isEmpty else { return }
+        let verb = flags.count == 1 ? "has" : "have"
+        FileHandle.standardError.write("wan \(command): \(flags.joined(separator: ", ")) \(verb) no effect on the CPU (fp8 matrices are dequantised tile by tile there)\n".data(using: .utf8)!)
+    }
+
     /// `--device` / `--precision` as where a pipeline's DiT runs (the messages of `resolve`).
     /// `fp8Products` (`--fp8-products`): refused here, with the reason, on a GPU below compute capability 8.9 or
-    /// without bf16; ignored on the CPU.
+    /// without bf16; on the CPU a one-line note says it is ignored.
     static func placement(_ device: String, precision text: String, command: String, fp8Products: Bool = false) throws -> DiTPlacement {
         let precision = try precision(text)
-        guard let gpu = try resolve(device, command: command) else { return .cpu }
+        guard let gpu = try resolve(device, command: command) else {
+            noteGPUOnly(fp8Products ? ["--fp8-products"] : [], command: command)
+            return .cpu
+        }
         if fp8Products { try checkFP8(gpu, precision: precision, command: command) }
         return DiTPlacement(gpu: try CUDAContext(ordinal: gpu.ordinal), precision: precision, fp8Products: fp8Products)
     }
@@ -50,7 +60,10 @@ enum CUDABackend {
     /// Points the runner's DiT (VACE included), umT5 and VAE cases (and the pipelines' DiT and umT5) at the GPU for `--device cuda`; returns the line that says so (nil: CPU).
     static func configure(_ runner: ConformanceRunner, device: String, precision text: String, fp8Products: Bool = false) throws -> String? {
         let precision = try precision(text)
-        guard let gpu = try resolve(device, command: "conformance") else { return nil }
+        guard let gpu = try resolve(device, command: "conformance") else {
+            noteGPUOnly(fp8Products ? ["--fp8-products"] : [], command: "conformance")
+            return nil
+        }
         if fp8Products { try checkFP8(gpu, precision: precision, command: "conformance") }
         let context = try CUDAContext(ordinal: gpu.ordinal)
         let compiler = try KernelCompiler()

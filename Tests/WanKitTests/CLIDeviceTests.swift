@@ -27,7 +27,12 @@ extension CLITests {
         let cpu = try run(["generate"] + imageArgs(dir + "/b.png") + ["--device", "cpu"])
         XCTAssertEqual(cpu.status, 0, cpu.stderr)
         XCTAssertFalse(cpu.stderr.contains("no GPU"), cpu.stderr)
+        XCTAssertFalse(cpu.stderr.contains("--fp8-products"), cpu.stderr)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/a.png")).isEmpty, false)
+        // A GPU-only flag on the CPU runs, and says in one line that it has no effect there.
+        let fp8 = try run(["generate"] + imageArgs(dir + "/c.png") + ["--device", "cpu", "--fp8-products"])
+        XCTAssertEqual(fp8.status, 0, fp8.stderr)
+        XCTAssertEqual(fp8.stderr.split(separator: "\n").filter { $0.contains("--fp8-products has no effect on the CPU") }.count, 1, fp8.stderr)
     }
 
     func testCUDAWithoutAGPUIsAOneLineErrorAndNoOutput() throws {
