@@ -116,7 +116,8 @@ public struct DeviceReport: Codable {
         for gpu in gpus {
             lines.append(String(format: "  GPU %d: %@, compute capability %@ (%@), %.1f GiB, %d SMs%@", gpu.ordinal, gpu.name,
                                 gpu.computeCapability, gpu.architecture, Double(gpu.totalMemory) / 1_073_741_824,
-                                gpu.multiprocessors, gpu.isSupported ? "" : " — not supported (needs 8.0+)"))
+                                gpu.multiprocessors, gpu.isSupported ? (FP8Products.supported(gpu) ? "; fp8 products (--fp8-products)" : "")
+                                    : " — not supported (needs 8.0+)"))
         }
         lines.append("NVRTC: " + (nvrtcVersion.map { "\($0) (\(nvrtcPath ?? ""))" } ?? (nvrtcError ?? "unknown")))
         lines.append("cuBLASLt: " + (cublasLtPath.map { p in cublasLtVersion.map { "\($0) (\(p))" } ?? "found (\(p))" } ?? (cublasLtError ?? "unknown")))
