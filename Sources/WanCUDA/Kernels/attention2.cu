@@ -61,16 +61,7 @@ __device__ __forceinline__ void flash_attention_bf16_v2_body(bf16* out, const bf
 
     // Issues tile `tile`'s K and V copies into buffer `buf` and commits them as one group.
     auto load_tile = [&](int tile, int buf) {
-#pragma unroll
-        for (int i = tid; i < KEYS * CHUNKS; i += THREADS) {
-            const int kk = i / CHUNKS, c = (i - kk * CHUNKS) * 8;
-            const int key = tile * KEYS + kk;
-            const bool valid = key < kv_len;
-            const long at = (long)(valid ? key : 0) * token_stride + c;  // a valid address even where nothing is read
-            cp_async_16(&k_tile[buf][kk * STRIDE + c], k_head + at, valid);
-            cp_async_16(&v_tile[buf][kk * STRIDE + c], v_head + at, valid);
-        }
-        cp_async_commit();
+        copy_kv_tile_async<D, KEYS, STRIDE, THREADS>(k_tile[buf], v_tile[buf], k_head, v_head, token_stride, tile, kv_len);
     };
     const int tiles = (kv_len + KEYS - 1) / KEYS;
     if (tiles > 0) load_tile(0, 0);  // in flight while q is read

@@ -150,6 +150,26 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// The flash kernels' K/V tile copy: keys [tile * KEYS, tile * KEYS + KEYS) of one head, D bf16 each, rows `stride`
+// elements apart from k_head / v_head, into k_tile / v_tile (rows STRIDE elements apart), by the block's THREADS
+// threads 16 bytes a copy; keys >= n are zero-filled (so 0 * garbage never spreads NaN) and read nothing. The copies
+// are committed as one cp.async group.
+template <int D, int KEYS, int STRIDE, int THREADS>
+__device__ __forceinline__ void copy_kv_tile_async(bf16* k_tile, bf16* v_tile, const bf16* k_head, const bf16* v_head, long stride,
+                                                   int tile, int n) {
+    constexpr int CHUNKS = D / 8;  // 16-byte chunks of a key row
+#pragma unroll
+    for (int i = threadIdx.x; i < KEYS * CHUNKS; i += THREADS) {
+        const int kk = i / CHUNKS, c = (i - kk * CHUNKS) * 8;
+        const int key = tile * KEYS + kk;
+        const bool valid = key < n;
+        const long at = (long)(valid ? key : 0) * stride + c;  // a valid address even where nothing is read
+        cp_async_16(&k_tile[kk * STRIDE + c], k_head + at, valid);
+        cp_async_16(&v_tile[kk * STRIDE + c], v_head + at, valid);
+    }
+    cp_async_commit();
+}
+
 // Grid-stride loop over [0, n).
 #define FOR_EACH_INDEX(i, n) \
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)

@@ -150,7 +150,6 @@ __device__ __forceinline__ void t5_flash_attention_body(bf16* out, const bf16* q
     constexpr int DTILES = D / 8;       // 8-wide output column tiles (even)
     constexpr int NTILES = KEYS / 8;    // 8-key score tiles
     constexpr int STRIDE = D + T5_FLASH_PAD;
-    constexpr int CHUNKS = D / 8;       // 16-byte chunks of a key row
     __shared__ __align__(16) bf16 k_tile[2][KEYS * STRIDE];
     __shared__ __align__(16) bf16 v_tile[2][KEYS * STRIDE];
     __shared__ int key_pos[2][KEYS];
@@ -173,15 +172,7 @@ __device__ __forceinline__ void t5_flash_attention_body(bf16* out, const bf16* q
 
     // Issues tile `tile`'s K and V copies (and its keys' positions, plain loads) into buffer `buf`.
     auto load_tile = [&](int tile, int buf) {
-        for (int i = tid; i < KEYS * CHUNKS; i += THREADS) {
-            const int kk = i / CHUNKS, c = (i - kk * CHUNKS) * 8;
-            const int key = tile * KEYS + kk;
-            const bool valid = key < n;
-            const long at = (long)(valid ? key : 0) * ld + c;  // a valid address even where nothing is read
-            cp_async_16(&k_tile[buf][kk * STRIDE + c], k_head + at, valid);
-            cp_async_16(&v_tile[buf][kk * STRIDE + c], v_head + at, valid);
-        }
-        cp_async_commit();
+        copy_kv_tile_async<D, KEYS, STRIDE, THREADS>(k_tile[buf], v_tile[buf], k_head, v_head, ld, tile, n);
         if (bias) {
             for (int kk = tid; kk < KEYS; kk += THREADS) {
                 const int key = tile * KEYS + kk;
