@@ -19,6 +19,7 @@ extension BenchDiT {
         let t0 = now()
         let dit: CUDADiT
         var label = preset
+        var fullLayers: Int? = nil  // the preset's layer count where --layers overrides it
         if let weights {
             let opened = try openDiTWeights(path: weights)
             dit = try CUDADiT(weights: opened.source, arguments: opened.arguments, precision: precision, context: context, fp8Products: fp8Products)
@@ -27,6 +28,7 @@ extension BenchDiT {
             guard var config = WanDiTConfig.presets[preset] else {
                 throw ValidationError("unknown preset \(preset); one of \(WanDiTConfig.presets.keys.sorted().joined(separator: ", "))")
             }
+            fullLayers = config.numLayers
             if let layers { config.numLayers = layers }
             let random = RandomWeights(shapes: config.parameterShapes())
             dit = try CUDADiT(config: config, weights: fp8Weights ? FP8ScaledSource(random) : random, precision: precision, context: context,
@@ -103,6 +105,12 @@ extension BenchDiT {
                     obj["cudnn_version"] = cudnn.cudnn.versionString
                     obj["cudnn_plan_seconds"] = cudnn.planSeconds
                 }
+                if let full = fullLayers, full != c.numLayers {
+                    // --layers on a preset: the blocks dominate a step, so its time scales with the layer count.
+                    obj["layers"] = c.numLayers
+                    obj["preset_layers"] = full
+                    obj["estimated_full_step_seconds"] = perStep * Double(full) / Double(c.numLayers)
+                }
                 if profile { obj["profile"] = profileLines }
                 let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
@@ -114,6 +122,10 @@ extension BenchDiT {
                              finite ? "" : ", OUTPUT NOT FINITE"))
                 if dit.fp8Products {
                     print("fp8 products: \(dit.gemm.fp8ProductCount) so far" + (dit.gemm.fp8Fallbacks.isEmpty ? "" : "; through the bf16 dequantisation: [n x k] \(dit.gemm.fp8Fallbacks.joined(separator: ", "))"))
+                }
+                if let full = fullLayers, full != c.numLayers {
+                    print(String(format: "%d of the preset's %d layers: about %.2f s/step for all of them (the blocks dominate a step)",
+                                 c.numLayers, full, perStep * Double(full) / Double(c.numLayers)))
                 }
                 for line in profileLines { print("  " + line) }
             }
