@@ -90,12 +90,18 @@ public struct CUDADiTPlan: Equatable {
     /// (the largest of them) they are expanded into before each product; everything else as
     /// `weightBytes(_:precision:)`. Reads the headers only (nothing is dequantised).
     public static func weightBytes(_ c: WanDiTConfig, precision: CUDAPrecision, weights source: WeightSource) -> Int {
-        weightBytes(c, precision: precision, compactBytes: { name in
-            // Only fp8 and ggml blocks (reported as u8) can stay compact: other tensors are not opened.
-            guard let info = source.info(name), [.f8e4m3, .f8e5m2, .u8].contains(info.dtype),
+        weightBytes(c, precision: precision, compactBytes: compactBytes(in: source))
+    }
+
+    /// The stored bytes of each matrix of `source` that stays compact on the GPU under bf16 (fp8, ggml blocks), nil
+    /// for the others: the `compactBytes` of the weight estimates. Only fp8 and ggml blocks (reported as u8) are
+    /// opened (headers only).
+    static func compactBytes(in source: WeightSource?) -> (String) -> Int? {
+        { name in
+            guard let source, let info = source.info(name), [.f8e4m3, .f8e5m2, .u8].contains(info.dtype),
                   let stored = try? source.stored(name), CompactWeightFormat.of(stored, weightType: .bf16) != nil else { return nil }
             return stored.byteCount
-        })
+        }
     }
 
     /// Device bytes of the weights when `compactBytes(name)` gives the device bytes of each bf16-product matrix

@@ -66,17 +66,10 @@ public struct CUDAVACEMemory: GPUJobMemory, Equatable {
         var noBlocks = vaceConfig
         noBlocks.numLayers = 0
         let views = source.map(WanVACEDiT.branchWeights)
-        func compact(_ view: WeightSource?) -> (String) -> Int? {
-            { name in
-                guard let view, let info = view.info(name), [.f8e4m3, .f8e5m2, .u8].contains(info.dtype),
-                      let stored = try? view.stored(name), CompactWeightFormat.of(stored, weightType: .bf16) != nil else { return nil }
-                return stored.byteCount
-            }
-        }
-        let main = CUDADiTPlan.weightBytesAndScratch(mainConfig, precision: precision, compactBytes: compact(views?.main))
+        let main = CUDADiTPlan.weightBytesAndScratch(mainConfig, precision: precision, compactBytes: CUDADiTPlan.compactBytes(in: views?.main))
         // The vace branch uploads its blocks and vace_patch_embedding (f32); its compact matrices are no larger than
         // the main model's, whose scratch they share.
-        let vaceBlocks = CUDADiTPlan.weightBytesAndScratch(vaceConfig, precision: precision, compactBytes: compact(views?.vace)).uploaded
+        let vaceBlocks = CUDADiTPlan.weightBytesAndScratch(vaceConfig, precision: precision, compactBytes: CUDADiTPlan.compactBytes(in: views?.vace)).uploaded
             - CUDADiTPlan.weightBytesAndScratch(noBlocks, precision: precision, compactBytes: { _ in nil }).uploaded
         let patchEmbedding = 4 * d * (c.vaceInDim * c.dit.patchSize.reduce(1, *) + 1)
         let projections = (c.vaceLayers.filter { $0 == 0 }.count + c.vaceLayers.count) * (t * d * d + 4 * d)

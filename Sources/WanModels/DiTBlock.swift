@@ -83,8 +83,6 @@ public struct DiTForwardLayout: Equatable, Sendable {
         ]
     }
 
-    public func region(_ b: Buffer) -> Region { regions.first { $0.name == b.rawValue }! }
-
     /// Bytes of every region (without alignment).
     public var bytes: Int { regions.reduce(0) { $0 + $1.bytes } }
 

@@ -91,6 +91,8 @@ extension BenchDiT {
                 _ = try dit.forward(x: x, y: y, t: 999, context: cond)
                 profileLines = timings.report()
             }
+            // --layers on a preset: the blocks dominate a step, so its time scales with the layer count.
+            let fullStep = fullLayers.flatMap { $0 == c.numLayers ? nil : (layers: $0, seconds: perStep * Double($0) / Double(c.numLayers)) }
             if json {
                 var obj: [String: Any] = [
                     "device": "cuda:\(gpu.ordinal)", "gpu": gpu.name, "precision": precision.rawValue, "model": label,
@@ -105,11 +107,10 @@ extension BenchDiT {
                     obj["cudnn_version"] = cudnn.cudnn.versionString
                     obj["cudnn_plan_seconds"] = cudnn.planSeconds
                 }
-                if let full = fullLayers, full != c.numLayers {
-                    // --layers on a preset: the blocks dominate a step, so its time scales with the layer count.
+                if let fullStep {
                     obj["layers"] = c.numLayers
-                    obj["preset_layers"] = full
-                    obj["estimated_full_step_seconds"] = perStep * Double(full) / Double(c.numLayers)
+                    obj["preset_layers"] = fullStep.layers
+                    obj["estimated_full_step_seconds"] = fullStep.seconds
                 }
                 if profile { obj["profile"] = profileLines }
                 let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
@@ -123,9 +124,9 @@ extension BenchDiT {
                 if dit.fp8Products {
                     print("fp8 products: \(dit.gemm.fp8ProductCount) so far" + (dit.gemm.fp8Fallbacks.isEmpty ? "" : "; through the bf16 dequantisation: [n x k] \(dit.gemm.fp8Fallbacks.joined(separator: ", "))"))
                 }
-                if let full = fullLayers, full != c.numLayers {
+                if let fullStep {
                     print(String(format: "%d of the preset's %d layers: about %.2f s/step for all of them (the blocks dominate a step)",
-                                 c.numLayers, full, perStep * Double(full) / Double(c.numLayers)))
+                                 c.numLayers, fullStep.layers, fullStep.seconds))
                 }
                 for line in profileLines { print("  " + line) }
             }
