@@ -97,8 +97,8 @@ public final class CUDAComputeBackend: ComputeBackend {
     public var description: String { "cuda:\(context.info.ordinal) \(context.info.name) (\(precision.rawValue))" }
 
     public func unsupportedHeadDim(_ headDim: Int) -> String? {
-        guard precision == .bf16, !CUDAOps.bf16HeadDims.contains(headDim) else { return nil }
-        return "head_dim \(headDim): the bf16 attention kernels take \(CUDAOps.bf16HeadDims.sorted()); use --precision f32"
+        guard headDim > CUDAOps.maxHeadDim else { return nil }
+        return "head_dim \(headDim): the GPU attention kernels take head dims up to \(CUDAOps.maxHeadDim); use --device cpu"
     }
 
     public func vector(_ tensor: Tensor) throws -> DeviceBuffer { try uploader.f32(tensor) }

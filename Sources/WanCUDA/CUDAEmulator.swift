@@ -274,20 +274,21 @@ enum EmulatedKernels {
                     }
                 }
             }
-        case "flash_attention_f32", "flash_attention_bf16_d32", "flash_attention_bf16_d64", "flash_attention_bf16_d128",
+        case "flash_attention_f32", "flash_attention_bf16_any", "flash_attention_bf16_d32", "flash_attention_bf16_d64", "flash_attention_bf16_d128",
              "flash_attention_bf16_v2_d64", "flash_attention_bf16_v2_d128":
             let out = t(0), q = t(1), k = t(2), v = t(3), lens = a.address(4)
             let lq = a.int32(5), lk = a.int32(6), heads = a.int32(7)
-            let d = name == "flash_attention_f32" ? a.int32(8) : Int(name.split(separator: "d").last!)!
-            let scale = Double(a.float(name == "flash_attention_f32" ? 9 : 8))
-            // attention2.cu: 128 query rows a block of 128 threads (d64) or 256 (d128); attention.cu: 4 (f32) or 64 rows, 128 threads.
+            let cudaCores = name == "flash_attention_f32" || name == "flash_attention_bf16_any"  // head_dim is an argument
+            let d = cudaCores ? a.int32(8) : Int(name.split(separator: "d").last!)!
+            let scale = Double(a.float(cudaCores ? 9 : 8))
+            // attention2.cu: 128 query rows a block of 128 threads (d64) or 256 (d128); attention.cu: 4 (CUDA cores) or 64 rows, 128 threads.
             let version2 = name.hasPrefix("flash_attention_bf16_v2")
-            let rowsPerBlock = name == "flash_attention_f32" ? 4 : version2 ? CUDAOps.bf16V2Rows : 64
+            let rowsPerBlock = cudaCores ? 4 : version2 ? CUDAOps.bf16V2Rows : 64
             let blockThreads = version2 ? CUDAOps.bf16V2Threads(headDim: d) : 128
             guard threads == blockThreads, block.1 == 1, block.2 == 1, grid.0 * rowsPerBlock >= lq, grid.1 == heads else {
                 return "grid \(grid) block \(block) does not cover \(lq) queries x \(heads) heads (\(rowsPerBlock) rows per block of \(blockThreads))"
             }
-            if name == "flash_attention_f32" && (d % 32 != 0 || d > 128) { return "head_dim \(d)" }
+            if cudaCores && (d < 1 || d > CUDAOps.maxHeadDim) { return "head_dim \(d)" }
             KernelSelfTest.referenceAttention(batch: grid.2, lq: lq, lk: lk, heads: heads, d: d, scale: scale,
                                               keys: { lens == 0 ? lk : min(EmulatedTensor(lens, bf16: false).int($0), lk) },
                                               q: { Double(q[$0]) }, k: { Double(k[$0]) }, v: { Double(v[$0]) },

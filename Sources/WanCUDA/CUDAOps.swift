@@ -166,10 +166,17 @@ public final class CUDAOps {
                     .int32(Int32(lq)), .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
             return
         }
-        guard Self.bf16HeadDims.contains(headDim) else {
-            throw CUDAError.callFailed(call: "flash_attention_bf16", code: -1, message: "no bf16 attention kernel for head_dim \(headDim) (have \(Self.bf16HeadDims.sorted()))")
-        }
         let flops = 4 * Double(batch) * Double(lq) * Double(lk) * Double(heads * headDim)
+        guard Self.bf16HeadDims.contains(headDim) else {
+            // No tensor-core kernel for this head dim: the CUDA-core kernel on bf16 storage.
+            guard headDim <= Self.maxHeadDim else {
+                throw CUDAError.callFailed(call: "flash_attention_bf16_any", code: -1, message: "head_dim \(headDim) is over \(Self.maxHeadDim)")
+            }
+            try go("flash_attention_bf16_any", grid: ((lq + 3) / 4, heads, batch), block: (128, 1, 1), flops: flops,
+                   [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens), .int32(Int32(lq)),
+                    .int32(Int32(lk)), .int32(Int32(heads)), .int32(Int32(headDim)), .float(scale)])
+            return
+        }
         try go("flash_attention_bf16_d\(headDim)", grid: ((lq + 63) / 64, heads, batch), block: (128, 1, 1), flops: flops,
                                                                 [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens),
                                                                  .int32(Int32(lq)), .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
@@ -294,8 +301,10 @@ public final class CUDAOps {
                                                         .int32(Int32(heads)), .int32(Int32(headDim)), .float(theta)])
     }
 
-    /// Head dims with a bf16 tensor-core kernel.
+    /// Head dims with a bf16 tensor-core kernel; others up to `maxHeadDim` take the CUDA-core kernel
+    /// (`flash_attention_bf16_any`, as `flash_attention_f32` in f32).
     public static let bf16HeadDims: Set<Int> = [32, 64, 128]
+    public static let maxHeadDim = 128
     /// Head dims of the second bf16 kernel (attention2.cu), its query rows per block and threads per block.
     public static let bf16V2HeadDims: Set<Int> = [64, 128]
     public static let bf16V2Rows = 128
@@ -308,8 +317,8 @@ public final class CUDAOps {
         guard lq > 0 else { return }
         let flops = 4 * Double(batch) * Double(lq) * Double(lk) * Double(heads * headDim)
         if type == .f32 {
-            guard headDim % 32 == 0 && headDim <= 128 else {
-                throw CUDAError.callFailed(call: "flash_attention_f32", code: -1, message: "head_dim \(headDim) is not a multiple of 32 up to 128")
+            guard headDim <= Self.maxHeadDim else {
+                throw CUDAError.callFailed(call: "flash_attention_f32", code: -1, message: "head_dim \(headDim) is over \(Self.maxHeadDim)")
             }
             try go("flash_attention_f32", grid: ((lq + 3) / 4, heads, batch), block: (128, 1, 1), flops: flops,
                                                        [.pointer(out), .pointer(q), .pointer(k), .pointer(v), .pointer(kLens), .int32(Int32(lq)),

@@ -12,7 +12,7 @@ public enum KernelCatalog {
         "vae.cu": ["vae_im2col_f32", "vae_im2col_bf16", "vae_rms_norm_f32", "vae_softmax_f32", "vae_conv_bf16"],
         "t5.cu": ["t5_attention_f32", "t5_attention_bf16", "t5_gelu_mul_f32", "t5_gelu_mul_bf16", "t5_flash_attention_bf16_d16",
                   "t5_flash_attention_bf16_d32", "t5_flash_attention_bf16_d64", "t5_flash_attention_bf16_d80"],
-        "attention.cu": ["flash_attention_f32", "flash_attention_bf16_d32", "flash_attention_bf16_d64", "flash_attention_bf16_d128"],
+        "attention.cu": ["flash_attention_f32", "flash_attention_bf16_any", "flash_attention_bf16_d32", "flash_attention_bf16_d64", "flash_attention_bf16_d128"],
         "attention2.cu": ["flash_attention_bf16_v2_d64", "flash_attention_bf16_v2_d128"],
     ]
 }

@@ -58,6 +58,11 @@ final class KernelSelfTest {
         }
         // attention2.cu on the same cases as the first bf16 kernel (d128: 70 rows in one block of 128, 4 key tiles of 32, a mask
         // inside tile 2; d64: 2 row blocks, 2 key tiles of 64, the mask on the tile edge).
+        // The CUDA-core kernel at head dims without a tensor-core kernel (f32, and bf16 storage).
+        let anyHeadDim: [(String, Double, () throws -> (gpu: [Double], reference: [Double]))] = [
+            ("flash_attention_f32 (d24)", 1e-5, { try self.attention(kernel: "flash_attention_f32", bf16: false, lq: 33, lk: 70, heads: 3, d: 24, kLens: [70, 41]) }),
+            ("flash_attention_bf16_any (d80)", 1e-2, { try self.attention(kernel: "flash_attention_bf16_any", bf16: true, lq: 45, lk: 100, heads: 2, d: 80, kLens: [100, 33]) }),
+        ]
         let attention2: [(String, Double, () throws -> (gpu: [Double], reference: [Double]))] = [
             ("flash_attention_bf16_v2_d128", 1e-2, { try self.attention(kernel: "flash_attention_bf16_v2_d128", bf16: true, lq: 70, lk: 100, heads: 3, d: 128, kLens: [100, 37]) }),
             ("flash_attention_bf16_v2_d64", 1e-2, { try self.attention(kernel: "flash_attention_bf16_v2_d64", bf16: true, lq: 130, lk: 77, heads: 2, d: 64, kLens: [77, 64]) }),
@@ -70,7 +75,7 @@ final class KernelSelfTest {
             ("cublasLt fp8 e4m3 -> bf16 gelu+bias", 1e-2, { try self.fp8Matmul(output: .bf16, .geluTanh) }),
             ("cublasLt fp8 e4m3 -> f32 bias", 1e-5, { try self.fp8Matmul(output: .f32, .none) }),
         ]
-        return (cases + fp8 + attention2 + vaeSelfTestCases() + t5SelfTestCases()).filter { filter($0.0) }.map { name, tolerance, body in
+        return (cases + anyHeadDim + fp8 + attention2 + vaeSelfTestCases() + t5SelfTestCases()).filter { filter($0.0) }.map { name, tolerance, body in
             do {
                 let (gpu, reference) = try body()
                 var diff = 0.0, norm = 0.0, maxAbs = 0.0
@@ -424,7 +429,7 @@ final class KernelSelfTest {
                                         block: (CUDAOps.bf16V2Threads(headDim: d), 1, 1),
                                         [.buffer(out), .buffer(dq), .buffer(dk), .buffer(dv), .buffer(dl), .int32(Int32(lq)),
                                          .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])
-        } else if bf16 {
+        } else if bf16 && kernel != "flash_attention_bf16_any" {
             try function(kernel).launch(grid: ((lq + 63) / 64, heads, batch), block: (128, 1, 1),
                                         [.buffer(out), .buffer(dq), .buffer(dk), .buffer(dv), .buffer(dl), .int32(Int32(lq)),
                                          .int32(Int32(lk)), .int32(Int32(heads)), .float(scale)])

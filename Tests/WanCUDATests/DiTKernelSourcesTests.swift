@@ -8,7 +8,7 @@ import WanTensor
 /// compiler has it), with CUDAOps' grids and blocks, against float64 references on awkward shapes; and again under
 /// ThreadSanitizer on fewer, smaller cases (the drivers' `race_check`), so a missing barrier fails.
 ///
-/// attention.cu: `flash_attention_f32` (D 64, 128) and `flash_attention_bf16_d32/d64/d128` on q [B, Lq, H, D], k/v
+/// attention.cu: `flash_attention_f32` (D 24, 64, 80, 128), `flash_attention_bf16_any` (D 24, 80, 128) and `flash_attention_bf16_d32/d64/d128` on q [B, Lq, H, D], k/v
 /// [B, Lk, H, D], batch 2 and 2-3 heads, Lq and Lk not multiples of the tiles (f32: 4 rows x 32 keys, bf16: 64 x 64),
 /// Lk under one tile, k_lens shorter than Lk for one sample, longer than Lk (clamped), on a tile edge, and 0 (zeros).
 /// Tolerances of rel_l2: f32 1e-5 (measured ~3e-7); bf16 5e-3 against softmax(scale q kᵀ) v of the same bf16 inputs
@@ -20,13 +20,14 @@ import WanTensor
 /// views of one fused qkv buffer, ld_in = 3 heads head_dim): see the driver's cases and tolerances.
 final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
     static let attentionDriver = #"""
-        // Runs flash_attention_f32 and flash_attention_bf16_d32/d64/d128 of Kernels/attention.cu, compiled for the CPU, with
+        // Runs flash_attention_f32, flash_attention_bf16_any and flash_attention_bf16_d32/d64/d128 of Kernels/attention.cu, compiled for the CPU, with
         // CUDAOps.attention's launch (f32: grid (ceil(Lq / 4), H, B), block 128; bf16: grid (ceil(Lq / 64), H, B), block
         // 128) on q [B, Lq, H, D], k/v [B, Lk, H, D], against softmax(scale q k^T) v in float64 (bf16: of the same
         // bf16-rounded inputs). Prints one line per case; "max_rel <worst rel_l2 / tolerance>" last (<= 1 passes).
         #include "kernel_host.h"
         #include <string>
         extern "C" void flash_attention_f32(float*, const float*, const float*, const float*, const int*, int, int, int, int, float);
+        extern "C" void flash_attention_bf16_any(bf16*, const bf16*, const bf16*, const bf16*, const int*, int, int, int, int, float);
         extern "C" void flash_attention_bf16_d32(bf16*, const bf16*, const bf16*, const bf16*, const int*, int, int, int, float);
         extern "C" void flash_attention_bf16_d64(bf16*, const bf16*, const bf16*, const bf16*, const int*, int, int, int, float);
         extern "C" void flash_attention_bf16_d128(bf16*, const bf16*, const bf16*, const bf16*, const int*, int, int, int, float);
@@ -36,8 +37,9 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
         // (2^-9 relative each, ~1e-3 rms together), so 5e-3 leaves room while an indexing slip costs O(1).
         static const double f32_tolerance = 1e-5, bf16_tolerance = 5e-3;
 
-        // One case: `lens` empty = no key mask (a null k_lens), else k_lens[b].
-        static double attention_case(bool half, int B, int Lq, int Lk, int H, int D, std::vector<int> lens) {
+        // One case: `lens` empty = no key mask (a null k_lens), else k_lens[b]. `any`: bf16 through the CUDA-core kernel
+        // (flash_attention_bf16_any, any head_dim), launched as the f32 one.
+        static double attention_case(bool half, int B, int Lq, int Lk, int H, int D, std::vector<int> lens, bool any = false) {
             const long token = (long)H * D;
             std::vector<float> q(B * Lq * token), k(B * Lk * token), v(B * Lk * token);
             for (auto& x : q) x = 2 * rnd();
@@ -51,7 +53,10 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
             for (size_t i = 0; i < q.size(); ++i) qh[i] = float_to_bf16(q[i]);
             for (size_t i = 0; i < k.size(); ++i) { kh[i] = float_to_bf16(k[i]); vh[i] = float_to_bf16(v[i]); }
             const int* k_lens = lens.empty() ? nullptr : lens.data();
-            if (half) {
+            if (any) {
+                launch({(unsigned)(Lq + 3) / 4, (unsigned)H, (unsigned)B}, 128,
+                       [&] { flash_attention_bf16_any(oh.data(), qh.data(), kh.data(), vh.data(), k_lens, Lq, Lk, H, D, scale); });
+            } else if (half) {
                 auto kernel = D == 32 ? flash_attention_bf16_d32 : D == 64 ? flash_attention_bf16_d64 : flash_attention_bf16_d128;
                 launch({(unsigned)(Lq + 63) / 64, (unsigned)H, (unsigned)B}, 128,
                        [&] { kernel(oh.data(), qh.data(), kh.data(), vh.data(), k_lens, Lq, Lk, H, scale); });
@@ -65,7 +70,7 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
             const double max_rel = max_abs_over_max_ref(got, want);
             char what[200];
             std::snprintf(what, sizeof what, "flash_attention_%s B %d Lq %d Lk %d H %d D %d k_lens %s (max_abs/max|ref| %.3e)",
-                          half ? (D == 32 ? "bf16_d32" : D == 64 ? "bf16_d64" : "bf16_d128") : "f32", B, Lq, Lk, H, D,
+                          any ? "bf16_any" : half ? (D == 32 ? "bf16_d32" : D == 64 ? "bf16_d64" : "bf16_d128") : "f32", B, Lq, Lk, H, D,
                           lens.empty() ? "null" : (std::to_string(lens[0]) + "," + std::to_string(lens[1])).c_str(), max_rel);
             const double rel = report(what, got, want);
             const double tolerance = half ? bf16_tolerance : f32_tolerance;
@@ -81,6 +86,7 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
                 worst = std::fmax(worst, attention_case(true, 2, 33, 77, 2, 64, {0, 77}));
                 worst = std::fmax(worst, attention_case(true, 1, 19, 150, 1, 128, {130, 0}));
                 worst = std::fmax(worst, attention_case(true, 1, 40, 90, 1, 32, {}));
+                worst = std::fmax(worst, attention_case(true, 1, 9, 70, 2, 24, {50, 0}, true));
                 std::printf("max_rel %.3e\n", worst);
                 return 0;
             }
@@ -89,6 +95,12 @@ final class DiTKernelSourcesOnTheCPUTests: XCTestCase {
             worst = std::fmax(worst, attention_case(false, 2, 7, 19, 2, 128, {}));          // Lk < one tile, no mask
             worst = std::fmax(worst, attention_case(false, 2, 10, 70, 2, 128, {100, 33}));  // k_lens > Lk clamps; mask in tile 2
             worst = std::fmax(worst, attention_case(false, 2, 5, 40, 2, 64, {0, 40}));      // a sample with no key: zeros
+            worst = std::fmax(worst, attention_case(false, 2, 11, 50, 3, 24, {50, 17}));    // head dims that are not multiples of 32
+            worst = std::fmax(worst, attention_case(false, 2, 6, 33, 2, 80, {}));
+            // bf16 at head dims without a tensor-core kernel: the CUDA-core kernel on bf16 storage.
+            worst = std::fmax(worst, attention_case(true, 2, 13, 45, 3, 24, {45, 20}, true));
+            worst = std::fmax(worst, attention_case(true, 2, 5, 70, 2, 80, {0, 70}, true));
+            worst = std::fmax(worst, attention_case(true, 1, 6, 40, 2, 128, {}, true));
             // bf16 on the tensor cores: 64 query rows and 64 keys a block step.
             worst = std::fmax(worst, attention_case(true, 2, 70, 100, 3, 64, {100, 37}));   // ragged; sample 1 masked inside tile 1
             worst = std::fmax(worst, attention_case(true, 2, 19, 23, 2, 128, {}));          // Lq, Lk < one tile

@@ -7,23 +7,26 @@
 // out [B, Lq, H, D]. k_lens (int32 [B], may be null) masks keys: sample b attends to its first k_lens[b] keys only
 // (the official self-attention length mask and the text-context mask). A row with no key gets zeros.
 //
-//   flash_attention_f32       f32 in/out, any D that is a multiple of 32 up to 128. CUDA cores; the precise path
-//                             (--precision f32). Launch: grid (ceil(Lq / 4), H, B), block 128 (one warp per query row).
+//   flash_attention_f32       f32 in/out, any D up to 128. CUDA cores; the precise path (--precision f32).
+//                             Launch: grid (ceil(Lq / 4), H, B), block 128 (one warp per query row).
+//   flash_attention_bf16_any  the same kernel with bf16 in/out (f32 inside): bf16 at a head_dim that has no
+//                             tensor-core kernel below (any D up to 128; the same launch).
 //   flash_attention_bf16_d32  (head_dim 32: the small models of the golden cases)
 //   flash_attention_bf16_d64  bf16 in/out, f32 accumulation and softmax, tensor cores (mma.sync m16n8k16, sm_80+).
 //   flash_attention_bf16_d128 Launch: grid (ceil(Lq / 64), H, B), block 128 (each warp owns 16 query rows).
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------------------------
-// f32: one warp per query row, 32 keys per tile staged in shared memory by the whole block.
+// CUDA cores: one warp per query row, 32 keys per tile staged in shared memory by the whole block. T is the storage
+// type of q, k, v and out (float or bf16); everything inside is f32.
 
 #define F32_ROWS 4      // query rows (warps) per block
 #define F32_KEYS 32     // keys per tile: lane i scores key i of the tile
 #define F32_MAX_D 128
 
-extern "C" __global__ void __launch_bounds__(128)
-flash_attention_f32(float* out, const float* q, const float* k, const float* v, const int* k_lens, int Lq, int Lk,
-                    int H, int D, float scale) {
+template <typename T>
+__device__ __forceinline__ void flash_attention_rows(T* out, const T* q, const T* k, const T* v, const int* k_lens,
+                                                     int Lq, int Lk, int H, int D, float scale) {
     __shared__ float k_tile[F32_KEYS][F32_MAX_D + 1];  // +1: lane i reads row i without bank conflicts
     __shared__ float v_tile[F32_KEYS][F32_MAX_D];
     __shared__ float q_rows[F32_ROWS][F32_MAX_D];
@@ -36,8 +39,8 @@ flash_attention_f32(float* out, const float* q, const float* k, const float* v, 
     const long token_stride = (long)H * D;
 
     // The scale is folded into q once.
-    const float* q_row = q + ((long)b * Lq + (active ? row : 0)) * token_stride + (long)h * D;
-    for (int d = lane; d < D; d += 32) q_rows[warp][d] = active ? q_row[d] * scale : 0.0f;
+    const long q_at = ((long)b * Lq + (active ? row : 0)) * token_stride + (long)h * D;
+    for (int d = lane; d < D; d += 32) q_rows[warp][d] = active ? load_float(q, q_at + d) * scale : 0.0f;
 
     float o[F32_MAX_D / 32];  // lane owns output dims lane, lane + 32, ...
 #pragma unroll
@@ -52,8 +55,8 @@ flash_attention_f32(float* out, const float* q, const float* k, const float* v, 
             float kv = 0.0f, vv = 0.0f;  // masked keys are zeros, never garbage: 0 * NaN would poison the sum
             if (key < kv_len) {
                 const long at = ((long)b * Lk + key) * token_stride + (long)h * D + d;
-                kv = k[at];
-                vv = v[at];
+                kv = load_float(k, at);
+                vv = load_float(v, at);
             }
             k_tile[kk][d] = kv;
             v_tile[kk][d] = vv;
@@ -84,10 +87,22 @@ flash_attention_f32(float* out, const float* q, const float* k, const float* v, 
 
     if (!active) return;
     const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
-    float* out_row = out + ((long)b * Lq + row) * token_stride + (long)h * D;
+    const long out_at = ((long)b * Lq + row) * token_stride + (long)h * D;
 #pragma unroll
     for (int i = 0; i < F32_MAX_D / 32; ++i)
-        if (lane + 32 * i < D) out_row[lane + 32 * i] = o[i] * inv_l;
+        if (lane + 32 * i < D) store_float(out, out_at + lane + 32 * i, o[i] * inv_l);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+flash_attention_f32(float* out, const float* q, const float* k, const float* v, const int* k_lens, int Lq, int Lk,
+                    int H, int D, float scale) {
+    flash_attention_rows(out, q, k, v, k_lens, Lq, Lk, H, D, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+flash_attention_bf16_any(bf16* out, const bf16* q, const bf16* k, const bf16* v, const int* k_lens, int Lq, int Lk,
+                         int H, int D, float scale) {
+    flash_attention_rows(out, q, k, v, k_lens, Lq, Lk, H, D, scale);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
