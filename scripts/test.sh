@@ -10,6 +10,8 @@ swift build -c release --build-tests
 golden="../shared/golden"
 if [ -d "$golden/cases" ]; then
   .build/release/wan conformance "$golden"
+  # More shapes, seeds, strings and two more tiny DiT configs, made by the official code (scripts/variants/make.sh).
+  .build/release/wan conformance Tests/Variants
 else
   echo "test: no golden data at $golden; the golden tests will be skipped" >&2
 fi

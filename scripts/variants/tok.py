@@ -1,0 +1,46 @@
+import sys, json, random
+import torch
+import ref
+from safetensors.torch import save_file
+OUT = sys.argv[1]
+GOLD = sys.argv[2]
+T = ref.tokenizers.HuggingfaceTokenizer(name=GOLD + "/tokenizer", seq_len=512, clean="whitespace")
+
+S1 = ["ｶﾀｶﾅ と ひらがな と 漢字", "한국어 문장입니다. 고양이가 잔디 위를 걷는다.", "Tiếng Việt có dấu: người, đường, chữ",
+      "x² + y³ = z⁴, Ⅻ o'clock, ① ② ③, ™ ©", "ﬀ ﬁ ﬂ ﬃ ligatures… and “smart” ‘quotes’ — dashes –",
+      "Ã©tÃ© â€œquotedâ€\x9d mojibake", "&copy; 2025 &lt;&gt;&amp;&quot;&#x27; &amp;lt;b&amp;gt;",
+      "zero\u200bwidth\u200bspace and nbsp\u00a0here and ideographic\u3000space", "bell\x07 and esc\x1b[31mred\x1b[0m text",
+      "❤️ 1️⃣ 👍🏽 🏳️‍🌈 🇯🇵 emoji", "e\u0301 combining vs é precomposed, n\u0303", "<extra_id_5><extra_id_6>adjacent</s></s>",
+      "   <pad>leading special", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!!!!!!!!!!", "C++ / C# / .NET, 1,000,000.50 $ € ¥ £",
+      "∑∫√π ≈ ≠ ≤ ≥ ∞", "مرحبا بالعالم", "नमस्ते दुनिया", "สวัสดีชาวโลก", "Ελληνικά και Русский текст",
+      "\ufeffBOM start", "line\u2028separator\u2029para\u0085nel", "𠀀𠀁 𪚥 rare CJK 𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "Ｆｕｌｌ－ｗｉｄｔｈ１２３！？",
+      "tab\tsep\r\nwindows\rmac", "'single' \"double\" `back`", "\\escaped\\ slashes // and ::colons::"]
+random.seed(5)
+words = ["cat", "猫", "river", "走", "light", "😀", "blue", "雨", "mountain", "ÿ", "sky", "的", "running", "A", "1234"]
+S2 = [" ".join(random.choice(words) for _ in range(n)) for n in (400, 700)] + ["一" * 530, "word " * 510]
+
+
+def case(name, strings):
+    ids, mask = T(strings, return_mask=True, add_special_tokens=True)
+    lens = mask.sum(1).to(torch.int64)
+    cat = torch.cat([ids[i, :int(lens[i])] for i in range(len(strings))]).to(torch.int64)
+    cleaned = [T._clean(s) for s in strings]
+    raw = [T.tokenizer(s, add_special_tokens=True).input_ids for s in strings]
+    rl = torch.tensor([len(r) for r in raw], dtype=torch.int64)
+    rc = torch.tensor([i for r in raw for i in r], dtype=torch.int64)
+    ten = {"out.ids": cat, "out.lengths": lens, "out.mask_lengths": lens.clone(), "out.raw_ids": rc, "out.raw_lengths": rl}
+    save_file(ten, f"{OUT}/cases/{name}.safetensors")
+    sh = lambda k: {"tensor": "out." + k, "shape": list(ten["out." + k].shape), "dtype": "int64"}
+    c = {"name": name, "component": "tokenizer", "model": None,
+         "config": {"tokenizer": "tokenizer/", "seq_len": 512, "clean": "whitespace", "add_special_tokens": True,
+                    "pad_id": 0, "eos_id": 1, "unk_id": 2},
+         "inputs": {"strings": strings},
+         "outputs": {"ids": sh("ids"), "lengths": sh("lengths"), "mask_lengths": sh("mask_lengths"), "cleaned": cleaned,
+                     "raw_ids": sh("raw_ids"), "raw_lengths": sh("raw_lengths")},
+         "tolerance": {"rel_l2": 0, "max_abs": 0}, "notes": "variant"}
+    json.dump(c, open(f"{OUT}/cases/{name}.json", "w"), indent=1, ensure_ascii=False)
+    print("wrote", name, list(lens))
+
+
+case("v_tokenizer_mix", S1)
+case("v_tokenizer_long", S2)
