@@ -431,7 +431,8 @@ public final class CUDAVAE: VAEFrameBackend {
     }
 
     /// Streaming encode, as `WanVAE.encode(frames:height:width:readFrame:)`: `readFrame(i, planar)` fills frame i as
-    /// [3, H, W] in [-1, 1], in order; gives the normalised latent [16, 1 + (frames - 1)/4, H/8, W/8].
+    /// [3, H, W] in [-1, 1], in order (the first `encodedFrames(frames)` of them); gives the normalised latent
+    /// [16, 1 + (frames - 1)/4, H/8, W/8].
     public func encode(frames T: Int, height H: Int, width W: Int,
                        readFrame: (_ index: Int, _ planar: UnsafeMutablePointer<Float>) throws -> Void) throws -> Tensor {
         let latent = try config.encodeLatent(frames: T, height: H, width: W)
@@ -439,7 +440,7 @@ public final class CUDAVAE: VAEFrameBackend {
         let stream = VAEStream(self)
         let planar = Tensor(uninitialized: [3, H, W]), rgb = Tensor(uninitialized: [H * W, 3]), moments = Tensor(uninitialized: [plane, 2 * z])
         var written = 0
-        for index in 0..<T {
+        for index in 0..<config.encodedFrames(T) {
             try readFrame(index, planar.data)
             WanVAEConfig.channelsLast(planar: planar.data, pixels: H * W, into: rgb.data)
             let x = try frame(H, W, 3)

@@ -118,18 +118,20 @@ extension WanVAEConfig {
         return (F, h, w)
     }
 
-    /// Checks a video size for encoding (1 + 4k frames, sides multiples of 8) and gives the latent to fill,
+    /// Checks a video size for encoding (at least one frame, sides multiples of 8) and gives the latent to fill,
     /// [zDim, 1 + (frames - 1)/4, height/8, width/8].
     public func encodeLatent(frames T: Int, height H: Int, width W: Int) throws -> Tensor {
         let tf = temporalFactor, sf = spatialFactor
-        guard T >= 1, (T - 1) % tf == 0 else {
-            throw VAEInputError("the video has \(T) frames; the Wan-VAE needs 1 + \(tf)k frames (1, 5, 9, …, 81): drop or add frames")
-        }
+        guard T >= 1 else { throw VAEInputError("the video has no frames; the Wan-VAE encodes 1 + \(tf)k frames (1, 5, 9, …, 81)") }
         guard H % sf == 0, W % sf == 0, H > 0, W > 0 else {
             throw VAEInputError("the video is \(W)x\(H); width and height must be multiples of \(sf): crop or resize it")
         }
         return Tensor(uninitialized: [zDim, 1 + (T - 1) / tf, H / sf, W / sf])
     }
+
+    /// The frames an encode of `T` frames reads: 1 + 4k, the first frame and every whole chunk of 4 after it. As the
+    /// official `WanVAE_.encode` (its loop runs 1 + (T - 1) // 4 times), frames past the last whole chunk are not encoded.
+    public func encodedFrames(_ T: Int) -> Int { T < 1 ? 0 : 1 + temporalFactor * ((T - 1) / temporalFactor) }
 
     /// Latent frame `f` de-normalised (z / (1/std) + mean, as the official wrapper does) into channels-last [h*w, zDim].
     public func denormalize(_ latent: Tensor, frame f: Int, into out: UnsafeMutablePointer<Float>) {
@@ -518,7 +520,8 @@ public final class WanVAE: VAEFrameBackend, @unchecked Sendable {
     // MARK: public API
 
     /// Encodes a video [3, 1+4k, H, W] in [-1, 1] (H, W multiples of 8) into the normalised latent
-    /// [16, 1+k, H/8, W/8] = (mu - mean) / std, as `WanVAE.encode` does (no sampling).
+    /// [16, 1+k, H/8, W/8] = (mu - mean) / std, as `WanVAE.encode` does (no sampling). Frames past the last whole chunk
+    /// of 4 (a video of 1+4k+r frames, r < 4) are not encoded, as in the official code.
     public func encode(_ video: Tensor) throws -> Tensor {
         guard video.rank == 4, video.shape[0] == 3 else { throw VAEInputError("the video must be [3, frames, height, width], got \(video.shape)") }
         let (T, H, W) = (video.shape[1], video.shape[2], video.shape[3])
@@ -529,7 +532,7 @@ public final class WanVAE: VAEFrameBackend, @unchecked Sendable {
 
     /// Streaming encode: `readFrame(i, planar)` fills frame i as [3, H, W] in [-1, 1]; frames are read in order, one
     /// at a time, and only the encoder's causal state and the latent are kept, so memory does not grow with the length
-    /// of the video. Gives the normalised latent [16, 1 + (frames - 1)/4, H/8, W/8].
+    /// of the video. Gives the normalised latent [16, 1 + (frames - 1)/4, H/8, W/8]; reads `encodedFrames(frames)` frames.
     public func encode(frames T: Int, height H: Int, width W: Int,
                        readFrame: (_ index: Int, _ planar: UnsafeMutablePointer<Float>) throws -> Void) throws -> Tensor {
         let latent = try config.encodeLatent(frames: T, height: H, width: W)
@@ -537,7 +540,7 @@ public final class WanVAE: VAEFrameBackend, @unchecked Sendable {
         let stream = VAEStream(self)
         let planar = Tensor(uninitialized: [3, H, W])
         var written = 0
-        for index in 0..<T {
+        for index in 0..<config.encodedFrames(T) {
             try readFrame(index, planar.data)
             let x = ChannelsLastVideo(frames: 1, height: H, width: W, channels: 3)
             WanVAEConfig.channelsLast(planar: planar.data, pixels: H * W, into: x.data.data)

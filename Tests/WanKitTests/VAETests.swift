@@ -70,14 +70,29 @@ final class VAETests: XCTestCase {
 
     func testWrongFrameCountAndSizeSayWhatToDo() throws {
         let vae = try tinyVAE()
-        XCTAssertThrowsError(try vae.encode(Tensor(zeros: [3, 6, 32, 32]))) { e in
-            XCTAssertTrue("\(e)".contains("1 + 4k"), "\(e)")
+        XCTAssertThrowsError(try vae.encode(Tensor(zeros: [3, 0, 32, 32]))) { e in
+            XCTAssertTrue("\(e)".contains("no frames"), "\(e)")
         }
         XCTAssertThrowsError(try vae.encode(Tensor(zeros: [3, 5, 36, 32]))) { e in
             XCTAssertTrue("\(e)".contains("multiples of 8"), "\(e)")
         }
         XCTAssertThrowsError(try vae.encode(Tensor(zeros: [4, 1, 32, 32])))
         XCTAssertThrowsError(try vae.decode(Tensor(zeros: [8, 1, 4, 4]))) { e in XCTAssertTrue("\(e)".contains("[16"), "\(e)") }
+    }
+
+    /// 1 + 4k + r frames (r < 4) encode as their first 1 + 4k, as the official loop (1 + (T - 1) // 4 chunks) does.
+    func testFramesPastTheLastWholeChunkAreNotEncoded() throws {
+        let vae = try tinyVAE()
+        var rng = SystemRandomNumberGenerator()
+        let video = Tensor(uninitialized: [3, 8, 16, 16])
+        for i in 0..<video.count { video.data[i] = Float.random(in: -1...1, using: &rng) }
+        let first5 = Tensor(uninitialized: [3, 5, 16, 16])
+        for ch in 0..<3 { (first5.data + ch * 5 * 256).update(from: video.data + ch * 8 * 256, count: 5 * 256) }
+        let all = try vae.encode(video), head = try vae.encode(first5)
+        XCTAssertEqual(all.shape, [16, 2, 2, 2])
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: all.data, count: all.count)),
+                       Array(UnsafeBufferPointer(start: head.data, count: head.count)))
+        XCTAssertEqual(try vae.encode(Tensor(zeros: [3, 3, 16, 16])).shape, [16, 1, 2, 2])
     }
 
     func testStreamedDecodeEqualsWholeDecode() throws {

@@ -155,7 +155,8 @@ if want("vae"):
     scale = [mean, 1.0 / std]
     g = torch.Generator().manual_seed(20)
     for name, shape in [("v_vae_encode_5f", [3, 5, 24, 40]), ("v_vae_encode_1f", [3, 1, 16, 24]),
-                        ("v_vae_encode_17f", [3, 17, 16, 16])]:
+                        ("v_vae_encode_17f", [3, 17, 16, 16]), ("v_vae_encode_6f", [3, 6, 16, 16]),
+                        ("v_vae_encode_3f", [3, 3, 16, 16]), ("v_vae_encode_8f", [3, 8, 16, 24])]:
         v = torch.rand(shape, generator=g) * 2 - 1
         z = mvae.encode(v.unsqueeze(0), scale).float().squeeze(0)
         write_case(name, "vae", "vae", {"video": v}, {"latent": z})
