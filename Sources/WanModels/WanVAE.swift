@@ -118,13 +118,14 @@ extension WanVAEConfig {
         return (F, h, w)
     }
 
-    /// Checks a video size for encoding (at least one frame, sides multiples of 8) and gives the latent to fill,
-    /// [zDim, 1 + (frames - 1)/4, height/8, width/8].
+    /// Checks a video size for encoding (at least one frame, sides of at least 8) and gives the latent to fill,
+    /// [zDim, 1 + (frames - 1)/4, height/8, width/8] (rounded down: each of the three stride-2 downsamples, zero padded
+    /// right and bottom, halves a side rounding down, as in the official encoder).
     public func encodeLatent(frames T: Int, height H: Int, width W: Int) throws -> Tensor {
         let tf = temporalFactor, sf = spatialFactor
         guard T >= 1 else { throw VAEInputError("the video has no frames; the Wan-VAE encodes 1 + \(tf)k frames (1, 5, 9, …, 81)") }
-        guard H % sf == 0, W % sf == 0, H > 0, W > 0 else {
-            throw VAEInputError("the video is \(W)x\(H); width and height must be multiples of \(sf): crop or resize it")
+        guard H >= sf, W >= sf else {
+            throw VAEInputError("the video is \(W)x\(H); the Wan-VAE needs at least \(sf)x\(sf) pixels: resize it")
         }
         return Tensor(uninitialized: [zDim, 1 + (T - 1) / tf, H / sf, W / sf])
     }
@@ -519,8 +520,7 @@ public final class WanVAE: VAEFrameBackend, @unchecked Sendable {
 
     // MARK: public API
 
-    /// Encodes a video [3, 1+4k, H, W] in [-1, 1] (H, W multiples of 8) into the normalised latent
-    /// [16, 1+k, H/8, W/8] = (mu - mean) / std, as `WanVAE.encode` does (no sampling). Frames past the last whole chunk
+    /// Encodes a video [3, 1+4k, H, W] in [-1, 1] into the normalised latent [16, 1+k, H/8, W/8] (sides rounded down) = (mu - mean) / std, as `WanVAE.encode` does (no sampling). Frames past the last whole chunk
     /// of 4 (a video of 1+4k+r frames, r < 4) are not encoded, as in the official code.
     public func encode(_ video: Tensor) throws -> Tensor {
         guard video.rank == 4, video.shape[0] == 3 else { throw VAEInputError("the video must be [3, frames, height, width], got \(video.shape)") }

@@ -120,6 +120,8 @@ if want("dit"):
     mg = ref.model.WanModel(**j["config"]).eval(); mg.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
     dit_case("v_dit_t2v_tall", mg, "dit_t2v", 4, [16, 6, 12, 4], 123.456, 40, 32)
     dit_case("v_dit_t2v_pad13", mg, "dit_t2v", 5, [16, 1, 2, 2], 1.0, 512, 32, seq_pad=13)
+    # odd latent sides: the stride-2 patch embedding drops the last row / column, y is [16, 3, 6, 8]
+    dit_case("v_dit_t2v_odd_latent", mg, "dit_t2v", 10, [16, 3, 7, 9], 300.0, 5, 32)
     # i2v / flf2v golden weights
     j, sd = gold_model("dit_i2v")
     mi = ref.model.WanModel(**j["config"]).eval(); mi.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
@@ -156,7 +158,8 @@ if want("vae"):
     g = torch.Generator().manual_seed(20)
     for name, shape in [("v_vae_encode_5f", [3, 5, 24, 40]), ("v_vae_encode_1f", [3, 1, 16, 24]),
                         ("v_vae_encode_17f", [3, 17, 16, 16]), ("v_vae_encode_6f", [3, 6, 16, 16]),
-                        ("v_vae_encode_3f", [3, 3, 16, 16]), ("v_vae_encode_8f", [3, 8, 16, 24])]:
+                        ("v_vae_encode_3f", [3, 3, 16, 16]), ("v_vae_encode_8f", [3, 8, 16, 24]),
+                        ("v_vae_encode_36x40", [3, 5, 36, 40]), ("v_vae_encode_20x12", [3, 1, 20, 12])]:
         v = torch.rand(shape, generator=g) * 2 - 1
         z = mvae.encode(v.unsqueeze(0), scale).float().squeeze(0)
         write_case(name, "vae", "vae", {"video": v}, {"latent": z})
