@@ -134,6 +134,19 @@ if want("dit"):
     dit_case("v_dit_flf2v_odd", mf, "dit_flf2v", 7, [16, 2, 4, 8], 260.0, 11, 32, y_ch=20, clip_n=2)
 
 if want("vace"):
+    # 3 main blocks with hints after blocks 0 and 2, vace_in_dim 48, head_dim 32
+    cv = dict(vace_layers=[0, 2], vace_in_dim=48, model_type="vace", patch_size=[1, 2, 2], text_len=512, in_dim=16,
+              dim=64, ffn_dim=128, freq_dim=256, text_dim=32, out_dim=16, num_heads=2, num_layers=3,
+              window_size=[-1, -1], qk_norm=True, cross_attn_norm=True, eps=1e-6)
+    mv2 = ref.vace_model.VaceWanModel(**cv).eval()
+    randomize(mv2, 103)
+    write_model("v_dit_vace_l02", "VaceWanModel", cv, {k: v for k, v in mv2.state_dict().items() if k != "freqs"})
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(16, 2, 6, 4, generator=g); vc = torch.randn(48, 2, 6, 4, generator=g)
+    ctx = torch.randn(9, 32, generator=g); tt = torch.tensor([640.0])
+    y = mv2(x=[x], t=tt, vace_context=[vc], context=[ctx], seq_len=12 + 3, vace_context_scale=0.8)[0]
+    write_case("v_dit_vace_l02", "dit", "v_dit_vace_l02", {"x": x, "vace_context": vc, "t": tt, "context": ctx,
+                                                           "seq_len": 15, "vace_context_scale": 0.8}, {"y": y})
     j, sd = gold_model("dit_vace")
     mv = ref.vace_model.VaceWanModel(**j["config"]).eval()
     mv.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
