@@ -550,3 +550,29 @@ final class LayoutTests: XCTestCase {
         expectThrows(LayoutError.self, { _ = try openDiTWeights(path: pth) }) { if case .unknownLayout = $0 { return true }; return false }
     }
 }
+
+/// Every ggml block type WanKit dequantises, on random blocks (finite f16 scales), against llama.cpp's own Python
+/// reader: Tests/Variants/ggml (scripts/variants/ggml.py writes the GGUF file with gguf-py's writer and the values of
+/// `gguf.quants.dequantize`). Catches a misread scale packing or nibble order that hand-built blocks might share with
+/// the reader they test.
+final class GGMLReferenceTests: XCTestCase {
+    func testEveryBlockTypeMatchesGGUFPy() throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Variants/ggml")
+        let gguf = try GGUFSource(path: folder.appendingPathComponent("ggml_types.gguf").path)
+        let expected = try SafetensorsSource(paths: [folder.appendingPathComponent("ggml_types_expected.safetensors").path])
+        var types: Set<String> = []
+        for name in expected.names.sorted() {
+            let stored = try gguf.stored(name)
+            guard case .ggml(let type) = stored.type else { XCTFail("\(name): stored as \(stored.type)"); continue }
+            types.insert(type.description)
+            let got = try gguf.float32(name), want = try expected.float32(name)
+            XCTAssertEqual(got.shape, want.shape, name)
+            var worst: Float = 0, largest: Float = 0
+            for (a, b) in zip(got.array, want.array) { worst = max(worst, abs(a - b)); largest = max(largest, abs(b)) }
+            // Both compute d * scale * q (- dmin * m) in f32; only the order of those products may differ.
+            XCTAssertLessThanOrEqual(worst, 2e-7 * largest, "\(name) (\(type)): max |diff| \(worst), max |value| \(largest)")
+        }
+        XCTAssertEqual(types, ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+    }
+}
