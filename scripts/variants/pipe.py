@@ -8,6 +8,7 @@ from gen import write_case, gold_model, OUT, GOLD
 
 t2vmod = ref.load_wan("text2video")
 i2vmod = ref.load_wan("image2video")
+flfmod = ref.load_wan("first_last_frame2video")
 torch.set_grad_enabled(False)
 
 shared = open(os.path.join(ref.SRC, "wan/configs/shared_config.py"), encoding="utf-8").read()
@@ -167,6 +168,80 @@ def i2v_case(name, prompt, hw, max_area, frame_num, steps, solver, shift, guide,
     fix_tol(name)
 
 
+def smooth_image(g, hw):
+    base = torch.rand(3, 4, 4, generator=g)
+    img = torch.nn.functional.interpolate(base[None], size=hw, mode="bilinear", align_corners=False)[0]
+    return (img * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def flf2v_model():
+    """pipe_dit_i2v's weights as an flf2v model: plus img_emb.emb_pos [1, 514, 1280] (random)."""
+    j, sd = gold_model("pipe_dit_i2v")
+    cfg = dict(j["config"], model_type="flf2v")
+    m = ref.model.WanModel(**cfg).eval()
+    sd = {k: v.float() for k, v in sd.items()}
+    sd["img_emb.emb_pos"] = torch.randn(1, 514, 1280, generator=torch.Generator().manual_seed(514)) * 0.1
+    m.load_state_dict(sd, strict=False)
+    from gen import write_model
+    write_model("v_pipe_dit_flf2v", "WanModel", cfg, {k: v for k, v in m.state_dict().items() if k != "freqs"},
+                notes="pipe_dit_i2v with model_type flf2v and a random img_emb.emb_pos")
+    return Recorder(m)
+
+
+def flf2v_case(name, prompt, first_hw, last_hw, max_area, steps, solver, shift, guide, seed, n_prompt):
+    """WanFLF2V.generate: 81 frames (the official mask is built for 81 frames whatever frame_num is)."""
+    g = torch.Generator().manual_seed(seed + 2000)
+    first, last = smooth_image(g, first_hw), smooth_image(g, last_hw)
+    clip_fea = torch.randn(2, 257, 1280, generator=g)
+    # wan/configs: flf2v_14B is a deep copy of i2v_14B with "镜头切换，" prepended to its (i2v) negative prompt
+    p = setup(flfmod.WanFLF2V.__new__(flfmod.WanFLF2V), flf2v_model(), "镜头切换，镜头晃动，" + NEG)
+    seen = {}
+
+    class Clip:
+        model = torch.nn.Module()
+
+        def visual(self, vids):
+            seen["first_frame_tensor"] = vids[0][:, 0].clone(); seen["last_frame_tensor"] = vids[1][:, 0].clone()
+            return clip_fea
+
+    p.clip = Clip()
+    enc = p.vae.encode
+
+    def rec_encode(vs):
+        seen["vae_input"] = vs[0].clone()
+        out = enc(vs)
+        seen["y_latent"] = out[0].clone()
+        return out
+
+    p.vae.encode = rec_encode
+    from PIL import Image
+    video = p.generate(prompt, Image.fromarray(first.numpy()), Image.fromarray(last.numpy()), max_area=max_area,
+                       frame_num=81, shift=shift, sample_solver=solver, sampling_steps=steps, guide_scale=guide,
+                       n_prompt=n_prompt, seed=seed, offload_model=False)
+    rec = p.model.inputs
+    te = p.text_encoder
+    s = ref.sys.modules["wan.utils.fm_solvers_unipc"].FlowUniPCMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
+    s.set_timesteps(steps, device="cpu", shift=shift)
+    lat = seen["y_latent"]
+    cfg = {"task": "flf2v", "t5": "pipe_t5", "dit": "v_pipe_dit_flf2v", "vae": "pipe_vae", "tokenizer": "tokenizer/",
+           "max_area": max_area, "frame_num": 81, "sampling_steps": steps, "sample_solver": solver, "shift": shift,
+           "guide_scale": guide, "seed": seed, "n_prompt": n_prompt, "lat_h": lat.shape[2], "lat_w": lat.shape[3]}
+    outs = {"first_frame_tensor": seen["first_frame_tensor"], "last_frame_tensor": seen["last_frame_tensor"],
+            "vae_input": seen["vae_input"], "y_latent": lat, "noise": rec[0], "context": te([prompt], "cpu")[0],
+            "timesteps": s.timesteps.to(torch.float32), "latents_before_step": torch.stack(rec[1:]), "video": video}
+    write_case(name, "pipeline", None, {"prompt": prompt, "first_frame": first, "last_frame": last,
+                                         "clip_features": clip_fea}, outs, config=cfg, rel=1e-3)
+    fix_tol(name)
+    c = json.load(open(f"{OUT}/cases/{name}.json"))
+    for k in ("first_frame_tensor", "last_frame_tensor"):
+        c["tolerances"][k] = {"rel_l2": 1e-6, "max_abs": 1e-5}
+    c["notes"] = ("WanFLF2V.generate(prompt, first, last, max_area, frame_num=81, ...) with pipe_dit_i2v as an flf2v model "
+                  "(v_pipe_dit_flf2v: plus a random img_emb.emb_pos). CLIP features [2,257,1280] are given. The last "
+                  "frame has another size than the first: the official code center-crops (zero-pads) it to a size "
+                  "computed from the ratio of the sizes, without resizing, then resizes both to the latent grid.")
+    json.dump(c, open(f"{OUT}/cases/{name}.json", "w"), indent=1)
+
+
 if __name__ == "__main__":
     t2v_case("v_pipeline_t2v_a", "A red fox jumps over a frozen river at dawn, cinematic 4K.", [64, 48], 13, 5,
              "unipc", 3.0, 4.5, 2025, "")
@@ -175,5 +250,6 @@ if __name__ == "__main__":
     t2v_case("v_pipeline_t2i_b", "A poster with the word “HELLO” in bold letters", [80, 48], 1, 2, "unipc", 5.0,
              5.0, 3, "", task="t2i")
     i2v_case("v_pipeline_i2v_wide", "The waves crash on the rocks.", (50, 90), 48 * 64, 9, 4, "unipc", 5.0, 3.5, 11, "")
+    flf2v_case("v_pipeline_flf2v", "The flower opens.", (40, 56), (30, 50), 32 * 32, 2, "unipc", 5.0, 5.0, 21, "")
     i2v_case("v_pipeline_i2v_dpm_tall", "A bird takes off.", (72, 40), 32 * 32, 5, 3, "dpm++", 3.0, 5.0, 5,
              "static, blurry")
