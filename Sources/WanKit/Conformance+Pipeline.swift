@@ -18,6 +18,7 @@ extension ConformanceRunner {
     func runPipeline(_ c: GoldenCase) throws -> CaseResult {
         let task = c.config["task"] as? String ?? "?"
         if task == "i2v" || task == "flf2v" { return try runImagePipeline(c, task: task) }
+        if task == "vace" { return try runVACEPipeline(c) }
         guard task == "t2v" || task == "t2i" else { return .skip(c.name, "pipeline task '\(task)' is not implemented yet") }
         guard let t5Name = c.config["t5"] as? String, let ditName = c.config["dit"] as? String, let vaeName = c.config["vae"] as? String,
               let tokenizerPath = c.config["tokenizer"] as? String else {

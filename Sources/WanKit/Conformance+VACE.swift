@@ -51,4 +51,73 @@ extension ConformanceRunner {
         }
         return compare(c, got)
     }
+
+    /// Golden cases of `WanVace.prepare_source` + `WanVace.generate` (wan/vace.py) with tiny models. Config: t5, dit
+    /// (a VaceWanModel), vae, tokenizer, size [W, H], frame_num, the sampling arguments and context_scale. Inputs: the
+    /// prompt; optionally `video` and `mask` as uint8 [F, H, W, 3] and reference images `ref_image0`, `ref_image1`, …
+    /// as uint8 [h, w, 3]. Outputs: every tensor the pipeline observes (vace_frames = z0, vace_masks = m0,
+    /// vace_context = z, noise, latents_before_step) and the decoded video.
+    func runVACEPipeline(_ c: GoldenCase) throws -> CaseResult {
+        guard let t5Name = c.config["t5"] as? String, let ditName = c.config["dit"] as? String, let vaeName = c.config["vae"] as? String,
+              let tokenizerPath = c.config["tokenizer"] as? String else {
+            return .fail(c.name, "case config must name t5, dit, vae and tokenizer")
+        }
+        guard let dit = try vaceDiT(ditName), let vae = try vae(vaeName) else { return .skip(c.name, "a model layout is not implemented") }
+        let tokenizer = try UMT5Tokenizer(file: (root as NSString).appendingPathComponent(tokenizerPath))
+        let pipeline = try VACEPipeline(text: TextConditioner(tokenizer: tokenizer, encoder: try t5(t5Name)), dit: dit, vae: vae)
+        var s = GenerationSettings()
+        if let size = c.config["size"] as? [NSNumber], size.count == 2 { s.width = size[0].intValue; s.height = size[1].intValue }
+        let sampling = try CaseSampling(c)
+        sampling.frames.map { s.frames = $0 }; sampling.steps.map { s.steps = $0 }; sampling.shift.map { s.shift = $0 }
+        sampling.guideScale.map { s.guideScale = $0 }; sampling.seed.map { s.seed = $0 }
+        sampling.negativePrompt.map { s.negativePrompt = $0 }; sampling.solver.map { s.solver = $0 }
+        let contextScale = Float((c.config["context_scale"] as? NSNumber)?.doubleValue ?? 1)
+        guard let prompt = c.inputs["prompt"] as? String else { return .fail(c.name, "case has no prompt") }
+
+        func image(_ t: Tensor, _ name: String) throws -> RGBImage {
+            guard t.rank == 3, t.shape[2] == 3 else { throw GenerationError.invalidSettings("input \(name) must be uint8 [H, W, 3], got \(t.shape)") }
+            return try RGBImage(width: t.shape[1], height: t.shape[0], pixels: (0..<t.count).map { UInt8(max(0, min(255, t.data[$0].rounded()))) })
+        }
+        func video(_ name: String) throws -> RGBVideo? {
+            guard c.hasInput(name) else { return nil }
+            let t = try encoderIntegerInput(c, name)
+            guard t.rank == 4, t.shape[3] == 3 else { throw GenerationError.invalidSettings("input \(name) must be uint8 [F, H, W, 3], got \(t.shape)") }
+            let frame = t.shape[1] * t.shape[2] * 3
+            return try RGBVideo(frames: (0..<t.shape[0]).map { f in
+                try image(Tensor(shape: [t.shape[1], t.shape[2], 3], values: Array(UnsafeBufferPointer(start: t.data + f * frame, count: frame))), name)
+            })
+        }
+        let references = try (0..<64).prefix { c.hasInput("ref_image\($0)") }.map { try image(try encoderIntegerInput(c, "ref_image\($0)"), "ref_image\($0)") }
+        let inputs = VACEInputs(video: try video("video"), mask: try video("mask"), referenceImages: references)
+
+        var got: [String: Tensor] = [:]
+        var afterSteps: [Tensor] = []
+        let latent = try pipeline.sample(prompt: prompt, inputs: inputs, settings: s, contextScale: contextScale, observe: { event in
+            switch event {
+            case .prompts(let ids, let negativeIds, let context, let negativeContext):
+                got["token_ids"] = Tensor(shape: [ids.count], values: ids.map(Float.init))
+                got["neg_token_ids"] = Tensor(shape: [negativeIds.count], values: negativeIds.map(Float.init))
+                got["context"] = context
+                got["context_null"] = negativeContext
+            case .conditioning(_, _, _, let frames, let masks, let context):
+                got["vace_frames"] = frames; got["vace_masks"] = masks; got["vace_context"] = context
+            case .noise(let n):
+                got["noise"] = n
+            case .timesteps(let t):
+                got["timesteps"] = Tensor(shape: [t.count], values: t.map(Float.init))
+            case .latentAfterStep(_, let l):
+                afterSteps.append(l.reshaped(l.shape))
+            }
+        })
+        if !afterSteps.isEmpty {
+            let per = afterSteps[0].count
+            let stacked = Tensor(uninitialized: [afterSteps.count] + afterSteps[0].shape)
+            for (i, l) in afterSteps.enumerated() { (stacked.data + i * per).update(from: l.data, count: per) }
+            got["latents_before_step"] = stacked
+        }
+        var chunks: [Tensor] = []
+        try pipeline.decode(latent) { chunk, _ in chunks.append(chunk) }
+        got["video"] = concatenateFrames(chunks)
+        return compare(c, got)
+    }
 }
