@@ -8,18 +8,24 @@ import WanWeights
 /// same as with the host-dequantised bf16 upload; only the device memory differs (about half for fp8). (Opt-in, e4m3
 /// matrices can skip the expansion: `FP8Products`.)
 public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringConvertible {
-    case fp8E4M3 = "F8_E4M3", fp8E5M2 = "F8_E5M2", q8_0 = "Q8_0", q4_0 = "Q4_0", q4_K = "Q4_K", q5_K = "Q5_K", q6_K = "Q6_K"
+    case fp8E4M3 = "F8_E4M3", fp8E5M2 = "F8_E5M2", q8_0 = "Q8_0", q4_0 = "Q4_0", q4_1 = "Q4_1", q5_0 = "Q5_0", q5_1 = "Q5_1"
+    case q2_K = "Q2_K", q3_K = "Q3_K", q4_K = "Q4_K", q5_K = "Q5_K", q6_K = "Q6_K"
 
     public var description: String { rawValue }
 
-    /// The format of a stored type, nil when it is not kept compact (f32, f16, bf16 and the other ggml types are
-    /// dequantised on the host and uploaded in the product's type).
+    /// The format of a stored type, nil when it is not kept compact (f32, f16, bf16 and the other ggml types, Q8_1,
+    /// Q8_K and the IQ/TQ/MXFP4 ones, are dequantised on the host, where they can be, and uploaded in the product's type).
     public init?(_ type: StorageType) {
         switch type {
         case .dtype(.f8e4m3): self = .fp8E4M3
         case .dtype(.f8e5m2): self = .fp8E5M2
         case .ggml(.q8_0): self = .q8_0
         case .ggml(.q4_0): self = .q4_0
+        case .ggml(.q4_1): self = .q4_1
+        case .ggml(.q5_0): self = .q5_0
+        case .ggml(.q5_1): self = .q5_1
+        case .ggml(.q2_K): self = .q2_K
+        case .ggml(.q3_K): self = .q3_K
         case .ggml(.q4_K): self = .q4_K
         case .ggml(.q5_K): self = .q5_K
         case .ggml(.q6_K): self = .q6_K
@@ -34,6 +40,11 @@ public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringCon
         case .fp8E5M2: return "dequant_fp8_e5m2_bf16"
         case .q8_0: return "dequant_q8_0_bf16"
         case .q4_0: return "dequant_q4_0_bf16"
+        case .q4_1: return "dequant_q4_1_bf16"
+        case .q5_0: return "dequant_q5_0_bf16"
+        case .q5_1: return "dequant_q5_1_bf16"
+        case .q2_K: return "dequant_q2_k_bf16"
+        case .q3_K: return "dequant_q3_k_bf16"
         case .q4_K: return "dequant_q4_k_bf16"
         case .q5_K: return "dequant_q5_k_bf16"
         case .q6_K: return "dequant_q6_k_bf16"
@@ -46,6 +57,11 @@ public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringCon
         case .fp8E4M3, .fp8E5M2: return 1
         case .q8_0: return GGMLType.q8_0.blockSize
         case .q4_0: return GGMLType.q4_0.blockSize
+        case .q4_1: return GGMLType.q4_1.blockSize
+        case .q5_0: return GGMLType.q5_0.blockSize
+        case .q5_1: return GGMLType.q5_1.blockSize
+        case .q2_K: return GGMLType.q2_K.blockSize
+        case .q3_K: return GGMLType.q3_K.blockSize
         case .q4_K: return GGMLType.q4_K.blockSize
         case .q5_K: return GGMLType.q5_K.blockSize
         case .q6_K: return GGMLType.q6_K.blockSize
@@ -58,6 +74,11 @@ public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringCon
         case .fp8E4M3, .fp8E5M2: return 1
         case .q8_0: return GGMLType.q8_0.typeSize
         case .q4_0: return GGMLType.q4_0.typeSize
+        case .q4_1: return GGMLType.q4_1.typeSize
+        case .q5_0: return GGMLType.q5_0.typeSize
+        case .q5_1: return GGMLType.q5_1.typeSize
+        case .q2_K: return GGMLType.q2_K.typeSize
+        case .q3_K: return GGMLType.q3_K.typeSize
         case .q4_K: return GGMLType.q4_K.typeSize
         case .q5_K: return GGMLType.q5_K.typeSize
         case .q6_K: return GGMLType.q6_K.typeSize
@@ -89,6 +110,11 @@ public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringCon
         case .fp8E5M2: type = .dtype(.f8e5m2)
         case .q8_0: type = .ggml(.q8_0)
         case .q4_0: type = .ggml(.q4_0)
+        case .q4_1: type = .ggml(.q4_1)
+        case .q5_0: type = .ggml(.q5_0)
+        case .q5_1: type = .ggml(.q5_1)
+        case .q2_K: type = .ggml(.q2_K)
+        case .q3_K: type = .ggml(.q3_K)
         case .q4_K: type = .ggml(.q4_K)
         case .q5_K: type = .ggml(.q5_K)
         case .q6_K: type = .ggml(.q6_K)

@@ -22,8 +22,9 @@ public struct DeviceLinear {
 /// matrices in the activation type (bf16, or f32 for `--precision f32`) except those the official code runs in f32
 /// under autocast (patch embedding, time embedding and projection, head); norms, biases of f32 outputs and
 /// modulations in f32. Under bf16, matrices stored as fp8 (e4m3fn/e5m2, ComfyUI's per-tensor `scale_weight` kept
-/// beside them) or as ggml Q8_0/Q4_0/Q4_K/Q5_K/Q6_K blocks are uploaded as stored and expanded to bf16 on the GPU just
-/// before each product, into one scratch matrix sized for the largest of them (`CompactWeightFormat`: the same bf16
+/// beside them) or as ggml Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q2_K/Q3_K/Q4_K/Q5_K/Q6_K blocks are uploaded as stored and expanded
+/// to bf16 on the GPU just before each product, into one scratch matrix sized for the largest of them
+/// (`CompactWeightFormat`: the same bf16
 /// values as a host dequantisation, so the same output, in about half the memory for fp8; with `fp8Products`, e4m3
 /// matrices are multiplied as stored by cuBLASLt's fp8 matmul on an e4m3 copy of the activation: `FP8Products`). Products go through
 /// cuBLASLt (f32 accumulation), everything else through the kernels of Kernels/*.cu; a forward pass runs on views of

@@ -372,8 +372,10 @@ final class KernelSelfTest {
         case .fp8E5M2:
             for i in bytes.indices where bytes[i] & 0x7c == 0x7c { bytes[i] ^= 0x40 }
             halves = []
-        case .q8_0, .q4_0: halves = [0]
-        case .q4_K, .q5_K: halves = [0, 2]
+        case .q8_0, .q4_0, .q5_0: halves = [0]
+        case .q4_1, .q5_1, .q4_K, .q5_K: halves = [0, 2]
+        case .q2_K: halves = [80, 82]
+        case .q3_K: halves = [108]
         case .q6_K: halves = [208]
         }
         for block in 0..<(count / format.blockSize) {

@@ -205,9 +205,9 @@ final class CUDACompactWeightTests: XCTestCase {
     static func ggmlType(_ name: String) -> GGMLType? {
         let table: [(String, GGMLType)] = [
             ("text_embedding.0.weight", .q8_0), ("text_embedding.2.weight", .q4_0), ("self_attn.q.weight", .q4_K),
-            ("self_attn.k.weight", .q4_K), ("self_attn.v.weight", .q5_K), ("self_attn.o.weight", .q5_K),
-            ("cross_attn.q.weight", .q6_K), ("cross_attn.k.weight", .q6_K), ("cross_attn.v.weight", .q6_K),
-            ("cross_attn.o.weight", .q6_K), ("k_img.weight", .q8_0), ("v_img.weight", .q8_0), ("ffn.0.weight", .q4_K),
+            ("self_attn.k.weight", .q4_1), ("self_attn.v.weight", .q5_K), ("self_attn.o.weight", .q5_0),
+            ("cross_attn.q.weight", .q6_K), ("cross_attn.k.weight", .q2_K), ("cross_attn.v.weight", .q3_K),
+            ("cross_attn.o.weight", .q5_1), ("k_img.weight", .q8_0), ("v_img.weight", .q8_0), ("ffn.0.weight", .q4_K),
             ("ffn.2.weight", .q6_K), ("time_embedding.0.weight", .q8_0), ("time_embedding.2.weight", .f16),
             ("time_projection.1.weight", .q4_0), ("head.head.weight", .q4_0), ("img_emb.proj.1.weight", .q5_K),
             ("img_emb.proj.3.weight", .q4_0),
@@ -225,6 +225,11 @@ final class CUDACompactWeightTests: XCTestCase {
             switch type {
             case .q8_0: out.append(contentsOf: half(bound * jitter / 127) + random(32))
             case .q4_0: out.append(contentsOf: half(bound * jitter / 8) + random(16))
+            case .q4_1: out.append(contentsOf: half(bound * jitter / 8) + half(-bound * jitter) + random(16))
+            case .q5_0: out.append(contentsOf: half(bound * jitter / 16) + random(4 + 16))
+            case .q5_1: out.append(contentsOf: half(bound * jitter / 16) + half(-bound * jitter) + random(4 + 16))
+            case .q2_K: out.append(contentsOf: random(16 + 64) + half(bound * jitter / (15 * 3)) + half(bound * jitter / 15))
+            case .q3_K: out.append(contentsOf: random(32 + 64 + 12) + half(bound * jitter / (32 * 4)))
             case .q4_K: out.append(contentsOf: half(bound * jitter / (63 * 15)) + half(bound * jitter / 63) + random(12 + 128))
             case .q5_K: out.append(contentsOf: half(bound * jitter / (63 * 31)) + half(bound * jitter / 63) + random(12 + 32 + 128))
             case .q6_K: out.append(contentsOf: random(128 + 64 + 16) + half(bound * jitter / (127 * 32)))
@@ -283,8 +288,9 @@ final class CUDACompactWeightTests: XCTestCase {
             let (compact, host) = try compareWithHostDequantised(config, weights.source, context: context, compiler: compiler, label: "\(type) gguf")
             let image = type == "t2v" ? 0 : 1
             let layers = config.numLayers
-            XCTAssertEqual(compact.compactMatrices, [.q8_0: 1 + 2 * image * layers, .q4_0: 1 + image, .q4_K: 3 * layers, .q5_K: 2 * layers + image,
-                                                     .q6_K: 5 * layers])
+            XCTAssertEqual(compact.compactMatrices, [.q8_0: 1 + 2 * image * layers, .q4_0: 1 + image, .q4_1: layers, .q5_0: layers,
+                                                     .q5_1: layers, .q2_K: layers, .q3_K: layers, .q4_K: 2 * layers,
+                                                     .q5_K: layers + image, .q6_K: 2 * layers])
             // Each compact matrix takes its blocks' bytes instead of 2 per value (Q4: 0.5625 per value, Q8_0 1.0625).
             var saved = 0
             for (name, shape) in config.parameterShapes() where shape.count == 2 && !["time_", "head."].contains(where: { name.hasPrefix($0) }) {
@@ -299,6 +305,18 @@ final class CUDACompactWeightTests: XCTestCase {
 
     // MARK: the kernels alone
 
+    /// The byte offsets of the f16 fields (block scales and mins) in a block of `format`.
+    static func halfOffsets(_ format: CompactWeightFormat) -> [Int] {
+        switch format {
+        case .fp8E4M3, .fp8E5M2: return []
+        case .q8_0, .q4_0, .q5_0: return [0]
+        case .q4_1, .q5_1, .q4_K, .q5_K: return [0, 2]
+        case .q2_K: return [80, 82]
+        case .q3_K: return [108]
+        case .q6_K: return [208]
+        }
+    }
+
     /// Every dequant kernel on the emulator against the host dequantisation, and the launcher's checks.
     func testDequantKernelsOnTheEmulator() throws {
         let (context, compiler, cleanup) = try emulatedGPU()
@@ -311,7 +329,7 @@ final class CUDACompactWeightTests: XCTestCase {
             if format == .fp8E4M3 { for i in bytes.indices where bytes[i] & 0x7f == 0x7f { bytes[i] = 0 } }
             if format == .fp8E5M2 { for i in bytes.indices where bytes[i] & 0x7c == 0x7c { bytes[i] = 0 } }
             // Block scales: finite halves.
-            let halves: [Int] = format == .q6_K ? [208] : format == .q4_K || format == .q5_K ? [0, 2] : format.blockSize == 32 ? [0] : []
+            let halves = Self.halfOffsets(format)
             for b in 0..<(count / format.blockSize) { for o in halves { bytes[b * format.blockBytes + o + 1] &= 0x3f } }
             let stored = try context.allocate(bytes: bytes.count), out = try context.allocate(bytes: 2 * count)
             try stored.upload(bytes)
@@ -324,6 +342,11 @@ final class CUDACompactWeightTests: XCTestCase {
                 case .fp8E5M2: .dtype(.f8e5m2)
                 case .q8_0: .ggml(.q8_0)
                 case .q4_0: .ggml(.q4_0)
+                case .q4_1: .ggml(.q4_1)
+                case .q5_0: .ggml(.q5_0)
+                case .q5_1: .ggml(.q5_1)
+                case .q2_K: .ggml(.q2_K)
+                case .q3_K: .ggml(.q3_K)
                 case .q4_K: .ggml(.q4_K)
                 case .q5_K: .ggml(.q5_K)
                 case .q6_K: .ggml(.q6_K)
@@ -342,13 +365,14 @@ final class CUDACompactWeightTests: XCTestCase {
             }
         }
         XCTAssertNil(CompactWeightFormat(.dtype(.bf16)))
-        XCTAssertNil(CompactWeightFormat(.ggml(.q5_0)))
+        XCTAssertNil(CompactWeightFormat(.ggml(.q8_1)))
+        XCTAssertNil(CompactWeightFormat(.ggml(.q8_K)))
         XCTAssertEqual(CUDAEmulator.refusals, [])
     }
 }
 
 /// Kernels/dequant.cu itself, compiled as C++ for this CPU (a few lines stand in for the CUDA built-ins: one thread
-/// walks every index of the grid-stride loops; __fmul_rn/__fsub_rn are plain IEEE float operations with
+/// walks every index of the grid-stride loops; __fmul_rn/__fadd_rn/__fsub_rn are plain IEEE float operations with
 /// contraction off, as on the GPU) and run on random stored bytes against the host dequantisation: the CUDA source's
 /// arithmetic and block layouts checked bit for bit without a GPU. Needs a C++ compiler (a visible skip otherwise).
 final class DequantSourceOnTheCPUTests: XCTestCase {
@@ -363,6 +387,7 @@ final class DequantSourceOnTheCPUTests: XCTestCase {
         static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
         static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
         static inline float __fmul_rn(float a, float b) { return a * b; }
+        static inline float __fadd_rn(float a, float b) { return a + b; }
         static inline float __fsub_rn(float a, float b) { return a - b; }
         static inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
         static inline void __syncthreads() {}
@@ -381,6 +406,11 @@ final class DequantSourceOnTheCPUTests: XCTestCase {
         void dequant_fp8_e5m2_bf16(bf16*, const unsigned char*, float, long);
         void dequant_q8_0_bf16(bf16*, const unsigned char*, float, long);
         void dequant_q4_0_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q4_1_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q5_0_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q5_1_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q2_k_bf16(bf16*, const unsigned char*, float, long);
+        void dequant_q3_k_bf16(bf16*, const unsigned char*, float, long);
         void dequant_q4_k_bf16(bf16*, const unsigned char*, float, long);
         void dequant_q5_k_bf16(bf16*, const unsigned char*, float, long);
         void dequant_q6_k_bf16(bf16*, const unsigned char*, float, long);
@@ -401,6 +431,11 @@ final class DequantSourceOnTheCPUTests: XCTestCase {
             if (!std::strcmp(name, "dequant_fp8_e5m2_bf16")) k = dequant_fp8_e5m2_bf16;
             if (!std::strcmp(name, "dequant_q8_0_bf16")) k = dequant_q8_0_bf16;
             if (!std::strcmp(name, "dequant_q4_0_bf16")) k = dequant_q4_0_bf16;
+            if (!std::strcmp(name, "dequant_q4_1_bf16")) k = dequant_q4_1_bf16;
+            if (!std::strcmp(name, "dequant_q5_0_bf16")) k = dequant_q5_0_bf16;
+            if (!std::strcmp(name, "dequant_q5_1_bf16")) k = dequant_q5_1_bf16;
+            if (!std::strcmp(name, "dequant_q2_k_bf16")) k = dequant_q2_k_bf16;
+            if (!std::strcmp(name, "dequant_q3_k_bf16")) k = dequant_q3_k_bf16;
             if (!std::strcmp(name, "dequant_q4_k_bf16")) k = dequant_q4_k_bf16;
             if (!std::strcmp(name, "dequant_q5_k_bf16")) k = dequant_q5_k_bf16;
             if (!std::strcmp(name, "dequant_q6_k_bf16")) k = dequant_q6_k_bf16;
@@ -463,7 +498,7 @@ final class DequantSourceOnTheCPUTests: XCTestCase {
                 // NaN patterns give some NaN on both sides, not the same bits: left out. Inf stays (e5m2, halves).
                 if format == .fp8E4M3 { for i in bytes.indices where bytes[i] & 0x7f == 0x7f { bytes[i] = 0x7e } }
                 if format == .fp8E5M2 { for i in bytes.indices where bytes[i] & 0x7f > 0x7c { bytes[i] = 0x7c } }
-                let halves: [Int] = format == .q6_K ? [208] : format == .q4_K || format == .q5_K ? [0, 2] : format.blockSize == 32 ? [0] : []
+                let halves = CUDACompactWeightTests.halfOffsets(format)
                 for b in 0..<(count / format.blockSize) {
                     for o in halves {
                         // Finite halves, small (subnormal) ones in the first trial.

@@ -3,7 +3,7 @@ import XCTest
 import WanCUDA
 import WanWeights
 
-/// The kernels of Kernels/dequant.cu themselves (`dequant_fp8_e4m3_bf16` ... `dequant_q6_k_bf16`), compiled as C++ for
+/// The kernels of Kernels/dequant.cu themselves (`dequant_fp8_e4m3_bf16` ... `dequant_q3_k_bf16`), compiled as C++ for
 /// this CPU and run through KernelSourcesOnTheCPU (256 threads a block, the grid `CUDAOps.dequantize` launches, or a
 /// smaller one for the grid-stride loop), against the host dequantisation the CPU path uses: random stored bytes of each
 /// `CompactWeightFormat` (fp8 without NaN/Inf patterns; ggml block scales random finite halves of either sign, subnormal
@@ -32,14 +32,21 @@ final class DequantKernelSourcesOnTheCPUTests: XCTestCase {
         extern "C" void dequant_fp8_e5m2_bf16(bf16*, const u8*, float, long);
         extern "C" void dequant_q8_0_bf16(bf16*, const u8*, float, long);
         extern "C" void dequant_q4_0_bf16(bf16*, const u8*, float, long);
+        extern "C" void dequant_q4_1_bf16(bf16*, const u8*, float, long);
+        extern "C" void dequant_q5_0_bf16(bf16*, const u8*, float, long);
+        extern "C" void dequant_q5_1_bf16(bf16*, const u8*, float, long);
+        extern "C" void dequant_q2_k_bf16(bf16*, const u8*, float, long);
+        extern "C" void dequant_q3_k_bf16(bf16*, const u8*, float, long);
         extern "C" void dequant_q4_k_bf16(bf16*, const u8*, float, long);
         extern "C" void dequant_q5_k_bf16(bf16*, const u8*, float, long);
         extern "C" void dequant_q6_k_bf16(bf16*, const u8*, float, long);
         typedef void (*Kernel)(bf16*, const u8*, float, long);
         static const Kernel kernels[] = {dequant_fp8_e4m3_bf16, dequant_fp8_e5m2_bf16, dequant_q8_0_bf16, dequant_q4_0_bf16,
-                                         dequant_q4_k_bf16, dequant_q5_k_bf16, dequant_q6_k_bf16};
+                                         dequant_q4_k_bf16, dequant_q5_k_bf16, dequant_q6_k_bf16, dequant_q4_1_bf16,
+                                         dequant_q5_0_bf16, dequant_q5_1_bf16, dequant_q2_k_bf16, dequant_q3_k_bf16};
         static const char* names[] = {"dequant_fp8_e4m3_bf16", "dequant_fp8_e5m2_bf16", "dequant_q8_0_bf16", "dequant_q4_0_bf16",
-                                      "dequant_q4_k_bf16", "dequant_q5_k_bf16", "dequant_q6_k_bf16"};
+                                      "dequant_q4_k_bf16", "dequant_q5_k_bf16", "dequant_q6_k_bf16", "dequant_q4_1_bf16",
+                                      "dequant_q5_0_bf16", "dequant_q5_1_bf16", "dequant_q2_k_bf16", "dequant_q3_k_bf16"};
 
         // The whole file, in a buffer of exactly its size (AddressSanitizer stops a read past it).
         static std::vector<u8> read_file(const char* name) {
@@ -137,7 +144,7 @@ final class DequantKernelSourcesOnTheCPUTests: XCTestCase {
                 Case(format: format, rows: 2, cols: 256, scale: 1, everyByte: true),
             ]
         }
-        for format in [CompactWeightFormat.q8_0, .q4_0] {
+        for format in [CompactWeightFormat.q8_0, .q4_0, .q4_1, .q5_0, .q5_1] {
             cases += [
                 Case(format: format, rows: 1, cols: 32, scale: 1),  // one block
                 Case(format: format, rows: 5, cols: 96, scale: 1),  // 480 values: the second grid block partial
@@ -147,7 +154,7 @@ final class DequantKernelSourcesOnTheCPUTests: XCTestCase {
                 Case(format: format, rows: 13, cols: 640, scale: 1, grid: 3),  // the grid-stride loop, last sweep partial
             ]
         }
-        for format in [CompactWeightFormat.q4_K, .q5_K, .q6_K] {
+        for format in [CompactWeightFormat.q2_K, .q3_K, .q4_K, .q5_K, .q6_K] {
             cases += [
                 Case(format: format, rows: 1, cols: 256, scale: 1),  // one super-block
                 Case(format: format, rows: 3, cols: 512, scale: 1),
@@ -183,8 +190,10 @@ final class DequantKernelSourcesOnTheCPUTests: XCTestCase {
             if c.everyByte { data = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 97) } }
             else { for i in data.indices where data[i] & 0x7c == 0x7c { data[i] ^= 0x40 } }  // exponent 11111: Inf/NaN
             halves = []
-        case .q8_0, .q4_0: halves = [0]
-        case .q4_K, .q5_K: halves = [0, 2]
+        case .q8_0, .q4_0, .q5_0: halves = [0]
+        case .q4_1, .q5_1, .q4_K, .q5_K: halves = [0, 2]
+        case .q2_K: halves = [80, 82]
+        case .q3_K: halves = [108]
         case .q6_K: halves = [208]
         }
         for block in 0..<(c.count / c.format.blockSize) {
@@ -203,6 +212,11 @@ final class DequantKernelSourcesOnTheCPUTests: XCTestCase {
         case .fp8E5M2: return .dtype(.f8e5m2)
         case .q8_0: return .ggml(.q8_0)
         case .q4_0: return .ggml(.q4_0)
+        case .q4_1: return .ggml(.q4_1)
+        case .q5_0: return .ggml(.q5_0)
+        case .q5_1: return .ggml(.q5_1)
+        case .q2_K: return .ggml(.q2_K)
+        case .q3_K: return .ggml(.q3_K)
         case .q4_K: return .ggml(.q4_K)
         case .q5_K: return .ggml(.q5_K)
         case .q6_K: return .ggml(.q6_K)
@@ -233,7 +247,8 @@ final class DequantKernelSourcesOnTheCPUTests: XCTestCase {
         var files: [String: Data] = [:]
         var list = ""
         let kernels = ["dequant_fp8_e4m3_bf16", "dequant_fp8_e5m2_bf16", "dequant_q8_0_bf16", "dequant_q4_0_bf16",
-                       "dequant_q4_k_bf16", "dequant_q5_k_bf16", "dequant_q6_k_bf16"]  // the driver's order
+                       "dequant_q4_k_bf16", "dequant_q5_k_bf16", "dequant_q6_k_bf16", "dequant_q4_1_bf16",
+                       "dequant_q5_0_bf16", "dequant_q5_1_bf16", "dequant_q2_k_bf16", "dequant_q3_k_bf16"]  // the driver's order
         XCTAssertEqual(Set(kernels), Set(CompactWeightFormat.allCases.map(\.kernel)))
         for (index, c) in Self.cases.enumerated() {
             XCTAssertEqual(CompactWeightFormat(Self.storageType(c.format)), c.format)

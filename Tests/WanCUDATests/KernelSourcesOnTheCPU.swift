@@ -45,9 +45,10 @@ enum KernelSourcesOnTheCPU {
         static inline int min(int a, int b) { return a < b ? a : b; }
         static inline int max(int a, int b) { return a > b ? a : b; }
         static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-        // IEEE round-to-nearest products and differences that the compiler may not contract into FMAs (as -ffp-contract=off
+        // IEEE round-to-nearest products, sums and differences that the compiler may not contract into FMAs (as -ffp-contract=off
         // builds every kernel file here).
         static inline float __fmul_rn(float a, float b) { return a * b; }
+        static inline float __fadd_rn(float a, float b) { return a + b; }
         static inline float __fsub_rn(float a, float b) { return a - b; }
         float __shfl_xor_sync(unsigned mask, float v, int offset);
         float __shfl_sync(unsigned mask, float v, int source_lane);

@@ -5,7 +5,7 @@
 // Every kernel computes, element by element, exactly what the host computes when it dequantises the stored tensor to
 // float32 (StoredTensor.dequantize: FloatConversion for fp8, GGMLDequant for the ggml blocks, then `* scale`) and
 // packs it to bf16 (BFloat16.from, round to nearest even), so the bf16 matrix is the same bit for bit as the one the
-// host would upload: bf16(float(stored) * scale). Products and sums are written with __fmul_rn/__fsub_rn so that
+// host would upload: bf16(float(stored) * scale). Products and sums are written with __fmul_rn/__fadd_rn/__fsub_rn so that
 // NVRTC cannot contract them into FMAs (the host rounds each operation). The one difference: a NaN in the stored
 // weights comes out as some NaN (the payload may differ from the host's).
 //
@@ -14,6 +14,16 @@
 //   dequant_q8_0_bf16:      blocks of 32: f16 d, int8 q[32]                      y = q * d
 //   dequant_q4_0_bf16:      blocks of 32: f16 d, u8 qs[16]                       y = (nibble - 8) * d
 //                           (element j < 16: low nibble of qs[j]; j >= 16: high nibble of qs[j - 16])
+//   dequant_q4_1_bf16:      blocks of 32: f16 d, f16 m, u8 qs[16]                y = nibble * d + m
+//                           (nibbles as Q4_0)
+//   dequant_q5_0_bf16:      blocks of 32: f16 d, u8 qh[4], u8 qs[16]             y = ((nibble | bit << 4) - 16) * d + 0
+//   dequant_q5_1_bf16:      blocks of 32: f16 d, f16 m, u8 qh[4], u8 qs[16]      y = (nibble | bit << 4) * d + m
+//                           (nibbles as Q4_0; the fifth bit of element j is bit j of qh read as a little-endian u32;
+//                           Q5_0's "+ 0" is the host's: it turns -0 into +0)
+//   dequant_q2_k_bf16:      super-blocks of 256: u8 scales[16], u8 qs[64], f16 d, f16 dmin
+//                           y = (d * (sc & 15)) * q - dmin * (sc >> 4), q 2 bits, sc = scales[j / 16]
+//   dequant_q3_k_bf16:      super-blocks of 256: u8 hmask[32], u8 qs[64], u8 scales[12] (16 packed 6-bit), f16 d
+//                           y = (d * (scale - 32)) * (q - (hmask bit ? 0 : 4)), q 2 bits
 //   dequant_q4_k_bf16:      super-blocks of 256: f16 d, f16 dmin, u8 scales[12], u8 qs[128]
 //   dequant_q5_k_bf16:      super-blocks of 256: f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]
 //   dequant_q6_k_bf16:      super-blocks of 256: u8 ql[128], u8 qh[64], int8 scales[16], f16 d
@@ -73,6 +83,72 @@ extern "C" __global__ void dequant_q4_0_bf16(bf16* out, const u8* w, float scale
         const unsigned byte = b[2 + (j & 15)];
         const int q = (int)(j < 16 ? (byte & 0xfu) : (byte >> 4)) - 8;
         out[i] = float_to_bf16(__fmul_rn(__fmul_rn((float)q, load_half(b)), scale));
+    }
+}
+
+// Q4_1: element j < 16 takes the low nibble of qs[j], j >= 16 the high nibble of qs[j - 16].  y = q * d + m.
+extern "C" __global__ void dequant_q4_1_bf16(bf16* out, const u8* w, float scale, long n) {
+    FOR_EACH_INDEX(i, n) {
+        const u8* b = w + (i >> 5) * 20;
+        const int j = (int)(i & 31);
+        const unsigned byte = b[4 + (j & 15)];
+        const unsigned q = j < 16 ? (byte & 0xfu) : (byte >> 4);
+        const float y = __fadd_rn(__fmul_rn((float)q, load_half(b)), load_half(b + 2));
+        out[i] = float_to_bf16(__fmul_rn(y, scale));
+    }
+}
+
+// Q5_0 (with_min = false: f16 d, qh, qs; q - 16, m = 0) and Q5_1 (with_min = true: f16 d, f16 m, qh, qs): the nibble
+// of element j as Q4_0, its fifth bit bit j of qh (byte j / 8, bit j % 8).  y = q * d + m (m = 0 added too, as the host
+// does: -0 comes out +0).
+template <bool with_min>
+__device__ __forceinline__ void dequant_q5_01(bf16* out, const u8* w, float scale, long n) {
+    const int block_bytes = with_min ? 24 : 22, qh_at = with_min ? 4 : 2;
+    FOR_EACH_INDEX(i, n) {
+        const u8* b = w + (i >> 5) * block_bytes;
+        const int j = (int)(i & 31);
+        const unsigned byte = b[qh_at + 4 + (j & 15)];
+        const unsigned fifth = (b[qh_at + (j >> 3)] >> (j & 7)) & 1u;
+        const int q = (int)((j < 16 ? (byte & 0xfu) : (byte >> 4)) | (fifth << 4)) - (with_min ? 0 : 16);
+        const float m = with_min ? load_half(b + 2) : 0.0f;
+        const float y = __fadd_rn(__fmul_rn((float)q, load_half(b)), m);
+        out[i] = float_to_bf16(__fmul_rn(y, scale));
+    }
+}
+
+extern "C" __global__ void dequant_q5_0_bf16(bf16* out, const u8* w, float scale, long n) { dequant_q5_01<false>(out, w, scale, n); }
+
+extern "C" __global__ void dequant_q5_1_bf16(bf16* out, const u8* w, float scale, long n) { dequant_q5_01<true>(out, w, scale, n); }
+
+// Q2_K: element e of a super-block lies in half h = e / 128 and, within it, in quarter k = (e / 32) % 4; it takes bits
+// 2k..2k+1 of qs[32 h + e % 32], and scales[e / 16] (low nibble: scale, high nibble: min).
+// y = (d * (sc & 15)) * q - dmin * (sc >> 4).
+extern "C" __global__ void dequant_q2_k_bf16(bf16* out, const u8* w, float scale, long n) {
+    FOR_EACH_INDEX(i, n) {
+        const u8* b = w + (i >> 8) * 84;
+        const int e = (int)(i & 255);
+        const unsigned sc = b[e >> 4];
+        const unsigned q = (b[16 + 32 * (e >> 7) + (e & 31)] >> (2 * ((e >> 5) & 3))) & 3u;
+        const float d = load_half(b + 80), dmin = load_half(b + 82);
+        const float dl = __fmul_rn(d, (float)(sc & 0xfu)), ml = __fmul_rn(dmin, (float)(sc >> 4));
+        out[i] = float_to_bf16(__fmul_rn(__fsub_rn(__fmul_rn(dl, (float)q), ml), scale));
+    }
+}
+
+// Q3_K: element e takes, as Q2_K, bits 2k..2k+1 of qs[32 h + e % 32] (h = e / 128, k = (e / 32) % 4), minus 4 unless
+// bit 4h + k of hmask[e % 32] is set; its 6-bit scale j = e / 16 has the low 4 bits in scales[j] (j < 8, low nibble) or
+// scales[j - 8] (high nibble) and the high 2 bits at bit 2 (j / 4) of scales[8 + j % 4].  y = (d * (scale - 32)) * q.
+extern "C" __global__ void dequant_q3_k_bf16(bf16* out, const u8* w, float scale, long n) {
+    FOR_EACH_INDEX(i, n) {
+        const u8* b = w + (i >> 8) * 110;
+        const int e = (int)(i & 255), j = e >> 4, h = e >> 7, k = (e >> 5) & 3, l = e & 31;
+        const u8* sc = b + 96;
+        const unsigned low = j < 8 ? (sc[j] & 0xfu) : (sc[j - 8] >> 4);
+        const unsigned high = (sc[8 + (j & 3)] >> (2 * (j >> 2))) & 3u;
+        const float s = (float)((int)(low | (high << 4)) - 32);
+        const int q = (int)((b[32 + 32 * h + l] >> (2 * k)) & 3u) - (((b[l] >> (4 * h + k)) & 1u) ? 0 : 4);
+        const float dl = __fmul_rn(load_half(b + 108), s);
+        out[i] = float_to_bf16(__fmul_rn(__fmul_rn(dl, (float)q), scale));
     }
 }
 
