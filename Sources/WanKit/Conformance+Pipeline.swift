@@ -37,31 +37,16 @@ extension ConformanceRunner {
 
         let noise = TextToVideo.initialNoise(shape: s.latentShape, seed: s.seed)
         if let failure = try checkNoise(c, noise, seed: s.seed) { return failure }
-        var got: [String: Tensor] = [:]
-        var afterSteps: [Tensor] = []
+        let got = PipelineOutputs()
         let latent = try pipeline.sample(prompt: prompt, settings: s, noise: noise, observe: { event in
             switch event {
             case .prompts(let ids, let negativeIds, let context, let negativeContext):
-                got["token_ids"] = Tensor(shape: [ids.count], values: ids.map(Float.init))
-                got["neg_token_ids"] = Tensor(shape: [negativeIds.count], values: negativeIds.map(Float.init))
-                got["context"] = context
-                got["context_null"] = negativeContext
-            case .timesteps(let t):
-                got["timesteps"] = Tensor(shape: [t.count], values: t.map(Float.init))
-            case .latentAfterStep(_, let l):
-                afterSteps.append(l.reshaped(l.shape))
+                got.prompts(ids: ids, negativeIds: negativeIds, context: context, negativeContext: negativeContext)
+            case .timesteps(let t): got.timesteps(t)
+            case .latentAfterStep(_, let l): got.afterStep(l)
             }
         })
-        if !afterSteps.isEmpty {
-            let per = afterSteps[0].count
-            let stacked = Tensor(uninitialized: [afterSteps.count] + afterSteps[0].shape)
-            for (i, l) in afterSteps.enumerated() { (stacked.data + i * per).update(from: l.data, count: per) }
-            got["latents_before_step"] = stacked
-        }
-        var chunks: [Tensor] = []
-        try pipeline.decode(latent) { chunk, _ in chunks.append(chunk) }
-        got["video"] = concatenateFrames(chunks)
-        return compare(c, got)
+        return compare(c, try got.finished { try pipeline.decode(latent, onFrames: $0) })
     }
 
     /// Golden cases of `WanI2V.generate` / `WanFLF2V.generate` with tiny models. Inputs: the prompt, the image(s) as
@@ -112,15 +97,11 @@ extension ConformanceRunner {
         let noise = TextToVideo.initialNoise(shape: [vae.config.zDim, (s.frames - 1) / 4 + 1, lat.height, lat.width], seed: s.seed)
         if let failure = try checkNoise(c, noise, seed: s.seed) { return failure }
 
-        var got: [String: Tensor] = [:]
-        var afterSteps: [Tensor] = []
+        let got = PipelineOutputs()
         let observe: (ImagePipelineEvent) -> Void = { event in
             switch event {
             case .prompts(let ids, let negativeIds, let context, let negativeContext):
-                got["token_ids"] = Tensor(shape: [ids.count], values: ids.map(Float.init))
-                got["neg_token_ids"] = Tensor(shape: [negativeIds.count], values: negativeIds.map(Float.init))
-                got["context"] = context
-                got["context_null"] = negativeContext
+                got.prompts(ids: ids, negativeIds: negativeIds, context: context, negativeContext: negativeContext)
             case .images(let tensors):
                 got["image_tensor"] = tensors[0]
                 if flf { got["first_frame_tensor"] = tensors[0]; got["last_frame_tensor"] = tensors[1] }
@@ -133,10 +114,8 @@ extension ConformanceRunner {
                 got["y_latent"] = latent
                 got["mask"] = mask; got["msk"] = mask
                 got["y"] = y
-            case .timesteps(let t):
-                got["timesteps"] = Tensor(shape: [t.count], values: t.map(Float.init))
-            case .latentAfterStep(_, let l):
-                afterSteps.append(l.reshaped(l.shape))
+            case .timesteps(let t): got.timesteps(t)
+            case .latentAfterStep(_, let l): got.afterStep(l)
             }
         }
         let latent: Tensor
@@ -152,17 +131,45 @@ extension ConformanceRunner {
                                          observe: observe)
             decode = { try pipeline.decode($0, onFrames: $1) }
         }
-        if !afterSteps.isEmpty {
-            let per = afterSteps[0].count
-            let stacked = Tensor(uninitialized: [afterSteps.count] + afterSteps[0].shape)
-            for (i, l) in afterSteps.enumerated() { (stacked.data + i * per).update(from: l.data, count: per) }
-            got["latents_before_step"] = stacked
-        }
         got["latent"] = latent
+        return compare(c, try got.finished { try decode(latent, $0) })
+    }
+}
+
+/// What a pipeline case compares, gathered from the pipeline's events: the prompts' ids and embeddings, the timesteps,
+/// the latent after each step (stacked as `latents_before_step`: the latent entering the next step), any other named
+/// tensor, and the decoded video.
+final class PipelineOutputs {
+    private var tensors: [String: Tensor] = [:]
+    private var afterSteps: [Tensor] = []
+
+    subscript(name: String) -> Tensor? {
+        get { tensors[name] }
+        set { tensors[name] = newValue }
+    }
+
+    func prompts(ids: [Int], negativeIds: [Int], context: Tensor, negativeContext: Tensor) {
+        tensors["token_ids"] = Tensor(shape: [ids.count], values: ids.map(Float.init))
+        tensors["neg_token_ids"] = Tensor(shape: [negativeIds.count], values: negativeIds.map(Float.init))
+        tensors["context"] = context
+        tensors["context_null"] = negativeContext
+    }
+
+    func timesteps(_ t: [Double]) { tensors["timesteps"] = Tensor(shape: [t.count], values: t.map(Float.init)) }
+
+    func afterStep(_ latent: Tensor) { afterSteps.append(latent.reshaped(latent.shape)) }
+
+    /// Every tensor gathered, with `latents_before_step` and `video` (the frames `decode` hands over, in order).
+    func finished(decode: ((Tensor, Int) throws -> Void) throws -> Void) throws -> [String: Tensor] {
+        if let first = afterSteps.first {
+            let stacked = Tensor(uninitialized: [afterSteps.count] + first.shape)
+            for (i, l) in afterSteps.enumerated() { (stacked.data + i * first.count).update(from: l.data, count: first.count) }
+            tensors["latents_before_step"] = stacked
+        }
         var chunks: [Tensor] = []
-        try decode(latent) { chunk, _ in chunks.append(chunk) }
-        got["video"] = concatenateFrames(chunks)
-        return compare(c, got)
+        try decode { chunk, _ in chunks.append(chunk) }
+        tensors["video"] = concatenateFrames(chunks)
+        return tensors
     }
 }
 

@@ -90,34 +90,18 @@ extension ConformanceRunner {
         let references = try (0..<64).prefix { c.hasInput("ref_image\($0)") }.map { try image(try encoderIntegerInput(c, "ref_image\($0)"), "ref_image\($0)") }
         let inputs = VACEInputs(video: try video("video"), mask: try video("mask"), referenceImages: references)
 
-        var got: [String: Tensor] = [:]
-        var afterSteps: [Tensor] = []
+        let got = PipelineOutputs()
         let latent = try pipeline.sample(prompt: prompt, inputs: inputs, settings: s, contextScale: contextScale, observe: { event in
             switch event {
             case .prompts(let ids, let negativeIds, let context, let negativeContext):
-                got["token_ids"] = Tensor(shape: [ids.count], values: ids.map(Float.init))
-                got["neg_token_ids"] = Tensor(shape: [negativeIds.count], values: negativeIds.map(Float.init))
-                got["context"] = context
-                got["context_null"] = negativeContext
+                got.prompts(ids: ids, negativeIds: negativeIds, context: context, negativeContext: negativeContext)
             case .conditioning(_, _, _, let frames, let masks, let context):
                 got["vace_frames"] = frames; got["vace_masks"] = masks; got["vace_context"] = context
-            case .noise(let n):
-                got["noise"] = n
-            case .timesteps(let t):
-                got["timesteps"] = Tensor(shape: [t.count], values: t.map(Float.init))
-            case .latentAfterStep(_, let l):
-                afterSteps.append(l.reshaped(l.shape))
+            case .noise(let n): got["noise"] = n
+            case .timesteps(let t): got.timesteps(t)
+            case .latentAfterStep(_, let l): got.afterStep(l)
             }
         })
-        if !afterSteps.isEmpty {
-            let per = afterSteps[0].count
-            let stacked = Tensor(uninitialized: [afterSteps.count] + afterSteps[0].shape)
-            for (i, l) in afterSteps.enumerated() { (stacked.data + i * per).update(from: l.data, count: per) }
-            got["latents_before_step"] = stacked
-        }
-        var chunks: [Tensor] = []
-        try pipeline.decode(latent) { chunk, _ in chunks.append(chunk) }
-        got["video"] = concatenateFrames(chunks)
-        return compare(c, got)
+        return compare(c, try got.finished { try pipeline.decode(latent, onFrames: $0) })
     }
 }
