@@ -168,28 +168,37 @@ final class DevicePlacementTests: XCTestCase {
 }
 
 extension CLITests {
-    /// `auto` with a GPU that cannot take the model (here: head_dim 16, which the bf16 attention kernels do not take)
+    /// `auto` with a GPU that cannot take the model (here: head_dim 256, over the 128 the GPU attention kernels take)
     /// runs on the CPU and says why in one line; `cuda` refuses with the reason and writes nothing.
     func testAutoFallsBackToTheCPUWhenTheGPUCannotTakeTheDiT() throws {
         do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
         let dir = try temporaryFolder()
-        let dit = dir + "/dit16.safetensors"
-        try FileManager.default.copyItem(atPath: Self.weights + "/pipe_dit_t2v.safetensors", toPath: dit)
-        var sidecar = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Self.weights + "/pipe_dit_t2v.json"))) as! [String: Any]
-        var config = sidecar["config"] as! [String: Any]
-        config["num_heads"] = 4  // dim 64: head_dim 16
-        sidecar["config"] = config
-        try JSONSerialization.data(withJSONObject: sidecar).write(to: URL(fileURLWithPath: dir + "/dit16.json"))
+        // A one-layer DiT of one head of 256 (text_dim 32 as the tiny umT5's), small random weights.
+        let config = WanDiTConfig(dim: 256, ffnDim: 64, textDim: 32, numHeads: 1, numLayers: 1)
+        var header: [String: Any] = [:]
+        var data = Data()
+        var rng = SystemRandomNumberGenerator()
+        for (name, shape) in config.parameterShapes() {
+            let count = shape.reduce(1, *)
+            header[name] = ["dtype": "F32", "shape": shape, "data_offsets": [data.count, data.count + 4 * count]]
+            data.append(floats((0..<count).map { _ in Float.random(in: -0.02...0.02, using: &rng) }))
+        }
+        let dit = dir + "/dit256.safetensors"
+        try FileManager.default.moveItem(atPath: try writeSafetensors(header: header, data: data), toPath: dit)
+        let sidecar: [String: Any] = ["model": "dit256", "class": "WanModel", "layout": "official",
+                                      "config": ["model_type": "t2v", "dim": 256, "ffn_dim": 64, "text_dim": 32, "num_heads": 1,
+                                                 "num_layers": 1, "in_dim": 16, "out_dim": 16, "freq_dim": 256]]
+        try JSONSerialization.data(withJSONObject: sidecar).write(to: URL(fileURLWithPath: dir + "/dit256.json"))
         var args = try tinyModelArgs()
         args[1] = dit
         let common = args + ["--prompt", "a kite", "--size", "48x32", "--frames", "1", "--steps", "1", "--seed", "3"]
         let auto = try run(["generate"] + common + ["--output", dir + "/auto.png", "--device", "auto"], environment: ["WANKIT_CUDA_EMULATOR": "1"])
         XCTAssertEqual(auto.status, 0, auto.stderr)
-        XCTAssertTrue(auto.stderr.contains("note: running on the CPU: the GPU could not take the DiT (") && auto.stderr.contains("head_dim 16"), auto.stderr)
+        XCTAssertTrue(auto.stderr.contains("note: running on the CPU: the GPU could not take the DiT (") && auto.stderr.contains("head_dim 256"), auto.stderr)
         XCTAssertTrue(auto.stderr.contains(" on cpu"), auto.stderr)
         let cuda = try run(["generate"] + common + ["--output", dir + "/cuda.png", "--device", "cuda"], environment: ["WANKIT_CUDA_EMULATOR": "1"])
         XCTAssertNotEqual(cuda.status, 0)
-        XCTAssertTrue(cuda.stderr.contains("head_dim 16"), cuda.stderr)
+        XCTAssertTrue(cuda.stderr.contains("head_dim 256"), cuda.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/cuda.png"))
     }
 }
