@@ -54,8 +54,9 @@ public final class CUDAComputeBackend: ComputeBackend {
     /// Rows per attention segment the t5.cu kernel takes (T5_MAX_KEYS).
     public static let maxSegmentRows = 4096
 
-    /// The segment attention of umT5 and CLIP in bf16 runs `t5_flash_attention_bf16_d*` (tensor cores) where it takes
-    /// the head dim and layout (`CUDAOps.t5FlashTakes`), else `t5_attention_bf16`; f32 always runs `t5_attention_f32`.
+    /// The segment attention in bf16 (CLIP's; umT5 hands it f32 q/k/v) runs `t5_flash_attention_bf16_d*` (tensor cores)
+    /// where it takes the head dim and layout (`CUDAOps.t5FlashTakes`), else `t5_attention_bf16`; f32 always runs
+    /// `t5_attention_f32`.
     /// False, or $WANKIT_T5_ATTENTION=scalar: always `t5_attention` (a comparison on the GPU).
     public var flashSegmentAttention = ProcessInfo.processInfo.environment["WANKIT_T5_ATTENTION"]?.lowercased() != "scalar"
 

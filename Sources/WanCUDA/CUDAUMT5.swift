@@ -6,10 +6,10 @@ import WanModels
 /// The umT5 text encoder (official `T5Encoder`, encoder only) on an NVIDIA GPU: the one `T5Encoder` model on
 /// `CUDAComputeBackend`. The token embedding stays on the host (rows of the stored table dequantised, only those of
 /// the tokens); per layer T5LayerNorm (f32, then rounded to the activation type), q/k/v, T5 attention with the
-/// layer's relative-position bias (`t5_attention`, in bf16 `t5_flash_attention_bf16_d*` on the tensor cores where it
-/// takes the head dim: no scaling, the segment's keys only), o, residual; T5LayerNorm,
-/// the gated-GELU FFN fc2(fc1(x) * gelu_tanh(gate(x))), residual; a final T5LayerNorm. The residual stream stays
-/// f32; products and attention run in the activation type (bf16 as the official encoder computes, or f32).
+/// layer's relative-position bias (`t5_attention_f32`: no scaling, the segment's keys only; q, k, v from bf16 products
+/// written in f32), o, residual; T5LayerNorm, the gated-GELU FFN fc2(fc1(x) * gelu_tanh(gate(x))), residual; a final
+/// T5LayerNorm. The residual stream stays f32; the products run in the activation type (bf16 as the official encoder
+/// computes, or f32). (The tensor-core `t5_flash_attention_bf16_d*` serves CLIP's bf16 attention.)
 /// `weightBytes` leaves out the token embedding.
 public typealias CUDAUMT5 = T5Encoder<CUDAComputeBackend>
 
@@ -87,9 +87,11 @@ extension CUDAUMT5 {
         }
     }
 
-    /// Activation bytes of one encode of `rows` tokens (the residual stream, norms, q/k/v/attention, the FFN).
+    /// Activation bytes of one encode of `rows` tokens (the residual stream, norms, q/k/v/attention in f32, the
+    /// attention again in the activation type as o's input, the FFN).
     public static func activationBytes(_ c: UMT5Config, precision: CUDAPrecision, rows: Int) -> Int {
         let t = precision.activation.size
-        return rows * (8 * c.dim + t * (c.dim + 4 * c.dimAttn + 2 * c.dimFfn + c.dim)) + 4 * (6 * rows + 1)
+        let attention = 16 * c.dimAttn + (t == 4 ? 0 : t * c.dimAttn)
+        return rows * (8 * c.dim + attention + t * (c.dim + 2 * c.dimFfn + c.dim)) + 4 * (6 * rows + 1)
     }
 }

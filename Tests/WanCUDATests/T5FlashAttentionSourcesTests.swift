@@ -144,37 +144,45 @@ final class T5FlashAttentionSourcesOnTheCPUTests: XCTestCase {
     static let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/golden").path
 
-    /// On the CPU emulator, the bf16 umT5 encoder (the golden `t5`: 4 heads of 16) runs t5_flash_attention_bf16_d16
-    /// (the tile list of `segments`: two prompts of 5 and 70 tokens, and a padded batch with an all-padding sample),
-    /// the prompts' hidden states agreeing with t5_attention_bf16's (`flashSegmentAttention` false) to bf16 rounding;
-    /// f32 stays on t5_attention_f32.
-    func testEncoderRunsTheFlashKernelOnTheEmulator() throws {
+    /// On the CPU emulator, the bf16 CLIP vision tower (the golden `clip_visual` weights, 257 tokens an image) runs
+    /// t5_flash_attention_bf16_d*, its features agreeing with t5_attention_bf16's (`flashSegmentAttention`
+    /// false) to bf16 rounding; f32 stays on t5_attention_f32. The bf16 umT5 encoder hands the segment attention f32
+    /// q/k/v, so it runs t5_attention_f32 (two prompts, and a padded batch with an all-padding sample).
+    func testEncodersRunTheirSegmentAttentionKernelsOnTheEmulator() throws {
         do { _ = try NVRTC.load() } catch { throw XCTSkip("NVRTC not available (the emulator compiles the kernels): \(error)") }
-        let path = Self.golden + "/weights/t5.safetensors"
-        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("golden data not found at \(Self.golden)") }
+        let clipPath = Self.golden + "/weights/clip_visual.safetensors", t5Path = Self.golden + "/weights/t5.safetensors"
+        guard FileManager.default.fileExists(atPath: clipPath) else { throw XCTSkip("golden data not found at \(Self.golden)") }
         CUDAEmulator.install()
         defer { CUDAEmulator.uninstall() }
         CUDAEmulator.refusals = []
-        let weights = try openT5Weights(path: path)
-        let prompts = [[5, 17, 300, 2, 1], Array((0..<70).map { ($0 * 13 + 7) % 512 })]
-        let ids = Tensor(shape: [2, 9], values: (0..<18).map { Float(($0 * 29 + 3) % 512) })
-        let mask = Tensor(shape: [2, 9], values: (0..<18).map { Float($0 < 6 ? 1 : 0) })
+        let clipWeights = try openCLIPWeights(path: clipPath)
+        let images = [Tensor(shape: [3, 1, 40, 56], values: (0..<(3 * 40 * 56)).map { Float(sin(Double($0) * 0.037)) })]
         var results: [[Float]] = []
         for (precision, flash) in [(CUDAPrecision.bf16, true), (.bf16, false), (.f32, true)] {
-            let gpu = try CUDAUMT5(weights: weights.source, arguments: weights.arguments ?? [:], precision: precision)
+            let gpu = try CUDACLIP(weights: clipWeights.source, arguments: clipWeights.arguments ?? [:], precision: precision)
             gpu.backend.flashSegmentAttention = flash
             var values: [Float] = []
-            let report = try gpu.backend.profile {
-                for t in try gpu.encode(tokens: prompts) { values += Array(t.buffer) }
-                _ = try gpu.forward(ids: ids, mask: mask)  // an all-padding sample: a uniform segment (launch checked, not compared)
+            let report = try gpu.profile {
+                let features = try gpu.visual(images)
+                values = Array(features.buffer)
             }.joined(separator: "\n")
-            XCTAssertEqual(report.contains("t5_flash_attention_bf16_d16"), precision == .bf16 && flash, report)
+            XCTAssertEqual(report.contains("t5_flash_attention_bf16_d"), precision == .bf16 && flash, report)
             XCTAssertEqual(report.contains("t5_attention_"), !(precision == .bf16 && flash), report)
             results.append(values)
         }
         let c = results[0].withUnsafeBufferPointer { got in results[1].withUnsafeBufferPointer { Comparison(got: got, expected: $0) } }
-        print("umT5 bf16 on the emulator, flash against t5_attention_bf16: \(c)")
-        XCTAssertLessThanOrEqual(c.relL2, 2e-2, "\(c)")  // two bf16 runs of 3 layers: each ~1.5e-2 from f32
+        print("CLIP bf16 on the emulator, flash against t5_attention_bf16: \(c)")
+        XCTAssertLessThanOrEqual(c.relL2, 1e-2, "\(c)")
+
+        let t5Weights = try openT5Weights(path: t5Path)
+        let t5 = try CUDAUMT5(weights: t5Weights.source, arguments: t5Weights.arguments ?? [:], precision: .bf16)
+        let ids = Tensor(shape: [2, 9], values: (0..<18).map { Float(($0 * 29 + 3) % 512) })
+        let mask = Tensor(shape: [2, 9], values: (0..<18).map { Float($0 < 6 ? 1 : 0) })
+        let report = try t5.backend.profile {
+            _ = try t5.encode(tokens: [[5, 17, 300, 2, 1], Array((0..<70).map { ($0 * 13 + 7) % 512 })])
+            _ = try t5.forward(ids: ids, mask: mask)  // an all-padding sample: a uniform segment
+        }.joined(separator: "\n")
+        XCTAssertTrue(report.contains("t5_attention_f32") && !report.contains("t5_flash_attention"), report)
         XCTAssertEqual(CUDAEmulator.refusals, [], "launches the emulator refused")
     }
 
