@@ -69,7 +69,28 @@ def ids_of(te, text):
     return ids[0, :int(mask.sum())].to(torch.int64)
 
 
-PIPE_TOL = {"context": 1e-4, "context_null": 1e-4}
+def timesteps_of(solver, steps, shift):
+    """The timesteps the official generate() loops over, set up as it sets them up."""
+    if solver == "unipc":
+        s = ref.sys.modules["wan.utils.fm_solvers_unipc"].FlowUniPCMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
+        s.set_timesteps(steps, device="cpu", shift=shift)
+        return s.timesteps
+    fm = ref.sys.modules["wan.utils.fm_solvers"]
+    s = fm.FlowDPMSolverMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
+    return fm.retrieve_timesteps(s, device="cpu", sigmas=fm.get_sampling_sigmas(steps, shift))[0]
+
+
+def record_conditioning(p, seen):
+    """Records the image pipelines' VAE input (the conditioning video) and its latent."""
+    enc = p.vae.encode
+
+    def rec_encode(vs):
+        seen["vae_input"] = vs[0].clone()
+        out = enc(vs)
+        seen["y_latent"] = out[0].clone()
+        return out
+
+    p.vae.encode = rec_encode
 
 
 def t2v_case(name, prompt, size, frame_num, steps, solver, shift, guide, seed, n_prompt, task="t2v"):
@@ -81,13 +102,7 @@ def t2v_case(name, prompt, size, frame_num, steps, solver, shift, guide, seed, n
     ctx = te([prompt], "cpu")[0]; ctxn = te([neg], "cpu")[0]
     rec = p.model.inputs
     noise = rec[0]
-    if solver == "unipc":
-        s = ref.sys.modules["wan.utils.fm_solvers_unipc"].FlowUniPCMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
-        s.set_timesteps(steps, device="cpu", shift=shift); ts = s.timesteps
-    else:
-        fm = ref.sys.modules["wan.utils.fm_solvers"]
-        s = fm.FlowDPMSolverMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
-        ts, _ = fm.retrieve_timesteps(s, device="cpu", sigmas=fm.get_sampling_sigmas(steps, shift))
+    ts = timesteps_of(solver, steps, shift)
     cfg = {"task": task, "t5": "pipe_t5", "dit": "pipe_dit_t2v", "vae": "pipe_vae", "tokenizer": "tokenizer/",
            "size": list(size), "frame_num": frame_num, "sampling_steps": steps, "sample_solver": solver,
            "shift": shift, "guide_scale": guide, "seed": seed, "n_prompt": n_prompt,
@@ -134,28 +149,14 @@ def i2v_case(name, prompt, hw, max_area, frame_num, steps, solver, shift, guide,
             return clip_fea
 
     p.clip = Clip()
-    enc = p.vae.encode
-
-    def rec_encode(vs):
-        seen["vae_input"] = vs[0].clone()
-        out = enc(vs)
-        seen["y_latent"] = out[0].clone()
-        return out
-
-    p.vae.encode = rec_encode
+    record_conditioning(p, seen)
     from PIL import Image
     video = p.generate(prompt, Image.fromarray(img.numpy()), max_area=max_area, frame_num=frame_num, shift=shift,
                        sample_solver=solver, sampling_steps=steps, guide_scale=guide, n_prompt=n_prompt, seed=seed,
                        offload_model=False)
     rec = p.model.inputs
     te = p.text_encoder
-    if solver == "unipc":
-        s = ref.sys.modules["wan.utils.fm_solvers_unipc"].FlowUniPCMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
-        s.set_timesteps(steps, device="cpu", shift=shift); ts = s.timesteps
-    else:
-        fm = ref.sys.modules["wan.utils.fm_solvers"]
-        s = fm.FlowDPMSolverMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
-        ts, _ = fm.retrieve_timesteps(s, device="cpu", sigmas=fm.get_sampling_sigmas(steps, shift))
+    ts = timesteps_of(solver, steps, shift)
     lat = seen["y_latent"]
     cfg = {"task": "i2v", "t5": "pipe_t5", "dit": "pipe_dit_i2v", "vae": "pipe_vae", "tokenizer": "tokenizer/",
            "max_area": max_area, "frame_num": frame_num, "sampling_steps": steps, "sample_solver": solver,
@@ -206,30 +207,21 @@ def flf2v_case(name, prompt, first_hw, last_hw, max_area, steps, solver, shift, 
             return clip_fea
 
     p.clip = Clip()
-    enc = p.vae.encode
-
-    def rec_encode(vs):
-        seen["vae_input"] = vs[0].clone()
-        out = enc(vs)
-        seen["y_latent"] = out[0].clone()
-        return out
-
-    p.vae.encode = rec_encode
+    record_conditioning(p, seen)
     from PIL import Image
     video = p.generate(prompt, Image.fromarray(first.numpy()), Image.fromarray(last.numpy()), max_area=max_area,
                        frame_num=81, shift=shift, sample_solver=solver, sampling_steps=steps, guide_scale=guide,
                        n_prompt=n_prompt, seed=seed, offload_model=False)
     rec = p.model.inputs
     te = p.text_encoder
-    s = ref.sys.modules["wan.utils.fm_solvers_unipc"].FlowUniPCMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
-    s.set_timesteps(steps, device="cpu", shift=shift)
+    ts = timesteps_of(solver, steps, shift)
     lat = seen["y_latent"]
     cfg = {"task": "flf2v", "t5": "pipe_t5", "dit": "v_pipe_dit_flf2v", "vae": "pipe_vae", "tokenizer": "tokenizer/",
            "max_area": max_area, "frame_num": 81, "sampling_steps": steps, "sample_solver": solver, "shift": shift,
            "guide_scale": guide, "seed": seed, "n_prompt": n_prompt, "lat_h": lat.shape[2], "lat_w": lat.shape[3]}
     outs = {"first_frame_tensor": seen["first_frame_tensor"], "last_frame_tensor": seen["last_frame_tensor"],
             "vae_input": seen["vae_input"], "y_latent": lat, "noise": rec[0], "context": te([prompt], "cpu")[0],
-            "timesteps": s.timesteps.to(torch.float32), "latents_before_step": torch.stack(rec[1:]), "video": video}
+            "timesteps": ts.to(torch.float32), "latents_before_step": torch.stack(rec[1:]), "video": video}
     write_case(name, "pipeline", None, {"prompt": prompt, "first_frame": first, "last_frame": last,
                                          "clip_features": clip_fea}, outs, config=cfg, rel=1e-3)
     fix_tol(name)
@@ -340,13 +332,7 @@ def vace_case(name, prompt, size, frame_num, steps, solver, shift, guide, seed, 
     rec = p.model.inputs
     te = p.text_encoder
     neg = n_prompt if n_prompt else NEG
-    if solver == "unipc":
-        s = ref.sys.modules["wan.utils.fm_solvers_unipc"].FlowUniPCMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
-        s.set_timesteps(steps, device="cpu", shift=shift); ts = s.timesteps
-    else:
-        fm = ref.sys.modules["wan.utils.fm_solvers"]
-        s = fm.FlowDPMSolverMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
-        ts, _ = fm.retrieve_timesteps(s, device="cpu", sigmas=fm.get_sampling_sigmas(steps, shift))
+    ts = timesteps_of(solver, steps, shift)
     cfg = {"task": "vace", "t5": "pipe_t5", "dit": "v_pipe_dit_vace", "vae": "pipe_vae", "tokenizer": "tokenizer/",
            "size": list(size), "frame_num": frame_num, "sampling_steps": steps, "sample_solver": solver, "shift": shift,
            "guide_scale": guide, "seed": seed, "n_prompt": n_prompt, "context_scale": context_scale,
