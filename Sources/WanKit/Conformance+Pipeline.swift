@@ -20,8 +20,7 @@ extension ConformanceRunner {
         if task == "i2v" || task == "flf2v" { return try runImagePipeline(c, task: task) }
         if task == "vace" { return try runVACEPipeline(c) }
         guard task == "t2v" || task == "t2i" else { return .skip(c.name, "pipeline task '\(task)' is not implemented yet") }
-        guard let t5Name = c.config["t5"] as? String, let ditName = c.config["dit"] as? String, let vaeName = c.config["vae"] as? String,
-              let tokenizerPath = c.config["tokenizer"] as? String else {
+        guard let (t5Name, ditName, vaeName, tokenizerPath) = pipelineModels(c) else {
             return .fail(c.name, "case config must name t5, dit, vae and tokenizer")
         }
         guard let dit = try denoiser(ditName), let vae = try vae(vaeName) else { return .skip(c.name, "a model layout is not implemented") }
@@ -29,10 +28,7 @@ extension ConformanceRunner {
         let pipeline = try TextToVideo(text: TextConditioner(tokenizer: tokenizer, encoder: try t5(t5Name)), dit: dit, vae: vae)
         var s = GenerationSettings()
         if let size = c.config["size"] as? [NSNumber], size.count == 2 { s.width = size[0].intValue; s.height = size[1].intValue }
-        let sampling = try CaseSampling(c)
-        sampling.frames.map { s.frames = $0 }; sampling.steps.map { s.steps = $0 }; sampling.shift.map { s.shift = $0 }
-        sampling.guideScale.map { s.guideScale = $0 }; sampling.seed.map { s.seed = $0 }
-        sampling.negativePrompt.map { s.negativePrompt = $0 }; sampling.solver.map { s.solver = $0 }
+        try CaseSampling(c).apply(to: &s)
         guard let prompt = c.inputs["prompt"] as? String else { return .fail(c.name, "case has no prompt") }
 
         let noise = TextToVideo.initialNoise(shape: s.latentShape, seed: s.seed)
@@ -53,8 +49,7 @@ extension ConformanceRunner {
     /// uint8 [H, W, 3] (`image`; FLF2V `first_frame` / `last_frame`), optionally `clip_features` (used instead of a
     /// CLIP model; else config `clip` names one) and `noise`. Outputs: every tensor the pipeline observes.
     func runImagePipeline(_ c: GoldenCase, task: String) throws -> CaseResult {
-        guard let t5Name = c.config["t5"] as? String, let ditName = c.config["dit"] as? String, let vaeName = c.config["vae"] as? String,
-              let tokenizerPath = c.config["tokenizer"] as? String else {
+        guard let (t5Name, ditName, vaeName, tokenizerPath) = pipelineModels(c) else {
             return .fail(c.name, "case config must name t5, dit, vae and tokenizer")
         }
         guard let dit = try denoiser(ditName), let vae = try vae(vaeName) else { return .skip(c.name, "a model layout is not implemented") }
@@ -64,16 +59,11 @@ extension ConformanceRunner {
         let flf = task == "flf2v"
         var s = flf ? ImageGenerationSettings.firstLastFrame : ImageGenerationSettings()
         if let v = (c.config["max_area"] as? NSNumber)?.intValue { s.maxArea = v }
-        let sampling = try CaseSampling(c)
-        sampling.frames.map { s.frames = $0 }; sampling.steps.map { s.steps = $0 }; sampling.shift.map { s.shift = $0 }
-        sampling.guideScale.map { s.guideScale = $0 }; sampling.seed.map { s.seed = $0 }
-        sampling.negativePrompt.map { s.negativePrompt = $0 }; sampling.solver.map { s.solver = $0 }
+        try CaseSampling(c).apply(to: &s)
         guard let prompt = c.inputs["prompt"] as? String else { return .fail(c.name, "case has no prompt") }
         func image(_ names: [String]) throws -> RGBImage? {
             guard let name = names.first(where: { c.hasInput($0) }) else { return nil }
-            let t = try encoderIntegerInput(c, name)  // uint8 [H, W, 3], read exactly
-            guard t.rank == 3, t.shape[2] == 3 else { throw GenerationError.invalidSettings("input \(name) must be uint8 [H, W, 3], got \(t.shape)") }
-            return try RGBImage(width: t.shape[1], height: t.shape[0], pixels: (0..<t.count).map { UInt8(max(0, min(255, t.data[$0].rounded()))) })
+            return try rgbImage(try encoderIntegerInput(c, name), name)
         }
         let images: [RGBImage]
         if flf {
@@ -173,6 +163,34 @@ final class PipelineOutputs {
     }
 }
 
+extension ConformanceRunner {
+    /// The models a pipeline case's config names: t5, dit, vae and the tokenizer folder (nil when one is missing).
+    func pipelineModels(_ c: GoldenCase) -> (t5: String, dit: String, vae: String, tokenizer: String)? {
+        guard let t5 = c.config["t5"] as? String, let dit = c.config["dit"] as? String, let vae = c.config["vae"] as? String,
+              let tokenizer = c.config["tokenizer"] as? String else { return nil }
+        return (t5, dit, vae, tokenizer)
+    }
+
+    /// An image input, uint8 [H, W, 3] read exactly.
+    func rgbImage(_ t: Tensor, _ name: String) throws -> RGBImage {
+        guard t.rank == 3, t.shape[2] == 3 else { throw GenerationError.invalidSettings("input \(name) must be uint8 [H, W, 3], got \(t.shape)") }
+        return try RGBImage(width: t.shape[1], height: t.shape[0], pixels: (0..<t.count).map { UInt8(max(0, min(255, t.data[$0].rounded()))) })
+    }
+}
+
+/// The sampling settings both the text and the image pipelines take.
+protocol CaseSamplingSettings {
+    var frames: Int { get set }
+    var steps: Int { get set }
+    var shift: Double { get set }
+    var guideScale: Float { get set }
+    var seed: UInt64 { get set }
+    var negativePrompt: String { get set }
+    var solver: FlowSolverKind { get set }
+}
+extension GenerationSettings: CaseSamplingSettings {}
+extension ImageGenerationSettings: CaseSamplingSettings {}
+
 /// The generate() arguments a pipeline case's config names (WanT2V and WanI2V take the same ones).
 struct CaseSampling {
     var frames: Int?, steps: Int?, shift: Double?, guideScale: Float?, seed: UInt64?, negativePrompt: String?
@@ -189,5 +207,12 @@ struct CaseSampling {
             guard let kind = FlowSolverKind(rawValue: v) else { throw GenerationError.invalidSettings("case \(c.name): unknown solver \(v)") }
             solver = kind
         }
+    }
+
+    /// The arguments the case names, over `s`'s defaults.
+    func apply<S: CaseSamplingSettings>(to s: inout S) {
+        frames.map { s.frames = $0 }; steps.map { s.steps = $0 }; shift.map { s.shift = $0 }
+        guideScale.map { s.guideScale = $0 }; seed.map { s.seed = $0 }
+        negativePrompt.map { s.negativePrompt = $0 }; solver.map { s.solver = $0 }
     }
 }

@@ -58,8 +58,7 @@ extension ConformanceRunner {
     /// as uint8 [h, w, 3]. Outputs: every tensor the pipeline observes (vace_frames = z0, vace_masks = m0,
     /// vace_context = z, noise, latents_before_step) and the decoded video.
     func runVACEPipeline(_ c: GoldenCase) throws -> CaseResult {
-        guard let t5Name = c.config["t5"] as? String, let ditName = c.config["dit"] as? String, let vaeName = c.config["vae"] as? String,
-              let tokenizerPath = c.config["tokenizer"] as? String else {
+        guard let (t5Name, ditName, vaeName, tokenizerPath) = pipelineModels(c) else {
             return .fail(c.name, "case config must name t5, dit, vae and tokenizer")
         }
         guard let dit = try vaceDiT(ditName), let vae = try vae(vaeName) else { return .skip(c.name, "a model layout is not implemented") }
@@ -67,27 +66,20 @@ extension ConformanceRunner {
         let pipeline = try VACEPipeline(text: TextConditioner(tokenizer: tokenizer, encoder: try t5(t5Name)), dit: dit, vae: vae)
         var s = GenerationSettings()
         if let size = c.config["size"] as? [NSNumber], size.count == 2 { s.width = size[0].intValue; s.height = size[1].intValue }
-        let sampling = try CaseSampling(c)
-        sampling.frames.map { s.frames = $0 }; sampling.steps.map { s.steps = $0 }; sampling.shift.map { s.shift = $0 }
-        sampling.guideScale.map { s.guideScale = $0 }; sampling.seed.map { s.seed = $0 }
-        sampling.negativePrompt.map { s.negativePrompt = $0 }; sampling.solver.map { s.solver = $0 }
+        try CaseSampling(c).apply(to: &s)
         let contextScale = Float((c.config["context_scale"] as? NSNumber)?.doubleValue ?? 1)
         guard let prompt = c.inputs["prompt"] as? String else { return .fail(c.name, "case has no prompt") }
 
-        func image(_ t: Tensor, _ name: String) throws -> RGBImage {
-            guard t.rank == 3, t.shape[2] == 3 else { throw GenerationError.invalidSettings("input \(name) must be uint8 [H, W, 3], got \(t.shape)") }
-            return try RGBImage(width: t.shape[1], height: t.shape[0], pixels: (0..<t.count).map { UInt8(max(0, min(255, t.data[$0].rounded()))) })
-        }
         func video(_ name: String) throws -> RGBVideo? {
             guard c.hasInput(name) else { return nil }
             let t = try encoderIntegerInput(c, name)
             guard t.rank == 4, t.shape[3] == 3 else { throw GenerationError.invalidSettings("input \(name) must be uint8 [F, H, W, 3], got \(t.shape)") }
             let frame = t.shape[1] * t.shape[2] * 3
             return try RGBVideo(frames: (0..<t.shape[0]).map { f in
-                try image(Tensor(shape: [t.shape[1], t.shape[2], 3], values: Array(UnsafeBufferPointer(start: t.data + f * frame, count: frame))), name)
+                try rgbImage(Tensor(shape: [t.shape[1], t.shape[2], 3], values: Array(UnsafeBufferPointer(start: t.data + f * frame, count: frame))), name)
             })
         }
-        let references = try (0..<64).prefix { c.hasInput("ref_image\($0)") }.map { try image(try encoderIntegerInput(c, "ref_image\($0)"), "ref_image\($0)") }
+        let references = try (0..<64).prefix { c.hasInput("ref_image\($0)") }.map { try rgbImage(try encoderIntegerInput(c, "ref_image\($0)"), "ref_image\($0)") }
         let inputs = VACEInputs(video: try video("video"), mask: try video("mask"), referenceImages: references)
 
         let got = PipelineOutputs()
