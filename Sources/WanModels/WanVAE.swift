@@ -520,8 +520,9 @@ public final class WanVAE: VAEFrameBackend, @unchecked Sendable {
 
     // MARK: public API
 
-    /// Encodes a video [3, 1+4k, H, W] in [-1, 1] into the normalised latent [16, 1+k, H/8, W/8] (sides rounded down) = (mu - mean) / std, as `WanVAE.encode` does (no sampling). Frames past the last whole chunk
-    /// of 4 (a video of 1+4k+r frames, r < 4) are not encoded, as in the official code.
+    /// Encodes a video [3, 1+4k, H, W] in [-1, 1] into the normalised latent [16, 1+k, H/8, W/8] (sides rounded
+    /// down) = (mu - mean) / std, as `WanVAE.encode` does (no sampling). Frames past the last whole chunk of 4 (a video
+    /// of 1+4k+r frames, r < 4) are not encoded, as in the official code.
     public func encode(_ video: Tensor) throws -> Tensor {
         guard video.rank == 4, video.shape[0] == 3 else { throw VAEInputError("the video must be [3, frames, height, width], got \(video.shape)") }
         let (T, H, W) = (video.shape[1], video.shape[2], video.shape[3])
