@@ -85,6 +85,18 @@ public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringCon
         }
     }
 
+    /// Byte offsets of the f16 fields (scales, mins) within a block: where random test blocks need finite values.
+    public var halfFieldOffsets: [Int] {
+        switch self {
+        case .fp8E4M3, .fp8E5M2: return []
+        case .q8_0, .q4_0, .q5_0: return [0]
+        case .q4_1, .q5_1, .q4_K, .q5_K: return [0, 2]
+        case .q2_K: return [80, 82]
+        case .q3_K: return [108]
+        case .q6_K: return [208]
+        }
+    }
+
     /// Device bytes of `elements` values (a whole number of blocks), nil when they are not whole blocks.
     public func bytes(elements: Int) -> Int? {
         elements % blockSize == 0 ? elements / blockSize * blockBytes : nil

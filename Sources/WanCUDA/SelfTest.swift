@@ -364,20 +364,12 @@ final class KernelSelfTest {
             let bits = (i % 2 == 0 ? 0 : 0x8000) | exponent << 10 | mantissa
             return (UInt8(bits & 0xff), UInt8(bits >> 8))
         }
-        let halves: [Int]  // byte offsets of the f16 fields in a block
         switch format {
-        case .fp8E4M3:
-            for i in bytes.indices where bytes[i] & 0x7f == 0x7f { bytes[i] ^= 1 }
-            halves = []
-        case .fp8E5M2:
-            for i in bytes.indices where bytes[i] & 0x7c == 0x7c { bytes[i] ^= 0x40 }
-            halves = []
-        case .q8_0, .q4_0, .q5_0: halves = [0]
-        case .q4_1, .q5_1, .q4_K, .q5_K: halves = [0, 2]
-        case .q2_K: halves = [80, 82]
-        case .q3_K: halves = [108]
-        case .q6_K: halves = [208]
+        case .fp8E4M3: for i in bytes.indices where bytes[i] & 0x7f == 0x7f { bytes[i] ^= 1 }
+        case .fp8E5M2: for i in bytes.indices where bytes[i] & 0x7c == 0x7c { bytes[i] ^= 0x40 }
+        default: break
         }
+        let halves = format.halfFieldOffsets
         for block in 0..<(count / format.blockSize) {
             for (k, offset) in halves.enumerated() {
                 let (lo, hi) = half(block + k)

@@ -305,18 +305,6 @@ final class CUDACompactWeightTests: XCTestCase {
 
     // MARK: the kernels alone
 
-    /// The byte offsets of the f16 fields (block scales and mins) in a block of `format`.
-    static func halfOffsets(_ format: CompactWeightFormat) -> [Int] {
-        switch format {
-        case .fp8E4M3, .fp8E5M2: return []
-        case .q8_0, .q4_0, .q5_0: return [0]
-        case .q4_1, .q5_1, .q4_K, .q5_K: return [0, 2]
-        case .q2_K: return [80, 82]
-        case .q3_K: return [108]
-        case .q6_K: return [208]
-        }
-    }
-
     /// Every dequant kernel on the emulator against the host dequantisation, and the launcher's checks.
     func testDequantKernelsOnTheEmulator() throws {
         let (context, compiler, cleanup) = try emulatedGPU()
@@ -329,7 +317,7 @@ final class CUDACompactWeightTests: XCTestCase {
             if format == .fp8E4M3 { for i in bytes.indices where bytes[i] & 0x7f == 0x7f { bytes[i] = 0 } }
             if format == .fp8E5M2 { for i in bytes.indices where bytes[i] & 0x7c == 0x7c { bytes[i] = 0 } }
             // Block scales: finite halves.
-            let halves = Self.halfOffsets(format)
+            let halves = format.halfFieldOffsets
             for b in 0..<(count / format.blockSize) { for o in halves { bytes[b * format.blockBytes + o + 1] &= 0x3f } }
             let stored = try context.allocate(bytes: bytes.count), out = try context.allocate(bytes: 2 * count)
             try stored.upload(bytes)
@@ -498,7 +486,7 @@ final class DequantSourceOnTheCPUTests: XCTestCase {
                 // NaN patterns give some NaN on both sides, not the same bits: left out. Inf stays (e5m2, halves).
                 if format == .fp8E4M3 { for i in bytes.indices where bytes[i] & 0x7f == 0x7f { bytes[i] = 0x7e } }
                 if format == .fp8E5M2 { for i in bytes.indices where bytes[i] & 0x7f > 0x7c { bytes[i] = 0x7c } }
-                let halves = CUDACompactWeightTests.halfOffsets(format)
+                let halves = format.halfFieldOffsets
                 for b in 0..<(count / format.blockSize) {
                     for o in halves {
                         // Finite halves, small (subnormal) ones in the first trial.

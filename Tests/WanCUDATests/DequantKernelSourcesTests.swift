@@ -180,22 +180,16 @@ final class DequantKernelSourcesOnTheCPUTests: XCTestCase {
     static func storedBytes(_ c: Case, _ random: inout Random) -> [UInt8] {
         let bytes = c.format.bytes(elements: c.count)!
         var data = (0..<bytes).map { _ in random.byte() }
-        let halves: [Int]  // byte offsets of the f16 fields in a block
         switch c.format {
         case .fp8E4M3:
             if c.everyByte { data = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 97) } }  // 97 odd: every byte, shuffled
             else { for i in data.indices where data[i] & 0x7f == 0x7f { data[i] ^= 1 } }  // S.1111.111: NaN
-            halves = []
         case .fp8E5M2:
             if c.everyByte { data = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 97) } }
             else { for i in data.indices where data[i] & 0x7c == 0x7c { data[i] ^= 0x40 } }  // exponent 11111: Inf/NaN
-            halves = []
-        case .q8_0, .q4_0, .q5_0: halves = [0]
-        case .q4_1, .q5_1, .q4_K, .q5_K: halves = [0, 2]
-        case .q2_K: halves = [80, 82]
-        case .q3_K: halves = [108]
-        case .q6_K: halves = [208]
+        default: break
         }
+        let halves = c.format.halfFieldOffsets
         for block in 0..<(c.count / c.format.blockSize) {
             for offset in halves {
                 let h = randomHalf(&random)
