@@ -55,6 +55,18 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// Maximum over the whole block (blockDim.x a multiple of 32); every thread receives it. As block_sum: `scratch` is
+// 32 floats of shared memory, the leading barrier lets one scratch serve consecutive calls.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : NEG_INF;
+    return warp_max(v);
+}
+
 #ifndef __CUDA_ARCH__
 // The kernel files compiled as C++ for the CPU (Tests/WanCUDATests, every thread of a block simulated) do the warp's
 // mma from the fragments all 32 lanes hand over, as the PTX ISA lays them out.

@@ -52,17 +52,6 @@ __device__ __forceinline__ unsigned float_to_e4m3(float f) {
 
 __device__ __forceinline__ float abs_bf16(unsigned bits) { return __uint_as_float((bits & 0x7fffu) << 16); }
 
-// The largest value over the block (blockDim.x a multiple of 32); every thread receives it. `scratch`: 32 floats.
-__device__ __forceinline__ float fp8_block_max(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.0f;
-    return warp_max(v);
-}
-
 extern "C" __global__ void fp8_amax_bf16(float* partial, const bf16* x, long n) {
     __shared__ float scratch[32];
     const uint4* x8 = (const uint4*)x;
@@ -72,7 +61,7 @@ extern "C" __global__ void fp8_amax_bf16(float* partial, const bf16* x, long n) 
         const unsigned w[4] = {v.x, v.y, v.z, v.w};
         for (int j = 0; j < 4; ++j) m = fmaxf(m, fmaxf(abs_bf16(w[j] & 0xffffu), abs_bf16(w[j] >> 16)));  // fmaxf drops NaN
     }
-    m = fp8_block_max(m, scratch);
+    m = block_max(m, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = m;
 }
 
@@ -81,7 +70,7 @@ extern "C" __global__ void fp8_quantize_e4m3_bf16(u8* out, float* scales, const 
     __shared__ float scratch[32];
     float m = 0.0f;
     for (int i = threadIdx.x; i < partials; i += blockDim.x) m = fmaxf(m, partial[i]);
-    const float amax = fp8_block_max(m, scratch);
+    const float amax = block_max(m, scratch);
     const float q = amax / 448.0f;
     const float s = q > 0.0f && q <= 3.4028234663852886e38f ? q : 1.0f;
     if (blockIdx.x == 0 && threadIdx.x == 0) {

@@ -113,18 +113,6 @@ vae_rms_norm_f32(float* out, const float* x, const float* gamma, long rows, int 
     }
 }
 
-// Maximum over the whole block (blockDim.x a multiple of 32); every thread receives it. As block_sum: `scratch` is
-// 32 floats of shared memory, the leading barrier lets one scratch serve consecutive calls.
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : NEG_INF;
-    return warp_max(v);
-}
-
 // s: [rows, cols], in place. One block of 256 threads per row (grid-stride over rows), any grid.
 extern "C" __global__ void __launch_bounds__(256)
 vae_softmax_f32(float* s, long rows, int cols, float scale) {
