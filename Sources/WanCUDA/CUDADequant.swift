@@ -13,24 +13,29 @@ public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringCon
 
     public var description: String { rawValue }
 
+    /// How the format is stored in a file: the one table the other properties derive from.
+    public var storageType: StorageType {
+        switch self {
+        case .fp8E4M3: return .dtype(.f8e4m3)
+        case .fp8E5M2: return .dtype(.f8e5m2)
+        case .q8_0: return .ggml(.q8_0)
+        case .q4_0: return .ggml(.q4_0)
+        case .q4_1: return .ggml(.q4_1)
+        case .q5_0: return .ggml(.q5_0)
+        case .q5_1: return .ggml(.q5_1)
+        case .q2_K: return .ggml(.q2_K)
+        case .q3_K: return .ggml(.q3_K)
+        case .q4_K: return .ggml(.q4_K)
+        case .q5_K: return .ggml(.q5_K)
+        case .q6_K: return .ggml(.q6_K)
+        }
+    }
+
     /// The format of a stored type, nil when it is not kept compact (f32, f16, bf16 and the other ggml types, Q8_1,
     /// Q8_K and the IQ/TQ/MXFP4 ones, are dequantised on the host, where they can be, and uploaded in the product's type).
     public init?(_ type: StorageType) {
-        switch type {
-        case .dtype(.f8e4m3): self = .fp8E4M3
-        case .dtype(.f8e5m2): self = .fp8E5M2
-        case .ggml(.q8_0): self = .q8_0
-        case .ggml(.q4_0): self = .q4_0
-        case .ggml(.q4_1): self = .q4_1
-        case .ggml(.q5_0): self = .q5_0
-        case .ggml(.q5_1): self = .q5_1
-        case .ggml(.q2_K): self = .q2_K
-        case .ggml(.q3_K): self = .q3_K
-        case .ggml(.q4_K): self = .q4_K
-        case .ggml(.q5_K): self = .q5_K
-        case .ggml(.q6_K): self = .q6_K
-        default: return nil
-        }
+        guard let format = Self.allCases.first(where: { $0.storageType == type }) else { return nil }
+        self = format
     }
 
     /// The kernel of dequant.cu that expands it into bf16.
@@ -53,36 +58,14 @@ public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringCon
 
     /// Elements per block (1 for fp8).
     public var blockSize: Int {
-        switch self {
-        case .fp8E4M3, .fp8E5M2: return 1
-        case .q8_0: return GGMLType.q8_0.blockSize
-        case .q4_0: return GGMLType.q4_0.blockSize
-        case .q4_1: return GGMLType.q4_1.blockSize
-        case .q5_0: return GGMLType.q5_0.blockSize
-        case .q5_1: return GGMLType.q5_1.blockSize
-        case .q2_K: return GGMLType.q2_K.blockSize
-        case .q3_K: return GGMLType.q3_K.blockSize
-        case .q4_K: return GGMLType.q4_K.blockSize
-        case .q5_K: return GGMLType.q5_K.blockSize
-        case .q6_K: return GGMLType.q6_K.blockSize
-        }
+        if case .ggml(let type) = storageType { return type.blockSize }
+        return 1
     }
 
     /// Bytes per block.
     public var blockBytes: Int {
-        switch self {
-        case .fp8E4M3, .fp8E5M2: return 1
-        case .q8_0: return GGMLType.q8_0.typeSize
-        case .q4_0: return GGMLType.q4_0.typeSize
-        case .q4_1: return GGMLType.q4_1.typeSize
-        case .q5_0: return GGMLType.q5_0.typeSize
-        case .q5_1: return GGMLType.q5_1.typeSize
-        case .q2_K: return GGMLType.q2_K.typeSize
-        case .q3_K: return GGMLType.q3_K.typeSize
-        case .q4_K: return GGMLType.q4_K.typeSize
-        case .q5_K: return GGMLType.q5_K.typeSize
-        case .q6_K: return GGMLType.q6_K.typeSize
-        }
+        if case .ggml(let type) = storageType { return type.typeSize }
+        return 1
     }
 
     /// Byte offsets of the f16 fields (scales, mins) within a block: where random test blocks need finite values.
@@ -116,22 +99,7 @@ public enum CompactWeightFormat: String, Sendable, CaseIterable, CustomStringCon
     /// even. The CUDA emulator's twin of dequant.cu and the self-test's reference.
     public static func hostDequantize(_ format: CompactWeightFormat, data: UnsafeRawPointer, count: Int, scale: Float,
                                into out: UnsafeMutablePointer<UInt16>) {
-        let type: StorageType
-        switch format {
-        case .fp8E4M3: type = .dtype(.f8e4m3)
-        case .fp8E5M2: type = .dtype(.f8e5m2)
-        case .q8_0: type = .ggml(.q8_0)
-        case .q4_0: type = .ggml(.q4_0)
-        case .q4_1: type = .ggml(.q4_1)
-        case .q5_0: type = .ggml(.q5_0)
-        case .q5_1: type = .ggml(.q5_1)
-        case .q2_K: type = .ggml(.q2_K)
-        case .q3_K: type = .ggml(.q3_K)
-        case .q4_K: type = .ggml(.q4_K)
-        case .q5_K: type = .ggml(.q5_K)
-        case .q6_K: type = .ggml(.q6_K)
-        }
-        let stored = StoredTensor(name: "dequant", type: type, shape: [count], data: data,
+        let stored = StoredTensor(name: "dequant", type: format.storageType, shape: [count], data: data,
                                   byteCount: format.bytes(elements: count) ?? 0, scale: scale, owner: nil)
         let values = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
         defer { values.deallocate() }

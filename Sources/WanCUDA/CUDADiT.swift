@@ -24,11 +24,10 @@ public struct DeviceLinear {
 /// modulations in f32. Under bf16, matrices stored as fp8 (e4m3fn/e5m2, ComfyUI's per-tensor `scale_weight` kept
 /// beside them) or as ggml Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q2_K/Q3_K/Q4_K/Q5_K/Q6_K blocks are uploaded as stored and expanded
 /// to bf16 on the GPU just before each product, into one scratch matrix sized for the largest of them
-/// (`CompactWeightFormat`: the same bf16
-/// values as a host dequantisation, so the same output, in about half the memory for fp8; with `fp8Products`, e4m3
-/// matrices are multiplied as stored by cuBLASLt's fp8 matmul on an e4m3 copy of the activation: `FP8Products`). Products go through
-/// cuBLASLt (f32 accumulation), everything else through the kernels of Kernels/*.cu; a forward pass runs on views of
-/// one planned workspace (`CUDADiTPlan`).
+/// (`CompactWeightFormat`: the same bf16 values as a host dequantisation, so the same output, in about half the
+/// memory for fp8; with `fp8Products`, e4m3 matrices are multiplied as stored by cuBLASLt's fp8 matmul on an e4m3 copy
+/// of the activation: `FP8Products`). Products go through cuBLASLt (f32 accumulation), everything else through the
+/// kernels of Kernels/*.cu; a forward pass runs on views of one planned workspace (`CUDADiTPlan`).
 ///
 /// Differences from the CPU that do not change the result: the text is embedded at its full official length
 /// (text_len rows, padded rows included, no per-key bias); patchify/unpatchify and the sinusoid run on the host.
