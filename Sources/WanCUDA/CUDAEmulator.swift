@@ -293,9 +293,7 @@ enum EmulatedKernels {
                                               keys: { lens == 0 ? lk : min(EmulatedTensor(lens, bf16: false).int($0), lk) },
                                               q: { Double(q[$0]) }, k: { Double(k[$0]) }, v: { Double(v[$0]) },
                                               store: { out[$0] = Float($1) })
-        case "dequant_fp8_e4m3_bf16", "dequant_fp8_e5m2_bf16", "dequant_q8_0_bf16", "dequant_q4_0_bf16", "dequant_q4_1_bf16",
-             "dequant_q5_0_bf16", "dequant_q5_1_bf16", "dequant_q2_k_bf16", "dequant_q3_k_bf16", "dequant_q4_k_bf16",
-             "dequant_q5_k_bf16", "dequant_q6_k_bf16":
+        case _ where name.hasPrefix("dequant_"):  // the kernel of a CompactWeightFormat
             // out = bf16(float(stored) * scale), element by element as the host dequantises the stored tensor.
             guard let format = CompactWeightFormat.allCases.first(where: { $0.kernel == name }) else { return "no format for \(name)" }
             let out = a.address(0), w = a.address(1), scale = a.float(2), n = a.int64(3)
