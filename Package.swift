@@ -21,7 +21,9 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
-        .target(name: "WanTensor", dependencies: ["CDNNL"], swiftSettings: optimize),
+        // Intrinsics kernels, each function compiled for the instruction set it needs and chosen at run time.
+        .target(name: "CWanCPU", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "WanTensor", dependencies: ["CDNNL", "CWanCPU"], swiftSettings: optimize),
         .target(name: "WanWeights", dependencies: ["WanTensor"], swiftSettings: optimize),
         .target(name: "WanModels", dependencies: ["WanTensor", "WanWeights"], swiftSettings: optimize),
         .target(name: "WanSampling", dependencies: ["WanTensor"], swiftSettings: optimize),

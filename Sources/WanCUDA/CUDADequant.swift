@@ -1,4 +1,5 @@
 import Foundation
+import WanTensor
 import WanWeights
 
 /// A stored matrix format that stays compact on the GPU (uploaded as its raw bytes, 1 byte per element for fp8,

@@ -12,30 +12,6 @@ public enum CUDAPrecision: String, Sendable, CaseIterable {
     public var activation: DeviceDType { self == .f32 ? .f32 : .bf16 }
 }
 
-/// float32 <-> bfloat16 on the host, as PyTorch's .to(torch.bfloat16) rounds (to nearest, ties to even; NaN stays a
-/// quiet NaN): how weights are packed for upload.
-public enum BFloat16 {
-    @inline(__always) public static func from(_ value: Float) -> UInt16 {
-        let bits = value.bitPattern
-        if bits & 0x7fff_ffff > 0x7f80_0000 { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
-        let rounded = bits &+ 0x7fff &+ ((bits >> 16) & 1)
-        return UInt16(truncatingIfNeeded: rounded >> 16)
-    }
-
-    @inline(__always) public static func float(_ value: UInt16) -> Float { Float(bitPattern: UInt32(value) << 16) }
-
-    /// Packs `count` floats (in parallel for large counts).
-    public static func pack(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>, count: Int) {
-        Parallel.forRanges(count, grain: 1 << 16) { range in
-            for i in range { destination[i] = from(source[i]) }
-        }
-    }
-
-    public static func unpack(_ source: UnsafePointer<UInt16>, into destination: UnsafeMutablePointer<Float>, count: Int) {
-        for i in 0..<count { destination[i] = float(source[i]) }
-    }
-}
-
 /// The device memory one forward pass of the DiT uses, planned on the host: one allocation holding every region of
 /// the model's `DiTForwardLayout` (the residual stream, the block's activations reused by every block, the FFN
 /// hidden layer for a chunk of rows, the patch and head buffers, e0 and the modulation), plus, for i2v/flf2v, the

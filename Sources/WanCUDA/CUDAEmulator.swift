@@ -1,4 +1,5 @@
 import Foundation
+import WanTensor
 
 /// A CPU stand-in for libcuda and cuBLASLt, so the host side of the CUDA backend (weight upload, workspace offsets,
 /// launch arguments and shapes, the cuBLASLt layouts of `CUDAMatmul`, the order of operations in `CUDADiT`) runs and

@@ -1,4 +1,5 @@
 import Foundation
+import WanTensor
 
 /// The kernels of Kernels/*.cu as typed calls on device addresses (launch shapes as each file documents them).
 /// Modules are compiled (or taken from the cubin cache) and loaded on first use.

@@ -1,4 +1,5 @@
 import Foundation
+import WanTensor
 
 /// The kernels of Kernels/t5.cu re-done on the CPU for `CUDAEmulator` (see there), from the semantics the file
 /// documents, reading the arguments as it declares them and refusing launches it would not run correctly.

@@ -1,4 +1,5 @@
 import Foundation
+import WanTensor
 
 /// The kernels of Kernels/vae.cu re-done on the CPU for `CUDAEmulator` (see there): each reads its arguments as the
 /// .cu file declares them, refuses launches the kernel would not run correctly (block shape, 32-bit index range,

@@ -18,7 +18,7 @@ extension ConformanceRunner {
         if let factory = t5Factory {
             m = try factory(UMT5Config.inferred(from: weights.source, arguments: arguments), weights.source)
         } else {
-            m = try UMT5Encoder(weights: weights.source, arguments: arguments)
+            m = try UMT5Encoder(weights: weights.source, arguments: arguments, products: cpuProducts)
         }
         t5Encoders[model] = m
         return m
@@ -37,7 +37,7 @@ extension ConformanceRunner {
         if let factory = clipFactory {
             m = try factory(CLIPVisionConfig.inferred(from: weights.source, arguments: arguments), weights.source)
         } else {
-            m = try CLIPVision(weights: weights.source, arguments: arguments)
+            m = try CLIPVision(weights: weights.source, arguments: arguments, products: cpuProducts)
         }
         clipEncoders[model] = m
         return m

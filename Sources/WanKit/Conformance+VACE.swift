@@ -15,7 +15,7 @@ extension ConformanceRunner {
             config.apply(officialArguments: weights.arguments)
             dit = try factory(config, weights.source)
         } else {
-            dit = try WanVACEDiT(weights: weights.source, arguments: weights.arguments)
+            dit = try WanVACEDiT(weights: weights.source, arguments: weights.arguments, products: cpuProducts)
         }
         vaceDiTs[model] = dit
         return dit

@@ -103,6 +103,8 @@ public final class ConformanceRunner {
     /// Another backend for the VACE DiT cases (class `VaceWanModel`), made from the configuration and weights the CPU
     /// path binds (nil: the CPU `WanVACEDiT`; skipped while only `ditFactory` is set).
     public var vaceFactory: ((WanVACEConfig, WeightSource) throws -> VACEDenoiser)?
+    /// The product type of the CPU's DiT, VACE, umT5 and CLIP (`CPUBackend.products`; bf16 with `relL2Override`).
+    public var cpuProducts: ProductType = .f32
     /// The backend's name in skip messages ("cuda").
     public var backendName = "cpu"
     /// When set, every output passes at this rel_l2 whatever the case file says, max_abs unchecked (the bf16 GPU
@@ -214,7 +216,7 @@ public final class ConformanceRunner {
     func dit(_ model: String) throws -> WanDiT? {
         if let m = dits[model] { return m }
         guard let weights = try ditWeights(model) else { return nil }
-        let dit = try WanDiT(weights: weights.source, arguments: weights.arguments)
+        let dit = try WanDiT(weights: weights.source, arguments: weights.arguments, products: cpuProducts)
         dits[model] = dit
         return dit
     }

@@ -94,15 +94,16 @@ func merged(_ a: [String: Any]?, _ b: [String: Any]?) -> [String: Any]? {
 
 /// Loaders of each part from its path (every layout WanKit reads).
 public enum ModelLoader {
-    public static func dit(_ path: String) throws -> WanDiT {
+    /// `products`: the type of the CPU's product inputs (`CPUBackend.products`; `DiTPlacement.products`).
+    public static func dit(_ path: String, products: ProductType = .f32) throws -> WanDiT {
         let w = try openDiTWeights(path: path)
-        return try WanDiT(weights: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)))
+        return try WanDiT(weights: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)), products: products)
     }
     /// The encoder hands each layer's pages of the mapping back after use: it runs once per prompt, and its
     /// 11 GB (umT5-XXL bf16) must not stay resident next to the DiT.
-    public static func t5(_ path: String) throws -> UMT5Encoder {
+    public static func t5(_ path: String, products: ProductType = .f32) throws -> UMT5Encoder {
         let w = try openT5Weights(path: path)
-        let encoder = try UMT5Encoder(weights: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:])
+        let encoder = try UMT5Encoder(weights: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:], products: products)
         encoder.releasesMappedPages = true
         return encoder
     }
@@ -121,19 +122,19 @@ public enum ModelLoader {
         case vace(any VACEDenoiser)
     }
 
-    public static func anyDiT(_ path: String) throws -> DiTModel {
+    public static func anyDiT(_ path: String, products: ProductType = .f32) throws -> DiTModel {
         let w = try openDiTWeights(path: path)
         let arguments = merged(w.arguments, sidecarArguments(for: path))
         if w.source.info("vace_patch_embedding.weight") != nil {
-            return .vace(try WanVACEDiT(weights: w.source, arguments: arguments))
+            return .vace(try WanVACEDiT(weights: w.source, arguments: arguments, products: products))
         }
-        return .plain(try WanDiT(weights: w.source, arguments: arguments))
+        return .plain(try WanDiT(weights: w.source, arguments: arguments, products: products))
     }
 
     /// The text conditioning (tokenizer + umT5) of located files.
-    public static func text(_ files: ModelFiles, folder: String = "the model folder") throws -> TextConditioner {
+    public static func text(_ files: ModelFiles, folder: String = "the model folder", products: ProductType = .f32) throws -> TextConditioner {
         try files.requireTextToVideo(folder: folder)
-        return TextConditioner(tokenizer: try tokenizer(files.tokenizer!), encoder: try t5(files.t5!))
+        return TextConditioner(tokenizer: try tokenizer(files.tokenizer!), encoder: try t5(files.t5!, products: products))
     }
 
     /// Precomputed CLIP image features from a safetensors file: its only tensor, or the one named `clip_features`

@@ -203,12 +203,22 @@ extension ComputeBackend {
 /// The CPU backend: float32 tensors in host memory, products through oneDNN as the DiT's `Linear` runs them (weights
 /// stay as stored in the file mapping; compact ones are converted a tile of rows at a time just before their
 /// product, in per-worker scratch), the kernels of WanTensor.
+///
+/// `products` is the type of the products' and attention's inputs: f32 (the golden tolerances), or bf16 (inputs
+/// rounded to bf16 as the official code's autocast rounds them, f32 accumulation and outputs; bf16 weights used in
+/// place; norms, modulation, softmax and the residual stream stay f32): about twice the rate on CPUs with AVX512-BF16
+/// (`GEMM.nativeBF16`). Matrices of kind `.float32` (the DiT's patch embedding, time embedding and head) always run in
+/// f32, as on the GPU.
 public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     public typealias Storage = Tensor
     public typealias Vector = Tensor
     public typealias Segments = CPUSegments
 
-    public typealias Matrix = Linear
+    /// A `Linear` and the type its product runs in.
+    public struct Matrix {
+        public let linear: Linear
+        public let type: ProductType
+    }
 
     public struct CPUSegments {
         let segments: AttentionSegments
@@ -219,14 +229,18 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     /// cache; the next pass maps them again): keeps the resident set near one layer instead of the whole file.
     public var releasesMappedPages = false
 
-    public init() {}
+    public let products: ProductType
+
+    public init(products: ProductType = .f32) { self.products = products }
 
     public var activationType: ElementType { .f32 }
     public var collapsesPaddedText: Bool { true }
-    public var description: String { "cpu" }
+    public var description: String { products == .f32 ? "cpu" : "cpu (bf16 products)" }
     public func unsupportedHeadDim(_ headDim: Int) -> String? { nil }
 
-    public func matrix(_ linear: Linear, kind: MatrixKind) throws -> Linear { linear }
+    public func matrix(_ linear: Linear, kind: MatrixKind) throws -> Matrix {
+        Matrix(linear: linear, type: kind == .float32 ? .f32 : products)
+    }
 
     /// Rows of the DiT's FFN per chunk: whole up to 4096 tokens (every single-frame 480P/720P case), else 4096.
     public static let ditFFNChunkRows = 4096
@@ -249,7 +263,7 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     public func weightsLoaded() throws {}
 
     public func layerFinished(_ matrices: [Matrix]) {
-        if releasesMappedPages { for m in matrices { m.matrix.releaseMappedPages() } }
+        if releasesMappedPages { for m in matrices { m.linear.matrix.releaseMappedPages() } }
     }
 
     public func tensor(rows: Int, cols: Int, type: ElementType) throws -> BackendTensor<CPUBackend> {
@@ -275,10 +289,34 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
 
     static func pointer(_ x: BackendTensor<CPUBackend>) -> UnsafeMutablePointer<Float> { x.storage.data + x.offset }
 
+    /// y = x · Wᵀ (+ b) then `epilogue`, in the matrix's product type (x rounded to bf16 once for bf16, `x16` when
+    /// the caller already has it).
+    private func product(_ m: Matrix, _ x: BackendTensor<CPUBackend>, _ x16: UnsafePointer<UInt16>?, into y: UnsafeMutablePointer<Float>,
+                         epilogue: Epilogue) {
+        let l = m.linear, bias = l.bias.map { UnsafePointer($0.data) }
+        if m.type == .f32 {
+            l(Self.pointer(x), rows: x.rows, into: y, epilogue: epilogue)
+        } else if let x16 {
+            l.matrix.linearBF16(m: x.rows, src: x16, bias: bias, dst: y, epilogue: epilogue)
+        } else {
+            let packed = Self.packBF16(x)
+            withExtendedLifetime(packed.owner) {
+                l.matrix.linearBF16(m: x.rows, src: packed.values, bias: bias, dst: y, epilogue: epilogue)
+            }
+        }
+    }
+
+    /// A dense f32 tensor rounded to a bf16 buffer from the pool.
+    static func packBF16(_ x: BackendTensor<CPUBackend>) -> (owner: Tensor, values: UnsafeMutablePointer<UInt16>) {
+        let b = BFloat16.buffer(count: x.rows * x.cols)
+        BFloat16.pack(rows: x.rows, cols: x.cols, pointer(x), ld: x.ld, into: b.values)
+        return b
+    }
+
     public func linear(_ m: Matrix, _ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>, activation: LinearActivation) throws {
-        precondition(x.isDense && y.isDense && x.cols == m.inFeatures && y.cols == m.outFeatures && x.rows == y.rows)
+        precondition(x.isDense && y.isDense && x.cols == m.linear.inFeatures && y.cols == m.linear.outFeatures && x.rows == y.rows)
         let epilogue: Epilogue = activation == .geluErf ? .geluErf : activation == .geluTanh ? .geluTanh : .none
-        m(Self.pointer(x), rows: x.rows, into: Self.pointer(y), epilogue: epilogue)
+        product(m, x, nil, into: Self.pointer(y), epilogue: epilogue)
         if activation == .quickGELU {
             let p = Self.pointer(y)
             Parallel.forRanges(y.rows * y.cols, grain: 1 << 14) { r in for i in r { p[i] = p[i] / (1 + fastExp(-1.702 * p[i])) } }
@@ -288,8 +326,11 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     public func gatedGELU(gate: Matrix, up: Matrix, _ x: BackendTensor<CPUBackend>, into y: BackendTensor<CPUBackend>) throws {
         precondition(x.isDense && y.isDense)
         let u = Tensor(uninitialized: [y.rows, y.cols])
-        gate(Self.pointer(x), rows: x.rows, into: Self.pointer(y), epilogue: .geluTanh)
-        up(Self.pointer(x), rows: x.rows, into: u.data)
+        let packed = gate.type == .bf16 || up.type == .bf16 ? Self.packBF16(x) : nil
+        withExtendedLifetime(packed?.owner) {
+            product(gate, x, packed.map { UnsafePointer($0.values) }, into: Self.pointer(y), epilogue: .geluTanh)
+            product(up, x, packed.map { UnsafePointer($0.values) }, into: u.data, epilogue: .none)
+        }
         let p = Self.pointer(y), q = u.data
         Parallel.forRanges(y.rows * y.cols, grain: 1 << 14) { r in for i in r { p[i] *= q[i] } }
     }
@@ -355,7 +396,7 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
                               out: BackendTensor<CPUBackend>, keyBias: Tensor?, accumulate: Bool, heads: Int, headDim: Int,
                               scale: Float) throws {
         precondition(keyBias == nil || keyBias!.count == k.rows)
-        Attention.run(q: Self.pointer(q), ldq: q.ld, queries: q.rows, k: Self.pointer(k), ldk: k.ld, v: Self.pointer(v), ldv: v.ld,
+        Attention.run(products, q: Self.pointer(q), ldq: q.ld, queries: q.rows, k: Self.pointer(k), ldk: k.ld, v: Self.pointer(v), ldv: v.ld,
                       keys: k.rows, heads: heads, headDim: headDim, scale: scale, out: Self.pointer(out), ldo: out.ld,
                       accumulate: accumulate, keyBias: keyBias.map { UnsafePointer($0.data) })
     }
@@ -372,7 +413,7 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
             let op = Self.pointer(out) + start * out.ld
             if table == nil, keys > 0 {
                 // The tiled online softmax (no scores matrix).
-                Attention.run(q: qp, ldq: q.ld, queries: n, k: kp, ldk: k.ld, v: vp, ldv: v.ld, keys: keys, heads: heads,
+                Attention.run(products, q: qp, ldq: q.ld, queries: n, k: kp, ldk: k.ld, v: vp, ldv: v.ld, keys: keys, heads: heads,
                               headDim: headDim, scale: scale, out: op, ldo: out.ld)
             } else {
                 let positions = s.positions.map { Array($0[start..<(start + n)]) } ?? Array(0..<n)

@@ -272,12 +272,12 @@ public typealias CLIPVision = VisionTransformer<CPUBackend>
 extension VisionTransformer where B == CPUBackend {
     /// Binds a vision tower under the official names (`openCLIPWeights(path:).source`); the configuration is
     /// inferred from the shapes, then `arguments`.
-    public convenience init(weights: WeightSource, arguments: [String: Any] = [:]) throws {
-        try self.init(config: CLIPVisionConfig.inferred(from: weights, arguments: arguments), weights: weights)
+    public convenience init(weights: WeightSource, arguments: [String: Any] = [:], products: ProductType = .f32) throws {
+        try self.init(config: CLIPVisionConfig.inferred(from: weights, arguments: arguments), weights: weights, products: products)
     }
 
-    public convenience init(config: CLIPVisionConfig, weights: WeightSource) throws {
-        try self.init(config: config, weights: weights, backend: CPUBackend())
+    public convenience init(config: CLIPVisionConfig, weights: WeightSource, products: ProductType = .f32) throws {
+        try self.init(config: config, weights: weights, backend: CPUBackend(products: products))
     }
 }
 

@@ -77,6 +77,36 @@ public struct LinearWeight: @unchecked Sendable {
     }
 }
 
+extension LinearWeight {
+    /// bfloat16 weights usable in place (stored bf16, 2-byte aligned, no scale), else nil.
+    var storedBF16: UnsafePointer<UInt16>? {
+        guard let s = stored, s.type == .dtype(.bf16), s.scale == nil, Int(bitPattern: s.data) % 2 == 0 else { return nil }
+        return s.data.assumingMemoryBound(to: UInt16.self)
+    }
+
+    /// `dst[m, rows] = src[m, cols] · Wᵀ (+ bias)`, then the epilogue, with bfloat16 inputs (`src` already rounded to
+    /// bf16; W used in place when stored as bf16, else rounded to bf16 a tile of rows at a time), float32 accumulation
+    /// and output.
+    public func linearBF16(m: Int, src: UnsafePointer<UInt16>, bias: UnsafePointer<Float>?, dst: UnsafeMutablePointer<Float>,
+                           ldDst: Int? = nil, epilogue: Epilogue = .none) {
+        let k = cols
+        if let w = storedBF16 {
+            GEMM.shared.linearBF16(m: m, k: k, n: rows, src: src, weight: w, bias: bias, dst: dst, ldDst: ldDst, epilogue: epilogue)
+        } else if let f = float32 {
+            GEMM.shared.linearBF16(m: m, k: k, n: rows, src: src, weightRows: { r, out in
+                BFloat16.pack(f.data + r.lowerBound * k, into: out, count: r.count * k)
+            }, bias: bias, dst: dst, ldDst: ldDst, epilogue: epilogue)
+        } else {
+            let s = stored!
+            GEMM.shared.linearBF16(m: m, k: k, n: rows, src: src, weightRows: { r, out in
+                let tile = Tensor(uninitialized: [r.count * k])
+                s.dequantize(elements: r.lowerBound * k ..< r.upperBound * k, into: tile.data)
+                BFloat16.pack(tile.data, into: out, count: r.count * k)
+            }, bias: bias, dst: dst, ldDst: ldDst, epilogue: epilogue)
+        }
+    }
+}
+
 /// `nn.Linear`: weight [out, in] as stored, optional bias [out]. Bound from a source, the weight stays in the
 /// mapping in its stored type (see `LinearWeight`); biases are float32.
 public struct Linear: Sendable {

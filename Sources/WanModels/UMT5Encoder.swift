@@ -211,12 +211,12 @@ public typealias UMT5Encoder = T5Encoder<CPUBackend>
 extension T5Encoder where B == CPUBackend {
     /// Binds a checkpoint under the official names (`openT5Weights(path:).source`); the configuration is umT5-XXL's
     /// preset corrected by the tensor shapes and then by `arguments` (official constructor arguments).
-    public convenience init(weights: WeightSource, arguments: [String: Any] = [:]) throws {
-        try self.init(config: UMT5Config.inferred(from: weights, arguments: arguments), weights: weights)
+    public convenience init(weights: WeightSource, arguments: [String: Any] = [:], products: ProductType = .f32) throws {
+        try self.init(config: UMT5Config.inferred(from: weights, arguments: arguments), weights: weights, products: products)
     }
 
-    public convenience init(config: UMT5Config, weights: WeightSource) throws {
-        try self.init(config: config, weights: weights, backend: CPUBackend())
+    public convenience init(config: UMT5Config, weights: WeightSource, products: ProductType = .f32) throws {
+        try self.init(config: config, weights: weights, backend: CPUBackend(products: products))
     }
 
     /// After each layer, hand the pages of its weights in the file mapping back to the kernel (`CPUBackend`).

@@ -280,16 +280,17 @@ public typealias WanDiT = DiffusionTransformer<CPUBackend>
 
 extension DiffusionTransformer where B == CPUBackend {
     /// Binds the model to weights by the official names. Strict: a missing, unexpected or misshapen tensor throws.
-    public convenience init(config c: WanDiTConfig, weights source: WeightSource) throws {
-        try self.init(config: c, weights: source, backend: CPUBackend())
+    /// `products`: the type of the products' inputs (`CPUBackend.products`).
+    public convenience init(config c: WanDiTConfig, weights source: WeightSource, products: ProductType = .f32) throws {
+        try self.init(config: c, weights: source, backend: CPUBackend(products: products))
     }
 
     /// Loads a DiT from a weight source, inferring the configuration from its shapes; `arguments` (the official
     /// constructor arguments, e.g. from config.json) override what was inferred.
-    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil) throws {
+    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil, products: ProductType = .f32) throws {
         var config = try WanDiTConfig(inferringFrom: source)
         if let arguments { config.apply(officialArguments: arguments) }
-        try self.init(config: config, weights: source)
+        try self.init(config: config, weights: source, products: products)
     }
 }
 

@@ -303,16 +303,16 @@ public typealias WanVACEDiT = VACETransformer<CPUBackend>
 extension VACETransformer where B == CPUBackend {
     /// Binds the model by the official names. Strict: every key of the source must be used by the main model or the
     /// vace branch, with the expected shape.
-    public convenience init(config c: WanVACEConfig, weights source: WeightSource) throws {
-        try self.init(config: c, weights: source, backend: CPUBackend())
+    public convenience init(config c: WanVACEConfig, weights source: WeightSource, products: ProductType = .f32) throws {
+        try self.init(config: c, weights: source, backend: CPUBackend(products: products))
     }
 
     /// Loads a VACE DiT, inferring the configuration from its shapes; `arguments` (the official constructor
     /// arguments) override what was inferred.
-    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil) throws {
+    public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil, products: ProductType = .f32) throws {
         var config = try WanVACEConfig(inferringFrom: source)
         if let arguments { config.apply(officialArguments: arguments) }
-        try self.init(config: config, weights: source)
+        try self.init(config: config, weights: source, products: products)
     }
 }
 

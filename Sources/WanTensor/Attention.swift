@@ -1,3 +1,4 @@
+import CWanCPU
 import Foundation
 
 /// Multi-head scaled dot-product attention, tiled with an online softmax (FlashAttention's recurrence):
@@ -6,6 +7,8 @@ import Foundation
 public enum Attention {
     public static var queryTile = 256
     public static var keyTile = 512
+    /// Whether the bf16 attention's softmax runs the AVX-512 kernel (`wk_softmax_tile_bf16`), else the Swift loops.
+    public static var avx512BF16 = wk_has_avx512_bf16() != 0
 
     /// For each head h: `out[:, h] = softmax(q[:, h] · k[:, h]ᵀ · scale) · v[:, h]` over keys 0..<keys (later keys
     /// are masked out simply by not being passed). Rows of q/k/v/out are `ld*` floats apart; head h occupies
@@ -75,4 +78,99 @@ public enum Attention {
         }
     }
 
+
+    /// `run` with the products' inputs in `type`: for bf16, q, k and v (heads · headDim columns of their rows) are
+    /// rounded to dense bf16 copies first, then `runBF16`.
+    public static func run(_ type: ProductType, q: UnsafePointer<Float>, ldq: Int, queries: Int,
+                           k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int, keys: Int,
+                           heads: Int, headDim d: Int, scale: Float,
+                           out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool = false, keyBias: UnsafePointer<Float>? = nil) {
+        if type == .f32 {
+            run(q: q, ldq: ldq, queries: queries, k: k, ldk: ldk, v: v, ldv: ldv, keys: keys, heads: heads, headDim: d, scale: scale,
+                out: out, ldo: ldo, accumulate: accumulate, keyBias: keyBias)
+            return
+        }
+        let width = heads * d
+        let qb = BFloat16.buffer(count: queries * width), kb = BFloat16.buffer(count: keys * width), vb = BFloat16.buffer(count: keys * width)
+        withExtendedLifetime((qb.owner, kb.owner, vb.owner)) {
+            BFloat16.pack(rows: queries, cols: width, q, ld: ldq, into: qb.values)
+            BFloat16.pack(rows: keys, cols: width, k, ld: ldk, into: kb.values)
+            BFloat16.pack(rows: keys, cols: width, v, ld: ldv, into: vb.values)
+            runBF16(q: qb.values, ldq: width, queries: queries, k: kb.values, ldk: width, v: vb.values, ldv: width, keys: keys,
+                    heads: heads, headDim: d, scale: scale, out: out, ldo: ldo, accumulate: accumulate, keyBias: keyBias)
+        }
+    }
+
+    /// The same attention on bfloat16 q, k, v (raw bf16 bits, rows `ld*` apart): the score and value products on
+    /// oneDNN's bf16 kernels with f32 accumulation, the scale, key bias and online softmax in f32, the probabilities
+    /// rounded to bf16 for the value product (as FlashAttention computes under bf16). Output f32.
+    public static func runBF16(q: UnsafePointer<UInt16>, ldq: Int, queries: Int,
+                               k: UnsafePointer<UInt16>, ldk: Int, v: UnsafePointer<UInt16>, ldv: Int, keys: Int,
+                               heads: Int, headDim d: Int, scale: Float,
+                               out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool = false, keyBias: UnsafePointer<Float>? = nil) {
+        precondition(keys > 0, "attention over zero keys")
+        Profile.measure("attention") {
+            let tq = queryTile, tk = min(keyTile, keys)
+            let qTiles = (queries + tq - 1) / tq
+            let gemm = GEMM.shared
+            Parallel.forEach(heads * qTiles) { task in
+                let h = task % heads, q0 = (task / heads) * tq
+                let rows = min(tq, queries - q0)
+                let scores = UnsafeMutablePointer<Float>.allocate(capacity: tq * tk)
+                let probs = UnsafeMutablePointer<UInt16>.allocate(capacity: tq * tk)
+                let acc = UnsafeMutablePointer<Float>.allocate(capacity: tq * d)
+                let runMax = UnsafeMutablePointer<Float>.allocate(capacity: tq)
+                let runSum = UnsafeMutablePointer<Float>.allocate(capacity: tq)
+                let alpha = UnsafeMutablePointer<Float>.allocate(capacity: tq)
+                defer { scores.deallocate(); probs.deallocate(); acc.deallocate(); runMax.deallocate(); runSum.deallocate(); alpha.deallocate() }
+                runMax.initialize(repeating: -.infinity, count: rows)
+                runSum.initialize(repeating: 0, count: rows)
+                let qh = q + q0 * ldq + h * d
+                var k0 = 0
+                while k0 < keys {
+                    let kn = min(tk, keys - k0)
+                    gemm.matmul(.bf16, m: rows, n: kn, k: d, a: qh, lda: ldq, b: k + k0 * ldk + h * d, ldb: ldk, transposed: true,
+                                c: scores, ldc: tk, accumulate: false)
+                    if avx512BF16 {
+                        wk_softmax_tile_bf16(scores, Int32(tk), Int32(rows), Int32(kn), scale, keyBias.map { $0 + k0 }, runMax, runSum,
+                                             alpha, probs, Int32(tk))
+                        if k0 > 0 { for r in 0..<rows { scaleInPlace(acc + r * d, d, by: alpha[r]) } }
+                    } else {
+                        for r in 0..<rows {
+                            let s = scores + r * tk
+                            // Scores are scaled inside the exponential (scale > 0 keeps the maximum's position); with a
+                            // key bias they are scaled first.
+                            var f = scale
+                            if let keyBias {
+                                for j in 0..<kn { s[j] = s[j] * scale + keyBias[k0 + j] }
+                                f = 1
+                            }
+                            let newMax = max(runMax[r], f * rowMax(s, kn))
+                            let sum = expToBF16(s, kn, scale: f, minus: newMax, into: probs + r * tk)
+                            if k0 > 0 {
+                                let alpha = Foundation.exp(runMax[r] - newMax)
+                                runSum[r] = runSum[r] * alpha + sum
+                                scaleInPlace(acc + r * d, d, by: alpha)
+                            } else {
+                                runSum[r] = sum
+                            }
+                            runMax[r] = newMax
+                        }
+                    }
+                    gemm.matmul(.bf16, m: rows, n: d, k: kn, a: probs, lda: tk, b: v + k0 * ldv + h * d, ldb: ldv, transposed: false,
+                                c: acc, ldc: d, accumulate: k0 > 0)
+                    k0 += kn
+                }
+                for r in 0..<rows {
+                    let inv = 1 / runSum[r]
+                    let o = out + (q0 + r) * ldo + h * d, a = acc + r * d
+                    if accumulate {
+                        for j in 0..<d { o[j] += a[j] * inv }
+                    } else {
+                        for j in 0..<d { o[j] = a[j] * inv }
+                    }
+                }
+            }
+        }
+    }
 }

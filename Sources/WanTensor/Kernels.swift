@@ -71,6 +71,15 @@ import Foundation
     return rowSum(p, n)
 }
 
+/// p[i] = exp(scale · p[i] - shift), out[i] = bf16(p[i]); returns the sum of the unrounded exponentials. (Three plain
+/// loops: each vectorises, where one fused loop did not.)
+@inline(__always) func expToBF16(_ p: UnsafeMutablePointer<Float>, _ n: Int, scale: Float, minus shift: Float,
+                                 into out: UnsafeMutablePointer<UInt16>) -> Float {
+    for i in 0..<n { p[i] = fastExp(p[i] * scale - shift) }
+    for i in 0..<n { out[i] = BFloat16.from(p[i]) }
+    return rowSum(p, n)
+}
+
 /// p[i] *= k.
 @inline(__always) func scaleInPlace(_ p: UnsafeMutablePointer<Float>, _ n: Int, by k: Float) {
     for i in 0..<n { p[i] *= k }

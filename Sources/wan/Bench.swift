@@ -38,7 +38,7 @@ struct BenchDiT: ParsableCommand {
     @Option(help: "Override the layer count of the preset (quick experiments).") var layers: Int?
     @Option(help: "Prompt length in tokens (1-512; the default is the longest prompt, the slowest case).") var promptTokens: Int = 512
     @Option(help: "cpu, cuda or auto (cuda: weights uploaded once, peak GPU memory and TFLOP/s reported).") var device: String = "cpu"
-    @Option(help: "With --device cuda: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
+    @Option(help: "bf16 or f32 (TF32 off on a GPU). Default: bf16 on a GPU; on the CPU bf16 products where it has AVX512-BF16 (as wan generate), else f32.") var precision: String?
     @Flag(help: "With --device cuda (bf16, compute capability 8.9+): matrices stored as fp8 e4m3 run as cuBLASLt fp8 products (activations quantised to e4m3 per tensor).") var fp8Products = false
     @Flag(help: "With random weights: store the matrices as fp8 e4m3 with a per-tensor scale, as an fp8_scaled file (they stay compact: dequantised tile by tile on the CPU, on the GPU see --fp8-products).") var fp8Weights = false
     @Option(help: "With --device cuda: the bf16 attention: kernel (WanKit's flash attention), kernel2 (its second version, attention2.cu: head dims 64 and 128), cudnn (cuDNN's fused attention) or auto (where cuDNN has a plan for the shape, the fastest of kernel, kernel2 and cudnn on its first call, else the kernel); default $WANKIT_ATTENTION, else kernel.") var attention: String?
@@ -62,10 +62,11 @@ struct BenchDiT: ParsableCommand {
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
         CUDABackend.noteGPUOnly(fp8Products ? ["--fp8-products"] : [], command: "bench dit")
         let t0 = now()
+        let products = try CUDABackend.cpuPlacement(precision).products
         let dit: WanDiT
         if let weights {
             let opened = try openDiTWeights(path: weights)
-            dit = try WanDiT(weights: opened.source, arguments: opened.arguments)
+            dit = try WanDiT(weights: opened.source, arguments: opened.arguments, products: products)
             log("loaded \(weights) (\(opened.layout)): \(dit.config) in \(String(format: "%.1f", now() - t0)) s, RSS \(String(format: "%.2f", Double(currentRSSBytes()) / 1e9)) GB")
             for line in try compactGEMMReport(opened.source, config: dit.config, m: 1560) { print(line) }
         } else {
@@ -75,7 +76,7 @@ struct BenchDiT: ParsableCommand {
             if let layers { config.numLayers = layers }
             let random = RandomWeights(shapes: config.parameterShapes())
             // --fp8-weights: the matrices stored as e4m3 with per-tensor scales, dequantised tile by tile as from an fp8_scaled file.
-            dit = try WanDiT(config: config, weights: fp8Weights ? FP8ScaledSource(random) : random)
+            dit = try WanDiT(config: config, weights: fp8Weights ? FP8ScaledSource(random) : random, products: products)
             log("random \(preset) weights (\(config.parameterCount / 1_000_000)M parameters\(fp8Weights ? ", matrices as fp8 e4m3" : "")) made in \(String(format: "%.1f", now() - t0)) s")
         }
         let c = dit.config
@@ -106,12 +107,13 @@ struct BenchDiT: ParsableCommand {
             let rss = peakRSSBytes()
             if json {
                 let obj: [String: Any] = ["size": "\(s.w)x\(s.h)", "frames": s.f, "tokens": tokens, "seconds_per_step": perStep,
+                                          "device": "cpu", "precision": products == .bf16 ? "bf16" : "f32",
                                           "gflops": gflops, "sgemm_gflops": sgemmRate, "ratio": gflops / sgemmRate, "peak_rss_bytes": rss]
                 let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else {
-                print(String(format: "dit %@ %dx%dx%d (%d tokens, cfg): %.2f s/step, %.1f GFLOP/s, sgemm %.1f GFLOP/s, ratio %.2f, peak RSS %.2f GB",
-                             c.modelType, s.w, s.h, s.f, tokens, perStep, gflops, sgemmRate, gflops / sgemmRate, Double(rss) / 1e9))
+                print(String(format: "dit %@ %dx%dx%d (%d tokens, cfg, %@ products): %.2f s/step, %.1f GFLOP/s, sgemm %.1f GFLOP/s, ratio %.2f, peak RSS %.2f GB",
+                             c.modelType, s.w, s.h, s.f, tokens, products == .bf16 ? "bf16" : "f32", perStep, gflops, sgemmRate, gflops / sgemmRate, Double(rss) / 1e9))
             }
             if profile { for line in Profile.report() { print("  " + line) } }
             Profile.enabled = false
@@ -162,6 +164,7 @@ struct BenchAttention: ParsableCommand {
     @Option(help: "With --device cuda: both (default: kernel and cudnn), all (kernel, kernel2 and cudnn), kernel, kernel2, cudnn or auto.") var attention: String = "both"
     @Option(help: "With --device cuda: timed runs per backend and shape (after one warm-up).") var repeats: Int = 3
     @Flag(help: "With --device cuda: one JSON object per line.") var json = false
+    @Option(help: "With --device cpu: f32, or bf16 (the products' inputs rounded to bf16, f32 accumulation; native on AVX512-BF16 CPUs).") var precision: String = "f32"
 
     func run() throws {
         if device.lowercased() != "cpu", let gpu = try CUDABackend.resolve(device, command: "bench attention") {
@@ -175,13 +178,24 @@ struct BenchAttention: ParsableCommand {
         let r = RandomWeights(shapes: [("q", [tokens, d]), ("k", [tokens, d]), ("v", [tokens, d])], seed: 3)
         let q = try r.float32("q"), k = try r.float32("k"), v = try r.float32("v")
         let out = Tensor(zeros: [tokens, d])
+        let type = try cpuProductType(precision)
         var best = 0.0
         for _ in 0..<3 {
             let t = now()
-            Attention.run(q: q.data, ldq: d, queries: tokens, k: k.data, ldk: d, v: v.data, ldv: d, keys: tokens,
+            Attention.run(type, q: q.data, ldq: d, queries: tokens, k: k.data, ldk: d, v: v.data, ldv: d, keys: tokens,
                           heads: heads, headDim: headDim, scale: 1 / Float(headDim).squareRoot(), out: out.data, ldo: d)
             best = max(best, 4 * Double(tokens) * Double(tokens) * Double(d) / (now() - t) / 1e9)
         }
-        print(String(format: "attention %d tokens, %d heads of %d, tiles %dx%d: %.1f GFLOP/s", tokens, heads, headDim, queryTile, keyTile, best))
+        print(String(format: "attention %d tokens, %d heads of %d, tiles %dx%d, %@: %.1f GFLOP/s", tokens, heads, headDim, queryTile, keyTile,
+                     type == .f32 ? "f32" : "bf16", best))
+    }
+}
+
+/// `--precision` on the CPU: f32 or bf16 (the products' inputs in bf16).
+func cpuProductType(_ text: String) throws -> ProductType {
+    switch text.lowercased() {
+    case "f32": return .f32
+    case "bf16": return .bf16
+    default: throw ValidationError("--precision must be bf16 or f32, got \(text)")
     }
 }

@@ -9,7 +9,7 @@ extension BenchDiT {
     /// (cuMemGetInfo: total - lowest free seen, so it includes the CUDA context), the memory WanKit allocated, and
     /// the achieved TFLOP/s of the products and attention.
     func runCUDA(gpu: GPUInfo, shapes: [(w: Int, h: Int, f: Int)]) throws {
-        let precision = try CUDABackend.precision(self.precision)
+        let precision = try CUDABackend.precision(self.precision ?? "bf16")
         if fp8Products { try CUDABackend.checkFP8(gpu, precision: precision, command: "bench dit") }
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
         let context = try CUDAContext(ordinal: gpu.ordinal)

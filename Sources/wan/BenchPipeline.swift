@@ -16,7 +16,7 @@ struct BenchT2V: ParsableCommand {
     @Option(help: "Tokenizer folder (default: ../shared/golden/tokenizer).") var tokenizer: String = "../shared/golden/tokenizer"
     @Option(help: "MP4 to write (default: none).") var output: String?
     @Option(help: "cpu, cuda or auto: where the DiT runs (the text encoder, CLIP and the VAE run on the CPU).") var device: String = "cpu"
-    @Option(help: "With the DiT on a GPU: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
+    @Option(help: "bf16 or f32 (TF32 off); default bf16 on a GPU, on the CPU bf16 products where it has AVX512-BF16.") var precision: String?
     @Flag(help: "One JSON object instead of text.") var json = false
 
     func run() throws {
@@ -35,9 +35,9 @@ struct BenchT2V: ParsableCommand {
         say(String(format: "wrote random checkpoints (umT5-XXL bf16, DiT 1.3B f16) in %.1f s", written))
 
         var t0 = now()
-        let t5 = try ModelLoader.t5(checkpoints.paths[0])
-        let dit = try benchDiT(checkpoints.paths[1], device: device, precision: precision, command: "bench t2v",
-                               width: settings.width, height: settings.height, frames: frames)
+        let placement = try CUDABackend.placement(device, precision: precision, command: "bench t2v")
+        let t5 = try ModelLoader.t5(checkpoints.paths[0], products: placement.products)
+        let dit = try benchDiT(checkpoints.paths[1], placement: placement, width: settings.width, height: settings.height, frames: frames)
         let vae = try WanVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7))
         let pipeline = try TextToVideo(text: TextConditioner(tokenizer: try ModelLoader.tokenizer(tokenizer), encoder: t5), dit: dit, vae: vae)
         let load = now() - t0
@@ -82,9 +82,8 @@ struct BenchT2V: ParsableCommand {
 }
 
 /// A pipeline bench's DiT on --device (the GPU's memory checked for the job first).
-func benchDiT(_ path: String, device: String, precision: String, command: String, width: Int, height: Int, frames: Int,
+func benchDiT(_ path: String, placement: DiTPlacement, width: Int, height: Int, frames: Int,
               imageRows: Int = 0) throws -> any DiTDenoiser {
-    let placement = try CUDABackend.placement(device, precision: precision, command: command)
     guard case .plain(let dit) = try ModelLoader.anyDiT(path, on: placement, width: width, height: height, frames: frames, imageRows: imageRows) else {
         throw ValidationError("\(path) is a VACE DiT")
     }
@@ -171,7 +170,7 @@ struct BenchI2V: ParsableCommand {
     @Option(help: "Folder for the random checkpoints (about 29 GB with fp8_scaled, deleted afterwards).") var directory: String = NSTemporaryDirectory()
     @Option(help: "Tokenizer folder (default: ../shared/golden/tokenizer).") var tokenizer: String = "../shared/golden/tokenizer"
     @Option(help: "cpu, cuda or auto: where the DiT runs (the text encoder, CLIP and the VAE run on the CPU).") var device: String = "cpu"
-    @Option(help: "With the DiT on a GPU: bf16 (default) or f32 (TF32 off).") var precision: String = "bf16"
+    @Option(help: "bf16 or f32 (TF32 off); default bf16 on a GPU, on the CPU bf16 products where it has AVX512-BF16.") var precision: String?
     @Flag(help: "One JSON object instead of text.") var json = false
 
     func run() throws {
@@ -192,11 +191,11 @@ struct BenchI2V: ParsableCommand {
                    Double(checkpoints.bytes) / 1e9, ditFormat.rawValue, written))
 
         var t0 = now()
-        let t5 = try ModelLoader.t5(paths[0])
-        let dit = try benchDiT(paths[1], device: device, precision: precision, command: "bench i2v",
-                               width: w, height: h, frames: frames, imageRows: 257)
+        let placement = try CUDABackend.placement(device, precision: precision, command: "bench i2v")
+        let t5 = try ModelLoader.t5(paths[0], products: placement.products)
+        let dit = try benchDiT(paths[1], placement: placement, width: w, height: h, frames: frames, imageRows: 257)
         let c = try openCLIPWeights(path: paths[2])
-        let clip = try CLIPVision(weights: c.source, arguments: c.arguments ?? [:])
+        let clip = try CLIPVision(weights: c.source, arguments: c.arguments ?? [:], products: placement.products)
         let vae = try WanVAE(config: .wan21, weights: RandomWeights(synthesizingWithSeed: 7))
         let pipeline = try ImageToVideo(text: TextConditioner(tokenizer: try ModelLoader.tokenizer(tokenizer), encoder: t5),
                                         dit: dit, vae: vae, clip: clip)

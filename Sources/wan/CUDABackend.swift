@@ -42,14 +42,21 @@ enum CUDABackend {
     /// `--device` / `--precision` as where a pipeline's DiT runs (the messages of `resolve`).
     /// `fp8Products` (`--fp8-products`): refused here, with the reason, on a GPU below compute capability 8.9 or
     /// without bf16; on the CPU a one-line note says it is ignored.
-    static func placement(_ device: String, precision text: String, command: String, fp8Products: Bool = false) throws -> DiTPlacement {
-        let precision = try precision(text)
+    static func placement(_ device: String, precision text: String?, command: String, fp8Products: Bool = false) throws -> DiTPlacement {
         guard let gpu = try resolve(device, command: command) else {
             noteGPUOnly(fp8Products ? ["--fp8-products"] : [], command: command)
-            return .cpu
+            return try cpuPlacement(text)
         }
+        let precision = try precision(text ?? "bf16")
         if fp8Products { try checkFP8(gpu, precision: precision, command: command) }
         return DiTPlacement(gpu: try CUDAContext(ordinal: gpu.ordinal), precision: precision, fp8Products: fp8Products)
+    }
+
+    /// `--precision` on the CPU: bf16 products by default where the CPU has native bf16 instructions (`GEMM.nativeBF16`,
+    /// about twice the f32 rate), else f32.
+    static func cpuPlacement(_ text: String?) throws -> DiTPlacement {
+        guard let text else { return GEMM.nativeBF16 ? .cpuBF16 : .cpu }
+        return try precision(text) == .bf16 ? .cpuBF16 : .cpu
     }
 
     /// `--fp8-products` on `gpu`: a clear error where it cannot run (compute capability below 8.9, or not bf16).
@@ -58,12 +65,18 @@ enum CUDABackend {
     }
 
     /// Points the runner's DiT (VACE included), umT5 and VAE cases (and the pipelines' DiT and umT5) at the GPU for `--device cuda`; returns the line that says so (nil: CPU).
-    static func configure(_ runner: ConformanceRunner, device: String, precision text: String, fp8Products: Bool = false) throws -> String? {
-        let precision = try precision(text)
+    /// On the CPU, `--precision bf16` runs the DiT, VACE, umT5 and CLIP with bf16 products (the VAE stays f32), every
+    /// output passing at rel_l2 2e-2; the default there is f32 at the case files' tolerances.
+    static func configure(_ runner: ConformanceRunner, device: String, precision text: String?, fp8Products: Bool = false) throws -> String? {
         guard let gpu = try resolve(device, command: "conformance") else {
             noteGPUOnly(fp8Products ? ["--fp8-products"] : [], command: "conformance")
-            return nil
+            guard try text.map(precision) == .bf16 else { return nil }
+            runner.cpuProducts = .bf16
+            runner.relL2Override = bf16RelL2
+            return "device cpu, bf16 products (the DiT, umT5 and CLIP; the VAE in f32)" + (GEMM.nativeBF16 ? "" : " (emulated: this CPU has no AVX512-BF16)")
+                + ", every output passes at rel_l2 \(bf16RelL2)"
         }
+        let precision = try precision(text ?? "bf16")
         if fp8Products { try checkFP8(gpu, precision: precision, command: "conformance") }
         let context = try CUDAContext(ordinal: gpu.ordinal)
         let compiler = try KernelCompiler()

@@ -14,7 +14,7 @@ struct Conformance: ParsableCommand {
     @Argument(help: "Golden folder (holding cases/ and weights/).") var directory: String
     @Option(help: "Only cases whose name contains this text.") var filter: String?
     @Option(help: "cpu, cuda or auto: cuda runs the DiT cases on the GPU (other components are skipped).") var device: String = "cpu"
-    @Option(help: "With --device cuda: bf16 (passes at rel_l2 2e-2, printed per case) or f32 (TF32 off; the case files' tolerances).") var precision: String = "bf16"
+    @Option(help: "bf16 (passes at rel_l2 2e-2, printed per case; on the CPU: bf16 products for the DiT, umT5 and CLIP) or f32 (TF32 off; the case files' tolerances). Default: bf16 on a GPU, f32 on the CPU.") var precision: String?
     @Flag(help: "With --device cuda (bf16, compute capability 8.9+): DiT matrices stored as fp8 e4m3 run as cuBLASLt fp8 products (the activations quantised to e4m3).") var fp8Products = false
 
     func run() throws {

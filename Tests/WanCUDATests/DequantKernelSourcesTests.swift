@@ -1,4 +1,5 @@
 import Foundation
+import WanTensor
 import XCTest
 import WanCUDA
 import WanWeights

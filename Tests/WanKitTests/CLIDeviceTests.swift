@@ -13,6 +13,30 @@ extension CLITests {
                                "--seed", "11", "--output", output]
     }
 
+    /// On the CPU, bf16 products are the default where the CPU has AVX512-BF16 (one line says so), f32 elsewhere;
+    /// `--precision` chooses; the two pictures differ by a few levels.
+    func testCPUProductsAreBF16ByDefaultWhereNative() throws {
+        let dir = try temporaryFolder()
+        let note = "run on the CPU with bf16 products"
+        let byDefault = try run(["generate"] + imageArgs(dir + "/default.png") + ["--device", "cpu"])
+        XCTAssertEqual(byDefault.status, 0, byDefault.stderr)
+        XCTAssertEqual(byDefault.stderr.contains(note), GEMM.nativeBF16, byDefault.stderr)
+        let bf16 = try run(["generate"] + imageArgs(dir + "/bf16.png") + ["--device", "cpu", "--precision", "bf16"])
+        XCTAssertEqual(bf16.status, 0, bf16.stderr)
+        XCTAssertTrue(bf16.stderr.contains(note), bf16.stderr)
+        let f32 = try run(["generate"] + imageArgs(dir + "/f32.png") + ["--device", "cpu", "--precision", "f32"])
+        XCTAssertEqual(f32.status, 0, f32.stderr)
+        XCTAssertFalse(f32.stderr.contains(note), f32.stderr)
+        let a = try MediaReader.image(dir + "/bf16.png"), b = try MediaReader.image(dir + "/f32.png")
+        XCTAssertEqual(a.pixels.count, b.pixels.count)
+        let diffs = zip(a.pixels, b.pixels).map { abs(Int($0) - Int($1)) }
+        XCTAssertLessThanOrEqual(diffs.max() ?? 255, 8)
+        XCTAssertGreaterThan(diffs.reduce(0, +), 0, "bf16 products must change some pixel")
+        let bad = try run(["generate"] + imageArgs(dir + "/x.png") + ["--device", "cpu", "--precision", "f16"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--precision must be bf16 or f32"), bad.stderr)
+    }
+
     func testAutoSaysInOneLineWhyItRunsOnTheCPU() throws {
         let dir = try temporaryFolder()
         let r = try run(["generate"] + imageArgs(dir + "/a.png") + ["--device", "auto"])
@@ -58,7 +82,7 @@ extension CLITests {
         XCTAssertTrue(gpu.stderr.contains("on cuda:0 WanKit CUDA emulator (CPU) (f32)"), gpu.stderr)
         XCTAssertTrue(gpu.stderr.contains("umT5 on cuda:0"), gpu.stderr)
         XCTAssertTrue(gpu.stderr.contains("VAE on cuda:0"), gpu.stderr)
-        let cpu = try run(["generate"] + imageArgs(dir + "/cpu.png") + ["--device", "cpu"])
+        let cpu = try run(["generate"] + imageArgs(dir + "/cpu.png") + ["--device", "cpu", "--precision", "f32"])
         XCTAssertEqual(cpu.status, 0, cpu.stderr)
         let a = try MediaReader.image(dir + "/gpu.png"), b = try MediaReader.image(dir + "/cpu.png")
         XCTAssertEqual(a.pixels.count, b.pixels.count)

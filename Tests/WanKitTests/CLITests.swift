@@ -147,5 +147,17 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("PASS dit_t2v_basic rel_l2="), r.stdout)
         XCTAssertTrue(r.stdout.hasSuffix("1 passed, 0 failed, 0 skipped\n"), r.stdout)
+        // bf16 products on the CPU: the header says so, the case passes at rel_l2 2e-2 with a larger error than f32's.
+        let bf16 = try run(["conformance", goldenDirectory, "--filter", "dit_t2v_basic", "--precision", "bf16"])
+        XCTAssertEqual(bf16.status, 0, bf16.stderr)
+        XCTAssertTrue(bf16.stdout.hasPrefix("device cpu, bf16 products"), bf16.stdout)
+        XCTAssertTrue(bf16.stdout.hasSuffix("1 passed, 0 failed, 0 skipped\n"), bf16.stdout)
+        func relL2(_ text: String) -> Double? {
+            guard let r = text.range(of: "rel_l2=") else { return nil }
+            return Double(text[r.upperBound...].prefix(while: { !$0.isWhitespace }))
+        }
+        let f32Error = try XCTUnwrap(relL2(r.stdout)), bf16Error = try XCTUnwrap(relL2(bf16.stdout))
+        XCTAssertGreaterThan(bf16Error, 10 * f32Error)
+        XCTAssertLessThan(bf16Error, 2e-2)
     }
 }
