@@ -2,8 +2,10 @@
 // exp / sum / bf16-pack pass per row. exp is the engine's Cephes-style polynomial (WanTensor's fastExp: the same
 // clamp, range reduction and degree-6 coefficients), here with fused multiply-adds and scalef for the 2^n.
 #include "CWanCPU.h"
-#include <immintrin.h>
 #include <math.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
 
 #define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
@@ -68,3 +70,13 @@ AVX512_BF16 void wk_softmax_tile_bf16(float *s, int ld_s, int rows, int n, float
         run_max[r] = newMax;
     }
 }
+
+#else
+// Other architectures: no such kernel; the caller runs its portable loops.
+int wk_has_avx512_bf16(void) { return 0; }
+void wk_softmax_tile_bf16(float *s, int ld_s, int rows, int n, float scale, const float *bias,
+                          float *run_max, float *run_sum, float *alpha, uint16_t *probs, int ld_p) {
+    (void)s; (void)ld_s; (void)rows; (void)n; (void)scale; (void)bias; (void)run_max; (void)run_sum; (void)alpha; (void)probs;
+    (void)ld_p;
+}
+#endif

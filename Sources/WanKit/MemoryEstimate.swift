@@ -154,6 +154,11 @@ public struct MemoryEstimate: Sendable {
         // latents (noise, x, the two CFG predictions, their mix, the multistep history).
         let config = shape.config
         var forward = CPUBackend.ditLayout(config: config, tokens: tokens, patchLength: shape.inDim * pt * ph * pw).bytes
+        // bf16 products (the CPU default where it has AVX512-BF16): attention's rounded q, k, v and a product's rounded
+        // input (the widest: the FFN's hidden chunk), counted whatever the precision.
+        if !ditOnGPU {
+            forward += 2 * (3 * tokens * config.dim + max(tokens * config.dim, min(tokens, CPUBackend.ditFFNChunkRows) * config.ffnDim))
+        }
         let imageRows = task == .imageToVideo ? 257 : (task == .firstLastFrame ? 514 : 0)
         // Two prepared contexts (prompt, negative prompt); VACE's hold its vace blocks' keys and values too.
         var contexts = 2 * config.conditioningBytes(textKeys: contextRows, imageRows: imageRows, activation: .f32)

@@ -231,7 +231,8 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
 
     public let products: ProductType
 
-    public init(products: ProductType = .f32) { self.products = products }
+    /// bf16 `products` where oneDNN cannot run them on this CPU (`GEMM.supportsBF16` false: AVX2-only CPUs) are f32.
+    public init(products: ProductType = .f32) { self.products = GEMM.supportsBF16 ? products : .f32 }
 
     public var activationType: ElementType { .f32 }
     public var collapsesPaddedText: Bool { true }

@@ -62,17 +62,38 @@ public final class GEMM: @unchecked Sendable {
 
     /// Whether bfloat16 products run on native instructions here (AVX512-BF16 or AMX): oneDNN's `brg:avx512_core_bf16`
     /// kernels ran at 414-448 GFLOP/s against 206-221 for float32 on 2 Zen 4 cores (3120-token DiT products).
-    /// Elsewhere oneDNN converts, slower than float32.
+    /// Elsewhere oneDNN converts on AVX-512 (slower than float32) or has no bf16 products (`supportsBF16`).
     public static let nativeBF16: Bool = {
         #if arch(x86_64) && os(Linux)
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
               let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
         let set = Set(flags.split(separator: " "))
-        return set.contains("avx512_bf16") || set.contains("amx_bf16")
+        return (set.contains("avx512_bf16") || set.contains("amx_bf16")) && supportsBF16
         #else
         return false
         #endif
     }()
+
+    /// Whether oneDNN can run bf16 products on this CPU at all (natively or emulated on AVX-512; oneDNN 2.6 has none
+    /// on AVX2-only CPUs): a small bf16 matmul primitive is created once to find out.
+    public static let supportsBF16: Bool = shared.probeBF16()
+
+    private func probeBF16() -> Bool {
+        var src = dnnl_memory_desc_t(), wei = dnnl_memory_desc_t(), dst = dnnl_memory_desc_t()
+        var dims: dnnl_dims_t = zeroDims(), strides: dnnl_dims_t = zeroDims()
+        setDims(&dims, [16, 32]); setDims(&strides, [32, 1])
+        guard dnnl_memory_desc_init_by_strides(&src, 2, &dims.0, dnnl_bf16, &strides.0) == dnnl_success else { return false }
+        setDims(&dims, [32, 16]); setDims(&strides, [1, 32])
+        guard dnnl_memory_desc_init_by_strides(&wei, 2, &dims.0, dnnl_bf16, &strides.0) == dnnl_success else { return false }
+        setDims(&dims, [16, 16]); setDims(&strides, [16, 1])
+        guard dnnl_memory_desc_init_by_strides(&dst, 2, &dims.0, dnnl_f32, &strides.0) == dnnl_success else { return false }
+        var desc = dnnl_matmul_desc_t()
+        guard dnnl_matmul_desc_init(&desc, &src, &wei, nil, &dst) == dnnl_success else { return false }
+        var pd: dnnl_primitive_desc_t?
+        guard dnnl_primitive_desc_create(&pd, &desc, nil, engine, nil) == dnnl_success else { return false }
+        dnnl_primitive_desc_destroy(pd)
+        return true
+    }
 
     private func primitive(_ key: Key) -> dnnl_primitive_t {
         lock.lock(); defer { lock.unlock() }

@@ -132,7 +132,7 @@ struct BenchT5: ParsableCommand {
     @Flag(help: "One JSON object per line instead of text.") var json = false
     @Flag(help: "Print where the time goes (per op kind).") var profile = false
     @Option(help: "cpu, cuda or auto (cuda: CUDAUMT5, weights uploaded once; seconds per prompt after a warm-up encode, peak GPU memory).") var device: String = "cpu"
-    @Option(help: "With --device cuda: bf16 (default, as the official encoder computes) or f32.") var precision: String = "bf16"
+    @Option(help: "bf16 (as the official encoder computes: the default on a GPU and on CPUs with AVX512-BF16, where the products take bf16 inputs) or f32.") var precision: String?
     @Flag(help: ArgumentHelp("Tiny random shapes (dim 128, vocab 1000, 2 layers unless --layers) that check the bench end to end; not a benchmark.", visibility: .hidden)) var tiny = false
 
     /// The random checkpoint's configuration: umT5-XXL (or the tiny test shapes), --layers applied.
@@ -150,7 +150,8 @@ struct BenchT5: ParsableCommand {
         if let layers, layers < 1 { throw ValidationError("--layers must be at least 1") }
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
         // The device first (its one-line refusal before any checkpoint is written).
-        let precision = try CUDABackend.precision(self.precision)
+        let precision = try CUDABackend.precision(self.precision ?? "bf16")
+        let products = try CUDABackend.cpuPlacement(self.precision).products
         let gpu = try CUDABackend.resolve(device, command: "bench t5")
         var path = weights
         var temporary: String? = nil
@@ -176,7 +177,7 @@ struct BenchT5: ParsableCommand {
         if let gpu { return try runCUDA(gpu: gpu, precision: precision, path: path!) }
         let t0 = now()
         let w = try openT5Weights(path: path!)
-        let encoder = try UMT5Encoder(weights: w.source, arguments: w.arguments ?? [:])
+        let encoder = try UMT5Encoder(weights: w.source, arguments: w.arguments ?? [:], products: products)
         encoder.releasesMappedPages = !keepPages
         let loadSeconds = now() - t0
         log(String(format: "opened %@ (%@): %@ in %.2f s, RSS %.2f GB", path!, w.layout, encoder.config.description, loadSeconds, Double(currentRSSBytes()) / 1e9))
@@ -195,11 +196,12 @@ struct BenchT5: ParsableCommand {
             let rss = peakRSSBytes()
             if json {
                 let obj: [String: Any] = ["model": "umt5-xxl", "tokens": tokens, "prompt": p, "seconds": seconds, "peak_rss_bytes": rss,
+                                          "device": "cpu", "precision": products == .bf16 ? "bf16" : "f32",
                                           "layers": encoder.config.numLayers, "release_pages": !keepPages, "finite": sum.isFinite]
                 print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
             } else {
-                print(String(format: "t5 %@ %d tokens, prompt %d: %.2f s/prompt, peak RSS %.2f GB, current RSS %.2f GB%@", encoder.config.numLayers == 24 ? "umt5-xxl" : "umt5-xxl(\(encoder.config.numLayers) layers)",
-                             tokens, p + 1, seconds, Double(rss) / 1e9, Double(currentRSSBytes()) / 1e9, sum.isFinite ? "" : " (NON-FINITE OUTPUT)"))
+                print(String(format: "t5 %@ %d tokens (%@ products), prompt %d: %.2f s/prompt, peak RSS %.2f GB, current RSS %.2f GB%@", encoder.config.numLayers == 24 ? "umt5-xxl" : "umt5-xxl(\(encoder.config.numLayers) layers)",
+                             tokens, products == .bf16 ? "bf16" : "f32", p + 1, seconds, Double(rss) / 1e9, Double(currentRSSBytes()) / 1e9, sum.isFinite ? "" : " (NON-FINITE OUTPUT)"))
             }
             if profile { for line in Profile.report() { print("  " + line) } }
             fflush(stdout)
@@ -221,7 +223,7 @@ struct BenchCLIP: ParsableCommand {
     @Flag(help: "Print where the time goes (per op kind).") var profile = false
     @Option(help: "Override the layer count of ViT-H/14 (quick experiments; the file shrinks too).") var layers: Int?
     @Option(help: "cpu, cuda or auto (cuda: CUDACLIP, weights uploaded once; seconds per image after a warm-up encode, peak GPU memory).") var device: String = "cpu"
-    @Option(help: "With --device cuda: bf16 (default) or f32.") var precision: String = "bf16"
+    @Option(help: "bf16 (the default on a GPU and on CPUs with AVX512-BF16, where the products take bf16 inputs) or f32.") var precision: String?
     @Flag(help: ArgumentHelp("Tiny random shapes (dim 128, 2 layers unless --layers) that check the bench end to end; not a benchmark.", visibility: .hidden)) var tiny = false
 
     /// The random checkpoint's configuration: ViT-H/14 (or the tiny test shapes), --layers applied.
@@ -236,7 +238,8 @@ struct BenchCLIP: ParsableCommand {
         let (width, height) = try parseSize(size)
         if let layers, layers < 1 { throw ValidationError("--layers must be at least 1") }
         let log: (String) -> Void = { msg in if !json { FileHandle.standardError.write((msg + "\n").data(using: .utf8)!) } }
-        let precision = try CUDABackend.precision(self.precision)
+        let precision = try CUDABackend.precision(self.precision ?? "bf16")
+        let products = try CUDABackend.cpuPlacement(self.precision).products
         let gpu = try CUDABackend.resolve(device, command: "bench clip")
         var path = weights
         var temporary: String? = nil
@@ -257,7 +260,7 @@ struct BenchCLIP: ParsableCommand {
         if let gpu { return try runCUDA(gpu: gpu, precision: precision, path: path!, width: width, height: height) }
         let t0 = now()
         let w = try openCLIPWeights(path: path!)
-        let encoder = try CLIPVision(weights: w.source, arguments: w.arguments ?? [:])
+        let encoder = try CLIPVision(weights: w.source, arguments: w.arguments ?? [:], products: products)
         log(String(format: "opened %@ (%@): %@ in %.2f s", path!, w.layout, encoder.config.description, now() - t0))
         let image = Tensor(uninitialized: [3, 1, height, width])
         for i in 0..<image.count { image.data[i] = Float((i &* 2654435761) % 2001) / 1000 - 1 }
@@ -269,10 +272,12 @@ struct BenchCLIP: ParsableCommand {
             let seconds = now() - start
             let rss = peakRSSBytes()
             if json {
-                let obj: [String: Any] = ["model": "clip-vit-h-14", "size": size, "image": n, "seconds": seconds, "peak_rss_bytes": rss, "shape": out.shape]
+                let obj: [String: Any] = ["model": "clip-vit-h-14", "size": size, "image": n, "seconds": seconds, "peak_rss_bytes": rss, "shape": out.shape,
+                                          "device": "cpu", "precision": products == .bf16 ? "bf16" : "f32"]
                 print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
             } else {
-                print(String(format: "clip vit-h/14 %@ -> %@, image %d: %.2f s/image, peak RSS %.2f GB", size, "\(out.shape)", n + 1, seconds, Double(rss) / 1e9))
+                print(String(format: "clip vit-h/14 %@ -> %@ (%@ products), image %d: %.2f s/image, peak RSS %.2f GB", size, "\(out.shape)",
+                             products == .bf16 ? "bf16" : "f32", n + 1, seconds, Double(rss) / 1e9))
             }
             if profile { for line in Profile.report() { print("  " + line) } }
             fflush(stdout)

@@ -56,7 +56,16 @@ enum CUDABackend {
     /// about twice the f32 rate), else f32.
     static func cpuPlacement(_ text: String?) throws -> DiTPlacement {
         guard let text else { return GEMM.nativeBF16 ? .cpuBF16 : .cpu }
-        return try precision(text) == .bf16 ? .cpuBF16 : .cpu
+        guard try precision(text) == .bf16 else { return .cpu }
+        try requireCPUBF16()
+        return .cpuBF16
+    }
+
+    /// `--precision bf16` on a CPU whose oneDNN has no bf16 products (AVX2 only): a clear refusal.
+    static func requireCPUBF16() throws {
+        if !GEMM.supportsBF16 {
+            throw ValidationError("--precision bf16 on the CPU needs AVX-512 (oneDNN has no bf16 products on this CPU); use --precision f32")
+        }
     }
 
     /// `--fp8-products` on `gpu`: a clear error where it cannot run (compute capability below 8.9, or not bf16).
@@ -71,6 +80,7 @@ enum CUDABackend {
         guard let gpu = try resolve(device, command: "conformance") else {
             noteGPUOnly(fp8Products ? ["--fp8-products"] : [], command: "conformance")
             guard try text.map(precision) == .bf16 else { return nil }
+            try requireCPUBF16()
             runner.cpuProducts = .bf16
             runner.relL2Override = bf16RelL2
             return "device cpu, bf16 products (the DiT, umT5 and CLIP; the VAE in f32)" + (GEMM.nativeBF16 ? "" : " (emulated: this CPU has no AVX512-BF16)")

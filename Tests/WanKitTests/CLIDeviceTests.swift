@@ -35,6 +35,18 @@ extension CLITests {
         let bad = try run(["generate"] + imageArgs(dir + "/x.png") + ["--device", "cpu", "--precision", "f16"])
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.stderr.contains("--precision must be bf16 or f32"), bad.stderr)
+        // A CPU whose oneDNN has no bf16 products (AVX2 only; oneDNN limited to AVX2 here): f32 by default, a clear
+        // refusal of --precision bf16, never a crash.
+        let avx2 = ["ONEDNN_MAX_CPU_ISA": "AVX2"]
+        let plain = try run(["generate"] + imageArgs(dir + "/avx2.png") + ["--device", "cpu"], environment: avx2)
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        XCTAssertFalse(plain.stderr.contains(note), plain.stderr)
+        let c = try MediaReader.image(dir + "/avx2.png")
+        XCTAssertLessThanOrEqual(zip(c.pixels, b.pixels).map { abs(Int($0) - Int($1)) }.max() ?? 255, 1, "f32 on AVX2 kernels is f32")
+        let refused = try run(["generate"] + imageArgs(dir + "/avx2-bf16.png") + ["--device", "cpu", "--precision", "bf16"], environment: avx2)
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("needs AVX-512"), refused.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/avx2-bf16.png"))
     }
 
     func testAutoSaysInOneLineWhyItRunsOnTheCPU() throws {
@@ -107,7 +119,7 @@ extension CLITests {
         let gpu = try run(args + ["--output", dir + "/gpu.png", "--device", "cuda", "--precision", "f32"], environment: ["WANKIT_CUDA_EMULATOR": "1"])
         XCTAssertEqual(gpu.status, 0, gpu.stderr)
         XCTAssertTrue(gpu.stderr.contains("on cuda:0 WanKit CUDA emulator (CPU) (f32)"), gpu.stderr)
-        let cpu = try run(args + ["--output", dir + "/cpu.png", "--device", "cpu"])
+        let cpu = try run(args + ["--output", dir + "/cpu.png", "--device", "cpu", "--precision", "f32"])
         XCTAssertEqual(cpu.status, 0, cpu.stderr)
         let a = try MediaReader.image(dir + "/gpu.png"), b = try MediaReader.image(dir + "/cpu.png")
         XCTAssertEqual(a.pixels.count, b.pixels.count)

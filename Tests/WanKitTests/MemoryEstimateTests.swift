@@ -71,9 +71,10 @@ final class MemoryEstimateTests: XCTestCase {
         let c = estimate(.textToVideo, settings(832, 480, 121), shape).denoiseBytes  // L = 31 * 30 * 52 = 48360
         XCTAssertEqual(b - a, c - b)
         let perToken = Double(b - a) / Double(32760 - 17160)
-        // (5 x 5120 + 64 + 64) floats of activations (the patches and the head's output: 16 channels x 4 pixels each)
-        // and 9 latents' share (16 x 4 floats each) per token.
-        XCTAssertEqual(perToken, Double((5 * 5120 + 64 + 64) * 4 + 9 * 16 * 4 * 4), accuracy: 1)
+        // (5 x 5120 + 64 + 64) floats of activations (the patches and the head's output: 16 channels x 4 pixels each),
+        // 9 latents' share (16 x 4 floats each), and the bf16 products' rounded copies (q, k, v and a product's
+        // [L, 5120] input: 4 x 5120 bf16 values) per token.
+        XCTAssertEqual(perToken, Double((5 * 5120 + 64 + 64) * 4 + 9 * 16 * 4 * 4 + 4 * 5120 * 2), accuracy: 1)
     }
 
     func testEncoderStateFromTheArchitecture() {
