@@ -248,6 +248,7 @@ struct Generate: ParsableCommand {
             "size": "\(settings.width)x\(settings.height)", "frames": settings.frames, "steps": settings.steps, "shift": settings.shift,
             "guide_scale": Double(settings.guideScale), "seed": settings.seed, "solver": settings.solver.rawValue,
             "model": model ?? "", "dit": files.dit ?? "", "t5": files.t5 ?? "", "vae": files.vae ?? "", "generator": "WanKit",
+            "device": placement.description,
         ]
         switch ditModel {
         case .vace(let vaceDiT):
@@ -387,7 +388,7 @@ struct Generate: ParsableCommand {
         }
         let vaeModel = try loadVAE(files.vae!, placement: placement, width: t.width, height: t.height)
         log("DiT: \(ditModel.config) on \(ditModel.backendDescription)")
-        var metadata: [String: Any] = ["prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
+        var metadata: [String: Any] = ["device": placement.description, "prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
                                        "guide_scale": Double(s.guideScale), "seed": s.seed, "solver": s.solver.rawValue,
                                        "max_area": s.maxArea, "generator": "WanKit", "task": last == nil ? "i2v" : "flf2v"]
         if let last { metadata["last_image"] = last }

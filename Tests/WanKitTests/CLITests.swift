@@ -78,6 +78,7 @@ final class CLITests: XCTestCase {
         let sidecar = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: output + ".json"))) as? [String: Any]
         XCTAssertEqual(sidecar?["seed"] as? Int, 42)
         XCTAssertEqual(sidecar?["prompt"] as? String, "A cat walks on the grass")
+        XCTAssertTrue((sidecar?["device"] as? String)?.hasPrefix("cpu") ?? false, "\(String(describing: sidecar))")
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains("partial") }
         XCTAssertEqual(leftovers, [])
     }
