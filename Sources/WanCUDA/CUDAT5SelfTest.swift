@@ -1,5 +1,6 @@
 import Foundation
 import WanModels
+import WanTensor
 
 /// The self-test cases of Kernels/t5.cu against float64 references of their documented semantics: two segments of
 /// different lengths in one batch (one with padded rows), one segment without keys (uniform attention), relative
@@ -47,9 +48,9 @@ extension KernelSelfTest {
         let table = Self.values(buckets * heads, seed: 11, scale: 2)
         if bf16 {
             // The reference reads the values the kernel reads.
-            q = q.map { Self.float(bf16: Self.bf16($0)) }; k = k.map { Self.float(bf16: Self.bf16($0)) }; v = v.map { Self.float(bf16: Self.bf16($0)) }
+            q = q.map { BFloat16.float(BFloat16.from($0)) }; k = k.map { BFloat16.float(BFloat16.from($0)) }; v = v.map { BFloat16.float(BFloat16.from($0)) }
         }
-        func device(_ x: [Float]) throws -> DeviceBuffer { bf16 ? try upload(x.map(Self.bf16)) : try upload(x) }
+        func device(_ x: [Float]) throws -> DeviceBuffer { bf16 ? try upload(x.map(BFloat16.from)) : try upload(x) }
         // Without a bias table (CLIP) q, k and v are column views of one [rows, 3 ld] product, rows 3 ld apart.
         let fused = !bias, ldIn = fused ? 3 * ld : ld, size = bf16 ? 2 : 4
         var qkv: [Float] = []

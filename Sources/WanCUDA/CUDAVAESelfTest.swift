@@ -1,4 +1,5 @@
 import Foundation
+import WanTensor
 
 /// The self-test cases of Kernels/vae.cu and of the VAE's cuBLASLt products (strided, accumulating, X·W), each
 /// against a float64 reference of its documented semantics on small, awkward shapes (a partial row range, C = 3,
@@ -62,9 +63,9 @@ extension KernelSelfTest {
     private func vaeFrames(_ frames: Int, count: Int, seed: UInt64, bf16Frames: Int) throws -> (values: [[Float]], buffers: [DeviceBuffer]) {
         let half = { (t: Int) in bf16Frames >> t & 1 == 1 }
         let values = (0..<frames).map { t in
-            Self.values(count, seed: seed + UInt64(t)).map { half(t) ? KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) : $0 }
+            Self.values(count, seed: seed + UInt64(t)).map { half(t) ? BFloat16.float(BFloat16.from($0)) : $0 }
         }
-        let buffers = try (0..<frames).map { t in half(t) ? try upload(values[t].map(KernelSelfTest.bf16)) : try upload(values[t]) }
+        let buffers = try (0..<frames).map { t in half(t) ? try upload(values[t].map(BFloat16.from)) : try upload(values[t]) }
         return (values, buffers)
     }
 
@@ -88,7 +89,7 @@ extension KernelSelfTest {
                 let inside = iy >= 0 && iy < srcH << up && ix >= 0 && ix < srcW << up
                 for ch in 0..<c {
                     let v = inside ? inputs[t][((iy >> up) * srcW + (ix >> up)) * c + ch] : 0
-                    reference.append(Double(bf16 ? KernelSelfTest.float(bf16: KernelSelfTest.bf16(v)) : v))
+                    reference.append(Double(bf16 ? BFloat16.float(BFloat16.from(v)) : v))
                 }
             } } }
         }
@@ -101,13 +102,13 @@ extension KernelSelfTest {
     /// (skippedTaps + frames) taps of which the kernel gets the suffix.
     private func vaeConv(frames: Int, srcH: Int, srcW: Int, channels c: Int, up: Int, outH: Int, outW: Int, k: Int, stride: Int, pad: Int,
                          outChannels: Int, skippedTaps: Int, accumulate: Bool, bf16Frames: Int = 0) throws -> ([Double], [Double]) {
-        let round = { (v: Float) in KernelSelfTest.float(bf16: KernelSelfTest.bf16(v)) }
+        let round = { (v: Float) in BFloat16.float(BFloat16.from(v)) }
         let (inputs, buffers) = try vaeFrames(frames, count: srcH * srcW * c, seed: 31, bf16Frames: bf16Frames)
         let width = frames * k * k * c, ldw = (skippedTaps * k * k * c) + width
         let w = Self.values(outChannels * ldw, seed: 40, scale: 0.05).map(round)
         let bias = Self.values(outChannels, seed: 41), y0 = Self.values(outH * outW * outChannels, seed: 42)
         let dw = try context.allocate(bytes: w.count * 2)
-        try dw.upload(w.map(KernelSelfTest.bf16))
+        try dw.upload(w.map(BFloat16.from))
         let db = try upload(bias), dy = try upload(y0)
         let skipped = UInt64((ldw - width) * 2)
         try vaeFunction("vae_conv_bf16").launch(grid: ((outH * outW + 127) / 128, (outChannels + 63) / 64, 1), block: (256, 1, 1), [
@@ -177,13 +178,13 @@ extension KernelSelfTest {
         var x = Self.values(m * ldx, seed: 8), w = Self.values((transposed ? n : k) * ldw, seed: 9, scale: 0.1)
         let b = Self.values(n, seed: 10), y0 = Self.values(m * n, seed: 11)
         if bf16 {
-            x = x.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
-            w = w.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+            x = x.map { BFloat16.float(BFloat16.from($0)) }
+            w = w.map { BFloat16.float(BFloat16.from($0)) }
         }
         func put(_ v: [Float]) throws -> DeviceBuffer {
             guard bf16 else { return try upload(v) }
             let buffer = try context.allocate(bytes: v.count * 2)
-            try buffer.upload(v.map(KernelSelfTest.bf16))
+            try buffer.upload(v.map(BFloat16.from))
             return buffer
         }
         let dx = try put(x), dw = try put(w), db = try upload(b), dy = try upload(y0)

@@ -1,4 +1,5 @@
 import Foundation
+import WanTensor
 
 /// One kernel run on the GPU against a CPU reference (double precision) on small, awkward shapes: lengths that are
 /// not multiples of the tiles, masked keys, padded tokens.
@@ -137,16 +138,8 @@ final class KernelSelfTest {
     /// A device bf16 buffer as doubles (waits for the queued work).
     func bf16s(_ buffer: DeviceBuffer, _ count: Int) throws -> [Double] {
         try context.synchronize()
-        return try buffer.download(count: count, as: UInt16.self).map { Double(KernelSelfTest.float(bf16: $0)) }
+        return try buffer.download(count: count, as: UInt16.self).map { Double(BFloat16.float($0)) }
     }
-
-    static func bf16(_ value: Float) -> UInt16 {
-        var bits = value.bitPattern
-        bits &+= 0x7fff &+ ((bits >> 16) & 1)
-        return UInt16(bits >> 16)
-    }
-
-    static func float(bf16 value: UInt16) -> Float { Float(bitPattern: UInt32(value) << 16) }
 
     private func blocks(_ n: Int) -> Int { min(max((n + 255) / 256, 1), 65535) }
 
@@ -271,7 +264,7 @@ final class KernelSelfTest {
     private func fp8Activation(_ count: Int) -> [Float] {
         random(count, scale: 3).enumerated().map { i, v in
             let w = i % 11 == 0 ? v * 1e-3 : i % 13 == 0 ? 0 : v
-            return KernelSelfTest.float(bf16: KernelSelfTest.bf16(w))
+            return BFloat16.float(BFloat16.from(w))
         }
     }
 
@@ -281,7 +274,7 @@ final class KernelSelfTest {
         if fp8Ops == nil { fp8Ops = (try CUDAOps(context: context, compiler: compiler), DeviceMemoryPool(context: context)) }
         let count = 8 * 4099
         let x = fp8Activation(count)
-        let dx = try upload(x.map(KernelSelfTest.bf16)), out = try context.allocate(bytes: count), scratch = try context.allocate(bytes: 4 * 258)
+        let dx = try upload(x.map(BFloat16.from)), out = try context.allocate(bytes: count), scratch = try context.allocate(bytes: 4 * 258)
         try fp8Ops!.ops.quantizeFP8(out: out.pointer, x: dx.pointer, count: count, weightScale: 0.125, scratch: scratch.pointer)
         try context.synchronize()
         let bytes = try out.download(count: count, as: UInt8.self), scales = try scratch.download(count: 2, as: Float.self)
@@ -301,9 +294,9 @@ final class KernelSelfTest {
         let x = fp8Activation(m * k)
         let wBytes = random(n * k).map { v -> UInt8 in let b = UInt8(truncatingIfNeeded: Int((v + 1) * 128)); return b & 0x7f == 0x7f ? b ^ 1 : b }
         var b = random(n, scale: 0.5)
-        if output == .bf16 { b = b.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) } }
-        let dx = try upload(x.map(KernelSelfTest.bf16)), dw = try upload(wBytes)
-        let db = try output == .f32 ? upload(b) : upload(b.map(KernelSelfTest.bf16))
+        if output == .bf16 { b = b.map { BFloat16.float(BFloat16.from($0)) } }
+        let dx = try upload(x.map(BFloat16.from)), dw = try upload(wBytes)
+        let db = try output == .f32 ? upload(b) : upload(b.map(BFloat16.from))
         let dy = try context.allocate(bytes: m * n * output.size)
         let linear = DeviceLinear(weight: dw, bias: db, inFeatures: k, outFeatures: n, weightType: .bf16, outputType: output,
                                   compact: .fp8E4M3, scale: wScale)
@@ -329,13 +322,13 @@ final class KernelSelfTest {
         let (m, n, k) = (77, 96, 160)
         var x = random(m * k), w = random(n * k, scale: 0.1), b = random(n, scale: 0.5)
         if input == .bf16 {
-            x = x.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
-            w = w.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+            x = x.map { BFloat16.float(BFloat16.from($0)) }
+            w = w.map { BFloat16.float(BFloat16.from($0)) }
         }
-        if output == .bf16 { b = b.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) } }
-        let dx = try input == .f32 ? upload(x) : upload(x.map(KernelSelfTest.bf16))
-        let dw = try input == .f32 ? upload(w) : upload(w.map(KernelSelfTest.bf16))
-        let db = try output == .f32 ? upload(b) : upload(b.map(KernelSelfTest.bf16))
+        if output == .bf16 { b = b.map { BFloat16.float(BFloat16.from($0)) } }
+        let dx = try input == .f32 ? upload(x) : upload(x.map(BFloat16.from))
+        let dw = try input == .f32 ? upload(w) : upload(w.map(BFloat16.from))
+        let db = try output == .f32 ? upload(b) : upload(b.map(BFloat16.from))
         let dy = try context.allocate(bytes: m * n * output.size)
         try gemm!.linear(m: m, n: n, k: k, x: dx.pointer, w: dw.pointer, bias: db.pointer, y: dy.pointer,
                          input: input, output: output, epilogue: epilogue)
@@ -386,7 +379,7 @@ final class KernelSelfTest {
                 CompactWeightFormat.hostDequantize(format, data: raw.baseAddress!, count: count, scale: scale, into: $0.baseAddress!)
             }
         }
-        return (try bf16s(out, count), reference.map { Double(KernelSelfTest.float(bf16: $0)) })
+        return (try bf16s(out, count), reference.map { Double(BFloat16.float($0)) })
     }
 
     private func gatedResidual() throws -> ([Double], [Double]) {
@@ -408,14 +401,14 @@ final class KernelSelfTest {
         let batch = kLens.count
         var q = random(batch * lq * heads * d, scale: 2), k = random(batch * lk * heads * d, scale: 2), v = random(batch * lk * heads * d)
         if bf16 {  // the reference sees the same rounded inputs
-            q = q.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
-            k = k.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
-            v = v.map { KernelSelfTest.float(bf16: KernelSelfTest.bf16($0)) }
+            q = q.map { BFloat16.float(BFloat16.from($0)) }
+            k = k.map { BFloat16.float(BFloat16.from($0)) }
+            v = v.map { BFloat16.float(BFloat16.from($0)) }
         }
         let scale = 1 / Float(d).squareRoot()
-        let dq = try bf16 ? upload(q.map(KernelSelfTest.bf16)) : upload(q)
-        let dk = try bf16 ? upload(k.map(KernelSelfTest.bf16)) : upload(k)
-        let dv = try bf16 ? upload(v.map(KernelSelfTest.bf16)) : upload(v)
+        let dq = try bf16 ? upload(q.map(BFloat16.from)) : upload(q)
+        let dk = try bf16 ? upload(k.map(BFloat16.from)) : upload(k)
+        let dv = try bf16 ? upload(v.map(BFloat16.from)) : upload(v)
         let dl = try upload(kLens)
         let out = try context.allocate(bytes: batch * lq * heads * d * (bf16 ? 2 : 4))
         if kernel.hasPrefix("flash_attention_bf16_v2") {

@@ -16,6 +16,9 @@ public struct DiTPlacement: CustomStringConvertible {
     /// The CPU with bf16 products (`CPUBackend.products`): about twice as fast where `GEMM.nativeBF16`.
     public static let cpuBF16 = DiTPlacement(gpu: nil, precision: .bf16)
 
+    /// The CPU at its default: bf16 products where the CPU runs them natively (`GEMM.nativeBF16`), else f32.
+    public static var cpuDefault: DiTPlacement { GEMM.nativeBF16 ? .cpuBF16 : .cpu }
+
     /// The CPU models' product type: bf16 at precision bf16 (with `gpu` nil), else f32.
     public var products: ProductType { precision == .bf16 ? .bf16 : .f32 }
 
@@ -36,7 +39,7 @@ public struct DiTPlacement: CustomStringConvertible {
     public static func resolve(_ choice: ComputeDevice, precision: CUDAPrecision = .bf16) throws -> (placement: DiTPlacement, note: String?) {
         switch try choice.resolve() {
         case .cpu(let reason):
-            return (precision == .bf16 && GEMM.nativeBF16 ? .cpuBF16 : .cpu, reason.map { "running on the CPU (no GPU: \($0))" })
+            return (precision == .bf16 ? .cpuDefault : .cpu, reason.map { "running on the CPU (no GPU: \($0))" })
         case .cuda(let gpu, _, _):
             return (DiTPlacement(gpu: try CUDAContext(ordinal: gpu.ordinal), precision: precision), nil)
         }

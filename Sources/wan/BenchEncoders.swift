@@ -56,9 +56,7 @@ func writeRandomSafetensors(path: String, tensors: [(name: String, shape: [Int],
                     } else if t.dtype == "F16" {
                         buffer.storeBytes(of: Float16(v).bitPattern, toByteOffset: 2 * i, as: UInt16.self)
                     } else {
-                        let bits = v.bitPattern
-                        let rounded = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16  // round to nearest even
-                        buffer.storeBytes(of: UInt16(truncatingIfNeeded: rounded), toByteOffset: 2 * i, as: UInt16.self)
+                        buffer.storeBytes(of: BFloat16.from(v), toByteOffset: 2 * i, as: UInt16.self)
                     }
                 }
             }

@@ -55,7 +55,7 @@ enum CUDABackend {
     /// `--precision` on the CPU: bf16 products by default where the CPU has native bf16 instructions (`GEMM.nativeBF16`,
     /// about twice the f32 rate), else f32.
     static func cpuPlacement(_ text: String?) throws -> DiTPlacement {
-        guard let text else { return GEMM.nativeBF16 ? .cpuBF16 : .cpu }
+        guard let text else { return .cpuDefault }
         guard try precision(text) == .bf16 else { return .cpu }
         try requireCPUBF16()
         return .cpuBF16

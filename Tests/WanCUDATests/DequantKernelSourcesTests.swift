@@ -201,29 +201,12 @@ final class DequantKernelSourcesOnTheCPUTests: XCTestCase {
         return data
     }
 
-    static func storageType(_ format: CompactWeightFormat) -> StorageType {
-        switch format {
-        case .fp8E4M3: return .dtype(.f8e4m3)
-        case .fp8E5M2: return .dtype(.f8e5m2)
-        case .q8_0: return .ggml(.q8_0)
-        case .q4_0: return .ggml(.q4_0)
-        case .q4_1: return .ggml(.q4_1)
-        case .q5_0: return .ggml(.q5_0)
-        case .q5_1: return .ggml(.q5_1)
-        case .q2_K: return .ggml(.q2_K)
-        case .q3_K: return .ggml(.q3_K)
-        case .q4_K: return .ggml(.q4_K)
-        case .q5_K: return .ggml(.q5_K)
-        case .q6_K: return .ggml(.q6_K)
-        }
-    }
-
     /// The host's bf16 of the stored matrix: `StoredTensor.dequantize` of a [rows, cols] tensor with the per-tensor
     /// scale (nil for 1, as a GGUF tensor has none), then `BFloat16.from` (round to nearest even) as the upload packs.
     static func hostBF16(_ c: Case, _ bytes: [UInt8]) -> [UInt16] {
         var values = [Float](repeating: 0, count: c.count)
         bytes.withUnsafeBytes { raw in
-            let stored = StoredTensor(name: "w", type: storageType(c.format), shape: [c.rows, c.cols], data: raw.baseAddress!,
+            let stored = StoredTensor(name: "w", type: c.format.storageType, shape: [c.rows, c.cols], data: raw.baseAddress!,
                                       byteCount: bytes.count, scale: c.scale == 1 ? nil : c.scale, owner: nil)
             values.withUnsafeMutableBufferPointer { stored.dequantize(elements: 0..<c.count, into: $0.baseAddress!) }
         }
@@ -246,7 +229,7 @@ final class DequantKernelSourcesOnTheCPUTests: XCTestCase {
                        "dequant_q5_0_bf16", "dequant_q5_1_bf16", "dequant_q2_k_bf16", "dequant_q3_k_bf16"]  // the driver's order
         XCTAssertEqual(Set(kernels), Set(CompactWeightFormat.allCases.map(\.kernel)))
         for (index, c) in Self.cases.enumerated() {
-            XCTAssertEqual(CompactWeightFormat(Self.storageType(c.format)), c.format)
+            XCTAssertEqual(CompactWeightFormat(c.format.storageType), c.format)
             XCTAssertEqual(c.cols % c.format.blockSize, 0, c.label)
             let bytes = Self.storedBytes(c, &random)
             let want = Self.hostBF16(c, bytes)
