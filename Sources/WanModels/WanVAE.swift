@@ -127,12 +127,19 @@ extension WanVAEConfig {
         guard H >= sf, W >= sf else {
             throw VAEInputError("the video is \(W)x\(H); the Wan-VAE needs at least \(sf)x\(sf) pixels: resize it")
         }
-        return Tensor(uninitialized: [zDim, 1 + (T - 1) / tf, H / sf, W / sf])
+        guard Self.encodeChunk % tf == 0 else {
+            throw VAEInputError("this VAE compresses time by \(tf); the official encoder reads chunks of \(Self.encodeChunk) frames, which only a factor of 1, 2 or 4 divides: it cannot encode with this VAE")
+        }
+        return Tensor(uninitialized: [zDim, 1 + (T - 1) / Self.encodeChunk * (Self.encodeChunk / tf), H / sf, W / sf])
     }
 
+    /// The frames the official `WanVAE_.encode` takes at a time after the first one (its loop runs 1 + (T - 1) // 4
+    /// times, whatever the VAE's temporal factor).
+    public static let encodeChunk = 4
+
     /// The frames an encode of `T` frames reads: 1 + 4k, the first frame and every whole chunk of 4 after it. As the
-    /// official `WanVAE_.encode` (its loop runs 1 + (T - 1) // 4 times), frames past the last whole chunk are not encoded.
-    public func encodedFrames(_ T: Int) -> Int { T < 1 ? 0 : 1 + temporalFactor * ((T - 1) / temporalFactor) }
+    /// official `WanVAE_.encode`, frames past the last whole chunk are not encoded.
+    public func encodedFrames(_ T: Int) -> Int { T < 1 ? 0 : 1 + Self.encodeChunk * ((T - 1) / Self.encodeChunk) }
 
     /// Latent frame `f` de-normalised (z / (1/std) + mean, as the official wrapper does) into channels-last [h*w, zDim].
     public func denormalize(_ latent: Tensor, frame f: Int, into out: UnsafeMutablePointer<Float>) {

@@ -182,6 +182,23 @@ if want("vae"):
         v = mvae.decode(z.unsqueeze(0), scale).float().clamp_(-1, 1).squeeze(0)
         write_case(name, "vae", "vae", {"latent": z}, {"video": v})
 
+if want("vae_t2"):
+    # A VAE that compresses time by 2 (temperal_downsample [False, False, True]): the official encoder still reads
+    # chunks of 4 frames (2 latent frames each), so 7 frames encode the first 5 into 3 latent frames.
+    j, sd = gold_model("vae")
+    c = dict(j["config"], dim=4, dim_mult=[1, 1, 2, 2], num_res_blocks=1, temperal_downsample=[False, False, True])
+    mean = torch.tensor(c["latent_mean"]); std = torch.tensor(c["latent_std"])
+    mt = ref.vae.WanVAE_(**{k: v for k, v in c.items() if k not in ("latent_mean", "latent_std")}).eval()
+    randomize(mt, 104)
+    write_model("v_vae_t2", "WanVAE_", c, mt.state_dict())
+    g = torch.Generator().manual_seed(21)
+    v = torch.rand([3, 7, 24, 16], generator=g) * 2 - 1
+    write_case("v_vae_t2_encode_7f", "vae", "v_vae_t2", {"video": v},
+               {"latent": mt.encode(v.unsqueeze(0), [mean, 1.0 / std]).float().squeeze(0)})
+    z = torch.randn([16, 3, 3, 2], generator=g)
+    write_case("v_vae_t2_decode_3l", "vae", "v_vae_t2", {"latent": z},
+               {"video": mt.decode(z.unsqueeze(0), [mean, 1.0 / std]).float().clamp_(-1, 1).squeeze(0)})
+
 # ---------------------------------------------------------------- T5
 if want("t5"):
     j, sd = gold_model("t5")

@@ -59,22 +59,27 @@ def trajectory(name, solver, steps, shift, guide, xs, cs, shape):
     json.dump(c, open(p, "w"), indent=1)
 
 
-trajectory("v_scheduler_unipc_7_3", "unipc", 7, 3.0, 4.0, 5, 6, [16, 1, 2, 4])
-trajectory("v_scheduler_unipc_2_1", "unipc", 2, 1.0, 1.0, 7, 8, [16, 2, 2, 2])
-trajectory("v_scheduler_dpmpp_6_2", "dpm++", 6, 2.0, 7.5, 9, 10, [16, 3, 2, 2])
-trajectory("v_scheduler_dpmpp_17_7", "dpm++", 17, 7.0, 3.0, 1, 2, [16, 1, 2, 2])
-trajectory("v_scheduler_euler_6_3", "euler", 6, 3.0, 6.0, 3, 4, [16, 1, 4, 2])
+def main():
+    trajectory("v_scheduler_unipc_7_3", "unipc", 7, 3.0, 4.0, 5, 6, [16, 1, 2, 4])
+    trajectory("v_scheduler_unipc_2_1", "unipc", 2, 1.0, 1.0, 7, 8, [16, 2, 2, 2])
+    trajectory("v_scheduler_dpmpp_6_2", "dpm++", 6, 2.0, 7.5, 9, 10, [16, 3, 2, 2])
+    trajectory("v_scheduler_dpmpp_17_7", "dpm++", 17, 7.0, 3.0, 1, 2, [16, 1, 2, 2])
+    trajectory("v_scheduler_euler_6_3", "euler", 6, 3.0, 6.0, 3, 4, [16, 1, 4, 2])
 
-# sigma tables
-pairs = [[25, 5.0], [10, 1.0], [3, 12.0], [60, 2.5]]
-outs = {}
-for n, s_ in pairs:
-    tag = f"{n}_{s_:g}"
-    s, ts = sched("unipc", n, s_); outs[f"timesteps_{tag}"] = ts; outs[f"sigmas_{tag}"] = s.sigmas.to(torch.float32)
-    s, ts = sched("dpm++", n, s_); outs[f"dpm_timesteps_{tag}"] = ts; outs[f"dpm_sigmas_{tag}"] = s.sigmas.to(torch.float32)
-    s, ts = sched("euler", n, s_); outs[f"euler_timesteps_{tag}"] = ts.to(torch.float32); outs[f"euler_sigmas_{tag}"] = s.sigmas.to(torch.float32)
-write_case("v_scheduler_sigmas", "scheduler", None, {}, outs, config={"pairs": pairs}, rel=1e-7)
-p = f"{OUT}/cases/v_scheduler_sigmas.json"; c = json.load(open(p))
-for k in c["tolerances"]:
-    c["tolerances"][k] = {"rel_l2": 1e-7, "max_abs": 1e-7} if "sigmas" in k else {"rel_l2": 0.0, "max_abs": 0.0}
-json.dump(c, open(p, "w"), indent=1)
+    # sigma tables
+    pairs = [[25, 5.0], [10, 1.0], [3, 12.0], [60, 2.5]]
+    outs = {}
+    for n, s_ in pairs:
+        tag = f"{n}_{s_:g}"
+        s, ts = sched("unipc", n, s_); outs[f"timesteps_{tag}"] = ts; outs[f"sigmas_{tag}"] = s.sigmas.to(torch.float32)
+        s, ts = sched("dpm++", n, s_); outs[f"dpm_timesteps_{tag}"] = ts; outs[f"dpm_sigmas_{tag}"] = s.sigmas.to(torch.float32)
+        s, ts = sched("euler", n, s_); outs[f"euler_timesteps_{tag}"] = ts.to(torch.float32); outs[f"euler_sigmas_{tag}"] = s.sigmas.to(torch.float32)
+    write_case("v_scheduler_sigmas", "scheduler", None, {}, outs, config={"pairs": pairs}, rel=1e-7)
+    p = f"{OUT}/cases/v_scheduler_sigmas.json"; c = json.load(open(p))
+    for k in c["tolerances"]:
+        c["tolerances"][k] = {"rel_l2": 1e-7, "max_abs": 1e-7} if "sigmas" in k else {"rel_l2": 0.0, "max_abs": 0.0}
+    json.dump(c, open(p, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -42,5 +42,6 @@ def case(name, strings):
     print("wrote", name, list(lens))
 
 
-case("v_tokenizer_mix", S1)
-case("v_tokenizer_long", S2)
+if __name__ == "__main__":
+    case("v_tokenizer_mix", S1)
+    case("v_tokenizer_long", S2)
