@@ -9,13 +9,13 @@ import Foundation
 /// - per segment, the fixers repeat until nothing changes, in ftfy's order:
 ///   - `unescape_html`: `&name;` entities of the HTML5 table (with the semicolon), the all-caps forms ftfy accepts
 ///     (`&EACUTE;` → `É`), numeric `&#…;` / `&#x…;` references (Python's `html.unescape` rules);
-///   - `fix_encoding`, restricted to the encodings real prompts show: text that can be encoded as Latin-1 or
-///     "sloppy" Windows-1252 (undefined bytes pass through, U+FFFD ↔ byte 1A) and contains a UTF-8 sequence written
-///     as such characters (the mojibake clue standing in for ftfy's badness regex) is re-decoded as UTF-8 when the
-///     whole segment decodes; otherwise each run of such sequences is decoded on its own (`decode_inconsistent_utf8`);
-///     text of Latin-1 that holds C1 controls is re-read as Windows-1252. Not covered: the other single-byte
-///     encodings ftfy tries (Windows-1250/1251/1253/1254/1257, ISO-8859-2, MacRoman, CP437), `restore_byte_a0`,
-///     `replace_lossy_sequences`, the CESU-8/Java `utf-8-variants` decoder, and ftfy's exact badness scoring;
+///   - `fix_encoding`, repeated until nothing changes: text that ftfy's badness regex calls bad is encoded in each of
+///     the code pages ftfy tries, in its order (Latin-1, "sloppy" Windows-1252/1251/1250/1253/1254/1257 with undefined
+///     bytes passing through and U+FFFD ↔ byte 1A, ISO-8859-2, MacRoman, CP437); the first whose bytes, after
+///     `restore_byte_a0` (not for MacRoman) and, for the sloppy pages, `replace_lossy_sequences`, decode as UTF-8 (or
+///     as ftfy's `utf-8-variants`: CESU-8 pairs, `C0 80`) wins; otherwise each run of UTF-8 written as such characters
+///     is decoded on its own (`decode_inconsistent_utf8`); text of Latin-1 that holds C1 controls is re-read as
+///     Windows-1252;
 ///   - `fix_c1_controls` (C1 controls → Windows-1252 characters), `fix_latin_ligatures` (ﬁ → fi, Ǆ → DŽ, …),
 ///     `fix_character_width` (full-width/half-width forms and U+3000 → their NFKC forms), `uncurl_quotes`
 ///     (U+2018–U+201B, U+02BC → `'`; U+201C–U+201F → `"`), `fix_line_breaks` (CRLF, CR, U+2028, U+2029, U+0085 →
@@ -284,27 +284,80 @@ public enum WanPromptCleaner {
 
     // MARK: encoding repair
 
-    /// Windows-1252 bytes 0x80…0x9F; the undefined ones pass through (ftfy's "sloppy" codec).
-    static let cp1252: [UInt32] = [
-        0x20AC, 0x81, 0x201A, 0x192, 0x201E, 0x2026, 0x2020, 0x2021, 0x2C6, 0x2030, 0x160, 0x2039, 0x152, 0x8D, 0x17D, 0x8F,
-        0x90, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x2DC, 0x2122, 0x161, 0x203A, 0x153, 0x9D, 0x17E, 0x178,
-    ]
-    static let cp1252Reverse: [UInt32: UInt8] = {
-        var d: [UInt32: UInt8] = [:]
-        for (i, c) in cp1252.enumerated() { d[c] = UInt8(0x80 + i) }
-        return d
-    }()
+    /// A single-byte code page of ftfy's `fix_encoding` (see `WanTextTables.codePages`).
+    struct CodePage {
+        let name: String
+        let sloppy: Bool
+        let high: [UInt32]
+        let reverse: [UInt32: UInt8]
 
-    /// The byte of `c` in sloppy Windows-1252, if any.
-    static func sloppy1252(_ c: Unicode.Scalar) -> UInt8? {
-        let v = c.value
-        if v == 0xFFFD { return 0x1A }
-        if v == 0x1A { return nil }
-        if v < 0x80 || (0xA0...0xFF).contains(v) { return UInt8(v) }
-        return cp1252Reverse[v]
+        init(name: String, sloppy: Bool, high: [UInt16]) {
+            self.name = name
+            self.sloppy = sloppy
+            self.high = high.map(UInt32.init)
+            var r: [UInt32: UInt8] = [:]
+            for (i, c) in high.enumerated() { r[UInt32(c)] = UInt8(0x80 + i) }
+            self.reverse = r
+        }
+
+        /// The bytes of `text` in this code page, or nil when a character has none (ftfy's `possible_encoding`).
+        func encode(_ text: [Unicode.Scalar]) -> [UInt8]? {
+            var out: [UInt8] = []
+            out.reserveCapacity(text.count)
+            for c in text {
+                let v = c.value
+                if v < 0x80 {
+                    if sloppy && v == 0x1A { return nil }  // byte 0x1A reads as U+FFFD in the sloppy pages
+                    out.append(UInt8(v))
+                } else if sloppy && v == 0xFFFD {
+                    out.append(0x1A)
+                } else if let b = reverse[v] {
+                    out.append(b)
+                } else {
+                    return nil
+                }
+            }
+            return out
+        }
     }
 
-    static let badnessRE = try! NSRegularExpression(pattern: WanTextTables.ftfyBadness)
+    /// The code pages in ftfy's order: Latin-1, sloppy Windows-1252/1251/1250/1253/1254/1257, ISO-8859-2, MacRoman, CP437.
+    static let codePages: [CodePage] = WanTextTables.codePages.map { CodePage(name: $0.name, sloppy: $0.sloppy, high: $0.high) }
+
+    /// Windows-1252 bytes 0x80…0x9F; the undefined ones pass through (ftfy's "sloppy" codec).
+    static let cp1252: [UInt32] = Array(codePages[1].high[0..<32])
+
+    static let badnessRE = try! NSRegularExpression(pattern: pythonSemantics(WanTextTables.ftfyBadness))
+
+    /// A pattern of Python's `re` (str, no flags) for ICU: `\w` is Python's word character (`str.isalnum()` or `_`:
+    /// letters and every character with a numeric value, such as `¼`, which ICU's `\w` leaves out), `\s` Python's
+    /// whitespace (`str.isspace()`, with U+001C…U+001F), and `.` outside brackets any character but `\n` (ICU's also
+    /// stops at `\r`, U+0085, U+2028, U+2029).
+    static func pythonSemantics(_ pattern: String) -> String {
+        var out = ""
+        var inClass = false
+        var escaped = false
+        for c in pattern {
+            if escaped {
+                escaped = false
+                switch (c, inClass) {
+                case ("w", false): out += "[\\p{L}\\p{Numeric_Type=Decimal}\\p{Numeric_Type=Digit}\\p{Numeric_Type=Numeric}_]"
+                case ("s", false): out += "[\\t\\n\\x{0B}\\x{0C}\\r\\x{1C}-\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}]"
+                case ("w", true), ("s", true): preconditionFailure("\\\(c) inside a character class")
+                default: out += "\\" + String(c)
+                }
+                continue
+            }
+            switch c {
+            case "\\": escaped = true
+            case "[": inClass = true; out.append(c)
+            case "]": inClass = false; out.append(c)
+            case "." where !inClass: out += "[^\\n]"
+            default: out.append(c)
+            }
+        }
+        return out
+    }
     static let utf8DetectorRE = try! NSRegularExpression(pattern: WanTextTables.ftfyUTF8Detector)
 
     /// ftfy's `is_bad`: the text matches its mojibake detector.
@@ -371,20 +424,88 @@ public enum WanPromptCleaner {
         return out
     }
 
+    /// ftfy's `replace_lossy_sequences` (`LOSSY_UTF8_RE` → the bytes of U+FFFD): UTF-8 sequences in which a byte was
+    /// lost to `?` or to the sloppy pages' 0x1A, and every 0x1A.
+    static func replaceLossySequences(_ b: [UInt8]) -> [UInt8] {
+        guard b.contains(0x1A) || b.contains(0x3F) else { return b }
+        let n = b.count
+        func cont(_ x: UInt8) -> Bool { (0x80...0xBF).contains(x) }
+        func lost(_ x: UInt8) -> Bool { x == 0x1A || x == 0x3F }            // [\x1a?]
+        func contOr1A(_ x: UInt8) -> Bool { x == 0x1A || cont(x) }           // [\x1a\x80-\xbf]
+        func any(_ x: UInt8) -> Bool { lost(x) || cont(x) }                  // [\x1a?\x80-\xbf]
+        /// The length of the first alternative of LOSSY_UTF8_RE matching at i, or 0.
+        func match(_ i: Int) -> Int {
+            let c0 = b[i]
+            func at(_ k: Int) -> UInt8? { i + k < n ? b[i + k] : nil }
+            if (0xC2...0xDF).contains(c0), at(1) == 0x1A { return 2 }
+            if (0xC2...0xC3).contains(c0), at(1) == 0x3F { return 2 }
+            if c0 == 0xED, let c1 = at(1), (0xA0...0xAF).contains(c1), let c2 = at(2), at(3) == 0xED, let c4 = at(4), (0xB0...0xBF).contains(c4),
+               let c5 = at(5), (lost(c2) && any(c5)) || (any(c2) && lost(c5)) { return 6 }
+            if (0xE0...0xEF).contains(c0), let c1 = at(1), let c2 = at(2),
+               (lost(c1) && contOr1A(c2)) || (contOr1A(c1) && lost(c2)) { return 3 }
+            if (0xF0...0xF4).contains(c0), let c1 = at(1), let c2 = at(2), let c3 = at(3),
+               (lost(c1) && contOr1A(c2) && contOr1A(c3)) || (contOr1A(c1) && lost(c2) && contOr1A(c3))
+                || (contOr1A(c1) && contOr1A(c2) && lost(c3)) { return 4 }
+            return c0 == 0x1A ? 1 : 0
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(n)
+        var i = 0
+        while i < n {
+            let l = match(i)
+            if l > 0 { out += [0xEF, 0xBF, 0xBD]; i += l } else { out.append(b[i]); i += 1 }
+        }
+        return out
+    }
+
+    /// ftfy's "utf-8-variants" decoder: strict UTF-8, plus Java's `C0 80` for U+0000 and CESU-8 surrogate pairs
+    /// (`ED A0-AF 80-BF ED B0-BF 80-BF`) for the characters past U+FFFF; nil where the bytes do not decode.
+    static func decodeUTF8Variants(_ b: [UInt8]) -> [Unicode.Scalar]? {
+        var out: [Unicode.Scalar] = []
+        var run = 0  // start of the plain UTF-8 not yet decoded
+        func flush(_ end: Int) -> Bool {
+            guard end > run else { return true }
+            guard let s = String(validating: b[run..<end], as: UTF8.self) else { return false }
+            out.append(contentsOf: s.unicodeScalars)
+            return true
+        }
+        let n = b.count
+        var i = 0
+        while i < n {
+            if b[i] == 0xC0, i + 1 < n, b[i + 1] == 0x80 {
+                guard flush(i) else { return nil }
+                out.append("\u{0}"); i += 2; run = i
+            } else if b[i] == 0xED, i + 1 < n, (0xA0...0xBF).contains(b[i + 1]) {
+                guard flush(i) else { return nil }
+                guard i + 5 < n, b[i + 1] <= 0xAF, (0x80...0xBF).contains(b[i + 2]), b[i + 3] == 0xED,
+                      (0xB0...0xBF).contains(b[i + 4]), (0x80...0xBF).contains(b[i + 5]) else { return nil }
+                let v = (UInt32(b[i + 1] & 0x0F) << 16) + (UInt32(b[i + 2] & 0x3F) << 10) + (UInt32(b[i + 4] & 0x0F) << 6)
+                    + UInt32(b[i + 5] & 0x3F) + 0x10000
+                out.append(Unicode.Scalar(v)!); i += 6; run = i
+            } else {
+                i += 1
+            }
+        }
+        return flush(n) ? out : nil
+    }
+
+    /// One step of ftfy's `fix_encoding` (`_fix_encoding_one_step_and_explain`).
     static func fixEncodingOneStep(_ text: [Unicode.Scalar]) -> [Unicode.Scalar] {
         if text.isEmpty || text.allSatisfy({ $0.isASCII }) { return text }
         let str = string(text)
         if !isBad(str) { return text }
-        // Latin-1, then sloppy Windows-1252: encode, restore 0xA0 bytes, decode as UTF-8.
-        let latin1 = text.allSatisfy { $0.value <= 0xFF }
-        var candidates: [[UInt8]] = []
-        if latin1 { candidates.append(text.map { UInt8($0.value) }) }
-        let sloppy = text.map(sloppy1252)
-        if sloppy.allSatisfy({ $0 != nil }) { candidates.append(sloppy.map { $0! }) }
-        for var bytes in candidates {
-            if let r = restoreByteA0(bytes) { bytes = r }
-            if let s = String(validating: bytes, as: UTF8.self) { return Array(s.unicodeScalars) }
+        // UTF-8 read as one of the code pages: encode, restore 0xA0 bytes, replace lossy sequences, decode as UTF-8.
+        for page in codePages {
+            guard var bytes = page.encode(text) else { continue }
+            if page.name != "macroman", let r = restoreByteA0(bytes) { bytes = r }
+            if page.sloppy { bytes = replaceLossySequences(bytes) }
+            if bytes.contains(0xED) || bytes.contains(0xC0) {
+                if let d = decodeUTF8Variants(bytes) { return d }
+            } else if let s = String(validating: bytes, as: UTF8.self) {
+                return Array(s.unicodeScalars)
+            }
         }
+        let latin1 = text.allSatisfy { $0.value <= 0xFF }
         // decode_inconsistent_utf8: each detected run fixed on its own.
         let ns = str as NSString
         let matches = utf8DetectorRE.matches(in: str, range: NSRange(location: 0, length: ns.length))

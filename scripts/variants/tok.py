@@ -42,6 +42,27 @@ def case(name, strings):
     print("wrote", name, list(lens))
 
 
+
+def mojibake(text, encoding):
+    import ftfy.bad_codecs  # noqa: F401 (the sloppy-windows-* codecs)
+    return text.encode("utf-8").decode(encoding)
+
+
+# UTF-8 read in each code page ftfy's fix_encoding tries, a lost 0xA0, lost bytes (?), CESU-8 and a Java null, double
+# mojibake, and the two strings of sweep.py's search that WanKit's cleaning got wrong: Windows-1257 with a restored
+# 0xA0 after a full-width pound sign, and a badness pattern that needs Python's \w (U+00BC is a word character there).
+S3 = [mojibake("Привет, как дела?", "windows-1251"), mojibake("Ελληνικά κείμενα", "windows-1253"),
+      mojibake("Türkçe ğüşıöç", "windows-1254"), mojibake("Zażółć gęślą jaźń", "windows-1250"),
+      mojibake("Lietuvių kalba", "sloppy-windows-1257"), mojibake("čeština řeřicha", "iso-8859-2"),
+      mojibake("café crème brûlée", "macroman"), mojibake("❤ naïve", "cp437"),
+      mojibake("voilà le travail", "latin-1").replace("\xa0", " "),
+      mojibake("Ça va ‘très’ bien", "sloppy-windows-1252").replace("’", "?"),
+      "T?”œâ•\ufffdrk?”œÂºe?karakterler: â”?Æ?â”œ?•\ufffdâ”¼?’â”€â–?â”œâ•¢â?œÂ?", "ڡ ȧ｜ ۊą￡ 🔠",
+      b"CESU \xed\xa0\xbd\xed\xb8\x80 emoji and a Java null \xc0\x80 here".decode("latin-1"),
+      mojibake(mojibake("“double” mojibake", "sloppy-windows-1252"), "sloppy-windows-1252")]
+
 if __name__ == "__main__":
-    case("v_tokenizer_mix", S1)
-    case("v_tokenizer_long", S2)
+    only = sys.argv[3:] or ["v_tokenizer_mix", "v_tokenizer_long", "v_tokenizer_mojibake"]
+    for name, strings in [("v_tokenizer_mix", S1), ("v_tokenizer_long", S2), ("v_tokenizer_mojibake", S3)]:
+        if name in only:
+            case(name, strings)
