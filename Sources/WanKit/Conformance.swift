@@ -22,7 +22,7 @@ public struct GoldenCase {
 
     public init(jsonPath: String) throws {
         let data = try Data(contentsOf: URL(fileURLWithPath: jsonPath))
-        guard let d = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        guard let d = try JSONText.object(with: data) as? [String: Any] else {
             throw DiTInputError(description: "\(jsonPath) is not a JSON object")
         }
         name = d["name"] as? String ?? URL(fileURLWithPath: jsonPath).deletingPathExtension().lastPathComponent

@@ -37,9 +37,9 @@ indirect enum Normalizer: Sendable {
             out.append(contentsOf: scalars[start...])
             return String(out)
         case .prepend(let p): return s.isEmpty ? s : p + s
-        case .nfc: return s.precomposedStringWithCanonicalMapping
+        case .nfc: return UnicodeNormalization.nfc(s)
         case .nfd: return s.decomposedStringWithCanonicalMapping
-        case .nfkc: return s.precomposedStringWithCompatibilityMapping
+        case .nfkc: return UnicodeNormalization.nfkc(s)
         case .nfkd: return s.decomposedStringWithCompatibilityMapping
         case .lowercase: return s.lowercased()
         }

@@ -92,7 +92,7 @@ public enum WanPromptCleaner {
             text = fixLineBreaks(text)
             text = removeTerminalEscapes(text)
             text = text.filter { !isControl($0) }
-            text = Array(String(String.UnicodeScalarView(text)).precomposedStringWithCanonicalMapping.unicodeScalars)
+            text = Array(UnicodeNormalization.nfc(String(String.UnicodeScalarView(text))).unicodeScalars)
             if text == orig { break }
         }
         return text

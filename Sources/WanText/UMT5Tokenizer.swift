@@ -63,7 +63,7 @@ public final class UMT5Tokenizer: @unchecked Sendable {
         self.path = path
         let root: [String: Any]
         do {
-            guard let r = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            guard let r = try JSONText.object(with: data) as? [String: Any] else {
                 throw TokenizerError.invalidJSON(path: path, reason: "top level is not an object")
             }
             root = r

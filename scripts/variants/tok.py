@@ -61,8 +61,16 @@ S3 = [mojibake("Привет, как дела?", "windows-1251"), mojibake("Ελ
       b"CESU \xed\xa0\xbd\xed\xb8\x80 emoji and a Java null \xc0\x80 here".decode("latin-1"),
       mojibake(mojibake("“double” mojibake", "sloppy-windows-1252"), "sloppy-windows-1252")]
 
+# NFC composes a Hangul LV syllable with a following trailing jamo (가 + ᆨ = 각); U+FEFF at the start of a string and
+# after an escape of the case file (the tokenizer reads it as a space when the text is not cleaned); HTML references,
+# terminal escapes and controls mixed as mix.py's search found them.
+S4 = ["\uac00\u11a8 \ud788\u11c2 \u1100\u1161\u11a8", "\ufeff", "a\n\ufeff", "\x08İa\x00\ufeff&GDOT;",
+      "™\uac00\u11a8&sqsubseteq;", "&noti;&#x22501æǄ\x94xxxx\n\ufeff", "각8&nbsp;\x07", "&#11;\x01ﬀ\uac00\u11a8”&#x2891a;^^^",
+      "Å￼\u3000\x81ǅ▁\x9f\u3000&AMP;\x1b[H\uac00\u11a8‟", "bb&ampxyz;æ\x1b[31m″\x07„&#x206aa\x9cﬃ"]
+
 if __name__ == "__main__":
-    only = sys.argv[3:] or ["v_tokenizer_mix", "v_tokenizer_long", "v_tokenizer_mojibake"]
-    for name, strings in [("v_tokenizer_mix", S1), ("v_tokenizer_long", S2), ("v_tokenizer_mojibake", S3)]:
+    only = sys.argv[3:] or ["v_tokenizer_mix", "v_tokenizer_long", "v_tokenizer_mojibake", "v_tokenizer_edges"]
+    for name, strings in [("v_tokenizer_mix", S1), ("v_tokenizer_long", S2), ("v_tokenizer_mojibake", S3),
+                          ("v_tokenizer_edges", S4)]:
         if name in only:
             case(name, strings)
