@@ -26,9 +26,7 @@ extension VACETransformer where B == CUDAComputeBackend {
     /// arguments) override what was inferred.
     public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil, precision: CUDAPrecision = .bf16,
                             context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
-        var config = try WanVACEConfig(inferringFrom: source)
-        if let arguments { config.apply(officialArguments: arguments) }
-        try self.init(config: config, weights: source, precision: precision, context: context, compiler: compiler)
+        try self.init(config: WanVACEConfig(inferringFrom: source, arguments: arguments), weights: source, precision: precision, context: context, compiler: compiler)
     }
 
     public var precision: CUDAPrecision { backend.precision }

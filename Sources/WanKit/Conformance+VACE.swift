@@ -11,9 +11,7 @@ extension ConformanceRunner {
         guard let weights = try ditWeights(model, classes: ["VaceWanModel"]) else { return nil }
         let dit: VACEDenoiser
         if let factory = vaceFactory {
-            var config = try WanVACEConfig(inferringFrom: weights.source)
-            config.apply(officialArguments: weights.arguments)
-            dit = try factory(config, weights.source)
+            dit = try factory(WanVACEConfig(inferringFrom: weights.source, arguments: weights.arguments), weights.source)
         } else {
             dit = try WanVACEDiT(weights: weights.source, arguments: weights.arguments, products: cpuProducts)
         }

@@ -93,8 +93,8 @@ extension ModelLoader {
         }
         let arguments = merged(w.arguments, sidecarArguments(for: path))
         guard let gpu = placement.gpu else { return try WanVACEDiT(weights: w.source, arguments: arguments, products: placement.products) }
-        var config = try WanVACEConfig(inferringFrom: w.source)
-        if let arguments { config.apply(officialArguments: arguments) }
+        let config = try WanVACEConfig(inferringFrom: w.source, arguments: arguments)
+        _ = try WanVACEDiT.branchConfigs(config, label: w.source.label)
         let p = config.dit.patchSize
         let tokens = DiTPlacement.tokens(config.dit, width: width, height: height, frames: frames)
             + references * (height / WanVAEConfig.wan21.spatialFactor / p[1]) * (width / WanVAEConfig.wan21.spatialFactor / p[2]) / p[0]

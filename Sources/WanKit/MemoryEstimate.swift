@@ -42,7 +42,8 @@ public struct DiTShape: Sendable, Equatable {
     /// The shape of the DiT at `path` (file or folder), nil when it cannot be read.
     public static func read(_ path: String) -> DiTShape? {
         guard let w = try? openDiTWeights(path: path) else { return nil }
-        if w.source.info("vace_patch_embedding.weight") != nil, let v = try? WanVACEConfig(inferringFrom: w.source) {
+        if w.source.info("vace_patch_embedding.weight") != nil,
+           let v = try? WanVACEConfig(inferringFrom: w.source, arguments: merged(w.arguments, sidecarArguments(for: path))) {
             return DiTShape(v.dit, vaceBlocks: v.vaceLayers.count, vaceInDim: v.vaceInDim)
         }
         return (try? WanDiTConfig(inferringFrom: w.source)).map { DiTShape($0) }

@@ -56,8 +56,9 @@ public struct WanVACEConfig: Sendable, Equatable, CustomStringConvertible {
 
     /// Infers the configuration from tensor shapes: the main model as `WanDiTConfig` does, vace_in_dim from
     /// vace_patch_embedding, and vace_layers evenly spaced from 0 with the count of vace_blocks (every second layer
-    /// for VACE-1.3B, every fifth for VACE-14B); a config that says otherwise overrides it.
-    public init(inferringFrom source: WeightSource) throws {
+    /// for VACE-1.3B, every fifth for VACE-14B); `arguments` (the official constructor arguments) override what was
+    /// inferred, and must give vace_layers where the count of vace blocks does not settle them.
+    public init(inferringFrom source: WeightSource, arguments: [String: Any]? = nil) throws {
         var d = try WanDiTConfig(inferringFrom: WanVACEDiT.mainWeights(source))
         d.modelType = "vace"
         guard let pe = source.info("vace_patch_embedding.weight")?.shape, pe.count == 5 else {
@@ -70,10 +71,13 @@ public struct WanVACEConfig: Sendable, Equatable, CustomStringConvertible {
             layers = Array(stride(from: 0, to: d.numLayers, by: d.numLayers / count))
         } else if (d.numLayers + 1) / 2 == count {
             layers = Array(stride(from: 0, to: d.numLayers, by: 2))
+        } else if arguments?["vace_layers"] is [Any] {
+            layers = []  // given by the arguments, applied below
         } else {
             throw WeightError.badConfig(source: source.label, detail: "\(count) vace blocks for \(d.numLayers) layers: give vace_layers in the config")
         }
         self.init(dit: d, vaceLayers: layers, vaceInDim: pe[1])
+        if let arguments { apply(officialArguments: arguments) }
     }
 }
 
@@ -131,11 +135,14 @@ public final class VACETransformer<B: ComputeBackend>: VACEDenoiser, @unchecked 
     /// The configurations of the two models a VACE DiT runs (after checking `c`): the main model (model_type "vace")
     /// and the vace branch (a t2v model whose blocks are the vace blocks and whose input is vace_context).
     public static func branchConfigs(_ c: WanVACEConfig, label: String) throws -> (main: WanDiTConfig, vace: WanDiTConfig) {
+        try c.dit.validate(source: label)
+        guard (1...WanDiTConfig.maxWidth).contains(c.vaceInDim) else {
+            throw WeightError.badConfig(source: label, detail: "vace_in_dim \(c.vaceInDim) is not an integer from 1 to \(WanDiTConfig.maxWidth)")
+        }
         guard c.vaceLayers.contains(0) else { throw WeightError.badConfig(source: label, detail: "vace_layers \(c.vaceLayers) must contain 0") }
         guard c.vaceLayers.allSatisfy({ (0..<c.dit.numLayers).contains($0) }) else {
             throw WeightError.badConfig(source: label, detail: "vace_layers \(c.vaceLayers) must lie in 0..<\(c.dit.numLayers)")
         }
-        guard c.dit.patchSize.count == 3 else { throw WeightError.badConfig(source: label, detail: "patch_size must have 3 entries") }
         guard !c.dit.hasImageInput else { throw WeightError.badConfig(source: label, detail: "VACE models are text-to-video (model_type 'vace')") }
         var mainConfig = c.dit
         if mainConfig.modelType == "t2v" { mainConfig.modelType = "vace" }
@@ -310,9 +317,7 @@ extension VACETransformer where B == CPUBackend {
     /// Loads a VACE DiT, inferring the configuration from its shapes; `arguments` (the official constructor
     /// arguments) override what was inferred.
     public convenience init(weights source: WeightSource, arguments: [String: Any]? = nil, products: ProductType = .f32) throws {
-        var config = try WanVACEConfig(inferringFrom: source)
-        if let arguments { config.apply(officialArguments: arguments) }
-        try self.init(config: config, weights: source, products: products)
+        try self.init(config: WanVACEConfig(inferringFrom: source, arguments: arguments), weights: source, products: products)
     }
 }
 

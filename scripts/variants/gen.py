@@ -162,6 +162,21 @@ if want("vace"):
         write_case(name, "dit", "dit_vace", {"x": x, "vace_context": vc, "t": tt, "context": ctx, "seq_len": seq_len,
                                              "vace_context_scale": scale}, {"y": y})
 
+if want("vace_l013"):
+    # vace_layers [0, 1, 3] of 4 layers: the count of vace blocks (3) does not settle them, the config does.
+    cv = dict(vace_layers=[0, 1, 3], vace_in_dim=16, model_type="vace", patch_size=[1, 2, 2], text_len=512, in_dim=16,
+              dim=48, ffn_dim=64, freq_dim=64, text_dim=24, out_dim=16, num_heads=2, num_layers=4,
+              window_size=[-1, -1], qk_norm=True, cross_attn_norm=False, eps=1e-6)
+    mv3 = ref.vace_model.VaceWanModel(**cv).eval()
+    randomize(mv3, 105)
+    write_model("v_dit_vace_l013", "VaceWanModel", cv, {k: v for k, v in mv3.state_dict().items() if k != "freqs"})
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(16, 2, 4, 6, generator=g); vc = torch.randn(16, 2, 4, 6, generator=g)
+    ctx = torch.randn(7, 24, generator=g); tt = torch.tensor([333.0])
+    y = mv3(x=[x], t=tt, vace_context=[vc], context=[ctx], seq_len=12 + 2, vace_context_scale=1.1)[0]
+    write_case("v_dit_vace_l013", "dit", "v_dit_vace_l013", {"x": x, "vace_context": vc, "t": tt, "context": ctx,
+                                                             "seq_len": 14, "vace_context_scale": 1.1}, {"y": y})
+
 # ---------------------------------------------------------------- VAE
 if want("vae"):
     j, sd = gold_model("vae")

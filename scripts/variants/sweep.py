@@ -55,6 +55,31 @@ def dit(i):
                  clip_n=(2 if kind == "flf2v" else 1) if i2v else None)
 
 
+def vace(i):
+    heads = R.choice([1, 2, 3])
+    layers = R.choice([2, 3, 4])
+    vl = sorted(R.sample(range(layers), R.randint(1, layers)))
+    c = dict(vace_layers=vl, vace_in_dim=R.choice([16, 48, 96]), model_type="vace", patch_size=[1, 2, 2], text_len=512,
+             in_dim=16, dim=heads * R.choice([16, 32]), ffn_dim=R.choice([32, 100]), freq_dim=R.choice([64, 256]),
+             text_dim=R.choice([16, 32]), out_dim=16, num_heads=heads, num_layers=layers, window_size=[-1, -1],
+             qk_norm=R.random() < 0.7, cross_attn_norm=R.random() < 0.7, eps=1e-6)
+    name = f"s{SEED}_vace_{i}"
+    m = ref.vace_model.VaceWanModel(**c).eval()
+    randomize(m, SEED * 1000 + i)
+    write_model(name, "VaceWanModel", c, {k: v for k, v in m.state_dict().items() if k != "freqs"})
+    g = torch.Generator().manual_seed(SEED * 1000 + i)
+    shape = [16, R.randint(1, 3), R.randint(2, 8), R.randint(2, 8)]
+    x = torch.randn(shape, generator=g)
+    vc = torch.randn([c["vace_in_dim"]] + shape[1:], generator=g)
+    ctx = torch.randn(R.randint(1, 20), c["text_dim"], generator=g)
+    tt = torch.tensor([round(R.uniform(0, 999), 2)])
+    seq_len = shape[1] * (shape[2] // 2) * (shape[3] // 2) + R.choice([0, R.randint(1, 9)])
+    scale = round(R.uniform(0, 2), 2)
+    y = m(x=[x], t=tt, vace_context=[vc], context=[ctx], seq_len=seq_len, vace_context_scale=scale)[0]
+    write_case(name, "dit", name, {"x": x, "vace_context": vc, "t": tt, "context": ctx, "seq_len": seq_len,
+                                   "vace_context_scale": scale}, {"y": y})
+
+
 def t5(i):
     heads = R.choice([1, 2, 4, 6])
     c = dict(vocab=512, dim=R.choice([16, 32, 48, 64]), dim_attn=heads * R.choice([8, 16]), dim_ffn=R.choice([24, 64, 96]),
@@ -80,7 +105,7 @@ def vae(i):
     j, sd = gold_model("vae")
     c = dict(j["config"], dim=R.choice([4, 8]), num_res_blocks=R.choice([1, 2]),
              dim_mult=R.choice([[1, 2, 4, 4], [1, 1, 2, 2], [2, 2, 1, 4]]),
-             temperal_downsample=R.choice([[False, True, True], [True, True, False], [False, False, True]]))
+             temperal_downsample=R.choice([[False, True, True], [True, True, False], [False, False, True], [False, False, False]]))
     mean = torch.tensor(c["latent_mean"]); std = torch.tensor(c["latent_std"])
     cc = {k: v for k, v in c.items() if k not in ("latent_mean", "latent_std")}
     name = f"s{SEED}_vae_{i}"
@@ -154,7 +179,7 @@ def strings(i):
     tok.case(f"s{SEED}_tokenizer_{i}", out)
 
 
-kinds = [dit, t5, vae, clip, scheduler, strings]
+kinds = [dit, t5, vae, clip, scheduler, strings, vace]
 for i in range(COUNT):
     kind = kinds[i % len(kinds)]
     try:
