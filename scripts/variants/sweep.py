@@ -5,6 +5,8 @@ wrong, beyond the fixed sets (../shared/golden, Tests/Variants), the way a hidde
 would find them.
 
   WAN21_SRC=CHECKOUT python sweep.py OUT GOLDEN SEED COUNT      (then: wan conformance OUT)
+  SWEEP_PIPELINES=1 ...: random text-to-video / text-to-image / image-to-video runs of the official pipelines instead
+  (the golden pipeline models; random sizes, frame counts, steps, solvers, shift, guidance, seeds, prompts).
 
 Deterministic for a SEED. Uses the venv of make.sh (torch, diffusers 0.33, transformers 4.x)."""
 import sys, os, json, math, random
@@ -179,7 +181,28 @@ def strings(i):
     tok.case(f"s{SEED}_tokenizer_{i}", out)
 
 
+PROMPTS = ["A cat walks on the grass.", "  一只猫在草地上走  ", "Neon city at night, rain, “cinematic”", "x", "Ｆｕｌｌ width ＆ émoji 🐱",
+           "A very long prompt " * 40]
+
+
+def pipeline(i):
+    import pipe
+    solver = R.choice(["unipc", "dpm++"])
+    steps, shift, guide, seed = R.randint(2, 5), round(R.uniform(1, 9), 2), round(R.uniform(1, 8), 2), R.randint(0, 2 ** 31)
+    neg = R.choice(["", "", "blurry, 模糊", "low quality"])
+    if R.random() < 0.6:
+        frames = R.choice([1, 1 + 4 * R.randint(1, 3)])
+        pipe.t2v_case(f"s{SEED}_pipeline_t2v_{i}", R.choice(PROMPTS), [16 * R.randint(1, 6), 16 * R.randint(1, 6)], frames,
+                      steps, solver, shift, guide, seed, neg, task="t2i" if frames == 1 else "t2v")
+    else:
+        h, w = R.randint(16, 120), R.randint(16, 120)
+        pipe.i2v_case(f"s{SEED}_pipeline_i2v_{i}", R.choice(PROMPTS), (h, w), R.choice([32 * 32, 48 * 64, 40 * 24]),
+                      1 + 4 * R.randint(1, 2), steps, solver, shift, guide, seed, neg)
+
+
 kinds = [dit, t5, vae, clip, scheduler, strings, vace]
+if os.environ.get("SWEEP_PIPELINES"):
+    kinds = [pipeline]
 for i in range(COUNT):
     kind = kinds[i % len(kinds)]
     try:
