@@ -103,6 +103,9 @@ public final class TextConditioner: @unchecked Sendable {
         if releasingEncoder { encoder = nil }
     }
 
+    /// The tokens of a prompt after Wan's cleaning, </s> included, before truncation to `textLength`.
+    public func tokenCount(_ prompt: String) -> Int { tokenizer.encode(WanPromptCleaner.clean(prompt)).count }
+
     /// Token ids (</s> included) and the embedding [tokens, dim] of a prompt.
     public func encode(_ prompt: String) throws -> (ids: [Int], embedding: Tensor) {
         if let done = prepared[prompt] { return done }

@@ -203,16 +203,17 @@ struct Generate: ParsableCommand {
         // On a GPU the two prompts are encoded first and umT5 is released before the DiT is loaded: the two never hold
         // the GPU together (umT5-XXL alone is 8.6 GiB in bf16).
         var preparedText: TextConditioner? = nil
+        let negative = settings.negativePrompt.isEmpty ? task.defaultNegativePrompt : settings.negativePrompt
+        let prompts = [("prompt", prompt), ("negative prompt", negative)]
         if placement.isGPU {
             log("loading the text encoder…")
-            let text = try loadText(files, folder: folder, placement: placement)
+            let text = try loadText(files, folder: folder, placement: placement, prompts: prompts)
             log("[text] encoding the prompts before loading the DiT (umT5 is released afterwards)")
-            let negative = settings.negativePrompt.isEmpty ? task.defaultNegativePrompt : settings.negativePrompt
             try text.prepare([prompt, negative], releasingEncoder: true)
             preparedText = text
         }
         func textConditioner() throws -> TextConditioner {
-            try preparedText ?? loadText(files, folder: folder, placement: placement)
+            try preparedText ?? loadText(files, folder: folder, placement: placement, prompts: prompts)
         }
 
         // The task follows from the inputs and the DiT: VACE checkpoints are recognised from their weights.
@@ -417,10 +418,17 @@ struct Generate: ParsableCommand {
     }
 
     /// The tokenizer and umT5, the encoder on the GPU when it fits there (said in a line when it does not).
-    func loadText(_ files: ModelFiles, folder: String, placement: DiTPlacement) throws -> TextConditioner {
+    /// umT5 and its tokenizer; says when one of `prompts` (what, text) is longer than umT5 reads.
+    func loadText(_ files: ModelFiles, folder: String, placement: DiTPlacement, prompts: [(String, String)]) throws -> TextConditioner {
         let (text, note) = try ModelLoader.text(files, folder: folder, on: placement)
         if let note { log("note: \(note)") }
         if placement.isGPU && note == nil { log("umT5 on \(placement)") }
+        for (what, p) in prompts {
+            let n = text.tokenCount(p)
+            if n > text.textLength {
+                log("note: the \(what) is \(n) tokens; umT5 reads its first \(text.textLength) (the official code truncates it the same way), so the rest does not steer the video")
+            }
+        }
         return text
     }
 

@@ -95,6 +95,20 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(Array(a.prefix(4)), [0x89, 0x50, 0x4E, 0x47])  // PNG signature
     }
 
+    func testAPromptPastWhatUMT5ReadsIsNoted() throws {
+        let dir = try temporaryFolder()
+        let long = String(repeating: "cat ", count: 700)
+        let r = try run(["generate"] + tinyModelArgs() + ["--prompt", long, "--size", "32x32", "--frames", "1", "--steps", "1",
+                                                          "--output", dir + "/long.png"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("note: the prompt is 1401 tokens; umT5 reads its first 512"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("note: the negative prompt is"), r.stderr)
+        let short = try run(["generate"] + tinyModelArgs() + ["--prompt", "cat", "--size", "32x32", "--frames", "1", "--steps", "1",
+                                                              "--output", dir + "/short.png"])
+        XCTAssertEqual(short.status, 0, short.stderr)
+        XCTAssertFalse(short.stderr.contains("umT5 reads its first"), short.stderr)
+    }
+
     func testBadInputsGiveClearErrorsAndNoOutput() throws {
         let dir = try temporaryFolder()
         let output = dir + "/x.mp4"
