@@ -103,8 +103,8 @@ public struct DiTForwardLayout: Equatable, Sendable {
 /// `x` [L, dim] (f32, in place), with the block's modulation m = modulation + e0:
 /// self-attention on LN(x)·(1 + m1) + m0 (q, k RMS-normed, 3-D RoPE), x += o(·)·m2; cross-attention on norm3(x)
 /// to the text (i2v/flf2v: and to the image tokens, summed before the projection), x += o(·); the FFN (GELU tanh) on
-/// LN(x)·(1 + m4) + m3 in chunks of rows, x += ffn(·)·m5. Traces block0_self_attn, block0_cross_attn, block0_ffn for
-/// block 0 and block{index}_out.
+/// LN(x)·(1 + m4) + m3 in chunks of rows, x += ffn(·)·m5. Traces block{index}_self_attn, _cross_attn and _ffn (the
+/// module outputs before their gates) and block{index}_out.
 public func runDiTBlock<B: ComputeBackend>(_ be: B, config c: WanDiTConfig, weights w: DiTBlockWeights<B>, index: Int,
                                            x: BackendTensor<B>, scratch s: DiTBlockScratch<B>, context: PreparedDiTConditioning<B>,
                                            trace: ((String, Tensor) -> Void)?) throws {
@@ -128,7 +128,7 @@ public func runDiTBlock<B: ComputeBackend>(_ be: B, config c: WanDiTConfig, weig
     try be.fullAttention(q: s.q, k: s.k, v: s.v, out: attn, keyBias: nil, accumulate: false, heads: heads, headDim: hd, scale: scale)
     let proj = s.k  // free once the self-attention has run
     try be.linear(w.o, attn, into: proj, activation: .none)
-    if index == 0, let trace { trace("block0_self_attn", try snapshot(proj)) }
+    if let trace { trace("block\(index)_self_attn", try snapshot(proj)) }
     try be.addResidual(x, proj, gate: m(2))
 
     // Cross-attention on norm3(x), no modulation, no gate.
@@ -151,7 +151,7 @@ public func runDiTBlock<B: ComputeBackend>(_ be: B, config c: WanDiTConfig, weig
                              headDim: hd, scale: scale)
     }
     try be.linear(w.crossO, attn, into: proj, activation: .none)
-    if index == 0, let trace { trace("block0_cross_attn", try snapshot(proj)) }
+    if let trace { trace("block\(index)_cross_attn", try snapshot(proj)) }
     try be.addResidual(x, proj, gate: nil)
 
     // FFN on LN(x)*(1+m4)+m3, gated by m5, in chunks of rows.
@@ -164,7 +164,7 @@ public func runDiTBlock<B: ComputeBackend>(_ be: B, config c: WanDiTConfig, weig
         try be.linear(w.ffnOut, hidden, into: proj.rows(r0..<(r0 + n)), activation: .none)
         r0 += n
     }
-    if index == 0, let trace { trace("block0_ffn", try snapshot(proj)) }
+    if let trace { trace("block\(index)_ffn", try snapshot(proj)) }
     try be.addResidual(x, proj, gate: m(5))
     if let trace { trace("block\(index)_out", try snapshot(x)) }
 }

@@ -133,6 +133,29 @@ if want("dit"):
     mf = ref.model.WanModel(**j["config"]).eval(); mf.load_state_dict({k: v.float() for k, v in sd2.items()}, strict=False)
     dit_case("v_dit_flf2v_odd", mf, "dit_flf2v", 7, [16, 2, 4, 8], 260.0, 11, 32, y_ch=20, clip_n=2)
 
+if want("dit_trace"):
+    # Per-stage tensors of every block (not only block 0's attention / FFN outputs), 3 layers, through forward hooks
+    # on the official modules, as dit_t2v_intermediates records them; seq_len = the token count.
+    c3 = dict(model_type="t2v", patch_size=[1, 2, 2], text_len=512, in_dim=16, dim=64,
+              ffn_dim=96, freq_dim=256, text_dim=24, out_dim=16, num_heads=2, num_layers=3, window_size=[-1, -1],
+              qk_norm=True, cross_attn_norm=True, eps=1e-6)
+    m3 = dit_model("v_dit_trace3", c3, 106)
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(16, 2, 6, 8, generator=g); ctx = torch.randn(10, 24, generator=g); tt = torch.tensor([421.0])
+    seen = {}
+    hooks = []
+    for i, blk in enumerate(m3.blocks):
+        for part in ("self_attn", "cross_attn", "ffn"):
+            hooks.append(getattr(blk, part).register_forward_hook(
+                lambda mod, inp, out, key=f"block{i}_{part}": seen.__setitem__(key, out[0].clone())))
+        hooks.append(blk.register_forward_hook(lambda mod, inp, out, key=f"block{i}_out": seen.__setitem__(key, out[0].clone())))
+    y = m3(x=[x], t=tt, context=[ctx], seq_len=24)[0]
+    for h in hooks:
+        h.remove()
+    write_case("v_dit_trace3", "dit", "v_dit_trace3", {"x": x, "t": tt, "context": ctx, "seq_len": 24},
+               dict(sorted(seen.items()), y=y), notes="block{i}_self_attn / _cross_attn / _ffn: the module outputs (after the o "
+               "projection, before the gate; the FFN before its gate); block{i}_out: the block output; all [24, 64]")
+
 if want("vace"):
     # 3 main blocks with hints after blocks 0 and 2, vace_in_dim 48, head_dim 32
     cv = dict(vace_layers=[0, 2], vace_in_dim=48, model_type="vace", patch_size=[1, 2, 2], text_len=512, in_dim=16,
