@@ -93,6 +93,7 @@ public final class CUDAVAE: VAEFrameBackend {
     /// them once.
     public init(config c: WanVAEConfig, weights source: WeightSource, precision: CUDAPrecision = .f32,
                 context: CUDAContext? = nil, compiler: KernelCompiler? = nil) throws {
+        try c.validate(source: source.label)
         config = c
         self.precision = precision
         let context = try context ?? CUDAContext()

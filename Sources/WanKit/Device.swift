@@ -70,6 +70,7 @@ extension ModelLoader {
         }
         var config = try WanDiTConfig(inferringFrom: w.source)
         if let arguments = merged(w.arguments, sidecarArguments(for: path)) { config.apply(officialArguments: arguments) }
+        try config.validate(source: w.source.label)
         let tokens = DiTPlacement.tokens(config, width: width, height: height, frames: frames)
         if checkMemory { try CUDADiTMemory(config: config, precision: placement.precision, tokens: tokens, imageRows: imageRows,
                                            weightBytes: CUDADiTPlan.weightBytes(config, precision: placement.precision, weights: w.source),
@@ -116,6 +117,7 @@ extension ModelLoader {
         let w = try openT5Weights(path: path)
         let arguments = merged(w.arguments, sidecarArguments(for: path)) ?? [:]
         let config = UMT5Config.inferred(from: w.source, arguments: arguments)
+        try config.validate(source: w.source.label)
         let need = CUDAUMT5.weightBytes(config, precision: placement.precision)
             + 2 * CUDAUMT5.activationBytes(config, precision: placement.precision, rows: 512) + CUDADiTMemory.reserveBytes
         let free = try gpu.memoryInfo().free
@@ -146,6 +148,7 @@ extension ModelLoader {
         guard let gpu = placement.gpu else { return (try vae(path), nil) }
         let w = try openVAEWeights(path: path)
         let config = WanVAEConfig(inferringFrom: w.source, arguments: merged(w.arguments, sidecarArguments(for: path)) ?? [:])
+        try config.validate(source: w.source.label)
         let planned = vaeDeviceBytes(config, width: width, height: height, precision: placement.precision)
         let need = planned.fixed + planned.state + CUDADiTMemory.reserveBytes
         let free = try gpu.memoryInfo().free

@@ -82,6 +82,27 @@ public struct UMT5Config: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var parameterCount: Int { parameterShapes().reduce(0) { $0 + $1.shape.reduce(1, *) } }
+
+    /// Throws a `WeightError.badConfig` naming `source` when a value (inferred from the shapes, or stated by a
+    /// config.json) cannot describe an encoder: a width, head, layer or bucket count that is not positive or absurdly
+    /// large, heads that do not divide dim_attn, a max_dist within the exact buckets (its log-spaced buckets would
+    /// divide by log(1) or less).
+    public func validate(source: String) throws {
+        func fail(_ what: String) -> WeightError {
+            WeightError.badConfig(source: source, detail: "the text encoder configuration has \(what) (from config.json or the weights' shapes; fix or remove the config.json beside the weights)")
+        }
+        let maxWidth = 1 << 20, maxVocab = 1 << 24
+        guard (1...maxVocab).contains(vocab) else { throw fail("vocab \(vocab), not an integer from 1 to \(maxVocab)") }
+        for (name, v) in [("dim", dim), ("dim_attn", dimAttn), ("dim_ffn", dimFfn), ("num_heads", numHeads)] where !(1...maxWidth).contains(v) {
+            throw fail("\(name) \(v), not an integer from 1 to \(maxWidth)")
+        }
+        guard (1...10_000).contains(numLayers) else { throw fail("num_layers \(numLayers), not an integer from 1 to 10000") }
+        guard dimAttn % numHeads == 0 else { throw fail("dim_attn \(dimAttn), which is not a multiple of num_heads \(numHeads)") }
+        guard (4...maxWidth).contains(numBuckets) else { throw fail("num_buckets \(numBuckets), not an integer from 4 to \(maxWidth)") }
+        guard maxDistance > numBuckets / 4, maxDistance <= maxWidth else {
+            throw fail("max_dist \(maxDistance) for \(numBuckets) buckets (it must exceed the \(numBuckets / 4) exact ones, up to \(maxWidth))")
+        }
+    }
 }
 
 /// Errors of encoder calls with unusable inputs.
@@ -121,9 +142,7 @@ public final class T5Encoder<B: ComputeBackend>: UMT5TextEncoder, @unchecked Sen
 
     /// Binds a checkpoint under the official names (`openT5Weights(path:).source`) onto `backend`.
     public init(config: UMT5Config, weights: WeightSource, backend: B) throws {
-        guard config.numHeads > 0, config.dimAttn % config.numHeads == 0, config.numBuckets >= 2 else {
-            throw WeightError.badConfig(source: weights.label, detail: "dim_attn \(config.dimAttn) is not a multiple of num_heads \(config.numHeads) (or num_buckets \(config.numBuckets) < 2)")
-        }
+        try config.validate(source: weights.label)
         self.config = config
         self.backend = backend
         let b = WeightBinder(weights)

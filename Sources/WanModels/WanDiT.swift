@@ -49,10 +49,7 @@ public final class DiffusionTransformer<B: ComputeBackend>: DiTDenoiser, @unchec
     /// Binds the model to weights by the official names onto `backend`. `sharing`: a model on the same backend whose
     /// text and time embeddings and head this one uses (their names in `source` are not bound again).
     public init(config c: WanDiTConfig, weights source: WeightSource, backend: B, sharing shared: DiffusionTransformer<B>? = nil) throws {
-        guard c.dim % c.numHeads == 0, c.headDim % 2 == 0 else {
-            throw WeightError.badConfig(source: source.label, detail: "dim \(c.dim) is not divisible into \(c.numHeads) heads of even size")
-        }
-        guard c.patchSize.count == 3 else { throw WeightError.badConfig(source: source.label, detail: "patch_size must have 3 entries") }
+        try c.validate(source: source.label)
         if let problem = backend.unsupportedHeadDim(c.headDim) { throw WeightError.badConfig(source: source.label, detail: problem) }
         if let shared {
             let s = shared.config

@@ -74,6 +74,12 @@ public struct WanDiTConfig: Codable, Sendable, Equatable, CustomStringConvertibl
             guard let s = source.info(k)?.shape else { throw WeightError.missingKey(source: source.label, key: k, expectedShape: nil) }
             return s
         }
+        /// A Linear weight [out, in].
+        func matrix(_ k: String) throws -> [Int] {
+            let s = try shape(k)
+            guard s.count == 2 else { throw WeightError.badConfig(source: source.label, detail: "\(k) has shape \(s), expected 2 dims [out, in] (corrupt file or not a Wan DiT)") }
+            return s
+        }
         let pe = try shape("patch_embedding.weight")
         guard pe.count == 5 else { throw WeightError.badConfig(source: source.label, detail: "patch_embedding.weight has shape \(pe), expected 5 dims [dim, in_dim, 1, 2, 2]") }
         let dim = pe[0]
@@ -83,14 +89,45 @@ public struct WanDiTConfig: Codable, Sendable, Equatable, CustomStringConvertibl
         })
         guard !layers.isEmpty else { throw WeightError.badConfig(source: source.label, detail: "no blocks.N.* tensors: not a Wan DiT file") }
         let patch = Array(pe[2...4])
-        let head = try shape("head.head.weight")
+        guard patch.allSatisfy({ (1...Self.maxPatch).contains($0) }) else {
+            throw WeightError.badConfig(source: source.label, detail: "patch_embedding.weight has shape \(pe): a patch of \(patch) is not a Wan patch (1 to \(Self.maxPatch) per axis; Wan2.1 uses [1, 2, 2])")
+        }
+        let head = try matrix("head.head.weight")
         let type: String
         if source.info("img_emb.emb_pos") != nil { type = "flf2v" } else if source.info("img_emb.proj.1.weight") != nil { type = "i2v" } else { type = "t2v" }
         self.init(modelType: type, patchSize: patch, inDim: pe[1], dim: dim,
-                  ffnDim: try shape("blocks.0.ffn.0.weight")[0], freqDim: try shape("time_embedding.0.weight")[1],
-                  textDim: try shape("text_embedding.0.weight")[1], outDim: head[0] / max(1, patch.reduce(1, *)),
+                  ffnDim: try matrix("blocks.0.ffn.0.weight")[0], freqDim: try matrix("time_embedding.0.weight")[1],
+                  textDim: try matrix("text_embedding.0.weight")[1], outDim: head[0] / patch.reduce(1, *),
                   numHeads: max(1, dim / 128), numLayers: layers.count,
                   qkNorm: source.info("blocks.0.self_attn.norm_q.weight") != nil,
                   crossAttnNorm: source.info("blocks.0.norm3.weight") != nil)
+    }
+
+    /// The largest patch extent per axis and the largest width (dim, ffn_dim, …) and layer count a configuration
+    /// may state: far above any Wan model (patch [1, 2, 2], dim 5120, ffn 13824, 40 layers), far below sizes whose
+    /// products overflow.
+    public static let maxPatch = 64
+    public static let maxWidth = 1 << 20
+    public static let maxLayers = 10_000
+
+    /// Throws a `WeightError.badConfig` naming `source` when a value (inferred from the shapes, or stated by a
+    /// config.json) cannot describe a model: a width, head or layer count that is not positive or absurdly large,
+    /// a patch that is not three positive extents, heads that do not divide dim into even halves.
+    public func validate(source: String) throws {
+        func fail(_ what: String) -> WeightError {
+            WeightError.badConfig(source: source, detail: "the model configuration has \(what) (from config.json or the weights' shapes; fix or remove the config.json beside the weights)")
+        }
+        for (name, v) in [("dim", dim), ("in_dim", inDim), ("out_dim", outDim), ("ffn_dim", ffnDim), ("freq_dim", freqDim),
+                          ("text_dim", textDim), ("text_len", textLen), ("num_heads", numHeads)] where !(1...Self.maxWidth).contains(v) {
+            throw fail("\(name) \(v), not an integer from 1 to \(Self.maxWidth)")
+        }
+        guard (1...Self.maxLayers).contains(numLayers) else { throw fail("num_layers \(numLayers), not an integer from 1 to \(Self.maxLayers)") }
+        guard patchSize.count == 3, patchSize.allSatisfy({ (1...Self.maxPatch).contains($0) }) else {
+            throw fail("patch_size \(patchSize), not three integers from 1 to \(Self.maxPatch)")
+        }
+        guard dim % numHeads == 0, (dim / numHeads) % 2 == 0 else {
+            throw fail("dim \(dim) and num_heads \(numHeads): dim does not split into \(numHeads) heads of even size")
+        }
+        guard freqDim % 2 == 0 else { throw fail("freq_dim \(freqDim), which is not even") }
     }
 }

@@ -20,6 +20,28 @@ public struct WanVAEConfig: Sendable, Equatable {
     public static let wan21 = WanVAEConfig()
     public init() {}
 
+    /// Throws a `WeightError.badConfig` naming `source` when a value (the published defaults, the shapes, or a
+    /// config.json) cannot describe a Wan-VAE: widths and counts that are not positive or absurdly large, a
+    /// temperal_downsample with fewer entries than downsampling stages, fewer latent statistics than z_dim.
+    public func validate(source: String) throws {
+        func fail(_ what: String) -> WeightError {
+            WeightError.badConfig(source: source, detail: "the VAE configuration has \(what) (from config.json or the weights' shapes; fix or remove the config.json beside the weights)")
+        }
+        let maxWidth = 1 << 16
+        guard (1...maxWidth).contains(dim) else { throw fail("dim \(dim), not an integer from 1 to \(maxWidth)") }
+        guard (1...maxWidth).contains(zDim) else { throw fail("z_dim \(zDim), not an integer from 1 to \(maxWidth)") }
+        guard (1...8).contains(dimMult.count), dimMult.allSatisfy({ (1...64).contains($0) }) else {
+            throw fail("dim_mult \(dimMult), not 1 to 8 integers from 1 to 64 (Wan2.1: [1, 2, 4, 4])")
+        }
+        guard (0...64).contains(numResBlocks) else { throw fail("num_res_blocks \(numResBlocks), not an integer from 0 to 64") }
+        guard temporalDownsample.count >= dimMult.count - 1 else {
+            throw fail("temperal_downsample \(temporalDownsample) for dim_mult \(dimMult) (one entry per downsampling stage: \(dimMult.count - 1))")
+        }
+        guard latentMean.count >= zDim, latentStd.count >= zDim else {
+            throw fail("\(latentMean.count) latent_mean and \(latentStd.count) latent_std values, fewer than z_dim \(zDim)")
+        }
+    }
+
     /// Spatial and temporal compression: 8x8 pixels and 4 frames per latent.
     public var spatialFactor: Int { 1 << (dimMult.count - 1) }
     public var temporalFactor: Int { 1 << temporalDownsample.filter { $0 }.count }
@@ -362,6 +384,7 @@ public final class WanVAE: VAEFrameBackend, @unchecked Sendable {
     let postQuantConv: Linear  // conv2: z -> z
 
     public init(config c: WanVAEConfig, weights source: WeightSource) throws {
+        try c.validate(source: source.label)
         config = c
         let b = WeightBinder(source)
         var nextID = 0

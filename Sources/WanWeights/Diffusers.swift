@@ -58,10 +58,11 @@ public enum DiffusersWan {
         var a: [String: Any] = [:]
         let heads = int("num_attention_heads"), headDim = int("attention_head_dim")
         if let heads, let headDim {
-            guard heads > 0, headDim > 0 else {
-                throw LayoutError.badDiffusersConfig(path: path, detail: "num_attention_heads \(heads) and attention_head_dim \(headDim) must be positive")
+            let (dim, overflow) = heads.multipliedReportingOverflow(by: headDim)
+            guard heads > 0, headDim > 0, !overflow else {
+                throw LayoutError.badDiffusersConfig(path: path, detail: "num_attention_heads \(heads) and attention_head_dim \(headDim) must be positive and of a sensible size (Wan2.1: 12 or 40 heads of 128)")
             }
-            a["dim"] = heads * headDim
+            a["dim"] = dim
         }
         if let heads { a["num_heads"] = heads }
         if let v = int("in_channels") { a["in_dim"] = v }

@@ -70,7 +70,10 @@ public enum HFUMT5 {
         if let v = int("relative_attention_num_buckets") { a["num_buckets"] = v }
         if let v = int("relative_attention_max_distance") { a["max_dist"] = v }
         if let v = (c["layer_norm_epsilon"] as? NSNumber)?.doubleValue { a["eps"] = v }
-        if let kv = int("d_kv"), let h = int("num_heads") { a["dim_attn"] = kv * h }
+        if let kv = int("d_kv"), let h = int("num_heads") {
+            let (product, overflow) = kv.multipliedReportingOverflow(by: h)
+            a["dim_attn"] = overflow ? Int.max : product  // an overflow is refused with the other absurd sizes
+        }
         a["shared_pos"] = false
         return a
     }

@@ -57,6 +57,7 @@ struct Info: ParsableCommand {
         }
         var config = try WanDiTConfig(inferringFrom: source)
         if let a = w.arguments { config.apply(officialArguments: a) }
+        try config.validate(source: source.label)
         print("config:     \(config)")
         print("            patch \(config.patchSize), freq_dim \(config.freqDim), text_len \(config.textLen), qk_norm \(config.qkNorm), cross_attn_norm \(config.crossAttnNorm), eps \(config.eps)")
         print("            heads \(w.arguments?["num_heads"] != nil ? "from config.json" : "assumed of 128 (not visible in the weights)")")

@@ -80,6 +80,27 @@ final class EncoderTests: XCTestCase {
         }
     }
 
+    /// Text encoder configurations that cannot describe an encoder (a transformers config.json with a huge d_kv, a
+    /// negative relative_attention_max_distance, no layers, 2 buckets): a badConfig naming the value, where d_kv ×
+    /// num_heads overflowed (a trap) and a max_dist within the exact buckets made the bucket of a distant position
+    /// Int(NaN) (a trap at the first encode).
+    func testT5ConfigThatCannotDescribeAnEncoder() throws {
+        let weights = RandomWeights(shapes: tinyT5().parameterShapes())
+        let hf: [String: Any] = ["d_model": 16, "d_ff": 24, "num_heads": 2, "num_layers": 2, "vocab_size": 50,
+                                 "relative_attention_num_buckets": 8, "d_kv": 8]
+        XCTAssertNoThrow(try UMT5Encoder(config: UMT5Config.inferred(from: weights, arguments: HFUMT5.officialArguments(hf)), weights: weights))
+        let cases: [([String: Any], String)] = [(["d_kv": 1 << 62], "dim_attn"), (["relative_attention_max_distance": -129], "max_dist -129"),
+                                               (["num_layers": 0], "num_layers 0"), (["relative_attention_num_buckets": 2], "num_buckets 2")]
+        for (change, named) in cases {
+            let config = UMT5Config.inferred(from: weights, arguments: HFUMT5.officialArguments(hf.merging(change) { $1 }))
+            XCTAssertThrowsError(try UMT5Encoder(config: config, weights: weights), named) { e in
+                guard case .badConfig(let source, let detail)? = e as? WeightError else { return XCTFail("\(named): \(e)") }
+                XCTAssertEqual(source, "random weights")
+                XCTAssertTrue(detail.contains(named), "\(e)")
+            }
+        }
+    }
+
     func testT5UnexpectedKeyIsReported() throws {
         let c = tinyT5()
         let shapes = c.parameterShapes() + [("blocks.0.attn.extra.weight", [4])]

@@ -533,6 +533,34 @@ final class LayoutTests: XCTestCase {
         XCTAssertEqual(args?["qk_norm"] as? Bool, true)
     }
 
+    /// A config.json beside the weights that cannot describe a model (num_heads 0, a negative layer count, a patch
+    /// of extent 0, a dim that does not split into even heads): a badConfig naming the value, where num_heads 0 used to
+    /// divide by zero (SIGFPE) in the DiT constructor and in `wan info`.
+    func testConfigThatCannotDescribeAModel() throws {
+        let weights = goldenDirectory + "/weights/dit_t2v.safetensors"
+        guard FileManager.default.fileExists(atPath: weights) else { throw XCTSkip("golden data not found") }
+        let cases: [(String, Any, String)] = [("num_heads", 0, "num_heads 0"), ("num_layers", -1, "num_layers -1"),
+                                             ("patch_size", [1, 0, 2], "patch_size [1, 0, 2]"), ("dim", 97, "dim 97")]
+        for (key, value, named) in cases {
+            let folder = NSTemporaryDirectory() + "wankit-config-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: folder + "/diffusion_pytorch_model.safetensors", withDestinationPath: weights)
+            try JSONSerialization.data(withJSONObject: ["model_type": "t2v", key: value]).write(to: URL(fileURLWithPath: folder + "/config.json"))
+            let w = try openDiTWeights(path: folder)
+            expectThrows(WeightError.self, { _ = try WanDiT(weights: w.source, arguments: w.arguments) }) {
+                guard case .badConfig(let s, let detail) = $0 else { return false }
+                return s.contains(folder) && detail.contains(named) && detail.contains("config.json")
+            }
+        }
+    }
+
+    /// A diffusers config whose head count times head width overflows: a clear error, where the product trapped.
+    func testDiffusersConfigWithOverflowingDim() {
+        expectThrows(LayoutError.self, {
+            _ = try DiffusersWan.officialArguments(["num_attention_heads": 1 << 62, "attention_head_dim": 128], path: "x/config.json")
+        }) { if case .badDiffusersConfig("x/config.json", let d) = $0 { return d.contains("num_attention_heads") }; return false }
+    }
+
     func testOpenerErrors() throws {
         expectThrows(LayoutError.self, { _ = try openDiTWeights(path: "/nonexistent/wan.safetensors") }) {
             if case .notFound = $0 { return true }; return false

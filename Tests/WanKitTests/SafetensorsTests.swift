@@ -181,6 +181,35 @@ final class SafetensorsTests: XCTestCase {
         }
     }
 
+    /// The tensors a DiT configuration is read from must have the official ranks: a 0-d blocks.0.ffn.0.weight or a
+    /// patch of extent 0 is a clear badConfig naming the tensor, where inference used to read past the end of the
+    /// shape (garbage widths in release builds, a trap in checked ones) or divide by the patch later.
+    func testDiTConfigInferenceRefusesMisshapenTensors() throws {
+        func source(_ overrides: [String: [Int]]) throws -> SafetensorsSource {
+            var shapes: [String: [Int]] = ["patch_embedding.weight": [4, 2, 1, 2, 2], "head.head.weight": [8, 4],
+                                           "blocks.0.ffn.0.weight": [8, 4], "time_embedding.0.weight": [4, 6],
+                                           "text_embedding.0.weight": [4, 3]]
+            for (k, v) in overrides { shapes[k] = v }
+            var header: [String: Any] = [:], offset = 0
+            for (k, s) in shapes.sorted(by: { $0.key < $1.key }) {
+                let bytes = 4 * s.reduce(1, *)
+                header[k] = ["dtype": "F32", "shape": s, "data_offsets": [offset, offset + bytes]]
+                offset += bytes
+            }
+            return try SafetensorsSource(path: try writeSafetensors(header: header, data: Data(count: offset)))
+        }
+        XCTAssertEqual(try WanDiTConfig(inferringFrom: source([:])).ffnDim, 8)
+        for (key, shape) in [("blocks.0.ffn.0.weight", [Int]()), ("time_embedding.0.weight", [24]), ("text_embedding.0.weight", [4, 3, 1]),
+                             ("head.head.weight", []), ("patch_embedding.weight", [4, 2, 1, 0, 2])] {
+            let s = try source([key: shape])
+            XCTAssertThrowsError(try WanDiTConfig(inferringFrom: s), "\(key) \(shape)") { e in
+                guard case .badConfig(let label, let detail) = e as? WeightError else { return XCTFail("\(key): \(e)") }
+                XCTAssertEqual(label, s.label)
+                XCTAssertTrue(detail.contains(key), "\(e)")
+            }
+        }
+    }
+
     func testDiTBindingRejectsWrongModel() throws {
         // The t2v weights cannot be bound as an i2v model: the error names the missing image-projection tensor.
         let path = goldenDirectory + "/weights/dit_t2v.safetensors"

@@ -182,6 +182,26 @@ final class VAETests: XCTestCase {
         XCTAssertEqual(Double(bytes) / Double(quarter), 4, accuracy: 0.01)
     }
 
+    /// VAE configurations that cannot describe a Wan-VAE (a diffusers config.json with a huge or negative
+    /// layers_per_block, no dim_mult, too few temperal_downsample entries or latent statistics): a badConfig naming
+    /// the value, where building the layer list trapped on a negative range or an index past the end.
+    func testVAEConfigThatCannotDescribeAVAE() {
+        let weights = RandomWeights(shapes: [])
+        var cases: [(WanVAEConfig, String)] = []
+        var c = WanVAEConfig.wan21; c.numResBlocks = Int.min; cases.append((c, "num_res_blocks"))
+        c = .wan21; c.dimMult = []; cases.append((c, "dim_mult []"))
+        c = .wan21; c.temporalDownsample = [true]; cases.append((c, "temperal_downsample [true]"))
+        c = .wan21; c.zDim = 32; cases.append((c, "fewer than z_dim 32"))
+        c = .wan21; c.dim = 0; cases.append((c, "dim 0"))
+        for (config, named) in cases {
+            XCTAssertThrowsError(try WanVAE(config: config, weights: weights), named) { e in
+                guard case .badConfig(let source, let detail)? = e as? WeightError else { return XCTFail("\(named): \(e)") }
+                XCTAssertEqual(source, "random weights")
+                XCTAssertTrue(detail.contains(named), "\(e)")
+            }
+        }
+    }
+
     func testPickleAskingForAnyOtherCallableIsRefused() throws {
         let path = NSTemporaryDirectory() + "wankit-evil-\(UUID().uuidString).pth"
         try writeZip([("archive/data.pkl", stateDictPickle(storageElements: 2, shape: 2, global: "os\nsystem\n")),
