@@ -86,20 +86,28 @@ public final class TorchCheckpoint: WeightSource, @unchecked Sendable {
             guard let entry = archive.entries[entryName] else { throw ArchiveError.missingEntry(path: path, entry: entryName) }
             guard entry.method == 0 else { throw ArchiveError.compressed(path: path, entry: entryName) }
             let elementSize = t.dtype.byteSize
-            guard entry.size == t.storageElements * elementSize else {
+            // Division, not multiplication: a hostile element count must not overflow.
+            guard entry.size % elementSize == 0, entry.size / elementSize == t.storageElements else {
                 throw PickleError.storageMismatch(path: path, key: name, detail: "storage '\(t.storageKey)' holds \(entry.size) bytes but the pickle declares \(t.storageElements) elements of \(elementSize) bytes")
             }
-            let count = t.shape.reduce(1, *)
+            var count = 1
+            for d in t.shape {
+                let (p, o) = count.multipliedReportingOverflow(by: d)
+                guard !o else {
+                    throw PickleError.storageMismatch(path: path, key: name, detail: "shape \(t.shape) has more elements than any storage can hold")
+                }
+                count = p
+            }
             // Row-major contiguity (the only layout a state dict of contiguous parameters has).
             var expected = 1
             for d in stride(from: t.shape.count - 1, through: 0, by: -1) {
                 guard t.shape[d] == 1 || t.stride[d] == expected else {
                     throw PickleError.storageMismatch(path: path, key: name, detail: "non-contiguous tensor (shape \(t.shape), stride \(t.stride)); save it with .contiguous()")
                 }
-                expected *= t.shape[d]
+                expected = expected.multipliedReportingOverflow(by: t.shape[d]).partialValue
             }
-            guard t.offset >= 0, t.offset + count <= t.storageElements else {
-                throw PickleError.storageMismatch(path: path, key: name, detail: "elements \(t.offset)..<\(t.offset + count) exceed the storage's \(t.storageElements)")
+            guard t.offset >= 0, count <= t.storageElements, t.offset <= t.storageElements - count else {
+                throw PickleError.storageMismatch(path: path, key: name, detail: "its \(count) elements at storage offset \(t.offset) run past the storage's \(t.storageElements) elements")
             }
             index[name] = TensorInfo(name: name, dtype: t.dtype, shape: t.shape, offset: entry.dataOffset + t.offset * elementSize, byteCount: count * elementSize)
         }
@@ -135,13 +143,19 @@ public final class TorchCheckpoint: WeightSource, @unchecked Sendable {
 
     // MARK: the pickle machine
 
+    /// How deeply containers may nest. A state dict nests a few levels (dict, tensor arguments, storage id, perhaps a
+    /// wrapping {"state_dict": …}); a hostile pickle nesting a million levels would overflow the stack when walked
+    /// or freed.
+    static let maxNesting = 100
+
     static func unpickle(_ data: UnsafeRawBufferPointer, path: String) throws -> PickleValue {
-        var stack: [PickleValue] = []
+        // Each value carries its nesting depth (0 for scalars, 1 + the deepest item for containers).
+        var stack: [(value: PickleValue, depth: Int)] = []
         var marks: [Int] = []
-        var memo: [Int: PickleValue] = [:]
+        var memo: [Int: (value: PickleValue, depth: Int)] = [:]
         var pos = 0
         let n = data.count
-        func need(_ k: Int) throws { guard pos + k <= n else { throw PickleError.malformed(path: path, detail: "truncated at byte \(pos)") } }
+        func need(_ k: Int) throws { guard k <= n - pos else { throw PickleError.malformed(path: path, detail: "truncated at byte \(pos)") } }
         func u8() throws -> Int { try need(1); defer { pos += 1 }; return Int(data[pos]) }
         func le(_ k: Int) throws -> UInt64 {
             try need(k)
@@ -149,6 +163,12 @@ public final class TorchCheckpoint: WeightSource, @unchecked Sendable {
             for i in 0..<k { v |= UInt64(data[pos + i]) << (8 * UInt64(i)) }
             pos += k
             return v
+        }
+        /// A length field: one larger than what remains is a truncated (or hostile) pickle.
+        func length(_ k: Int) throws -> Int {
+            let v = try le(k)
+            guard v <= UInt64(n - pos) else { throw PickleError.malformed(path: path, detail: "a length of \(v) bytes at byte \(pos - k) runs past the end of the pickle") }
+            return Int(v)
         }
         func line() throws -> String {
             var end = pos
@@ -164,15 +184,25 @@ public final class TorchCheckpoint: WeightSource, @unchecked Sendable {
             defer { pos += k }
             return String(decoding: UnsafeRawBufferPointer(rebasing: data[pos..<(pos + k)]), as: UTF8.self)
         }
-        func pop() throws -> PickleValue {
+        func push(_ v: PickleValue) { stack.append((v, 0)) }
+        /// Pushes a container holding `items` (deeper by one than its deepest item).
+        func push(_ v: PickleValue, holding items: Int...) throws {
+            let depth = 1 + (items.max() ?? 0)
+            guard depth <= maxNesting else {
+                throw PickleError.malformed(path: path, detail: "containers nested more than \(maxNesting) levels deep at byte \(pos); a state dict is not")
+            }
+            stack.append((v, depth))
+        }
+        func pop() throws -> (value: PickleValue, depth: Int) {
             guard let v = stack.popLast() else { throw PickleError.malformed(path: path, detail: "stack underflow at byte \(pos)") }
             return v
         }
-        func popMark() throws -> [PickleValue] {
+        func popMark() throws -> (values: [PickleValue], depth: Int) {
             guard let m = marks.popLast(), m <= stack.count else { throw PickleError.malformed(path: path, detail: "MARK missing at byte \(pos)") }
-            let items = Array(stack[m...])
+            let items = stack[m...]
+            let result = (items.map(\.value), items.map(\.depth).max() ?? 0)
             stack.removeSubrange(m...)
-            return items
+            return result
         }
         func global(_ name: String) throws -> PickleValue {
             guard allowedGlobals.contains(name) else { throw PickleError.forbidden(path: path, callable: name) }
@@ -204,29 +234,29 @@ public final class TorchCheckpoint: WeightSource, @unchecked Sendable {
             switch op {
             case 0x80: _ = try u8()                                   // PROTO
             case 0x95: _ = try le(8)                                  // FRAME
-            case 0x2E: return try pop()                               // STOP
-            case 0x7D: stack.append(.dict([]))                        // EMPTY_DICT
-            case 0x5D: stack.append(.list([]))                        // EMPTY_LIST
-            case 0x29: stack.append(.tuple([]))                       // EMPTY_TUPLE
+            case 0x2E: return try pop().value                         // STOP
+            case 0x7D: push(.dict([]))                                // EMPTY_DICT
+            case 0x5D: push(.list([]))                                // EMPTY_LIST
+            case 0x29: push(.tuple([]))                               // EMPTY_TUPLE
             case 0x28: marks.append(stack.count)                      // MARK
-            case 0x4E: stack.append(.none)                            // NONE
-            case 0x88: stack.append(.bool(true))                      // NEWTRUE
-            case 0x89: stack.append(.bool(false))                     // NEWFALSE
-            case 0x4B: stack.append(.int(try u8()))                   // BININT1
-            case 0x4D: stack.append(.int(Int(try le(2))))             // BININT2
-            case 0x4A: stack.append(.int(Int(Int32(truncatingIfNeeded: try le(4)))))  // BININT
+            case 0x4E: push(.none)                                    // NONE
+            case 0x88: push(.bool(true))                              // NEWTRUE
+            case 0x89: push(.bool(false))                             // NEWFALSE
+            case 0x4B: push(.int(try u8()))                           // BININT1
+            case 0x4D: push(.int(Int(try le(2))))                     // BININT2
+            case 0x4A: push(.int(Int(Int32(truncatingIfNeeded: try le(4)))))  // BININT
             case 0x8A:                                                // LONG1
                 let k = try u8()
                 guard k <= 8 else { throw PickleError.malformed(path: path, detail: "integer wider than 64 bits") }
                 var v = k == 0 ? 0 : Int(truncatingIfNeeded: try le(k))
                 if k > 0 && k < 8 && (v >> (8 * k - 1)) & 1 == 1 { v -= 1 << (8 * k) }
-                stack.append(.int(v))
-            case 0x47: stack.append(.float(Double(bitPattern: UInt64(bigEndian: try le(8)))))  // BINFLOAT (big-endian)
-            case 0x58: stack.append(.string(try text(Int(try le(4)))))  // BINUNICODE
-            case 0x8C: stack.append(.string(try text(try u8())))       // SHORT_BINUNICODE
-            case 0x8D: stack.append(.string(try text(Int(try le(8)))))  // BINUNICODE8
-            case 0x43: let k = try u8(); try need(k); stack.append(.bytes(Array(data[pos..<(pos + k)]))); pos += k  // SHORT_BINBYTES
-            case 0x42: let k = Int(try le(4)); try need(k); stack.append(.bytes(Array(data[pos..<(pos + k)]))); pos += k  // BINBYTES
+                push(.int(v))
+            case 0x47: push(.float(Double(bitPattern: UInt64(bigEndian: try le(8)))))  // BINFLOAT (big-endian)
+            case 0x58: push(.string(try text(try length(4))))         // BINUNICODE
+            case 0x8C: push(.string(try text(try u8())))              // SHORT_BINUNICODE
+            case 0x8D: push(.string(try text(try length(8))))         // BINUNICODE8
+            case 0x43: let k = try u8(); try need(k); push(.bytes(Array(data[pos..<(pos + k)]))); pos += k  // SHORT_BINBYTES
+            case 0x42: let k = try length(4); push(.bytes(Array(data[pos..<(pos + k)]))); pos += k  // BINBYTES
             case 0x71: memo[try u8()] = stack.last                     // BINPUT
             case 0x72: memo[Int(try le(4))] = stack.last               // LONG_BINPUT
             case 0x94: memo[memo.count] = stack.last                   // MEMOIZE
@@ -236,43 +266,47 @@ public final class TorchCheckpoint: WeightSource, @unchecked Sendable {
                 stack.append(v)
             case 0x63:                                                 // GLOBAL "module\nname\n"
                 let module = try line(), name = try line()
-                stack.append(try global(module + "." + name))
+                push(try global(module + "." + name))
             case 0x93:                                                 // STACK_GLOBAL
-                let name = try pop(), module = try pop()
+                let name = try pop().value, module = try pop().value
                 guard let m = module.asString, let nm = name.asString else { throw PickleError.malformed(path: path, detail: "STACK_GLOBAL without strings") }
-                stack.append(try global(m + "." + nm))
-            case 0x74: stack.append(.tuple(try popMark()))             // TUPLE
-            case 0x85: stack.append(.tuple([try pop()]))               // TUPLE1
-            case 0x86: let b = try pop(), a = try pop(); stack.append(.tuple([a, b]))  // TUPLE2
-            case 0x87: let c = try pop(), b = try pop(), a = try pop(); stack.append(.tuple([a, b, c]))  // TUPLE3
-            case 0x6C: stack.append(.list(try popMark()))              // LIST
+                push(try global(m + "." + nm))
+            case 0x74: let (items, d) = try popMark(); try push(.tuple(items), holding: d)  // TUPLE
+            case 0x85: let a = try pop(); try push(.tuple([a.value]), holding: a.depth)      // TUPLE1
+            case 0x86: let b = try pop(), a = try pop(); try push(.tuple([a.value, b.value]), holding: a.depth, b.depth)  // TUPLE2
+            case 0x87:                                                 // TUPLE3
+                let c = try pop(), b = try pop(), a = try pop()
+                try push(.tuple([a.value, b.value, c.value]), holding: a.depth, b.depth, c.depth)
+            case 0x6C: let (items, d) = try popMark(); try push(.list(items), holding: d)    // LIST
             case 0x61:                                                 // APPEND
-                let v = try pop()
-                guard case .list(var l) = try pop() else { throw PickleError.malformed(path: path, detail: "APPEND to a non-list") }
-                l.append(v); stack.append(.list(l))
+                let v = try pop(), list = try pop()
+                guard case .list(var l) = list.value else { throw PickleError.malformed(path: path, detail: "APPEND to a non-list") }
+                l.append(v.value); try push(.list(l), holding: list.depth - 1, v.depth)
             case 0x65:                                                 // APPENDS
-                let items = try popMark()
-                guard case .list(var l) = try pop() else { throw PickleError.malformed(path: path, detail: "APPENDS to a non-list") }
-                l += items; stack.append(.list(l))
+                let (items, d) = try popMark()
+                let list = try pop()
+                guard case .list(var l) = list.value else { throw PickleError.malformed(path: path, detail: "APPENDS to a non-list") }
+                l += items; try push(.list(l), holding: list.depth - 1, d)
             case 0x73:                                                 // SETITEM
-                let v = try pop(), k = try pop()
-                guard case .dict(var d) = try pop() else { throw PickleError.malformed(path: path, detail: "SETITEM on a non-dict") }
-                d.append((k, v)); stack.append(.dict(d))
+                let v = try pop(), k = try pop(), dict = try pop()
+                guard case .dict(var d) = dict.value else { throw PickleError.malformed(path: path, detail: "SETITEM on a non-dict") }
+                d.append((k.value, v.value)); try push(.dict(d), holding: dict.depth - 1, k.depth, v.depth)
             case 0x75:                                                 // SETITEMS
-                let items = try popMark()
-                guard items.count % 2 == 0, case .dict(var d) = try pop() else { throw PickleError.malformed(path: path, detail: "SETITEMS on a non-dict") }
+                let (items, depth) = try popMark()
+                let dict = try pop()
+                guard items.count % 2 == 0, case .dict(var d) = dict.value else { throw PickleError.malformed(path: path, detail: "SETITEMS on a non-dict") }
                 for i in stride(from: 0, to: items.count, by: 2) { d.append((items[i], items[i + 1])) }
-                stack.append(.dict(d))
+                try push(.dict(d), holding: dict.depth - 1, depth)
             case 0x51:                                                 // BINPERSID
-                let pid = try pop()
+                let pid = try pop().value
                 guard let t = pid.items, t.count >= 5, t[0].asString == "storage", case .global(let type) = t[1],
                       let dtype = storageDTypes[type], let key = t[2].asString, let elements = t[4].asInt, elements >= 0 else {
                     throw PickleError.malformed(path: path, detail: "unexpected persistent id (not a torch storage)")
                 }
-                stack.append(.storage(dtype: dtype, key: key, elements: elements))
+                push(.storage(dtype: dtype, key: key, elements: elements))
             case 0x52:                                                 // REDUCE
-                let args = try pop(), callable = try pop()
-                stack.append(try reduce(callable, args))
+                let args = try pop().value, callable = try pop().value
+                push(try reduce(callable, args))
             case 0x62:                                                 // BUILD: state for OrderedDict / tensor; ignored
                 _ = try pop()
             default:

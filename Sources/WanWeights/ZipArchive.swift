@@ -37,9 +37,14 @@ public final class ZipArchive: @unchecked Sendable {
         let path = file.path, size = file.size, base = file.base
         func u16(_ o: Int) -> Int { Int(UInt16(littleEndian: base.loadUnaligned(fromByteOffset: o, as: UInt16.self))) }
         func u32(_ o: Int) -> Int { Int(UInt32(littleEndian: base.loadUnaligned(fromByteOffset: o, as: UInt32.self))) }
-        func u64(_ o: Int) throws -> Int {
+        // A zip64 count, stored size or offset lies inside this file: one beyond the file's size is corrupt, and
+        // bounding them by it keeps the sums below (offset + size, offset + header) from overflowing. (Only the
+        // uncompressed size of a compressed entry may be larger; it is never added to anything.)
+        func u64(_ o: Int, _ what: String, bound: Int? = nil) throws -> Int {
             let v = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: o, as: UInt64.self))
-            guard v <= UInt64(Int.max) else { throw ArchiveError.corrupt(path: path, detail: "a 64-bit field is out of range") }
+            guard v <= UInt64(bound ?? size) else {
+                throw ArchiveError.corrupt(path: path, detail: "the zip64 \(what) is \(v), out of range for the \(size)-byte file")
+            }
             return Int(v)
         }
         guard size >= 22 else { throw ArchiveError.notZip(path: path, detail: "\(size) bytes is too short") }
@@ -56,13 +61,13 @@ public final class ZipArchive: @unchecked Sendable {
         var cdSize = u32(eocd + 12)
         var cdOffset = u32(eocd + 16)
         if (count == 0xFFFF || cdSize == 0xFFFF_FFFF || cdOffset == 0xFFFF_FFFF), eocd >= 20, u32(eocd - 20) == 0x0706_4B50 {
-            let rec = try u64(eocd - 20 + 8)
+            let rec = try u64(eocd - 20 + 8, "end-of-central-directory record offset")
             guard rec >= 0, rec + 56 <= size, u32(rec) == 0x0606_4B50 else {
                 throw ArchiveError.corrupt(path: path, detail: "bad zip64 end-of-central-directory record")
             }
-            count = try u64(rec + 32)
-            cdSize = try u64(rec + 40)
-            cdOffset = try u64(rec + 48)
+            count = try u64(rec + 32, "entry count")
+            cdSize = try u64(rec + 40, "central directory size")
+            cdOffset = try u64(rec + 48, "central directory offset")
         }
         guard cdOffset >= 0, cdSize >= 0, cdOffset + cdSize <= size, count <= cdSize / 46 + 1 else {
             throw ArchiveError.corrupt(path: path, detail: "central directory (\(count) entries at \(cdOffset), \(cdSize) bytes) lies outside the \(size)-byte file")
@@ -87,9 +92,9 @@ public final class ZipArchive: @unchecked Sendable {
                 guard e + 4 + len <= extraEnd else { break }
                 if tag == 0x0001 {
                     var q = e + 4
-                    if uncompSize == 0xFFFF_FFFF, q + 8 <= e + 4 + len { uncompSize = try u64(q); q += 8 }
-                    if compSize == 0xFFFF_FFFF, q + 8 <= e + 4 + len { compSize = try u64(q); q += 8 }
-                    if localOffset == 0xFFFF_FFFF, q + 8 <= e + 4 + len { localOffset = try u64(q); q += 8 }
+                    if uncompSize == 0xFFFF_FFFF, q + 8 <= e + 4 + len { uncompSize = try u64(q, "size of '\(name)'", bound: Int.max); q += 8 }
+                    if compSize == 0xFFFF_FFFF, q + 8 <= e + 4 + len { compSize = try u64(q, "stored size of '\(name)'"); q += 8 }
+                    if localOffset == 0xFFFF_FFFF, q + 8 <= e + 4 + len { localOffset = try u64(q, "header offset of '\(name)'"); q += 8 }
                 }
                 e += 4 + len
             }

@@ -24,19 +24,63 @@ func writeZip(_ entries: [(name: String, data: [UInt8])], to path: String) throw
     try Data(out).write(to: URL(fileURLWithPath: path))
 }
 
-/// A pickle (protocol 2) of {"w": _rebuild_tensor_v2(storage(FloatStorage, "0", numel), 0, (n,), (1,), False, OrderedDict())}.
-func stateDictPickle(storageElements: Int, shape: Int, global: String = "torch._utils\n_rebuild_tensor_v2\n") -> [UInt8] {
+/// Writes a stored zip archive in zip64 form (every size and offset in the extra field, a zip64 end-of-central-
+/// directory record and locator), as torch.save writes checkpoints over 4 GB. Returns the bytes and where each
+/// 64-bit field lies: "record" (the locator's record offset), "count", "cdSize", "cdOffset" (the record's), and
+/// "size<i>", "stored<i>", "local<i>" (entry i's extra field).
+func zip64Archive(_ entries: [(name: String, data: [UInt8])]) -> (bytes: [UInt8], fields: [String: Int]) {
+    var out: [UInt8] = [], central: [UInt8] = [], fields: [String: Int] = [:]
+    func u16(_ v: Int, _ a: inout [UInt8]) { a += [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF)] }
+    func u32(_ v: Int, _ a: inout [UInt8]) { for i in 0..<4 { a.append(UInt8((v >> (8 * i)) & 0xFF)) } }
+    func u64(_ v: Int, _ a: inout [UInt8]) { for i in 0..<8 { a.append(UInt8((v >> (8 * i)) & 0xFF)) } }
+    var centralFields: [(String, Int)] = []
+    for (i, e) in entries.enumerated() {
+        let offset = out.count, name = Array(e.name.utf8)
+        u32(0x0403_4B50, &out); u16(45, &out); u16(0, &out); u16(0, &out); u16(0, &out); u16(0, &out)
+        u32(0, &out); u32(0xFFFF_FFFF, &out); u32(0xFFFF_FFFF, &out); u16(name.count, &out); u16(20, &out)
+        out += name; u16(1, &out); u16(16, &out); u64(e.data.count, &out); u64(e.data.count, &out)
+        out += e.data
+        u32(0x0201_4B50, &central); u16(45, &central); u16(45, &central); u16(0, &central); u16(0, &central); u16(0, &central); u16(0, &central)
+        u32(0, &central); u32(0xFFFF_FFFF, &central); u32(0xFFFF_FFFF, &central); u16(name.count, &central); u16(28, &central); u16(0, &central)
+        u16(0, &central); u16(0, &central); u32(0, &central); u32(0xFFFF_FFFF, &central)
+        central += name; u16(1, &central); u16(24, &central)
+        centralFields += [("size\(i)", central.count), ("stored\(i)", central.count + 8), ("local\(i)", central.count + 16)]
+        u64(e.data.count, &central); u64(e.data.count, &central); u64(offset, &central)
+    }
+    let cdOffset = out.count
+    for (k, o) in centralFields { fields[k] = cdOffset + o }
+    out += central
+    let record = out.count
+    u32(0x0606_4B50, &out); u64(44, &out); u16(45, &out); u16(45, &out); u32(0, &out); u32(0, &out)
+    fields["count"] = out.count + 8; u64(entries.count, &out); u64(entries.count, &out)
+    fields["cdSize"] = out.count; u64(central.count, &out)
+    fields["cdOffset"] = out.count; u64(cdOffset, &out)
+    u32(0x0706_4B50, &out); u32(0, &out); fields["record"] = out.count; u64(record, &out); u32(1, &out)
+    u32(0x0605_4B50, &out); u16(0, &out); u16(0, &out); u16(0xFFFF, &out); u16(0xFFFF, &out)
+    u32(0xFFFF_FFFF, &out); u32(0xFFFF_FFFF, &out); u16(0, &out)
+    return (out, fields)
+}
+
+/// A pickle (protocol 2) of {"w": _rebuild_tensor_v2(storage(FloatStorage, "0", numel), offset, shape, stride, False,
+/// OrderedDict())}; `shape` and `stride` default to (n,) and (1,). Integers beyond 32 bits are written as LONG1.
+func stateDictPickle(storageElements: Int, shape: Int, global: String = "torch._utils\n_rebuild_tensor_v2\n",
+                     offset: Int = 0, dims: [Int]? = nil, strides: [Int]? = nil) -> [UInt8] {
     var p: [UInt8] = [0x80, 2, 0x7D, 0x28]                                   // PROTO 2, EMPTY_DICT, MARK
     func unicode(_ s: String) { let b = Array(s.utf8); p += [0x58] + withUnsafeBytes(of: UInt32(b.count).littleEndian, Array.init) + b }
+    func int(_ v: Int) {
+        if let small = Int32(exactly: v) { p += [0x4A] + withUnsafeBytes(of: small.littleEndian, Array.init) }  // BININT
+        else { p += [0x8A, 8] + withUnsafeBytes(of: v.littleEndian, Array.init) }                              // LONG1
+    }
+    func tuple(_ values: [Int]) { p += [0x28]; values.forEach(int); p += [0x74] }                              // MARK … TUPLE
     unicode("w")
     p += [0x63] + Array(global.utf8)                                           // GLOBAL
     p += [0x28, 0x28]                                                          // MARK MARK
     unicode("storage"); p += [0x63] + Array("torch\nFloatStorage\n".utf8); unicode("0"); unicode("cpu")
-    p += [0x4A] + withUnsafeBytes(of: Int32(storageElements).littleEndian, Array.init)
+    int(storageElements)
     p += [0x74, 0x51]                                                          // TUPLE, BINPERSID
-    p += [0x4B, 0]                                                             // offset 0
-    p += [0x4A] + withUnsafeBytes(of: Int32(shape).littleEndian, Array.init) + [0x85]  // (n,)
-    p += [0x4B, 1, 0x85]                                                       // (1,)
+    int(offset)
+    tuple(dims ?? [shape])
+    tuple(strides ?? [1])
     p += [0x89]                                                                // False
     p += [0x63] + Array("collections\nOrderedDict\n".utf8) + [0x29, 0x52]      // OrderedDict()
     p += [0x74, 0x52]                                                          // TUPLE, REDUCE
@@ -227,6 +271,69 @@ final class VAETests: XCTestCase {
                       ("archive/data/0", [UInt8](repeating: 0, count: 8))], to: path)
         XCTAssertThrowsError(try TorchCheckpoint(path: path)) { e in
             guard case .storageMismatch = e as? PickleError else { return XCTFail("\(e)") }
+        }
+    }
+
+    /// zip64 sizes and offsets near 2^63 (a hostile or corrupt archive): refused as corrupt, where the sums with
+    /// them used to overflow and point the reader at wild memory.
+    func testZip64FieldsBeyondTheFileAreCorrupt() throws {
+        let values: [Float] = [1.5, -2]
+        let (bytes, fields) = zip64Archive([("archive/data.pkl", stateDictPickle(storageElements: 2, shape: 2)),
+                                            ("archive/data/0", values.withUnsafeBytes(Array.init))])
+        let valid = NSTemporaryDirectory() + "wankit-zip64-\(UUID().uuidString).pth"
+        try Data(bytes).write(to: URL(fileURLWithPath: valid))
+        XCTAssertEqual(try TorchCheckpoint(path: valid).float32("w").array, values)
+        for field in ["record", "count", "cdSize", "cdOffset", "stored0", "local0", "stored1", "local1"] {
+            for huge in [UInt64(Int.max) - 20, UInt64(bytes.count) + 1] {
+                var b = bytes
+                for i in 0..<8 { b[fields[field]! + i] = UInt8((huge >> (8 * UInt64(i))) & 0xFF) }
+                let path = NSTemporaryDirectory() + "wankit-zip64-\(field)-\(UUID().uuidString).pth"
+                try Data(b).write(to: URL(fileURLWithPath: path))
+                XCTAssertThrowsError(try TorchCheckpoint(path: path), "\(field) = \(huge)") { e in
+                    guard case .corrupt(let p, let detail) = e as? ArchiveError else { return XCTFail("\(field): \(e)") }
+                    XCTAssertEqual(p, path)
+                    XCTAssertTrue(detail.contains("zip64") || detail.contains("central directory"), "\(field): \(e)")
+                }
+            }
+        }
+    }
+
+    /// Element counts, offsets and dims near 2^62 in the pickle: a clear storage mismatch, where the products and
+    /// sums with them used to overflow (a count times 4 that wraps to the storage's size was accepted).
+    func testHugePickleIntegersAreRefused() throws {
+        let values: [Float] = [1.5, -2]
+        func load(_ pickle: [UInt8], storage: [UInt8]) throws -> String {
+            let path = NSTemporaryDirectory() + "wankit-huge-\(UUID().uuidString).pth"
+            try writeZip([("archive/data.pkl", pickle), ("archive/data/0", storage)], to: path)
+            return path
+        }
+        let cases: [(String, [UInt8], [UInt8])] = [
+            // 2^62 + 2 floats are 2^64 + 8 bytes: times 4 that wraps to the 8 bytes the storage holds.
+            ("count wraps", stateDictPickle(storageElements: (1 << 62) + 2, shape: 2), values.withUnsafeBytes(Array.init)),
+            ("count huge", stateDictPickle(storageElements: 1 << 62, shape: 2), []),
+            ("offset huge", stateDictPickle(storageElements: 2, shape: 2, offset: Int.max - 1), values.withUnsafeBytes(Array.init)),
+            ("dims overflow", stateDictPickle(storageElements: 2, shape: 2, dims: [1 << 32, 1 << 32, 4], strides: [1 << 34, 4, 1]),
+             values.withUnsafeBytes(Array.init)),
+        ]
+        for (what, pickle, storage) in cases {
+            let path = try load(pickle, storage: storage)
+            XCTAssertThrowsError(try TorchCheckpoint(path: path), what) { e in
+                guard case .storageMismatch(let p, "w", _) = e as? PickleError else { return XCTFail("\(what): \(e)") }
+                XCTAssertEqual(p, path)
+            }
+        }
+    }
+
+    /// A pickle nesting a million tuples (1 MB): refused with a message, where walking or freeing the nested value
+    /// used to overflow the stack (SIGSEGV).
+    func testDeeplyNestedPickleIsRefused() throws {
+        let path = NSTemporaryDirectory() + "wankit-deep-\(UUID().uuidString).pth"
+        let pickle: [UInt8] = [0x80, 2, 0x29] + [UInt8](repeating: 0x85, count: 1_000_000) + [0x2E]  // (), TUPLE1 x 10^6, STOP
+        try writeZip([("archive/data.pkl", pickle)], to: path)
+        XCTAssertThrowsError(try TorchCheckpoint(path: path)) { e in
+            guard case .malformed(_, let detail) = e as? PickleError else { return XCTFail("\(e)") }
+            XCTAssertTrue(detail.contains("nested more than"), "\(e)")
+            XCTAssertTrue("\(e)".contains(path), "\(e)")
         }
     }
 
