@@ -13,7 +13,7 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .fileNotFound(let p): return "\(p): tokenizer file not found"
         case .unreadable(let p, let r): return "\(p): cannot read tokenizer file (\(r))"
-        case .invalidJSON(let p, let r): return "\(p): not valid JSON (\(r))"
+        case .invalidJSON(let p, let r): return "\(p): not valid JSON (\(r)); the file is damaged or not a tokenizer.json (re-download it)"
         case .missingField(let p, let f): return "\(p): missing field '\(f)'"
         case .invalidField(let p, let f, let r): return "\(p): field '\(f)' is invalid: \(r)"
         case .unsupported(let p, let f, let t): return "\(p): field '\(f)': type '\(t)' is not supported"
@@ -68,7 +68,9 @@ public final class UMT5Tokenizer: @unchecked Sendable {
             }
             root = r
         } catch let e as TokenizerError { throw e } catch {
-            throw TokenizerError.invalidJSON(path: path, reason: "\(error)")
+            // JSONSerialization's own words ("Unexpected end of file around character 1234."), not the NSError dump.
+            let ns = error as NSError
+            throw TokenizerError.invalidJSON(path: path, reason: (ns.userInfo[NSDebugDescriptionErrorKey] as? String) ?? ns.localizedDescription)
         }
         let p = Parser(path: path)
 

@@ -41,7 +41,9 @@ public final class SafetensorsFile: @unchecked Sendable {
         let header = Data(bytes: file.base + 8, count: Int(headerLength))
         let json: Any
         do { json = try JSONSerialization.jsonObject(with: header) } catch {
-            throw WeightError.headerNotJSON(path: path, detail: "\(error.localizedDescription)")
+            // JSONSerialization's own words ("Unexpected end of file around character 1234."), else its summary.
+            let ns = error as NSError
+            throw WeightError.headerNotJSON(path: path, detail: (ns.userInfo[NSDebugDescriptionErrorKey] as? String) ?? ns.localizedDescription)
         }
         guard let dict = json as? [String: Any] else { throw WeightError.headerNotJSON(path: path, detail: "the header is not a JSON object") }
         let dataStart = 8 + Int(headerLength)

@@ -90,7 +90,8 @@ final class SafetensorsTests: XCTestCase {
 
     func testHeaderNotJSON() throws {
         let path = try writeSafetensors(rawHeader: Data("{this is not json".utf8), data: Data(count: 8))
-        expectError(path) { if case .headerNotJSON = $0 { return true }; return false }
+        // The message says where the JSON breaks (JSONSerialization's debug description), not only "not in the correct format".
+        expectError(path) { if case .headerNotJSON(_, let d) = $0 { return d.contains("around character") }; return false }
         let arrayPath = try writeSafetensors(rawHeader: Data("[1,2,3]".utf8))
         expectError(arrayPath) { if case .headerNotJSON = $0 { return true }; return false }
     }

@@ -80,6 +80,9 @@ final class TokenizerTests: XCTestCase {
         XCTAssertThrowsError(try UMT5Tokenizer(file: dir)) {
             guard case TokenizerError.invalidJSON(let p, _) = $0 else { return XCTFail("\($0)") }
             XCTAssertEqual(p, path)
+            // What is wrong and where, not Foundation's NSError dump ("Error Domain=NSCocoaErrorDomain Code=3840 …").
+            XCTAssertFalse("\($0)".contains("Error Domain"), "\($0)")
+            XCTAssertTrue("\($0)".contains("character"), "\($0)")
         }
         try Data(#"{"normalizer": null}"#.utf8).write(to: URL(fileURLWithPath: path))
         XCTAssertThrowsError(try UMT5Tokenizer(file: path)) {
