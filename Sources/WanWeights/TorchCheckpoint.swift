@@ -278,23 +278,31 @@ public final class TorchCheckpoint: WeightSource, @unchecked Sendable {
                 let c = try pop(), b = try pop(), a = try pop()
                 try push(.tuple([a.value, b.value, c.value]), holding: a.depth, b.depth, c.depth)
             case 0x6C: let (items, d) = try popMark(); try push(.list(items), holding: d)    // LIST
+            // The list or dict taken off the stack is dropped (`.value = .none`) before it grows, so that its storage
+            // has one owner and grows in place: a pickle of a million APPENDs would otherwise copy it each time.
             case 0x61:                                                 // APPEND
-                let v = try pop(), list = try pop()
+                let v = try pop()
+                var list = try pop()
                 guard case .list(var l) = list.value else { throw PickleError.malformed(path: path, detail: "APPEND to a non-list") }
+                list.value = .none
                 l.append(v.value); try push(.list(l), holding: list.depth - 1, v.depth)
             case 0x65:                                                 // APPENDS
                 let (items, d) = try popMark()
-                let list = try pop()
+                var list = try pop()
                 guard case .list(var l) = list.value else { throw PickleError.malformed(path: path, detail: "APPENDS to a non-list") }
+                list.value = .none
                 l += items; try push(.list(l), holding: list.depth - 1, d)
             case 0x73:                                                 // SETITEM
-                let v = try pop(), k = try pop(), dict = try pop()
+                let v = try pop(), k = try pop()
+                var dict = try pop()
                 guard case .dict(var d) = dict.value else { throw PickleError.malformed(path: path, detail: "SETITEM on a non-dict") }
+                dict.value = .none
                 d.append((k.value, v.value)); try push(.dict(d), holding: dict.depth - 1, k.depth, v.depth)
             case 0x75:                                                 // SETITEMS
                 let (items, depth) = try popMark()
-                let dict = try pop()
+                var dict = try pop()
                 guard items.count % 2 == 0, case .dict(var d) = dict.value else { throw PickleError.malformed(path: path, detail: "SETITEMS on a non-dict") }
+                dict.value = .none
                 for i in stride(from: 0, to: items.count, by: 2) { d.append((items[i], items[i + 1])) }
                 try push(.dict(d), holding: dict.depth - 1, depth)
             case 0x51:                                                 // BINPERSID

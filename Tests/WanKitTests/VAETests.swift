@@ -337,6 +337,23 @@ final class VAETests: XCTestCase {
         }
     }
 
+    /// Pickles of 100,000 APPENDs to one list and 100,000 SETITEMs to one dict (300-500 KB): refused (no tensors) in
+    /// well under a second, where each APPEND/SETITEM copied the container (quadratic: over 30 s each, a hang).
+    func testLongPickleContainersGrowInPlace() throws {
+        let list: [UInt8] = [0x80, 2, 0x5D] + Array([[UInt8]](repeating: [0x4B, 1, 0x61], count: 100_000).joined()) + [0x2E]
+        let dict: [UInt8] = [0x80, 2, 0x7D] + Array([[UInt8]](repeating: [0x4B, 1, 0x4B, 2, 0x73], count: 100_000).joined()) + [0x2E]
+        for (what, pickle) in [("APPEND", list), ("SETITEM", dict)] {
+            let path = NSTemporaryDirectory() + "wankit-long-\(UUID().uuidString).pth"
+            try writeZip([("archive/data.pkl", pickle)], to: path)
+            let start = Date()
+            XCTAssertThrowsError(try TorchCheckpoint(path: path), what) { e in
+                guard case .malformed(_, let detail) = e as? PickleError else { return XCTFail("\(what): \(e)") }
+                XCTAssertTrue(detail.contains("no tensors"), "\(e)")
+            }
+            XCTAssertLessThan(Date().timeIntervalSince(start), 5, "\(what) x 100,000 should take linear time")
+        }
+    }
+
     func testTruncatedArchive() throws {
         let original = goldenDirectory + "/weights/vae.pth"
         guard let data = FileManager.default.contents(atPath: original) else { throw XCTSkip("golden data not found") }
