@@ -58,7 +58,7 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
         if let s = source.info("head")?.shape, s.count == 2 { c.outDim = s[0] == c.dim ? s[1] : s[0] }
         var layers = 0
         for n in source.names where n.hasPrefix("transformer.") {
-            if let i = Int(n.dropFirst(12).prefix { $0 != "." }) { layers = max(layers, i + 1) }
+            if let i = Int(n.dropFirst(12).prefix { $0 != "." }), i < 1 << 20 { layers = max(layers, i + 1) }  // an absurd index: binding reports the name
         }
         if layers > 0 { c.numLayers = layers }
         if c.dim != 1280 { c.numHeads = max(1, c.dim / 64) }

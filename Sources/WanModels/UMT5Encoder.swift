@@ -59,7 +59,7 @@ public struct UMT5Config: Sendable, Equatable, CustomStringConvertible {
         }
         var layers = 0
         for n in source.names where n.hasPrefix("blocks.") {
-            if let i = Int(n.dropFirst(7).prefix { $0 != "." }) { layers = max(layers, i + 1) }
+            if let i = Int(n.dropFirst(7).prefix { $0 != "." }), i < 1 << 20 { layers = max(layers, i + 1) }  // an absurd index: binding reports the name
         }
         if layers > 0 { c.numLayers = layers }
         c.apply(officialArguments: arguments)

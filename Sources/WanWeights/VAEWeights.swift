@@ -47,6 +47,8 @@ public enum DiffusersWanVAE {
                 return resnet([coder, "downsamples", parts[2]], parts[3...])
             case "up_blocks":
                 guard parts.count >= 5, let block = Int(parts[2]), let j = Int(parts[4]) else { return name }
+                // Indices beyond any model (a corrupt name) stay unchanged: strict binding reports the name.
+                guard (0...1 << 20).contains(block), (0...1 << 20).contains(j), (0...1 << 20).contains(numResBlocks) else { return name }
                 let stride = numResBlocks + 2
                 if parts[3] == "resnets" { return resnet([coder, "upsamples", String(block * stride + j)], parts[5...]) }
                 if parts[3] == "upsamplers" { return join([coder, "upsamples", String(block * stride + numResBlocks + 1)] + parts[5...]) }
@@ -78,6 +80,10 @@ public func openVAEWeights(path: String) throws -> VAEWeights {
         let c = try ComponentFolder(path, subfolders: ["vae"], noWeights: "pass Wan2.1_VAE.pth or a diffusers vae/ folder")
         let arguments = c.config.map(DiffusersWanVAE.officialArguments)
         let numRes = (c.config?["num_res_blocks"] as? NSNumber)?.intValue ?? 2
+        guard (0...64).contains(numRes) else {
+            throw LayoutError.badDiffusersConfig(path: (c.folder as NSString).appendingPathComponent("config.json"),
+                                                 detail: "num_res_blocks \(numRes) is not an integer from 0 to 64 (Wan2.1: 2); the config.json is corrupt")
+        }
         let base = c.weights
         let source: WeightSource = DiffusersWanVAE.detect(base.names)
             ? try RenamedSource(wrapping: base) { DiffusersWanVAE.officialName($0, numResBlocks: numRes) } : base

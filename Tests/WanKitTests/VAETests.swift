@@ -246,6 +246,27 @@ final class VAETests: XCTestCase {
         }
     }
 
+    /// A diffusers VAE config.json with num_res_blocks near -2^63, and an up_blocks index near 2^63 in a tensor name:
+    /// a clear error naming the config, and the name left for strict binding to report, where the name mapping's
+    /// numResBlocks + 2 and block * stride overflowed (traps).
+    func testDiffusersVAEAbsurdCountsAreRefused() throws {
+        let folder = NSTemporaryDirectory() + "wankit-vae-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try Data(#"{"_class_name": "AutoencoderKLWan", "num_res_blocks": -9223372036854775808}"#.utf8)
+            .write(to: URL(fileURLWithPath: folder + "/config.json"))
+        let weights = try writeSafetensors(header: ["decoder.up_blocks.0.resnets.0.norm1.gamma": ["dtype": "F32", "shape": [1], "data_offsets": [0, 4]]],
+                                           data: floats([1]))
+        try FileManager.default.moveItem(atPath: weights, toPath: folder + "/diffusion_pytorch_model.safetensors")
+        XCTAssertThrowsError(try openVAEWeights(path: folder)) { e in
+            guard case .badDiffusersConfig(let p, let d)? = e as? LayoutError else { return XCTFail("\(e)") }
+            XCTAssertEqual(p, folder + "/config.json")
+            XCTAssertTrue(d.contains("num_res_blocks"), d)
+        }
+        let name = "decoder.up_blocks.9223372036854775807.resnets.0.conv1.weight"
+        XCTAssertEqual(DiffusersWanVAE.officialName(name), name)
+        XCTAssertEqual(DiffusersWanVAE.officialName("decoder.up_blocks.1.resnets.2.conv1.weight"), "decoder.upsamples.6.residual.2.weight")
+    }
+
     func testPickleAskingForAnyOtherCallableIsRefused() throws {
         let path = NSTemporaryDirectory() + "wankit-evil-\(UUID().uuidString).pth"
         try writeZip([("archive/data.pkl", stateDictPickle(storageElements: 2, shape: 2, global: "os\nsystem\n")),
