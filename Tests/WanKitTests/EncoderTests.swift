@@ -136,6 +136,25 @@ final class EncoderTests: XCTestCase {
         }
     }
 
+    func testCLIPConfigurationsNoTowerHasAreRefused() throws {
+        let weights = RandomWeights(shapes: [("patch_embedding.weight", [32, 3, 14, 14])])
+        var base = CLIPVisionConfig()
+        base.dim = 32; base.numHeads = 2; base.numLayers = 2; base.imageSize = 28; base.patchSize = 14; base.outDim = 8
+        let cases: [(String, (inout CLIPVisionConfig) -> Void)] = [
+            ("mlp_ratio", { $0.mlpRatio = 1e300 }), ("mlp_ratio", { $0.mlpRatio = .nan }), ("image_size", { $0.imageSize = 1 << 40 }),
+            ("patch_size", { $0.patchSize = 0 }), ("patch_size", { $0.patchSize = 29 }), ("dim", { $0.dim = Int.max }),
+            ("num_layers", { $0.numLayers = 1 << 20 }), ("out_dim", { $0.outDim = 0 }),
+        ]
+        for (key, edit) in cases {
+            var c = base
+            edit(&c)
+            XCTAssertThrowsError(try CLIPVision(config: c, weights: weights)) { error in
+                guard case .badConfig(_, let detail)? = error as? WeightError else { return XCTFail("\(key): \(error)") }
+                XCTAssertTrue(detail.contains(key), "\(key): \(detail)")
+            }
+        }
+    }
+
     // MARK: semantics
 
     /// Padded positions are masked keys: the real tokens' states do not depend on them, and `forward` (every
