@@ -149,10 +149,11 @@ public enum ModelLoader {
     }
 
     /// The text-to-video pipeline from located files for videos up to `width` x `height` x `frames`, on `placement`
-    /// (see `DiTPlacement.resolve`): on a GPU the DiT goes first, after its memory pre-flight for that size (a job
+    /// (see `DiTPlacement.resolve`; by default the CPU with bf16 products where it runs them natively, as `wan generate`
+    /// does, else f32; `.cpu` keeps float32 throughout): on a GPU the DiT goes first, after its memory pre-flight for that size (a job
     /// that cannot fit throws `CUDAError.outOfMemory` naming what is needed and free); umT5 and the VAE join it when
     /// they fit in what is left, else they run on the CPU.
-    public static func textToVideo(_ files: ModelFiles, folder: String = "the model folder", on placement: DiTPlacement = .cpu,
+    public static func textToVideo(_ files: ModelFiles, folder: String = "the model folder", on placement: DiTPlacement = .cpuDefault,
                                    width: Int = 832, height: Int = 480, frames: Int = 81) throws -> TextToVideo {
         try files.requireTextToVideo(folder: folder)
         let model = try anyDiT(files.dit!, on: placement, width: width, height: height, frames: frames)

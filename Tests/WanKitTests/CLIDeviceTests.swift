@@ -291,8 +291,12 @@ extension DevicePlacementTests {
         guard FileManager.default.fileExists(atPath: w + "/pipe_dit_t2v.safetensors") else { throw XCTSkip("golden data not found") }
         let files = ModelFiles(dit: w + "/pipe_dit_t2v.safetensors", t5: w + "/pipe_t5.safetensors", vae: w + "/pipe_vae.safetensors",
                                tokenizer: goldenDirectory + "/tokenizer")
-        let cpu = try ModelLoader.textToVideo(files)
-        XCTAssertTrue(cpu.dit is WanDiT && cpu.text.encoder is UMT5Encoder && cpu.vae is WanVAE)
+        let byDefault = try ModelLoader.textToVideo(files)
+        XCTAssertTrue(byDefault.dit is WanDiT && byDefault.text.encoder is UMT5Encoder && byDefault.vae is WanVAE)
+        // The default is the CLI's: bf16 products where the CPU runs them natively.
+        XCTAssertEqual(byDefault.dit.backendDescription, GEMM.nativeBF16 ? "cpu (bf16 products)" : "cpu")
+        let cpu = try ModelLoader.textToVideo(files, on: .cpu)
+        XCTAssertEqual(cpu.dit.backendDescription, "cpu")
         CUDAEmulator.install()
         defer { CUDAEmulator.uninstall() }
         let (placement, _) = try DiTPlacement.resolve(.cuda, precision: .f32)
