@@ -82,6 +82,41 @@ def vace(i):
                                    "vace_context_scale": scale}, {"y": y})
 
 
+def batch(i):
+    """Several videos of different shapes in one forward (each padded to seq_len, its keys masked), as
+    dit_t2v_batch2_mixed; t2v, or i2v with one CLIP feature row per video."""
+    heads, hd = R.choice([1, 2, 3]), R.choice([8, 16, 24, 32])
+    kind = R.choice(["t2v", "t2v", "i2v"])
+    c = dict(model_type=kind, patch_size=[1, 2, 2], text_len=512, in_dim=36 if kind == "i2v" else 16, dim=heads * hd,
+             ffn_dim=R.choice([32, 64]), freq_dim=R.choice([64, 256]), text_dim=R.choice([16, 32]), out_dim=16,
+             num_heads=heads, num_layers=R.choice([1, 2]), window_size=[-1, -1], qk_norm=R.random() < 0.7,
+             cross_attn_norm=R.random() < 0.7, eps=1e-6)
+    name = f"s{SEED}_batch_{i}"
+    m = ref.model.WanModel(**c).eval()
+    randomize(m, SEED * 1000 + i)
+    write_model(name, "WanModel", c, {k: v for k, v in m.state_dict().items() if k != "freqs"})
+    g = torch.Generator().manual_seed(SEED * 1000 + i)
+    B = R.choice([2, 3])
+    xs = [torch.randn([16, R.randint(1, 4), 2 * R.randint(1, 5), 2 * R.randint(1, 5)], generator=g) for _ in range(B)]
+    ctxs = [torch.randn(R.randint(1, 30), c["text_dim"], generator=g) for _ in range(B)]
+    t = torch.tensor([round(R.uniform(0, 999), 1) for _ in range(B)])
+    seq_len = max(x.shape[1] * (x.shape[2] // 2) * (x.shape[3] // 2) for x in xs) + R.choice([0, R.randint(1, 7)])
+    inputs = {}
+    for b in range(B):
+        inputs[f"x{b}"], inputs[f"context{b}"] = xs[b], ctxs[b]
+    inputs["t"], inputs["seq_len"] = t, seq_len
+    kw = {}
+    if kind == "i2v":
+        ys = [torch.randn([20] + list(x.shape[1:]), generator=g) for x in xs]
+        clip_fea = torch.randn(B, 257, 1280, generator=g)
+        for b in range(B):
+            inputs[f"y{b}"] = ys[b]
+        inputs["clip_fea"] = clip_fea
+        kw = {"y": ys, "clip_fea": clip_fea}
+    outs = m(x=xs, t=t, context=ctxs, seq_len=seq_len, **kw)
+    write_case(name, "dit", name, inputs, {f"y{b}": outs[b] for b in range(B)})
+
+
 def t5(i):
     heads = R.choice([1, 2, 4, 6])
     c = dict(vocab=512, dim=R.choice([16, 32, 48, 64]), dim_attn=heads * R.choice([8, 16]), dim_ffn=R.choice([24, 64, 96]),
@@ -200,7 +235,7 @@ def pipeline(i):
                       1 + 4 * R.randint(1, 2), steps, solver, shift, guide, seed, neg)
 
 
-kinds = [dit, t5, vae, clip, scheduler, strings, vace]
+kinds = [dit, t5, vae, clip, scheduler, strings, vace, batch]
 if os.environ.get("SWEEP_PIPELINES"):
     kinds = [pipeline]
 for i in range(COUNT):
