@@ -156,20 +156,26 @@ if want("dit_trace"):
                dict(sorted(seen.items()), y=y), notes="block{i}_self_attn / _cross_attn / _ffn: the module outputs (after the o "
                "projection, before the gate; the FFN before its gate); block{i}_out: the block output; all [24, 64]")
 
+def vace_variant(name, arch, model_seed, data_seed, grid, ctx_len, t, pad, scale):
+    """A tiny VaceWanModel (2 heads, qk norm; `arch` gives the rest) of random weights and one forward of it."""
+    cv = dict(model_type="vace", patch_size=[1, 2, 2], text_len=512, in_dim=16, out_dim=16, num_heads=2,
+              window_size=[-1, -1], qk_norm=True, eps=1e-6, **arch)
+    m = ref.vace_model.VaceWanModel(**cv).eval()
+    randomize(m, model_seed)
+    write_model(name, "VaceWanModel", cv, {k: v for k, v in m.state_dict().items() if k != "freqs"})
+    g = torch.Generator().manual_seed(data_seed)
+    x = torch.randn([16] + grid, generator=g); vc = torch.randn([cv["vace_in_dim"]] + grid, generator=g)
+    ctx = torch.randn(ctx_len, cv["text_dim"], generator=g); tt = torch.tensor([t])
+    seq_len = grid[0] * (grid[1] // 2) * (grid[2] // 2) + pad
+    y = m(x=[x], t=tt, vace_context=[vc], context=[ctx], seq_len=seq_len, vace_context_scale=scale)[0]
+    write_case(name, "dit", name, {"x": x, "vace_context": vc, "t": tt, "context": ctx, "seq_len": seq_len,
+                                   "vace_context_scale": scale}, {"y": y})
+
+
 if want("vace"):
     # 3 main blocks with hints after blocks 0 and 2, vace_in_dim 48, head_dim 32
-    cv = dict(vace_layers=[0, 2], vace_in_dim=48, model_type="vace", patch_size=[1, 2, 2], text_len=512, in_dim=16,
-              dim=64, ffn_dim=128, freq_dim=256, text_dim=32, out_dim=16, num_heads=2, num_layers=3,
-              window_size=[-1, -1], qk_norm=True, cross_attn_norm=True, eps=1e-6)
-    mv2 = ref.vace_model.VaceWanModel(**cv).eval()
-    randomize(mv2, 103)
-    write_model("v_dit_vace_l02", "VaceWanModel", cv, {k: v for k, v in mv2.state_dict().items() if k != "freqs"})
-    g = torch.Generator().manual_seed(11)
-    x = torch.randn(16, 2, 6, 4, generator=g); vc = torch.randn(48, 2, 6, 4, generator=g)
-    ctx = torch.randn(9, 32, generator=g); tt = torch.tensor([640.0])
-    y = mv2(x=[x], t=tt, vace_context=[vc], context=[ctx], seq_len=12 + 3, vace_context_scale=0.8)[0]
-    write_case("v_dit_vace_l02", "dit", "v_dit_vace_l02", {"x": x, "vace_context": vc, "t": tt, "context": ctx,
-                                                           "seq_len": 15, "vace_context_scale": 0.8}, {"y": y})
+    vace_variant("v_dit_vace_l02", dict(vace_layers=[0, 2], vace_in_dim=48, dim=64, ffn_dim=128, freq_dim=256, text_dim=32,
+                                        num_layers=3, cross_attn_norm=True), 103, 11, [2, 6, 4], 9, 640.0, 3, 0.8)
     j, sd = gold_model("dit_vace")
     mv = ref.vace_model.VaceWanModel(**j["config"]).eval()
     mv.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
@@ -187,18 +193,8 @@ if want("vace"):
 
 if want("vace_l013"):
     # vace_layers [0, 1, 3] of 4 layers: the count of vace blocks (3) does not settle them, the config does.
-    cv = dict(vace_layers=[0, 1, 3], vace_in_dim=16, model_type="vace", patch_size=[1, 2, 2], text_len=512, in_dim=16,
-              dim=48, ffn_dim=64, freq_dim=64, text_dim=24, out_dim=16, num_heads=2, num_layers=4,
-              window_size=[-1, -1], qk_norm=True, cross_attn_norm=False, eps=1e-6)
-    mv3 = ref.vace_model.VaceWanModel(**cv).eval()
-    randomize(mv3, 105)
-    write_model("v_dit_vace_l013", "VaceWanModel", cv, {k: v for k, v in mv3.state_dict().items() if k != "freqs"})
-    g = torch.Generator().manual_seed(12)
-    x = torch.randn(16, 2, 4, 6, generator=g); vc = torch.randn(16, 2, 4, 6, generator=g)
-    ctx = torch.randn(7, 24, generator=g); tt = torch.tensor([333.0])
-    y = mv3(x=[x], t=tt, vace_context=[vc], context=[ctx], seq_len=12 + 2, vace_context_scale=1.1)[0]
-    write_case("v_dit_vace_l013", "dit", "v_dit_vace_l013", {"x": x, "vace_context": vc, "t": tt, "context": ctx,
-                                                             "seq_len": 14, "vace_context_scale": 1.1}, {"y": y})
+    vace_variant("v_dit_vace_l013", dict(vace_layers=[0, 1, 3], vace_in_dim=16, dim=48, ffn_dim=64, freq_dim=64, text_dim=24,
+                                         num_layers=4, cross_attn_norm=False), 105, 12, [2, 4, 6], 7, 333.0, 2, 1.1)
 
 # ---------------------------------------------------------------- VAE
 if want("vae"):
