@@ -325,7 +325,7 @@ public enum WanPromptCleaner {
     static let codePages: [CodePage] = WanTextTables.codePages.map { CodePage(name: $0.name, sloppy: $0.sloppy, high: $0.high) }
 
     /// Windows-1252 bytes 0x80…0x9F; the undefined ones pass through (ftfy's "sloppy" codec).
-    static let cp1252: [UInt32] = Array(codePages[1].high[0..<32])
+    static let cp1252: [UInt32] = Array(codePages.first { $0.name == "sloppy-windows-1252" }!.high[0..<32])
 
     static let badnessRE = try! NSRegularExpression(pattern: pythonSemantics(WanTextTables.ftfyBadness))
 
@@ -505,7 +505,6 @@ public enum WanPromptCleaner {
                 return Array(s.unicodeScalars)
             }
         }
-        let latin1 = text.allSatisfy { $0.value <= 0xFF }
         // decode_inconsistent_utf8: each detected run fixed on its own.
         let ns = str as NSString
         let matches = utf8DetectorRE.matches(in: str, range: NSRange(location: 0, length: ns.length))
@@ -526,13 +525,9 @@ public enum WanPromptCleaner {
             let fixed = Array(out.unicodeScalars)
             if fixed != text { return fixed }
         }
-        // Latin-1 text with C1 controls: meant as Windows-1252 (strict: undefined bytes stop it).
-        if latin1 && text.contains(where: { (0x80...0x9F).contains($0.value) }) {
-            let undefined: Set<UInt32> = [0x81, 0x8D, 0x8F, 0x90, 0x9D]
-            if !text.contains(where: { undefined.contains($0.value) }) {
-                return text.map { (0x80...0x9F).contains($0.value) ? Unicode.Scalar(cp1252[Int($0.value - 0x80)])! : $0 }
-            }
-        }
+        // ftfy then re-reads Latin-1 text holding C1 controls as strict Windows-1252, and failing that (an undefined
+        // byte) applies fix_c1_controls; where the strict decode succeeds it gives what fix_c1_controls gives, so
+        // fix_c1_controls serves both.
         return fixC1Controls(text)
     }
 
