@@ -227,8 +227,7 @@ public final class ConformanceRunner {
         guard let weights = try ditWeights(model) else { return nil }
         var config = try WanDiTConfig(inferringFrom: weights.source)
         config.apply(officialArguments: weights.arguments)
-        try config.validate(source: weights.source.label)
-        let dit = try factory(config, weights.source)
+        let dit = try factory(config, weights.source)  // the model's init validates the configuration
         factoryDiTs[model] = dit
         return dit
     }
