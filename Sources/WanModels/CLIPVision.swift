@@ -48,14 +48,13 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
     /// Throws `WeightError.badConfig` for sizes no vision tower has (a hostile or damaged config.json), before any of
     /// them is used in arithmetic: image and patch sizes, widths, the MLP ratio, the layer count.
     public func validate(source: String) throws {
-        func fail(_ what: String) -> WeightError {
-            WeightError.badConfig(source: source, detail: "the CLIP configuration has \(what) (from config.json or the weights' shapes; fix or remove the config.json beside the weights)")
-        }
+        func fail(_ what: String) -> WeightError { .impossibleConfig(source: source, part: "CLIP", what) }
         guard (1...8192).contains(imageSize) else { throw fail("image_size \(imageSize), not an integer from 1 to 8192") }
         guard (1...imageSize).contains(patchSize) else { throw fail("patch_size \(patchSize), not an integer from 1 to image_size \(imageSize)") }
         for (name, v) in [("dim", dim), ("out_dim", outDim), ("num_heads", numHeads)] where !(1...65536).contains(v) {
             throw fail("\(name) \(v), not an integer from 1 to 65536")
         }
+        guard dim % numHeads == 0 else { throw fail("dim \(dim), which is not a multiple of num_heads \(numHeads)") }
         guard (1...1024).contains(numLayers) else { throw fail("num_layers \(numLayers), not an integer from 1 to 1024") }
         guard mlpRatio.isFinite, mlpRatio > 0, mlpRatio <= 64, Double(dim) * mlpRatio >= 1 else {
             throw fail("mlp_ratio \(mlpRatio), not a ratio above 0 and up to 64 (ViT-H/14: 4)")
@@ -112,9 +111,6 @@ public final class VisionTransformer<B: ComputeBackend>: CLIPImageEncoder, @unch
     /// Binds a vision tower under the official names (`openCLIPWeights(path:).source`) onto `backend`.
     public init(config: CLIPVisionConfig, weights: WeightSource, backend: B) throws {
         try config.validate(source: weights.label)
-        guard config.numHeads > 0, config.dim % config.numHeads == 0, config.numLayers >= 1, config.patchSize > 0 else {
-            throw WeightError.badConfig(source: weights.label, detail: "dim \(config.dim) is not a multiple of num_heads \(config.numHeads) (or no layers)")
-        }
         guard config.activation == "gelu" || config.activation == "quick_gelu" else {
             throw WeightError.badConfig(source: weights.label, detail: "activation '\(config.activation)' is not supported (gelu, quick_gelu)")
         }

@@ -88,9 +88,7 @@ public struct UMT5Config: Sendable, Equatable, CustomStringConvertible {
     /// large, heads that do not divide dim_attn, a max_dist within the exact buckets (its log-spaced buckets would
     /// divide by log(1) or less).
     public func validate(source: String) throws {
-        func fail(_ what: String) -> WeightError {
-            WeightError.badConfig(source: source, detail: "the text encoder configuration has \(what) (from config.json or the weights' shapes; fix or remove the config.json beside the weights)")
-        }
+        func fail(_ what: String) -> WeightError { .impossibleConfig(source: source, part: "text encoder", what) }
         let maxWidth = 1 << 20, maxVocab = 1 << 24
         guard (1...maxVocab).contains(vocab) else { throw fail("vocab \(vocab), not an integer from 1 to \(maxVocab)") }
         for (name, v) in [("dim", dim), ("dim_attn", dimAttn), ("dim_ffn", dimFfn), ("num_heads", numHeads)] where !(1...maxWidth).contains(v) {

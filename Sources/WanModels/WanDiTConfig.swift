@@ -114,9 +114,7 @@ public struct WanDiTConfig: Codable, Sendable, Equatable, CustomStringConvertibl
     /// config.json) cannot describe a model: a width, head or layer count that is not positive or absurdly large,
     /// a patch that is not three positive extents, heads that do not divide dim into even halves.
     public func validate(source: String) throws {
-        func fail(_ what: String) -> WeightError {
-            WeightError.badConfig(source: source, detail: "the model configuration has \(what) (from config.json or the weights' shapes; fix or remove the config.json beside the weights)")
-        }
+        func fail(_ what: String) -> WeightError { .impossibleConfig(source: source, part: "model", what) }
         for (name, v) in [("dim", dim), ("in_dim", inDim), ("out_dim", outDim), ("ffn_dim", ffnDim), ("freq_dim", freqDim),
                           ("text_dim", textDim), ("text_len", textLen), ("num_heads", numHeads)] where !(1...Self.maxWidth).contains(v) {
             throw fail("\(name) \(v), not an integer from 1 to \(Self.maxWidth)")

@@ -24,9 +24,7 @@ public struct WanVAEConfig: Sendable, Equatable {
     /// config.json) cannot describe a Wan-VAE: widths and counts that are not positive or absurdly large, a
     /// temperal_downsample with fewer entries than downsampling stages, fewer latent statistics than z_dim.
     public func validate(source: String) throws {
-        func fail(_ what: String) -> WeightError {
-            WeightError.badConfig(source: source, detail: "the VAE configuration has \(what) (from config.json or the weights' shapes; fix or remove the config.json beside the weights)")
-        }
+        func fail(_ what: String) -> WeightError { .impossibleConfig(source: source, part: "VAE", what) }
         let maxWidth = 1 << 16
         guard (1...maxWidth).contains(dim) else { throw fail("dim \(dim), not an integer from 1 to \(maxWidth)") }
         guard (1...maxWidth).contains(zDim) else { throw fail("z_dim \(zDim), not an integer from 1 to \(maxWidth)") }

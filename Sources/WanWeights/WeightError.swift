@@ -18,6 +18,12 @@ public enum WeightError: Error, CustomStringConvertible, Equatable {
     case unsupportedDType(source: String, key: String, dtype: String)
     case badConfig(source: String, detail: String)
 
+    /// A `badConfig` for a configuration value no model of that kind has (`part`: "model", "VAE", …), saying where
+    /// configurations come from and what to do about it.
+    public static func impossibleConfig(source: String, part: String, _ what: String) -> WeightError {
+        .badConfig(source: source, detail: "the \(part) configuration has \(what) (from config.json or the weights' shapes; fix or remove the config.json beside the weights)")
+    }
+
     public var description: String {
         switch self {
         case .fileNotFound(let p):

@@ -417,8 +417,8 @@ struct Generate: ParsableCommand {
         }
     }
 
-    /// The tokenizer and umT5, the encoder on the GPU when it fits there (said in a line when it does not).
-    /// umT5 and its tokenizer; says when one of `prompts` (what, text) is longer than umT5 reads.
+    /// The tokenizer and umT5, the encoder on the GPU when it fits there (said in a line when it does not); says when
+    /// one of `prompts` (what, text) is longer than umT5 reads.
     func loadText(_ files: ModelFiles, folder: String, placement: DiTPlacement, prompts: [(String, String)]) throws -> TextConditioner {
         let (text, note) = try ModelLoader.text(files, folder: folder, on: placement)
         if let note { log("note: \(note)") }

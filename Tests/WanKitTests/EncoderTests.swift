@@ -143,7 +143,8 @@ final class EncoderTests: XCTestCase {
         let cases: [(String, (inout CLIPVisionConfig) -> Void)] = [
             ("mlp_ratio", { $0.mlpRatio = 1e300 }), ("mlp_ratio", { $0.mlpRatio = .nan }), ("image_size", { $0.imageSize = 1 << 40 }),
             ("patch_size", { $0.patchSize = 0 }), ("patch_size", { $0.patchSize = 29 }), ("dim", { $0.dim = Int.max }),
-            ("num_layers", { $0.numLayers = 1 << 20 }), ("out_dim", { $0.outDim = 0 }),
+            ("num_layers", { $0.numLayers = 1 << 20 }), ("out_dim", { $0.outDim = 0 }), ("num_heads", { $0.numHeads = 3 }),
+            ("num_heads", { $0.numHeads = 0 }),
         ]
         for (key, edit) in cases {
             var c = base
