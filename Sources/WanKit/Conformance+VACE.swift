@@ -4,11 +4,11 @@ import WanWeights
 import WanModels
 
 extension ConformanceRunner {
-    /// The VACE DiT of a model JSON (class `VaceWanModel`) on the runner's backend (`vaceFactory`'s, else the CPU
+    /// The VACE DiT of a model JSON (class `VaceWanModel` or diffusers' `WanVACETransformer3DModel`) on the runner's backend (`vaceFactory`'s, else the CPU
     /// `WanVACEDiT`), nil for a layout the loader does not read.
     func vaceDiT(_ model: String) throws -> VACEDenoiser? {
         if let m = vaceDiTs[model] { return m }
-        guard let weights = try ditWeights(model, classes: ["VaceWanModel"]) else { return nil }
+        guard let weights = try ditWeights(model, classes: Self.vaceClasses) else { return nil }
         let dit: VACEDenoiser
         if let factory = vaceFactory {
             dit = try factory(WanVACEConfig(inferringFrom: weights.source, arguments: weights.arguments), weights.source)
@@ -24,7 +24,7 @@ extension ConformanceRunner {
     func runVACE(_ c: GoldenCase, model: String) throws -> CaseResult {
         guard let dit = try vaceDiT(model) else {
             let json = try modelJSON(model)
-            return .skip(c.name, "VaceWanModel with layout '\(json["layout"] ?? "?")' is not implemented yet")
+            return .skip(c.name, "\(json["class"] ?? "?") with layout '\(json["layout"] ?? "?")' is not implemented yet")
         }
         let batched = c.hasInput("x0")
         let count = batched ? (0..<64).prefix { c.hasInput("x\($0)") }.count : 1

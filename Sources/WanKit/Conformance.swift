@@ -143,7 +143,8 @@ public final class ConformanceRunner {
             if ditFactory != nil || vaeFactory != nil || t5Factory != nil || clipFactory != nil {
                 let modelClass = c.component == "weights" ? try c.model.map(modelJSON)?["class"] as? String : nil
                 // Pipelines run their DiT on the backend, the other parts on the CPU.
-                let isDiT = c.component == "dit" || c.component == "pipeline" || ["WanModel", "WanTransformer3DModel"].contains(modelClass ?? "")
+                let isDiT = c.component == "dit" || c.component == "pipeline"
+                    || (Self.ditClasses.union(Self.vaceClasses)).contains(modelClass ?? "")
                 let isVAE = c.component == "vae" || ["WanVAE_", "AutoencoderKLWan"].contains(modelClass ?? "")
                 let isT5 = c.component == "t5" || ["T5Encoder", "UMT5EncoderModel"].contains(modelClass ?? "")
                 let isCLIP = c.component == "clip" || ["VisionTransformer", "CLIPVisionModel"].contains(modelClass ?? "")
@@ -195,13 +196,17 @@ public final class ConformanceRunner {
         return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
     }
 
+    /// Model classes of the DiT cases: the official one and diffusers' (the VACE DiT apart: `vaceClasses`).
+    static let ditClasses: Set<String> = ["WanModel", DiffusersWan.className]
+    static let vaceClasses: Set<String> = ["VaceWanModel", DiffusersWan.vaceClassName]
+
     /// Layouts the DiT loader understands today (every layout `openDiTWeights` detects).
     static let supportedDiTLayouts: Set<String> = DiTWeights.layouts
 
     /// The DiT weights of `model` and its official arguments, or nil for a class not in `classes` or a layout the DiT
     /// loader does not take. The model JSON's config (official arguments) overrides what the files state, which
     /// overrides inference.
-    func ditWeights(_ model: String, classes: Set<String> = ["WanModel", "WanTransformer3DModel"]) throws
+    func ditWeights(_ model: String, classes: Set<String> = ditClasses) throws
         -> (source: WeightSource, arguments: [String: Any])? {
         let json = try modelJSON(model)
         let layout = json["layout"] as? String ?? "official"
@@ -242,7 +247,7 @@ public final class ConformanceRunner {
 
     func runDiT(_ c: GoldenCase) throws -> CaseResult {
         guard let model = c.model else { return .skip(c.name, "case names no model") }
-        if try modelJSON(model)["class"] as? String == "VaceWanModel" {
+        if Self.vaceClasses.contains(try modelJSON(model)["class"] as? String ?? "") {
             if ditFactory != nil && vaceFactory == nil { return .skip(c.name, "the VACE DiT is not on the \(backendName) backend yet") }
             return try runVACE(c, model: model)
         }

@@ -97,7 +97,7 @@ enum DiTLayouts {
     }
 
     static func isDiffusers(_ c: [String: Any]) -> Bool {
-        (c["_class_name"] as? String) == DiffusersWan.className || c["num_attention_heads"] != nil
+        (c["_class_name"] as? String).map(DiffusersWan.classNames.contains) ?? false || c["num_attention_heads"] != nil
     }
 
     static func openFile(_ path: String) throws -> DiTWeights {

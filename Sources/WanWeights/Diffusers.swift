@@ -1,10 +1,14 @@
 import Foundation
 import WanTensor
 
-/// diffusers' `WanTransformer3DModel` (transformer_wan.py) seen under the official `WanModel` names, and its
-/// config.json turned into the official constructor arguments.
+/// diffusers' `WanTransformer3DModel` (transformer_wan.py) and `WanVACETransformer3DModel` (transformer_wan_vace.py)
+/// seen under the official `WanModel` / `VaceWanModel` names, and their config.json turned into the official
+/// constructor arguments.
 public enum DiffusersWan {
     public static let className = "WanTransformer3DModel"
+    public static let vaceClassName = "WanVACETransformer3DModel"
+    /// The diffusers model classes whose folders this reads.
+    public static let classNames: Set<String> = [className, vaceClassName]
 
     /// Whether the names are diffusers Wan names.
     public static func detect(_ names: [String]) -> Bool {
@@ -33,6 +37,8 @@ public enum DiffusersWan {
         ("norm2.", "norm3."),
         ("ffn.net.0.proj.", "ffn.0."), ("ffn.net.2.", "ffn.2."),
     ]
+    /// A VACE block's extra projections (official before_proj on the first, after_proj on all).
+    private static let inVACEBlock: [(String, String)] = [("proj_in.", "before_proj."), ("proj_out.", "after_proj.")]
 
     /// The official name of a diffusers name; names without a rule are returned unchanged (the strict binder then
     /// reports them).
@@ -40,13 +46,13 @@ public enum DiffusersWan {
         if name == "scale_shift_table" { return "head.modulation" }
         if name == "condition_embedder.image_embedder.pos_embed" { return "img_emb.emb_pos" }
         for (d, o) in topLevel where name.hasPrefix(d) { return o + name.dropFirst(d.count) }
-        if name.hasPrefix("blocks.") {
-            let afterBlocks = name.dropFirst("blocks.".count)
-            guard let dot = afterBlocks.firstIndex(of: ".") else { return name }
-            let head = "blocks." + afterBlocks[..<dot] + "."
-            let rest = String(afterBlocks[afterBlocks.index(after: dot)...])
+        for (list, rules) in [("blocks.", inBlock), ("vace_blocks.", inBlock + inVACEBlock)] where name.hasPrefix(list) {
+            let afterList = name.dropFirst(list.count)
+            guard let dot = afterList.firstIndex(of: ".") else { return name }
+            let head = list + afterList[..<dot] + "."
+            let rest = String(afterList[afterList.index(after: dot)...])
             if rest == "scale_shift_table" { return head + "modulation" }
-            for (d, o) in inBlock where rest.hasPrefix(d) { return head + o + rest.dropFirst(d.count) }
+            for (d, o) in rules where rest.hasPrefix(d) { return head + o + rest.dropFirst(d.count) }
         }
         return name
     }
@@ -81,6 +87,8 @@ public enum DiffusersWan {
             }
         }
         if let v = c["eps"] as? NSNumber { a["eps"] = v }
+        if let v = c["vace_layers"] as? [Any] { a["vace_layers"] = v }
+        if let v = int("vace_in_channels") { a["vace_in_dim"] = v }
         a["text_len"] = 512
         return a
     }
@@ -88,7 +96,7 @@ public enum DiffusersWan {
     /// Opens a diffusers transformer folder (config.json + diffusion_pytorch_model.safetensors or its shards).
     public static func open(folder: String) throws -> (source: WeightSource, arguments: [String: Any]) {
         let configPath = (folder as NSString).appendingPathComponent("config.json")
-        let config = try readJSONObject(configPath, what: "the diffusers config.json of a WanTransformer3DModel")
+        let config = try readJSONObject(configPath, what: "the diffusers config.json of a WanTransformer3DModel or WanVACETransformer3DModel")
         let base: SafetensorsSource
         if let index = ShardedSafetensors.indexFile(in: folder) {
             base = try ShardedSafetensors.open(indexPath: index)

@@ -71,7 +71,7 @@ public enum LayoutError: Error, CustomStringConvertible, Equatable {
         case .notFound(let p, let e):
             return "\(p) does not exist; expected \(e)"
         case .unknownLayout(let p, let d):
-            return "\(p): unknown weight layout: \(d). Expected a .safetensors file (official names, ComfyUI prefix or fp8_scaled), a .gguf file, a folder with diffusion_pytorch_model.safetensors(.index.json) + config.json, or a diffusers folder (transformer/ with a WanTransformer3DModel config.json)"
+            return "\(p): unknown weight layout: \(d). Expected a .safetensors file (official names, ComfyUI prefix or fp8_scaled), a .gguf file, a folder with diffusion_pytorch_model.safetensors(.index.json) + config.json, or a diffusers folder (transformer/ with a WanTransformer3DModel or WanVACETransformer3DModel config.json)"
         case .badJSON(let p, let d):
             return "\(p) is not valid: \(d)"
         case .missingShard(let i, let s):

@@ -61,12 +61,16 @@ struct Info: ParsableCommand {
         print("config:     \(config)")
         print("            patch \(config.patchSize), freq_dim \(config.freqDim), text_len \(config.textLen), qk_norm \(config.qkNorm), cross_attn_norm \(config.crossAttnNorm), eps \(config.eps)")
         print("            heads \(w.arguments?["num_heads"] != nil ? "from config.json" : "assumed of 128 (not visible in the weights)")")
-        let task: String
+        var task: String
         switch config.modelType {
         case "t2v": task = "t2v (text to video)"
         case "i2v": task = "i2v (image to video: CLIP image embedding, 36 input channels)"
         case "flf2v": task = "flf2v (first-last frame to video)"
         default: task = config.modelType
+        }
+        if source.info("vace_patch_embedding.weight") != nil {
+            let vace = try WanVACEConfig(inferringFrom: source, arguments: w.arguments)
+            task = "vace (video creation and editing: vace blocks after layers \(vace.vaceLayers), vace_in_dim \(vace.vaceInDim))"
         }
         print("task:       \(task)")
     }
