@@ -85,7 +85,12 @@ extension ConformanceRunner {
         return compareOutputs(c, floats: got, ints: ints)
     }
 
-    /// Solver trajectories with the model replaced by fixed functions of (x, t) (README "Schedulers").
+    /// The stand-in model of the README (the config's `model_cond` / `model_uncond` when a case does not state its own).
+    static let defaultModelCond = "0.3*x + 0.1*sin(t/100)*c1"
+    static let defaultModelUncond = "-0.2*x + 0.05*cos(t/70)*c2"
+
+    /// Solver trajectories with the model replaced by functions of (x, t) and the case's tensors, read from the
+    /// config (README "Schedulers"; `ConformanceExpression`).
     private func runTrajectory(_ c: GoldenCase, kind: FlowSolverKind) throws -> CaseResult {
         guard let steps = (c.config["steps"] as? NSNumber)?.intValue,
               let shift = (c.config["shift"] as? NSNumber)?.doubleValue,
@@ -93,24 +98,35 @@ extension ConformanceRunner {
             return .fail(c.name, "config lacks steps / shift / guide_scale")
         }
         let train = (c.config["num_train_timesteps"] as? NSNumber)?.intValue ?? 1000
-        let x0 = try c.input("x0"), c1 = try c.input("c1"), c2 = try c.input("c2")
+        let x0 = try c.input("x0")
         let n = x0.count
-        guard c1.count == n, c2.count == n else { return .fail(c.name, "x0, c1, c2 differ in size") }
+        // Every other input tensor (c1, c2, …) by its name; x is the latent, t the timestep.
+        var bound: [String: [Float]] = [:]
+        for name in c.inputs.keys where name != "x0" && (c.inputs[name] as? [String: Any])?["tensor"] != nil {
+            let t = try c.input(name)
+            guard t.count == n else { return .fail(c.name, "input \(name) has \(t.count) values, x0 \(n)") }
+            bound[name] = t.array
+        }
+        let cond = try ConformanceExpression(c.config["model_cond"] as? String ?? Self.defaultModelCond)
+        let uncond = try ConformanceExpression(c.config["model_uncond"] as? String ?? Self.defaultModelUncond)
+        for e in [cond, uncond] {
+            let unknown = e.names.subtracting(["x", "t"]).subtracting(bound.keys)
+            guard unknown.isEmpty else { return .fail(c.name, "the model expression '\(e)' reads \(unknown.sorted()), which the case does not give") }
+        }
 
         let solver = makeFlowSolver(kind, steps: steps, shift: shift, numTrainTimesteps: train)
         let schedule = solver.schedule
         let latents = Tensor(uninitialized: [schedule.count] + x0.shape)
         var x = x0.array
-        var cond = [Float](repeating: 0, count: n), uncond = cond, pred = cond
+        var pred = [Float](repeating: 0, count: n)
         let g = Float(guide)
         for (i, t) in schedule.timesteps.enumerated() {
-            // cond = 0.3*x + (0.1*sin(t/100))*c1; uncond = -0.2*x + (0.05*cos(t/70))*c2 (float32 tensor ops).
-            let a1 = Float(0.1 * sin(t / 100)), a2 = Float(0.05 * cos(t / 70))
-            for k in 0..<n {
-                cond[k] = Float(0.3) * x[k] + a1 * c1.data[k]
-                uncond[k] = Float(-0.2) * x[k] + a2 * c2.data[k]
-                pred[k] = uncond[k] + g * (cond[k] - uncond[k])
-            }
+            // t as the loop passes it (int64 or float32 timesteps), used as a double.
+            var tensors = bound
+            tensors["x"] = x
+            let yc = try cond.evaluate(tensors: tensors, scalars: ["t": t], count: n)
+            let yu = try uncond.evaluate(tensors: tensors, scalars: ["t": t], count: n)
+            for k in 0..<n { pred[k] = yu[k] + g * (yc[k] - yu[k]) }
             x = solver.step(modelOutput: pred, timestep: t, sample: x)
             (latents.data + i * n).update(from: x, count: n)
         }

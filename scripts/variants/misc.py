@@ -31,7 +31,16 @@ def sched(solver, steps, shift):
     return s, ts
 
 
-def trajectory(name, solver, steps, shift, guide, xs, cs, shape):
+DEFAULT_COND, DEFAULT_UNCOND = "0.3*x + 0.1*sin(t/100)*c1", "-0.2*x + 0.05*cos(t/70)*c2"
+
+
+def stand_in(expr, x, t, c1, c2):
+    """A model expression of the config evaluated as Python does: t a float, x/c1/c2 float32 tensors."""
+    return eval(expr, {"__builtins__": {}, "sin": math.sin, "cos": math.cos, "exp": math.exp, "tanh": math.tanh},
+                {"x": x, "t": t, "c1": c1, "c2": c2})
+
+
+def trajectory(name, solver, steps, shift, guide, xs, cs, shape, cond_expr=DEFAULT_COND, uncond_expr=DEFAULT_UNCOND):
     x0 = torch.randn(shape, generator=torch.Generator().manual_seed(xs))
     g = torch.Generator().manual_seed(cs)
     c1 = torch.randn(shape, generator=g); c2 = torch.randn(shape, generator=g)
@@ -40,14 +49,18 @@ def trajectory(name, solver, steps, shift, guide, xs, cs, shape):
     lat = x0; outs = []
     for t in ts:
         tv = float(t)
-        cond = 0.3 * lat + (0.1 * math.sin(tv / 100)) * c1
-        unc = -0.2 * lat + (0.05 * math.cos(tv / 70)) * c2
+        if (cond_expr, uncond_expr) == (DEFAULT_COND, DEFAULT_UNCOND):
+            cond = 0.3 * lat + (0.1 * math.sin(tv / 100)) * c1
+            unc = -0.2 * lat + (0.05 * math.cos(tv / 70)) * c2
+        else:
+            cond = stand_in(cond_expr, lat, tv, c1, c2)
+            unc = stand_in(uncond_expr, lat, tv, c1, c2)
         npred = unc + guide * (cond - unc)
         lat = s.step(npred.unsqueeze(0), t, lat.unsqueeze(0), return_dict=False)[0].squeeze(0)
         outs.append(lat)
     cfg = {"solver": solver, "steps": steps, "shift": shift, "guide_scale": guide, "num_train_timesteps": 1000,
-           "x0_seed": xs, "c_seed": cs, "model_cond": "0.3*x + 0.1*sin(t/100)*c1",
-           "model_uncond": "-0.2*x + 0.05*cos(t/70)*c2", "timestep_dtype": "float32" if solver == "euler" else "int64"}
+           "x0_seed": xs, "c_seed": cs, "model_cond": cond_expr,
+           "model_uncond": uncond_expr, "timestep_dtype": "float32" if solver == "euler" else "int64"}
     write_case(name, "scheduler", None, {"x0": x0, "c1": c1, "c2": c2},
                {"timesteps": ts if solver != "euler" else ts.to(torch.float32), "sigmas": sig,
                 "latents": torch.stack(outs)}, config=cfg, rel=1e-5)
@@ -65,6 +78,11 @@ def main():
     trajectory("v_scheduler_dpmpp_6_2", "dpm++", 6, 2.0, 7.5, 9, 10, [16, 3, 2, 2])
     trajectory("v_scheduler_dpmpp_17_7", "dpm++", 17, 7.0, 3.0, 1, 2, [16, 1, 2, 2])
     trajectory("v_scheduler_euler_6_3", "euler", 6, 3.0, 6.0, 3, 4, [16, 1, 4, 2])
+    # Another stand-in model: the runner reads the expressions from the config.
+    trajectory("v_scheduler_unipc_expr", "unipc", 9, 4.0, 5.5, 21, 22, [16, 2, 2, 2],
+               "0.25*x - 0.07*cos(t/90)*c1 + 0.01*c2", "-(0.1*x) + (0.02*sin(t/50) - 0.01)*c2 - 0.03*c1/2")
+    trajectory("v_scheduler_euler_expr", "euler", 5, 2.0, 3.0, 23, 24, [16, 1, 2, 4],
+               "0.4*x*c1 + exp(-t/500)*c2", "tanh(t/1000)*x - 0.5*c1*c2")
 
     # sigma tables
     pairs = [[25, 5.0], [10, 1.0], [3, 12.0], [60, 2.5]]
