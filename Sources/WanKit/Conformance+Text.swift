@@ -11,15 +11,18 @@ extension ConformanceRunner {
         let tokPath = (root as NSString).appendingPathComponent(c.config["tokenizer"] as? String ?? "tokenizer")
         let tok = try UMT5Tokenizer(file: tokPath)
         let seqLen = (c.config["seq_len"] as? NSNumber)?.intValue ?? 512
-        let clean = (c.config["clean"] as? String) ?? "whitespace"
+        // clean: null (or "none") is no cleaning, as the official HuggingfaceTokenizer's clean=None.
+        let cleanName = (c.config["clean"] is NSNull) ? "none" : (c.config["clean"] as? String) ?? "whitespace"
         let addSpecial = (c.config["add_special_tokens"] as? Bool) ?? true
-        guard clean == "whitespace" || clean == "none" else { return .skip(c.name, "clean mode '\(clean)' is not implemented") }
+        guard let clean = WanPromptCleaner.Mode(rawValue: cleanName) else {
+            return .fail(c.name, "clean mode '\(cleanName)' is not one of the official tokenizer's (none, whitespace, lower, canonicalize)")
+        }
 
         var cleaned: [String] = [], ids: [Int] = [], lengths: [Int] = [], maskLengths: [Int] = []
         var rawIds: [Int] = [], rawLengths: [Int] = []
         var paddingProblem: String? = nil
         for (i, s) in strings.enumerated() {
-            let cl = clean == "whitespace" ? WanPromptCleaner.clean(s) : s
+            let cl = WanPromptCleaner.clean(s, mode: clean)
             cleaned.append(cl)
             let (padded, mask) = tok.encodePadded(cl, length: seqLen)
             let len = mask.reduce(0, +)

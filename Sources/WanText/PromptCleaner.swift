@@ -26,11 +26,72 @@ import Foundation
 ///   matching, numeric references with Python's replacement of invalid code points), `strip`, `\s+` → ` `, `strip`,
 ///   with Python's `str.isspace` set (incl. U+00A0, U+3000, U+2028/2029, U+0085, U+001C–U+001F; not U+200B).
 public enum WanPromptCleaner {
+    /// The cleaning modes of the official `HuggingfaceTokenizer` (`clean=`); Wan's umT5 uses `whitespace`.
+    public enum Mode: String, CaseIterable, Sendable {
+        /// No cleaning (`clean=None`).
+        case none
+        /// `whitespace_clean(basic_clean(text))`.
+        case whitespace
+        /// The same, then Python's `str.lower()`.
+        case lower
+        /// `canonicalize(basic_clean(text))`: `_` → space, ASCII punctuation removed, lower case, whitespace collapsed.
+        case canonicalize
+    }
+
     /// The cleaned prompt, as Wan feeds it to the tokenizer.
     public static func clean(_ text: String) -> String {
-        var s = fixText(text)
-        s = htmlUnescape(htmlUnescape(s))
-        return collapseWhitespace(s)
+        collapseWhitespace(basicClean(text))
+    }
+
+    /// The prompt cleaned in `mode`.
+    public static func clean(_ text: String, mode: Mode) -> String {
+        switch mode {
+        case .none: return text
+        case .whitespace: return clean(text)
+        case .lower: return pythonLower(clean(text))
+        case .canonicalize:
+            // basic_clean's strip is subsumed by the final collapse (removing punctuation makes no whitespace).
+            var kept = String.UnicodeScalarView()
+            for c in basicClean(text).unicodeScalars {
+                if c == "_" { kept.append(" ") } else if !isASCIIPunctuation(c) { kept.append(c) }
+            }
+            return collapseWhitespace(pythonLower(String(kept)))
+        }
+    }
+
+    /// `ftfy.fix_text`, then `html.unescape` twice (`basic_clean` without its `strip`, which every mode's whitespace
+    /// collapse repeats).
+    static func basicClean(_ text: String) -> String {
+        htmlUnescape(htmlUnescape(fixText(text)))
+    }
+
+    /// Python's `string.punctuation`: !"#$%&'()*+,-./:;<=>?@[\]^_`{|}~
+    static func isASCIIPunctuation(_ c: Unicode.Scalar) -> Bool {
+        switch c.value {
+        case 0x21...0x2F, 0x3A...0x40, 0x5B...0x60, 0x7B...0x7E: return true
+        default: return false
+        }
+    }
+
+    /// Python's `str.lower()`: every scalar's full lowercase mapping, and capital sigma as final sigma (ς) where it
+    /// ends a word: a cased letter before it and none after it, case-ignorable characters skipped (CPython's
+    /// `handle_capital_sigma`; Swift's `lowercased()` always gives σ).
+    public static func pythonLower(_ text: String) -> String {
+        let scalars = Array(text.unicodeScalars)
+        var out = String.UnicodeScalarView()
+        for (i, c) in scalars.enumerated() {
+            guard c.value == 0x3A3 else { out.append(contentsOf: c.properties.lowercaseMapping.unicodeScalars); continue }
+            var j = i - 1
+            while j >= 0, scalars[j].properties.isCaseIgnorable { j -= 1 }
+            var final = j >= 0 && scalars[j].properties.isCased
+            if final {
+                var k = i + 1
+                while k < scalars.count, scalars[k].properties.isCaseIgnorable { k += 1 }
+                final = k == scalars.count || !scalars[k].properties.isCased
+            }
+            out.append(final ? "\u{3C2}" : "\u{3C3}")
+        }
+        return String(out)
     }
 
     /// `str.strip()` then `re.sub(r'\s+', ' ', …)` then `strip()`.

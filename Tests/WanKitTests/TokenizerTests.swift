@@ -12,6 +12,18 @@ final class TokenizerTests: XCTestCase {
         try assertGoldenCase(name, runner: Self.runner, file: file, line: line)
     }
 
+    /// The official tokenizer's other cleaning modes: Python's lower() (final sigma where a word ends, which Swift's
+    /// lowercased() does not do) and canonicalize (underscores to spaces, ASCII punctuation dropped).
+    func testCleaningModes() {
+        XCTAssertEqual(WanPromptCleaner.pythonLower("ΟΔΟΣ ΣΑΣ. Σ ΑΣ'Β ΑΣ'"), "οδος σας. σ ασ'β ας'")
+        XCTAssertEqual("ΟΔΟΣ".lowercased(), "οδοσ")  // why pythonLower exists
+        XCTAssertEqual(WanPromptCleaner.pythonLower("İ"), "i\u{307}")
+        XCTAssertEqual(WanPromptCleaner.clean("  Hello,\tWORLD_wide! &amp; ΟΔΟΣ ", mode: .canonicalize), "hello world wide οδος")
+        XCTAssertEqual(WanPromptCleaner.clean("  Hello,\tWORLD &amp; ", mode: .lower), "hello, world &")
+        XCTAssertEqual(WanPromptCleaner.clean("  Hello,\tWORLD &amp; ", mode: .whitespace), "Hello, WORLD &")
+        XCTAssertEqual(WanPromptCleaner.clean("  a\t&amp; ", mode: .none), "  a\t&amp; ")
+    }
+
     func testTokenizerBasic() throws { try check("tokenizer_basic") }
     func testTokenizerUnicode() throws { try check("tokenizer_unicode") }
     func testTokenizerLong() throws { try check("tokenizer_long") }

@@ -1,11 +1,13 @@
 """Random tokenizer strings against the official cleaning and tokenizer (ftfy 6.3 + transformers), one tokenizer case
 per string, in the golden format: a search, like sweep.py, not a fixed set.
 
-  WAN21_SRC=CHECKOUT python strings.py OUT GOLDEN mix|mojibake SEED COUNT      (then: wan conformance OUT)
+  WAN21_SRC=CHECKOUT python strings.py OUT GOLDEN mix|mojibake|case SEED COUNT      (then: wan conformance OUT)
+  STRINGS_CLEAN=lower|canonicalize ...: the official tokenizer's other cleaning modes (default: whitespace, Wan's)
 
 mix: HTML references (named, all-caps, numeric, invalid), terminal escapes, line breaks, controls, combining marks and
 Hangul jamo, width forms, ligatures, quotes, special tokens, words. mojibake: UTF-8 text decoded in the code pages ftfy
-repairs (once or twice), with a lost 0xA0, lost bytes (?) or U+1A."""
+repairs (once or twice), with a lost 0xA0, lost bytes (?) or U+1A. case: letters of the scripts with case (Greek
+capital sigma at word ends, special-casing letters), case-ignorable marks and apostrophes, punctuation, underscores."""
 import sys, os, json, random, html.entities
 OUT, GOLD, KIND, SEED, COUNT = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 sys.argv = [sys.argv[0], OUT, GOLD, "none"]
@@ -62,7 +64,19 @@ def mojibake_string():
     return s
 
 
-make = {"mix": mix_string, "mojibake": mojibake_string}[KIND]
+CASED = ("ΑΒΓΔΕΣΣΣσςΩάΆΐΰ" "ABCDEFabcdefİıIiẞßŉǰǅǄǆ" "АБВЖЯабвжя" "ԱԲաբ" "ႠႡⴀ" "𐐀𐐁𐐨" "ǈǋǲ" "ΣΣ")
+IGNORABLE = "'’·\u0301\u0345\u0307\u00ad\u02b0\u200d.:"
+OTHER = " _-!?,;\"()[]{}#@%&*/\\|~^`+=<>$123\t\n\u3000猫"
+
+
+def case_string():
+    n = R.randint(1, 30)
+    return "".join(R.choice(CASED) if r < 0.6 else R.choice(IGNORABLE) if r < 0.8 else R.choice(OTHER)
+                   for r in (R.random() for _ in range(n)))
+
+
+make = {"mix": mix_string, "mojibake": mojibake_string, "case": case_string}[KIND]
+CLEAN = os.environ.get("STRINGS_CLEAN", "whitespace")
 tok.OUT = OUT
 for i in range(COUNT):
-    tok.case(f"{KIND}{SEED}_{i:04d}", [make()])
+    tok.case(f"{KIND}{SEED}_{CLEAN}_{i:04d}", [make()], CLEAN)

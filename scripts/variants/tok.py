@@ -5,6 +5,10 @@ from safetensors.torch import save_file
 OUT = sys.argv[1]
 GOLD = sys.argv[2]
 T = ref.tokenizers.HuggingfaceTokenizer(name=GOLD + "/tokenizer", seq_len=512, clean="whitespace")
+# The official tokenizer's other cleaning modes (Wan uses whitespace).
+TOKENIZERS = {mode: ref.tokenizers.HuggingfaceTokenizer(name=GOLD + "/tokenizer", seq_len=512, clean=mode)
+              for mode in ("lower", "canonicalize")}
+TOKENIZERS["whitespace"] = T
 
 S1 = ["ｶﾀｶﾅ と ひらがな と 漢字", "한국어 문장입니다. 고양이가 잔디 위를 걷는다.", "Tiếng Việt có dấu: người, đường, chữ",
       "x² + y³ = z⁴, Ⅻ o'clock, ① ② ③, ™ ©", "ﬀ ﬁ ﬂ ﬃ ligatures… and “smart” ‘quotes’ — dashes –",
@@ -20,7 +24,8 @@ words = ["cat", "猫", "river", "走", "light", "😀", "blue", "雨", "mountain
 S2 = [" ".join(random.choice(words) for _ in range(n)) for n in (400, 700)] + ["一" * 530, "word " * 510]
 
 
-def case(name, strings):
+def case(name, strings, clean="whitespace"):
+    T = TOKENIZERS[clean]
     ids, mask = T(strings, return_mask=True, add_special_tokens=True)
     lens = mask.sum(1).to(torch.int64)
     cat = torch.cat([ids[i, :int(lens[i])] for i in range(len(strings))]).to(torch.int64)
@@ -32,7 +37,7 @@ def case(name, strings):
     save_file(ten, f"{OUT}/cases/{name}.safetensors")
     sh = lambda k: {"tensor": "out." + k, "shape": list(ten["out." + k].shape), "dtype": "int64"}
     c = {"name": name, "component": "tokenizer", "model": None,
-         "config": {"tokenizer": "tokenizer/", "seq_len": 512, "clean": "whitespace", "add_special_tokens": True,
+         "config": {"tokenizer": "tokenizer/", "seq_len": 512, "clean": clean, "add_special_tokens": True,
                     "pad_id": 0, "eos_id": 1, "unk_id": 2},
          "inputs": {"strings": strings},
          "outputs": {"ids": sh("ids"), "lengths": sh("lengths"), "mask_lengths": sh("mask_lengths"), "cleaned": cleaned,
@@ -68,9 +73,17 @@ S4 = ["\uac00\u11a8 \ud788\u11c2 \u1100\u1161\u11a8", "\ufeff", "a\n\ufeff", "\x
       "™\uac00\u11a8&sqsubseteq;", "&noti;&#x22501æǄ\x94xxxx\n\ufeff", "각8&nbsp;\x07", "&#11;\x01ﬀ\uac00\u11a8”&#x2891a;^^^",
       "Å￼\u3000\x81ǅ▁\x9f\u3000&AMP;\x1b[H\uac00\u11a8‟", "bb&ampxyz;æ\x1b[31m″\x07„&#x206aa\x9cﬃ"]
 
+# For the lower / canonicalize modes: Greek capital sigma at word ends (Python's final sigma), dotted capital I,
+# title-case digraphs, capital sharp s, underscores and every ASCII punctuation character.
+S5 = ["ΟΔΟΣ ΣΑΣ. Σ ΑΣ' ΑΣ'Β ΆΣ́ ὈΔΥΣΣΕΎΣ", "İstanbul ǅemal ẞ ΣΣ Σa", "snake_case_words __init__ A_B",
+      "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ punctuation «guillemets» ¿qué? ¡sí! 「括弧」、。", "MiXeD CaSe Ünïcödé ÅNGSTRÖM Ω",
+      "Don't STOP—ever… (really!) 3.14 & co.", "ＦＵＬＬ－ＷＩＤＴＨ ＡＢＣ", "\u0130\u0049\u0307 \u03a3\u0345"]
+
 if __name__ == "__main__":
-    only = sys.argv[3:] or ["v_tokenizer_mix", "v_tokenizer_long", "v_tokenizer_mojibake", "v_tokenizer_edges"]
-    for name, strings in [("v_tokenizer_mix", S1), ("v_tokenizer_long", S2), ("v_tokenizer_mojibake", S3),
-                          ("v_tokenizer_edges", S4)]:
+    only = sys.argv[3:] or ["v_tokenizer_mix", "v_tokenizer_long", "v_tokenizer_mojibake", "v_tokenizer_edges",
+                            "v_tokenizer_lower", "v_tokenizer_canonicalize"]
+    for name, strings, clean in [("v_tokenizer_mix", S1, "whitespace"), ("v_tokenizer_long", S2, "whitespace"),
+                                 ("v_tokenizer_mojibake", S3, "whitespace"), ("v_tokenizer_edges", S4, "whitespace"),
+                                 ("v_tokenizer_lower", S1 + S5, "lower"), ("v_tokenizer_canonicalize", S1 + S5, "canonicalize")]:
         if name in only:
-            case(name, strings)
+            case(name, strings, clean)
