@@ -248,7 +248,7 @@ struct Generate: ParsableCommand {
             "prompt": prompt, "negative_prompt": settings.negativePrompt.isEmpty ? "(default)" : settings.negativePrompt,
             "size": "\(settings.width)x\(settings.height)", "frames": settings.frames, "steps": settings.steps, "shift": settings.shift,
             "guide_scale": Double(settings.guideScale), "seed": settings.seed, "solver": settings.solver.rawValue,
-            "model": model ?? "", "dit": files.dit ?? "", "t5": files.t5 ?? "", "vae": files.vae ?? "", "generator": "WanKit",
+            "model": model ?? "", "dit": files.dit ?? "", "t5": files.t5 ?? "", "vae": files.vae ?? "", "generator": "WanKit \(WanKitVersion.string)",
             "device": placement.description,
         ]
         switch ditModel {
@@ -391,7 +391,7 @@ struct Generate: ParsableCommand {
         log("DiT: \(ditModel.config) on \(ditModel.backendDescription)")
         var metadata: [String: Any] = ["device": placement.description, "prompt": prompt, "image": first, "frames": s.frames, "steps": s.steps, "shift": s.shift,
                                        "guide_scale": Double(s.guideScale), "seed": s.seed, "solver": s.solver.rawValue,
-                                       "max_area": s.maxArea, "generator": "WanKit", "task": last == nil ? "i2v" : "flf2v"]
+                                       "max_area": s.maxArea, "generator": "WanKit \(WanKitVersion.string)", "task": last == nil ? "i2v" : "flf2v"]
         if let last { metadata["last_image"] = last }
         if let clipFeatures { metadata["clip_features"] = clipFeatures }
         let latent: Tensor

@@ -6,6 +6,7 @@ struct Wan: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wan",
         abstract: "WanKit: the Wan2.1 video generation models in Swift.",
+        version: "WanKit \(WanKitVersion.string)",
         subcommands: [Generate.self, Conformance.self, Bench.self, Info.self, Download.self, Devices.self])
 }
 

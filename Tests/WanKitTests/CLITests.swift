@@ -79,6 +79,10 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(sidecar?["seed"] as? Int, 42)
         XCTAssertEqual(sidecar?["prompt"] as? String, "A cat walks on the grass")
         XCTAssertTrue((sidecar?["device"] as? String)?.hasPrefix("cpu") ?? false, "\(String(describing: sidecar))")
+        XCTAssertEqual(sidecar?["generator"] as? String, "WanKit \(WanKitVersion.string)")
+        let version = try run(["--version"])
+        XCTAssertEqual(version.status, 0, version.stderr)
+        XCTAssertEqual(version.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "WanKit \(WanKitVersion.string)")
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains("partial") }
         XCTAssertEqual(leftovers, [])
     }
