@@ -9,6 +9,10 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
     public var patchSize = 14
     public var dim = 1280
     public var mlpRatio: Double = 4
+    /// The MLP's hidden width where a checkpoint states it (transformers' `intermediate_size`, or the shape of
+    /// mlp.0): it wins over `mlpRatio`, whose `int(dim * mlp_ratio)` cannot give every width back (448 * (1952 / 448)
+    /// is 1951.99…).
+    public var mlpWidth: Int? = nil
     public var outDim = 1024
     public var numHeads = 16
     public var numLayers = 32
@@ -25,7 +29,8 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
 
     public var grid: Int { imageSize / patchSize }
     public var tokens: Int { grid * grid + 1 }
-    public var mlpDim: Int { Int(Double(dim) * mlpRatio) }
+    /// The official `int(dim * mlp_ratio)`, or the width the checkpoint states.
+    public var mlpDim: Int { mlpWidth ?? Int(Double(dim) * mlpRatio) }
     public var headDim: Int { dim / numHeads }
 
     public var description: String {
@@ -37,7 +42,11 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
         if let v = int("image_size") { imageSize = v }
         if let v = int("patch_size") { patchSize = v }
         if let v = int("dim") ?? int("vision_dim") { dim = v }
-        if let v = (a["mlp_ratio"] as? NSNumber)?.doubleValue ?? (a["vision_mlp_ratio"] as? NSNumber)?.doubleValue { mlpRatio = v }
+        if let v = (a["mlp_ratio"] as? NSNumber)?.doubleValue ?? (a["vision_mlp_ratio"] as? NSNumber)?.doubleValue {
+            mlpRatio = v
+            mlpWidth = nil
+        }
+        if let v = int("mlp_dim") { mlpWidth = v }  // WanKit's own key: an exact width (from intermediate_size)
         if let v = int("out_dim") ?? int("embed_dim") { outDim = v }
         if let v = int("num_heads") ?? int("vision_heads") { numHeads = v }
         if let v = int("num_layers") ?? int("vision_layers") { numLayers = v }
@@ -59,6 +68,9 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
         guard mlpRatio.isFinite, mlpRatio > 0, mlpRatio <= 64, Double(dim) * mlpRatio >= 1 else {
             throw fail("mlp_ratio \(mlpRatio), not a ratio above 0 and up to 64 (ViT-H/14: 4)")
         }
+        if let w = mlpWidth, !(1...(64 * dim)).contains(w) {
+            throw fail("MLP width (intermediate_size) \(w), not an integer from 1 to 64 times dim \(dim)")
+        }
         guard normEps.isFinite, normEps >= 0 else { throw fail("norm_eps \(normEps)") }
     }
 
@@ -71,7 +83,10 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
             let g = Int(Double(s[s.count - 2] - 1).squareRoot().rounded())
             if g * g + 1 == s[s.count - 2] { c.imageSize = g * c.patchSize }
         }
-        if let s = source.info("transformer.0.mlp.0.weight")?.shape, s.count == 2, c.dim > 0 { c.mlpRatio = Double(s[0]) / Double(c.dim) }
+        if let s = source.info("transformer.0.mlp.0.weight")?.shape, s.count == 2, c.dim > 0 {
+            c.mlpRatio = Double(s[0]) / Double(c.dim)
+            c.mlpWidth = s[0]
+        }
         if let s = source.info("head")?.shape, s.count == 2 { c.outDim = s[0] == c.dim ? s[1] : s[0] }
         var layers = 0
         for n in source.names where n.hasPrefix("transformer.") {

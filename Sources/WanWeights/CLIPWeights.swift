@@ -82,7 +82,7 @@ public enum HFCLIPVision {
         if let v = int("num_attention_heads") { a["num_heads"] = v }
         if let v = int("num_hidden_layers") { a["num_layers"] = v }
         if let v = int("projection_dim") ?? (json["projection_dim"] as? NSNumber)?.intValue { a["out_dim"] = v }
-        if let v = int("intermediate_size"), let d = int("hidden_size"), d > 0 { a["mlp_ratio"] = Double(v) / Double(d) }
+        if let v = int("intermediate_size") { a["mlp_dim"] = v }
         if let v = (c["layer_norm_eps"] as? NSNumber)?.doubleValue { a["norm_eps"] = v }
         if let v = c["hidden_act"] as? String { a["activation"] = v == "quick_gelu" ? "quick_gelu" : "gelu" }
         return a

@@ -24,6 +24,16 @@ public enum HFUMT5 {
         names.contains { $0.hasPrefix("encoder.block.") || $0 == "shared.weight" || $0 == "encoder.embed_tokens.weight" }
     }
 
+    /// The renaming of a checkpoint with these HF names: `officialName`, except that a relative-position table
+    /// held by block 0 alone in a model of several blocks (transformers' `T5EncoderModel`: only the first layer
+    /// has one, the others reuse it) is the official shared `pos_embedding` (`T5Encoder(shared_pos=True)`).
+    public static func renamer(for names: [String]) -> (String) -> String? {
+        let first = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        let tables = names.filter { $0.hasSuffix(".SelfAttention.relative_attention_bias.weight") }
+        let shared = tables == [first] && names.contains { $0.hasPrefix("encoder.block.1.") }
+        return { name in shared && name == first ? "pos_embedding.embedding.weight" : officialName(name) }
+    }
+
     /// The official name of an HF name; nil for tensors that are not weights of the encoder (the tokenizer blob
     /// some ComfyUI files carry). Names it does not know come back unchanged, so strict binding reports them.
     public static func officialName(_ name: String) -> String? {
@@ -58,8 +68,13 @@ public enum HFUMT5 {
         return name
     }
 
-    /// Official `T5Encoder` arguments of a transformers config.json.
-    public static func officialArguments(_ c: [String: Any]) -> [String: Any] {
+    /// Official `T5Encoder` arguments of a transformers config.json (shared_pos is left to the weights: `renamer`).
+    /// An encoder whose feed-forward is not gated GELU (T5 v1.0's `relu`, …) is refused: the official T5Encoder, and
+    /// so WanKit, only has umT5's.
+    public static func officialArguments(_ c: [String: Any], path: String = "config.json") throws -> [String: Any] {
+        if let ff = c["feed_forward_proj"] as? String, ff != "gated-gelu" {
+            throw LayoutError.unknownLayout(path: path, detail: "feed_forward_proj '\(ff)' is not umT5's gated-gelu: this is not the text encoder of Wan2.1 (umT5-XXL)")
+        }
         var a: [String: Any] = [:]
         func int(_ k: String) -> Int? { (c[k] as? NSNumber)?.intValue }
         if let v = int("vocab_size") { a["vocab"] = v }
@@ -74,7 +89,6 @@ public enum HFUMT5 {
             let (product, overflow) = kv.multipliedReportingOverflow(by: h)
             a["dim_attn"] = overflow ? Int.max : product  // an overflow is refused with the other absurd sizes
         }
-        a["shared_pos"] = false
         return a
     }
 }
@@ -93,7 +107,7 @@ public func openT5Weights(path: String) throws -> T5Weights {
     if isDir.boolValue {
         let c = try ComponentFolder(path, subfolders: ["text_encoder", "text_encoder_2"],
                                     noWeights: "pass models_t5_umt5-xxl-enc-bf16.pth or a transformers UMT5EncoderModel folder")
-        let arguments = c.config.map(HFUMT5.officialArguments)
+        let arguments = try c.config.map { try HFUMT5.officialArguments($0, path: (c.folder as NSString).appendingPathComponent("config.json")) }
         let base = c.weights
         let w = try T5Layouts.classify(base)
         return T5Weights(source: w.source, arguments: arguments, layout: w.layout)
@@ -102,7 +116,7 @@ public func openT5Weights(path: String) throws -> T5Weights {
     if ["pth", "pt", "ckpt", "bin"].contains(ext) {
         let source = try MappedCheckpointSource(try TorchCheckpoint(path: path))
         if HFUMT5.detect(source.names) {
-            return T5Weights(source: try LayoutSource(wrapping: source, rename: HFUMT5.officialName), arguments: nil, layout: "hf-transformers")
+            return T5Weights(source: try LayoutSource(wrapping: source, rename: HFUMT5.renamer(for: source.names)), arguments: nil, layout: "hf-transformers")
         }
         return T5Weights(source: source, arguments: nil, layout: "official-pth")
     }
@@ -111,7 +125,7 @@ public func openT5Weights(path: String) throws -> T5Weights {
     var arguments: [String: Any]? = nil
     if w.layout != "official", fm.fileExists(atPath: configPath),
        let c = try? readJSONObject(configPath, what: "config.json"), (c["model_type"] as? String)?.contains("t5") == true {
-        arguments = HFUMT5.officialArguments(c)
+        arguments = try HFUMT5.officialArguments(c, path: configPath)
     }
     return T5Weights(source: w.source, arguments: arguments, layout: w.layout)
 }
@@ -142,7 +156,7 @@ enum T5Layouts {
             layout = "comfy-fp8-scaled"
         }
         if HFUMT5.detect(source.names) {
-            source = try LayoutSource(wrapping: source, rename: HFUMT5.officialName)
+            source = try LayoutSource(wrapping: source, rename: HFUMT5.renamer(for: source.names))
             if layout == "official" { layout = "hf-transformers" }
         }
         return (source, layout)

@@ -59,6 +59,28 @@ public enum DiffusersWanVAE {
         }
     }
 
+    /// The official arguments of a diffusers VAE config.json (nil without one) and the num_res_blocks its names
+    /// are read with: the config's, else what the names show (each decoder up block holds num_res_blocks + 1
+    /// resnets), else Wan2.1's 2. `configPath` names the config in errors.
+    static func configuration(_ config: [String: Any]?, configPath: String, names: [String]) throws -> (arguments: [String: Any]?, numResBlocks: Int) {
+        var numRes = 2
+        if let v = (config?["num_res_blocks"] as? NSNumber)?.intValue {
+            numRes = v
+        } else {
+            let last = names.compactMap { n -> Int? in
+                let p = n.split(separator: ".")
+                guard p.count > 4, p[0] == "decoder", p[1] == "up_blocks", p[3] == "resnets" else { return nil }
+                return Int(p[4])
+            }.max()
+            if let last { numRes = last }
+        }
+        guard (0...64).contains(numRes) else {
+            throw LayoutError.badDiffusersConfig(path: configPath,
+                                                 detail: "num_res_blocks \(numRes) is not an integer from 0 to 64 (Wan2.1: 2); the config.json is corrupt")
+        }
+        return (config.map(officialArguments), numRes)
+    }
+
     /// Official constructor arguments of a diffusers VAE config.json.
     public static func officialArguments(_ c: [String: Any]) -> [String: Any] {
         var a: [String: Any] = [:]
@@ -78,13 +100,9 @@ public func openVAEWeights(path: String) throws -> VAEWeights {
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw WeightError.fileNotFound(path: path) }
     if isDir.boolValue {
         let c = try ComponentFolder(path, subfolders: ["vae"], noWeights: "pass Wan2.1_VAE.pth or a diffusers vae/ folder")
-        let arguments = c.config.map(DiffusersWanVAE.officialArguments)
-        let numRes = (c.config?["num_res_blocks"] as? NSNumber)?.intValue ?? 2
-        guard (0...64).contains(numRes) else {
-            throw LayoutError.badDiffusersConfig(path: (c.folder as NSString).appendingPathComponent("config.json"),
-                                                 detail: "num_res_blocks \(numRes) is not an integer from 0 to 64 (Wan2.1: 2); the config.json is corrupt")
-        }
         let base = c.weights
+        let (arguments, numRes) = try DiffusersWanVAE.configuration(c.config, configPath: (c.folder as NSString).appendingPathComponent("config.json"),
+                                                                    names: base.names)
         let source: WeightSource = DiffusersWanVAE.detect(base.names)
             ? try RenamedSource(wrapping: base) { DiffusersWanVAE.officialName($0, numResBlocks: numRes) } : base
         return VAEWeights(source: source, arguments: arguments, layout: "diffusers")
@@ -94,7 +112,17 @@ public func openVAEWeights(path: String) throws -> VAEWeights {
     }
     let base = try SafetensorsSource(path: path)
     if DiffusersWanVAE.detect(base.names) {
-        return VAEWeights(source: try RenamedSource(wrapping: base) { DiffusersWanVAE.officialName($0) }, arguments: nil, layout: "diffusers")
+        // A file of a diffusers vae/ folder: the config.json beside it holds the architecture and the latent
+        // statistics (without it, num_res_blocks comes from the names and the rest from the shapes).
+        let configPath = ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("config.json")
+        var config: [String: Any]? = nil
+        if FileManager.default.fileExists(atPath: configPath) {
+            let c = try readJSONObject(configPath, what: "config.json")
+            if (c["_class_name"] as? String) == DiffusersWanVAE.className || c["base_dim"] != nil { config = c }
+        }
+        let (arguments, numRes) = try DiffusersWanVAE.configuration(config, configPath: configPath, names: base.names)
+        return VAEWeights(source: try RenamedSource(wrapping: base) { DiffusersWanVAE.officialName($0, numResBlocks: numRes) },
+                          arguments: arguments, layout: "diffusers")
     }
     // ComfyUI VAE files may carry a "vae." / "first_stage_model." prefix.
     for prefix in ["first_stage_model.", "vae."] where !base.names.isEmpty && base.names.allSatisfy({ $0.hasPrefix(prefix) }) {

@@ -89,10 +89,14 @@ final class EncoderTests: XCTestCase {
         let hf: [String: Any] = ["d_model": 16, "d_ff": 24, "num_heads": 2, "num_layers": 2, "vocab_size": 50,
                                  "relative_attention_num_buckets": 8, "d_kv": 8]
         XCTAssertNoThrow(try UMT5Encoder(config: UMT5Config.inferred(from: weights, arguments: HFUMT5.officialArguments(hf)), weights: weights))
+        // T5 v1.0's ReLU feed-forward is not the official T5Encoder's gated GELU: refused, naming it.
+        XCTAssertThrowsError(try HFUMT5.officialArguments(hf.merging(["feed_forward_proj": "relu"]) { $1 }, path: "t5/config.json")) { e in
+            XCTAssertTrue("\(e)".contains("t5/config.json") && "\(e)".contains("feed_forward_proj 'relu'"), "\(e)")
+        }
         let cases: [([String: Any], String)] = [(["d_kv": 1 << 62], "dim_attn"), (["relative_attention_max_distance": -129], "max_dist -129"),
                                                (["num_layers": 0], "num_layers 0"), (["relative_attention_num_buckets": 2], "num_buckets 2")]
         for (change, named) in cases {
-            let config = UMT5Config.inferred(from: weights, arguments: HFUMT5.officialArguments(hf.merging(change) { $1 }))
+            let config = UMT5Config.inferred(from: weights, arguments: try HFUMT5.officialArguments(hf.merging(change) { $1 }))
             XCTAssertThrowsError(try UMT5Encoder(config: config, weights: weights), named) { e in
                 guard case .badConfig(let source, let detail)? = e as? WeightError else { return XCTFail("\(named): \(e)") }
                 XCTAssertEqual(source, "random weights")

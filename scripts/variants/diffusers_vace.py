@@ -4,12 +4,12 @@ Run by hand (needs diffusers >= 0.35, which has WanVACETransformer3DModel, and t
   WAN21_SRC=CHECKOUT python diffusers_vace.py OUT GOLDEN
 The diffusers model runs the same inputs and must agree with the official one before anything is written, so the
 key mapping below is checked against diffusers' own module, not only against WanKit."""
-import sys, os, json, re
+import sys, os, json
 import torch
 from safetensors.torch import load_file
 import ref
 sys.argv[3:] = ["none"]  # gen.py's groups: none run on import, only its writers are used
-from gen import write_case, OUT, GOLD
+from gen import write_case, diffusers_dit_name, OUT, GOLD
 
 from diffusers import WanVACETransformer3DModel
 
@@ -21,47 +21,13 @@ official_sd = load_file(f"{GOLD}/weights/dit_vace.safetensors")
 official = ref.vace_model.VaceWanModel(**cfg).eval()
 official.load_state_dict({k: v.float() for k, v in official_sd.items()}, strict=False)
 
-# Official -> diffusers names (diffusers' own conversion table read as facts: attn1/attn2, norm2 = official norm3,
-# before_proj/after_proj = proj_in/proj_out, modulation = scale_shift_table).
-BLOCK = [("self_attn.q.", "attn1.to_q."), ("self_attn.k.", "attn1.to_k."), ("self_attn.v.", "attn1.to_v."),
-         ("self_attn.o.", "attn1.to_out.0."), ("self_attn.norm_q.", "attn1.norm_q."), ("self_attn.norm_k.", "attn1.norm_k."),
-         ("cross_attn.q.", "attn2.to_q."), ("cross_attn.k.", "attn2.to_k."), ("cross_attn.v.", "attn2.to_v."),
-         ("cross_attn.o.", "attn2.to_out.0."), ("cross_attn.norm_q.", "attn2.norm_q."), ("cross_attn.norm_k.", "attn2.norm_k."),
-         ("norm3.", "norm2."), ("ffn.0.", "ffn.net.0.proj."), ("ffn.2.", "ffn.net.2."),
-         ("before_proj.", "proj_in."), ("after_proj.", "proj_out.")]
-TOP = [("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
-       ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
-       ("time_projection.1.", "condition_embedder.time_proj."),
-       ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
-       ("text_embedding.2.", "condition_embedder.text_embedder.linear_2."),
-       ("head.head.", "proj_out.")]
-
-
-def diffusers_name(k):
-    if k == "head.modulation":
-        return "scale_shift_table"
-    m = re.match(r"((?:vace_)?blocks\.\d+\.)(.*)", k)
-    if m:
-        head, rest = m.groups()
-        if rest == "modulation":
-            return head + "scale_shift_table"
-        for o, d in BLOCK:
-            if rest.startswith(o):
-                return head + d + rest[len(o):]
-        return k
-    for o, d in TOP:
-        if k.startswith(o):
-            return d + k[len(o):]
-    return k
-
-
 dm = WanVACETransformer3DModel(
     patch_size=tuple(cfg["patch_size"]), num_attention_heads=cfg["num_heads"],
     attention_head_dim=cfg["dim"] // cfg["num_heads"], in_channels=cfg["in_dim"], out_channels=cfg["out_dim"],
     text_dim=cfg["text_dim"], freq_dim=cfg["freq_dim"], ffn_dim=cfg["ffn_dim"], num_layers=cfg["num_layers"],
     cross_attn_norm=cfg["cross_attn_norm"], qk_norm="rms_norm_across_heads" if cfg["qk_norm"] else None,
     eps=cfg["eps"], vace_layers=cfg["vace_layers"], vace_in_channels=cfg["vace_in_dim"]).eval()
-renamed = {diffusers_name(k): v for k, v in official_sd.items()}
+renamed = {diffusers_dit_name(k): v for k, v in official_sd.items()}
 own = dm.state_dict()
 for k in own:  # the official tensors keep a singleton batch axis on modulation; diffusers' has the same [1, n, dim]
     renamed[k] = renamed[k].reshape(own[k].shape)

@@ -1,6 +1,6 @@
 """Variant conformance cases from the official Wan2.1 code (other shapes, seeds and tiny configs than ../shared/golden).
 Writes OUT/weights and OUT/cases in the golden format. Usage: python gen.py OUT [GOLDEN]"""
-import sys, os, json, math
+import sys, os, json, math, re
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
@@ -43,6 +43,49 @@ def write_model(name, cls, config, sd, layout="official", notes="variant"):
     json.dump({"model": name, "class": cls, "config": config, "layout": layout, "notes": notes},
               open(f"{OUT}/weights/{name}.json", "w"), indent=1)
     save_file({k: v.contiguous() for k, v in sd.items()}, f"{OUT}/weights/{name}.safetensors")
+
+
+# Official WanModel / VaceWanModel names -> diffusers WanTransformer3DModel / WanVACETransformer3DModel names: diffusers'
+# own conversion table (scripts/convert_wan_to_diffusers.py) read as facts. attn1/attn2; norm3 (the cross-attention
+# norm) is diffusers' norm2; VACE's before_proj/after_proj are proj_in/proj_out.
+DIFFUSERS_BLOCK = [("self_attn.q.", "attn1.to_q."), ("self_attn.k.", "attn1.to_k."), ("self_attn.v.", "attn1.to_v."),
+                   ("self_attn.o.", "attn1.to_out.0."), ("self_attn.norm_q.", "attn1.norm_q."), ("self_attn.norm_k.", "attn1.norm_k."),
+                   ("cross_attn.q.", "attn2.to_q."), ("cross_attn.k.", "attn2.to_k."), ("cross_attn.v.", "attn2.to_v."),
+                   ("cross_attn.o.", "attn2.to_out.0."), ("cross_attn.norm_q.", "attn2.norm_q."), ("cross_attn.norm_k.", "attn2.norm_k."),
+                   ("cross_attn.k_img.", "attn2.add_k_proj."), ("cross_attn.v_img.", "attn2.add_v_proj."),
+                   ("cross_attn.norm_k_img.", "attn2.norm_added_k."),
+                   ("norm3.", "norm2."), ("ffn.0.", "ffn.net.0.proj."), ("ffn.2.", "ffn.net.2."),
+                   ("before_proj.", "proj_in."), ("after_proj.", "proj_out.")]
+DIFFUSERS_TOP = [("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
+                 ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
+                 ("time_projection.1.", "condition_embedder.time_proj."),
+                 ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
+                 ("text_embedding.2.", "condition_embedder.text_embedder.linear_2."),
+                 ("img_emb.proj.0.", "condition_embedder.image_embedder.norm1."),
+                 ("img_emb.proj.1.", "condition_embedder.image_embedder.ff.net.0.proj."),
+                 ("img_emb.proj.3.", "condition_embedder.image_embedder.ff.net.2."),
+                 ("img_emb.proj.4.", "condition_embedder.image_embedder.norm2."),
+                 ("head.head.", "proj_out.")]
+
+
+def diffusers_dit_name(k):
+    if k == "head.modulation":
+        return "scale_shift_table"
+    if k == "img_emb.emb_pos":
+        return "condition_embedder.image_embedder.pos_embed"
+    m = re.match(r"((?:vace_)?blocks\.\d+\.)(.*)", k)
+    if m:
+        head, rest = m.groups()
+        if rest == "modulation":
+            return head + "scale_shift_table"
+        for o, d in DIFFUSERS_BLOCK:
+            if rest.startswith(o):
+                return head + d + rest[len(o):]
+        return k
+    for o, d in DIFFUSERS_TOP:
+        if k.startswith(o):
+            return d + k[len(o):]
+    return k
 
 
 def gold_model(name):
