@@ -21,6 +21,14 @@ public indirect enum GGUFValue: Equatable, Sendable, CustomStringConvertible {
         default: return nil
         }
     }
+    /// The value as a floating-point number when it is one (or an integer).
+    public var double: Double? {
+        switch self {
+        case .float32(let v): return Double(v)
+        case .float64(let v): return v
+        default: return int.map(Double.init)
+        }
+    }
     public var string: String? { if case .string(let s) = self { return s } else { return nil } }
     public var array: [GGUFValue]? { if case .array(let a) = self { return a } else { return nil } }
 

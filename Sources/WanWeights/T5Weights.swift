@@ -93,11 +93,63 @@ public enum HFUMT5 {
     }
 }
 
+/// llama.cpp's T5 encoder GGUF (`general.architecture` t5encoder or t5; city96's umt5-xxl-encoder-*.gguf that
+/// ComfyUI-GGUF users run with Wan): `token_embd`, `enc.blk.N.attn_q|k|v|o`, `attn_rel_b`, `attn_norm`, `ffn_gate`
+/// (wi_0), `ffn_up` (wi_1), `ffn_down` (wo), `ffn_norm`, `enc.output_norm`, read under the transformers names and from
+/// there the official ones; the configuration from the file's metadata.
+public enum GGUFUMT5 {
+    public static func detect(_ names: [String]) -> Bool {
+        names.contains { $0.hasPrefix("enc.blk.") || $0 == "enc.output_norm.weight" }
+    }
+
+    private static let blockParts: [(String, String)] = [
+        ("attn_q.", "layer.0.SelfAttention.q."), ("attn_k.", "layer.0.SelfAttention.k."), ("attn_v.", "layer.0.SelfAttention.v."),
+        ("attn_o.", "layer.0.SelfAttention.o."), ("attn_rel_b.", "layer.0.SelfAttention.relative_attention_bias."),
+        ("attn_norm.", "layer.0.layer_norm."), ("ffn_gate.", "layer.1.DenseReluDense.wi_0."),
+        ("ffn_up.", "layer.1.DenseReluDense.wi_1."), ("ffn_down.", "layer.1.DenseReluDense.wo."), ("ffn_norm.", "layer.1.layer_norm."),
+    ]
+
+    /// The transformers name of a llama.cpp name (unknown names unchanged).
+    public static func transformersName(_ name: String) -> String {
+        if name.hasPrefix("token_embd.") { return "shared." + name.dropFirst("token_embd.".count) }
+        if name.hasPrefix("enc.output_norm.") { return "encoder.final_layer_norm." + name.dropFirst("enc.output_norm.".count) }
+        guard name.hasPrefix("enc.blk.") else { return name }
+        let rest = name.dropFirst("enc.blk.".count)
+        guard let dot = rest.firstIndex(of: "."), let n = Int(rest[..<dot]) else { return name }
+        let part = rest[rest.index(after: dot)...]
+        for (l, h) in blockParts where part.hasPrefix(l) { return "encoder.block.\(n).\(h)" + part.dropFirst(l.count) }
+        return name
+    }
+
+    /// The official `T5Encoder` arguments in the file's metadata (`<arch>.embedding_length`, `.feed_forward_length`,
+    /// `.block_count`, `.attention.head_count`, `.attention.key_length`, `.attention.relative_buckets_count`,
+    /// `.attention.layer_norm_epsilon`); what is absent is left to the tensor shapes.
+    public static func officialArguments(_ metadata: [String: GGUFValue]) -> [String: Any] {
+        let arch = metadata["general.architecture"]?.string ?? "t5encoder"
+        func int(_ k: String) -> Int? { metadata["\(arch).\(k)"]?.int }
+        var a: [String: Any] = [:]
+        if let v = int("embedding_length") { a["dim"] = v }
+        if let v = int("feed_forward_length") { a["dim_ffn"] = v }
+        if let v = int("block_count") { a["num_layers"] = v }
+        if let v = int("attention.head_count") { a["num_heads"] = v }
+        if let v = int("attention.relative_buckets_count") { a["num_buckets"] = v }
+        if let v = metadata["\(arch).attention.layer_norm_epsilon"]?.double ?? metadata["\(arch).attention.layer_norm_rms_epsilon"]?.double {
+            a["eps"] = v
+        }
+        if let kv = int("attention.key_length"), let h = int("attention.head_count") {
+            let (product, overflow) = kv.multipliedReportingOverflow(by: h)
+            a["dim_attn"] = overflow ? Int.max : product  // refused with the other absurd sizes
+        }
+        return a
+    }
+}
+
 /// Opens a umT5 encoder from a file or folder, detecting its layout:
 /// - the official `models_t5_umt5-xxl-enc-bf16.pth` (torch zip; tensors stay in the mapping, bf16);
 /// - a `.safetensors` file with the official names, or the transformers / ComfyUI names (`encoder.block.N…`,
 ///   `shared.weight`), possibly ComfyUI fp8_scaled;
-/// - a transformers `UMT5EncoderModel` folder (config.json + model.safetensors or shards with an index).
+/// - a transformers `UMT5EncoderModel` folder (config.json + model.safetensors or shards with an index);
+/// - a llama.cpp T5 encoder GGUF (`GGUFUMT5`; quantised matrices stay packed).
 public func openT5Weights(path: String) throws -> T5Weights {
     let fm = FileManager.default
     var isDir: ObjCBool = false
@@ -113,6 +165,16 @@ public func openT5Weights(path: String) throws -> T5Weights {
         return T5Weights(source: w.source, arguments: arguments, layout: w.layout)
     }
     let ext = (path as NSString).pathExtension.lowercased()
+    if DiTLayouts.magic(path) == Array("GGUF".utf8) {
+        let gguf = try GGUFSource(path: path)
+        guard GGUFUMT5.detect(gguf.names) else {
+            throw LayoutError.unknownLayout(path: path, detail: "a GGUF file without llama.cpp's T5 encoder tensors (enc.blk.N.*): not a umT5 text encoder")
+        }
+        let hfNames = gguf.names.map(GGUFUMT5.transformersName)
+        let official = HFUMT5.renamer(for: hfNames)
+        let source = try LayoutSource(wrapping: gguf) { official(GGUFUMT5.transformersName($0)) }
+        return T5Weights(source: source, arguments: GGUFUMT5.officialArguments(gguf.file.metadata), layout: "gguf")
+    }
     if ["pth", "pt", "ckpt", "bin"].contains(ext) {
         let source = try MappedCheckpointSource(try TorchCheckpoint(path: path))
         if HFUMT5.detect(source.names) {
