@@ -120,9 +120,16 @@ enum DiTLayouts {
             throw LayoutError.unknownLayout(path: path, detail: "the file is neither GGUF nor .safetensors")
         }
         let base = try SafetensorsSource(path: path)
+        // The config.json beside the file (a Wan-AI or diffusers folder's file named on its own) holds what the
+        // shapes cannot show (num_heads, eps): read it when it is a WanModel / diffusers one.
         var args: [String: Any]? = nil
-        if DiffusersWan.detect(base.names) {
-            args = try arguments(config: (folder as NSString).appendingPathComponent("config.json"))
+        let configPath = (folder as NSString).appendingPathComponent("config.json")
+        if FileManager.default.fileExists(atPath: configPath) {
+            let c = try readJSONObject(configPath, what: "config.json")
+            if isDiffusers(c) || (c["_class_name"] as? String).map(["WanModel", "VaceWanModel"].contains) ?? false
+                || (c["dim"] != nil && c["num_heads"] != nil) {
+                args = try arguments(config: configPath)
+            }
         }
         return try classify(base, arguments: args, layout: nil)
     }

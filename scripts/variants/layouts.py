@@ -19,17 +19,33 @@ Layout variations on top: storage in float32 / bfloat16 / float16 (the official 
 sharded saves (shards + index, small max_shard_size), a pipeline root holding text_encoder/ / image_encoder/, the model
 JSON naming the root (vae/, transformer/ below it) or the single .safetensors file inside the folder (config.json
 beside it); CLIPVisionModelWithProjection and whole CLIPModel folders besides CLIPVisionModel.
+DiT single files and Wan-AI folders (model JSON config: only num_heads and eps, plus vace_layers where the count of
+vace blocks does not settle them; everything else inferred from the shapes or read from the folder's config.json);
+random tiny WanModel t2v / i2v / flf2v and VaceWanModel (vace_layers, vace_in_dim), heads, head dim, ffn, layers,
+text_dim, freq_dim, eps, qk_norm, cross_attn_norm; the expected outputs come from the official model loaded with exactly
+the values the files store:
+  ditfile  official names in one .safetensors (f32 / f16 / bf16), plain or under `model.diffusion_model.` /
+           `diffusion_model.`; or a Wan-AI folder: config.json (ModelMixin's: no patch_size, text_dim, qk_norm,
+           cross_attn_norm) + diffusion_pytorch_model.safetensors or shards + index (model JSON: the folder, the index,
+           or the weight file inside it);
+  ditfp8   Linear weights (the blocks', or every 2-D weight) in float8: plain e4m3fn / e5m2 without scale, or ComfyUI
+           fp8_scaled (e4m3fn + scale_weight [] or [1], `scaled_fp8` marker, sometimes scale_input); other tensors
+           f16 / bf16 / f32;
+  ditgguf  GGUF as city96's tools write Wan DiTs (general.architecture wan; blocks' Linear weights Q8_0 / Q4_0 / Q4_1
+           / Q5_0 / Q5_1 via gguf.quants, or K-quants Q2_K..Q6_K as valid blocks of random bytes since gguf.quants cannot
+           quantise them, mixes per file, F16 fallback for rows that are not whole blocks; F16 / BF16 files; F32 5-D
+           patch embeddings with all 5 dims; sometimes convert.py's shape_fix reshape with comfy.gguf.orig_shape).
 KINDS may also name t5shared (not run by default): the official T5Encoder(shared_pos=True) as a transformers
 T5EncoderModel folder (one relative-position table, in block 0) - not a Wan checkpoint, a probe.
 Settings the official constructor fixes but its modules take as arguments (T5LayerNorm eps, T5RelativeEmbedding
 max_dist) are set on the official modules; the notes say so.
 
-  WAN21_SRC=CHECKOUT python layouts.py OUT GOLDEN SEED COUNT [KINDS]     (KINDS: comma list of t5,clip,vae,dit)
+  WAN21_SRC=CHECKOUT python layouts.py OUT GOLDEN SEED COUNT [KINDS]     (KINDS: comma list of t5,clip,vae,dit,ditfile,ditfp8,ditgguf)
   then: wan conformance OUT
 Deterministic for a SEED. Uses the venv of make.sh (torch, transformers 4.x, diffusers 0.33)."""
 import sys, os, json, math, random, re
 OUT, GOLD, SEED, COUNT = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-KINDS = sys.argv[5].split(",") if len(sys.argv) > 5 else ["t5", "clip", "vae", "dit"]
+KINDS = sys.argv[5].split(",") if len(sys.argv) > 5 else ["t5", "clip", "vae", "dit", "ditfile", "ditfp8", "ditgguf"]
 sys.argv = [sys.argv[0], OUT, GOLD, "none"]  # gen.py: helpers only
 import torch
 import torch.nn.functional as F
@@ -365,6 +381,18 @@ def vae(i):
 
 
 # ---------------------------------------------------------------- DiT
+def random_dit_inputs(g, patch, channels, text_dim):
+    """A latent of random grid (sometimes a side one past a patch multiple), a context, a timestep, the token count
+    and seq_len (sometimes padded) for a DiT case."""
+    shape = [channels] + [p * R.randint(1, 4 if j == 0 else 5) + (1 if R.random() < 0.15 else 0) for j, p in enumerate(patch)]
+    x = torch.randn(shape, generator=g)
+    ctx = torch.randn(R.randint(1, 40), text_dim, generator=g)
+    t = torch.tensor([R.choice([0.0, 999.0, round(R.uniform(0, 1000), 3)])])
+    tokens = (shape[1] // patch[0]) * (shape[2] // patch[1]) * (shape[3] // patch[2])
+    seq_len = tokens + R.choice([0, 0, R.randint(1, 12)])
+    return shape, x, ctx, t, tokens, seq_len
+
+
 def dit(i):
     from diffusers import WanTransformer3DModel
     from safetensors.torch import load_file, save_file
@@ -406,12 +434,7 @@ def dit(i):
         for blk in dm.blocks:
             blk.attn2.norm_added_k = torch.nn.Identity()
     xc = 16 if i2v else in_dim
-    shape = [xc] + [p * R.randint(1, 4 if j == 0 else 5) + (1 if R.random() < 0.15 else 0) for j, p in enumerate(patch)]
-    x = torch.randn(shape, generator=g)
-    ctx = torch.randn(R.randint(1, 40), c["text_dim"], generator=g)
-    t = torch.tensor([R.choice([0.0, 999.0, round(R.uniform(0, 1000), 3)])])
-    tokens = (shape[1] // patch[0]) * (shape[2] // patch[1]) * (shape[3] // patch[2])
-    seq_len = tokens + R.choice([0, 0, R.randint(1, 12)])
+    shape, x, ctx, t, tokens, seq_len = random_dit_inputs(g, patch, xc, c["text_dim"])
     inputs = {"x": x, "t": t, "context": ctx, "seq_len": seq_len}
     kw, dkw2 = {}, {}
     if i2v:
@@ -476,7 +499,357 @@ def dit(i):
                      f"diffusers agrees (rel_l2 {check:.2e}{' as i2v; pos_embed checked on the image embedder' if kind == 'flf2v' else ''})")
 
 
-KIND_FUNCS = {"t5": t5, "clip": clip, "vae": vae, "dit": dit, "t5shared": lambda i: t5(i, shared=True)}
+# ---------------------------------------------------------------- DiT single files: ditfile, ditfp8, ditgguf
+F8 = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+
+
+def dit_build(i, tag, rows=None):
+    """A random tiny official WanModel (t2v / i2v / flf2v) or VaceWanModel of random weights. rows: None (any widths),
+    32 (dim and most ffn_dim multiples of 32: legacy GGUF blocks), 256 (dim multiple of 256: K-quant super-blocks)."""
+    kind = R.choice(["t2v", "t2v", "i2v", "flf2v", "vace"])
+    if rows is None:
+        heads, head_dim = R.choice([1, 2, 3, 4]), R.choice([8, 12, 16, 20, 24, 30, 32, 40, 64])
+        ffn = R.choice([16, 48, 100, 256, 96])
+    elif rows == 32:
+        while True:
+            heads, head_dim = R.choice([1, 2, 3, 4]), R.choice([16, 32, 48, 64, 96])
+            if heads * head_dim % 32 == 0 and heads * head_dim >= 64:  # q/k/v/o above the 1024-element F32 threshold
+                break
+        ffn = R.choice([32, 64, 96, 128, 192, 256, 320]) if R.random() < 0.85 else R.choice([48, 100])
+    else:
+        dim = R.choice([256, 256, 512])
+        heads = R.choice([1, 2, 4, 8] if dim == 256 else [2, 4, 8])
+        head_dim = dim // heads
+        ffn = R.choice([256, 512, 768]) if R.random() < 0.85 else R.choice([160, 320])
+    patch = [1, 2, 2] if R.random() < 0.85 else R.choice([[1, 1, 1], [2, 2, 2], [1, 4, 4], [1, 2, 1]])
+    i2v = kind in ("i2v", "flf2v")
+    layers = R.choice([1, 2, 3, 4, 5] if kind == "vace" else [1, 2, 3])
+    c = dict(model_type=kind, patch_size=patch, text_len=512, in_dim=36 if i2v else (16 if kind == "vace" else R.choice([16, 16, 16, 32, 48])),
+             dim=heads * head_dim, ffn_dim=ffn, freq_dim=R.choice([32, 64, 100, 256]), text_dim=R.choice([8, 32, 40, 72]),
+             out_dim=R.choice([16, 16, 16, 8, 12]), num_heads=heads, num_layers=layers, window_size=[-1, -1],
+             qk_norm=R.random() < 0.6, cross_attn_norm=R.random() < 0.6, eps=R.choice([1e-6, 1e-6, 1e-5, 1e-3]))
+    cfg = {"num_heads": heads, "eps": c["eps"]}
+    if kind == "vace":
+        vl = R.choice(["every2", "first", "all", "random", "random", "random"])
+        if vl == "every2":
+            c["vace_layers"] = list(range(0, layers, 2))
+        elif vl == "first":
+            c["vace_layers"] = [0]
+        elif vl == "all":
+            c["vace_layers"] = list(range(layers))
+        else:
+            c["vace_layers"] = [0] + sorted(R.sample(range(1, layers), R.randint(0, layers - 1))) if layers > 1 else [0]
+        c["vace_in_dim"] = R.choice([96, 96, 16, 32, 48])
+        # what the count of vace blocks settles (evenly spaced from 0, or every second layer); else the config says
+        n, L = len(c["vace_layers"]), layers
+        settled = list(range(0, L, L // n)) if L % n == 0 else (list(range(0, L, 2)) if (L + 1) // 2 == n else None)
+        if settled != c["vace_layers"]:
+            cfg["vace_layers"] = c["vace_layers"]
+        m = ref.vace_model.VaceWanModel(**c).eval()
+    else:
+        m = ref.model.WanModel(**c).eval()
+    randomize(m, SEED * 1000 + i)
+    g = torch.Generator().manual_seed(SEED * 1000 + i)
+    if kind == "flf2v":
+        m.img_emb.emb_pos.copy_(torch.randn(m.img_emb.emb_pos.shape, generator=g) * 0.2)
+    sd = {k: v.clone() for k, v in m.state_dict().items() if k != "freqs"}
+    desc = (f"{kind}, patch {patch}, in {c['in_dim']}, out {c['out_dim']}, {heads} heads of {head_dim}, ffn {ffn}, {layers} layers, "
+            f"text_dim {c['text_dim']}, freq_dim {c['freq_dim']}, eps {c['eps']}, qk_norm {c['qk_norm']}, cross_attn_norm {c['cross_attn_norm']}"
+            + (f", vace_layers {c['vace_layers']}, vace_in_dim {c['vace_in_dim']}" if kind == "vace" else ""))
+    return dict(kind=kind, c=c, m=m, sd=sd, g=g, cfg=cfg, desc=desc, name=f"l{SEED}_{tag}_{i}",
+                cls="VaceWanModel" if kind == "vace" else "WanModel")
+
+
+def dit_case(b, stored, how):
+    """Loads the stored values (float32, exactly what the files hold) into the official model, runs it on random
+    inputs shaped like the golden dit_*_basic / dit_vace_basic cases and writes the case."""
+    m, c, g, kind = b["m"], b["c"], b["g"], b["kind"]
+    own = m.state_dict()
+    assert set(stored) == {k for k in own if k != "freqs"}, set(stored) ^ set(own)
+    for k, v in stored.items():
+        assert v.dtype == torch.float32 and list(v.shape) == list(own[k].shape), (k, v.dtype, v.shape, own[k].shape)
+    m.load_state_dict(stored, strict=False)
+    patch = c["patch_size"]
+    i2v = kind in ("i2v", "flf2v")
+    xc = 16 if i2v else c["in_dim"]
+    shape, x, ctx, t, tokens, seq_len = random_dit_inputs(g, patch, xc, c["text_dim"])
+    if kind == "vace":
+        vc = torch.randn([c["vace_in_dim"]] + shape[1:], generator=g)
+        scale = R.choice([1.0, 1.0, 0.5, round(R.uniform(0.2, 1.6), 3)])
+        inputs = {"x": x, "vace_context": vc, "t": t, "context": ctx, "seq_len": seq_len, "vace_context_scale": scale}
+        outputs = {"y": m(x=[x], t=t, vace_context=[vc], context=[ctx], seq_len=seq_len, vace_context_scale=scale)[0]}
+    elif i2v:
+        y = torch.randn([20] + shape[1:], generator=g)
+        clip_fea = torch.randn(2 if kind == "flf2v" else 1, 257, 1280, generator=g)
+        inputs = {"x": x, "y": y, "clip_fea": clip_fea, "t": t, "context": ctx, "seq_len": seq_len}
+        outputs = {"out": m(x=[x], t=t, context=[ctx], seq_len=seq_len, clip_fea=clip_fea, y=[y])[0],
+                   "context_clip": m.img_emb(clip_fea)[0]}
+    else:
+        inputs = {"x": x, "t": t, "context": ctx, "seq_len": seq_len}
+        outputs = {"y": m(x=[x], t=t, context=[ctx], seq_len=seq_len)[0]}
+    for k, v in outputs.items():
+        assert torch.isfinite(v).all(), f"non-finite official output {k}"
+    write_case(b["name"], "weights", b["name"], inputs, outputs,
+               notes=f"official {b['cls']} ({b['desc']}), seq_len {seq_len} ({tokens} tokens), on the values stored by {how}")
+
+
+def write_file_model(b, layout, files, config, notes):
+    json.dump({"model": b["name"], "class": b["cls"], "config": config, "layout": layout, "files": files, "notes": notes},
+              open(f"{OUT}/weights/{b['name']}.json", "w"), indent=1)
+
+
+def save_sd(sd, path):
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in sd.items()}, path, metadata={"format": "pt"})
+
+
+def ditfile(i):
+    """Official names in one .safetensors (f32 / f16 / bf16), plain or under ComfyUI's `model.diffusion_model.` /
+    `diffusion_model.` prefix; or a Wan-AI folder: config.json (official constructor arguments, as ModelMixin writes
+    them: no patch_size / text_dim / qk_norm / cross_attn_norm / window_size) + diffusion_pytorch_model.safetensors, or
+    shards + index."""
+    b = dit_build(i, "ditfile")
+    dtype = R.choice([torch.float32, torch.float32, torch.float16, torch.bfloat16])
+    stored = {k: v.to(dtype).float() for k, v in b["sd"].items()}
+    form = R.choice(["file", "file", "model.diffusion_model.", "diffusion_model.", "sharded", "sharded", "folder"])
+    name, dn = b["name"], str(dtype).replace("torch.", "")
+    if form in ("sharded", "folder"):
+        m = b["m"]
+        m.load_state_dict(stored, strict=False)
+        folder = f"{OUT}/weights/{name}"
+        total = sum(v.numel() for v in stored.values()) * torch.finfo(dtype).bits // 8
+        kw = {"max_shard_size": max(total // R.choice([2, 3, 5]), 1024)} if form == "sharded" else {}
+        m.to(dtype).save_pretrained(folder, safe_serialization=True, **kw)
+        m.float()
+        files = sorted(os.listdir(folder))
+        shards = [f for f in files if f.endswith(".safetensors")]
+        cj = json.load(open(folder + "/config.json"))
+        assert not {"patch_size", "text_dim", "qk_norm", "cross_attn_norm"} & set(cj), cj
+        # Wan-AI's config.json: the constructor arguments less WanModel.ignore_for_config. diffusers 0.33.1 records
+        # VaceWanModel's wrongly (its positional super().__init__ call shifts the values: text_len [1, 2, 2], ...),
+        # so the file is written here as Wan-AI's Wan2.1-VACE-14B config.json reads.
+        want = {k: v for k, v in b["c"].items() if k not in type(m).ignore_for_config}
+        if {k: v for k, v in cj.items() if not k.startswith("_")} != want:
+            assert b["kind"] == "vace", (cj, want)
+            cj = {k: v for k, v in cj.items() if k.startswith("_")}
+            cj.update(want)
+            json.dump(cj, open(folder + "/config.json", "w"), indent=2, sort_keys=True)
+        layout = "official-sharded" if form == "sharded" else "official"
+        config, target = {}, [name + "/"]
+        what = f"Wan-AI folder ({len(shards)} shard{'s' if len(shards) > 1 else ''}{' + index' if form == 'sharded' else ''} + config.json with {sorted(k for k in cj if not k.startswith('_'))})"
+        r = R.random()
+        if form == "sharded" and r < 0.25:
+            target = [f"{name}/diffusion_pytorch_model.safetensors.index.json"]
+            what += "; files: the index"
+        elif form == "folder" and r < 0.3:
+            target = [f"{name}/{shards[0]}"]
+            if R.random() < 0.5:
+                config = dict(b["cfg"])
+                what += "; files: the weight file (config.json beside it); config: num_heads, eps"
+            else:  # a user passing Wan2.1-T2V-1.3B/diffusion_pytorch_model.safetensors: config.json beside it is all there is
+                what += "; files: the weight file, empty config (config.json beside it)"
+    else:
+        prefix = "" if form == "file" else form
+        save_sd({prefix + k: v.to(dtype) for k, v in b["sd"].items()}, f"{OUT}/weights/{name}.safetensors")
+        layout = "comfy-prefix" if prefix else "official"
+        target, config = [name + ".safetensors"], dict(b["cfg"])
+        what = f"one .safetensors, official names{' under ' + repr(prefix) if prefix else ''}"
+    how = f"{what}, {dn}"
+    write_file_model(b, layout, target, config, f"{how}; model: {b['desc']}; config holds only what shapes cannot show")
+    dit_case(b, stored, how)
+
+
+def ditfp8(i):
+    """Linear weights in float8: plain (Kijai-style, e4m3fn or e5m2, no scale) or ComfyUI fp8_scaled (e4m3fn +
+    per-tensor `<m>.scale_weight` [] or [1], a `scaled_fp8` marker, sometimes `<m>.scale_input`)."""
+    b = dit_build(i, "ditfp8")
+    scaled = R.random() < 0.5
+    f8name = "e4m3fn" if scaled or R.random() < 0.75 else "e5m2"
+    f8 = F8[f8name]
+    scope = R.choice(["blocks", "blocks", "all"])  # the blocks' Linear weights, or every 2-D weight
+    other = torch.bfloat16 if scaled and R.random() < 0.7 else R.choice([torch.float16, torch.bfloat16, torch.float32])
+    prefix = R.choice(["", "", "model.diffusion_model."])
+    scale_shape = R.choice([[], [1]])
+    with_input = scaled and R.random() < 0.3
+    out, stored = {}, {}
+    nf8 = 0
+    for k, v in b["sd"].items():
+        lin = v.dim() == 2 and k.endswith(".weight") and (scope == "all" or k.startswith(("blocks.", "vace_blocks.")))
+        if not lin:
+            out[prefix + k] = v.to(other)
+            stored[k] = v.to(other).float()
+            continue
+        nf8 += 1
+        if scaled:
+            s = (v.abs().max() / 448.0).float()
+            q = (v / s).clamp(-448, 448).to(f8)
+            out[prefix + k] = q
+            out[prefix + k[:-len("weight")] + "scale_weight"] = s.reshape(scale_shape).clone()
+            if with_input:
+                out[prefix + k[:-len("weight")] + "scale_input"] = torch.ones(scale_shape)
+            stored[k] = q.float() * s
+        else:
+            q = v.to(f8)
+            out[prefix + k] = q
+            stored[k] = q.float()
+    if scaled:
+        out[prefix + "scaled_fp8"] = torch.empty(0, dtype=f8)
+    name = b["name"]
+    save_sd(out, f"{OUT}/weights/{name}.safetensors")
+    on = str(other).replace("torch.", "")
+    how = (f"{'ComfyUI fp8_scaled' if scaled else 'plain fp8'} .safetensors: {nf8} Linear weights ({'those in blocks' if scope == 'blocks' else 'every 2-D weight'}) "
+           f"float8_{f8name}" + (f" with float32 scale_weight of shape {scale_shape}{' and scale_input' if with_input else ''}, marker '{prefix}scaled_fp8'" if scaled else ", no scale")
+           + f"; other tensors {on}{'; prefix ' + repr(prefix) if prefix else ''}")
+    layout = "comfy-fp8-scaled" if scaled else ("comfy-prefix" if prefix else "official")
+    write_file_model(b, layout, [name + ".safetensors"], dict(b["cfg"]), f"{how}; model: {b['desc']}")
+    dit_case(b, stored, how)
+
+
+KQ = {"Q2_K": (80, 82), "Q3_K": (108, None), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None)}  # byte offsets of d, dmin
+
+
+def kquant_blocks(shape, qt, std, rng):
+    """Valid ggml K-quant blocks for a [rows, cols] weight (gguf.quants cannot quantise K types): random quant and
+    scale bytes, per-block f16 d (and dmin, set so the mean is ~0) scaled so the values have about `std`."""
+    import gguf, numpy as np
+    T = getattr(gguf.GGMLQuantizationType, qt)
+    _, ts = gguf.GGML_QUANT_SIZES[T]
+    rows, cols = shape
+    nb = cols // 256
+    raw = rng.integers(0, 256, (rows, nb, ts), dtype=np.uint8)
+    od, om = KQ[qt]
+    u = rng.uniform(0.5, 1.5, (rows, nb)).astype(np.float32)
+
+    def put(raw, o, vals):
+        raw = raw.copy()
+        raw[:, :, o:o + 2] = vals.astype(np.float16)[..., None].view(np.uint8).reshape(rows, nb, 2)
+        return raw
+
+    def deq(raw):
+        return gguf.quants.dequantize(raw.reshape(rows, nb * ts), T)
+
+    ratio = 0.0
+    if om is not None:
+        a = deq(put(put(raw, od, u), om, np.zeros_like(u))).mean()
+        bb = deq(put(put(raw, od, np.zeros_like(u)), om, u)).mean()
+        ratio = -a / bb
+    v = deq(put(put(raw, od, u), om, u * ratio) if om is not None else put(raw, od, u))
+    s = std / max(float(v.std()), 1e-12)
+    raw = put(raw, od, u * s)
+    if om is not None:
+        raw = put(raw, om, u * s * ratio)
+    raw = raw.reshape(rows, nb * ts)
+    return raw, deq(raw)
+
+
+def ditgguf(i):
+    """GGUF as city96's ComfyUI-GGUF tools write Wan DiTs (convert.py + fix_5d_tensors.py + the patched llama-quantize):
+    general.architecture 'wan', official names; the Linear weights in blocks.* quantised (fallback F16 where a row is
+    not a whole number of blocks); other 2-D+ weights F16 (or BF16 in a BF16 file); 1-D tensors, tensors <= 1024
+    elements and *.modulation F32 (from an f32 source; all F16 from an f16 source); 5-D patch embeddings F32 with all 5
+    dims, written after their bias."""
+    import gguf, numpy as np
+    GT = gguf.GGMLQuantizationType
+    kq = R.random() < 0.35
+    # reshape: convert.py's shape_fix rule (its SD1/SDXL path; ComfyUI-GGUF's loader honours it for every arch): a
+    # tensor of >= 512 elements, a multiple of 256, whose last dim is not one, is stored as [n/256, 256] with its
+    # shape in comfy.gguf.orig_shape.<name> (INT32 array); K-quants then fit any such tensor. 5-D tensors are then
+    # sometimes stored that way too (a converter avoiding fix_5d_tensors.py) instead of with all 5 dims.
+    reshape = R.random() < 0.3
+    reshape5d = reshape and R.random() < 0.5
+    b = dit_build(i, "ditgguf", rows=32 if reshape or not kq else 256)
+    rng = np.random.default_rng(SEED * 1000 + i)
+    if kq:
+        attn_t, ffn_t = R.choice(list(KQ)), R.choice(list(KQ) + ["Q8_0", "Q5_0"])
+        fname = {("Q4_K", "Q5_K"): "MOSTLY_Q4_K_M", ("Q4_K", "Q6_K"): "MOSTLY_Q4_K_M", ("Q5_K", "Q6_K"): "MOSTLY_Q5_K_M"}.get(
+            (attn_t, ffn_t), {"Q2_K": "MOSTLY_Q2_K", "Q3_K": "MOSTLY_Q3_K_M", "Q4_K": "MOSTLY_Q4_K_S", "Q5_K": "MOSTLY_Q5_K_S", "Q6_K": "MOSTLY_Q6_K"}[attn_t])
+    else:
+        pick = R.choice(["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "BF16"])
+        attn_t = ffn_t = pick
+        if pick in ("Q4_0", "Q5_0") and R.random() < 0.3:
+            ffn_t = "Q8_0"  # a mixed file
+        fname = "MOSTLY_" + pick
+    src = R.choice(["f32", "f32", "f16"]) if fname != "MOSTLY_BF16" else "bf16"
+    big = "BF16" if fname == "MOSTLY_BF16" else "F16"
+    name = b["name"]
+    w = gguf.GGUFWriter(f"{OUT}/weights/{name}.gguf", arch="wan")
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_file_type(getattr(gguf.LlamaFileType, fname))
+    stored, types, pending5d, reshaped = {}, {}, {}, []
+
+    def add(k, v):
+        a = v.numpy().astype(np.float32)
+        n = a.size
+        if reshape and v.dim() > 1 and n >= 512 and n % 256 == 0 and a.shape[-1] % 256 != 0 and (v.dim() < 5 or reshape5d):
+            a = a.reshape(n // 256, 256)
+            w.add_array(f"comfy.gguf.orig_shape.{k}", [int(d) for d in v.shape])
+            reshaped.append(k)
+        if v.dim() == 5:
+            t = "F32" if a.ndim == 5 or R.random() < 0.5 else "F16"
+        elif src == "f16":
+            t = "F16"
+        elif v.dim() == 1 or n <= 1024 or ".modulation" in k or k == "head.modulation":
+            t = "F32"
+        else:
+            t = big
+        lin = v.dim() == 2 and k.endswith(".weight") and k.startswith(("blocks.", "vace_blocks.")) and n > 1024
+        if lin and fname not in ("MOSTLY_F16", "MOSTLY_BF16"):
+            qt = ffn_t if ".ffn." in k else attn_t
+            bs = gguf.GGML_QUANT_SIZES[getattr(GT, qt)][0]
+            t = qt if a.shape[-1] % bs == 0 else "F16"  # llama-quantize's fallback, forced to F16 by city96's patch
+        T = getattr(GT, t)
+        if t in KQ:
+            std = float(a.std())
+            data, deq = kquant_blocks(a.shape, t, std, rng)
+        else:
+            data = gguf.quants.quantize(a, T)
+            deq = gguf.quants.dequantize(data, T)
+        stored[k] = torch.from_numpy(np.ascontiguousarray(deq, dtype=np.float32)).reshape(v.shape)
+        types[k] = t
+        w.add_tensor(k, data, raw_shape=None, raw_dtype=T)
+
+    for k, v in b["sd"].items():
+        if v.dim() == 5:
+            pending5d[k] = v
+            continue
+        add(k, v)
+        k5 = k.replace(".bias", ".weight")
+        if k5 in pending5d:
+            add(k5, pending5d.pop(k5))
+    for k, v in pending5d.items():
+        add(k, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    # read the file back: the values fed to the official model must be exactly what it stores
+    rd = gguf.GGUFReader(f"{OUT}/weights/{name}.gguf")
+    seen = set()
+    for t in rd.tensors:
+        back = gguf.quants.dequantize(t.data, t.tensor_type)
+        ref_v = stored[t.name].numpy()
+        assert t.tensor_type.name == types[t.name], (t.name, t.tensor_type.name, types[t.name])
+        dims = list(reversed([int(d) for d in t.shape]))
+        if t.name in reshaped:
+            f = rd.get_field(f"comfy.gguf.orig_shape.{t.name}")
+            assert [int(f.parts[j][0]) for j in f.data] == list(ref_v.shape) and f.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32], t.name
+            assert dims == [ref_v.size // 256, 256], (t.name, dims)
+        else:
+            assert dims == list(ref_v.shape), (t.name, t.shape, ref_v.shape)
+        assert np.array_equal(back.reshape(ref_v.shape), ref_v), t.name
+        seen.add(t.name)
+    assert seen == set(stored)
+    counts = {}
+    for t in types.values():
+        counts[t] = counts.get(t, 0) + 1
+    how = (f"GGUF ({fname[7:]}: blocks' attention {attn_t}, ffn {ffn_t}; from an {src} source; tensor types {dict(sorted(counts.items()))}"
+           + (f"; {len(reshaped)} tensors stored as [n/256, 256] with comfy.gguf.orig_shape ({', '.join(r for r in reshaped if 'patch_embedding' in r) or 'no 5-D'})" if reshaped else "")
+           + ("; K-quant blocks of random bytes with per-block f16 d/dmin, expected from gguf.quants.dequantize" if kq and any(t in KQ for t in types.values()) else "") + ")")
+    write_file_model(b, "gguf", [name + ".gguf"], dict(b["cfg"]), f"{how}; model: {b['desc']}")
+    dit_case(b, stored, how)
+
+KIND_FUNCS = {"t5": t5, "clip": clip, "vae": vae, "dit": dit, "t5shared": lambda i: t5(i, shared=True),
+              "ditfile": ditfile, "ditfp8": ditfp8, "ditgguf": ditgguf}
 kinds = [k for k in KINDS]
 counts = {}
 for i in range(COUNT):
