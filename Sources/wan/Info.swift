@@ -2,17 +2,19 @@ import ArgumentParser
 import Foundation
 import WanKit
 
-/// `wan info FILE_OR_FOLDER`: what a DiT checkpoint is, without loading it.
+/// `wan info FILE_OR_FOLDER`: what a checkpoint is (DiT, umT5, Wan-VAE or CLIP), without loading it.
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Describe a Wan2.1 model folder (its parts, what is missing) or DiT checkpoint: layout, storage types, parameter count, configuration and task.")
-    @Argument(help: "A model folder, a .safetensors or .gguf file, a sharded or diffusers folder.") var path: String
+        abstract: "Describe a Wan2.1 model folder (its parts, what is missing) or one checkpoint (DiT, umT5 text encoder, Wan-VAE, CLIP image encoder): layout, storage types, parameter count, configuration and, for a DiT, its task.")
+    @Argument(help: "A model folder, a .safetensors, .gguf or .pth file, a sharded, diffusers or transformers folder.") var path: String
 
     func run() throws {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
             // A model folder: which parts it holds and which are missing.
             let parts = try ModelFiles.discover(in: path)
+            // A component's own folder (a transformers text or image encoder, a diffusers vae/): that component.
+            if parts.dit == nil && parts.t5 == nil && parts.vae == nil && parts.clip == nil, try describeEncoderOrVAE(path) { return }
             print("model folder: \(path)")
             for (name, found, expected) in [("dit", parts.dit, "diffusion_pytorch_model*.safetensors or transformer/"),
                                             ("t5", parts.t5, "models_t5_umt5-xxl-enc-bf16.pth or text_encoder/"),
@@ -26,15 +28,56 @@ struct Info: ParsableCommand {
             try describeDiT(dit)
             return
         }
+        try describe(path)
+    }
+
+    /// A file (or component folder) as whichever part of Wan2.1 it holds: each opener is tried, and the first whose
+    /// official names show its part describes it; otherwise the DiT opener's error is what the user sees.
+    func describe(_ path: String) throws {
+        let dit: DiTWeights
+        do { dit = try openDiTWeights(path: path) } catch let ditError {
+            if try describeEncoderOrVAE(path) { return }
+            throw ditError
+        }
+        if dit.source.info("time_embedding.0.weight") == nil, try describeEncoderOrVAE(path) { return }
         try describeDiT(path)
     }
 
-    func describeDiT(_ path: String) throws {
-        let w = try openDiTWeights(path: path)
-        let source = w.source
+    /// Describes a umT5, Wan-VAE or CLIP checkpoint; false when the file is none of them.
+    func describeEncoderOrVAE(_ path: String) throws -> Bool {
+        if let w = try? openT5Weights(path: path), w.source.info("token_embedding.weight") != nil {
+            printStorage(w.source, layout: w.layout)
+            let config = UMT5Config.inferred(from: w.source, arguments: w.arguments ?? [:])
+            try config.validate(source: w.source.label)
+            print("config:     \(config), eps \(config.eps), max_dist \(config.maxDistance)")
+            print("part:       umT5 text encoder (umT5-XXL: dim 4096, 24 layers, 64 heads)")
+            return true
+        }
+        if let w = try? openVAEWeights(path: path), w.source.info("decoder.conv1.weight") != nil {
+            printStorage(w.source, layout: w.layout)
+            let c = WanVAEConfig(inferringFrom: w.source, arguments: w.arguments)
+            try c.validate(source: w.source.label)
+            print("config:     Wan-VAE dim \(c.dim), z_dim \(c.zDim), dim_mult \(c.dimMult), num_res_blocks \(c.numResBlocks), temporal downsample \(c.temporalDownsample)")
+            print("part:       Wan-VAE (causal 3D video autoencoder)")
+            return true
+        }
+        if let w = try? openCLIPWeights(path: path), w.source.info("transformer.0.attn.to_qkv.weight") != nil {
+            printStorage(w.source, layout: w.layout)
+            let c = CLIPVisionConfig.inferred(from: w.source, arguments: w.arguments ?? [:])
+            try c.validate(source: w.source.label)
+            print("config:     \(c)")
+            print("part:       CLIP image encoder (ViT-H/14 in Wan2.1's I2V / FLF2V models)")
+            return true
+        }
+        return false
+    }
+
+    /// The source, layout, GGUF header and the storage types with their tensor, byte and parameter counts.
+    func printStorage(_ source: WeightSource, layout: String) {
         print("source:     \(source.label)")
-        print("layout:     \(w.layout)")
-        if let g = source as? GGUFSource {
+        print("layout:     \(layout)")
+        let base = (source as? LayoutSource)?.base ?? source
+        if let g = base as? GGUFSource {
             let keys = ["general.architecture", "general.file_type", "general.quantization_version"]
             let meta = keys.compactMap { k in g.file.metadata[k].map { "\(k)=\($0)" } }
             print("gguf:       v\(g.file.version), \(g.file.tensors.count) tensors, alignment \(g.file.alignment)\(meta.isEmpty ? "" : ", " + meta.joined(separator: ", "))")
@@ -42,7 +85,7 @@ struct Info: ParsableCommand {
         var mix: [String: (count: Int, bytes: Int, params: Int)] = [:]
         var params = 0
         for name in source.names {
-            let s = try source.stored(name)
+            guard let s = try? source.stored(name) else { continue }
             let key = s.type.description + (s.scale != nil ? " (scaled)" : "")
             let e = s.elementCount
             var m = mix[key] ?? (0, 0, 0)
@@ -55,6 +98,12 @@ struct Info: ParsableCommand {
             let pad = k.padding(toLength: max(k.count, 18), withPad: " ", startingAt: 0)
             print("  \(pad) \(String(format: "%5d", m.count)) tensors  \(Self.bytes(m.bytes))  \(Self.count(m.params)) params")
         }
+    }
+
+    func describeDiT(_ path: String) throws {
+        let w = try openDiTWeights(path: path)
+        let source = w.source
+        printStorage(source, layout: w.layout)
         var config = try WanDiTConfig(inferringFrom: source)
         if let a = w.arguments { config.apply(officialArguments: a) }
         try config.validate(source: source.label)

@@ -181,3 +181,35 @@ final class CLITests: XCTestCase {
         XCTAssertLessThan(bf16Error, 2e-2)
     }
 }
+
+extension CLITests {
+    /// `wan info` names what a file or folder is, whichever part of Wan2.1 it holds, in any layout, and refuses what
+    /// is none of them with the reader's error.
+    func testInfoDescribesEveryPart() throws {
+        guard FileManager.default.fileExists(atPath: Self.weights + "/t5.safetensors") else { throw XCTSkip("golden data not found") }
+        let variants = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Variants/weights").path
+        let expectations: [(String, [String])] = [
+            (Self.weights + "/dit_t2v_q4_0.gguf", ["layout:     gguf", "Q4_0", "task:       t2v"]),
+            (Self.weights + "/dit_vace.safetensors", ["task:       vace", "vace blocks after layers [0]"]),
+            (Self.weights + "/dit_t2v_diffusers", ["model folder:", "layout:     diffusers", "heads from config.json"]),
+            (Self.weights + "/t5.safetensors", ["part:       umT5 text encoder", "umT5(vocab 512, dim 64, dim_attn 64, dim_ffn 128, 4 heads, 3 layers"]),
+            (Self.weights + "/t5_bf16.pth", ["layout:     official-pth", "BF16", "part:       umT5"]),
+            (Self.weights + "/t5_hf", ["layout:     hf-transformers", "part:       umT5"]),
+            (variants + "/v_t5_gguf.gguf", ["layout:     gguf", "general.architecture=\"t5encoder\"", "Q8_0", "Q4_0", "part:       umT5"]),
+            (Self.weights + "/vae.pth", ["part:       Wan-VAE", "Wan-VAE dim 8, z_dim 16"]),
+            (Self.weights + "/clip_visual_hf", ["part:       CLIP image encoder", "mlp 256"]),
+        ]
+        for (path, lines) in expectations {
+            let r = try run(["info", path])
+            XCTAssertEqual(r.status, 0, path + ": " + r.stderr)
+            for line in lines { XCTAssertTrue(r.stdout.contains(line), "\(path): no '\(line)' in\n\(r.stdout)") }
+        }
+        let dir = try temporaryFolder()
+        let junk = dir + "/notes.safetensors"
+        try Data("not a checkpoint".utf8).write(to: URL(fileURLWithPath: junk))
+        let bad = try run(["info", junk])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains(junk), bad.stderr)
+    }
+}
