@@ -100,6 +100,7 @@ public struct UMT5Config: Sendable, Equatable, CustomStringConvertible {
         guard maxDistance > numBuckets / 4, maxDistance <= maxWidth else {
             throw fail("max_dist \(maxDistance) for \(numBuckets) buckets (it must exceed the \(numBuckets / 4) exact ones, up to \(maxWidth))")
         }
+        guard eps.isFinite, eps >= 0, eps < 1 else { throw fail("eps \(eps), not a small non-negative number (umT5: 1e-6)") }
     }
 }
 

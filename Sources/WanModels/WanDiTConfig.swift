@@ -127,5 +127,6 @@ public struct WanDiTConfig: Codable, Sendable, Equatable, CustomStringConvertibl
             throw fail("dim \(dim) and num_heads \(numHeads): dim does not split into \(numHeads) heads of even size")
         }
         guard freqDim % 2 == 0 else { throw fail("freq_dim \(freqDim), which is not even") }
+        guard eps.isFinite, eps >= 0, eps < 1 else { throw fail("eps \(eps), not a small non-negative number (Wan2.1: 1e-6)") }
     }
 }

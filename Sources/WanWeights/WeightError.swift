@@ -21,7 +21,7 @@ public enum WeightError: Error, CustomStringConvertible, Equatable {
     /// A `badConfig` for a configuration value no model of that kind has (`part`: "model", "VAE", …), saying where
     /// configurations come from and what to do about it.
     public static func impossibleConfig(source: String, part: String, _ what: String) -> WeightError {
-        .badConfig(source: source, detail: "the \(part) configuration has \(what) (from config.json or the weights' shapes; fix or remove the config.json beside the weights)")
+        .badConfig(source: source, detail: "the \(part) configuration has \(what) (from the checkpoint's configuration (config.json beside it, or a GGUF file's metadata) or its shapes; fix or remove that configuration)")
     }
 
     public var description: String {

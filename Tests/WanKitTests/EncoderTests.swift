@@ -94,7 +94,8 @@ final class EncoderTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("t5/config.json") && "\(e)".contains("feed_forward_proj 'relu'"), "\(e)")
         }
         let cases: [([String: Any], String)] = [(["d_kv": 1 << 62], "dim_attn"), (["relative_attention_max_distance": -129], "max_dist -129"),
-                                               (["num_layers": 0], "num_layers 0"), (["relative_attention_num_buckets": 2], "num_buckets 2")]
+                                               (["num_layers": 0], "num_layers 0"), (["relative_attention_num_buckets": 2], "num_buckets 2"),
+                                               (["layer_norm_epsilon": Double.nan], "eps nan")]
         for (change, named) in cases {
             let config = UMT5Config.inferred(from: weights, arguments: try HFUMT5.officialArguments(hf.merging(change) { $1 }))
             XCTAssertThrowsError(try UMT5Encoder(config: config, weights: weights), named) { e in

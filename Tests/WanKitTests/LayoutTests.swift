@@ -540,7 +540,8 @@ final class LayoutTests: XCTestCase {
         let weights = goldenDirectory + "/weights/dit_t2v.safetensors"
         guard FileManager.default.fileExists(atPath: weights) else { throw XCTSkip("golden data not found") }
         let cases: [(String, Any, String)] = [("num_heads", 0, "num_heads 0"), ("num_layers", -1, "num_layers -1"),
-                                             ("patch_size", [1, 0, 2], "patch_size [1, 0, 2]"), ("dim", 97, "dim 97")]
+                                             ("patch_size", [1, 0, 2], "patch_size [1, 0, 2]"), ("dim", 97, "dim 97"),
+                                             ("eps", 2.0, "eps 2.0")]
         for (key, value, named) in cases {
             let folder = NSTemporaryDirectory() + "wankit-config-\(UUID().uuidString)"
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
