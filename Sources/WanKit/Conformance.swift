@@ -2,6 +2,7 @@ import Foundation
 import WanTensor
 import WanWeights
 import WanModels
+import WanText
 
 /// One golden case (format: ../shared/golden/README.md): a JSON file plus the safetensors holding its tensors.
 public struct GoldenCase {
@@ -192,8 +193,14 @@ public final class ConformanceRunner {
 
     func modelJSON(_ model: String) throws -> [String: Any] {
         let path = (weightsDirectory as NSString).appendingPathComponent(model + ".json")
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw DiTInputError(description: "the case names model '\(model)', but \(path) does not exist (each model a case names needs weights/<model>.json beside its files)")
+        }
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+        guard let object = try? JSONText.object(with: data), let json = object as? [String: Any] else {
+            throw DiTInputError(description: "\(path) is not a JSON object")
+        }
+        return json
     }
 
     /// Model classes of the DiT cases: the official one and diffusers' (the VACE DiT apart: `vaceClasses`).

@@ -41,6 +41,23 @@ final class GoldenTests: XCTestCase {
     func testWeightsComfyF16() throws { try check("weights_dit_t2v_comfy_f16") }
     func testWeightsFP8() throws { try check("weights_dit_t2v_fp8_e4m3fn") }
 
+    /// A case whose model has no weights/<model>.json fails naming the missing file (it was Foundation's error dump).
+    func testACaseWithoutItsModelJSONFailsNamingIt() throws {
+        let basic = goldenDirectory + "/cases/vae_decode_3l"
+        guard FileManager.default.fileExists(atPath: basic + ".json") else { throw XCTSkip("golden data not found") }
+        let root = NSTemporaryDirectory() + "wankit-nomodel-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: root + "/cases", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root + "/weights", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        for ext in ["json", "safetensors"] {
+            try FileManager.default.copyItem(atPath: basic + "." + ext, toPath: root + "/cases/vae_decode_3l." + ext)
+        }
+        let result = ConformanceRunner(goldenDirectory: root).run(caseNamed: "vae_decode_3l")
+        XCTAssertTrue(result.isFailure)
+        XCTAssertTrue(result.description.contains("names model 'vae'") && result.description.contains(root + "/weights/vae.json"),
+                      result.description)
+    }
+
     /// The whole folder: no failure anywhere (skips are allowed only for components not built yet).
     func testWholeFolderHasNoFailure() throws {
         guard FileManager.default.fileExists(atPath: goldenDirectory) else { throw XCTSkip("golden data not found") }
