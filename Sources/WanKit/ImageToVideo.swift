@@ -208,7 +208,7 @@ struct ImageConditionedSampler {
     static func check(text: TextConditioner, dit: any DiTDenoiser, vae: any VAECoding, clip: (any CLIPImageEncoder)?, task: String, name: String) throws {
         let c = dit.config
         guard c.modelType == task else {
-            throw GenerationError.modelMismatch("this is a \(c.modelType) DiT; \(name) needs a \(task) model (in_dim \(2 * vae.config.zDim + 4), with img_emb\(task == "flf2v" ? " and img_emb.emb_pos" : ""))")
+            throw GenerationError.modelMismatch("this DiT's model_type is \(c.modelType); \(name) needs model_type \(task) (in_dim \(2 * vae.config.zDim + 4), with img_emb\(task == "flf2v" ? " and img_emb.emb_pos" : ""))")
         }
         guard c.textDim == text.encoderConfig.dim else {
             throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(c.textDim) but the text encoder makes \(text.encoderConfig.dim)")

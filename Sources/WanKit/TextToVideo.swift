@@ -149,7 +149,7 @@ public final class TextToVideo: DecodingPipeline, @unchecked Sendable {
             throw GenerationError.modelMismatch("the DiT takes text embeddings of width \(dit.config.textDim) but the text encoder makes \(text.encoderConfig.dim)")
         }
         guard dit.config.modelType == "t2v" else {
-            throw GenerationError.modelMismatch("this is a \(dit.config.modelType) DiT; text-to-video needs a t2v model")
+            throw GenerationError.modelMismatch("this DiT's model_type is \(dit.config.modelType); text-to-video needs model_type t2v")
         }
         guard dit.config.inDim == vae.config.zDim, dit.config.outDim == vae.config.zDim else {
             throw GenerationError.modelMismatch("the DiT works on \(dit.config.inDim)-channel latents, the VAE on \(vae.config.zDim)")

@@ -5,8 +5,10 @@ wrong, beyond the fixed sets (../shared/golden, Tests/Variants), the way a hidde
 would find them.
 
   WAN21_SRC=CHECKOUT python sweep.py OUT GOLDEN SEED COUNT      (then: wan conformance OUT)
-  SWEEP_PIPELINES=1 ...: random text-to-video / text-to-image / image-to-video runs of the official pipelines instead
-  (the golden pipeline models; random sizes, frame counts, steps, solvers, shift, guidance, seeds, prompts).
+  SWEEP_PIPELINES=1 ...: random text-to-video / text-to-image / image-to-video / first-last-frame / VACE runs of the
+  official pipelines instead (the golden pipeline models, and pipe.py's flf2v / VACE ones; random sizes, frame counts,
+  steps, solvers, shift, guidance, seeds, prompts, conditioning images and videos, context scales);
+  SWEEP_PIPELINES=flf2v,vace (a comma list of t2v, i2v, flf2v, vace): those kinds only.
 
 Deterministic for a SEED. Uses the venv of make.sh (torch, diffusers 0.33, transformers 4.x)."""
 import sys, os, json, math, random
@@ -220,19 +222,42 @@ PROMPTS = ["A cat walks on the grass.", "  一只猫在草地上走  ", "Neon ci
            "A very long prompt " * 40]
 
 
+PIPELINE_KINDS = os.environ.get("SWEEP_PIPELINES", "1")
+
+
 def pipeline(i):
     import pipe
     solver = R.choice(["unipc", "dpm++"])
     steps, shift, guide, seed = R.randint(2, 5), round(R.uniform(1, 9), 2), round(R.uniform(1, 8), 2), R.randint(0, 2 ** 31)
     neg = R.choice(["", "", "blurry, 模糊", "low quality"])
-    if R.random() < 0.6:
+    if PIPELINE_KINDS != "1":  # a comma list of t2v, i2v, flf2v, vace: those only
+        kind = R.choice(PIPELINE_KINDS.split(","))
+        draw = {"t2v": 0.0, "i2v": 0.7, "flf2v": 0.9, "vace": 0.99}[kind]
+    else:
+        draw = R.random()
+    if draw < 0.6:
         frames = R.choice([1, 1 + 4 * R.randint(1, 3)])
         pipe.t2v_case(f"s{SEED}_pipeline_t2v_{i}", R.choice(PROMPTS), [16 * R.randint(1, 6), 16 * R.randint(1, 6)], frames,
                       steps, solver, shift, guide, seed, neg, task="t2i" if frames == 1 else "t2v")
-    else:
+    elif draw < 0.8:
         h, w = R.randint(16, 120), R.randint(16, 120)
         pipe.i2v_case(f"s{SEED}_pipeline_i2v_{i}", R.choice(PROMPTS), (h, w), R.choice([32 * 32, 48 * 64, 40 * 24]),
                       1 + 4 * R.randint(1, 2), steps, solver, shift, guide, seed, neg)
+    elif draw < 0.92:
+        # first-last frame (81 frames, as the official mask is built): last frames of another size and aspect
+        pipe.flf2v_case(f"s{SEED}_pipeline_flf2v_{i}", R.choice(PROMPTS), (R.randint(16, 100), R.randint(16, 100)),
+                        (R.randint(16, 100), R.randint(16, 100)), R.choice([32 * 32, 24 * 40, 16 * 48]), R.randint(1, 3),
+                        solver, shift, guide, seed, neg)
+    else:
+        # VACE: a source video and / or a mask and / or reference images of random sizes, at a random context scale
+        size = [16 * R.randint(2, 4), 16 * R.randint(2, 4)]
+        video = R.random() < 0.7
+        refs = [(R.randint(16, 80), R.randint(16, 80)) for _ in range(R.choice([0, 0, 1, 2]))]
+        if not video and not refs:
+            refs = [(R.randint(16, 80), R.randint(16, 80))]
+        pipe.vace_case(f"s{SEED}_pipeline_vace_{i}", R.choice(PROMPTS), size, 1 + 4 * R.randint(0, 2), steps, solver,
+                       shift, guide, seed, neg, round(R.uniform(0.3, 1.5), 2), video=video,
+                       mask=video and R.random() < 0.6, refs=refs)
 
 
 kinds = [dit, t5, vae, clip, scheduler, strings, vace, batch]
