@@ -6,7 +6,7 @@ import Foundation
 /// scalars alone are Python doubles (`sin`, `cos`, … as `math.*`); an operation with a tensor runs elementwise in
 /// float32, a scalar operand first rounded to float32 as PyTorch does with a Python number.
 /// Grammar: sums and differences of products and quotients of signed factors; a factor is a number, a name, a
-/// parenthesised expression, `f(expr)` for f in sin cos tan exp log sqrt tanh abs, or `a ** b` (scalars only).
+/// parenthesised expression, `f(expr)` for f in sin cos tan exp log sqrt tanh abs, or `a ** b` (not both tensors).
 public struct ConformanceExpression: CustomStringConvertible, Sendable {
     public enum ParseError: Error, CustomStringConvertible {
         case syntax(String, detail: String)
@@ -101,7 +101,22 @@ public struct ConformanceExpression: CustomStringConvertible, Sendable {
                 default: return .scalar(Foundation.pow(x, y))
                 }
             }
-            guard op != "^" else { throw ParseError.syntax(text, detail: "** is only read between scalars") }
+            if op == "^" {
+                // PyTorch's pow with a Python-number exponent: 2 as x*x, 0.5 as sqrt, 1 as x, else powf.
+                switch (l, r) {
+                case (.tensor(let x), .scalar(let y)):
+                    if y == 2 { return .tensor(x.map { $0 * $0 }) }
+                    if y == 0.5 { return .tensor(x.map { $0.squareRoot() }) }
+                    if y == 1 { return .tensor(x) }
+                    let e = Float(y)
+                    return .tensor(x.map { Foundation.pow($0, e) })
+                case (.scalar(let x), .tensor(let y)):
+                    let b = Float(x)
+                    return .tensor(y.map { Foundation.pow(b, $0) })
+                default:
+                    throw ParseError.syntax(text, detail: "** between two tensors is not read")
+                }
+            }
             let f: (Float, Float) -> Float
             switch op {
             case "+": f = { $0 + $1 }

@@ -27,13 +27,16 @@ final class ConformanceExpressionTests: XCTestCase {
         let a = Float(0.1 * sin(t / 100))
         for k in 0..<3 { XCTAssertEqual(got[k], Float(0.3) * x[k] + a * c1[k]) }
         XCTAssertEqual(e.names, ["x", "t", "c1"])
+        // Powers of a tensor as PyTorch computes them (x**2 is x*x).
+        XCTAssertEqual(try ConformanceExpression("x**2 - 0.5**x").evaluate(tensors: ["x": [3, -2]], scalars: [:], count: 2),
+                       [9 - Foundation.pow(Float(0.5), 3), 4 - Foundation.pow(Float(0.5), -2)])
         // A scalar-only expression fills the result.
         XCTAssertEqual(try ConformanceExpression("cos(0)").evaluate(tensors: [:], scalars: [:], count: 2), [1, 1])
     }
 
     func testBadExpressionsAreNamed() {
         for (text, words) in [("0.3*x +", "ends early"), ("sinh(t)", "unknown function 'sinh'"), ("(x", "')' is missing"),
-                              ("x $ 2", "unexpected '$ 2'"), ("x ** 2", "only read between scalars"), ("q*2", "unknown name 'q'")] {
+                              ("x $ 2", "unexpected '$ 2'"), ("x ** x", "between two tensors"), ("q*2", "unknown name 'q'")] {
             XCTAssertThrowsError(try ConformanceExpression(text).evaluate(tensors: ["x": [1]], scalars: [:], count: 1), text) { error in
                 XCTAssertTrue("\(error)".contains(words), "\(text): \(error)")
             }
