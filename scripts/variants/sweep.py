@@ -9,6 +9,7 @@ would find them.
   official pipelines instead (the golden pipeline models, and pipe.py's flf2v / VACE ones; random sizes, frame counts,
   steps, solvers, shift, guidance, seeds, prompts, conditioning images and videos, context scales);
   SWEEP_PIPELINES=flf2v,vace (a comma list of t2v, i2v, flf2v, vace): those kinds only.
+  SWEEP_KINDS=dit,vae (a comma list of dit, t5, vae, clip, scheduler, strings, vace, batch): those kinds only.
 
 Deterministic for a SEED. Uses the venv of make.sh (torch, diffusers 0.33, transformers 4.x)."""
 import sys, os, json, math, random
@@ -38,7 +39,9 @@ def dit(i):
     head_dim = R.choice([8, 12, 16, 20, 24, 30, 32, 40, 64])
     kind = R.choice(["t2v", "t2v", "i2v", "flf2v"])
     i2v = kind != "t2v"
-    c = dict(model_type=kind, patch_size=[1, 2, 2], text_len=512, in_dim=36 if i2v else 16,
+    # t2v models of another text_len too (the context is padded to it; i2v's official split assumes 512)
+    text_len = 512 if i2v else R.choice([512, 512, 40, 77, 300])
+    c = dict(model_type=kind, patch_size=[1, 2, 2], text_len=text_len, in_dim=36 if i2v else 16,
              dim=heads * head_dim, ffn_dim=R.choice([16, 48, 100, 256]), freq_dim=R.choice([32, 64, 256]),
              text_dim=R.choice([8, 32, 40]), out_dim=16, num_heads=heads, num_layers=R.choice([1, 2, 3]),
              window_size=[-1, -1], qk_norm=R.random() < 0.7, cross_attn_norm=R.random() < 0.7,
@@ -261,6 +264,8 @@ def pipeline(i):
 
 
 kinds = [dit, t5, vae, clip, scheduler, strings, vace, batch]
+if os.environ.get("SWEEP_KINDS"):  # a comma list of the kinds above: those only
+    kinds = [k for k in kinds if k.__name__ in os.environ["SWEEP_KINDS"].split(",")]
 if os.environ.get("SWEEP_PIPELINES"):
     kinds = [pipeline]
 for i in range(COUNT):
