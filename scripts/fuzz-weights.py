@@ -714,8 +714,18 @@ TARGETS = {
     "json-t5-hf": ("json", W + "t5_hf/config.json", [conf("weights_t5_hf")]),
     "json-clip-hf": ("json", W + "clip_visual_hf/config.json", [conf("weights_clip_visual_hf")]),
     "tokenizer": ("tokenizer", "tokenizer/tokenizer.json", [conf("tokenizer_"), PIPE]),
+    # Tests/Variants models (mirrored into the golden copy's root, see VARIANT_MODELS)
+    "gguf-t5": ("gguf", "v_t5_gguf.gguf", [["info", "{F}"]]),
+    "json-vae-file": ("json", "v_vae_diffusers_file/vae/config.json",
+                      [["info", "{G}/v_vae_diffusers_file/vae/diffusion_pytorch_model.safetensors"]]),
+    "json-dit-file": ("json", "v_dit_file_in_folder/config.json",
+                      [["info", "{G}/v_dit_file_in_folder/diffusion_pytorch_model.safetensors"]]),
 }
-SEED_OVERRIDE = {"ggml_types.gguf": os.path.join(ROOT, "Tests", "Variants", "ggml", "ggml_types.gguf")}
+VARIANT_WEIGHTS = os.path.join(ROOT, "Tests", "Variants", "weights")
+VARIANT_MODELS = ["v_t5_gguf.gguf", "v_vae_diffusers_file", "v_dit_file_in_folder"]
+SEED_OVERRIDE = {"ggml_types.gguf": os.path.join(ROOT, "Tests", "Variants", "ggml", "ggml_types.gguf"),
+                 **{r: os.path.join(VARIANT_WEIGHTS, r) for r in
+                    ["v_t5_gguf.gguf", "v_vae_diffusers_file/vae/config.json", "v_dit_file_in_folder/config.json"]}}
 
 
 def mirror(src, dst):
@@ -736,6 +746,12 @@ class Worker:
         self.golden = os.path.join(self.dir, "golden")
         mirror(GOLDEN, self.golden)
         os.symlink(SEED_OVERRIDE["ggml_types.gguf"], os.path.join(self.golden, "ggml_types.gguf"))
+        for name in VARIANT_MODELS:
+            src = os.path.join(VARIANT_WEIGHTS, name)
+            if os.path.isdir(src):
+                mirror(src, os.path.join(self.golden, name))
+            else:
+                os.symlink(src, os.path.join(self.golden, name))
 
 
 SIGNALS = {132: "SIGILL", 133: "SIGTRAP", 134: "SIGABRT", 135: "SIGBUS", 136: "SIGFPE", 139: "SIGSEGV"}
