@@ -43,30 +43,32 @@ struct Info: ParsableCommand {
         try describeDiT(path)
     }
 
-    /// Describes a umT5, Wan-VAE or CLIP checkpoint; false when the file is none of them.
+    /// Describes a umT5, Wan-VAE or CLIP checkpoint; false when the file is none of them. Each reader is tried; the
+    /// first whose official names show its part prints it (the configuration validated first).
     func describeEncoderOrVAE(_ path: String) throws -> Bool {
+        func report(_ source: WeightSource, _ layout: String, config: String, part: String) {
+            printStorage(source, layout: layout)
+            print("config:     \(config)")
+            print("part:       \(part)")
+        }
         if let w = try? openT5Weights(path: path), w.source.info("token_embedding.weight") != nil {
-            printStorage(w.source, layout: w.layout)
-            let config = UMT5Config.inferred(from: w.source, arguments: w.arguments ?? [:])
-            try config.validate(source: w.source.label)
-            print("config:     \(config), eps \(config.eps), max_dist \(config.maxDistance)")
-            print("part:       umT5 text encoder (umT5-XXL: dim 4096, 24 layers, 64 heads)")
+            let c = UMT5Config.inferred(from: w.source, arguments: w.arguments ?? [:])
+            try c.validate(source: w.source.label)
+            report(w.source, w.layout, config: "\(c), eps \(c.eps), max_dist \(c.maxDistance)",
+                   part: "umT5 text encoder (umT5-XXL: dim 4096, 24 layers, 64 heads)")
             return true
         }
         if let w = try? openVAEWeights(path: path), w.source.info("decoder.conv1.weight") != nil {
-            printStorage(w.source, layout: w.layout)
             let c = WanVAEConfig(inferringFrom: w.source, arguments: w.arguments)
             try c.validate(source: w.source.label)
-            print("config:     Wan-VAE dim \(c.dim), z_dim \(c.zDim), dim_mult \(c.dimMult), num_res_blocks \(c.numResBlocks), temporal downsample \(c.temporalDownsample)")
-            print("part:       Wan-VAE (causal 3D video autoencoder)")
+            report(w.source, w.layout, config: "Wan-VAE dim \(c.dim), z_dim \(c.zDim), dim_mult \(c.dimMult), num_res_blocks \(c.numResBlocks), temporal downsample \(c.temporalDownsample)",
+                   part: "Wan-VAE (causal 3D video autoencoder)")
             return true
         }
         if let w = try? openCLIPWeights(path: path), w.source.info("transformer.0.attn.to_qkv.weight") != nil {
-            printStorage(w.source, layout: w.layout)
             let c = CLIPVisionConfig.inferred(from: w.source, arguments: w.arguments ?? [:])
             try c.validate(source: w.source.label)
-            print("config:     \(c)")
-            print("part:       CLIP image encoder (ViT-H/14 in Wan2.1's I2V / FLF2V models)")
+            report(w.source, w.layout, config: "\(c)", part: "CLIP image encoder (ViT-H/14 in Wan2.1's I2V / FLF2V models)")
             return true
         }
         return false
