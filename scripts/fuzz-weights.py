@@ -530,6 +530,16 @@ def mutate_pickle(rng, pkl):
     return bytes(data), "pickle bytes: " + what
 
 
+def with_pickle(data, transform):
+    """The .pth zip `data` with its data.pkl replaced by transform(data.pkl) -> (pickle, what)."""
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as z:
+        entries = [(i.filename, z.read(i)) for i in z.infolist()]
+    k = next(i for i, (n, _) in enumerate(entries) if n.endswith("data.pkl"))
+    pkl, what = transform(entries[k][1])
+    entries[k] = (entries[k][0], pkl)
+    return rebuild_zip(entries), what
+
+
 def rebuild_zip(entries):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
@@ -592,20 +602,10 @@ def mutate_pth(rng, data):
             pass
     r = rng.random()
     if r < 0.05:
-        with zipfile.ZipFile(io.BytesIO(bytes(data))) as z:
-            entries = [(i.filename, z.read(i)) for i in z.infolist()]
-        k = next(i for i, (n, _) in enumerate(entries) if n.endswith("data.pkl"))
-        pkl, what = pickle_bomb(rng, entries[k][1])
-        entries[k] = (entries[k][0], pkl)
-        return rebuild_zip(entries), what
+        return with_pickle(data, lambda pkl: pickle_bomb(rng, pkl))
     if r < 0.4:
         try:
-            with zipfile.ZipFile(io.BytesIO(bytes(data))) as z:
-                entries = [(i.filename, z.read(i)) for i in z.infolist()]
-            k = next(i for i, (n, _) in enumerate(entries) if n.endswith("data.pkl"))
-            pkl, what = mutate_pickle(rng, entries[k][1])
-            entries[k] = (entries[k][0], pkl)
-            return rebuild_zip(entries), what
+            return with_pickle(data, lambda pkl: mutate_pickle(rng, pkl))
         except Exception:
             pass
     if r < 0.48:
