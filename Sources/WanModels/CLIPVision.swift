@@ -83,10 +83,7 @@ public struct CLIPVisionConfig: Sendable, Equatable, CustomStringConvertible {
             let g = Int(Double(s[s.count - 2] - 1).squareRoot().rounded())
             if g * g + 1 == s[s.count - 2] { c.imageSize = g * c.patchSize }
         }
-        if let s = source.info("transformer.0.mlp.0.weight")?.shape, s.count == 2, c.dim > 0 {
-            c.mlpRatio = Double(s[0]) / Double(c.dim)
-            c.mlpWidth = s[0]
-        }
+        if let s = source.info("transformer.0.mlp.0.weight")?.shape, s.count == 2 { c.mlpWidth = s[0] }
         if let s = source.info("head")?.shape, s.count == 2 { c.outDim = s[0] == c.dim ? s[1] : s[0] }
         var layers = 0
         for n in source.names where n.hasPrefix("transformer.") {

@@ -91,7 +91,11 @@ enum DiTLayouts {
     /// translated.
     static func arguments(config path: String) throws -> [String: Any]? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
-        let c = try readJSONObject(path, what: "config.json")
+        return try arguments(try readJSONObject(path, what: "config.json"), path: path)
+    }
+
+    /// The same for a config already read from `path`.
+    static func arguments(_ c: [String: Any], path: String) throws -> [String: Any] {
         if isDiffusers(c) { return try DiffusersWan.officialArguments(c, path: path) }
         return c.filter { !$0.key.hasPrefix("_") }
     }
@@ -128,7 +132,7 @@ enum DiTLayouts {
             let c = try readJSONObject(configPath, what: "config.json")
             if isDiffusers(c) || (c["_class_name"] as? String).map(["WanModel", "VaceWanModel"].contains) ?? false
                 || (c["dim"] != nil && c["num_heads"] != nil) {
-                args = try arguments(config: configPath)
+                args = try arguments(c, path: configPath)
             }
         }
         return try classify(base, arguments: args, layout: nil)

@@ -25,7 +25,7 @@ struct Info: ParsableCommand {
             }
             guard let dit = parts.dit else { return }
             print("")
-            try describeDiT(dit)
+            try describeDiT(try openDiTWeights(path: dit))
             return
         }
         try describe(path)
@@ -40,42 +40,42 @@ struct Info: ParsableCommand {
             throw ditError
         }
         if dit.source.info("time_embedding.0.weight") == nil, try describeEncoderOrVAE(path) { return }
-        try describeDiT(path)
+        try describeDiT(dit)
     }
 
     /// Describes a umT5, Wan-VAE or CLIP checkpoint; false when the file is none of them. Each reader is tried; the
     /// first whose official names show its part prints it (the configuration validated first).
     func describeEncoderOrVAE(_ path: String) throws -> Bool {
-        func report(_ source: WeightSource, _ layout: String, config: String, part: String) {
-            printStorage(source, layout: layout)
+        func report(_ source: WeightSource, _ layout: String, config: String, part: String) throws {
+            try printStorage(source, layout: layout)
             print("config:     \(config)")
             print("part:       \(part)")
         }
         if let w = try? openT5Weights(path: path), w.source.info("token_embedding.weight") != nil {
             let c = UMT5Config.inferred(from: w.source, arguments: w.arguments ?? [:])
             try c.validate(source: w.source.label)
-            report(w.source, w.layout, config: "\(c), eps \(c.eps), max_dist \(c.maxDistance)",
+            try report(w.source, w.layout, config: "\(c), eps \(c.eps), max_dist \(c.maxDistance)",
                    part: "umT5 text encoder (umT5-XXL: dim 4096, 24 layers, 64 heads)")
             return true
         }
         if let w = try? openVAEWeights(path: path), w.source.info("decoder.conv1.weight") != nil {
             let c = WanVAEConfig(inferringFrom: w.source, arguments: w.arguments)
             try c.validate(source: w.source.label)
-            report(w.source, w.layout, config: "Wan-VAE dim \(c.dim), z_dim \(c.zDim), dim_mult \(c.dimMult), num_res_blocks \(c.numResBlocks), temporal downsample \(c.temporalDownsample)",
+            try report(w.source, w.layout, config: "Wan-VAE dim \(c.dim), z_dim \(c.zDim), dim_mult \(c.dimMult), num_res_blocks \(c.numResBlocks), temporal downsample \(c.temporalDownsample)",
                    part: "Wan-VAE (causal 3D video autoencoder)")
             return true
         }
         if let w = try? openCLIPWeights(path: path), w.source.info("transformer.0.attn.to_qkv.weight") != nil {
             let c = CLIPVisionConfig.inferred(from: w.source, arguments: w.arguments ?? [:])
             try c.validate(source: w.source.label)
-            report(w.source, w.layout, config: "\(c)", part: "CLIP image encoder (ViT-H/14 in Wan2.1's I2V / FLF2V models)")
+            try report(w.source, w.layout, config: "\(c)", part: "CLIP image encoder (ViT-H/14 in Wan2.1's I2V / FLF2V models)")
             return true
         }
         return false
     }
 
     /// The source, layout, GGUF header and the storage types with their tensor, byte and parameter counts.
-    func printStorage(_ source: WeightSource, layout: String) {
+    func printStorage(_ source: WeightSource, layout: String) throws {
         print("source:     \(source.label)")
         print("layout:     \(layout)")
         let base = (source as? LayoutSource)?.base ?? source
@@ -87,7 +87,7 @@ struct Info: ParsableCommand {
         var mix: [String: (count: Int, bytes: Int, params: Int)] = [:]
         var params = 0
         for name in source.names {
-            guard let s = try? source.stored(name) else { continue }
+            let s = try source.stored(name)
             let key = s.type.description + (s.scale != nil ? " (scaled)" : "")
             let e = s.elementCount
             var m = mix[key] ?? (0, 0, 0)
@@ -102,26 +102,26 @@ struct Info: ParsableCommand {
         }
     }
 
-    func describeDiT(_ path: String) throws {
-        let w = try openDiTWeights(path: path)
+    func describeDiT(_ w: DiTWeights) throws {
         let source = w.source
-        printStorage(source, layout: w.layout)
+        try printStorage(source, layout: w.layout)
         var config = try WanDiTConfig(inferringFrom: source)
         if let a = w.arguments { config.apply(officialArguments: a) }
         try config.validate(source: source.label)
         print("config:     \(config)")
         print("            patch \(config.patchSize), freq_dim \(config.freqDim), text_len \(config.textLen), qk_norm \(config.qkNorm), cross_attn_norm \(config.crossAttnNorm), eps \(config.eps)")
         print("            heads \(w.arguments?["num_heads"] != nil ? "from config.json" : "assumed of 128 (not visible in the weights)")")
-        var task: String
-        switch config.modelType {
-        case "t2v": task = "t2v (text to video)"
-        case "i2v": task = "i2v (image to video: CLIP image embedding, 36 input channels)"
-        case "flf2v": task = "flf2v (first-last frame to video)"
-        default: task = config.modelType
-        }
+        let task: String
         if source.info("vace_patch_embedding.weight") != nil {
             let vace = try WanVACEConfig(inferringFrom: source, arguments: w.arguments)
             task = "vace (video creation and editing: vace blocks after layers \(vace.vaceLayers), vace_in_dim \(vace.vaceInDim))"
+        } else {
+            switch config.modelType {
+            case "t2v": task = "t2v (text to video)"
+            case "i2v": task = "i2v (image to video: CLIP image embedding, 36 input channels)"
+            case "flf2v": task = "flf2v (first-last frame to video)"
+            default: task = config.modelType
+            }
         }
         print("task:       \(task)")
     }
